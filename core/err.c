@@ -1,0 +1,63 @@
+#include "err.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+static void vset(struct stella_err *e, int rc, const char *fmt, va_list ap)
+{
+	if (!e || e->code)
+		return;
+	e->code = rc;
+	vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
+	/* One line, always: a hostile name must not break the log format. */
+	for (char *p = e->msg; *p; p++)
+		if (*p == '\n' || *p == '\r')
+			*p = ' ';
+}
+
+int stella_fail(struct stella_err *e, int rc, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vset(e, rc, fmt, ap);
+	va_end(ap);
+	return rc;
+}
+
+int stella_fail_errno(struct stella_err *e, int rc, const char *fmt, ...)
+{
+	va_list ap;
+	if (!e || e->code)
+		return rc;
+	va_start(ap, fmt);
+	vset(e, rc, fmt, ap);
+	va_end(ap);
+	size_t n = strlen(e->msg);
+	snprintf(e->msg + n, sizeof(e->msg) - n, ": %s", strerror(rc < 0 ? -rc : rc));
+	return rc;
+}
+
+int stella_exit_code(int rc)
+{
+	static const struct { int err; int code; } table[] = {
+		{ 0, STELLA_EXIT_OK },
+		{ EINVAL, STELLA_EXIT_USAGE },
+		{ STELLA_EMALFORMED, STELLA_EXIT_MALFORMED },
+		{ STELLA_EMISMATCH, STELLA_EXIT_MISMATCH },
+		{ STELLA_ESIGNATURE, STELLA_EXIT_SIGNATURE },
+		{ STELLA_EEXPIRED, STELLA_EXIT_EXPIRED },
+		{ STELLA_ESTALE, STELLA_EXIT_STALE },
+	};
+	for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
+		if (-rc == table[i].err)
+			return table[i].code;
+	return STELLA_EXIT_RUNTIME;
+}
+
+const char *stella_err_text(const struct stella_err *e, int rc)
+{
+	if (e && e->code && e->msg[0])
+		return e->msg;
+	return strerror(rc < 0 ? -rc : rc);
+}

@@ -1,0 +1,50 @@
+/* Reading a kit archive as a stream of tar members, with the rules that do
+ * not need the manifest: allowed member types, safe names, no trailing
+ * garbage, bounded memory whatever the kit's size.  Uncompressed, gzip and
+ * zstd kits are read the same way (libarchive does the decompression). */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "err.h"
+#include "manifest.h"
+
+#define KIT_MANIFEST_NAME "manifest/offline-manifest.json"
+#define KIT_SIG_NAME      "manifest/offline-manifest.json.sig"
+#define KIT_MERKLE_NAME   "manifest/merkle.bin"
+
+enum kit_compression { KIT_COMPRESS_NONE, KIT_COMPRESS_GZIP, KIT_COMPRESS_ZSTD };
+const char *kit_compression_name(enum kit_compression c);
+
+struct kit_member {
+	const char *name;          /* valid until the next kitread_next */
+	enum artifact_type type;
+	uint64_t size;
+	uint32_t mode;             /* permission bits */
+	const char *target;        /* symlinks */
+	int64_t mtime;
+	uint64_t data_offset;      /* offset of the data in the uncompressed tar stream */
+};
+
+struct kitread;
+
+int kitread_open(const char *path, struct kitread **out, struct stella_err *e);
+void kitread_close(struct kitread *kr);
+const char *kitread_path(const struct kitread *kr);
+enum kit_compression kitread_compression(const struct kitread *kr);
+
+/* The next member: 1 when there is one, 0 at the end of the archive (after
+ * checking that nothing but zero padding follows), or a negative errno. */
+int kitread_next(struct kitread *kr, struct kit_member *m, struct stella_err *e);
+
+/* Read up to len bytes of the current member's data; 0 at its end. */
+ssize_t kitread_data(struct kitread *kr, void *buf, size_t len, struct stella_err *e);
+/* Read the whole current member (at most max bytes, else -EBADMSG "too
+ * large") into a malloc'ed buffer, NUL-terminated. */
+int kitread_slurp(struct kitread *kr, const struct kit_member *m, size_t max, char **out,
+		  struct stella_err *e);
+
+/* Total size of the kit file. */
+uint64_t kitread_file_size(const struct kitread *kr);

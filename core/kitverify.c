@@ -1,0 +1,339 @@
+#include "kitverify.h"
+
+#include <string.h>
+#include <openssl/evp.h>
+
+#include "hasher.h"
+#include "bounds.h"
+#include "merklefile.h"
+#include "path.h"
+#include "util.h"
+
+struct walk {
+	const char *path;
+	const struct kitverify_opts *o;
+	struct kitverify_result *res;
+	struct kitread *kr;
+	struct hasher *hasher;
+	struct merklefile_index mindex;
+	uint8_t *seen;                /* one byte per manifest artifact */
+	uint64_t total_bytes;
+	char *manifest_json;          /* the signed bytes, until the signature is checked */
+	size_t manifest_len;
+};
+
+static int read_manifest(struct walk *w, struct stella_err *e)
+{
+	struct kit_member m;
+	int r = kitread_next(w->kr, &m, e);
+	if (r == 0)
+		return stella_fail(e, -EBADMSG, "%s: empty archive: no manifest", w->path);
+	if (r < 0)
+		return r;
+	if (strcmp(m.name, KIT_MANIFEST_NAME) || m.type != ARTIFACT_FILE)
+		return stella_fail(e, -EBADMSG, "%s: first member is \"%.300s\", the manifest (%s) must come first",
+				   w->path, m.name, KIT_MANIFEST_NAME);
+	if ((r = kitread_slurp(w->kr, &m, STELLA_MANIFEST_MAX, &w->manifest_json, e)) < 0)
+		return r;
+	w->manifest_len = m.size;
+	sha256_once(w->manifest_json, m.size, w->res->manifest_sha256);
+	struct stella_err me = { 0 };
+	r = manifest_parse(w->manifest_json, m.size, &w->res->manifest, &me);
+	if (r < 0)
+		return stella_fail(e, r, "%s: %s", w->path, stella_err_text(&me, r));
+	return 0;
+}
+
+static int check_signature(struct walk *w, struct stella_err *e)
+{
+	struct kit_member m;
+	int r = kitread_next(w->kr, &m, e);
+	if (r == 0)
+		return stella_fail(e, -EBADMSG, "%s: no signature member (%s) after the manifest", w->path,
+				   KIT_SIG_NAME);
+	if (r < 0)
+		return r;
+	if (strcmp(m.name, KIT_SIG_NAME) || m.type != ARTIFACT_FILE)
+		return stella_fail(e, -EBADMSG, "%s: second member is \"%.300s\", the signature member %s must follow the manifest",
+				   w->path, m.name, KIT_SIG_NAME);
+	_cleanup_(freep) char *sig = NULL;
+	if ((r = kitread_slurp(w->kr, &m, STELLA_SIG_MAX, &sig, e)) < 0)
+		return r;
+	for (size_t i = 0; i < m.size; i++)
+		if (sig[i] == '\n')
+			w->res->sig_lines++;
+	if (m.size && sig[m.size - 1] != '\n')
+		w->res->sig_lines++;
+	if (!w->o->trust)
+		return 0;
+	struct stella_err se = { 0 };
+	r = sig_check(w->o->trust, w->o->threshold, (const uint8_t *)w->manifest_json, w->manifest_len,
+		      sig, m.size, &w->res->signers, &se);
+	if (r < 0)
+		return stella_fail(e, r, "%s: %s", w->path, stella_err_text(&se, r));
+	return 0;
+}
+
+static int read_merkle(struct walk *w, struct kit_member *m, struct stella_err *e)
+{
+	/* Header and index first (bounded by the member's size and the artifact
+	 * limit), then each tree is digested as it streams past: memory is the
+	 * index, never the trees. */
+	uint8_t head[MERKLEFILE_HEADER];
+	size_t got = 0;
+	if (m->size < MERKLEFILE_HEADER)
+		return stella_fail(e, -EBADMSG, "%s: merkle.bin: shorter than its header", w->path);
+	while (got < sizeof(head)) {
+		ssize_t n = kitread_data(w->kr, head + got, sizeof(head) - got, e);
+		if (n <= 0)
+			return n < 0 ? (int)n : stella_fail(e, -EBADMSG, "%s: merkle.bin: truncated archive", w->path);
+		got += (size_t)n;
+	}
+	uint64_t count = 0;
+	for (int i = 7; i >= 0; i--)
+		count = count << 8 | head[16 + i];
+	if (count > STELLA_ARTIFACTS_MAX || MERKLEFILE_HEADER + count * MERKLEFILE_ENTRY > m->size)
+		return stella_fail(e, -EBADMSG, "%s: merkle.bin: %llu entries do not fit the member", w->path,
+				   (unsigned long long)count);
+	size_t ilen = MERKLEFILE_HEADER + count * MERKLEFILE_ENTRY;
+	_cleanup_(freep) uint8_t *index = malloc(ilen);
+	if (!index)
+		return -ENOMEM;
+	memcpy(index, head, sizeof(head));
+	while (got < ilen) {
+		ssize_t n = kitread_data(w->kr, index + got, ilen - got, e);
+		if (n <= 0)
+			return n < 0 ? (int)n : stella_fail(e, -EBADMSG, "%s: merkle.bin: truncated archive", w->path);
+		got += (size_t)n;
+	}
+	struct stella_err me = { 0 };
+	int r = merklefile_decode_index(index, ilen, m->size, &w->mindex, &me);
+	if (r < 0)
+		return stella_fail(e, r, "%s: %s", w->path, stella_err_text(&me, r));
+
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	_cleanup_(freep) uint8_t *buf = malloc(1 << 16);
+	if (!ctx || !buf) {
+		EVP_MD_CTX_free(ctx);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < w->mindex.n && r == 0; i++) {
+		struct merklefile_entry *x = &w->mindex.e[i];
+		EVP_DigestInit_ex2(ctx, EVP_sha256(), NULL);
+		for (uint64_t left = x->size; left > 0;) {
+			ssize_t n = kitread_data(w->kr, buf, MIN(left, (uint64_t)1 << 16), e);
+			if (n <= 0) {
+				r = n < 0 ? (int)n : stella_fail(e, -EBADMSG, "%s: merkle.bin: truncated archive", w->path);
+				break;
+			}
+			EVP_DigestUpdate(ctx, buf, (size_t)n);
+			left -= (uint64_t)n;
+		}
+		EVP_DigestFinal_ex(ctx, x->tree_sha256, NULL);
+		/* Every tree must belong to a listed file of that size. */
+		bool found = false;
+		for (size_t k = 0; r == 0 && k < w->res->manifest->nartifacts && !found; k++) {
+			const struct artifact *a = &w->res->manifest->artifacts[k];
+			found = a->type == ARTIFACT_FILE && !memcmp(a->fsverity, x->fsverity, 32) &&
+				a->size == x->data_size;
+		}
+		if (r == 0 && !found)
+			r = stella_fail(e, -EBADMSG, "%s: merkle.bin: entry %zu is the tree of no listed file", w->path, i);
+	}
+	EVP_MD_CTX_free(ctx);
+	w->res->has_merkle = true;
+	return r;
+}
+
+static int hash_member(struct walk *w, const struct kit_member *m, const struct artifact *a,
+		       struct stella_err *e)
+{
+	int r = hasher_begin(w->hasher, m->size);
+	if (r < 0)
+		return r;
+	uint64_t left = m->size;
+	while (left > 0) {
+		uint8_t *buf = hasher_buf(w->hasher);
+		size_t want = (size_t)MIN(left, (uint64_t)HASHER_CHUNK), got = 0;
+		while (got < want) {
+			ssize_t n = kitread_data(w->kr, buf + got, want - got, e);
+			if (n < 0) {
+				hasher_put(w->hasher, got);
+				struct hasher_result dummy;
+				hasher_end(w->hasher, &dummy);
+				return (int)n;
+			}
+			if (n == 0)
+				break;
+			got += (size_t)n;
+		}
+		hasher_put(w->hasher, got);
+		if (got < want) {
+			struct hasher_result dummy;
+			hasher_end(w->hasher, &dummy);
+			return stella_fail(e, -EBADMSG, "%s: member \"%.300s\": truncated archive", w->path, m->name);
+		}
+		left -= got;
+		w->res->bytes += got;
+		if (w->o->progress)
+			w->o->progress(w->o->progress_ctx, m->name, w->res->bytes, w->total_bytes);
+	}
+	struct hasher_result h;
+	if ((r = hasher_end(w->hasher, &h)) < 0)
+		return stella_fail(e, r, "%s: member \"%.300s\": hashing failed", w->path, m->name);
+	w->res->files++;
+	if (memcmp(h.sha256, a->sha256, 32))
+		return stella_fail(e, -EUCLEAN, "%s: member \"%.300s\": sha256 mismatch", w->path, m->name);
+	if (memcmp(h.fsverity, a->fsverity, 32))
+		return stella_fail(e, -EUCLEAN, "%s: member \"%.300s\": fsverity mismatch", w->path, m->name);
+	const struct merklefile_entry *x = merklefile_find(&w->mindex, a->fsverity);
+	if (x) {
+		uint8_t t[32];
+		sha256_once(h.tree, merkle_tree_size(&h.geom), t);
+		if (memcmp(t, x->tree_sha256, 32))
+			return stella_fail(e, -EUCLEAN, "%s: merkle.bin: tree of \"%.300s\" does not match its content",
+					   w->path, m->name);
+	}
+	return 0;
+}
+
+static int check_member(struct walk *w, const struct kit_member *m, const char *prev,
+			struct stella_err *e)
+{
+	const struct manifest *mf = w->res->manifest;
+	if (prev) {
+		int c = path_cmp(prev, m->name);
+		if (c == 0)
+			return stella_fail(e, -EBADMSG, "%s: duplicate member \"%.300s\"", w->path, m->name);
+		if (c > 0)
+			return stella_fail(e, -EBADMSG, "%s: member \"%.300s\" out of order: artifacts must be sorted by name (after \"%.300s\")",
+					   w->path, m->name, prev);
+	}
+	if (!strncmp(m->name, "manifest/", 9) || !strcmp(m->name, "manifest"))
+		return stella_fail(e, -EBADMSG, "%s: unexpected member \"%.300s\" (manifest/ holds only the manifest, its signature and merkle.bin, in that order)",
+				   w->path, m->name);
+	ssize_t i = manifest_index(mf, m->name);
+	if (i < 0)
+		return stella_fail(e, -EBADMSG, "%s: unlisted member \"%.300s\"", w->path, m->name);
+	const struct artifact *a = &mf->artifacts[i];
+	if (w->seen[i])
+		return stella_fail(e, -EBADMSG, "%s: duplicate member \"%.300s\"", w->path, m->name);
+	w->seen[i] = 1;
+	if (a->type != m->type)
+		return stella_fail(e, -EUCLEAN, "%s: member \"%.300s\": type mismatch (manifest: %s, archive: %s)",
+				   w->path, m->name, artifact_type_name(a->type), artifact_type_name(m->type));
+	if (a->type == ARTIFACT_SYMLINK) {
+		if (strcmp(a->target, m->target))
+			return stella_fail(e, -EUCLEAN, "%s: member \"%.300s\": symlink target mismatch (manifest: \"%.300s\", archive: \"%.300s\")",
+					   w->path, m->name, a->target, m->target);
+		return 0;
+	}
+	if (a->mode != m->mode)
+		return stella_fail(e, -EUCLEAN, "%s: member \"%.300s\": mode mismatch (manifest: %04o, archive: %04o)",
+				   w->path, m->name, a->mode, m->mode);
+	if (a->type == ARTIFACT_DIR)
+		return 0;
+	if (a->size != m->size)
+		return stella_fail(e, -EUCLEAN, "%s: member \"%.300s\": size mismatch (manifest: %llu, archive: %llu)",
+				   w->path, m->name, (unsigned long long)a->size, (unsigned long long)m->size);
+	return hash_member(w, m, a, e);
+}
+
+int kit_verify(const char *path, const struct kitverify_opts *o, struct kitverify_result *res,
+	       struct stella_err *e)
+{
+	struct walk w = { .path = path, .o = o, .res = res };
+	_cleanup_(freep) char *prev = NULL;
+	struct kit_member m;
+	int r;
+
+	memset(res, 0, sizeof(*res));
+	if ((r = kitread_open(path, &w.kr, e)) < 0)
+		return r;
+	if ((r = read_manifest(&w, e)) < 0)
+		goto out;
+	res->compression = kitread_compression(w.kr);
+	if ((r = check_signature(&w, e)) < 0)
+		goto out;
+	free(w.manifest_json);
+	w.manifest_json = NULL;
+	if (o->check_expiry && !o->allow_expired && o->now >= res->manifest->expires_at) {
+		char t[32];
+		time_format(res->manifest->expires_at, t);
+		r = stella_fail(e, -EKEYEXPIRED, "%s: kit %s %s expired at %s (use --allow-expired to accept it)",
+				path, res->manifest->kit_id, res->manifest->version, t);
+		goto out;
+	}
+	if (!o->content)
+		goto probe_merkle;
+
+	const struct manifest *mf = res->manifest;
+	if (mf->nartifacts && !(w.seen = calloc(mf->nartifacts, 1))) {
+		r = -ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < mf->nartifacts; i++)
+		if (mf->artifacts[i].type == ARTIFACT_FILE)
+			w.total_bytes += mf->artifacts[i].size;
+	if ((r = hasher_new(&w.hasher, 0)) < 0)
+		goto out;
+
+	bool first = true;
+	while ((r = kitread_next(w.kr, &m, e)) > 0) {
+		if (first && !strcmp(m.name, KIT_MERKLE_NAME) && m.type == ARTIFACT_FILE) {
+			first = false;
+			if ((r = read_merkle(&w, &m, e)) < 0)
+				goto out;
+			continue;
+		}
+		first = false;
+		if ((r = check_member(&w, &m, prev, e)) < 0)
+			goto out;
+		free(prev);
+		if (!(prev = strdup(m.name))) {
+			r = -ENOMEM;
+			goto out;
+		}
+	}
+	if (r < 0)
+		goto out;
+	for (size_t i = 0; i < mf->nartifacts; i++) {
+		if (w.seen[i])
+			continue;
+		/* A delta kit carries only what changed; the rest comes from its
+		 * base snapshot and is checked when the kit is imported on it. */
+		if (mf->has_base) {
+			res->from_base++;
+			continue;
+		}
+		r = stella_fail(e, -EBADMSG, "%s: missing member \"%.300s\" (listed in the manifest)", path,
+				mf->artifacts[i].name);
+		goto out;
+	}
+	r = 0;
+	goto out;
+
+probe_merkle:
+	/* Without content checks, still say whether the kit carries trees. */
+	r = kitread_next(w.kr, &m, e);
+	if (r > 0)
+		res->has_merkle = !strcmp(m.name, KIT_MERKLE_NAME);
+	r = r < 0 ? r : 0;
+out:
+	hasher_free(w.hasher);
+	merklefile_index_free(&w.mindex);
+	free(w.seen);
+	free(w.manifest_json);
+	kitread_close(w.kr);
+	if (r < 0) {
+		manifest_free(res->manifest);
+		res->manifest = NULL;
+	}
+	return r;
+}
+
+void kitverify_result_free(struct kitverify_result *res)
+{
+	manifest_free(res->manifest);
+	res->manifest = NULL;
+}

@@ -1,0 +1,47 @@
+/* Full verification of a kit file, streaming, in one pass:
+ *   1. the manifest member first, bounded, parsed with every rule;
+ *   2. the signature member second, checked against the trust store
+ *      (before any artifact byte is looked at);
+ *   3. expiry against `now`;
+ *   4. optional merkle.bin, its layout checked and each tree digested;
+ *   5. every artifact member: listed, in order, of the listed type, mode,
+ *      size, SHA-256 and fs-verity digest (and tree, when merkle.bin has it);
+ *   6. every listed artifact present (a delta kit may leave unchanged ones to
+ *      its base), nothing after the archive's end.
+ * The first failure stops the walk with its class (err.h) and one line. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "err.h"
+#include "kitread.h"
+#include "manifest.h"
+#include "sig.h"
+
+struct kitverify_opts {
+	const struct trust *trust;    /* NULL: signatures are not checked (inspect, diff) */
+	unsigned threshold;           /* 0 means 1 */
+	int64_t now;
+	bool allow_expired;
+	bool check_expiry;
+	bool content;                 /* false: stop after the manifest members */
+	void (*progress)(void *ctx, const char *name, uint64_t done, uint64_t total);
+	void *progress_ctx;
+};
+
+struct kitverify_result {
+	struct manifest *manifest;
+	uint8_t manifest_sha256[32];
+	unsigned signers;
+	unsigned sig_lines;
+	enum kit_compression compression;
+	bool has_merkle;
+	uint64_t files;               /* file members hashed */
+	uint64_t bytes;               /* their bytes */
+	uint64_t from_base;           /* artifacts a delta kit leaves to its base */
+};
+
+int kit_verify(const char *path, const struct kitverify_opts *o, struct kitverify_result *res,
+	       struct stella_err *e);
+void kitverify_result_free(struct kitverify_result *res);

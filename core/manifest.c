@@ -1,0 +1,665 @@
+#include "manifest.h"
+
+#include <ctype.h>
+#include <string.h>
+#include <yajl/yajl_gen.h>
+#include <yajl/yajl_tree.h>
+
+#include "bounds.h"
+#include "path.h"
+#include "util.h"
+
+const char *artifact_type_name(enum artifact_type t)
+{
+	switch (t) {
+	case ARTIFACT_DIR: return "directory";
+	case ARTIFACT_SYMLINK: return "symlink";
+	default: return "file";
+	}
+}
+
+bool manifest_ident_ok(const char *s)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > 128 || !strcmp(s, ".") || !strcmp(s, ".."))
+		return false;
+	for (const char *p = s; *p; p++)
+		if (!isalnum((unsigned char)*p) && !strchr("._+-", *p))
+			return false;
+	return true;
+}
+
+void manifest_free(struct manifest *m)
+{
+	if (!m)
+		return;
+	free(m->kit_id);
+	free(m->version);
+	free(m->channel);
+	free(m->base_version);
+	for (size_t i = 0; i < m->ncomponents; i++) {
+		free(m->components[i].name);
+		free(m->components[i].path);
+	}
+	free(m->components);
+	for (size_t i = 0; i < m->nartifacts; i++) {
+		free(m->artifacts[i].name);
+		free(m->artifacts[i].target);
+	}
+	free(m->artifacts);
+	free(m);
+}
+
+/* yajl_tree parses recursively and keeps no string lengths, so before handing
+ * it the bytes, one linear pass refuses what it would mishandle: nesting
+ * deeper than we accept, and NUL characters (raw or as \u0000) that would
+ * silently cut a name short. */
+static int prescan(const char *buf, size_t len, struct stella_err *e)
+{
+	unsigned depth = 0;
+	bool in_string = false;
+	for (size_t i = 0; i < len; i++) {
+		char c = buf[i];
+		if (c == 0)
+			return stella_fail(e, -EBADMSG, "manifest: unsafe name or string: NUL byte at offset %zu", i);
+		if (in_string) {
+			if (c == '\\' && i + 1 < len) {
+				if (buf[i + 1] == 'u' && i + 5 < len && !strncmp(buf + i + 2, "0000", 4))
+					return stella_fail(e, -EBADMSG,
+							   "manifest: unsafe name or string: \\u0000 at offset %zu", i);
+				i++;
+			} else if (c == '"') {
+				in_string = false;
+			}
+		} else if (c == '"') {
+			in_string = true;
+		} else if (c == '[' || c == '{') {
+			if (++depth > STELLA_JSON_DEPTH_MAX)
+				return stella_fail(e, -EBADMSG, "manifest: JSON nested deeper than %u levels",
+						   STELLA_JSON_DEPTH_MAX);
+		} else if (c == ']' || c == '}') {
+			if (depth)
+				depth--;
+		}
+	}
+	return 0;
+}
+
+/* ---- field readers: each names the field in its error ---- */
+
+static int obj_check_dups(yajl_val o, const char *where, struct stella_err *e)
+{
+	/* Two parsers that pick different copies of a duplicated key would
+	 * disagree on what was signed: refuse duplicates outright. */
+	for (size_t i = 0; i < o->u.object.len; i++)
+		for (size_t j = i + 1; j < o->u.object.len; j++)
+			if (!strcmp(o->u.object.keys[i], o->u.object.keys[j]))
+				return stella_fail(e, -EBADMSG, "manifest: %s: duplicate key \"%s\"", where,
+						   o->u.object.keys[i]);
+	return 0;
+}
+
+static yajl_val get(yajl_val o, const char *key)
+{
+	for (size_t i = 0; i < o->u.object.len; i++)
+		if (!strcmp(o->u.object.keys[i], key))
+			return o->u.object.values[i];
+	return NULL;
+}
+
+static int get_string(yajl_val o, const char *key, bool required, const char *where,
+		      char **out, struct stella_err *e)
+{
+	yajl_val v = get(o, key);
+	if (!v) {
+		if (required)
+			return stella_fail(e, -EBADMSG, "manifest: %s%s\"%s\" is missing", where,
+					   *where ? ": " : "", key);
+		return 0;
+	}
+	if (!YAJL_IS_STRING(v))
+		return stella_fail(e, -EBADMSG, "manifest: %s%s\"%s\" must be a string", where,
+				   *where ? ": " : "", key);
+	if (!(*out = strdup(v->u.string)))
+		return -ENOMEM;
+	return 1;
+}
+
+static int get_int(yajl_val o, const char *key, bool required, int64_t min, const char *where,
+		   int64_t *out, struct stella_err *e)
+{
+	yajl_val v = get(o, key);
+	if (!v) {
+		if (required)
+			return stella_fail(e, -EBADMSG, "manifest: %s%s\"%s\" is missing", where,
+					   *where ? ": " : "", key);
+		return 0;
+	}
+	if (!YAJL_IS_INTEGER(v) || v->u.number.i < min)
+		return stella_fail(e, -EBADMSG, "manifest: %s%s\"%s\" must be an integer >= %lld", where,
+				   *where ? ": " : "", key, (long long)min);
+	*out = v->u.number.i;
+	return 1;
+}
+
+static int get_time(yajl_val o, const char *key, bool required, const char *where,
+		    int64_t *out, struct stella_err *e)
+{
+	_cleanup_(freep) char *s = NULL;
+	int r = get_string(o, key, required, where, &s, e);
+	if (r <= 0)
+		return r;
+	if (time_parse(s, out) < 0)
+		return stella_fail(e, -EBADMSG, "manifest: %s%s\"%s\" is not an RFC 3339 time: \"%.64s\"",
+				   where, *where ? ": " : "", key, s);
+	return 1;
+}
+
+static int get_ident(yajl_val o, const char *key, bool required, const char *where,
+		     char **out, struct stella_err *e)
+{
+	int r = get_string(o, key, required, where, out, e);
+	if (r > 0 && !manifest_ident_ok(*out))
+		return stella_fail(e, -EBADMSG,
+				   "manifest: %s%s\"%s\" must be 1-128 characters of [A-Za-z0-9._+-]: \"%.64s\"",
+				   where, *where ? ": " : "", key, *out);
+	return r;
+}
+
+static int parse_fsverity(const char *s, uint8_t out[32])
+{
+	if (strncmp(s, FSVERITY_PREFIX, strlen(FSVERITY_PREFIX)))
+		return -EINVAL;
+	return hex_decode(s + strlen(FSVERITY_PREFIX), out, 32);
+}
+
+static int parse_artifact(yajl_val v, size_t idx, struct artifact *a, struct stella_err *e)
+{
+	char where[64];
+	snprintf(where, sizeof(where), "artifacts[%zu]", idx);
+	if (!YAJL_IS_OBJECT(v))
+		return stella_fail(e, -EBADMSG, "manifest: %s must be an object", where);
+	int r = obj_check_dups(v, where, e);
+	if (r < 0)
+		return r;
+	if ((r = get_string(v, "name", true, where, &a->name, e)) < 0)
+		return r;
+	const char *why;
+	if (path_check(a->name, strlen(a->name), &why) < 0)
+		return stella_fail(e, -EBADMSG, "manifest: unsafe name \"%.300s\": %s", a->name, why);
+	if (!strcmp(a->name, "manifest") || !strncmp(a->name, "manifest/", 9))
+		return stella_fail(e, -EBADMSG, "manifest: unsafe name \"%.300s\": manifest/ is reserved",
+				   a->name);
+
+	/* From here on the artifact's name is the most useful "where". */
+	char *nwhere = a->name;
+	_cleanup_(freep) char *type = NULL;
+	if ((r = get_string(v, "type", false, nwhere, &type, e)) < 0)
+		return r;
+	if (!type || !strcmp(type, "file"))
+		a->type = ARTIFACT_FILE;
+	else if (!strcmp(type, "directory"))
+		a->type = ARTIFACT_DIR;
+	else if (!strcmp(type, "symlink"))
+		a->type = ARTIFACT_SYMLINK;
+	else
+		return stella_fail(e, -EBADMSG, "manifest: %s: unsupported type \"%.32s\"", nwhere, type);
+
+	int64_t mode = a->type == ARTIFACT_FILE ? 0644 : a->type == ARTIFACT_DIR ? 0755 : 0777;
+	if ((r = get_int(v, "mode", false, 0, nwhere, &mode, e)) < 0)
+		return r;
+	if (mode > 0777)
+		return stella_fail(e, -EBADMSG, "manifest: %s: mode %#llo has bits beyond 0777 (setuid, setgid and sticky are refused)",
+				   nwhere, (long long)mode);
+	a->mode = (uint32_t)mode;
+	if ((r = get_time(v, "capturedAt", false, nwhere, &a->captured_at, e)) < 0)
+		return r;
+
+	if (a->type == ARTIFACT_FILE) {
+		int64_t size;
+		_cleanup_(freep) char *sha = NULL, *fsv = NULL;
+		if ((r = get_int(v, "size", true, 0, nwhere, &size, e)) < 0 ||
+		    (r = get_string(v, "sha256", true, nwhere, &sha, e)) < 0 ||
+		    (r = get_string(v, "fsverity", true, nwhere, &fsv, e)) < 0)
+			return r;
+		a->size = (uint64_t)size;
+		if (strlen(sha) != 64 || hex_decode(sha, a->sha256, 32) < 0)
+			return stella_fail(e, -EBADMSG, "manifest: %s: \"sha256\" must be 64 hex digits", nwhere);
+		if (parse_fsverity(fsv, a->fsverity) < 0)
+			return stella_fail(e, -EBADMSG, "manifest: %s: \"fsverity\" must be \"sha256:\" and 64 hex digits",
+					   nwhere);
+	} else if (a->type == ARTIFACT_SYMLINK) {
+		if ((r = get_string(v, "target", true, nwhere, &a->target, e)) < 0)
+			return r;
+		size_t tl = strlen(a->target);
+		if (tl == 0 || tl > STELLA_NAME_MAX)
+			return stella_fail(e, -EBADMSG, "manifest: %s: symlink target must be 1-%u bytes", nwhere,
+					   STELLA_NAME_MAX);
+	}
+	return 0;
+}
+
+static int parse_component(const char *name, yajl_val v, struct component *c, int64_t created_at,
+			   struct stella_err *e)
+{
+	if (!(c->name = strdup(name)))
+		return -ENOMEM;
+	char where[80];
+	snprintf(where, sizeof(where), "components.%.60s", name);
+	if (strlen(name) == 0 || strlen(name) > 128)
+		return stella_fail(e, -EBADMSG, "manifest: %s: component names are 1-128 bytes", where);
+	if (!YAJL_IS_OBJECT(v))
+		return stella_fail(e, -EBADMSG, "manifest: %s must be an object", where);
+	int r = obj_check_dups(v, where, e);
+	if (r < 0)
+		return r;
+	c->captured_at = created_at;
+	c->records = -1;
+	c->warn_age_days = MANIFEST_DEFAULT_WARN_DAYS;
+	c->max_age_days = MANIFEST_DEFAULT_MAX_DAYS;
+	if ((r = get_string(v, "path", true, where, &c->path, e)) < 0 ||
+	    (r = get_time(v, "capturedAt", false, where, &c->captured_at, e)) < 0 ||
+	    (r = get_int(v, "records", false, 0, where, &c->records, e)) < 0 ||
+	    (r = get_int(v, "warnAgeDays", false, 0, where, &c->warn_age_days, e)) < 0 ||
+	    (r = get_int(v, "maxAgeDays", false, 0, where, &c->max_age_days, e)) < 0)
+		return r;
+	const char *why;
+	if (path_check(c->path, strlen(c->path), &why) < 0)
+		return stella_fail(e, -EBADMSG, "manifest: %s: unsafe name \"%.300s\": %s", where, c->path, why);
+	return 0;
+}
+
+int manifest_parse(const char *buf, size_t len, struct manifest **out, struct stella_err *e)
+{
+	struct manifest *m = NULL;
+	yajl_val root = NULL;
+	char *copy = NULL;
+	int r;
+
+	if (len > STELLA_MANIFEST_MAX)
+		return stella_fail(e, -EBADMSG, "manifest: too large (%zu bytes, limit %u)", len,
+				   STELLA_MANIFEST_MAX);
+	if ((r = prescan(buf, len, e)) < 0)
+		return r;
+	/* yajl_tree wants a NUL-terminated string. */
+	if (!(copy = malloc(len + 1)))
+		return -ENOMEM;
+	memcpy(copy, buf, len);
+	copy[len] = 0;
+	char ebuf[256] = "";
+	root = yajl_tree_parse(copy, ebuf, sizeof(ebuf));
+	if (!root) {
+		/* yajl's message spans lines; keep its first. */
+		ebuf[strcspn(ebuf, "\n")] = 0;
+		r = stella_fail(e, -EBADMSG, "manifest: invalid JSON: %s", ebuf[0] ? ebuf : "parse error");
+		goto out;
+	}
+	if (!YAJL_IS_OBJECT(root)) {
+		r = stella_fail(e, -EBADMSG, "manifest: invalid JSON: top level must be an object");
+		goto out;
+	}
+	if ((r = obj_check_dups(root, "top level", e)) < 0)
+		goto out;
+	if (!(m = calloc(1, sizeof(*m)))) {
+		r = -ENOMEM;
+		goto out;
+	}
+	if ((r = get_int(root, "schemaVersion", true, 0, "", &m->schema_version, e)) < 0)
+		goto out;
+	if (m->schema_version != MANIFEST_SCHEMA_VERSION) {
+		r = stella_fail(e, -EBADMSG, "manifest: unsupported schemaVersion %lld (this stellafs reads %d)",
+				(long long)m->schema_version, MANIFEST_SCHEMA_VERSION);
+		goto out;
+	}
+	if ((r = get_ident(root, "kitId", true, "", &m->kit_id, e)) < 0 ||
+	    (r = get_ident(root, "version", true, "", &m->version, e)) < 0 ||
+	    (r = get_int(root, "sequence", true, 0, "", &m->sequence, e)) < 0 ||
+	    (r = get_ident(root, "channel", false, "", &m->channel, e)) < 0 ||
+	    (r = get_time(root, "createdAt", true, "", &m->created_at, e)) < 0 ||
+	    (r = get_time(root, "expiresAt", true, "", &m->expires_at, e)) < 0)
+		goto out;
+	if (!m->channel && !(m->channel = strdup("stable"))) {
+		r = -ENOMEM;
+		goto out;
+	}
+
+	yajl_val base = get(root, "base");
+	if (base) {
+		_cleanup_(freep) char *sha = NULL;
+		if (!YAJL_IS_OBJECT(base)) {
+			r = stella_fail(e, -EBADMSG, "manifest: \"base\" must be an object");
+			goto out;
+		}
+		if ((r = obj_check_dups(base, "base", e)) < 0 ||
+		    (r = get_ident(base, "version", true, "base", &m->base_version, e)) < 0 ||
+		    (r = get_string(base, "manifestSha256", true, "base", &sha, e)) < 0)
+			goto out;
+		if (strlen(sha) != 64 || hex_decode(sha, m->base_manifest_sha256, 32) < 0) {
+			r = stella_fail(e, -EBADMSG, "manifest: base: \"manifestSha256\" must be 64 hex digits");
+			goto out;
+		}
+		m->has_base = true;
+	}
+
+	yajl_val comps = get(root, "components");
+	if (comps) {
+		if (!YAJL_IS_OBJECT(comps)) {
+			r = stella_fail(e, -EBADMSG, "manifest: \"components\" must be an object");
+			goto out;
+		}
+		if ((r = obj_check_dups(comps, "components", e)) < 0)
+			goto out;
+		size_t n = comps->u.object.len;
+		if (n > 1024) {
+			r = stella_fail(e, -EBADMSG, "manifest: more than 1024 components");
+			goto out;
+		}
+		if (n && !(m->components = calloc(n, sizeof(*m->components)))) {
+			r = -ENOMEM;
+			goto out;
+		}
+		for (size_t i = 0; i < n; i++, m->ncomponents++)
+			if ((r = parse_component(comps->u.object.keys[i], comps->u.object.values[i],
+						 &m->components[i], m->created_at, e)) < 0) {
+				m->ncomponents++;
+				goto out;
+			}
+	}
+
+	yajl_val arts = get(root, "artifacts");
+	if (!arts) {
+		r = stella_fail(e, -EBADMSG, "manifest: \"artifacts\" is missing");
+		goto out;
+	}
+	if (!YAJL_IS_ARRAY(arts)) {
+		r = stella_fail(e, -EBADMSG, "manifest: \"artifacts\" must be an array");
+		goto out;
+	}
+	size_t n = arts->u.array.len;
+	if (n > STELLA_ARTIFACTS_MAX) {
+		r = stella_fail(e, -EBADMSG, "manifest: %zu artifacts, limit %u", n, STELLA_ARTIFACTS_MAX);
+		goto out;
+	}
+	if (n && !(m->artifacts = calloc(n, sizeof(*m->artifacts)))) {
+		r = -ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++, m->nartifacts++)
+		if ((r = parse_artifact(arts->u.array.values[i], i, &m->artifacts[i], e)) < 0) {
+			m->nartifacts++;
+			goto out;
+		}
+
+	if ((r = manifest_validate(m, e)) < 0)
+		goto out;
+	*out = m;
+	m = NULL;
+	r = 0;
+out:
+	manifest_free(m);
+	yajl_tree_free(root);
+	free(copy);
+	return r;
+}
+
+/* ---- whole-manifest rules ---- */
+
+static int cmp_artifact(const void *a, const void *b)
+{
+	return path_cmp(((const struct artifact *)a)->name, ((const struct artifact *)b)->name);
+}
+
+static int cmp_component(const void *a, const void *b)
+{
+	return strcmp(((const struct component *)a)->name, ((const struct component *)b)->name);
+}
+
+ssize_t manifest_index(const struct manifest *m, const char *name)
+{
+	size_t lo = 0, hi = m->nartifacts;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		int c = path_cmp(name, m->artifacts[mid].name);
+		if (c == 0)
+			return (ssize_t)mid;
+		if (c < 0)
+			hi = mid;
+		else
+			lo = mid + 1;
+	}
+	return -1;
+}
+
+const struct artifact *manifest_find(const struct manifest *m, const char *name)
+{
+	ssize_t i = manifest_index(m, name);
+	return i < 0 ? NULL : &m->artifacts[i];
+}
+
+static const struct artifact *find_n(const struct manifest *m, const char *name, size_t len)
+{
+	char buf[STELLA_NAME_MAX + 1];
+	if (len > STELLA_NAME_MAX)
+		return NULL;
+	memcpy(buf, name, len);
+	buf[len] = 0;
+	return manifest_find(m, buf);
+}
+
+/* Resolve a symlink's target the way the kernel would inside the mounted
+ * tree, following the kit's own symlinks, and refuse any path that climbs
+ * above the kit's root.  A purely lexical check is not enough: with
+ * "a/b/s -> ../.." and "a/b/l -> s/..", "l" looks harmless but leads out. */
+static int check_symlink(const struct manifest *m, const struct artifact *link, struct stella_err *e)
+{
+	size_t cap = STELLA_NAME_MAX * (STELLA_SYMLINK_HOPS + 2) + 2;
+	_cleanup_(freep) char *cur = malloc(cap);   /* resolved prefix, "a/b" */
+	_cleanup_(freep) char *rest = malloc(cap);  /* what is left to walk */
+	_cleanup_(freep) char *tmp = malloc(cap);
+	if (!cur || !rest || !tmp)
+		return -ENOMEM;
+	size_t plen = path_parent_len(link->name);
+	memcpy(cur, link->name, plen);
+	cur[plen] = 0;
+	snprintf(rest, cap, "%s", link->target);
+	unsigned hops = 0;
+
+	if (link->target[0] == '/')
+		goto escape;
+	while (*rest) {
+		size_t n = strcspn(rest, "/");
+		const char *next = rest[n] ? rest + n + 1 : rest + n;
+		if (n == 0 || (n == 1 && rest[0] == '.')) {
+			memmove(rest, next, strlen(next) + 1);
+			continue;
+		}
+		if (n == 2 && rest[0] == '.' && rest[1] == '.') {
+			if (!*cur)
+				goto escape;
+			cur[path_parent_len(cur)] = 0;
+			memmove(rest, next, strlen(next) + 1);
+			continue;
+		}
+		size_t cl = strlen(cur);
+		if (cl + 1 + n + 1 > cap)
+			goto escape;
+		size_t newl = cl ? cl + 1 + n : n;
+		if (cl)
+			cur[cl] = '/';
+		memcpy(cur + (cl ? cl + 1 : 0), rest, n);
+		cur[newl] = 0;
+		const struct artifact *a = find_n(m, cur, newl);
+		if (a && a->type == ARTIFACT_SYMLINK) {
+			if (++hops > STELLA_SYMLINK_HOPS)
+				return stella_fail(e, -EBADMSG, "manifest: symlink \"%.300s\": too many levels of symlinks",
+						   link->name);
+			if (a->target[0] == '/')
+				goto escape;
+			cur[cl] = 0; /* back to the link's directory */
+			if (strlen(a->target) + 1 + strlen(next) + 1 > cap)
+				goto escape;
+			size_t tl = strlen(a->target), nl = strlen(next);
+			memcpy(tmp, a->target, tl);
+			if (nl)
+				tmp[tl++] = '/';
+			memcpy(tmp + tl, next, nl + 1);
+			memcpy(rest, tmp, tl + nl + 1);
+			continue;
+		}
+		memmove(rest, next, strlen(next) + 1);
+	}
+	return 0;
+escape:
+	return stella_fail(e, -EBADMSG, "manifest: symlink \"%.300s\" -> \"%.300s\" escapes the kit",
+			   link->name, link->target);
+}
+
+int manifest_validate(struct manifest *m, struct stella_err *e)
+{
+	if (m->expires_at <= m->created_at)
+		return stella_fail(e, -EBADMSG, "manifest: \"expiresAt\" must be later than \"createdAt\"");
+	qsort(m->artifacts, m->nartifacts, sizeof(*m->artifacts), cmp_artifact);
+	qsort(m->components, m->ncomponents, sizeof(*m->components), cmp_component);
+	for (size_t i = 1; i < m->ncomponents; i++)
+		if (!strcmp(m->components[i - 1].name, m->components[i].name))
+			return stella_fail(e, -EBADMSG, "manifest: duplicate component \"%s\"", m->components[i].name);
+	for (size_t i = 0; i < m->nartifacts; i++) {
+		const struct artifact *a = &m->artifacts[i];
+		if (i > 0 && !path_cmp(m->artifacts[i - 1].name, a->name))
+			return stella_fail(e, -EBADMSG, "manifest: duplicate name \"%.300s\"", a->name);
+		/* Every proper prefix must be a directory (or absent: implied). */
+		for (size_t p = path_parent_len(a->name); p > 0;) {
+			const struct artifact *parent = find_n(m, a->name, p);
+			if (parent && parent->type != ARTIFACT_DIR)
+				return stella_fail(e, -EBADMSG, "manifest: \"%.300s\" is inside \"%.300s\", which is a %s",
+						   a->name, parent->name, artifact_type_name(parent->type));
+			while (p > 0 && a->name[p - 1] != '/')
+				p--;
+			p = p ? p - 1 : 0; /* the next shorter prefix */
+		}
+	}
+	for (size_t i = 0; i < m->nartifacts; i++) {
+		if (m->artifacts[i].type != ARTIFACT_SYMLINK)
+			continue;
+		int r = check_symlink(m, &m->artifacts[i], e);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+/* ---- canonical writer ---- */
+
+#define G(call) do { if ((call) != yajl_gen_status_ok) goto fail; } while (0)
+
+static yajl_gen_status gstr(yajl_gen g, const char *s)
+{
+	return yajl_gen_string(g, (const unsigned char *)s, strlen(s));
+}
+
+static yajl_gen_status gtime(yajl_gen g, int64_t t)
+{
+	char buf[32];
+	time_format(t, buf);
+	return gstr(g, buf);
+}
+
+int manifest_gen_fields(void *gen, const struct manifest *m)
+{
+	yajl_gen g = gen;
+	char hex[65], fsv[80];
+
+	G(gstr(g, "schemaVersion")); G(yajl_gen_integer(g, m->schema_version));
+	G(gstr(g, "kitId")); G(gstr(g, m->kit_id));
+	G(gstr(g, "version")); G(gstr(g, m->version));
+	G(gstr(g, "sequence")); G(yajl_gen_integer(g, m->sequence));
+	G(gstr(g, "channel")); G(gstr(g, m->channel));
+	G(gstr(g, "createdAt")); G(gtime(g, m->created_at));
+	G(gstr(g, "expiresAt")); G(gtime(g, m->expires_at));
+	if (m->has_base) {
+		G(gstr(g, "base"));
+		G(yajl_gen_map_open(g));
+		G(gstr(g, "version")); G(gstr(g, m->base_version));
+		hex_encode(m->base_manifest_sha256, 32, hex);
+		G(gstr(g, "manifestSha256")); G(gstr(g, hex));
+		G(yajl_gen_map_close(g));
+	}
+	G(gstr(g, "components"));
+	G(yajl_gen_map_open(g));
+	for (size_t i = 0; i < m->ncomponents; i++) {
+		const struct component *c = &m->components[i];
+		G(gstr(g, c->name));
+		G(yajl_gen_map_open(g));
+		G(gstr(g, "path")); G(gstr(g, c->path));
+		G(gstr(g, "capturedAt")); G(gtime(g, c->captured_at));
+		if (c->records >= 0) {
+			G(gstr(g, "records")); G(yajl_gen_integer(g, c->records));
+		}
+		G(gstr(g, "warnAgeDays")); G(yajl_gen_integer(g, c->warn_age_days));
+		G(gstr(g, "maxAgeDays")); G(yajl_gen_integer(g, c->max_age_days));
+		G(yajl_gen_map_close(g));
+	}
+	G(yajl_gen_map_close(g));
+	G(gstr(g, "artifacts"));
+	G(yajl_gen_array_open(g));
+	for (size_t i = 0; i < m->nartifacts; i++) {
+		const struct artifact *a = &m->artifacts[i];
+		G(yajl_gen_map_open(g));
+		G(gstr(g, "name")); G(gstr(g, a->name));
+		if (a->type != ARTIFACT_FILE) {
+			G(gstr(g, "type")); G(gstr(g, artifact_type_name(a->type)));
+		}
+		if (a->type == ARTIFACT_FILE) {
+			G(gstr(g, "size")); G(yajl_gen_integer(g, (long long)a->size));
+			hex_encode(a->sha256, 32, hex);
+			G(gstr(g, "sha256")); G(gstr(g, hex));
+			hex_encode(a->fsverity, 32, hex);
+			snprintf(fsv, sizeof(fsv), FSVERITY_PREFIX "%s", hex);
+			G(gstr(g, "fsverity")); G(gstr(g, fsv));
+		}
+		if (a->type == ARTIFACT_SYMLINK) {
+			G(gstr(g, "target")); G(gstr(g, a->target));
+		} else {
+			G(gstr(g, "mode")); G(yajl_gen_integer(g, a->mode));
+		}
+		if (a->captured_at) {
+			G(gstr(g, "capturedAt")); G(gtime(g, a->captured_at));
+		}
+		G(yajl_gen_map_close(g));
+	}
+	G(yajl_gen_array_close(g));
+	return 0;
+fail:
+	return -ENOMEM;
+}
+
+int manifest_write(const struct manifest *m, char **out, size_t *len)
+{
+	yajl_gen g = yajl_gen_alloc(NULL);
+	if (!g)
+		return -ENOMEM;
+	yajl_gen_config(g, yajl_gen_beautify, 1);
+	yajl_gen_config(g, yajl_gen_indent_string, "  ");
+	G(yajl_gen_map_open(g));
+	if (manifest_gen_fields(g, m) < 0)
+		goto fail;
+	G(yajl_gen_map_close(g));
+
+	const unsigned char *buf;
+	size_t n;
+	G(yajl_gen_get_buf(g, &buf, &n));
+	char *s = malloc(n + 2);
+	if (!s)
+		goto fail;
+	memcpy(s, buf, n);
+	if (n == 0 || s[n - 1] != '\n')
+		s[n++] = '\n';
+	s[n] = 0;
+	*out = s;
+	*len = n;
+	yajl_gen_free(g);
+	return 0;
+fail:
+	yajl_gen_free(g);
+	return -ENOMEM;
+}

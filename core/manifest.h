@@ -1,0 +1,83 @@
+/* The signed manifest (manifest/offline-manifest.json): JSON <-> struct.
+ *
+ * Parsing checks every field, so that whatever gets past manifest_parse can be
+ * used without further doubt: names are safe, unique and sorted, symlinks stay
+ * inside the kit, times are RFC 3339, digests are well-formed.  The writer is
+ * canonical (fixed key order, fixed indentation): packing is byte-stable. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "err.h"
+
+enum artifact_type { ARTIFACT_FILE, ARTIFACT_DIR, ARTIFACT_SYMLINK };
+
+struct artifact {
+	char *name;
+	enum artifact_type type;
+	uint64_t size;            /* files */
+	uint8_t sha256[32];       /* files */
+	uint8_t fsverity[32];     /* files: the fs-verity file digest */
+	uint32_t mode;            /* permission bits (<= 0777) */
+	char *target;             /* symlinks */
+	int64_t captured_at;      /* 0 when absent */
+};
+
+struct component {
+	char *name;
+	char *path;
+	int64_t captured_at;
+	int64_t records;          /* -1 when absent */
+	int64_t warn_age_days;    /* default 7 */
+	int64_t max_age_days;     /* default 14 */
+};
+
+struct manifest {
+	int64_t schema_version;
+	char *kit_id;
+	char *version;
+	int64_t sequence;
+	char *channel;
+	int64_t created_at;
+	int64_t expires_at;
+	bool has_base;
+	char *base_version;
+	uint8_t base_manifest_sha256[32];
+	size_t ncomponents;
+	struct component *components;   /* sorted by name */
+	size_t nartifacts;
+	struct artifact *artifacts;     /* sorted by name, unique */
+};
+
+#define MANIFEST_SCHEMA_VERSION 1
+#define MANIFEST_DEFAULT_WARN_DAYS 7
+#define MANIFEST_DEFAULT_MAX_DAYS 14
+
+int manifest_parse(const char *buf, size_t len, struct manifest **out, struct stella_err *e);
+void manifest_free(struct manifest *m);
+
+/* Sort, then check everything manifest_parse checks (the packer builds a
+ * manifest in memory and runs the same rules before writing it). */
+int manifest_validate(struct manifest *m, struct stella_err *e);
+
+/* Canonical JSON, NUL-terminated, ends with a newline. */
+int manifest_write(const struct manifest *m, char **out, size_t *len);
+
+/* Emit the manifest's fields into an open yajl_gen map (for documents that
+ * embed a manifest, like `stellakit inspect --json`). */
+int manifest_gen_fields(void *yajl_gen, const struct manifest *m);
+
+const struct artifact *manifest_find(const struct manifest *m, const char *name);
+/* Index of name in m->artifacts or -1. */
+ssize_t manifest_index(const struct manifest *m, const char *name);
+
+/* Safe identifier for kitId, version, channel: [A-Za-z0-9._+-], 1..128
+ * bytes, not "." or "..": a version names a directory in the mounted tree. */
+bool manifest_ident_ok(const char *s);
+
+const char *artifact_type_name(enum artifact_type t);
+
+#define FSVERITY_PREFIX "sha256:"

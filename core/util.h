@@ -1,0 +1,44 @@
+/* Small helpers shared by core/: cleanup attributes in the style of systemd's
+ * src/basic, checked allocation, full reads and writes, and hex/base64. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/types.h>
+
+#define _cleanup_(f) __attribute__((cleanup(f)))
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
+
+static inline void freep(void *p) { free(*(void **)p); }
+static inline void closep(int *fd) { if (*fd >= 0) close(*fd); }
+static inline void fclosep(FILE **f) { if (*f) fclose(*f); }
+
+/* Read exactly len bytes at off; -EIO on a short read (the file shrank). */
+int pread_full(int fd, void *buf, size_t len, uint64_t off);
+/* Write all of buf; negative errno on failure. */
+int write_full(int fd, const void *buf, size_t len);
+/* Read a whole small file (at most max bytes) into a NUL-terminated buffer. */
+int read_file(const char *path, size_t max, char **out, size_t *len);
+/* Write buf to path atomically: a temporary beside it, fsync, rename. */
+int write_file_atomic(const char *path, const void *buf, size_t len, mode_t mode);
+
+void hex_encode(const uint8_t *in, size_t n, char *out /* 2n+1 */);
+/* Decode exactly n bytes of lowercase or uppercase hex; -EINVAL otherwise. */
+int hex_decode(const char *in, uint8_t *out, size_t n);
+/* Base64 (RFC 4648, with padding).  Returns a malloc'ed NUL-terminated string. */
+char *base64_encode(const uint8_t *in, size_t n);
+/* Strict decode of one base64 line: padding required where due, no stray
+ * characters.  Returns the decoded length or -EINVAL. */
+ssize_t base64_decode(const char *in, size_t n, uint8_t *out, size_t cap);
+
+/* RFC 3339 UTC times ("2025-01-15T00:00:00Z"); fractional seconds and
+ * numeric offsets are accepted on input, output is always whole-second Z. */
+int time_parse(const char *s, int64_t *out);
+void time_format(int64_t t, char out[32]);

@@ -1,0 +1,78 @@
+#include "common.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "util.h"
+
+int report(const struct stella_err *e, int rc)
+{
+	progress_done();
+	fprintf(stderr, PROG ": %s\n", stella_err_text(e, rc));
+	return stella_exit_code(rc);
+}
+
+int usage_error(const char *cmd, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (cmd)
+		fprintf(stderr, PROG ": %s: %s (try '" PROG " %s --help')\n", cmd, msg, cmd);
+	else
+		fprintf(stderr, PROG ": %s (try '" PROG " --help')\n", msg);
+	return STELLA_EXIT_USAGE;
+}
+
+int parse_u64(const char *s, uint64_t *out)
+{
+	if (!s || !*s || *s == '-' || *s == '+')
+		return -EINVAL;
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno || *end)
+		return -EINVAL;
+	*out = v;
+	return 0;
+}
+
+int parse_now(const char *cmd, const char *arg, int64_t *now)
+{
+	if (!arg) {
+		*now = (int64_t)time(NULL);
+		return 0;
+	}
+	if (time_parse(arg, now) < 0)
+		return usage_error(cmd, "--now: not an RFC 3339 time: '%s'", arg);
+	return 0;
+}
+
+static int last_pct = -1;
+
+void progress_cb(void *ctx, const char *name, uint64_t done, uint64_t total)
+{
+	const char *what = ctx;
+	if (!isatty(STDERR_FILENO) || total == 0)
+		return;
+	int pct = (int)(done * 100 / total);
+	if (pct == last_pct)
+		return;
+	last_pct = pct;
+	fprintf(stderr, "\r\033[K%s %3d%% %.60s", what, pct, name);
+	fflush(stderr);
+}
+
+void progress_done(void)
+{
+	if (last_pct >= 0 && isatty(STDERR_FILENO))
+		fprintf(stderr, "\r\033[K");
+	last_pct = -1;
+}

@@ -1,0 +1,29 @@
+/* Shared by stellakit's subcommands: the one-line error at the edge, usage
+ * errors, argument parsing helpers and the TTY progress line. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "err.h"
+
+#define PROG "stellakit"
+
+/* Print "stellakit: <msg>" and return the exit code for rc. */
+int report(const struct stella_err *e, int rc);
+/* Print "stellakit: CMD: <msg> (try 'stellakit CMD --help')", return 2. */
+int usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+int parse_u64(const char *s, uint64_t *out);
+/* --now TIME, or the clock. */
+int parse_now(const char *cmd, const char *arg, int64_t *now);
+
+/* Progress on stderr, only when it is a terminal. */
+void progress_cb(void *ctx, const char *name, uint64_t done, uint64_t total);
+void progress_done(void);
+
+int cmd_keygen(int argc, char **argv);
+int cmd_pack(int argc, char **argv);
+int cmd_verify(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
+int cmd_diff(int argc, char **argv);

@@ -1,0 +1,94 @@
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common.h"
+#include "kitverify.h"
+#include "sig.h"
+#include "util.h"
+
+static const char help[] =
+	"Usage: " PROG " verify -t TRUST [--threshold N] [--now TIME] [--allow-expired] KIT\n"
+	"\n"
+	"Check KIT completely: archive structure and names, the manifest, at least\n"
+	"N distinct trusted signatures, expiry, and the size, SHA-256 and fs-verity\n"
+	"digest of every artifact.  Exit 0 when valid; see the exit codes in\n"
+	"stellakit(1).\n"
+	"\n"
+	"  -t, --trust TRUST     PEM public key file, or a directory of *.pub/*.pem\n"
+	"      --threshold N     distinct trusted keys required (default 1)\n"
+	"      --now TIME        judge expiry at TIME instead of now (RFC 3339)\n"
+	"      --allow-expired   accept a kit whose expiresAt is past\n"
+	"  -h, --help            show this help\n";
+
+enum { OPT_THRESHOLD = 256, OPT_NOW, OPT_ALLOW_EXPIRED };
+
+int cmd_verify(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "trust", required_argument, NULL, 't' },
+		{ "threshold", required_argument, NULL, OPT_THRESHOLD },
+		{ "now", required_argument, NULL, OPT_NOW },
+		{ "allow-expired", no_argument, NULL, OPT_ALLOW_EXPIRED },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	const char *trust_path = NULL, *now_arg = NULL;
+	uint64_t threshold = 1;
+	bool allow_expired = false;
+	int c, r;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, "+t:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 't': trust_path = optarg; break;
+		case OPT_THRESHOLD:
+			if (parse_u64(optarg, &threshold) < 0 || threshold < 1 || threshold > 256)
+				return usage_error("verify", "--threshold '%s': a number from 1 to 256", optarg);
+			break;
+		case OPT_NOW: now_arg = optarg; break;
+		case OPT_ALLOW_EXPIRED: allow_expired = true; break;
+		case 'h': fputs(help, stdout); return 0;
+		default: return usage_error("verify", "unknown or incomplete option '%s'", argv[optind - 1]);
+		}
+	}
+	if (!trust_path)
+		return usage_error("verify", "-t TRUST is required");
+	if (argc - optind != 1)
+		return usage_error("verify", "expected exactly one KIT");
+	int64_t now;
+	if ((r = parse_now("verify", now_arg, &now)) != 0)
+		return r;
+
+	struct stella_err e = { 0 };
+	struct trust *trust = NULL;
+	if ((r = trust_load(trust_path, &trust, &e)) < 0)
+		return report(&e, r);
+	if (threshold > trust->n) {
+		size_t n = trust->n;
+		trust_free(trust);
+		return usage_error("verify", "--threshold %llu but the trust store holds only %zu distinct key(s)",
+				   (unsigned long long)threshold, n);
+	}
+	struct kitverify_opts o = {
+		.trust = trust, .threshold = (unsigned)threshold, .now = now, .allow_expired = allow_expired,
+		.check_expiry = true, .content = true, .progress = progress_cb, .progress_ctx = (void *)"verifying",
+	};
+	struct kitverify_result res;
+	r = kit_verify(argv[optind], &o, &res, &e);
+	trust_free(trust);
+	if (r < 0)
+		return report(&e, r);
+	progress_done();
+	const struct manifest *m = res.manifest;
+	char exp[32];
+	time_format(m->expires_at, exp);
+	printf("%s: valid: %s %s (sequence %lld, %s), %llu files, %llu bytes, %u trusted signature(s), %s, expires %s%s\n",
+	       argv[optind], m->kit_id, m->version, (long long)m->sequence, m->channel,
+	       (unsigned long long)res.files, (unsigned long long)res.bytes, res.signers,
+	       kit_compression_name(res.compression), exp, now >= m->expires_at ? " (EXPIRED, allowed)" : "");
+	if (m->has_base)
+		printf("%s: delta kit on base %s: %llu artifacts come from the base and are checked on import\n",
+		       argv[optind], m->base_version, (unsigned long long)res.from_base);
+	kitverify_result_free(&res);
+	return 0;
+}
