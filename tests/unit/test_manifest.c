@@ -1,0 +1,107 @@
+/* The manifest parser's rules and the canonical writer's round trip. */
+#include <stdlib.h>
+
+#include "check.h"
+#include "manifest.h"
+
+#define HEAD "{\"schemaVersion\":1,\"kitId\":\"k\",\"version\":\"v1\",\"sequence\":3," \
+	     "\"createdAt\":\"2025-01-15T00:00:00Z\",\"expiresAt\":\"2025-02-15T00:00:00Z\","
+#define FILE_OK(n) "{\"name\":\"" n "\",\"size\":1,\"sha256\":\"" \
+	"ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb\",\"fsverity\":\"sha256:" \
+	"bce75948b9e7510293f8f2720412af9697c1479281323f3f220623fb8e94b557\"}"
+
+static int parse(const char *json, struct manifest **m, struct stella_err *e)
+{
+	memset(e, 0, sizeof(*e));
+	*m = NULL;
+	return manifest_parse(json, strlen(json), m, e);
+}
+
+static void refused(const char *json, const char *needle)
+{
+	struct manifest *m;
+	struct stella_err e;
+	int r = parse(json, &m, &e);
+	CHECK(r == -EBADMSG);
+	if (r == -EBADMSG && !strstr(e.msg, needle)) {
+		fprintf(stderr, "message \"%s\" lacks \"%s\"\n", e.msg, needle);
+		check_failures++;
+	}
+	manifest_free(m);
+}
+
+int main(void)
+{
+	struct manifest *m;
+	struct stella_err e;
+	const char *good = HEAD "\"components\":{\"db\":{\"path\":\"feeds\",\"records\":5}},"
+		"\"artifacts\":[" FILE_OK("feeds/b") "," FILE_OK("feeds/a")
+		",{\"name\":\"feeds/latest\",\"type\":\"symlink\",\"target\":\"a\"}"
+		",{\"name\":\"empty\",\"type\":\"directory\",\"mode\":448}]}";
+	CHECK(parse(good, &m, &e) == 0);
+	if (m) {
+		CHECK(m->nartifacts == 4);
+		CHECK_STR(m->artifacts[0].name, "empty");     /* sorted */
+		CHECK_STR(m->artifacts[1].name, "feeds/a");
+		CHECK(m->artifacts[0].mode == 0700);
+		CHECK(m->artifacts[1].mode == 0644);          /* default */
+		CHECK_STR(m->channel, "stable");              /* default */
+		CHECK(m->components[0].warn_age_days == 7 && m->components[0].max_age_days == 14);
+		CHECK(manifest_find(m, "feeds/latest") && !manifest_find(m, "nope"));
+		/* canonical writer: write, parse, write again: same bytes */
+		char *a, *b;
+		size_t al, bl;
+		struct manifest *m2;
+		CHECK(manifest_write(m, &a, &al) == 0);
+		CHECK(parse(a, &m2, &e) == 0);
+		CHECK(m2 && manifest_write(m2, &b, &bl) == 0 && al == bl && !memcmp(a, b, al));
+		CHECK(a[al - 1] == '\n');
+		free(a);
+		free(b);
+		manifest_free(m2);
+	}
+	manifest_free(m);
+
+	refused("{", "invalid JSON");
+	refused("[]", "top level");
+	refused("{\"schemaVersion\":2}", "schemaVersion");
+	refused("{\"schemaVersion\":1,\"version\":\"v\",\"artifacts\":[]}", "kitId");
+	refused(HEAD "\"artifacts\":[" FILE_OK("a") "," FILE_OK("a") "]}", "duplicate name");
+	refused(HEAD "\"artifacts\":[" FILE_OK("../x") "]}", "unsafe name");
+	refused(HEAD "\"artifacts\":[" FILE_OK("/x") "]}", "unsafe name");
+	refused(HEAD "\"artifacts\":[" FILE_OK("a//b") "]}", "unsafe name");
+	refused(HEAD "\"artifacts\":[" FILE_OK("a\\u0000b") "]}", "unsafe name");
+	refused(HEAD "\"artifacts\":[" FILE_OK("manifest/x") "]}", "reserved");
+	refused(HEAD "\"artifacts\":[" FILE_OK("a") "," FILE_OK("a/b") "]}", "inside");
+	refused(HEAD "\"artifacts\":[{\"name\":\"l\",\"type\":\"symlink\",\"target\":\"../x\"}]}", "escapes");
+	refused(HEAD "\"artifacts\":[{\"name\":\"l\",\"type\":\"symlink\",\"target\":\"/etc\"}]}", "escapes");
+	/* harmless-looking, but s climbs: a/b/s -> ../.. is the root, l -> s/.. leaves it */
+	refused(HEAD "\"artifacts\":[{\"name\":\"a/b/s\",\"type\":\"symlink\",\"target\":\"../..\"},"
+		"{\"name\":\"a/b/l\",\"type\":\"symlink\",\"target\":\"s/..\"}]}", "escapes");
+	refused(HEAD "\"artifacts\":[{\"name\":\"x\",\"type\":\"symlink\",\"target\":\"y\"},"
+		"{\"name\":\"y\",\"type\":\"symlink\",\"target\":\"x/z\"}]}", "too many levels");
+	refused(HEAD "\"artifacts\":[{\"name\":\"d\",\"type\":\"fifo\"}]}", "unsupported type");
+	refused(HEAD "\"artifacts\":[{\"name\":\"d\",\"type\":\"directory\",\"mode\":2541}]}", "mode");
+	refused(HEAD "\"artifacts\":[{\"name\":\"f\",\"size\":1,\"sha256\":\"zz\",\"fsverity\":\"sha256:00\"}]}", "sha256");
+	refused("{\"schemaVersion\":1,\"schemaVersion\":1}", "duplicate key");
+	refused(HEAD "\"createdAt\":\"x\",\"artifacts\":[]}", "duplicate key");
+	refused("{\"schemaVersion\":1,\"kitId\":\"k\",\"version\":\"v/1\",\"sequence\":1}", "version");
+	refused("{\"schemaVersion\":1,\"kitId\":\"k\",\"version\":\"v\",\"sequence\":1,"
+		"\"createdAt\":\"2025-13-45T00:00:00Z\"}", "createdAt");
+	refused("{\"schemaVersion\":1,\"kitId\":\"k\",\"version\":\"v\",\"sequence\":-1}", "sequence");
+
+	/* 10 000 levels of nesting: refused before yajl_tree recurses. */
+	size_t n = 10000;
+	char *deep = malloc(2 * n + 16);
+	strcpy(deep, "{\"a\":");
+	size_t p = strlen(deep);
+	for (size_t i = 0; i < n; i++)
+		deep[p++] = '[';
+	for (size_t i = 0; i < n; i++)
+		deep[p++] = ']';
+	deep[p++] = '}';
+	deep[p] = 0;
+	refused(deep, "nested");
+	free(deep);
+	return CHECK_DONE();
+}

@@ -1,0 +1,103 @@
+/* Signing and k-of-n verification over distinct keys, for each algorithm. */
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include "check.h"
+#include "sig.h"
+#include "util.h"
+
+static char dir[] = "/tmp/stella-test-sig.XXXXXX";
+
+static EVP_PKEY *make(const char *type, const char *name)
+{
+	char prefix[256], path[300];
+	snprintf(prefix, sizeof(prefix), "%s/%s", dir, name);
+	struct stella_err e = { 0 };
+	CHECK(key_generate(type, prefix, &e) == 0);
+	snprintf(path, sizeof(path), "%s.key", prefix);
+	struct stat st;
+	CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == 0600);
+	EVP_PKEY *k = NULL;
+	CHECK(key_load_private(path, &k, &e) == 0);
+	return k;
+}
+
+static char *sign(EVP_PKEY *k, const char *msg)
+{
+	char *s = NULL;
+	struct stella_err e = { 0 };
+	CHECK(sig_sign(k, (const uint8_t *)msg, strlen(msg), &s, &e) == 0);
+	return s;
+}
+
+static int check(const char *trust_path, unsigned threshold, const char *msg, const char *sigtext,
+		 unsigned *signers)
+{
+	struct trust *t = NULL;
+	struct stella_err e = { 0 };
+	int r = trust_load(trust_path, &t, &e);
+	CHECK(r == 0);
+	if (r < 0)
+		return r;
+	r = sig_check(t, threshold, (const uint8_t *)msg, strlen(msg), sigtext, strlen(sigtext), signers, &e);
+	trust_free(t);
+	return r;
+}
+
+int main(void)
+{
+	CHECK(mkdtemp(dir) != NULL);
+	EVP_PKEY *ec = make("ecdsa-p256", "ec"), *ed = make("ed25519", "ed"), *rsa = make("rsa-3072", "rsa");
+	const char *msg = "the manifest bytes\n";
+	char *s_ec = sign(ec, msg), *s_ed = sign(ed, msg), *s_rsa = sign(rsa, msg);
+	char path[300], text[8192];
+	unsigned n;
+
+	snprintf(path, sizeof(path), "%s/ec.pub", dir);
+	CHECK(check(path, 1, msg, s_ec, &n) == 0 && n == 1);
+	CHECK(check(path, 1, "other bytes", s_ec, &n) == -EKEYREJECTED);
+	CHECK(check(path, 1, msg, s_ed, &n) == -EKEYREJECTED);      /* untrusted key */
+	CHECK(check(path, 1, msg, "", &n) == -EKEYREJECTED);        /* empty */
+	CHECK(check(path, 1, msg, "!!!not base64!!!\n", &n) == -EKEYREJECTED);
+
+	/* The directory holds all three public keys. */
+	snprintf(text, sizeof(text), "%s\n%s\n%s\n", s_ec, s_ed, s_rsa);
+	CHECK(check(dir, 3, msg, text, &n) == 0 && n == 3);
+	/* The same key's signature twice counts once. */
+	snprintf(text, sizeof(text), "%s\n%s\n", s_ec, s_ec);
+	CHECK(check(dir, 2, msg, text, &n) == -EKEYREJECTED && n == 1);
+	/* Whitespace and blank lines around lines are tolerated. */
+	snprintf(text, sizeof(text), "\n  %s \r\n\n%s", s_ed, s_rsa);
+	CHECK(check(dir, 2, msg, text, &n) == 0 && n == 2);
+
+	/* A copy of a key under another name is still one key. */
+	char cmd[1024];
+	snprintf(cmd, sizeof(cmd), "cp %s/ec.pub %s/ec-copy.pem", dir, dir);
+	CHECK(system(cmd) == 0);
+	struct trust *t = NULL;
+	struct stella_err e = { 0 };
+	CHECK(trust_load(dir, &t, &e) == 0 && t && t->n == 3);
+	trust_free(t);
+
+	/* A file that is not a key is an error naming the file. */
+	snprintf(path, sizeof(path), "%s/junk.pub", dir);
+	FILE *f = fopen(path, "w");
+	fputs("not a key\n", f);
+	fclose(f);
+	memset(&e, 0, sizeof(e));
+	t = NULL;
+	CHECK(trust_load(dir, &t, &e) == -EINVAL && strstr(e.msg, "junk.pub"));
+	memset(&e, 0, sizeof(e));
+	EVP_PKEY *k = NULL;
+	CHECK(key_load_private(path, &k, &e) == -EINVAL && strstr(e.msg, "not a PEM private key"));
+
+	free(s_ec);
+	free(s_ed);
+	free(s_rsa);
+	EVP_PKEY_free(ec);
+	EVP_PKEY_free(ed);
+	EVP_PKEY_free(rsa);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	CHECK(system(cmd) == 0);
+	return CHECK_DONE();
+}
