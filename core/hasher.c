@@ -65,7 +65,7 @@ static struct slot *take_ready(struct hasher *h)
 static void *worker_main(void *arg)
 {
 	struct hasher *h = arg;
-	struct slot *s;
+	struct slot *s = NULL;
 	pthread_mutex_lock(&h->lock);
 	for (;;) {
 		while (!h->stop && !(s = take_ready(h)))

@@ -518,8 +518,10 @@ int manifest_validate(struct manifest *m, struct stella_err *e)
 {
 	if (m->expires_at <= m->created_at)
 		return stella_fail(e, -EBADMSG, "manifest: \"expiresAt\" must be later than \"createdAt\"");
-	qsort(m->artifacts, m->nartifacts, sizeof(*m->artifacts), cmp_artifact);
-	qsort(m->components, m->ncomponents, sizeof(*m->components), cmp_component);
+	if (m->nartifacts)
+		qsort(m->artifacts, m->nartifacts, sizeof(*m->artifacts), cmp_artifact);
+	if (m->ncomponents)
+		qsort(m->components, m->ncomponents, sizeof(*m->components), cmp_component);
 	for (size_t i = 1; i < m->ncomponents; i++)
 		if (!strcmp(m->components[i - 1].name, m->components[i].name))
 			return stella_fail(e, -EBADMSG, "manifest: duplicate component \"%s\"", m->components[i].name);

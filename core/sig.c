@@ -162,8 +162,8 @@ void trust_free(struct trust *t)
 int trust_load(const char *path, struct trust **out, struct stella_err *e)
 {
 	struct stat st;
-	if (stat(path, &st) < 0)
-		return stella_fail_errno(e, -errno == -ENOENT ? -EINVAL : -errno, "trust %s", path);
+	if (stat(path, &st) < 0) /* a wrong -t argument: a usage error, with the real reason */
+		return stella_fail(e, errno == ENOENT ? -EINVAL : -errno, "trust %s: %s", path, strerror(errno));
 	struct trust *t = calloc(1, sizeof(*t));
 	if (!t)
 		return -ENOMEM;
@@ -230,8 +230,8 @@ int sig_check(const struct trust *t, unsigned threshold, const uint8_t *msg, siz
 				   "signature: none of the %u signature line(s) verifies with a trusted key", lines);
 	if (good < threshold)
 		return stella_fail(e, -EKEYREJECTED,
-				   "signature: threshold not met: %u distinct trusted key(s) signed, %u required",
-				   good, threshold);
+				   "signature: threshold not met: %u distinct trusted key(s) signed, %u required (the trust store holds %zu)",
+				   good, threshold, t->n);
 	return 0;
 }
 
@@ -243,7 +243,7 @@ int key_load_private(const char *path, EVP_PKEY **out, struct stella_err *e)
 	if (r == -EFBIG || r == -EINVAL)
 		return stella_fail(e, -EINVAL, "%s: not a PEM private key (not a small regular file)", path);
 	if (r < 0)
-		return stella_fail_errno(e, r == -ENOENT ? -EINVAL : r, "key %s", path);
+		return stella_fail(e, r == -ENOENT ? -EINVAL : r, "key %s: %s", path, strerror(-r));
 	_cleanup_(bio_freep) BIO *bio = BIO_new_mem_buf(buf, (int)len);
 	if (!bio)
 		return -ENOMEM;

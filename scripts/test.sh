@@ -35,11 +35,15 @@ run_suite() { # NAME BUILD_DIR MESON_OPTIONS...
 	echo "=== $name: unit tests"
 	meson test -C "$dir" --print-errorlogs 2>&1 | tee "$results/$name-unit.log" | grep -E "^ *[0-9]+/[0-9]+ |^(Ok|Fail|Timeout):"
 	echo "=== $name: pytest"
-	STELLA_BUILD="$top/$dir" "$PY" -m pytest -q -p no:cacheprovider \
+	STELLA_BUILD="$top/$dir" STELLAKIT="$top/$dir/tools/stellakit" "$PY" -m pytest -q -p no:cacheprovider \
 		--junitxml="$results/$name-pytest.xml" "${PYTEST_ARGS[@]}" tests/ || status=1
 }
 
 PYTEST_ARGS=("$@")
+# A sanitizer report must fail the run, with an exit code no program of ours
+# uses, and print a stack.
+export ASAN_OPTIONS=exitcode=86:detect_leaks=1:abort_on_error=0
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:exitcode=87
 werror=()
 [ "${CI:-}" = "true" ] && werror=(-Dwerror=true)
 run_suite release build "${werror[@]}"

@@ -63,12 +63,6 @@ int cmd_verify(int argc, char **argv)
 	struct trust *trust = NULL;
 	if ((r = trust_load(trust_path, &trust, &e)) < 0)
 		return report(&e, r);
-	if (threshold > trust->n) {
-		size_t n = trust->n;
-		trust_free(trust);
-		return usage_error("verify", "--threshold %llu but the trust store holds only %zu distinct key(s)",
-				   (unsigned long long)threshold, n);
-	}
 	struct kitverify_opts o = {
 		.trust = trust, .threshold = (unsigned)threshold, .now = now, .allow_expired = allow_expired,
 		.check_expiry = true, .content = true, .progress = progress_cb, .progress_ctx = (void *)"verifying",
