@@ -1,7 +1,8 @@
 /* Reading a kit archive as a stream of tar members, with the rules that do
  * not need the manifest: allowed member types, safe names, no trailing
- * garbage, bounded memory whatever the kit's size.  Uncompressed, gzip and
- * zstd kits are read the same way (libarchive does the decompression). */
+ * garbage, bounded memory whatever the kit's size.  libarchive parses the
+ * tar; the bytes come from source.c, which decompresses gzip and zstd kits
+ * itself so that one pass both checks the kit and records its seek points. */
 #pragma once
 
 #include <stdbool.h>
@@ -10,13 +11,12 @@
 
 #include "err.h"
 #include "manifest.h"
+#include "source.h"
 
 #define KIT_MANIFEST_NAME "manifest/offline-manifest.json"
 #define KIT_SIG_NAME      "manifest/offline-manifest.json.sig"
 #define KIT_MERKLE_NAME   "manifest/merkle.bin"
 
-enum kit_compression { KIT_COMPRESS_NONE, KIT_COMPRESS_GZIP, KIT_COMPRESS_ZSTD };
-const char *kit_compression_name(enum kit_compression c);
 
 struct kit_member {
 	const char *name;          /* valid until the next kitread_next */
@@ -31,6 +31,9 @@ struct kit_member {
 struct kitread;
 
 int kitread_open(const char *path, struct kitread **out, struct stella_err *e);
+/* Walk an already open source (borrowed: the mount keeps it for its reads,
+ * with the seek points this walk records). */
+int kitread_open_source(struct source *src, struct kitread **out, struct stella_err *e);
 void kitread_close(struct kitread *kr);
 const char *kitread_path(const struct kitread *kr);
 enum kit_compression kitread_compression(const struct kitread *kr);

@@ -1,0 +1,496 @@
+#include "source.h"
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <zlib.h>
+#include <zstd.h>
+
+#include "util.h"
+
+#define IN_CHUNK   (256u << 10)
+#define GZ_SPAN    (4u << 20)   /* distance between gzip seek points */
+#define ZSTD_SPAN  (1u << 20)   /* at least this far apart at frame ends */
+#define NCURSORS   8
+#define SKIP_LIMIT (8u << 20)   /* continue a cursor rather than restart within this */
+
+struct cursor {
+	bool live;            /* decoder state valid */
+	bool busy;
+	bool raw;             /* gzip: inside a raw deflate stream started at a point */
+	bool ended;           /* the compressed stream is finished */
+	bool boundary;        /* between two gzip members / zstd frames */
+	uint64_t out;         /* tar-stream offset of the next byte it produces */
+	uint64_t file_pos;    /* kit-file offset of the next byte to read into inbuf */
+	uint64_t last_use;
+	uint8_t *inbuf;
+	z_stream z;
+	bool z_init;
+	ZSTD_DCtx *zd;
+	ZSTD_inBuffer zin;
+};
+
+struct source {
+	char *path;
+	int fd;
+	uint64_t file_size;
+	enum kit_compression comp;
+
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct source_point *pts;
+	size_t npts, cap;
+	uint64_t stream_size;   /* known once the stream pass reached the end */
+	bool complete;
+
+	struct cursor stream;   /* the sequential pass */
+	struct cursor cur[NCURSORS];
+	uint64_t clock;
+};
+
+const char *kit_compression_name(enum kit_compression c)
+{
+	switch (c) {
+	case KIT_COMPRESS_GZIP: return "gzip";
+	case KIT_COMPRESS_ZSTD: return "zstd";
+	default: return "none";
+	}
+}
+
+const char *source_path(const struct source *s) { return s->path; }
+enum kit_compression source_compression(const struct source *s) { return s->comp; }
+uint64_t source_file_size(const struct source *s) { return s->file_size; }
+int source_fd(const struct source *s) { return s->fd; }
+uint64_t source_stream_size(const struct source *s) { return s->comp == KIT_COMPRESS_NONE ? s->file_size : s->stream_size; }
+
+size_t source_points(const struct source *s, const struct source_point **pts)
+{
+	*pts = s->pts;
+	return s->npts;
+}
+
+static void cursor_reset(struct cursor *c)
+{
+	if (c->z_init)
+		inflateEnd(&c->z);
+	c->z_init = false;
+	c->live = false;
+	c->ended = false;
+}
+
+static void cursor_free(struct cursor *c)
+{
+	cursor_reset(c);
+	ZSTD_freeDCtx(c->zd);
+	free(c->inbuf);
+}
+
+static int cursor_alloc(struct source *s, struct cursor *c)
+{
+	memset(c, 0, sizeof(*c));
+	if (!(c->inbuf = malloc(IN_CHUNK)))
+		return -ENOMEM;
+	if (s->comp == KIT_COMPRESS_ZSTD && !(c->zd = ZSTD_createDCtx()))
+		return -ENOMEM;
+	return 0;
+}
+
+void source_close(struct source *s)
+{
+	if (!s)
+		return;
+	cursor_free(&s->stream);
+	for (int i = 0; i < NCURSORS; i++)
+		cursor_free(&s->cur[i]);
+	for (size_t i = 0; i < s->npts; i++)
+		free(s->pts[i].window);
+	free(s->pts);
+	if (s->fd >= 0)
+		close(s->fd);
+	pthread_mutex_destroy(&s->lock);
+	pthread_cond_destroy(&s->cond);
+	free(s->path);
+	free(s);
+}
+
+int source_open(const char *path, struct source **out, struct stella_err *e)
+{
+	struct source *s = calloc(1, sizeof(*s));
+	int r;
+	if (!s)
+		return -ENOMEM;
+	s->fd = -1;
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_cond_init(&s->cond, NULL);
+	if (!(s->path = strdup(path))) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	s->fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (s->fd < 0) {
+		r = stella_fail_errno(e, -errno, "%s", path);
+		goto fail;
+	}
+	struct stat st;
+	if (fstat(s->fd, &st) < 0) {
+		r = stella_fail_errno(e, -errno, "%s", path);
+		goto fail;
+	}
+	if (S_ISDIR(st.st_mode)) {
+		r = stella_fail(e, -EINVAL, "%s: a directory, not a kit file", path);
+		goto fail;
+	}
+	s->file_size = (uint64_t)st.st_size;
+	uint8_t magic[4] = { 0 };
+	if (s->file_size >= 4 && (r = pread_full(s->fd, magic, 4, 0)) < 0) {
+		r = stella_fail_errno(e, r, "%s", path);
+		goto fail;
+	}
+	if (magic[0] == 0x1f && magic[1] == 0x8b)
+		s->comp = KIT_COMPRESS_GZIP;
+	else if (magic[0] == 0x28 && magic[1] == 0xb5 && magic[2] == 0x2f && magic[3] == 0xfd)
+		s->comp = KIT_COMPRESS_ZSTD;
+	else
+		s->comp = KIT_COMPRESS_NONE;
+	if ((r = cursor_alloc(s, &s->stream)) < 0)
+		goto fail;
+	for (int i = 0; i < NCURSORS; i++)
+		if ((r = cursor_alloc(s, &s->cur[i])) < 0)
+			goto fail;
+	if (s->comp != KIT_COMPRESS_NONE) {
+		/* The stream's start is the first seek point. */
+		if (!(s->pts = calloc(1, sizeof(*s->pts)))) {
+			r = -ENOMEM;
+			goto fail;
+		}
+		s->npts = s->cap = 1;
+	}
+	posix_fadvise(s->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+	*out = s;
+	return 0;
+fail:
+	source_close(s);
+	return r;
+}
+
+static void point_add(struct source *s, uint64_t out, uint64_t in, uint8_t bits, const uint8_t *window)
+{
+	if (s->complete || (s->npts && s->pts[s->npts - 1].out >= out))
+		return;
+	if (s->npts == s->cap) {
+		size_t cap = s->cap ? 2 * s->cap : 16;
+		struct source_point *p = realloc(s->pts, cap * sizeof(*p));
+		if (!p)
+			return; /* fewer points is slower, not wrong */
+		s->pts = p;
+		s->cap = cap;
+	}
+	struct source_point *p = &s->pts[s->npts];
+	p->out = out;
+	p->in = in;
+	p->bits = bits;
+	p->window = NULL;
+	if (window) {
+		if (!(p->window = malloc(SOURCE_WINDOW)))
+			return;
+		memcpy(p->window, window, SOURCE_WINDOW);
+	}
+	pthread_mutex_lock(&s->lock);
+	s->npts++;
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* Position cursor c at seek point p. */
+static int cursor_start(struct source *s, struct cursor *c, const struct source_point *p)
+{
+	cursor_reset(c);
+	c->out = p->out;
+	c->file_pos = p->in;
+	if (s->comp == KIT_COMPRESS_GZIP) {
+		memset(&c->z, 0, sizeof(c->z));
+		c->raw = p->out != 0;
+		if (inflateInit2(&c->z, c->raw ? -15 : 15 + 32) != Z_OK)
+			return -ENOMEM;
+		c->z_init = true;
+		if (c->raw) {
+			if (p->bits) {
+				uint8_t byte;
+				int r = pread_full(s->fd, &byte, 1, p->in - 1);
+				if (r < 0)
+					return r;
+				inflatePrime(&c->z, p->bits, byte >> (8 - p->bits));
+			}
+			inflateSetDictionary(&c->z, p->window, SOURCE_WINDOW);
+		}
+	} else {
+		ZSTD_DCtx_reset(c->zd, ZSTD_reset_session_only);
+		c->zin.src = c->inbuf;
+		c->zin.size = c->zin.pos = 0;
+	}
+	c->live = true;
+	return 0;
+}
+
+static int refill(struct source *s, struct cursor *c, const uint8_t **next, size_t *avail)
+{
+	size_t want = (size_t)MIN((uint64_t)IN_CHUNK, s->file_size - c->file_pos);
+	if (want == 0)
+		return 0;
+	ssize_t n;
+	do
+		n = pread(s->fd, c->inbuf, want, (off_t)c->file_pos);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return -errno;
+	if (n == 0)
+		return -EIO;
+	c->file_pos += (uint64_t)n;
+	*next = c->inbuf;
+	*avail = (size_t)n;
+	return 1;
+}
+
+/* Produce up to len bytes (buf NULL: discard).  record: the stream pass,
+ * which notes seek points on the way. */
+static ssize_t gz_step(struct source *s, struct cursor *c, uint8_t *buf, size_t len, bool record,
+		       struct stella_err *e)
+{
+	static uint8_t sink[1 << 16];
+	z_stream *z = &c->z;
+	size_t produced = 0;
+	while (produced < len && !c->ended) {
+		if (z->avail_in == 0) {
+			const uint8_t *next = NULL;
+			size_t avail = 0;
+			int r = refill(s, c, &next, &avail);
+			if (r < 0)
+				return stella_fail_errno(e, r, "%s: reading", s->path);
+			if (r == 0)
+				return stella_fail(e, -EBADMSG, "%s: truncated gzip stream", s->path);
+			z->next_in = (Bytef *)next;
+			z->avail_in = (uInt)avail;
+		}
+		size_t want = len - produced;
+		uint8_t *dst = buf ? buf + produced : sink;
+		if (!buf)
+			want = MIN(want, sizeof(sink));
+		z->next_out = dst;
+		z->avail_out = (uInt)MIN(want, (size_t)UINT32_MAX);
+		int zr = inflate(z, record ? Z_BLOCK : Z_NO_FLUSH);
+		size_t got = (size_t)(z->next_out - dst);
+		produced += got;
+		c->out += got;
+		if (zr == Z_STREAM_END) {
+			/* One gzip member done: its trailer, then maybe another
+			 * member (concatenated gzip), else the end. */
+			uint64_t in_pos = c->file_pos - z->avail_in;
+			if (c->raw)
+				in_pos += 8; /* a raw stream leaves the trailer to us */
+			if (in_pos >= s->file_size) {
+				if (in_pos > s->file_size)
+					return stella_fail(e, -EBADMSG, "%s: truncated gzip stream", s->path);
+				c->ended = true;
+				break;
+			}
+			inflateEnd(z);
+			memset(z, 0, sizeof(*z));
+			if (inflateInit2(z, 15 + 32) != Z_OK)
+				return -ENOMEM;
+			c->raw = false;
+			c->boundary = true;
+			c->file_pos = in_pos;
+			continue;
+		}
+		if (zr == Z_BUF_ERROR && got == 0 && z->avail_in == 0)
+			continue;
+		if (zr != Z_OK && zr != Z_BUF_ERROR) {
+			/* Bytes after a gzip member that do not start another one. */
+			const char *what = c->boundary && z->total_out == 0 ? "trailing garbage after the gzip stream" :
+									      "corrupt gzip stream";
+			return stella_fail(e, -EBADMSG, "%s: %s: %s", s->path, what, z->msg ? z->msg : "inflate error");
+		}
+		if (z->total_out)
+			c->boundary = false;
+		if (record && (z->data_type & 128) && !(z->data_type & 64) &&
+		    c->out - s->pts[s->npts - 1].out >= GZ_SPAN) {
+			uint8_t win[SOURCE_WINDOW];
+			uInt wl = sizeof(win);
+			if (inflateGetDictionary(z, win, &wl) == Z_OK && wl == SOURCE_WINDOW)
+				point_add(s, c->out, c->file_pos - z->avail_in, (uint8_t)(z->data_type & 7), win);
+		}
+	}
+	return (ssize_t)produced;
+}
+
+static ssize_t zstd_step(struct source *s, struct cursor *c, uint8_t *buf, size_t len, bool record,
+			 struct stella_err *e)
+{
+	static uint8_t sink[1 << 16];
+	size_t produced = 0;
+	while (produced < len && !c->ended) {
+		if (c->zin.pos == c->zin.size) {
+			const uint8_t *next = NULL;
+			size_t avail = 0;
+			int r = refill(s, c, &next, &avail);
+			if (r < 0)
+				return stella_fail_errno(e, r, "%s: reading", s->path);
+			if (r == 0) /* input used up inside a frame */
+				return stella_fail(e, -EBADMSG, "%s: truncated zstd stream", s->path);
+			c->zin.src = next;
+			c->zin.size = avail;
+			c->zin.pos = 0;
+		}
+		size_t want = len - produced;
+		uint8_t *dst = buf ? buf + produced : sink;
+		if (!buf)
+			want = MIN(want, sizeof(sink));
+		ZSTD_outBuffer zo = { dst, want, 0 };
+		size_t zr = ZSTD_decompressStream(c->zd, &zo, &c->zin);
+		if (ZSTD_isError(zr))
+			return stella_fail(e, -EBADMSG, "%s: %s: %s", s->path,
+					   c->boundary && c->out > 0 ? "trailing garbage after the zstd stream" :
+								       "corrupt zstd stream",
+					   ZSTD_getErrorName(zr));
+		c->boundary = zr == 0;
+		produced += zo.pos;
+		c->out += zo.pos;
+		if (zr == 0) {
+			/* A frame ended and is flushed: the next byte starts a frame. */
+			uint64_t in_pos = c->file_pos - (c->zin.size - c->zin.pos);
+			if (in_pos == s->file_size) {
+				c->ended = true;
+				break;
+			}
+			if (record && c->out - s->pts[s->npts - 1].out >= ZSTD_SPAN)
+				point_add(s, c->out, in_pos, 0, NULL);
+		}
+	}
+	return (ssize_t)produced;
+}
+
+static ssize_t step(struct source *s, struct cursor *c, uint8_t *buf, size_t len, bool record,
+		    struct stella_err *e)
+{
+	return s->comp == KIT_COMPRESS_GZIP ? gz_step(s, c, buf, len, record, e) :
+					       zstd_step(s, c, buf, len, record, e);
+}
+
+ssize_t source_stream_read(struct source *s, void *buf, size_t len, struct stella_err *e)
+{
+	struct cursor *c = &s->stream;
+	if (s->comp == KIT_COMPRESS_NONE) {
+		ssize_t n;
+		do
+			n = pread(s->fd, buf, len, (off_t)c->out);
+		while (n < 0 && errno == EINTR);
+		if (n < 0)
+			return stella_fail_errno(e, -errno, "%s: reading", s->path);
+		c->out += (uint64_t)n;
+		return n;
+	}
+	if (!c->live) {
+		int r = cursor_start(s, c, &s->pts[0]);
+		if (r < 0)
+			return r;
+	}
+	ssize_t n = step(s, c, buf, len, true, e);
+	if (n == 0 && c->ended && !s->complete) {
+		s->stream_size = c->out;
+		s->complete = true;
+	}
+	return n;
+}
+
+int source_set_points(struct source *s, struct source_point *pts, size_t n, uint64_t total)
+{
+	if (s->comp == KIT_COMPRESS_NONE || n == 0 || pts[0].out != 0)
+		return -EINVAL;
+	for (size_t i = 0; i < s->npts; i++)
+		free(s->pts[i].window);
+	free(s->pts);
+	s->pts = pts;
+	s->npts = s->cap = n;
+	s->stream_size = total;
+	s->complete = true;
+	return 0;
+}
+
+static const struct source_point *point_before(struct source *s, uint64_t off)
+{
+	size_t lo = 0, hi = s->npts;
+	while (hi - lo > 1) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (s->pts[mid].out <= off)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return &s->pts[lo];
+}
+
+int source_pread(struct source *s, void *buf, size_t len, uint64_t off, struct stella_err *e)
+{
+	if (s->comp == KIT_COMPRESS_NONE) {
+		int r = pread_full(s->fd, buf, len, off);
+		if (r == -EIO)
+			return stella_fail(e, -EIO, "%s: short read at %llu: the kit file shrank", s->path,
+					   (unsigned long long)off);
+		return r < 0 ? stella_fail_errno(e, r, "%s: reading at %llu", s->path, (unsigned long long)off) : 0;
+	}
+	/* Pick the cursor that can reach off soonest: a live one just behind
+	 * it (sequential readers keep theirs), else the least recently used,
+	 * restarted at the nearest seek point. */
+	pthread_mutex_lock(&s->lock);
+	struct cursor *c;
+	for (;;) {
+		c = NULL;
+		struct cursor *lru = NULL;
+		for (int i = 0; i < NCURSORS; i++) {
+			struct cursor *x = &s->cur[i];
+			if (x->busy)
+				continue;
+			if (x->live && x->out <= off && off - x->out <= SKIP_LIMIT && (!c || x->out > c->out))
+				c = x;
+			if (!lru || x->last_use < lru->last_use)
+				lru = x;
+		}
+		if (!c)
+			c = lru;
+		if (c)
+			break;
+		pthread_cond_wait(&s->cond, &s->lock);
+	}
+	c->busy = true;
+	c->last_use = ++s->clock;
+	const struct source_point *p = point_before(s, off);
+	pthread_mutex_unlock(&s->lock);
+
+	int r = 0;
+	if (!c->live || c->out > off || off - c->out > SKIP_LIMIT || (p->out > c->out))
+		r = cursor_start(s, c, p);
+	if (r == 0 && off > c->out) {
+		ssize_t n = step(s, c, NULL, off - c->out, false, e);
+		if (n < 0)
+			r = (int)n;
+		else if (c->out != off)
+			r = stella_fail(e, -EIO, "%s: offset %llu is past the end of the stream", s->path,
+					(unsigned long long)off);
+	}
+	if (r == 0) {
+		ssize_t n = step(s, c, buf, len, false, e);
+		if (n < 0)
+			r = (int)n;
+		else if ((size_t)n != len)
+			r = stella_fail(e, -EIO, "%s: read past the end of the stream at %llu", s->path,
+					(unsigned long long)off);
+	}
+	if (r < 0)
+		cursor_reset(c);
+
+	pthread_mutex_lock(&s->lock);
+	c->busy = false;
+	pthread_cond_signal(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+	return r;
+}

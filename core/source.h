@@ -1,0 +1,51 @@
+/* The bytes of a kit's tar stream, whatever the kit's compression.
+ *
+ * A kit is read twice in its life: once from start to end (verification, or
+ * the index build at first mount), then at random offsets (the mount's
+ * reads).  The first pass goes through source_stream_read; for compressed
+ * kits it records seek points as it goes (like zran.c: every few MiB, at a
+ * deflate block boundary, with the 32 KiB window; at zstd frame
+ * boundaries), so that source_pread later starts near any offset instead of
+ * at the beginning, without ever holding the decompressed kit.  Uncompressed
+ * kits are read with pread at the member's own offset: no copy, no index. */
+#pragma once
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "err.h"
+
+enum kit_compression { KIT_COMPRESS_NONE, KIT_COMPRESS_GZIP, KIT_COMPRESS_ZSTD };
+const char *kit_compression_name(enum kit_compression c);
+
+struct source;
+
+int source_open(const char *path, struct source **out, struct stella_err *e);
+void source_close(struct source *s);
+const char *source_path(const struct source *s);
+enum kit_compression source_compression(const struct source *s);
+uint64_t source_file_size(const struct source *s);
+int source_fd(const struct source *s);
+
+/* Sequential read of the tar stream from its start; 0 at its end, after
+ * checking that the file holds nothing after the compressed stream. */
+ssize_t source_stream_read(struct source *s, void *buf, size_t len, struct stella_err *e);
+
+/* Random read of exactly len bytes of the tar stream at off (thread-safe).
+ * For compressed kits, only offsets the stream pass has reached. */
+int source_pread(struct source *s, void *buf, size_t len, uint64_t off, struct stella_err *e);
+
+/* Seek points, to keep them with the index (compressed kits only). */
+struct source_point {
+	uint64_t out;       /* offset in the tar stream */
+	uint64_t in;        /* offset in the kit file */
+	uint8_t bits;       /* gzip: bits of the byte before `in` still to use */
+	uint8_t *window;    /* gzip: the 32 KiB before `out` (malloc'ed), else NULL */
+};
+size_t source_points(const struct source *s, const struct source_point **pts);
+/* Install points read back from an index (takes ownership of the windows)
+ * and the stream's total size; the stream pass is then not needed. */
+int source_set_points(struct source *s, struct source_point *pts, size_t n, uint64_t total);
+uint64_t source_stream_size(const struct source *s);
+
+#define SOURCE_WINDOW 32768u
