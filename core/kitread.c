@@ -55,6 +55,18 @@ static int archive_fail(struct kitread *kr, const char *what, struct stella_err 
 			   low);
 }
 
+static la_int64_t skip_cb(struct archive *a, void *data, la_int64_t request)
+{
+	struct kitread *kr = data;
+	int64_t n = source_stream_skip(kr->src, (uint64_t)request, &kr->src_err);
+	if (n < 0) {
+		kr->src_rc = (int)n;
+		archive_set_error(a, EILSEQ, "%s", stella_err_text(&kr->src_err, (int)n));
+		return ARCHIVE_FATAL;
+	}
+	return n;
+}
+
 static int open_archive(struct kitread *kr, struct stella_err *e)
 {
 	if (!(kr->buf = malloc(READ_BLOCK)) || !(kr->a = archive_read_new()))
@@ -64,7 +76,10 @@ static int open_archive(struct kitread *kr, struct stella_err *e)
 	 * never looks at what follows; with it, anything but zero padding after
 	 * the end shows up as a header error or an extra member, both refused. */
 	archive_read_set_format_option(kr->a, "tar", "read_concatenated_archives", "1");
-	if (archive_read_open(kr->a, kr, NULL, read_cb, NULL) != ARCHIVE_OK)
+	archive_read_set_read_callback(kr->a, read_cb);
+	archive_read_set_skip_callback(kr->a, skip_cb);
+	archive_read_set_callback_data(kr->a, kr);
+	if (archive_read_open1(kr->a) != ARCHIVE_OK)
 		return archive_fail(kr, "not a kit archive", e);
 	return 0;
 }

@@ -15,7 +15,6 @@ struct walk {
 	struct kitverify_result *res;
 	struct kitread *kr;
 	struct hasher *hasher;
-	struct merklefile_index mindex;
 	uint8_t *seen;                /* one byte per manifest artifact */
 	uint64_t total_bytes;
 	char *manifest_json;          /* the signed bytes, until the signature is checked */
@@ -107,7 +106,7 @@ static int read_merkle(struct walk *w, struct kit_member *m, struct stella_err *
 		got += (size_t)n;
 	}
 	struct stella_err me = { 0 };
-	int r = merklefile_decode_index(index, ilen, m->size, &w->mindex, &me);
+	int r = merklefile_decode_index(index, ilen, m->size, &w->res->merkle, &me);
 	if (r < 0)
 		return stella_fail(e, r, "%s: %s", w->path, stella_err_text(&me, r));
 
@@ -117,8 +116,8 @@ static int read_merkle(struct walk *w, struct kit_member *m, struct stella_err *
 		EVP_MD_CTX_free(ctx);
 		return -ENOMEM;
 	}
-	for (size_t i = 0; i < w->mindex.n && r == 0; i++) {
-		struct merklefile_entry *x = &w->mindex.e[i];
+	for (size_t i = 0; i < w->res->merkle.n && r == 0; i++) {
+		struct merklefile_entry *x = &w->res->merkle.e[i];
 		EVP_DigestInit_ex2(ctx, EVP_sha256(), NULL);
 		for (uint64_t left = x->size; left > 0;) {
 			ssize_t n = kitread_data(w->kr, buf, MIN(left, (uint64_t)1 << 16), e);
@@ -146,7 +145,7 @@ static int read_merkle(struct walk *w, struct kit_member *m, struct stella_err *
 }
 
 static int hash_member(struct walk *w, const struct kit_member *m, const struct artifact *a,
-		       struct stella_err *e)
+		       struct hasher_result *res_h, struct stella_err *e)
 {
 	int r = hasher_begin(w->hasher, m->size);
 	if (r < 0)
@@ -181,12 +180,13 @@ static int hash_member(struct walk *w, const struct kit_member *m, const struct 
 	struct hasher_result h;
 	if ((r = hasher_end(w->hasher, &h)) < 0)
 		return stella_fail(e, r, "%s: member \"%.300s\": hashing failed", w->path, m->name);
+	*res_h = h;
 	w->res->files++;
 	if (memcmp(h.sha256, a->sha256, 32))
 		return stella_fail(e, -EUCLEAN, "%s: member \"%.300s\": sha256 mismatch", w->path, m->name);
 	if (memcmp(h.fsverity, a->fsverity, 32))
 		return stella_fail(e, -EUCLEAN, "%s: member \"%.300s\": fsverity mismatch", w->path, m->name);
-	const struct merklefile_entry *x = merklefile_find(&w->mindex, a->fsverity);
+	const struct merklefile_entry *x = merklefile_find(&w->res->merkle, a->fsverity);
 	if (x) {
 		uint8_t t[32];
 		sha256_once(h.tree, merkle_tree_size(&h.geom), t);
@@ -226,17 +226,23 @@ static int check_member(struct walk *w, const struct kit_member *m, const char *
 		if (strcmp(a->target, m->target))
 			return stella_fail(e, -EUCLEAN, "%s: member \"%.300s\": symlink target mismatch (manifest: \"%.300s\", archive: \"%.300s\")",
 					   w->path, m->name, a->target, m->target);
-		return 0;
+		return w->o->visit ? w->o->visit(w->o->visit_ctx, (size_t)i, m, NULL) : 0;
 	}
 	if (a->mode != m->mode)
 		return stella_fail(e, -EUCLEAN, "%s: member \"%.300s\": mode mismatch (manifest: %04o, archive: %04o)",
 				   w->path, m->name, a->mode, m->mode);
 	if (a->type == ARTIFACT_DIR)
-		return 0;
+		return w->o->visit ? w->o->visit(w->o->visit_ctx, (size_t)i, m, NULL) : 0;
 	if (a->size != m->size)
 		return stella_fail(e, -EUCLEAN, "%s: member \"%.300s\": size mismatch (manifest: %llu, archive: %llu)",
 				   w->path, m->name, (unsigned long long)a->size, (unsigned long long)m->size);
-	return hash_member(w, m, a, e);
+	if (w->o->lazy && (a->size <= MERKLE_BLOCK || merklefile_find(&w->res->merkle, a->fsverity)))
+		return w->o->visit ? w->o->visit(w->o->visit_ctx, (size_t)i, m, NULL) : 0;
+	struct hasher_result h;
+	int r = hash_member(w, m, a, &h, e);
+	if (r == 0 && w->o->visit)
+		r = w->o->visit(w->o->visit_ctx, (size_t)i, m, &h);
+	return r;
 }
 
 int kit_verify(const char *path, const struct kitverify_opts *o, struct kitverify_result *res,
@@ -248,7 +254,8 @@ int kit_verify(const char *path, const struct kitverify_opts *o, struct kitverif
 	int r;
 
 	memset(res, 0, sizeof(*res));
-	if ((r = kitread_open(path, &w.kr, e)) < 0)
+	r = o->source ? kitread_open_source(o->source, &w.kr, e) : kitread_open(path, &w.kr, e);
+	if (r < 0)
 		return r;
 	if ((r = read_manifest(&w, e)) < 0)
 		goto out;
@@ -282,6 +289,7 @@ int kit_verify(const char *path, const struct kitverify_opts *o, struct kitverif
 	while ((r = kitread_next(w.kr, &m, e)) > 0) {
 		if (first && !strcmp(m.name, KIT_MERKLE_NAME) && m.type == ARTIFACT_FILE) {
 			first = false;
+			res->merkle_offset = m.data_offset;
 			if ((r = read_merkle(&w, &m, e)) < 0)
 				goto out;
 			continue;
@@ -321,14 +329,11 @@ probe_merkle:
 	r = r < 0 ? r : 0;
 out:
 	hasher_free(w.hasher);
-	merklefile_index_free(&w.mindex);
 	free(w.seen);
 	free(w.manifest_json);
 	kitread_close(w.kr);
-	if (r < 0) {
-		manifest_free(res->manifest);
-		res->manifest = NULL;
-	}
+	if (r < 0)
+		kitverify_result_free(res);
 	return r;
 }
 
@@ -336,4 +341,5 @@ void kitverify_result_free(struct kitverify_result *res)
 {
 	manifest_free(res->manifest);
 	res->manifest = NULL;
+	merklefile_index_free(&res->merkle);
 }

@@ -15,8 +15,10 @@
 #include <stdint.h>
 
 #include "err.h"
+#include "hasher.h"
 #include "kitread.h"
 #include "manifest.h"
+#include "merklefile.h"
 #include "sig.h"
 
 struct kitverify_opts {
@@ -28,6 +30,18 @@ struct kitverify_opts {
 	bool content;                 /* false: stop after the manifest members */
 	void (*progress)(void *ctx, const char *name, uint64_t done, uint64_t total);
 	void *progress_ctx;
+
+	/* The mount's walk: read this open source (its stream pass records the
+	 * seek points the mount needs), and leave unhashed every file whose
+	 * blocks can be checked on read without a full pass: one block files,
+	 * and files whose tree merkle.bin carries.  Those are verified when
+	 * read; the others are hashed now and their trees handed to visit. */
+	struct source *source;
+	bool lazy;
+	/* Called for every artifact member, in archive order; h is NULL when
+	 * the member's content was not hashed. */
+	int (*visit)(void *ctx, size_t index, const struct kit_member *m, const struct hasher_result *h);
+	void *visit_ctx;
 };
 
 struct kitverify_result {
@@ -40,6 +54,8 @@ struct kitverify_result {
 	uint64_t files;               /* file members hashed */
 	uint64_t bytes;               /* their bytes */
 	uint64_t from_base;           /* artifacts a delta kit leaves to its base */
+	uint64_t merkle_offset;       /* tar-stream offset of merkle.bin's data */
+	struct merklefile_index merkle;
 };
 
 int kit_verify(const char *path, const struct kitverify_opts *o, struct kitverify_result *res,

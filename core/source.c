@@ -402,6 +402,23 @@ ssize_t source_stream_read(struct source *s, void *buf, size_t len, struct stell
 	return n;
 }
 
+int64_t source_stream_skip(struct source *s, uint64_t len, struct stella_err *e)
+{
+	struct cursor *c = &s->stream;
+	if (s->comp == KIT_COMPRESS_NONE) {
+		uint64_t n = MIN(len, s->file_size - MIN(c->out, s->file_size));
+		c->out += n;
+		return (int64_t)n;
+	}
+	if (!c->live) {
+		int r = cursor_start(s, c, &s->pts[0]);
+		if (r < 0)
+			return r;
+	}
+	ssize_t n = step(s, c, NULL, (size_t)MIN(len, (uint64_t)SSIZE_MAX), true, e);
+	return n;
+}
+
 int source_set_points(struct source *s, struct source_point *pts, size_t n, uint64_t total)
 {
 	if (s->comp == KIT_COMPRESS_NONE || n == 0 || pts[0].out != 0)

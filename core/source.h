@@ -31,6 +31,10 @@ int source_fd(const struct source *s);
  * checking that the file holds nothing after the compressed stream. */
 ssize_t source_stream_read(struct source *s, void *buf, size_t len, struct stella_err *e);
 
+/* Skip up to len bytes of the stream (uncompressed kits: without reading
+ * them).  Returns the number skipped. */
+int64_t source_stream_skip(struct source *s, uint64_t len, struct stella_err *e);
+
 /* Random read of exactly len bytes of the tar stream at off (thread-safe).
  * For compressed kits, only offsets the stream pass has reached. */
 int source_pread(struct source *s, void *buf, size_t len, uint64_t off, struct stella_err *e);
