@@ -61,3 +61,29 @@ const char *stella_err_text(const struct stella_err *e, int rc)
 		return e->msg;
 	return strerror(rc < 0 ? -rc : rc);
 }
+
+static void log_stderr(int prio, const char *line)
+{
+	(void)prio;
+	fprintf(stderr, "%s\n", line);
+}
+
+static void (*log_fn)(int, const char *) = log_stderr;
+
+void stella_log_set(void (*fn)(int prio, const char *line))
+{
+	log_fn = fn ? fn : log_stderr;
+}
+
+void stella_log(int prio, const char *fmt, ...)
+{
+	char line[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	for (char *p = line; *p; p++)
+		if (*p == '\n' || *p == '\r')
+			*p = ' ';
+	log_fn(prio, line);
+}

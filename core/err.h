@@ -56,3 +56,8 @@ int stella_exit_code(int rc);
 
 /* The message to show for rc: e->msg if set, else strerror(-rc). */
 const char *stella_err_text(const struct stella_err *e, int rc);
+
+/* Log lines from core/ (integrity failures): stderr by default; the daemon
+ * points this at syslog.  prio is a syslog priority. */
+void stella_log(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void stella_log_set(void (*fn)(int prio, const char *line));

@@ -245,6 +245,39 @@ static int check_member(struct walk *w, const struct kit_member *m, const char *
 	return r;
 }
 
+int kit_read_head(const char *path, char **manifest, size_t *mlen, char **sig, size_t *slen,
+		  struct stella_err *e)
+{
+	struct kitread *kr;
+	struct kit_member m;
+	int r = kitread_open(path, &kr, e);
+	if (r < 0)
+		return r;
+	*manifest = *sig = NULL;
+	r = kitread_next(kr, &m, e);
+	if (r == 1 && (strcmp(m.name, KIT_MANIFEST_NAME) || m.type != ARTIFACT_FILE))
+		r = stella_fail(e, -EBADMSG, "%s: first member is \"%.300s\", the manifest (%s) must come first", path,
+				m.name, KIT_MANIFEST_NAME);
+	if (r == 1 && (r = kitread_slurp(kr, &m, STELLA_MANIFEST_MAX, manifest, e)) == 0) {
+		*mlen = m.size;
+		r = kitread_next(kr, &m, e);
+		if (r == 1 && (strcmp(m.name, KIT_SIG_NAME) || m.type != ARTIFACT_FILE))
+			r = stella_fail(e, -EBADMSG, "%s: second member is \"%.300s\", the signature member %s must follow the manifest",
+					path, m.name, KIT_SIG_NAME);
+		if (r == 1 && (r = kitread_slurp(kr, &m, STELLA_SIG_MAX, sig, e)) == 0)
+			*slen = m.size;
+	}
+	if (r == 0 && !*sig)
+		r = stella_fail(e, -EBADMSG, "%s: the archive ends before its manifest and signature", path);
+	kitread_close(kr);
+	if (r < 0) {
+		free(*manifest);
+		free(*sig);
+		*manifest = *sig = NULL;
+	}
+	return r;
+}
+
 int kit_verify(const char *path, const struct kitverify_opts *o, struct kitverify_result *res,
 	       struct stella_err *e)
 {

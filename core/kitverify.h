@@ -58,6 +58,11 @@ struct kitverify_result {
 	struct merklefile_index merkle;
 };
 
+/* The manifest and signature members only, as bytes (for a mount that
+ * already has an index of this kit: the signature is still checked). */
+int kit_read_head(const char *path, char **manifest, size_t *mlen, char **sig, size_t *slen,
+		  struct stella_err *e);
+
 int kit_verify(const char *path, const struct kitverify_opts *o, struct kitverify_result *res,
 	       struct stella_err *e);
 void kitverify_result_free(struct kitverify_result *res);

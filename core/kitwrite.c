@@ -530,6 +530,15 @@ int kit_write(const struct kitwrite_opts *o, struct kitwrite_result *res, struct
 	if ((r = manifest_write(m, &json, &jlen)) < 0)
 		goto out;
 	sha256_once(json, jlen, res->manifest_sha256);
+	/* What we sign must be what every reader accepts: read it back with the
+	 * reader's own rules (components, identifiers, times: all of them). */
+	struct manifest *check = NULL;
+	memset(&me, 0, sizeof(me));
+	if ((r = manifest_parse(json, jlen, &check, &me)) < 0) {
+		r = stella_fail(e, r, "%s: the kit would be refused: %s", o->src_dir, stella_err_text(&me, r));
+		goto out;
+	}
+	manifest_free(check);
 
 	/* Signatures: one line per key, in the order the keys were given. */
 	size_t slen = 0;

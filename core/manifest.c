@@ -50,10 +50,10 @@ void manifest_free(struct manifest *m)
 	free(m);
 }
 
-/* yajl_tree parses recursively and keeps no string lengths, so before handing
- * it the bytes, one linear pass refuses what it would mishandle: nesting
- * deeper than we accept, and NUL characters (raw or as \u0000) that would
- * silently cut a name short. */
+/* yajl_tree parses recursively, keeps no string lengths and allows comments,
+ * so before handing it the bytes, one linear pass refuses what it would
+ * mishandle: nesting deeper than we accept, NUL characters (raw or as
+ * \u0000) that would silently cut a name short, and comments. */
 static int prescan(const char *buf, size_t len, struct stella_err *e)
 {
 	unsigned depth = 0;
@@ -73,6 +73,10 @@ static int prescan(const char *buf, size_t len, struct stella_err *e)
 			}
 		} else if (c == '"') {
 			in_string = true;
+		} else if (c == '/') {
+			/* yajl_tree accepts comments; JSON has none, and a comment
+			 * would hide a quote from this scan. */
+			return stella_fail(e, -EBADMSG, "manifest: invalid JSON: comment at offset %zu", i);
 		} else if (c == '[' || c == '{') {
 			if (++depth > STELLA_JSON_DEPTH_MAX)
 				return stella_fail(e, -EBADMSG, "manifest: JSON nested deeper than %u levels",

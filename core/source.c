@@ -3,7 +3,9 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <linux/fs.h>
 #include <zlib.h>
 #include <zstd.h>
 
@@ -142,6 +144,10 @@ int source_open(const char *path, struct source **out, struct stella_err *e)
 		goto fail;
 	}
 	s->file_size = (uint64_t)st.st_size;
+	if (S_ISBLK(st.st_mode) && ioctl(s->fd, BLKGETSIZE64, &s->file_size) < 0) {
+		r = stella_fail_errno(e, -errno, "%s: device size", path);
+		goto fail;
+	}
 	uint8_t magic[4] = { 0 };
 	if (s->file_size >= 4 && (r = pread_full(s->fd, magic, 4, 0)) < 0) {
 		r = stella_fail_errno(e, r, "%s", path);
@@ -362,6 +368,12 @@ static ssize_t zstd_step(struct source *s, struct cursor *c, uint8_t *buf, size_
 				c->ended = true;
 				break;
 			}
+			/* A skippable frame is data no decoder shows: hidden bytes. */
+			uint8_t magic[4];
+			if (pread_full(s->fd, magic, 4, in_pos) == 0 && (magic[0] & 0xf0) == 0x50 &&
+			    magic[1] == 0x2a && magic[2] == 0x4d && magic[3] == 0x18)
+				return stella_fail(e, -EBADMSG, "%s: trailing garbage: a zstd skippable frame at byte %llu",
+						   s->path, (unsigned long long)in_pos);
 			if (record && c->out - s->pts[s->npts - 1].out >= ZSTD_SPAN)
 				point_add(s, c->out, in_pos, 0, NULL);
 		}

@@ -468,3 +468,23 @@ def test_gzip_stream_with_garbage_after_it(make, verify):
     kit = make(basic_items(), "gzip")
     kit.write_bytes(kit.read_bytes() + b"garbage after the gzip member" * 10)
     assert_fail(verify(kit), 3)
+
+
+def test_json_comment_hiding_deep_nesting(make_raw_manifest, verify):
+    """yajl's tree parser accepts comments; a quote inside one must not blind
+    the depth and NUL checks (this crashed verify before the fix)."""
+    text = b'{"a": /* " */ ' + b"[" * 200000 + b"]" * 200000 + b"}"
+    assert_fail(verify(make_raw_manifest(text)), 3, "manifest", ("comment", "nested"))
+
+
+def test_json_line_comment_refused(make_raw_manifest, verify):
+    arts, members = split_items(basic_items())
+    mbytes = dump_manifest(make_manifest(arts)).replace(b"{", b"{ // hello\n", 1)
+    assert_fail(verify(make_raw_manifest(mbytes, members)), 3, "comment")
+
+
+def test_zstd_skippable_frame_after_kit(make, verify):
+    kit = make(basic_items(), "zstd")
+    frame = bytes([0x50, 0x2A, 0x4D, 0x18]) + (16).to_bytes(4, "little") + b"hidden payload!!"
+    kit.write_bytes(kit.read_bytes() + frame)
+    assert_fail(verify(kit), 3, "trailing")

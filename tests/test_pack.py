@@ -420,3 +420,20 @@ def test_pack_refuses_symlink_escaping_source(keys, tmp_path):
     assert cp.returncode != 0, kitlib.describe(cp)
     assert_fail(cp, cp.returncode, names=("feeds/evil",))
     assert not kit.exists()
+
+
+@pytest.mark.parametrize("spec,word", [
+    ("db=../outside", "path"),
+    ("db=/abs", "path"),
+    ("x" * 130 + "=feeds", "128"),
+    ("db=feeds,warn=9,max=3", "max"),
+    ("db=feeds,colour=blue", "unknown"),
+])
+def test_pack_refuses_bad_component(keys, tmp_path, spec, word):
+    """A component pack would write but every reader would refuse is a usage
+    error, and no kit is written."""
+    src = kitlib.make_small_tree(tmp_path / "src")
+    kit = tmp_path / "kit.tar"
+    cp = kitlib.pack(src, kit, [keys["ed25519"]], "--component", spec)
+    assert_fail(cp, 2, word)
+    assert not kit.exists()

@@ -9,6 +9,7 @@
 #include "kitverify.h"
 #include "kitwrite.h"
 #include "manifest.h"
+#include "path.h"
 #include "sig.h"
 #include "util.h"
 
@@ -184,16 +185,16 @@ static int parse_component_arg(const char *arg, struct manifest *m)
 				return usage_error("pack", "--component '%s': captured-at: not an RFC 3339 time", arg);
 			continue;
 		}
+		if (strcmp(kv, "warn") && strcmp(kv, "max") && strcmp(kv, "records"))
+			return usage_error("pack", "--component '%s': unknown key '%s' (warn, max, captured-at, records)", arg, kv);
 		if (parse_u64(v, &n) < 0 || n > INT32_MAX)
 			return usage_error("pack", "--component '%s': %s: not a non-negative integer", arg, kv);
 		if (!strcmp(kv, "warn"))
 			c->warn_age_days = (int64_t)n;
 		else if (!strcmp(kv, "max"))
 			c->max_age_days = (int64_t)n;
-		else if (!strcmp(kv, "records"))
-			c->records = (int64_t)n;
 		else
-			return usage_error("pack", "--component '%s': unknown key '%s' (warn, max, captured-at, records)", arg, kv);
+			c->records = (int64_t)n;
 	}
 	return 0;
 }
@@ -267,8 +268,13 @@ static int build_identity(struct pack_args *a, struct manifest *m, const char *o
 			return r;
 	for (size_t i = 0; i < m->ncomponents; i++) {
 		struct component *c = &m->components[i];
+		const char *why = NULL;
 		if (!c->path)
 			return usage_error("pack", "component '%s' has no path", c->name);
+		if (strlen(c->name) > 128)
+			return usage_error("pack", "component name '%.40s...' is longer than 128 bytes", c->name);
+		if (path_check(c->path, strlen(c->path), &why) < 0)
+			return usage_error("pack", "component '%s': path '%s': %s", c->name, c->path, why);
 		if (!c->captured_at)
 			c->captured_at = m->created_at;
 		if (c->max_age_days < c->warn_age_days)

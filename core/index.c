@@ -1,0 +1,535 @@
+#include "index.h"
+
+#include <pthread.h>
+#include <sqlite3.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "path.h"
+#include "util.h"
+
+#define POOL 8
+
+enum { Q_GET, Q_LOOKUP, Q_READDIR, Q_TREE, Q_META, Q_COUNT };
+
+static const char *const queries[] = {
+	[Q_GET] = "SELECT ino,parent,name,type,mode,size,data_off,tree_off,sha256,fsverity,target FROM node WHERE ino=?1",
+	[Q_LOOKUP] = "SELECT ino,parent,name,type,mode,size,data_off,tree_off,sha256,fsverity,target FROM node WHERE parent=?1 AND name=?2",
+	[Q_READDIR] = "SELECT ino,parent,name,type,mode,size,data_off,tree_off,sha256,fsverity,target FROM node WHERE parent=?1 AND ino>?2 ORDER BY ino",
+	[Q_TREE] = "SELECT data FROM tree WHERE fsverity=?1",
+	[Q_META] = "SELECT value FROM meta WHERE key=?1",
+	[Q_COUNT] = "SELECT count(*) FROM node",
+};
+
+struct conn {
+	sqlite3 *db;
+	sqlite3_stmt *q[Q_COUNT + 1];
+	bool busy;
+};
+
+struct index {
+	char *path;
+	/* building */
+	sqlite3 *w;
+	sqlite3_stmt *ins_node, *ins_tree, *ins_point, *ins_meta, *find;
+	uint64_t next_ino;
+	char *last_dir;          /* the parent of the previous artifact, and its ino */
+	uint64_t last_dir_ino;
+	/* reading */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct conn pool[POOL];
+};
+
+static const char schema[] =
+	"PRAGMA page_size=4096;"
+	"CREATE TABLE meta(key TEXT PRIMARY KEY, value BLOB);"
+	"CREATE TABLE node(ino INTEGER PRIMARY KEY, parent INTEGER NOT NULL, name BLOB NOT NULL,"
+	" type INTEGER NOT NULL, mode INTEGER NOT NULL, size INTEGER NOT NULL, data_off INTEGER NOT NULL,"
+	" tree_off INTEGER NOT NULL, sha256 BLOB, fsverity BLOB, target BLOB);"
+	"CREATE UNIQUE INDEX node_dir ON node(parent, name);"
+	"CREATE TABLE tree(fsverity BLOB PRIMARY KEY, data BLOB NOT NULL);"
+	"CREATE TABLE point(out INTEGER PRIMARY KEY, inpos INTEGER NOT NULL, bits INTEGER NOT NULL, window BLOB);";
+
+static int db_fail(struct index *ix, sqlite3 *db, struct stella_err *e, const char *what)
+{
+	int code = sqlite3_errcode(db);
+	int rc = code == SQLITE_FULL ? -ENOSPC : code == SQLITE_NOMEM ? -ENOMEM :
+		 code == SQLITE_CORRUPT || code == SQLITE_NOTADB ? -EBADMSG : -EIO;
+	return stella_fail(e, rc, "index %s: %s: %s", ix->path, what, sqlite3_errmsg(db));
+}
+
+static void index_free(struct index *ix)
+{
+	if (!ix)
+		return;
+	sqlite3_finalize(ix->ins_node);
+	sqlite3_finalize(ix->ins_tree);
+	sqlite3_finalize(ix->ins_point);
+	sqlite3_finalize(ix->ins_meta);
+	sqlite3_finalize(ix->find);
+	if (ix->w)
+		sqlite3_close(ix->w);
+	for (int i = 0; i < POOL; i++) {
+		for (int q = 0; q < Q_COUNT + 1; q++)
+			sqlite3_finalize(ix->pool[i].q[q]);
+		if (ix->pool[i].db)
+			sqlite3_close(ix->pool[i].db);
+	}
+	pthread_mutex_destroy(&ix->lock);
+	pthread_cond_destroy(&ix->cond);
+	free(ix->last_dir);
+	free(ix->path);
+	free(ix);
+}
+
+static struct index *index_new(const char *path)
+{
+	struct index *ix = calloc(1, sizeof(*ix));
+	if (!ix)
+		return NULL;
+	pthread_mutex_init(&ix->lock, NULL);
+	pthread_cond_init(&ix->cond, NULL);
+	if (!(ix->path = strdup(path))) {
+		index_free(ix);
+		return NULL;
+	}
+	return ix;
+}
+
+int index_create(const char *path, struct index **out, struct stella_err *e)
+{
+	struct index *ix = index_new(path);
+	if (!ix)
+		return -ENOMEM;
+	unlink(path);
+	int r;
+	if (sqlite3_open_v2(path, &ix->w, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK ||
+	    sqlite3_exec(ix->w, schema, NULL, NULL, NULL) != SQLITE_OK ||
+	    /* One transaction for the whole build; nothing is visible, or
+	     * usable, until index_finish commits and the caller renames. */
+	    sqlite3_exec(ix->w, "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; BEGIN", NULL, NULL, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(ix->w, "INSERT INTO node VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)", -1, &ix->ins_node, NULL) ||
+	    sqlite3_prepare_v2(ix->w, "INSERT OR IGNORE INTO tree VALUES(?1,?2)", -1, &ix->ins_tree, NULL) ||
+	    sqlite3_prepare_v2(ix->w, "INSERT INTO point VALUES(?1,?2,?3,?4)", -1, &ix->ins_point, NULL) ||
+	    sqlite3_prepare_v2(ix->w, "INSERT OR REPLACE INTO meta VALUES(?1,?2)", -1, &ix->ins_meta, NULL) ||
+	    sqlite3_prepare_v2(ix->w, "SELECT ino,type FROM node WHERE parent=?1 AND name=?2", -1, &ix->find, NULL)) {
+		r = ix->w ? db_fail(ix, ix->w, e, "create") : -ENOMEM;
+		index_free(ix);
+		return r;
+	}
+	/* the root */
+	ix->next_ino = INDEX_ROOT_INO;
+	struct artifact root = { .name = (char *)"", .type = ARTIFACT_DIR, .mode = 0755 };
+	sqlite3_bind_int64(ix->ins_node, 1, INDEX_ROOT_INO);
+	sqlite3_bind_int64(ix->ins_node, 2, INDEX_ROOT_INO);
+	sqlite3_bind_blob(ix->ins_node, 3, "", 0, SQLITE_STATIC);
+	sqlite3_bind_int(ix->ins_node, 4, root.type);
+	sqlite3_bind_int(ix->ins_node, 5, (int)root.mode);
+	sqlite3_bind_int64(ix->ins_node, 6, 0);
+	sqlite3_bind_int64(ix->ins_node, 7, 0);
+	sqlite3_bind_int64(ix->ins_node, 8, -1);
+	for (int i = 9; i <= 11; i++)
+		sqlite3_bind_null(ix->ins_node, i);
+	if (sqlite3_step(ix->ins_node) != SQLITE_DONE) {
+		r = db_fail(ix, ix->w, e, "create");
+		index_free(ix);
+		return r;
+	}
+	sqlite3_reset(ix->ins_node);
+	ix->next_ino = INDEX_ROOT_INO + 1;
+	if (!(ix->last_dir = strdup(""))) {
+		index_free(ix);
+		return -ENOMEM;
+	}
+	ix->last_dir_ino = INDEX_ROOT_INO;
+	*out = ix;
+	return 0;
+}
+
+static int insert(struct index *ix, uint64_t parent, const char *name, size_t nlen, const struct artifact *a,
+		  uint64_t data_off, int64_t tree_off, uint64_t *ino, struct stella_err *e)
+{
+	sqlite3_stmt *s = ix->ins_node;
+	*ino = ix->next_ino++;
+	sqlite3_bind_int64(s, 1, (sqlite3_int64)*ino);
+	sqlite3_bind_int64(s, 2, (sqlite3_int64)parent);
+	sqlite3_bind_blob(s, 3, name, (int)nlen, SQLITE_STATIC);
+	sqlite3_bind_int(s, 4, a->type);
+	sqlite3_bind_int(s, 5, (int)a->mode);
+	sqlite3_bind_int64(s, 6, (sqlite3_int64)a->size);
+	sqlite3_bind_int64(s, 7, (sqlite3_int64)data_off);
+	sqlite3_bind_int64(s, 8, tree_off);
+	if (a->type == ARTIFACT_FILE) {
+		sqlite3_bind_blob(s, 9, a->sha256, 32, SQLITE_STATIC);
+		sqlite3_bind_blob(s, 10, a->fsverity, 32, SQLITE_STATIC);
+	} else {
+		sqlite3_bind_null(s, 9);
+		sqlite3_bind_null(s, 10);
+	}
+	if (a->target)
+		sqlite3_bind_blob(s, 11, a->target, (int)strlen(a->target), SQLITE_STATIC);
+	else
+		sqlite3_bind_null(s, 11);
+	int r = sqlite3_step(s) == SQLITE_DONE ? 0 : db_fail(ix, ix->w, e, "insert");
+	sqlite3_reset(s);
+	return r;
+}
+
+/* The ino of directory `dir` (a path), creating implied directories. */
+static int resolve_dir(struct index *ix, const char *dir, uint64_t *ino, struct stella_err *e)
+{
+	if (!strcmp(dir, ix->last_dir)) {
+		*ino = ix->last_dir_ino;
+		return 0;
+	}
+	uint64_t cur = INDEX_ROOT_INO;
+	for (const char *p = dir; *p;) {
+		size_t n = strcspn(p, "/");
+		sqlite3_bind_int64(ix->find, 1, (sqlite3_int64)cur);
+		sqlite3_bind_blob(ix->find, 2, p, (int)n, SQLITE_STATIC);
+		int st = sqlite3_step(ix->find);
+		if (st == SQLITE_ROW) {
+			int type = sqlite3_column_int(ix->find, 1);
+			cur = (uint64_t)sqlite3_column_int64(ix->find, 0);
+			sqlite3_reset(ix->find);
+			if (type != ARTIFACT_DIR)
+				return stella_fail(e, -EBADMSG, "index: \"%s\" is not a directory", dir);
+		} else {
+			sqlite3_reset(ix->find);
+			if (st != SQLITE_DONE)
+				return db_fail(ix, ix->w, e, "lookup");
+			struct artifact implied = { .type = ARTIFACT_DIR, .mode = 0755 };
+			int r = insert(ix, cur, p, n, &implied, 0, -1, &cur, e);
+			if (r < 0)
+				return r;
+		}
+		p += n;
+		if (*p == '/')
+			p++;
+	}
+	char *copy = strdup(dir);
+	if (!copy)
+		return -ENOMEM;
+	free(ix->last_dir);
+	ix->last_dir = copy;
+	ix->last_dir_ino = cur;
+	*ino = cur;
+	return 0;
+}
+
+int index_add(struct index *ix, const struct artifact *a, uint64_t data_off, int64_t tree_off,
+	      struct stella_err *e)
+{
+	size_t pl = path_parent_len(a->name);
+	char dir[pl + 1];
+	memcpy(dir, a->name, pl);
+	dir[pl] = 0;
+	uint64_t parent = 0, ino;
+	int r = resolve_dir(ix, dir, &parent, e);
+	if (r < 0)
+		return r;
+	const char *base = a->name + (pl ? pl + 1 : 0);
+	return insert(ix, parent, base, strlen(base), a, data_off, tree_off, &ino, e);
+}
+
+int index_add_tree(struct index *ix, const uint8_t fsverity[32], const uint8_t *tree, size_t len,
+		   struct stella_err *e)
+{
+	sqlite3_bind_blob(ix->ins_tree, 1, fsverity, 32, SQLITE_STATIC);
+	sqlite3_bind_blob64(ix->ins_tree, 2, tree, len, SQLITE_STATIC);
+	int r = sqlite3_step(ix->ins_tree) == SQLITE_DONE ? 0 : db_fail(ix, ix->w, e, "insert tree");
+	sqlite3_reset(ix->ins_tree);
+	return r;
+}
+
+int index_add_points(struct index *ix, const struct source_point *pts, size_t n, uint64_t total,
+		     struct stella_err *e)
+{
+	for (size_t i = 0; i < n; i++) {
+		sqlite3_stmt *s = ix->ins_point;
+		sqlite3_bind_int64(s, 1, (sqlite3_int64)pts[i].out);
+		sqlite3_bind_int64(s, 2, (sqlite3_int64)pts[i].in);
+		sqlite3_bind_int(s, 3, pts[i].bits);
+		if (pts[i].window)
+			sqlite3_bind_blob(s, 4, pts[i].window, SOURCE_WINDOW, SQLITE_STATIC);
+		else
+			sqlite3_bind_null(s, 4);
+		int r = sqlite3_step(s) == SQLITE_DONE ? 0 : db_fail(ix, ix->w, e, "insert seek point");
+		sqlite3_reset(s);
+		if (r < 0)
+			return r;
+	}
+	char buf[32];
+	snprintf(buf, sizeof(buf), "%llu", (unsigned long long)total);
+	return index_set_meta(ix, "streamSize", buf, strlen(buf), e);
+}
+
+int index_set_meta(struct index *ix, const char *key, const void *val, size_t len, struct stella_err *e)
+{
+	sqlite3_bind_text(ix->ins_meta, 1, key, -1, SQLITE_STATIC);
+	sqlite3_bind_blob(ix->ins_meta, 2, val, (int)len, SQLITE_STATIC);
+	int r = sqlite3_step(ix->ins_meta) == SQLITE_DONE ? 0 : db_fail(ix, ix->w, e, "insert meta");
+	sqlite3_reset(ix->ins_meta);
+	return r;
+}
+
+static int open_pool(struct index *ix, struct stella_err *e)
+{
+	for (int i = 0; i < POOL; i++) {
+		struct conn *c = &ix->pool[i];
+		if (sqlite3_open_v2(ix->path, &c->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK)
+			return c->db ? db_fail(ix, c->db, e, "open") : -ENOMEM;
+		/* Small caches: the kernel caches what FUSE serves, the page
+		 * cache keeps the file; this bounds the daemon's RSS. */
+		sqlite3_exec(c->db, "PRAGMA cache_size=-512; PRAGMA query_only=1; PRAGMA mmap_size=0", NULL, NULL, NULL);
+		for (int q = 0; q < Q_COUNT; q++)
+			if (sqlite3_prepare_v3(c->db, queries[q], -1, SQLITE_PREPARE_PERSISTENT, &c->q[q], NULL) != SQLITE_OK)
+				return db_fail(ix, c->db, e, "prepare");
+	}
+	return 0;
+}
+
+int index_finish(struct index *ix, struct stella_err *e)
+{
+	if (sqlite3_exec(ix->w, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+		return db_fail(ix, ix->w, e, "commit");
+	sqlite3_finalize(ix->ins_node);
+	sqlite3_finalize(ix->ins_tree);
+	sqlite3_finalize(ix->ins_point);
+	sqlite3_finalize(ix->ins_meta);
+	sqlite3_finalize(ix->find);
+	ix->ins_node = ix->ins_tree = ix->ins_point = ix->ins_meta = ix->find = NULL;
+	if (sqlite3_close(ix->w) != SQLITE_OK)
+		return db_fail(ix, ix->w, e, "close");
+	ix->w = NULL;
+	return 0;
+}
+
+int index_open(const char *path, struct index **out, struct stella_err *e)
+{
+	struct index *ix = index_new(path);
+	if (!ix)
+		return -ENOMEM;
+	int r = open_pool(ix, e);
+	if (r < 0) {
+		index_free(ix);
+		return r;
+	}
+	*out = ix;
+	return 0;
+}
+
+void index_close(struct index *ix)
+{
+	index_free(ix);
+}
+
+static struct conn *conn_get(struct index *ix)
+{
+	pthread_mutex_lock(&ix->lock);
+	for (;;) {
+		for (int i = 0; i < POOL; i++)
+			if (!ix->pool[i].busy) {
+				ix->pool[i].busy = true;
+				pthread_mutex_unlock(&ix->lock);
+				return &ix->pool[i];
+			}
+		pthread_cond_wait(&ix->cond, &ix->lock);
+	}
+}
+
+static void conn_put(struct index *ix, struct conn *c, sqlite3_stmt *s)
+{
+	if (s)
+		sqlite3_reset(s);
+	pthread_mutex_lock(&ix->lock);
+	c->busy = false;
+	pthread_cond_signal(&ix->cond);
+	pthread_mutex_unlock(&ix->lock);
+}
+
+static void row_to_node(sqlite3_stmt *s, struct index_node *n)
+{
+	n->ino = (uint64_t)sqlite3_column_int64(s, 0);
+	n->parent = (uint64_t)sqlite3_column_int64(s, 1);
+	int nl = sqlite3_column_bytes(s, 2);
+	if (nl > 255)
+		nl = 255;
+	memcpy(n->name, sqlite3_column_blob(s, 2) ? sqlite3_column_blob(s, 2) : "", (size_t)nl);
+	n->name[nl] = 0;
+	n->type = (enum artifact_type)sqlite3_column_int(s, 3);
+	n->mode = (uint32_t)sqlite3_column_int(s, 4);
+	n->size = (uint64_t)sqlite3_column_int64(s, 5);
+	n->data_off = (uint64_t)sqlite3_column_int64(s, 6);
+	n->tree_off = sqlite3_column_int64(s, 7);
+	if (sqlite3_column_bytes(s, 8) == 32)
+		memcpy(n->sha256, sqlite3_column_blob(s, 8), 32);
+	if (sqlite3_column_bytes(s, 9) == 32)
+		memcpy(n->fsverity, sqlite3_column_blob(s, 9), 32);
+	int tl = sqlite3_column_bytes(s, 10);
+	if (tl > 4096)
+		tl = 4096;
+	if (tl > 0)
+		memcpy(n->target, sqlite3_column_blob(s, 10), (size_t)tl);
+	n->target[tl] = 0;
+}
+
+int index_get(struct index *ix, uint64_t ino, struct index_node *n)
+{
+	struct conn *c = conn_get(ix);
+	sqlite3_stmt *s = c->q[Q_GET];
+	sqlite3_bind_int64(s, 1, (sqlite3_int64)ino);
+	int st = sqlite3_step(s), r = 0;
+	if (st == SQLITE_ROW)
+		row_to_node(s, n);
+	else
+		r = st == SQLITE_DONE ? -ENOENT : -EIO;
+	conn_put(ix, c, s);
+	return r;
+}
+
+int index_lookup(struct index *ix, uint64_t parent, const char *name, struct index_node *n)
+{
+	struct conn *c = conn_get(ix);
+	sqlite3_stmt *s = c->q[Q_LOOKUP];
+	sqlite3_bind_int64(s, 1, (sqlite3_int64)parent);
+	sqlite3_bind_blob(s, 2, name, (int)strlen(name), SQLITE_STATIC);
+	int st = sqlite3_step(s), r = 0;
+	if (st == SQLITE_ROW)
+		row_to_node(s, n);
+	else
+		r = st == SQLITE_DONE ? -ENOENT : -EIO;
+	conn_put(ix, c, s);
+	return r;
+}
+
+int index_readdir(struct index *ix, uint64_t dir, uint64_t after,
+		  int (*cb)(void *ctx, const struct index_node *n), void *ctx)
+{
+	struct conn *c = conn_get(ix);
+	sqlite3_stmt *s = c->q[Q_READDIR];
+	sqlite3_bind_int64(s, 1, (sqlite3_int64)dir);
+	sqlite3_bind_int64(s, 2, (sqlite3_int64)after);
+	struct index_node *n = malloc(sizeof(*n));
+	int st, r = n ? 0 : -ENOMEM;
+	while (r == 0 && (st = sqlite3_step(s)) == SQLITE_ROW) {
+		row_to_node(s, n);
+		if (n->ino == dir)
+			continue; /* the root is its own parent */
+		if (cb(ctx, n))
+			break;
+	}
+	if (r == 0 && st != SQLITE_ROW && st != SQLITE_DONE)
+		r = -EIO;
+	free(n);
+	conn_put(ix, c, s);
+	return r;
+}
+
+static int blob_query(struct index *ix, int q, const void *key, int keylen, bool text, uint8_t **out, size_t *len)
+{
+	struct conn *c = conn_get(ix);
+	sqlite3_stmt *s = c->q[q];
+	if (text)
+		sqlite3_bind_text(s, 1, key, keylen, SQLITE_STATIC);
+	else
+		sqlite3_bind_blob(s, 1, key, keylen, SQLITE_STATIC);
+	int st = sqlite3_step(s), r = 0;
+	if (st == SQLITE_ROW) {
+		size_t n = (size_t)sqlite3_column_bytes(s, 0);
+		uint8_t *buf = malloc(n + 1);
+		if (buf) {
+			if (n)
+				memcpy(buf, sqlite3_column_blob(s, 0), n);
+			buf[n] = 0;
+			*out = buf;
+			*len = n;
+		} else {
+			r = -ENOMEM;
+		}
+	} else {
+		r = st == SQLITE_DONE ? -ENOENT : -EIO;
+	}
+	conn_put(ix, c, s);
+	return r;
+}
+
+int index_get_meta(struct index *ix, const char *key, char **val, size_t *len)
+{
+	size_t l;
+	int r = blob_query(ix, Q_META, key, -1, true, (uint8_t **)val, &l);
+	if (r == 0 && len)
+		*len = l;
+	return r;
+}
+
+int index_get_tree(struct index *ix, const uint8_t fsverity[32], uint8_t **tree, size_t *len)
+{
+	return blob_query(ix, Q_TREE, fsverity, 32, false, tree, len);
+}
+
+uint64_t index_count(struct index *ix)
+{
+	struct conn *c = conn_get(ix);
+	sqlite3_stmt *s = c->q[Q_COUNT];
+	uint64_t n = sqlite3_step(s) == SQLITE_ROW ? (uint64_t)sqlite3_column_int64(s, 0) : 0;
+	conn_put(ix, c, s);
+	return n;
+}
+
+int index_get_points(struct index *ix, struct source_point **pts, size_t *n, uint64_t *total)
+{
+	struct conn *c = conn_get(ix);
+	sqlite3_stmt *s = NULL;
+	int r = 0;
+	size_t cap = 0, cnt = 0;
+	struct source_point *p = NULL;
+	if (sqlite3_prepare_v2(c->db, "SELECT out,inpos,bits,window FROM point ORDER BY out", -1, &s, NULL) != SQLITE_OK) {
+		conn_put(ix, c, NULL);
+		return -EIO;
+	}
+	int st;
+	while ((st = sqlite3_step(s)) == SQLITE_ROW) {
+		if (cnt == cap) {
+			cap = cap ? 2 * cap : 64;
+			struct source_point *np = realloc(p, cap * sizeof(*np));
+			if (!np) {
+				r = -ENOMEM;
+				break;
+			}
+			p = np;
+		}
+		struct source_point *x = &p[cnt];
+		x->out = (uint64_t)sqlite3_column_int64(s, 0);
+		x->in = (uint64_t)sqlite3_column_int64(s, 1);
+		x->bits = (uint8_t)sqlite3_column_int(s, 2);
+		x->window = NULL;
+		if (sqlite3_column_bytes(s, 3) == SOURCE_WINDOW) {
+			if (!(x->window = malloc(SOURCE_WINDOW))) {
+				r = -ENOMEM;
+				break;
+			}
+			memcpy(x->window, sqlite3_column_blob(s, 3), SOURCE_WINDOW);
+		}
+		cnt++;
+	}
+	if (r == 0 && st != SQLITE_DONE)
+		r = -EIO;
+	sqlite3_finalize(s);
+	conn_put(ix, c, NULL);
+	if (r < 0) {
+		for (size_t i = 0; i < cnt; i++)
+			free(p[i].window);
+		free(p);
+		return r;
+	}
+	char *v = NULL;
+	if (index_get_meta(ix, "streamSize", &v, NULL) == 0) {
+		*total = strtoull(v, NULL, 10);
+		free(v);
+	}
+	*pts = p;
+	*n = cnt;
+	return 0;
+}

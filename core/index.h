@@ -1,0 +1,65 @@
+/* The index of one snapshot: its directory tree, where every file's bytes
+ * and Merkle tree are in the kit's tar stream, the trees the kit did not
+ * carry, the seek points of a compressed kit, and the kit's identity.
+ *
+ * It lives in an SQLite file, so that a kit of millions of files costs the
+ * daemon a page cache, not its whole metadata in RAM, and so that a remount
+ * of a kit already indexed skips the walk.  Readers share a small pool of
+ * read-only connections (one per concurrent FUSE request at most). */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "err.h"
+#include "manifest.h"
+#include "source.h"
+
+#define INDEX_ROOT_INO 1
+#define INDEX_SCHEMA 1
+
+struct index_node {
+	uint64_t ino;
+	uint64_t parent;
+	enum artifact_type type;
+	uint32_t mode;
+	uint64_t size;
+	uint64_t data_off;         /* tar-stream offset of a file's data */
+	int64_t tree_off;          /* tar-stream offset of its tree in merkle.bin, -1: in the index */
+	uint8_t sha256[32];
+	uint8_t fsverity[32];
+	char name[256];
+	char target[4097];
+};
+
+struct index;
+
+/* Building: a fresh database at path (replaced if present). */
+int index_create(const char *path, struct index **out, struct stella_err *e);
+/* Add an artifact; its parent directories are created (implied, 0755) as
+ * needed.  Artifacts must come sorted by name. */
+int index_add(struct index *ix, const struct artifact *a, uint64_t data_off, int64_t tree_off,
+	      struct stella_err *e);
+int index_add_tree(struct index *ix, const uint8_t fsverity[32], const uint8_t *tree, size_t len,
+		   struct stella_err *e);
+int index_add_points(struct index *ix, const struct source_point *pts, size_t n, uint64_t total,
+		     struct stella_err *e);
+int index_set_meta(struct index *ix, const char *key, const void *val, size_t len, struct stella_err *e);
+/* Commit everything (one transaction) and switch to read-only use. */
+int index_finish(struct index *ix, struct stella_err *e);
+
+/* Reading an existing database. */
+int index_open(const char *path, struct index **out, struct stella_err *e);
+void index_close(struct index *ix);
+
+/* Value of a meta key (malloc'ed, NUL-terminated); -ENOENT if absent. */
+int index_get_meta(struct index *ix, const char *key, char **val, size_t *len);
+int index_get(struct index *ix, uint64_t ino, struct index_node *n);
+int index_lookup(struct index *ix, uint64_t parent, const char *name, struct index_node *n);
+/* Children of dir with ino > after, in ino order; cb returns non-zero to stop. */
+int index_readdir(struct index *ix, uint64_t dir, uint64_t after,
+		  int (*cb)(void *ctx, const struct index_node *n), void *ctx);
+/* A tree the kit did not carry (malloc'ed). */
+int index_get_tree(struct index *ix, const uint8_t fsverity[32], uint8_t **tree, size_t *len);
+int index_get_points(struct index *ix, struct source_point **pts, size_t *n, uint64_t *total);
+uint64_t index_count(struct index *ix);

@@ -1,0 +1,783 @@
+#include "snapshot.h"
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <syslog.h>
+
+#include "bounds.h"
+#include "kitverify.h"
+#include "merkle.h"
+#include "util.h"
+
+#define HEAD_BYTES (64u << 10)
+#define NBUCKETS 1024
+
+struct snap_file {
+	struct snapshot *s;
+	struct snap_file *next;       /* hash chain in files_map */
+	uint64_t ino;
+	int refs;
+	bool shared;                  /* in files_map (verify_all uses private ones) */
+	uint64_t size, data_off;
+	int64_t tree_off;
+	uint8_t fsverity[32];
+	struct merkle_geom g;
+	uint8_t *tree;                /* whole tree, filled (and checked) lazily */
+	uint8_t *tree_ok;             /* one byte per tree block: checked */
+	bool tree_loaded;             /* the index gave us the whole tree at open */
+	pthread_mutex_t lock;
+};
+
+struct snap_files {
+	pthread_mutex_t lock;
+	struct snap_file *bucket[NBUCKETS];
+};
+
+/* ---- opening: the index, cached or built by one lazy walk ---- */
+
+struct build {
+	struct index *ix;
+	uint64_t *data_off;   /* per manifest artifact */
+	size_t n;
+	struct stella_err *e;
+};
+
+static int build_visit(void *ctx, size_t i, const struct kit_member *m, const struct hasher_result *h)
+{
+	struct build *b = ctx;
+	if (i >= b->n) {
+		size_t n = MAX(i + 1, 2 * b->n + 64);
+		uint64_t *d = realloc(b->data_off, n * sizeof(*d));
+		if (!d)
+			return -ENOMEM;
+		memset(d + b->n, 0, (n - b->n) * sizeof(*d));
+		b->data_off = d;
+		b->n = n;
+	}
+	b->data_off[i] = m->data_offset;
+	/* A tree the kit did not carry: computed by the walk, kept in the index. */
+	if (h && h->geom.levels)
+		return index_add_tree(b->ix, h->fsverity, h->tree, merkle_tree_size(&h->geom), b->e);
+	return 0;
+}
+
+static int head_digest(const char *path, uint8_t out[32])
+{
+	_cleanup_(closep) int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	uint8_t *buf = malloc(HEAD_BYTES);
+	if (!buf)
+		return -ENOMEM;
+	ssize_t n = pread(fd, buf, HEAD_BYTES, 0);
+	if (n < 0) {
+		free(buf);
+		return -errno;
+	}
+	sha256_once(buf, (size_t)n, out);
+	free(buf);
+	return 0;
+}
+
+static int meta_str(struct index *ix, const char *key, char **out)
+{
+	return index_get_meta(ix, key, out, NULL);
+}
+
+/* The facts that tie an index to one kit file: its size, the digest of its
+ * first 64 KiB (which holds the manifest's tar header: a repacked kit with
+ * the same manifest differs there) and the manifest's digest. */
+static int kit_facts(const char *kit, const uint8_t msha[32], char size[32], char head[65], char mhex[65])
+{
+	struct stat st;
+	uint8_t h[32];
+	if (stat(kit, &st) < 0)
+		return -errno;
+	int r = head_digest(kit, h);
+	if (r < 0)
+		return r;
+	snprintf(size, 32, "%llu", (unsigned long long)st.st_size);
+	hex_encode(h, 32, head);
+	hex_encode(msha, 32, mhex);
+	return 0;
+}
+
+static bool index_matches(struct index *ix, const char *size, const char *head, const char *mhex)
+{
+	const char *keys[] = { "schema", "kitSize", "kitHead", "manifestSha256", "complete" };
+	const char *want[] = { "1", size, head, mhex, "1" };
+	for (size_t i = 0; i < ARRAY_SIZE(keys); i++) {
+		char *v = NULL;
+		bool ok = meta_str(ix, keys[i], &v) == 0 && !strcmp(v, want[i]);
+		free(v);
+		if (!ok)
+			return false;
+	}
+	return true;
+}
+
+static int set_meta_str(struct index *ix, const char *k, const char *v, struct stella_err *e)
+{
+	return index_set_meta(ix, k, v, strlen(v), e);
+}
+
+static int load_identity(struct snapshot *s, struct stella_err *e)
+{
+	char *json = NULL, *v = NULL;
+	size_t len;
+	int r = index_get_meta(s->ix, "identity", &json, &len);
+	if (r < 0)
+		return stella_fail(e, -EBADMSG, "index of %s: no identity", s->kit_path);
+	struct stella_err me = { 0 };
+	r = manifest_parse(json, len, &s->identity, &me);
+	free(json);
+	if (r < 0)
+		return stella_fail(e, r, "index of %s: %s", s->kit_path, stella_err_text(&me, r));
+	if (meta_str(s->ix, "files", &v) == 0)
+		s->files = strtoull(v, NULL, 10);
+	free(v);
+	v = NULL;
+	if (meta_str(s->ix, "bytes", &v) == 0)
+		s->bytes = strtoull(v, NULL, 10);
+	free(v);
+	return 0;
+}
+
+static int build_index(struct snapshot *s, const struct snapshot_opts *o, const char *tmp, const char *final,
+		       const char *size, const char *head, const char *mhex, struct stella_err *e)
+{
+	struct index *ix = NULL;
+	struct build b = { .e = e };
+	struct kitverify_result res = { 0 };
+	int r = index_create(tmp, &ix, e);
+	if (r < 0)
+		return r;
+	b.ix = ix;
+	struct kitverify_opts vo = {
+		.trust = o->trust, .threshold = o->threshold, .now = o->now, .allow_expired = o->allow_expired,
+		.check_expiry = true, .content = true, .source = s->src, .lazy = true,
+		.visit = build_visit, .visit_ctx = &b,
+	};
+	if ((r = kit_verify(o->kit, &vo, &res, e)) < 0)
+		goto out;
+	struct manifest *m = res.manifest;
+	if (m->has_base) {
+		r = stella_fail(e, -EINVAL, "%s: a delta kit (base %s) cannot be mounted alone: import it into a store that holds its base",
+				o->kit, m->base_version);
+		goto out;
+	}
+	s->signers = res.signers;
+	for (size_t i = 0; i < m->nartifacts; i++) {
+		const struct artifact *a = &m->artifacts[i];
+		int64_t tree_off = -1;
+		if (a->type == ARTIFACT_FILE) {
+			const struct merklefile_entry *x = merklefile_find(&res.merkle, a->fsverity);
+			if (x)
+				tree_off = (int64_t)(res.merkle_offset + x->offset);
+			s->files++;
+			s->bytes += a->size;
+		}
+		if ((r = index_add(ix, a, i < b.n ? b.data_off[i] : 0, tree_off, e)) < 0)
+			goto out;
+	}
+	if (source_compression(s->src) != KIT_COMPRESS_NONE) {
+		const struct source_point *pts;
+		size_t n = source_points(s->src, &pts);
+		if ((r = index_add_points(ix, pts, n, source_stream_size(s->src), e)) < 0)
+			goto out;
+	}
+	/* The identity: the manifest without its artifacts (those are the
+	 * nodes), re-read at every mount from the index. */
+	size_t na = m->nartifacts;
+	m->nartifacts = 0;
+	char *json = NULL, num[32];
+	size_t jlen;
+	r = manifest_write(m, &json, &jlen);
+	m->nartifacts = na;
+	if (r < 0)
+		goto out;
+	r = index_set_meta(ix, "identity", json, jlen, e);
+	free(json);
+	snprintf(num, sizeof(num), "%llu", (unsigned long long)s->files);
+	if (r == 0)
+		r = set_meta_str(ix, "files", num, e);
+	snprintf(num, sizeof(num), "%llu", (unsigned long long)s->bytes);
+	if (r == 0)
+		r = set_meta_str(ix, "bytes", num, e);
+	if (r == 0)
+		r = set_meta_str(ix, "schema", "1", e);
+	if (r == 0)
+		r = set_meta_str(ix, "kitSize", size, e);
+	if (r == 0)
+		r = set_meta_str(ix, "kitHead", head, e);
+	if (r == 0)
+		r = set_meta_str(ix, "manifestSha256", mhex, e);
+	if (r == 0)
+		r = set_meta_str(ix, "complete", "1", e);
+	if (r == 0)
+		r = index_finish(ix, e);
+	if (r == 0 && rename(tmp, final) < 0)
+		r = stella_fail_errno(e, -errno, "index %s", final);
+out:
+	index_close(ix);
+	if (r < 0)
+		unlink(tmp);
+	kitverify_result_free(&res);
+	free(b.data_off);
+	return r;
+}
+
+static int ensure_dir(const char *dir, struct stella_err *e)
+{
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+		return stella_fail_errno(e, -errno, "cache directory %s", dir);
+	return 0;
+}
+
+int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, struct stella_err *e)
+{
+	struct snapshot *s = calloc(1, sizeof(*s));
+	char *mjson = NULL, *sig = NULL, *final = NULL, *tmp = NULL;
+	char tmpdir[] = "/tmp/stellafs-index.XXXXXX";
+	bool own_tmpdir = false;
+	size_t mlen, slen;
+	int r;
+	if (!s)
+		return -ENOMEM;
+	atomic_init(&s->refs, 1);
+	if (!(s->kit_path = strdup(o->kit)) || !(s->files_map = calloc(1, sizeof(*s->files_map)))) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	pthread_mutex_init(&s->files_map->lock, NULL);
+
+	if ((r = kit_read_head(o->kit, &mjson, &mlen, &sig, &slen, e)) < 0)
+		goto fail;
+	sha256_once(mjson, mlen, s->manifest_sha256);
+	char size[32], head[65], mhex[65];
+	if ((r = kit_facts(o->kit, s->manifest_sha256, size, head, mhex)) < 0) {
+		r = stella_fail_errno(e, r, "%s", o->kit);
+		goto fail;
+	}
+	const char *dir = o->cache_dir;
+	if (!dir) {
+		if (!mkdtemp(tmpdir)) {
+			r = stella_fail_errno(e, -errno, "temporary index directory");
+			goto fail;
+		}
+		own_tmpdir = true;
+		dir = tmpdir;
+	} else if ((r = ensure_dir(dir, e)) < 0) {
+		goto fail;
+	}
+	size_t pl = strlen(dir) + 80;
+	if (!(final = malloc(pl)) || !(tmp = malloc(pl))) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	snprintf(final, pl, "%s/%s.db", dir, mhex);
+	snprintf(tmp, pl, "%s/%s.db.%d.tmp", dir, mhex, (int)getpid());
+	if ((r = source_open(o->kit, &s->src, e)) < 0)
+		goto fail;
+	s->compression = source_compression(s->src);
+
+	if (index_open(final, &s->ix, NULL) == 0 && index_matches(s->ix, size, head, mhex)) {
+		/* A known kit: check its signature and expiry again (the trust
+		 * store or the clock may have changed), skip the walk. */
+		struct manifest *m = NULL;
+		if ((r = load_identity(s, e)) < 0)
+			goto fail;
+		m = s->identity;
+		struct stella_err se = { 0 };
+		if ((r = sig_check(o->trust, o->threshold, (const uint8_t *)mjson, mlen, sig, slen, &s->signers, &se)) < 0) {
+			r = stella_fail(e, r, "%s: %s", o->kit, stella_err_text(&se, r));
+			goto fail;
+		}
+		if (!o->allow_expired && o->now >= m->expires_at) {
+			char t[32];
+			time_format(m->expires_at, t);
+			r = stella_fail(e, -EKEYEXPIRED, "%s: kit %s %s expired at %s (mount with -o allow_expired to accept it)",
+					o->kit, m->kit_id, m->version, t);
+			goto fail;
+		}
+		if (s->compression != KIT_COMPRESS_NONE) {
+			struct source_point *pts;
+			size_t n;
+			uint64_t total = 0;
+			if ((r = index_get_points(s->ix, &pts, &n, &total)) < 0 ||
+			    (r = source_set_points(s->src, pts, n, total)) < 0) {
+				r = stella_fail(e, r, "index %s: bad seek points", final);
+				goto fail;
+			}
+		}
+		s->index_cached = true;
+	} else {
+		if (s->ix) {
+			index_close(s->ix);
+			s->ix = NULL;
+		}
+		if ((r = build_index(s, o, tmp, final, size, head, mhex, e)) < 0)
+			goto fail;
+		if ((r = index_open(final, &s->ix, e)) < 0 || (r = load_identity(s, e)) < 0)
+			goto fail;
+	}
+	if (own_tmpdir) {
+		/* The pool holds the file open; nothing else needs its name. */
+		unlink(final);
+		rmdir(tmpdir);
+		own_tmpdir = false;
+	}
+	if (!(s->version = strdup(s->identity->version))) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	free(mjson);
+	free(sig);
+	free(final);
+	free(tmp);
+	*out = s;
+	return 0;
+fail:
+	if (own_tmpdir) {
+		if (final)
+			unlink(final);
+		rmdir(tmpdir);
+	}
+	free(mjson);
+	free(sig);
+	free(final);
+	free(tmp);
+	snapshot_unref(s);
+	return r;
+}
+
+struct snapshot *snapshot_ref(struct snapshot *s)
+{
+	atomic_fetch_add(&s->refs, 1);
+	return s;
+}
+
+void snapshot_unref(struct snapshot *s)
+{
+	if (!s || atomic_fetch_sub(&s->refs, 1) != 1)
+		return;
+	index_close(s->ix);
+	source_close(s->src);
+	manifest_free(s->identity);
+	if (s->files_map) {
+		pthread_mutex_destroy(&s->files_map->lock);
+		free(s->files_map);
+	}
+	free(s->version);
+	free(s->kit_path);
+	free(s);
+}
+
+/* ---- entries ---- */
+
+int snapshot_getattr(struct snapshot *s, uint64_t ino, struct index_node *n)
+{
+	return index_get(s->ix, ino, n);
+}
+
+int snapshot_lookup(struct snapshot *s, uint64_t parent, const char *name, struct index_node *n)
+{
+	return index_lookup(s->ix, parent, name, n);
+}
+
+int snapshot_readdir(struct snapshot *s, uint64_t dir, uint64_t after,
+		     int (*cb)(void *ctx, const struct index_node *n), void *ctx)
+{
+	return index_readdir(s->ix, dir, after, cb, ctx);
+}
+
+char *snapshot_path(struct snapshot *s, uint64_t ino)
+{
+	char *path = strdup("");
+	struct index_node *n = malloc(sizeof(*n));
+	for (unsigned depth = 0; path && n && ino != INDEX_ROOT_INO && depth < STELLA_DEPTH_MAX + 1; depth++) {
+		if (index_get(s->ix, ino, n) < 0)
+			break;
+		size_t l = strlen(n->name) + strlen(path) + 2;
+		char *p = malloc(l);
+		if (p)
+			snprintf(p, l, "%s%s%s", n->name, *path ? "/" : "", path);
+		free(path);
+		path = p;
+		ino = n->parent;
+	}
+	free(n);
+	return path;
+}
+
+/* ---- verified reads ---- */
+
+static struct snap_file *file_new(struct snapshot *s, const struct index_node *n, struct stella_err *e, int *rc)
+{
+	struct snap_file *f = calloc(1, sizeof(*f));
+	if (!f) {
+		*rc = -ENOMEM;
+		return NULL;
+	}
+	f->s = s;
+	f->ino = n->ino;
+	f->refs = 1;
+	f->size = n->size;
+	f->data_off = n->data_off;
+	f->tree_off = n->tree_off;
+	memcpy(f->fsverity, n->fsverity, 32);
+	pthread_mutex_init(&f->lock, NULL);
+	merkle_geom_init(&f->g, n->size);
+	*rc = 0;
+	if (f->g.levels) {
+		/* calloc of a large tree maps zero pages: only the blocks we
+		 * fetch cost memory. */
+		f->tree = calloc(1, merkle_tree_size(&f->g));
+		f->tree_ok = calloc(1, f->g.tree_blocks);
+		if (!f->tree || !f->tree_ok) {
+			*rc = -ENOMEM;
+		} else if (f->tree_off < 0) {
+			uint8_t *t = NULL;
+			size_t len = 0;
+			int r = index_get_tree(s->ix, f->fsverity, &t, &len);
+			if (r < 0 || len != merkle_tree_size(&f->g)) {
+				*rc = stella_fail(e, -EIO, "index has no tree for inode %llu", (unsigned long long)n->ino);
+			} else {
+				memcpy(f->tree, t, len);
+				f->tree_loaded = true;
+			}
+			free(t);
+		}
+	}
+	if (*rc < 0) {
+		free(f->tree);
+		free(f->tree_ok);
+		pthread_mutex_destroy(&f->lock);
+		free(f);
+		return NULL;
+	}
+	return f;
+}
+
+static void file_free(struct snap_file *f)
+{
+	free(f->tree);
+	free(f->tree_ok);
+	pthread_mutex_destroy(&f->lock);
+	free(f);
+}
+
+int snapshot_file_open(struct snapshot *s, uint64_t ino, struct snap_file **out, struct stella_err *e)
+{
+	struct snap_files *m = s->files_map;
+	size_t b = ino % NBUCKETS;
+	pthread_mutex_lock(&m->lock);
+	for (struct snap_file *f = m->bucket[b]; f; f = f->next)
+		if (f->ino == ino) {
+			f->refs++;
+			pthread_mutex_unlock(&m->lock);
+			snapshot_ref(s);
+			*out = f;
+			return 0;
+		}
+	pthread_mutex_unlock(&m->lock);
+
+	struct index_node *n = malloc(sizeof(*n));
+	if (!n)
+		return -ENOMEM;
+	int r = index_get(s->ix, ino, n);
+	if (r == 0 && n->type != ARTIFACT_FILE)
+		r = -EISDIR;
+	struct snap_file *f = r == 0 ? file_new(s, n, e, &r) : NULL;
+	free(n);
+	if (!f)
+		return r;
+	f->shared = true;
+
+	pthread_mutex_lock(&m->lock);
+	for (struct snap_file *g = m->bucket[b]; g; g = g->next)
+		if (g->ino == ino) { /* another thread opened it meanwhile */
+			g->refs++;
+			pthread_mutex_unlock(&m->lock);
+			file_free(f);
+			snapshot_ref(s);
+			*out = g;
+			return 0;
+		}
+	f->next = m->bucket[b];
+	m->bucket[b] = f;
+	pthread_mutex_unlock(&m->lock);
+	snapshot_ref(s);
+	*out = f;
+	return 0;
+}
+
+void snapshot_file_close(struct snap_file *f)
+{
+	if (!f)
+		return;
+	struct snapshot *s = f->s;
+	if (f->shared) {
+		struct snap_files *m = s->files_map;
+		pthread_mutex_lock(&m->lock);
+		if (--f->refs > 0) {
+			pthread_mutex_unlock(&m->lock);
+			snapshot_unref(s);
+			return;
+		}
+		for (struct snap_file **p = &m->bucket[f->ino % NBUCKETS]; *p; p = &(*p)->next)
+			if (*p == f) {
+				*p = f->next;
+				break;
+			}
+		pthread_mutex_unlock(&m->lock);
+		snapshot_unref(s);
+	}
+	file_free(f);
+}
+
+static void report_failure(struct snap_file *f, const char *what, uint64_t block)
+{
+	struct snapshot *s = f->s;
+	atomic_fetch_add(&s->failures, 1);
+	char *path = snapshot_path(s, f->ino);
+	pthread_mutex_lock(&s->files_map->lock);
+	snprintf(s->last_failure, sizeof(s->last_failure), "%s: %s %llu", path ? path : "?", what,
+		 (unsigned long long)block);
+	pthread_mutex_unlock(&s->files_map->lock);
+	stella_log(LOG_ERR, "integrity failure: %s %s: %s: %s %llu does not match the signed manifest",
+		   s->kit_path, s->version, path ? path : "?", what, (unsigned long long)block);
+	free(path);
+}
+
+/* The tree block holding entries of `level` number idx, checked against its
+ * parent (or, for the top block, against the signed digest). */
+static int tree_block(struct snap_file *f, unsigned level, uint64_t idx, const uint8_t **out)
+{
+	uint64_t tb = f->g.level_start[level] + idx;
+	pthread_mutex_lock(&f->lock);
+	bool ok = f->tree_ok[tb];
+	pthread_mutex_unlock(&f->lock);
+	if (ok) {
+		*out = f->tree + tb * MERKLE_BLOCK;
+		return 0;
+	}
+	uint8_t buf[MERKLE_BLOCK];
+	const uint8_t *blk = f->tree + tb * MERKLE_BLOCK;
+	if (!f->tree_loaded) {
+		struct stella_err e = { 0 };
+		int r = source_pread(f->s->src, buf, MERKLE_BLOCK, (uint64_t)f->tree_off + tb * MERKLE_BLOCK, &e);
+		if (r < 0) {
+			stella_log(LOG_ERR, "%s", stella_err_text(&e, r));
+			return -EIO;
+		}
+		blk = buf;
+	}
+	uint8_t h[32];
+	sha256_once(blk, MERKLE_BLOCK, h);
+	if (level + 1 == f->g.levels) {
+		uint8_t d[32];
+		merkle_file_digest(f->size, h, d);
+		if (memcmp(d, f->fsverity, 32)) {
+			report_failure(f, "Merkle tree top block", tb);
+			return -EIO;
+		}
+	} else {
+		const uint8_t *parent;
+		int r = tree_block(f, level + 1, idx / MERKLE_PER_BLOCK, &parent);
+		if (r < 0)
+			return r;
+		if (memcmp(h, parent + (idx % MERKLE_PER_BLOCK) * MERKLE_HASH, 32)) {
+			report_failure(f, "Merkle tree block", tb);
+			return -EIO;
+		}
+	}
+	pthread_mutex_lock(&f->lock);
+	if (!f->tree_ok[tb]) {
+		if (blk != f->tree + tb * MERKLE_BLOCK)
+			memcpy(f->tree + tb * MERKLE_BLOCK, blk, MERKLE_BLOCK);
+		f->tree_ok[tb] = 1;
+	}
+	pthread_mutex_unlock(&f->lock);
+	*out = f->tree + tb * MERKLE_BLOCK;
+	return 0;
+}
+
+static int check_block(struct snap_file *f, uint64_t b, const uint8_t *data, size_t len)
+{
+	uint8_t h[32];
+	merkle_hash_block(data, len, h);
+	if (f->g.levels == 0) {
+		uint8_t d[32];
+		merkle_file_digest(f->size, h, d);
+		if (memcmp(d, f->fsverity, 32)) {
+			report_failure(f, "block", b);
+			return -EIO;
+		}
+		return 0;
+	}
+	const uint8_t *leaf;
+	int r = tree_block(f, 0, b / MERKLE_PER_BLOCK, &leaf);
+	if (r < 0)
+		return r;
+	if (memcmp(h, leaf + (b % MERKLE_PER_BLOCK) * MERKLE_HASH, 32)) {
+		report_failure(f, "block", b);
+		return -EIO;
+	}
+	return 0;
+}
+
+/* One read buffer per thread, kept: FUSE reads are up to 1 MiB and a fresh
+ * malloc of that size is an mmap and page faults every time. */
+static pthread_key_t buf_key;
+static pthread_once_t buf_once = PTHREAD_ONCE_INIT;
+struct tbuf { uint8_t *p; size_t cap; };
+
+static void tbuf_free(void *v)
+{
+	struct tbuf *t = v;
+	free(t->p);
+	free(t);
+}
+
+static void buf_key_init(void)
+{
+	pthread_key_create(&buf_key, tbuf_free);
+}
+
+static uint8_t *thread_buf(size_t need)
+{
+	pthread_once(&buf_once, buf_key_init);
+	struct tbuf *t = pthread_getspecific(buf_key);
+	if (!t) {
+		if (!(t = calloc(1, sizeof(*t))))
+			return NULL;
+		pthread_setspecific(buf_key, t);
+	}
+	if (t->cap < need) {
+		uint8_t *p = realloc(t->p, need);
+		if (!p)
+			return NULL;
+		t->p = p;
+		t->cap = need;
+	}
+	return t->p;
+}
+
+ssize_t snapshot_read(struct snap_file *f, void *buf, size_t len, uint64_t off)
+{
+	if (off >= f->size || len == 0)
+		return 0;
+	len = (size_t)MIN((uint64_t)len, f->size - off);
+	uint64_t b0 = off / MERKLE_BLOCK, b1 = (off + len - 1) / MERKLE_BLOCK;
+	uint64_t start = b0 * MERKLE_BLOCK, end = MIN(f->size, (b1 + 1) * MERKLE_BLOCK);
+	size_t rlen = (size_t)(end - start);
+	uint8_t *tmp = thread_buf(rlen);
+	if (!tmp)
+		return -ENOMEM;
+	struct stella_err e = { 0 };
+	int r = source_pread(f->s->src, tmp, rlen, f->data_off + start, &e);
+	if (r < 0) {
+		stella_log(LOG_ERR, "%s", stella_err_text(&e, r));
+		return -EIO;
+	}
+	size_t good = len;
+	for (uint64_t b = b0; b <= b1; b++) {
+		size_t boff = (size_t)((b - b0) * MERKLE_BLOCK);
+		if (check_block(f, b, tmp + boff, MIN((size_t)MERKLE_BLOCK, rlen - boff)) < 0) {
+			if (b == b0)
+				return -EIO;
+			good = (size_t)(b * MERKLE_BLOCK - off);
+			break;
+		}
+	}
+	memcpy(buf, tmp + (off - start), good);
+	atomic_fetch_add(&f->s->verified_bytes, good);
+	return (ssize_t)good;
+}
+
+/* ---- verify all ---- */
+
+struct walkstate {
+	uint64_t *dirs;
+	size_t ndirs, cap;
+	uint64_t *files;
+	size_t nfiles, fcap;
+	int err;
+};
+
+static int push(uint64_t **v, size_t *n, size_t *cap, uint64_t x)
+{
+	if (*n == *cap) {
+		size_t c = *cap ? 2 * *cap : 64;
+		uint64_t *p = realloc(*v, c * sizeof(*p));
+		if (!p)
+			return -ENOMEM;
+		*v = p;
+		*cap = c;
+	}
+	(*v)[(*n)++] = x;
+	return 0;
+}
+
+static int collect(void *ctx, const struct index_node *n)
+{
+	struct walkstate *w = ctx;
+	if (n->type == ARTIFACT_DIR)
+		w->err = push(&w->dirs, &w->ndirs, &w->cap, n->ino);
+	else if (n->type == ARTIFACT_FILE)
+		w->err = push(&w->files, &w->nfiles, &w->fcap, n->ino);
+	return w->err != 0;
+}
+
+int snapshot_verify_all(struct snapshot *s, uint64_t *files, uint64_t *bytes, struct stella_err *e)
+{
+	struct walkstate w = { 0 };
+	int r = push(&w.dirs, &w.ndirs, &w.cap, INDEX_ROOT_INO);
+	/* Directories depth-first; files checked as each directory is listed. */
+	uint8_t *buf = malloc(1 << 20);
+	*files = *bytes = 0;
+	if (!buf)
+		r = -ENOMEM;
+	while (r == 0 && w.ndirs > 0) {
+		uint64_t dir = w.dirs[--w.ndirs];
+		w.nfiles = 0;
+		if ((r = index_readdir(s->ix, dir, 0, collect, &w)) < 0 || (r = w.err) < 0)
+			break;
+		for (size_t i = 0; i < w.nfiles && r == 0; i++) {
+			struct index_node *n = malloc(sizeof(*n));
+			struct snap_file *f = NULL;
+			if (!n || (r = index_get(s->ix, w.files[i], n)) < 0) {
+				r = n ? r : -ENOMEM;
+				free(n);
+				break;
+			}
+			/* A private state: every tree block is fetched and
+			 * checked again, not taken from an open file's cache. */
+			f = file_new(s, n, e, &r);
+			free(n);
+			if (!f)
+				break;
+			for (uint64_t off = 0; off < f->size && r == 0;) {
+				ssize_t got = snapshot_read(f, buf, 1 << 20, off);
+				if (got <= 0) {
+					char *p = snapshot_path(s, f->ino);
+					r = stella_fail(e, -EIO, "%s: block %llu does not match the signed manifest",
+							p ? p : "?", (unsigned long long)(off / MERKLE_BLOCK));
+					free(p);
+					break;
+				}
+				off += (uint64_t)got;
+				*bytes += (uint64_t)got;
+			}
+			file_free(f);
+			(*files)++;
+		}
+	}
+	free(buf);
+	free(w.dirs);
+	free(w.files);
+	return r;
+}

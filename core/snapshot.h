@@ -1,0 +1,74 @@
+/* A snapshot: one verified kit, opened for reading through its index.
+ *
+ * This is the seam between the kit and the filesystem: the daemon asks it
+ * for entries and for verified bytes, nothing else.  Every byte a read
+ * returns was hashed in its 4 KiB block and matched against the file's
+ * Merkle tree, whose root matches the fs-verity digest in the signed
+ * manifest; a block that does not match is an error (-EIO) for that read,
+ * counted and logged, never data.  There is no unverified read.
+ *
+ * Snapshots are reference-counted: each open file holds one, so switching
+ * the current snapshot never frees what a reader still uses. */
+#pragma once
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "err.h"
+#include "index.h"
+#include "manifest.h"
+#include "sig.h"
+
+struct snapshot_opts {
+	const char *kit;
+	const struct trust *trust;
+	unsigned threshold;
+	int64_t now;
+	bool allow_expired;
+	const char *cache_dir;     /* where indexes persist; NULL: a temporary one */
+};
+
+struct snapshot {
+	atomic_int refs;
+	char *kit_path;
+	char *version;
+	struct manifest *identity;    /* the manifest's fields, without artifacts */
+	uint8_t manifest_sha256[32];
+	unsigned signers;
+	bool index_cached;            /* this open reused an index */
+	enum kit_compression compression;
+	uint64_t files, bytes;
+
+	atomic_uint_fast64_t verified_bytes;
+	atomic_uint_fast64_t failures;
+	char last_failure[512];       /* "path: block N" of the latest mismatch */
+
+	struct source *src;
+	struct index *ix;
+	struct snap_files *files_map;
+};
+
+int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, struct stella_err *e);
+struct snapshot *snapshot_ref(struct snapshot *s);
+void snapshot_unref(struct snapshot *s);
+
+int snapshot_getattr(struct snapshot *s, uint64_t ino, struct index_node *n);
+int snapshot_lookup(struct snapshot *s, uint64_t parent, const char *name, struct index_node *n);
+int snapshot_readdir(struct snapshot *s, uint64_t dir, uint64_t after,
+		     int (*cb)(void *ctx, const struct index_node *n), void *ctx);
+
+/* An open file: holds the snapshot and the file's verification state. */
+struct snap_file;
+int snapshot_file_open(struct snapshot *s, uint64_t ino, struct snap_file **out, struct stella_err *e);
+void snapshot_file_close(struct snap_file *f);
+/* Verified bytes [off, off+len) (fewer at the end of the file, or before
+ * the first block that failed); -EIO if the first block fails. */
+ssize_t snapshot_read(struct snap_file *f, void *buf, size_t len, uint64_t off);
+
+/* Re-check every block of every file.  Returns 0, or -EIO with the first
+ * failing file and block in e. */
+int snapshot_verify_all(struct snapshot *s, uint64_t *files, uint64_t *bytes, struct stella_err *e);
+
+/* The full path of ino inside the snapshot (for messages), malloc'ed. */
+char *snapshot_path(struct snapshot *s, uint64_t ino);
