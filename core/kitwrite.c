@@ -5,7 +5,6 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <yajl/yajl_gen.h>
 
@@ -439,18 +438,12 @@ static int write_sidecars(const struct kitwrite_opts *o, const struct manifest *
 	if ((r = write_metadata(o->out_path, m, res)) < 0)
 		return stella_fail_errno(e, r, "%s.metadata.json", o->out_path);
 
-	/* The transfer signature covers the whole kit.  Ed25519 cannot sign a
-	 * stream, so the kit is mapped, not read into memory. */
+	/* The transfer signature covers the whole kit. */
 	_cleanup_(closep) int fd = open(o->out_path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return stella_fail_errno(e, -errno, "%s", o->out_path);
-	void *map = res->kit_size ? mmap(NULL, res->kit_size, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
-	if (map == MAP_FAILED)
-		return stella_fail_errno(e, -errno, "%s: mmap", o->out_path);
 	_cleanup_(freep) char *sig = NULL;
-	r = sig_sign(o->keys[0], map, res->kit_size, &sig, e);
-	munmap(map, res->kit_size);
-	if (r < 0)
+	if ((r = sig_sign_file(o->keys[0], fd, res->kit_size, &sig, e)) < 0)
 		return r;
 	size_t sl = strlen(sig);
 	_cleanup_(freep) char *sigl = malloc(sl + 2);

@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
@@ -278,6 +279,50 @@ int sig_sign(EVP_PKEY *key, const uint8_t *msg, size_t len, char **b64, struct s
 	r = 0;
 out:
 	free(sig);
+	EVP_MD_CTX_free(ctx);
+	return r;
+}
+
+int sig_sign_file(EVP_PKEY *key, int fd, uint64_t size, char **b64, struct stella_err *e)
+{
+	if (!key_md(key)) {
+		void *map = size ? mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
+		if (map == MAP_FAILED)
+			return stella_fail_errno(e, -errno, "mmap for signing");
+		madvise(map, size, MADV_SEQUENTIAL);
+		int r = sig_sign(key, map, size, b64, e);
+		if (map)
+			munmap(map, size);
+		return r;
+	}
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	uint8_t *buf = malloc(1 << 20), *sig = NULL;
+	size_t n = 0;
+	int r = -ENOMEM;
+	if (!ctx || !buf || EVP_DigestSignInit_ex(ctx, NULL, key_md(key), NULL, NULL, key, NULL) != 1)
+		goto out;
+	for (uint64_t off = 0; off < size;) {
+		size_t want = (size_t)MIN(size - off, (uint64_t)1 << 20);
+		if ((r = pread_full(fd, buf, want, off)) < 0) {
+			r = stella_fail_errno(e, r, "reading for signing");
+			goto out;
+		}
+		if (EVP_DigestSignUpdate(ctx, buf, want) != 1) {
+			r = -EIO;
+			goto out;
+		}
+		off += want;
+	}
+	r = -EIO;
+	if (EVP_DigestSignFinal(ctx, NULL, &n) != 1 || !(sig = malloc(n)) || EVP_DigestSignFinal(ctx, sig, &n) != 1)
+		goto out;
+	r = (*b64 = base64_encode(sig, n)) ? 0 : -ENOMEM;
+out:
+	if (r == -EIO)
+		r = stella_fail(e, -EIO, "signing failed in OpenSSL");
+	ERR_clear_error();
+	free(sig);
+	free(buf);
 	EVP_MD_CTX_free(ctx);
 	return r;
 }

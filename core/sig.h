@@ -42,6 +42,11 @@ int key_load_private(const char *path, EVP_PKEY **out, struct stella_err *e);
 /* Sign msg; returns a malloc'ed base64 line (no newline). */
 int sig_sign(EVP_PKEY *key, const uint8_t *msg, size_t len, char **b64, struct stella_err *e);
 
+/* Sign a whole file (the kit's transfer signature).  ECDSA and RSA hash it
+ * as a stream; Ed25519 cannot, so the file is mapped (clean page-cache
+ * pages, not memory of ours). */
+int sig_sign_file(EVP_PKEY *key, int fd, uint64_t size, char **b64, struct stella_err *e);
+
 /* type: "ecdsa-p256", "ed25519" or "rsa-3072".  Writes PREFIX.key (0600) and
  * PREFIX.pub. */
 int key_generate(const char *type, const char *prefix, struct stella_err *e);

@@ -16,7 +16,7 @@ trap 'rm -rf "$work"' EXIT
 
 mkdir -p "$work/src/feeds"
 head -c "$((size << 20))" /dev/urandom > "$work/src/feeds/big.bin"
-"$sk" keygen --type ed25519 "$work/k" >/dev/null
+"$sk" keygen --type ecdsa-p256 "$work/k" >/dev/null
 SOURCE_DATE_EPOCH=1736899200 "$sk" pack -k "$work/k.key" --version bench --sequence 1 \
 	--expires-in 3650 "$work/src" "$work/kit.tar" >/dev/null
 ref_file="$work/src/feeds/big.bin"
@@ -25,7 +25,15 @@ ref_file="$work/src/feeds/big.bin"
 cat "$work/kit.tar" "$ref_file" >/dev/null
 
 best() { sort -g | head -n1; }
-timeit() { local s e; s=$(date +%s.%N); "$@" >/dev/null; e=$(date +%s.%N); echo "$e - $s" | bc -l; }
+timeit() { local s e; s=$(date +%s.%N); "$@" >/dev/null; e=$(date +%s.%N); awk -v a="$s" -v b="$e" 'BEGIN { print b - a }'; }
+# Peak RSS in MiB of one run (GNU time's %M is KiB), from /proc when time(1) is absent.
+peak_rss() {
+	if [ -x /usr/bin/time ]; then
+		/usr/bin/time -f %M "$@" 2>&1 >/dev/null | tail -n1 | awk '{ printf "%.1f", $1 / 1024 }'
+	else
+		echo "n/a"
+	fi
+}
 
 ours=(); refs=()
 for ((i = 0; i < runs; i++)); do
@@ -37,4 +45,9 @@ r=$(printf '%s\n' "${refs[@]}" | best)
 printf 'verify benchmark: one %d MiB file, best of %d runs, %d CPUs\n' "$size" "$runs" "$(nproc)"
 printf '  %-44s %8.3f s\n' "stellakit verify kit.tar" "$o"
 printf '  %-44s %8.3f s\n' "openssl dgst -sha256 + fsverity digest" "$r"
-printf '  ratio (goal <= 0.60)                         %8.2f\n' "$(echo "$o / $r" | bc -l)"
+printf '  ratio (goal <= 0.60)                         %8.2f\n' "$(awk -v a="$o" -v b="$r" 'BEGIN { print a / b }')"
+rm -f "$work/kit2.tar"
+printf '  peak RSS: verify %s MiB, pack %s MiB (file: %d MiB)\n' \
+	"$(peak_rss "$sk" verify -t "$work/k.pub" "$work/kit.tar")" \
+	"$(SOURCE_DATE_EPOCH=1736899200 peak_rss "$sk" pack -k "$work/k.key" --version bench --sequence 1 \
+		--expires-in 3650 "$work/src" "$work/kit2.tar")" "$size"
