@@ -15,6 +15,7 @@
 #define GZ_SPAN    (4u << 20)   /* distance between gzip seek points */
 #define ZSTD_SPAN  (1u << 20)   /* at least this far apart at frame ends */
 #define NCURSORS   8
+#define SINK       (256u << 10)
 #define SKIP_LIMIT (8u << 20)   /* continue a cursor rather than restart within this */
 
 struct cursor {
@@ -27,6 +28,8 @@ struct cursor {
 	uint64_t file_pos;    /* kit-file offset of the next byte to read into inbuf */
 	uint64_t last_use;
 	uint8_t *inbuf;
+	uint8_t *sink;        /* where skipped output goes: per cursor, since
+			       * inflate reads back what it wrote there */
 	z_stream z;
 	bool z_init;
 	ZSTD_DCtx *zd;
@@ -86,12 +89,13 @@ static void cursor_free(struct cursor *c)
 	cursor_reset(c);
 	ZSTD_freeDCtx(c->zd);
 	free(c->inbuf);
+	free(c->sink);
 }
 
 static int cursor_alloc(struct source *s, struct cursor *c)
 {
 	memset(c, 0, sizeof(*c));
-	if (!(c->inbuf = malloc(IN_CHUNK)))
+	if (!(c->inbuf = malloc(IN_CHUNK)) || !(c->sink = malloc(SINK)))
 		return -ENOMEM;
 	if (s->comp == KIT_COMPRESS_ZSTD && !(c->zd = ZSTD_createDCtx()))
 		return -ENOMEM;
@@ -262,7 +266,6 @@ static int refill(struct source *s, struct cursor *c, const uint8_t **next, size
 static ssize_t gz_step(struct source *s, struct cursor *c, uint8_t *buf, size_t len, bool record,
 		       struct stella_err *e)
 {
-	static uint8_t sink[1 << 16];
 	z_stream *z = &c->z;
 	size_t produced = 0;
 	while (produced < len && !c->ended) {
@@ -278,9 +281,9 @@ static ssize_t gz_step(struct source *s, struct cursor *c, uint8_t *buf, size_t 
 			z->avail_in = (uInt)avail;
 		}
 		size_t want = len - produced;
-		uint8_t *dst = buf ? buf + produced : sink;
+		uint8_t *dst = buf ? buf + produced : c->sink;
 		if (!buf)
-			want = MIN(want, sizeof(sink));
+			want = MIN(want, (size_t)SINK);
 		z->next_out = dst;
 		z->avail_out = (uInt)MIN(want, (size_t)UINT32_MAX);
 		int zr = inflate(z, record ? Z_BLOCK : Z_NO_FLUSH);
@@ -332,7 +335,6 @@ static ssize_t gz_step(struct source *s, struct cursor *c, uint8_t *buf, size_t 
 static ssize_t zstd_step(struct source *s, struct cursor *c, uint8_t *buf, size_t len, bool record,
 			 struct stella_err *e)
 {
-	static uint8_t sink[1 << 16];
 	size_t produced = 0;
 	while (produced < len && !c->ended) {
 		if (c->zin.pos == c->zin.size) {
@@ -348,9 +350,9 @@ static ssize_t zstd_step(struct source *s, struct cursor *c, uint8_t *buf, size_
 			c->zin.pos = 0;
 		}
 		size_t want = len - produced;
-		uint8_t *dst = buf ? buf + produced : sink;
+		uint8_t *dst = buf ? buf + produced : c->sink;
 		if (!buf)
-			want = MIN(want, sizeof(sink));
+			want = MIN(want, (size_t)SINK);
 		ZSTD_outBuffer zo = { dst, want, 0 };
 		size_t zr = ZSTD_decompressStream(c->zd, &zo, &c->zin);
 		if (ZSTD_isError(zr))

@@ -38,6 +38,9 @@ char *base64_encode(const uint8_t *in, size_t n);
  * characters.  Returns the decoded length or -EINVAL. */
 ssize_t base64_decode(const char *in, size_t n, uint8_t *out, size_t cap);
 
+/* A decimal unsigned integer, the whole string; -EINVAL otherwise. */
+int parse_u64(const char *s, uint64_t *out);
+
 /* RFC 3339 UTC times ("2025-01-15T00:00:00Z"); fractional seconds and
  * numeric offsets are accepted on input, output is always whole-second Z. */
 int time_parse(const char *s, int64_t *out);

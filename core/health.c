@@ -1,0 +1,399 @@
+#include "health.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <yajl/yajl_gen.h>
+
+#include "util.h"
+
+#define MAX_CHECKS 1100   /* the fixed ones + one per component (<= 1024) */
+
+struct check {
+	const char *name;
+	char label[160];          /* name, or "freshness:<component>" */
+	enum health_level level;
+	char detail[320];
+};
+
+struct report {
+	enum health_level overall;
+	size_t n;
+	struct check c[MAX_CHECKS];
+};
+
+const char *health_level_name(enum health_level l)
+{
+	return l == HEALTH_CRITICAL ? "CRITICAL" : l == HEALTH_WARNING ? "WARNING" : "HEALTHY";
+}
+
+static const char *check_word(enum health_level l)
+{
+	return l == HEALTH_CRITICAL ? "CRITICAL" : l == HEALTH_WARNING ? "WARNING" : "OK";
+}
+
+static double days(int64_t seconds)
+{
+	return (double)seconds / 86400.0;
+}
+
+static struct check *add(struct report *r, const char *label, enum health_level l, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static struct check *add(struct report *r, const char *label, enum health_level l, const char *fmt, ...)
+{
+	if (r->n >= MAX_CHECKS)
+		return NULL;
+	struct check *c = &r->c[r->n++];
+	snprintf(c->label, sizeof(c->label), "%s", label);
+	c->level = l;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(c->detail, sizeof(c->detail), fmt, ap);
+	va_end(ap);
+	if (l > r->overall)
+		r->overall = l;
+	return c;
+}
+
+static enum health_level component_level(const struct component *c, int64_t now)
+{
+	double age = days(now - c->captured_at);
+	return age > (double)c->max_age_days ? HEALTH_CRITICAL :
+	       age > (double)c->warn_age_days ? HEALTH_WARNING : HEALTH_OK;
+}
+
+static void evaluate(const struct health_input *in, struct report *r)
+{
+	memset(r, 0, sizeof(*r));
+	const struct manifest *k = in->kit;
+	char t[32];
+	if (!k) {
+		add(r, "kit", HEALTH_CRITICAL, "no snapshot is current");
+	} else {
+		time_format(k->expires_at, t);
+		double left = days(k->expires_at - in->now);
+		if (left <= 0)
+			add(r, "kit-expiry", HEALTH_CRITICAL, "expired %.1f days ago (%s)", -left, t);
+		else if (left < HEALTH_EXPIRY_WARN_DAYS)
+			add(r, "kit-expiry", HEALTH_WARNING, "expires in %.1f days (%s)", left, t);
+		else
+			add(r, "kit-expiry", HEALTH_OK, "expires in %.1f days (%s)", left, t);
+		for (size_t i = 0; i < k->ncomponents; i++) {
+			const struct component *c = &k->components[i];
+			char label[160];
+			snprintf(label, sizeof(label), "freshness:%s", c->name);
+			double age = days(in->now - c->captured_at);
+			add(r, label, component_level(c, in->now), "%s is %.1f days old (warn %lld, max %lld)", c->path,
+			    age, (long long)c->warn_age_days, (long long)c->max_age_days);
+		}
+	}
+	if (in->trust_ok)
+		add(r, "signature", HEALTH_OK, "%u trusted signature(s), threshold %u", in->signers, in->threshold);
+	else
+		add(r, "signature", HEALTH_CRITICAL, "%s", in->trust_detail ? in->trust_detail : "trust store invalid");
+	if (in->failures)
+		add(r, "integrity", HEALTH_CRITICAL, "%llu block(s) failed verification; last: %s",
+		    (unsigned long long)in->failures, in->last_failure ? in->last_failure : "?");
+	else
+		add(r, "integrity", HEALTH_OK, "%llu bytes verified, no failures", (unsigned long long)in->verified_bytes);
+	if (in->store_usage_pct >= 0) {
+		enum health_level l = in->store_usage_pct >= HEALTH_STORE_CRIT_PCT ? HEALTH_CRITICAL :
+				      in->store_usage_pct > HEALTH_STORE_WARN_PCT ? HEALTH_WARNING : HEALTH_OK;
+		add(r, "store-disk", l, "%d%% of the store's filesystem used", in->store_usage_pct);
+	}
+}
+
+enum health_level health_overall(const struct health_input *in)
+{
+	struct report *r = malloc(sizeof(*r));
+	if (!r)
+		return HEALTH_CRITICAL;
+	evaluate(in, r);
+	enum health_level l = r->overall;
+	free(r);
+	return l;
+}
+
+/* A growable string. */
+struct sb {
+	char *p;
+	size_t len, cap;
+	bool oom;
+};
+
+static void sb_add(struct sb *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_add(struct sb *b, const char *fmt, ...)
+{
+	va_list ap;
+	for (;;) {
+		size_t room = b->cap - b->len;
+		va_start(ap, fmt);
+		int n = b->p ? vsnprintf(b->p + b->len, room, fmt, ap) : -1;
+		va_end(ap);
+		if (n >= 0 && (size_t)n < room) {
+			b->len += (size_t)n;
+			return;
+		}
+		size_t cap = b->cap ? 2 * b->cap : 4096;
+		while (n >= 0 && cap < b->len + (size_t)n + 1)
+			cap *= 2;
+		char *p = realloc(b->p, cap);
+		if (!p) {
+			b->oom = true;
+			return;
+		}
+		b->p = p;
+		b->cap = cap;
+	}
+}
+
+static char *sb_done(struct sb *b)
+{
+	if (b->oom) {
+		free(b->p);
+		return NULL;
+	}
+	if (!b->p)
+		return strdup("");
+	return b->p;
+}
+
+char *health_render_health(const struct health_input *in)
+{
+	struct report *r = malloc(sizeof(*r));
+	if (!r)
+		return NULL;
+	evaluate(in, r);
+	struct sb b = { 0 };
+	sb_add(&b, "%s\n", health_level_name(r->overall));
+	for (size_t i = 0; i < r->n; i++)
+		sb_add(&b, "%-8s %s: %s\n", check_word(r->c[i].level), r->c[i].label, r->c[i].detail);
+	free(r);
+	return sb_done(&b);
+}
+
+char *health_render_status(const struct health_input *in)
+{
+	struct report *r = malloc(sizeof(*r));
+	if (!r)
+		return NULL;
+	evaluate(in, r);
+	struct sb b = { 0 };
+	const struct manifest *k = in->kit;
+	char t1[32], t2[32];
+	sb_add(&b, "Offline Kit Status\n");
+	if (k) {
+		time_format(k->created_at, t1);
+		time_format(k->expires_at, t2);
+		sb_add(&b, "  Kit:         %s %s (sequence %lld, channel %s)\n", k->kit_id, k->version,
+		       (long long)k->sequence, k->channel);
+		sb_add(&b, "  Created:     %s (%.1f days ago)\n", t1, days(in->now - k->created_at));
+		double left = days(k->expires_at - in->now);
+		if (left > 0)
+			sb_add(&b, "  Expires:     %s (in %.1f days)\n", t2, left);
+		else
+			sb_add(&b, "  Expires:     %s (EXPIRED %.1f days ago)\n", t2, -left);
+	} else {
+		sb_add(&b, "  Kit:         none current\n");
+	}
+	sb_add(&b, "  Health:      %s\n", health_level_name(r->overall));
+	sb_add(&b, "  Integrity:   %llu bytes verified, %llu failure(s)\n", (unsigned long long)in->verified_bytes,
+	       (unsigned long long)in->failures);
+	sb_add(&b, "  Signature:   %s\n", in->trust_ok ? "valid" : "INVALID");
+	sb_add(&b, "  Mode:        %s (%s)\n", in->mode, in->source);
+	sb_add(&b, "  Snapshots:  ");
+	for (size_t i = 0; i < in->nsnapshots; i++)
+		sb_add(&b, " %s%s", in->snapshots[i], k && !strcmp(in->snapshots[i], k->version) ? " (current)" : "");
+	sb_add(&b, "\n");
+	if (k && k->ncomponents) {
+		sb_add(&b, "Components:\n");
+		for (size_t i = 0; i < k->ncomponents; i++) {
+			const struct component *c = &k->components[i];
+			time_format(c->captured_at, t1);
+			sb_add(&b, "  %-26s %-8s %5.1f days old, captured %s (warn %lld, max %lld)\n", c->name,
+			       check_word(component_level(c, in->now)), days(in->now - c->captured_at), t1,
+			       (long long)c->warn_age_days, (long long)c->max_age_days);
+		}
+	}
+	sb_add(&b, "Checks:\n");
+	for (size_t i = 0; i < r->n; i++)
+		sb_add(&b, "  %-8s %-28s %s\n", check_word(r->c[i].level), r->c[i].label, r->c[i].detail);
+	free(r);
+	return sb_done(&b);
+}
+
+static void gs(yajl_gen g, const char *s)
+{
+	yajl_gen_string(g, (const unsigned char *)s, strlen(s));
+}
+
+static void gnum(yajl_gen g, double v)
+{
+	char buf[64];
+	snprintf(buf, sizeof(buf), "%.2f", v);
+	yajl_gen_number(g, buf, strlen(buf));
+}
+
+static void gtime(yajl_gen g, int64_t t)
+{
+	char buf[32];
+	time_format(t, buf);
+	gs(g, buf);
+}
+
+char *health_render_json(const struct health_input *in)
+{
+	struct report *r = malloc(sizeof(*r));
+	yajl_gen g = yajl_gen_alloc(NULL);
+	if (!r || !g) {
+		free(r);
+		if (g)
+			yajl_gen_free(g);
+		return NULL;
+	}
+	evaluate(in, r);
+	yajl_gen_config(g, yajl_gen_beautify, 1);
+	yajl_gen_config(g, yajl_gen_indent_string, "  ");
+	const struct manifest *k = in->kit;
+	yajl_gen_map_open(g);
+	gs(g, "health"); gs(g, health_level_name(r->overall));
+	gs(g, "mode"); gs(g, in->mode);
+	gs(g, "source"); gs(g, in->source);
+	gs(g, "current");
+	if (k)
+		gs(g, k->version);
+	else
+		yajl_gen_null(g);
+	gs(g, "snapshots");
+	yajl_gen_array_open(g);
+	for (size_t i = 0; i < in->nsnapshots; i++)
+		gs(g, in->snapshots[i]);
+	yajl_gen_array_close(g);
+	gs(g, "kit");
+	if (k) {
+		yajl_gen_map_open(g);
+		gs(g, "kitId"); gs(g, k->kit_id);
+		gs(g, "version"); gs(g, k->version);
+		gs(g, "sequence"); yajl_gen_integer(g, k->sequence);
+		gs(g, "channel"); gs(g, k->channel);
+		gs(g, "createdAt"); gtime(g, k->created_at);
+		gs(g, "expiresAt"); gtime(g, k->expires_at);
+		gs(g, "daysUntilExpiry"); gnum(g, days(k->expires_at - in->now));
+		yajl_gen_map_close(g);
+	} else {
+		yajl_gen_null(g);
+	}
+	gs(g, "components");
+	yajl_gen_array_open(g);
+	for (size_t i = 0; k && i < k->ncomponents; i++) {
+		const struct component *c = &k->components[i];
+		yajl_gen_map_open(g);
+		gs(g, "name"); gs(g, c->name);
+		gs(g, "path"); gs(g, c->path);
+		gs(g, "capturedAt"); gtime(g, c->captured_at);
+		gs(g, "ageDays"); gnum(g, days(in->now - c->captured_at));
+		gs(g, "warnAgeDays"); yajl_gen_integer(g, c->warn_age_days);
+		gs(g, "maxAgeDays"); yajl_gen_integer(g, c->max_age_days);
+		if (c->records >= 0) {
+			gs(g, "records"); yajl_gen_integer(g, c->records);
+		}
+		gs(g, "status"); gs(g, check_word(component_level(c, in->now)));
+		yajl_gen_map_close(g);
+	}
+	yajl_gen_array_close(g);
+	gs(g, "integrity");
+	yajl_gen_map_open(g);
+	gs(g, "verifiedBytes"); yajl_gen_integer(g, (long long)in->verified_bytes);
+	gs(g, "failures"); yajl_gen_integer(g, (long long)in->failures);
+	gs(g, "lastFailure");
+	if (in->last_failure && *in->last_failure)
+		gs(g, in->last_failure);
+	else
+		yajl_gen_null(g);
+	yajl_gen_map_close(g);
+	gs(g, "checks");
+	yajl_gen_array_open(g);
+	for (size_t i = 0; i < r->n; i++) {
+		yajl_gen_map_open(g);
+		gs(g, "name"); gs(g, r->c[i].label);
+		gs(g, "status"); gs(g, check_word(r->c[i].level));
+		gs(g, "detail"); gs(g, r->c[i].detail);
+		yajl_gen_map_close(g);
+	}
+	yajl_gen_array_close(g);
+	gs(g, "snapshotSwitches"); yajl_gen_integer(g, (long long)in->switches);
+	gs(g, "now"); gtime(g, in->now);
+	yajl_gen_map_close(g);
+	const unsigned char *buf;
+	size_t len;
+	char *out = NULL;
+	if (yajl_gen_get_buf(g, &buf, &len) == yajl_gen_status_ok && (out = malloc(len + 2))) {
+		memcpy(out, buf, len);
+		out[len] = '\n';
+		out[len + 1] = 0;
+	}
+	yajl_gen_free(g);
+	free(r);
+	return out;
+}
+
+/* Prometheus label values: backslash, quote and newline escaped. */
+static void label(struct sb *b, const char *v)
+{
+	for (; *v; v++) {
+		if (*v == '\\' || *v == '"')
+			sb_add(b, "\\%c", *v);
+		else if (*v == '\n')
+			sb_add(b, "\\n");
+		else
+			sb_add(b, "%c", *v);
+	}
+}
+
+static void metric(struct sb *b, const char *name, const char *type, const char *help)
+{
+	sb_add(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+char *health_render_metrics(const struct health_input *in)
+{
+	struct sb b = { 0 };
+	const struct manifest *k = in->kit;
+	enum health_level overall = health_overall(in);
+	if (k) {
+		metric(&b, "stellafs_kit_info", "gauge", "The current kit (value 1), by identity.");
+		sb_add(&b, "stellafs_kit_info{kit_id=\"");
+		label(&b, k->kit_id);
+		sb_add(&b, "\",version=\"");
+		label(&b, k->version);
+		sb_add(&b, "\",channel=\"");
+		label(&b, k->channel);
+		sb_add(&b, "\",sequence=\"%lld\"} 1\n", (long long)k->sequence);
+		metric(&b, "offline_kit_age_days", "gauge", "Days since the current kit was created.");
+		sb_add(&b, "offline_kit_age_days %.3f\n", days(in->now - k->created_at));
+		metric(&b, "offline_kit_expiry_days", "gauge", "Days until the current kit expires (negative: expired).");
+		sb_add(&b, "offline_kit_expiry_days %.3f\n", days(k->expires_at - in->now));
+		if (k->ncomponents) {
+			metric(&b, "feed_freshness_days", "gauge", "Age in days of each component's captured data.");
+			for (size_t i = 0; i < k->ncomponents; i++) {
+				sb_add(&b, "feed_freshness_days{component=\"");
+				label(&b, k->components[i].name);
+				sb_add(&b, "\"} %.3f\n", days(in->now - k->components[i].captured_at));
+			}
+		}
+	}
+	metric(&b, "trust_store_valid", "gauge", "1 when the trust store loads and vouches for the current kit.");
+	sb_add(&b, "trust_store_valid %d\n", in->trust_ok ? 1 : 0);
+	metric(&b, "stellafs_health_status", "gauge", "0 healthy, 1 warning, 2 critical.");
+	sb_add(&b, "stellafs_health_status %d\n", (int)overall);
+	metric(&b, "stellafs_integrity_failures_total", "counter", "Blocks that failed verification since mount.");
+	sb_add(&b, "stellafs_integrity_failures_total %llu\n", (unsigned long long)in->failures);
+	metric(&b, "stellafs_verified_bytes_total", "counter", "Bytes served after verification since mount.");
+	sb_add(&b, "stellafs_verified_bytes_total %llu\n", (unsigned long long)in->verified_bytes);
+	metric(&b, "stellafs_snapshot_switches_total", "counter", "Switches of the current snapshot since mount.");
+	sb_add(&b, "stellafs_snapshot_switches_total %llu\n", (unsigned long long)in->switches);
+	metric(&b, "stellafs_snapshots", "gauge", "Snapshots available.");
+	sb_add(&b, "stellafs_snapshots %zu\n", in->nsnapshots);
+	return sb_done(&b);
+}

@@ -1,0 +1,40 @@
+/* Health: the checks behind /stella/health, and the four views of them
+ * (status for people, status.json for programs, health for scripts,
+ * metrics for Prometheus).  Pure functions of their input: the daemon
+ * gathers the facts, this file judges and renders them. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "manifest.h"
+
+enum health_level { HEALTH_OK = 0, HEALTH_WARNING = 1, HEALTH_CRITICAL = 2 };
+const char *health_level_name(enum health_level l);   /* HEALTHY, WARNING, CRITICAL */
+
+#define HEALTH_EXPIRY_WARN_DAYS 7
+#define HEALTH_STORE_WARN_PCT 80
+#define HEALTH_STORE_CRIT_PCT 95
+
+struct health_input {
+	const char *mode;              /* "direct" or "store" */
+	const char *source;            /* the kit file or store directory */
+	const struct manifest *kit;    /* the current snapshot's identity; NULL: none */
+	const char *const *snapshots;  /* every available version */
+	size_t nsnapshots;
+	int64_t now;
+	bool trust_ok;                 /* the trust store loads and still vouches for the kit */
+	const char *trust_detail;
+	unsigned signers, threshold;
+	uint64_t verified_bytes, failures;
+	const char *last_failure;      /* "path: block N", or NULL */
+	int store_usage_pct;           /* -1: not applicable */
+	uint64_t switches;
+};
+
+/* Render; each returns a malloc'ed NUL-terminated text. */
+char *health_render_status(const struct health_input *in);
+char *health_render_json(const struct health_input *in);
+char *health_render_health(const struct health_input *in);
+char *health_render_metrics(const struct health_input *in);
+enum health_level health_overall(const struct health_input *in);

@@ -1,0 +1,300 @@
+/* stellafs: mount a signed offline kit as a verified read-only tree (see
+ * stellafs(8)).  Everything is checked before anything is mounted: a
+ * refused kit exits with SPEC's code and one line, and the mount point is
+ * left as it was. */
+#include <errno.h>
+#include <langinfo.h>
+#include <locale.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "stellafs.h"
+#include "util.h"
+
+#define PROG "stellafs"
+#define DEFAULT_TRUST "/etc/stella/keys"
+#define DEFAULT_CACHE "/var/cache/stellafs"
+
+static const char usage[] =
+	"Usage: " PROG " [-f] [-o OPT[,OPT...]] SOURCE MOUNTPOINT\n"
+	"\n"
+	"Mount a signed offline kit read-only; every byte read is verified against\n"
+	"the kit's signed manifest, block by block.\n"
+	"\n"
+	"SOURCE is a kit file (direct mode: that kit is the one snapshot; nothing is\n"
+	"copied).  Store directories (many snapshots, imports, switching) are not\n"
+	"supported by this build yet.\n"
+	"\n"
+	"Options:\n"
+	"  -f                      stay in the foreground (log to stderr)\n"
+	"  -d                      debug: foreground, FUSE requests logged\n"
+	"  -o trust=TRUST          PEM public key file or directory of *.pub/*.pem keys\n"
+	"                          (default " DEFAULT_TRUST ")\n"
+	"  -o threshold=N          distinct trusted signatures required (default 1)\n"
+	"  -o now=TIME             judge expiry and freshness at TIME (RFC 3339), not the clock\n"
+	"  -o allow_expired        mount a kit whose expiresAt is past (health stays CRITICAL)\n"
+	"  -o cache=DIR            where kit indexes persist (default " DEFAULT_CACHE ")\n"
+	"  -o admin_gid=GID        members of GID may write the control file (root always may)\n"
+	"  -o incoming=DIR, -o auto_activate\n"
+	"                          store-mode options: refused in direct mode\n"
+	"  -o allow_other, ...     standard FUSE mount options (allow_other is the default\n"
+	"                          when run as root, so scanners of any user can read)\n"
+	"  -h, --help              show this help\n"
+	"  -V, --version           show the version\n"
+	"\n"
+	"Exit codes: 0 mounted, 1 runtime failure (I/O, mount failed), 2 usage,\n"
+	"3 malformed kit, 4 content mismatch, 5 signature, 6 expired.\n"
+	"\n"
+	"The tree: current -> snapshots/VERSION, feeds -> current/feeds, snapshots/,\n"
+	"status, status.json, health, metrics, control.  See stellafs(8).\n";
+
+struct opts {
+	char *trust, *threshold, *now, *cache, *admin_gid, *incoming;
+	int allow_expired, auto_activate;
+	int help, version;
+	char *source;
+	int nonopts;
+};
+
+enum { KEY_HELP, KEY_VERSION };
+
+#define OPT(t, p) { t, offsetof(struct opts, p), 1 }
+static const struct fuse_opt spec[] = {
+	OPT("trust=%s", trust),
+	OPT("threshold=%s", threshold),
+	OPT("now=%s", now),
+	OPT("cache=%s", cache),
+	OPT("admin_gid=%s", admin_gid),
+	OPT("incoming=%s", incoming),
+	OPT("allow_expired", allow_expired),
+	OPT("auto_activate", auto_activate),
+	FUSE_OPT_KEY("-h", KEY_HELP),
+	FUSE_OPT_KEY("--help", KEY_HELP),
+	FUSE_OPT_KEY("-V", KEY_VERSION),
+	FUSE_OPT_KEY("--version", KEY_VERSION),
+	FUSE_OPT_END,
+};
+
+/* SOURCE is the first non-option argument; the rest (the mount point) is
+ * left for fuse_parse_cmdline. */
+static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
+{
+	(void)outargs;
+	struct opts *o = data;
+	if (key == KEY_HELP) {
+		o->help = 1;
+		return 0;
+	}
+	if (key == KEY_VERSION) {
+		o->version = 1;
+		return 0;
+	}
+	if (key == FUSE_OPT_KEY_NONOPT && !o->source) {
+		o->source = strdup(arg);
+		return 0;
+	}
+	return 1;
+}
+
+static int fail_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int fail_usage(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fprintf(stderr, PROG ": ");
+	vfprintf(stderr, fmt, ap);
+	fprintf(stderr, " (try '" PROG " --help')\n");
+	va_end(ap);
+	return STELLA_EXIT_USAGE;
+}
+
+static bool daemonized;
+
+static void log_line(int prio, const char *line)
+{
+	if (daemonized)
+		syslog(prio, "%s", line);
+	else
+		fprintf(stderr, PROG ": %s\n", line);
+}
+
+int main(int argc, char **argv)
+{
+	setlocale(LC_ALL, "");
+	if (strcmp(nl_langinfo(CODESET), "UTF-8"))
+		setlocale(LC_CTYPE, "C.UTF-8");
+
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct opts o = { 0 };
+	struct fuse_cmdline_opts cl = { 0 };
+	struct stellafs sf = { .threshold = 1 };
+	struct fuse_session *se = NULL;
+	struct stella_err e = { 0 };
+	int rc = STELLA_EXIT_RUNTIME, r;
+	bool mounted = false;
+
+	pthread_mutex_init(&sf.lock, NULL);
+	pthread_mutex_init(&sf.cmd_lock, NULL);
+	stella_log_set(log_line);
+
+	if (fuse_opt_parse(&args, &o, spec, opt_proc) != 0) {
+		rc = fail_usage("bad options");
+		goto out;
+	}
+	if (o.help) {
+		fputs(usage, stdout);
+		printf("\nFUSE options:\n");
+		fflush(stdout);
+		fuse_lowlevel_help();
+		rc = 0;
+		goto out;
+	}
+	if (o.version) {
+		printf(PROG " " STELLA_VERSION " (FUSE %s)\n", fuse_pkgversion());
+		rc = 0;
+		goto out;
+	}
+	if (fuse_parse_cmdline(&args, &cl) != 0) {
+		rc = fail_usage("bad command line");
+		goto out;
+	}
+	if (!o.source || !cl.mountpoint) {
+		rc = fail_usage("expected SOURCE and MOUNTPOINT");
+		goto out;
+	}
+
+	/* Options: every one checked before the kit is touched. */
+	sf.source = o.source;
+	sf.trust_path = o.trust ? o.trust : (char *)DEFAULT_TRUST;
+	sf.cache_dir = o.cache ? o.cache : (char *)DEFAULT_CACHE;
+	sf.allow_expired = o.allow_expired;
+	if (o.threshold) {
+		uint64_t n;
+		if (parse_u64(o.threshold, &n) < 0 || n < 1 || n > 256) {
+			rc = fail_usage("threshold=%s: a number from 1 to 256", o.threshold);
+			goto out;
+		}
+		sf.threshold = (unsigned)n;
+	}
+	if (o.now && time_parse(o.now, &sf.fixed_now) < 0) {
+		rc = fail_usage("now=%s: not an RFC 3339 time", o.now);
+		goto out;
+	}
+	if (o.admin_gid) {
+		uint64_t n;
+		if (parse_u64(o.admin_gid, &n) < 0 || n > 0x7fffffff) {
+			rc = fail_usage("admin_gid=%s: not a group id", o.admin_gid);
+			goto out;
+		}
+		sf.has_admin_gid = true;
+		sf.admin_gid = (gid_t)n;
+	}
+	struct stat st;
+	if (stat(o.source, &st) < 0) {
+		rc = fail_usage("%s: %s", o.source, strerror(errno));
+		goto out;
+	}
+	if (S_ISDIR(st.st_mode)) {
+		rc = fail_usage("%s: a directory; store mode is not supported by this build, mount a kit file", o.source);
+		goto out;
+	}
+	if (o.incoming || o.auto_activate) {
+		rc = fail_usage("incoming= and auto_activate are store-mode options; %s is a kit file", o.source);
+		goto out;
+	}
+	if ((r = trust_load(sf.trust_path, &sf.trust, &e)) < 0) {
+		rc = stella_exit_code(r);
+		fprintf(stderr, PROG ": %s\n", stella_err_text(&e, r));
+		goto out;
+	}
+
+	/* The kit: signature, expiry, structure, index; refused before mounting. */
+	sf.mounted_at = (int64_t)time(NULL);
+	struct snapshot_opts so = {
+		.kit = o.source, .trust = sf.trust, .threshold = sf.threshold, .now = sf_now(&sf),
+		.allow_expired = sf.allow_expired, .cache_dir = sf.cache_dir,
+	};
+	if ((r = snapshot_open_kit(&so, &sf.current, &e)) < 0) {
+		/* An unusable cache directory must not stop a mount: index in a
+		 * temporary directory instead. */
+		if (r != -EACCES && r != -EROFS && r != -ENOSPC) {
+			rc = stella_exit_code(r);
+			fprintf(stderr, PROG ": %s\n", stella_err_text(&e, r));
+			goto out;
+		}
+		memset(&e, 0, sizeof(e));
+		so.cache_dir = NULL;
+		if ((r = snapshot_open_kit(&so, &sf.current, &e)) < 0) {
+			rc = stella_exit_code(r);
+			fprintf(stderr, PROG ": %s\n", stella_err_text(&e, r));
+			goto out;
+		}
+	}
+	sf.trust_ok = true;
+	sf.signers = sf.current->signers;
+
+	/* Defaults a read-only, many-reader filesystem wants. */
+	fuse_opt_add_arg(&args, "-odefault_permissions");
+	fuse_opt_add_arg(&args, "-ofsname=stellafs");
+	fuse_opt_add_arg(&args, "-osubtype=stellafs");
+	if (getuid() == 0)
+		fuse_opt_add_arg(&args, "-oallow_other");
+
+	se = fuse_session_new(&args, &stellafs_ops, sizeof(stellafs_ops), &sf);
+	if (!se) {
+		fprintf(stderr, PROG ": bad FUSE options\n");
+		rc = STELLA_EXIT_USAGE;
+		goto out;
+	}
+	if (fuse_set_signal_handlers(se) != 0)
+		goto out;
+	if (fuse_session_mount(se, cl.mountpoint) != 0) {
+		fprintf(stderr, PROG ": mounting on %s failed\n", cl.mountpoint);
+		goto out;
+	}
+	mounted = true;
+	if (!cl.foreground) {
+		openlog(PROG, LOG_PID, LOG_DAEMON);
+		daemonized = true;
+	}
+	if (fuse_daemonize(cl.foreground) != 0)
+		goto out;
+	stella_log(LOG_INFO, "mounted %s %s (%s) on %s%s", sf.current->identity->kit_id, sf.current->version,
+		   o.source, cl.mountpoint, sf.current->index_cached ? ", cached index" : "");
+
+	struct fuse_loop_config *lc = fuse_loop_cfg_create();
+	if (!lc)
+		goto out;
+	fuse_loop_cfg_set_clone_fd(lc, cl.clone_fd);
+	fuse_loop_cfg_set_idle_threads(lc, cl.max_idle_threads <= 100 ? cl.max_idle_threads : 10);
+	fuse_loop_cfg_set_max_threads(lc, cl.max_threads >= 2 && cl.max_threads <= 256 ? cl.max_threads : 16);
+	r = cl.singlethread ? fuse_session_loop(se) : fuse_session_loop_mt(se, lc);
+	fuse_loop_cfg_destroy(lc);
+	rc = r == 0 ? 0 : STELLA_EXIT_RUNTIME;
+out:
+	if (se) {
+		if (mounted)
+			fuse_session_unmount(se);
+		fuse_remove_signal_handlers(se);
+		fuse_session_destroy(se);
+	}
+	snapshot_unref(sf.current);
+	trust_free(sf.trust);
+	free(cl.mountpoint);
+	fuse_opt_free_args(&args);
+	free(o.source);
+	free(o.trust);
+	free(o.threshold);
+	free(o.now);
+	free(o.cache);
+	free(o.admin_gid);
+	free(o.incoming);
+	return rc;
+}

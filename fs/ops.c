@@ -1,0 +1,573 @@
+/* FUSE low-level requests, mapped onto core/snapshot.  Thin on purpose: no
+ * format logic here, only inode arithmetic, attributes and replies.
+ *
+ * Caching: a snapshot never changes, so its entries, attributes and pages
+ * may be cached by the kernel for as long as it likes (long timeouts,
+ * keep_cache); every page it caches was verified when it was read.  The top
+ * of the tree (current, feeds, the virtual files) changes, so it is never
+ * cached. */
+#include <errno.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include "stellafs.h"
+#include "util.h"
+
+#define SNAP_TIMEOUT 86400.0
+
+static struct stellafs *SF(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+struct vbuf {
+	char *data;
+	size_t len;
+};
+
+static void fixed_attr(struct stellafs *sf, fuse_ino_t ino, struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = ino;
+	st->st_uid = 0;
+	st->st_gid = 0;
+	st->st_nlink = 1;
+	st->st_mtim.tv_sec = st->st_ctim.tv_sec = st->st_atim.tv_sec = sf->mounted_at;
+	struct snapshot *s = sf_snapshot(sf, 1);
+	switch (ino) {
+	case INO_ROOT:
+	case INO_SNAPSHOTS:
+		st->st_mode = S_IFDIR | 0755;
+		st->st_nlink = 2;
+		break;
+	case INO_CURRENT:
+		st->st_mode = S_IFLNK | 0777;
+		st->st_size = s ? (off_t)(strlen("snapshots/") + strlen(s->version)) : 0;
+		break;
+	case INO_FEEDS:
+		st->st_mode = S_IFLNK | 0777;
+		st->st_size = (off_t)strlen("current/feeds");
+		break;
+	case INO_CONTROL:
+		st->st_mode = S_IFREG | (sf->has_admin_gid ? 0664 : 0644);
+		st->st_gid = sf->has_admin_gid ? sf->admin_gid : 0;
+		break;
+	default: {
+		st->st_mode = S_IFREG | 0444;
+		size_t len = 0;
+		char *c = vfile_content(sf, ino, &len);
+		free(c);
+		st->st_size = (off_t)len;
+		st->st_mtim.tv_sec = st->st_ctim.tv_sec = sf_now(sf);
+	}
+	}
+	snapshot_unref(s);
+}
+
+static void node_attr(const struct snapshot *s, uint64_t slot, const struct index_node *n, struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = MAKE_INO(slot, n->ino);
+	st->st_mode = n->mode | (n->type == ARTIFACT_DIR ? S_IFDIR : n->type == ARTIFACT_SYMLINK ? S_IFLNK : S_IFREG);
+	st->st_nlink = n->type == ARTIFACT_DIR ? 2 : 1;
+	st->st_size = (off_t)(n->type == ARTIFACT_SYMLINK ? strlen(n->target) : n->size);
+	st->st_blocks = (blkcnt_t)((n->size + 511) / 512);
+	st->st_blksize = 4096;
+	st->st_mtim.tv_sec = st->st_ctim.tv_sec = st->st_atim.tv_sec = s->identity->created_at;
+}
+
+static bool is_fixed(fuse_ino_t ino)
+{
+	return ino < INO_FIXED_END;
+}
+
+static const struct { const char *name; fuse_ino_t ino; } top[] = {
+	{ "current", INO_CURRENT }, { "feeds", INO_FEEDS }, { "snapshots", INO_SNAPSHOTS },
+	{ "status", INO_STATUS }, { "status.json", INO_STATUS_JSON }, { "health", INO_HEALTH },
+	{ "metrics", INO_METRICS }, { "control", INO_CONTROL },
+};
+
+static void reply_fixed_entry(fuse_req_t req, fuse_ino_t ino)
+{
+	struct fuse_entry_param e = { .ino = ino, .attr_timeout = 0, .entry_timeout = 0 };
+	fixed_attr(SF(req), ino, &e.attr);
+	fuse_reply_entry(req, &e);
+}
+
+static void sf_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct stellafs *sf = SF(req);
+	if (parent == INO_ROOT) {
+		for (size_t i = 0; i < ARRAY_SIZE(top); i++)
+			if (!strcmp(name, top[i].name)) {
+				reply_fixed_entry(req, top[i].ino);
+				return;
+			}
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	struct index_node *n = malloc(sizeof(*n));
+	struct snapshot *s = NULL;
+	uint64_t slot = 0;
+	int r = -ENOENT;
+	if (!n) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	if (parent == INO_SNAPSHOTS) {
+		s = sf_snapshot(sf, 1);
+		slot = 1;
+		if (s && !strcmp(name, s->version))
+			r = snapshot_getattr(s, INDEX_ROOT_INO, n);
+	} else if (!is_fixed(parent) && (s = sf_snapshot(sf, SLOT_OF(parent)))) {
+		slot = SLOT_OF(parent);
+		r = strlen(name) > 255 ? -ENAMETOOLONG : snapshot_lookup(s, LOCAL_OF(parent), name, n);
+	}
+	if (r < 0) {
+		/* Absent names in an immutable snapshot stay absent: a negative
+		 * entry may be cached as long as a positive one. */
+		struct fuse_entry_param e = { .ino = 0, .entry_timeout = s && r == -ENOENT ? SNAP_TIMEOUT : 0 };
+		if (r == -ENOENT && s)
+			fuse_reply_entry(req, &e);
+		else
+			fuse_reply_err(req, -r);
+	} else {
+		struct fuse_entry_param e = { .ino = MAKE_INO(slot, n->ino), .attr_timeout = SNAP_TIMEOUT,
+					      .entry_timeout = SNAP_TIMEOUT };
+		node_attr(s, slot, n, &e.attr);
+		fuse_reply_entry(req, &e);
+	}
+	snapshot_unref(s);
+	free(n);
+}
+
+static void sf_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)fi;
+	struct stellafs *sf = SF(req);
+	struct stat st;
+	if (is_fixed(ino)) {
+		fixed_attr(sf, ino, &st);
+		fuse_reply_attr(req, &st, 0);
+		return;
+	}
+	struct snapshot *s = sf_snapshot(sf, SLOT_OF(ino));
+	struct index_node *n = malloc(sizeof(*n));
+	int r = !s ? -ESTALE : !n ? -ENOMEM : snapshot_getattr(s, LOCAL_OF(ino), n);
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+	} else {
+		node_attr(s, SLOT_OF(ino), n, &st);
+		fuse_reply_attr(req, &st, SNAP_TIMEOUT);
+	}
+	free(n);
+	snapshot_unref(s);
+}
+
+static void sf_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	struct stellafs *sf = SF(req);
+	struct snapshot *s = NULL;
+	if (ino == INO_FEEDS) {
+		fuse_reply_readlink(req, "current/feeds");
+		return;
+	}
+	if (ino == INO_CURRENT) {
+		s = sf_snapshot(sf, 1);
+		if (!s) {
+			fuse_reply_err(req, ENOENT);
+			return;
+		}
+		char link[300];
+		snprintf(link, sizeof(link), "snapshots/%s", s->version);
+		fuse_reply_readlink(req, link);
+		snapshot_unref(s);
+		return;
+	}
+	struct index_node *n = malloc(sizeof(*n));
+	s = is_fixed(ino) ? NULL : sf_snapshot(sf, SLOT_OF(ino));
+	int r = !s || !n ? -EINVAL : snapshot_getattr(s, LOCAL_OF(ino), n);
+	if (r == 0 && n->type != ARTIFACT_SYMLINK)
+		r = -EINVAL;
+	if (r < 0)
+		fuse_reply_err(req, -r);
+	else
+		fuse_reply_readlink(req, n->target);
+	free(n);
+	snapshot_unref(s);
+}
+
+/* ---- directories ---- */
+
+struct dirbuf {
+	fuse_req_t req;
+	char *buf;
+	size_t size, len;
+	uint64_t slot;
+	bool full;
+};
+
+static bool dir_add(struct dirbuf *d, const char *name, fuse_ino_t ino, mode_t type, off_t next)
+{
+	struct stat st = { .st_ino = ino, .st_mode = type };
+	size_t need = fuse_add_direntry(d->req, NULL, 0, name, NULL, 0);
+	if (d->len + need > d->size) {
+		d->full = true;
+		return false;
+	}
+	fuse_add_direntry(d->req, d->buf + d->len, d->size - d->len, name, &st, next);
+	d->len += need;
+	return true;
+}
+
+static int dir_child(void *ctx, const struct index_node *n)
+{
+	struct dirbuf *d = ctx;
+	mode_t t = n->type == ARTIFACT_DIR ? S_IFDIR : n->type == ARTIFACT_SYMLINK ? S_IFLNK : S_IFREG;
+	/* offset = child's local ino + 2: "." and ".." take 1 and 2 */
+	return !dir_add(d, n->name, MAKE_INO(d->slot, n->ino), t, (off_t)(n->ino + 2));
+}
+
+static void sf_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	(void)fi;
+	struct stellafs *sf = SF(req);
+	struct dirbuf d = { .req = req, .size = MIN(size, (size_t)1 << 20) };
+	if (!(d.buf = malloc(d.size))) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	int r = 0;
+	struct snapshot *s = NULL;
+	if (ino == INO_ROOT || ino == INO_SNAPSHOTS) {
+		/* small fixed lists: offset i+1 for entry i */
+		const char *names[16];
+		fuse_ino_t inos[16];
+		mode_t types[16];
+		size_t n = 0;
+		names[n] = ".", inos[n] = ino, types[n++] = S_IFDIR;
+		names[n] = "..", inos[n] = INO_ROOT, types[n++] = S_IFDIR;
+		s = sf_snapshot(sf, 1);
+		if (ino == INO_ROOT) {
+			for (size_t i = 0; i < ARRAY_SIZE(top); i++) {
+				names[n] = top[i].name;
+				inos[n] = top[i].ino;
+				types[n++] = top[i].ino == INO_CURRENT || top[i].ino == INO_FEEDS ? S_IFLNK :
+					     top[i].ino == INO_SNAPSHOTS ? S_IFDIR : S_IFREG;
+			}
+		} else if (s) {
+			names[n] = s->version, inos[n] = MAKE_INO(1, INDEX_ROOT_INO), types[n++] = S_IFDIR;
+		}
+		for (size_t i = (size_t)off; i < n; i++)
+			if (!dir_add(&d, names[i], inos[i], types[i], (off_t)(i + 1)))
+				break;
+	} else if (is_fixed(ino)) {
+		r = -ENOTDIR;
+	} else if (!(s = sf_snapshot(sf, SLOT_OF(ino)))) {
+		r = -ESTALE;
+	} else {
+		d.slot = SLOT_OF(ino);
+		uint64_t local = LOCAL_OF(ino);
+		struct index_node parent;
+		if (off < 1 && !dir_add(&d, ".", ino, S_IFDIR, 1))
+			goto done;
+		if (off < 2) {
+			fuse_ino_t up = INO_SNAPSHOTS;
+			if (local != INDEX_ROOT_INO && snapshot_getattr(s, local, &parent) == 0)
+				up = MAKE_INO(d.slot, parent.parent);
+			if (!dir_add(&d, "..", up, S_IFDIR, 2))
+				goto done;
+		}
+		r = snapshot_readdir(s, local, off > 2 ? (uint64_t)off - 2 : 0, dir_child, &d);
+	}
+done:
+	if (r < 0)
+		fuse_reply_err(req, -r);
+	else
+		fuse_reply_buf(req, d.buf, d.len);
+	free(d.buf);
+	snapshot_unref(s);
+}
+
+/* ---- files ---- */
+
+static void sf_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct stellafs *sf = SF(req);
+	int acc = fi->flags & O_ACCMODE;
+	if (ino == INO_CONTROL) {
+		if (acc != O_RDONLY && !control_allowed(sf, req)) {
+			fuse_reply_err(req, EACCES);
+			return;
+		}
+		fi->direct_io = 1;
+		fi->nonseekable = 0;
+		struct vbuf *v = calloc(1, sizeof(*v));
+		if (!v) {
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		if (acc != O_WRONLY && !(v->data = vfile_content(sf, ino, &v->len))) {
+			free(v);
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		fi->fh = (uintptr_t)v;
+		fuse_reply_open(req, fi);
+		return;
+	}
+	if (acc != O_RDONLY || (fi->flags & O_TRUNC)) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	if (is_fixed(ino)) {
+		/* The content is fixed at open: one read(2) sees one state. */
+		struct vbuf *v = calloc(1, sizeof(*v));
+		if (!v || !(v->data = vfile_content(sf, ino, &v->len))) {
+			free(v);
+			fuse_reply_err(req, ino >= INO_STATUS ? ENOMEM : EISDIR);
+			return;
+		}
+		fi->direct_io = 1;
+		fi->fh = (uintptr_t)v;
+		fuse_reply_open(req, fi);
+		return;
+	}
+	struct snapshot *s = sf_snapshot(sf, SLOT_OF(ino));
+	struct snap_file *f = NULL;
+	struct stella_err e = { 0 };
+	int r = s ? snapshot_file_open(s, LOCAL_OF(ino), &f, &e) : -ESTALE;
+	snapshot_unref(s); /* the open file holds its own reference */
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		return;
+	}
+	fi->fh = (uintptr_t)f;
+	fi->keep_cache = 1;
+	fi->noflush = 1;
+	fuse_reply_open(req, fi);
+}
+
+static void sf_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	if (is_fixed(ino)) {
+		struct vbuf *v = (struct vbuf *)(uintptr_t)fi->fh;
+		if (!v->data || (size_t)off >= v->len)
+			fuse_reply_buf(req, NULL, 0);
+		else
+			fuse_reply_buf(req, v->data + off, MIN(size, v->len - (size_t)off));
+		return;
+	}
+	struct snap_file *f = (struct snap_file *)(uintptr_t)fi->fh;
+	static __thread char *buf;
+	static __thread size_t cap;
+	if (cap < size) {
+		char *p = realloc(buf, size);
+		if (!p) {
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		buf = p;
+		cap = size;
+	}
+	ssize_t n = snapshot_read(f, buf, size, (uint64_t)off);
+	if (n < 0)
+		fuse_reply_err(req, (int)-n);
+	else
+		fuse_reply_buf(req, buf, (size_t)n);
+}
+
+static void sf_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+		     struct fuse_file_info *fi)
+{
+	(void)off;
+	(void)fi;
+	if (ino != INO_CONTROL) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	int r = control_write(SF(req), fuse_req_ctx(req)->uid, buf, size);
+	if (r < 0)
+		fuse_reply_err(req, -r);
+	else
+		fuse_reply_write(req, size);
+}
+
+static void sf_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	if (is_fixed(ino)) {
+		struct vbuf *v = (struct vbuf *)(uintptr_t)fi->fh;
+		if (v)
+			free(v->data);
+		free(v);
+	} else {
+		snapshot_file_close((struct snap_file *)(uintptr_t)fi->fh);
+	}
+	fuse_reply_err(req, 0);
+}
+
+/* ---- extended attributes ---- */
+
+static int xattr_value(struct stellafs *sf, fuse_ino_t ino, const char *name, char *out, size_t cap)
+{
+	if (is_fixed(ino))
+		return -ENODATA;
+	struct snapshot *s = sf_snapshot(sf, SLOT_OF(ino));
+	struct index_node *n = malloc(sizeof(*n));
+	int r = !s ? -ESTALE : !n ? -ENOMEM : snapshot_getattr(s, LOCAL_OF(ino), n);
+	if (r == 0) {
+		char hex[65];
+		if (!strcmp(name, "user.stella.snapshot")) {
+			snprintf(out, cap, "%s", s->version);
+		} else if (n->type == ARTIFACT_FILE && !strcmp(name, "user.stella.sha256")) {
+			hex_encode(n->sha256, 32, out);
+		} else if (n->type == ARTIFACT_FILE && !strcmp(name, "user.stella.fsverity")) {
+			hex_encode(n->fsverity, 32, hex);
+			snprintf(out, cap, "sha256:%s", hex);
+		} else {
+			r = -ENODATA;
+		}
+	}
+	free(n);
+	snapshot_unref(s);
+	return r;
+}
+
+static void sf_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	char val[300];
+	int r = xattr_value(SF(req), ino, name, val, sizeof(val));
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		return;
+	}
+	size_t len = strlen(val);
+	if (size == 0)
+		fuse_reply_xattr(req, len);
+	else if (size < len)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, val, len);
+}
+
+static void sf_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	static const char files[] = "user.stella.sha256\0user.stella.fsverity\0user.stella.snapshot";
+	static const char others[] = "user.stella.snapshot";
+	struct stellafs *sf = SF(req);
+	const char *list = "";
+	size_t len = 0;
+	if (!is_fixed(ino)) {
+		struct snapshot *s = sf_snapshot(sf, SLOT_OF(ino));
+		struct index_node *n = malloc(sizeof(*n));
+		if (s && n && snapshot_getattr(s, LOCAL_OF(ino), n) == 0) {
+			bool file = n->type == ARTIFACT_FILE;
+			list = file ? files : others;
+			len = file ? sizeof(files) : sizeof(others);
+		}
+		free(n);
+		snapshot_unref(s);
+	}
+	if (size == 0)
+		fuse_reply_xattr(req, len);
+	else if (size < len)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, list, len);
+}
+
+static void sf_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	(void)ino;
+	struct statvfs st = { .f_bsize = 4096, .f_frsize = 4096, .f_namemax = 255, .f_flag = ST_RDONLY | ST_NOSUID };
+	struct snapshot *s = sf_snapshot(SF(req), 1);
+	if (s) {
+		st.f_blocks = (s->bytes + 4095) / 4096;
+		st.f_files = s->files;
+	}
+	snapshot_unref(s);
+	fuse_reply_statfs(req, &st);
+}
+
+static void sf_init(void *userdata, struct fuse_conn_info *conn)
+{
+	(void)userdata;
+	/* Reads as large as the kernel will send: more blocks hashed per
+	 * request, fewer round trips. */
+	conn->max_readahead = conn->max_readahead ? conn->max_readahead : (1u << 20);
+	if (conn->capable & FUSE_CAP_ASYNC_READ)
+		conn->want |= FUSE_CAP_ASYNC_READ;
+	conn->want &= ~(unsigned)FUSE_CAP_WRITEBACK_CACHE;
+}
+
+/* Everything that would change the tree: read-only. */
+static void erofs(fuse_req_t req) { fuse_reply_err(req, EROFS); }
+static void sf_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *a, int to_set, struct fuse_file_info *fi)
+{
+	(void)a;
+	(void)fi;
+	/* `echo cmd > control` truncates first: allow exactly that. */
+	if (ino == INO_CONTROL && (to_set & ~(FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW |
+					      FUSE_SET_ATTR_CTIME)) == 0) {
+		if (!control_allowed(SF(req), req)) {
+			fuse_reply_err(req, EACCES);
+			return;
+		}
+		struct stat st;
+		fixed_attr(SF(req), ino, &st);
+		fuse_reply_attr(req, &st, 0);
+		return;
+	}
+	erofs(req);
+}
+static void sf_mknod(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m, dev_t r) { (void)p; (void)n; (void)m; (void)r; erofs(req); }
+static void sf_mkdir(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m) { (void)p; (void)n; (void)m; erofs(req); }
+static void sf_unlink(fuse_req_t req, fuse_ino_t p, const char *n) { (void)p; (void)n; erofs(req); }
+static void sf_symlink(fuse_req_t req, const char *l, fuse_ino_t p, const char *n) { (void)l; (void)p; (void)n; erofs(req); }
+static void sf_rename(fuse_req_t req, fuse_ino_t p, const char *n, fuse_ino_t np, const char *nn, unsigned f)
+{
+	(void)p; (void)n; (void)np; (void)nn; (void)f;
+	erofs(req);
+}
+static void sf_link(fuse_req_t req, fuse_ino_t i, fuse_ino_t p, const char *n) { (void)i; (void)p; (void)n; erofs(req); }
+static void sf_create(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m, struct fuse_file_info *fi)
+{
+	(void)p; (void)n; (void)m; (void)fi;
+	erofs(req);
+}
+static void sf_setxattr(fuse_req_t req, fuse_ino_t i, const char *n, const char *v, size_t s, int f)
+{
+	(void)i; (void)n; (void)v; (void)s; (void)f;
+	erofs(req);
+}
+static void sf_removexattr(fuse_req_t req, fuse_ino_t i, const char *n) { (void)i; (void)n; erofs(req); }
+
+const struct fuse_lowlevel_ops stellafs_ops = {
+	.init = sf_init,
+	.lookup = sf_lookup,
+	.getattr = sf_getattr,
+	.readlink = sf_readlink,
+	.readdir = sf_readdir,
+	.open = sf_open,
+	.read = sf_read,
+	.write = sf_write,
+	.release = sf_release,
+	.getxattr = sf_getxattr,
+	.listxattr = sf_listxattr,
+	.statfs = sf_statfs,
+	.setattr = sf_setattr,
+	.mknod = sf_mknod,
+	.mkdir = sf_mkdir,
+	.unlink = sf_unlink,
+	.rmdir = sf_unlink,
+	.symlink = sf_symlink,
+	.rename = sf_rename,
+	.link = sf_link,
+	.create = sf_create,
+	.setxattr = sf_setxattr,
+	.removexattr = sf_removexattr,
+};
