@@ -218,7 +218,7 @@ char *health_render_status(const struct health_input *in)
 	}
 	sb_add(&b, "Checks:\n");
 	for (size_t i = 0; i < r->n; i++)
-		sb_add(&b, "  %-8s %-28s %s\n", check_word(r->c[i].level), r->c[i].label, r->c[i].detail);
+		sb_add(&b, "  %-8s %-36s %s\n", check_word(r->c[i].level), r->c[i].label, r->c[i].detail);
 	free(r);
 	return sb_done(&b);
 }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job, from a fresh Debian 12 machine: install what is missing,
 # build, generate the sample kit source, make a signing key, pack and sign
-# the example kit, verify it as an operator would, and show what it holds.
-# Everything it makes goes to ./demo (or $1).
+# the example kit, verify it as an operator would, mount it with stellafs
+# and show its status.  Everything it makes goes to ./demo (or $1); the kit
+# stays mounted at ./demo/mnt for you to explore (umount demo/mnt when done).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -29,4 +30,19 @@ openssl dgst -sha256 -verify "$out/signer.pub" -signature "$out/kit.tar.gz.sig.d
 echo "== verify"
 "$sk" verify -t "$out/signer.pub" "$out/kit.tar.gz"
 echo "== inspect"
-"$sk" inspect "$out/kit.tar.gz"
+"$sk" inspect "$out/kit.tar.gz" | head -n 20
+echo "== mount (stellafs, direct mode)"
+mnt="$out/mnt"
+mkdir -p "$mnt"
+mountpoint -q "$mnt" && umount "$mnt"
+build/fs/stellafs -o "trust=$out/signer.pub,cache=$out/cache" "$out/kit.tar.gz" "$mnt"
+ls -l "$mnt" "$mnt/feeds/"
+echo "== a scanner reads the feed in place"
+sqlite3 -readonly "$mnt/feeds/vuln-db/vuln.db" \
+	"SELECT severity, count(*) FROM vulns GROUP BY severity ORDER BY count(*) DESC;"
+echo "== cat $mnt/status"
+cat "$mnt/status"
+echo "== stellakit status (exit 0 HEALTHY, 1 WARNING, 2 CRITICAL)"
+"$sk" status "$mnt" >/dev/null && echo "health: $(head -n1 "$mnt/health")"
+echo
+echo "The kit is mounted at $mnt; 'umount $mnt' when done."

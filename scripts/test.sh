@@ -35,7 +35,7 @@ run_suite() { # NAME BUILD_DIR MESON_OPTIONS...
 	echo "=== $name: unit tests"
 	meson test -C "$dir" --print-errorlogs 2>&1 | tee "$results/$name-unit.log" | grep -E "^ *[0-9]+/[0-9]+ |^(Ok|Fail|Timeout):"
 	echo "=== $name: pytest"
-	STELLA_BUILD="$top/$dir" STELLAKIT="$top/$dir/tools/stellakit" "$PY" -m pytest -q -p no:cacheprovider \
+	STELLA_BUILD="$top/$dir" STELLAKIT="$top/$dir/tools/stellakit" STELLAFS="$top/$dir/fs/stellafs" "$PY" -m pytest -q -p no:cacheprovider \
 		--junitxml="$results/$name-pytest.xml" "${PYTEST_ARGS[@]}" tests/ || status=1
 }
 

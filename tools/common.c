@@ -31,19 +31,6 @@ int usage_error(const char *cmd, const char *fmt, ...)
 	return STELLA_EXIT_USAGE;
 }
 
-int parse_u64(const char *s, uint64_t *out)
-{
-	if (!s || !*s || *s == '-' || *s == '+')
-		return -EINVAL;
-	char *end;
-	errno = 0;
-	unsigned long long v = strtoull(s, &end, 10);
-	if (errno || *end)
-		return -EINVAL;
-	*out = v;
-	return 0;
-}
-
 int parse_now(const char *cmd, const char *arg, int64_t *now)
 {
 	if (!arg) {

@@ -14,7 +14,6 @@ int report(const struct stella_err *e, int rc);
 /* Print "stellakit: CMD: <msg> (try 'stellakit CMD --help')", return 2. */
 int usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-int parse_u64(const char *s, uint64_t *out);
 /* --now TIME, or the clock. */
 int parse_now(const char *cmd, const char *arg, int64_t *now);
 
@@ -27,3 +26,4 @@ int cmd_pack(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_diff(int argc, char **argv);
+int cmd_status(int argc, char **argv);

@@ -27,6 +27,8 @@ static const char usage[] =
 	"      show a kit's identity, components and artifacts (no trust needed)\n"
 	"  diff OLD_KIT NEW_KIT\n"
 	"      list artifacts added (+), removed (-) and changed (~)\n"
+	"  status [MOUNTPOINT] [--json]\n"
+	"      health of a mounted kit; exit 0/1/2 = HEALTHY/WARNING/CRITICAL\n"
 	"\n"
 	"TRUST is a PEM public key file or a directory of *.pub / *.pem keys.\n"
 	"Times are RFC 3339 UTC, e.g. 2025-01-15T00:00:00Z.\n"
@@ -64,6 +66,7 @@ int main(int argc, char **argv)
 		{ "verify", cmd_verify },
 		{ "inspect", cmd_inspect },
 		{ "diff", cmd_diff },
+		{ "status", cmd_status },
 	};
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
 		if (!strcmp(cmd, cmds[i].name))
