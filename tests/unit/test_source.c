@@ -3,6 +3,7 @@
  * GNU gzip and zstd themselves compressed; concatenated members and frames;
  * garbage after the stream and truncation refused. */
 #include <stdbool.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -68,6 +69,52 @@ static void check_file(const char *path, enum kit_compression comp)
 	source_close(s);
 }
 
+/* Many threads reading at random offsets at once: each cursor must keep its
+ * own state (a shared scratch buffer once corrupted concurrent inflates). */
+struct racer {
+	struct source *s;
+	unsigned seed;
+	int bad;
+};
+
+static void *race(void *arg)
+{
+	struct racer *r = arg;
+	uint8_t *buf = malloc(65536);
+	for (int i = 0; i < 60; i++) {
+		r->seed = r->seed * 1103515245 + 12345;
+		uint64_t off = (r->seed >> 4) % (2 * (uint64_t)SIZE - 65536);
+		size_t len = 1 + (r->seed >> 8) % 65536;
+		struct stella_err e = { 0 };
+		if (source_pread(r->s, buf, len, off, &e) < 0 || memcmp(buf, data + off, len))
+			r->bad++;
+	}
+	free(buf);
+	return NULL;
+}
+
+static void check_concurrent(const char *path)
+{
+	struct source *s;
+	struct stella_err e = { 0 };
+	CHECK(source_open(path, &s, &e) == 0);
+	uint8_t *buf = malloc(1 << 20);
+	while (source_stream_read(s, buf, 1 << 20, &e) > 0)
+		;
+	free(buf);
+	pthread_t t[6];
+	struct racer r[6];
+	for (int i = 0; i < 6; i++) {
+		r[i] = (struct racer){ .s = s, .seed = (unsigned)i * 7919u + 1 };
+		pthread_create(&t[i], NULL, race, &r[i]);
+	}
+	for (int i = 0; i < 6; i++) {
+		pthread_join(t[i], NULL);
+		CHECK(r[i].bad == 0);
+	}
+	source_close(s);
+}
+
 static void refused(const char *path, const char *needle)
 {
 	struct source *s;
@@ -113,6 +160,10 @@ int main(void)
 	check_file(path, KIT_COMPRESS_ZSTD);
 	snprintf(path, sizeof(path), "%s/k.tar", dir);
 	check_file(path, KIT_COMPRESS_NONE);
+	snprintf(path, sizeof(path), "%s/k.gz", dir);
+	check_concurrent(path);
+	snprintf(path, sizeof(path), "%s/k.zst", dir);
+	check_concurrent(path);
 
 	snprintf(cmd, sizeof(cmd), "cd %s && cp a.gz g1.gz && echo garbage >> g1.gz && "
 		 "cp a.zst g2.zst && echo garbage >> g2.zst && "
