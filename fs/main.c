@@ -170,7 +170,20 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
-	/* Options: every one checked before the kit is touched. */
+	/* Options: every one checked before the kit is touched.  Paths are made
+	 * absolute: the daemon runs in / once detached, and reload re-reads
+	 * the kit and the trust store by name. */
+	char *abs_source = realpath(o.source, NULL), *abs_trust = NULL;
+	if (!abs_source) {
+		rc = fail_usage("%s: %s", o.source, strerror(errno));
+		goto out;
+	}
+	free(o.source);
+	o.source = abs_source;
+	if (o.trust && (abs_trust = realpath(o.trust, NULL))) {
+		free(o.trust);
+		o.trust = abs_trust;
+	}
 	sf.source = o.source;
 	sf.trust_path = o.trust ? o.trust : (char *)DEFAULT_TRUST;
 	sf.cache_dir = o.cache ? o.cache : (char *)DEFAULT_CACHE;
@@ -200,6 +213,14 @@ int main(int argc, char **argv)
 	if (stat(o.source, &st) < 0) {
 		rc = fail_usage("%s: %s", o.source, strerror(errno));
 		goto out;
+	}
+	if (o.cache) {
+		char *abs_cache = realpath(o.cache, NULL);
+		if (abs_cache) {
+			free(o.cache);
+			o.cache = abs_cache;
+			sf.cache_dir = o.cache;
+		}
 	}
 	if (S_ISDIR(st.st_mode)) {
 		rc = fail_usage("%s: a directory; store mode is not supported by this build, mount a kit file", o.source);
