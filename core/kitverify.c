@@ -167,6 +167,11 @@ static int hash_member(struct walk *w, const struct kit_member *m, const struct 
 			got += (size_t)n;
 		}
 		hasher_put(w->hasher, got);
+		if (w->o->data && got && (r = w->o->data(w->o->visit_ctx, buf, got, e)) < 0) {
+			struct hasher_result dummy;
+			hasher_end(w->hasher, &dummy);
+			return r;
+		}
 		if (got < want) {
 			struct hasher_result dummy;
 			hasher_end(w->hasher, &dummy);
@@ -226,22 +231,22 @@ static int check_member(struct walk *w, const struct kit_member *m, const char *
 		if (strcmp(a->target, m->target))
 			return stella_fail(e, -EUCLEAN, "%s: member \"%.300s\": symlink target mismatch (manifest: \"%.300s\", archive: \"%.300s\")",
 					   w->path, m->name, a->target, m->target);
-		return w->o->visit ? w->o->visit(w->o->visit_ctx, (size_t)i, m, NULL) : 0;
+		return w->o->visit ? w->o->visit(w->o->visit_ctx, (size_t)i, m, NULL, e) : 0;
 	}
 	if (a->mode != m->mode)
 		return stella_fail(e, -EUCLEAN, "%s: member \"%.300s\": mode mismatch (manifest: %04o, archive: %04o)",
 				   w->path, m->name, a->mode, m->mode);
 	if (a->type == ARTIFACT_DIR)
-		return w->o->visit ? w->o->visit(w->o->visit_ctx, (size_t)i, m, NULL) : 0;
+		return w->o->visit ? w->o->visit(w->o->visit_ctx, (size_t)i, m, NULL, e) : 0;
 	if (a->size != m->size)
 		return stella_fail(e, -EUCLEAN, "%s: member \"%.300s\": size mismatch (manifest: %llu, archive: %llu)",
 				   w->path, m->name, (unsigned long long)a->size, (unsigned long long)m->size);
 	if (w->o->lazy && (a->size <= MERKLE_BLOCK || merklefile_find(&w->res->merkle, a->fsverity)))
-		return w->o->visit ? w->o->visit(w->o->visit_ctx, (size_t)i, m, NULL) : 0;
+		return w->o->visit ? w->o->visit(w->o->visit_ctx, (size_t)i, m, NULL, e) : 0;
 	struct hasher_result h;
 	int r = hash_member(w, m, a, &h, e);
 	if (r == 0 && w->o->visit)
-		r = w->o->visit(w->o->visit_ctx, (size_t)i, m, &h);
+		r = w->o->visit(w->o->visit_ctx, (size_t)i, m, &h, e);
 	return r;
 }
 
@@ -304,6 +309,8 @@ int kit_verify(const char *path, const struct kitverify_opts *o, struct kitverif
 				path, res->manifest->kit_id, res->manifest->version, t);
 		goto out;
 	}
+	if (o->check_manifest && (r = o->check_manifest(o->visit_ctx, res->manifest, res->manifest_sha256, e)) < 0)
+		goto out;
 	if (!o->content)
 		goto probe_merkle;
 

@@ -40,8 +40,14 @@ struct kitverify_opts {
 	bool lazy;
 	/* Called for every artifact member, in archive order; h is NULL when
 	 * the member's content was not hashed. */
-	int (*visit)(void *ctx, size_t index, const struct kit_member *m, const struct hasher_result *h);
+	int (*visit)(void *ctx, size_t index, const struct kit_member *m, const struct hasher_result *h,
+		     struct stella_err *e);
 	void *visit_ctx;
+	/* The store's import: a say on the manifest once its signature and
+	 * expiry passed (rollback ratchet, delta base), and every byte of every
+	 * hashed member as it streams past (to keep it).  Both use visit_ctx. */
+	int (*check_manifest)(void *ctx, const struct manifest *m, const uint8_t sha256[32], struct stella_err *e);
+	int (*data)(void *ctx, const uint8_t *buf, size_t len, struct stella_err *e);
 };
 
 struct kitverify_result {

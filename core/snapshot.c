@@ -23,6 +23,7 @@ struct snap_file {
 	uint64_t size, data_off;
 	int64_t tree_off;
 	uint8_t fsverity[32];
+	int fd;                       /* store mode: the blob */
 	struct merkle_geom g;
 	uint8_t *tree;                /* whole tree, filled (and checked) lazily */
 	uint8_t *tree_ok;             /* one byte per tree block: checked */
@@ -41,10 +42,10 @@ struct build {
 	struct index *ix;
 	uint64_t *data_off;   /* per manifest artifact */
 	size_t n;
-	struct stella_err *e;
 };
 
-static int build_visit(void *ctx, size_t i, const struct kit_member *m, const struct hasher_result *h)
+static int build_visit(void *ctx, size_t i, const struct kit_member *m, const struct hasher_result *h,
+		       struct stella_err *e)
 {
 	struct build *b = ctx;
 	if (i >= b->n) {
@@ -59,7 +60,7 @@ static int build_visit(void *ctx, size_t i, const struct kit_member *m, const st
 	b->data_off[i] = m->data_offset;
 	/* A tree the kit did not carry: computed by the walk, kept in the index. */
 	if (h && h->geom.levels)
-		return index_add_tree(b->ix, h->fsverity, h->tree, merkle_tree_size(&h->geom), b->e);
+		return index_add_tree(b->ix, h->fsverity, h->tree, merkle_tree_size(&h->geom), e);
 	return 0;
 }
 
@@ -149,7 +150,7 @@ static int build_index(struct snapshot *s, const struct snapshot_opts *o, const 
 		       const char *size, const char *head, const char *mhex, struct stella_err *e)
 {
 	struct index *ix = NULL;
-	struct build b = { .e = e };
+	struct build b = { 0 };
 	struct kitverify_result res = { 0 };
 	int r = index_create(tmp, &ix, e);
 	if (r < 0)
@@ -247,6 +248,7 @@ int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, stru
 	if (!s)
 		return -ENOMEM;
 	atomic_init(&s->refs, 1);
+	s->blob_dirfd = -1;
 	if (!(s->kit_path = strdup(o->kit)) || !(s->files_map = calloc(1, sizeof(*s->files_map)))) {
 		r = -ENOMEM;
 		goto fail;
@@ -353,6 +355,49 @@ fail:
 	return r;
 }
 
+void snapshot_blob_name(const uint8_t sha256[32], char out[68])
+{
+	char hex[65];
+	hex_encode(sha256, 32, hex);
+	snprintf(out, 68, "%.2s/%s", hex, hex);
+}
+
+int snapshot_open_store(const char *index_path, int blob_dirfd, const char *label, struct snapshot **out,
+			struct stella_err *e)
+{
+	struct snapshot *s = calloc(1, sizeof(*s));
+	int r;
+	if (!s)
+		return -ENOMEM;
+	atomic_init(&s->refs, 1);
+	s->blob_dirfd = -1;
+	if (!(s->kit_path = strdup(label)) || !(s->files_map = calloc(1, sizeof(*s->files_map)))) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	pthread_mutex_init(&s->files_map->lock, NULL);
+	if ((s->blob_dirfd = fcntl(blob_dirfd, F_DUPFD_CLOEXEC, 0)) < 0) {
+		r = stella_fail_errno(e, -errno, "%s: blobs", label);
+		goto fail;
+	}
+	if ((r = index_open(index_path, &s->ix, e)) < 0 || (r = load_identity(s, e)) < 0)
+		goto fail;
+	char *v = NULL;
+	if (index_get_meta(s->ix, "manifestSha256", &v, NULL) == 0)
+		hex_decode(v, s->manifest_sha256, 32);
+	free(v);
+	if (!(s->version = strdup(s->identity->version))) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	s->index_cached = true;
+	*out = s;
+	return 0;
+fail:
+	snapshot_unref(s);
+	return r;
+}
+
 struct snapshot *snapshot_ref(struct snapshot *s)
 {
 	atomic_fetch_add(&s->refs, 1);
@@ -365,6 +410,8 @@ void snapshot_unref(struct snapshot *s)
 		return;
 	index_close(s->ix);
 	source_close(s->src);
+	if (s->blob_dirfd >= 0)
+		close(s->blob_dirfd);
 	manifest_free(s->identity);
 	if (s->files_map) {
 		pthread_mutex_destroy(&s->files_map->lock);
@@ -428,9 +475,16 @@ static struct snap_file *file_new(struct snapshot *s, const struct index_node *n
 	f->data_off = n->data_off;
 	f->tree_off = n->tree_off;
 	memcpy(f->fsverity, n->fsverity, 32);
+	f->fd = -1;
 	pthread_mutex_init(&f->lock, NULL);
 	merkle_geom_init(&f->g, n->size);
 	*rc = 0;
+	if (s->blob_dirfd >= 0 && n->size > 0) {
+		char blob[68];
+		snapshot_blob_name(n->sha256, blob);
+		if ((f->fd = openat(s->blob_dirfd, blob, O_RDONLY | O_CLOEXEC)) < 0)
+			*rc = stella_fail_errno(e, -errno, "blob %s", blob);
+	}
 	if (f->g.levels) {
 		/* calloc of a large tree maps zero pages: only the blocks we
 		 * fetch cost memory. */
@@ -452,6 +506,8 @@ static struct snap_file *file_new(struct snapshot *s, const struct index_node *n
 		}
 	}
 	if (*rc < 0) {
+		if (f->fd >= 0)
+			close(f->fd);
 		free(f->tree);
 		free(f->tree_ok);
 		pthread_mutex_destroy(&f->lock);
@@ -463,6 +519,8 @@ static struct snap_file *file_new(struct snapshot *s, const struct index_node *n
 
 static void file_free(struct snap_file *f)
 {
+	if (f->fd >= 0)
+		close(f->fd);
 	free(f->tree);
 	free(f->tree_ok);
 	pthread_mutex_destroy(&f->lock);
@@ -678,7 +736,15 @@ ssize_t snapshot_read(struct snap_file *f, void *buf, size_t len, uint64_t off)
 	if (!tmp)
 		return -ENOMEM;
 	struct stella_err e = { 0 };
-	int r = source_pread(f->s->src, tmp, rlen, f->data_off + start, &e);
+	int r;
+	if (f->fd >= 0) {
+		/* Store mode: the blob is on a disk we do not trust either. */
+		r = pread_full(f->fd, tmp, rlen, start);
+		if (r < 0)
+			stella_fail_errno(&e, r, "%s: blob of inode %llu", f->s->kit_path, (unsigned long long)f->ino);
+	} else {
+		r = source_pread(f->s->src, tmp, rlen, f->data_off + start, &e);
+	}
 	if (r < 0) {
 		stella_log(LOG_ERR, "%s", stella_err_text(&e, r));
 		return -EIO;

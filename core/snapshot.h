@@ -44,12 +44,19 @@ struct snapshot {
 	atomic_uint_fast64_t failures;
 	char last_failure[512];       /* "path: block N" of the latest mismatch */
 
-	struct source *src;
+	struct source *src;           /* direct mode: the kit's tar stream */
+	int blob_dirfd;               /* store mode: STORE/blobs, file data by sha256 */
 	struct index *ix;
 	struct snap_files *files_map;
 };
 
 int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, struct stella_err *e);
+/* A snapshot of a store: its index, its files' bytes in the store's blobs.
+ * Signature and expiry were checked at import; reads are checked the same. */
+int snapshot_open_store(const char *index_path, int blob_dirfd, const char *label, struct snapshot **out,
+			struct stella_err *e);
+/* Where a file's content lives in a store: "ab/abcdef..." (65+3 bytes). */
+void snapshot_blob_name(const uint8_t sha256[32], char out[68]);
 struct snapshot *snapshot_ref(struct snapshot *s);
 void snapshot_unref(struct snapshot *s);
 

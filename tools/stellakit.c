@@ -27,7 +27,10 @@ static const char usage[] =
 	"      show a kit's identity, components and artifacts (no trust needed)\n"
 	"  diff OLD_KIT NEW_KIT\n"
 	"      list artifacts added (+), removed (-) and changed (~)\n"
-	"  status [MOUNTPOINT] [--json]\n"
+	"  import -s STORE -t TRUST [--threshold N] [--now TIME] [--allow-expired]\n"
+	"         [--activate] KIT\n"
+	"      verify KIT and add it to a store as a snapshot\n"
+	"  status [MOUNTPOINT | -s STORE] [--json]\n"
 	"      health of a mounted kit; exit 0/1/2 = HEALTHY/WARNING/CRITICAL\n"
 	"\n"
 	"TRUST is a PEM public key file or a directory of *.pub / *.pem keys.\n"
@@ -66,6 +69,7 @@ int main(int argc, char **argv)
 		{ "verify", cmd_verify },
 		{ "inspect", cmd_inspect },
 		{ "diff", cmd_diff },
+		{ "import", cmd_import },
 		{ "status", cmd_status },
 	};
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)

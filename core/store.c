@@ -1,0 +1,764 @@
+#include "store.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
+#include "index.h"
+#include "kitverify.h"
+#include "snapshot.h"
+#include "util.h"
+
+struct store {
+	char *dir;
+	int dirfd, blobfd, tmpfd, lockfd;
+	bool locked;
+	sqlite3 *db;
+	pthread_mutex_t lock;      /* the connection is shared by the daemon's threads */
+};
+
+static const char schema[] =
+	"PRAGMA journal_mode=WAL;"
+	"PRAGMA synchronous=FULL;"
+	"CREATE TABLE IF NOT EXISTS snapshot(version TEXT PRIMARY KEY, kit_id TEXT NOT NULL,"
+	" sequence INTEGER NOT NULL, manifest_sha256 TEXT NOT NULL, imported_at INTEGER NOT NULL,"
+	" files INTEGER NOT NULL, bytes INTEGER NOT NULL);"
+	"CREATE TABLE IF NOT EXISTS ratchet(kit_id TEXT PRIMARY KEY, sequence INTEGER NOT NULL);"
+	"CREATE TABLE IF NOT EXISTS pointer(name TEXT PRIMARY KEY, version TEXT NOT NULL);";
+
+static int db_err(struct store *st, struct stella_err *e, const char *what)
+{
+	int code = sqlite3_errcode(st->db);
+	int rc = code == SQLITE_FULL ? -ENOSPC : code == SQLITE_BUSY || code == SQLITE_LOCKED ? -EBUSY :
+		 code == SQLITE_NOMEM ? -ENOMEM : -EIO;
+	return stella_fail(e, rc, "store %s: %s: %s", st->dir, what, sqlite3_errmsg(st->db));
+}
+
+const char *store_dir(const struct store *st) { return st->dir; }
+int store_blob_dirfd(const struct store *st) { return st->blobfd; }
+
+char *store_index_path(const struct store *st, const char *version)
+{
+	size_t n = strlen(st->dir) + strlen(version) + 32;
+	char *p = malloc(n);
+	if (p)
+		snprintf(p, n, "%s/snapshots/%s.db", st->dir, version);
+	return p;
+}
+
+static int open_sub(int dirfd, const char *name, bool create, int *out)
+{
+	if (create && mkdirat(dirfd, name, 0755) < 0 && errno != EEXIST)
+		return -errno;
+	*out = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	return *out < 0 ? -errno : 0;
+}
+
+/* Remove everything in dir fd (one level: tmp/ holds only files). */
+static void empty_dir(int fd)
+{
+	int d2 = dup(fd);
+	DIR *d = d2 >= 0 ? fdopendir(d2) : NULL;
+	if (!d) {
+		if (d2 >= 0)
+			close(d2);
+		return;
+	}
+	struct dirent *de;
+	while ((de = readdir(d)))
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+			unlinkat(fd, de->d_name, 0);
+	closedir(d);
+}
+
+void store_close(struct store *st)
+{
+	if (!st)
+		return;
+	if (st->db)
+		sqlite3_close(st->db);
+	int fds[] = { st->dirfd, st->blobfd, st->tmpfd, st->lockfd };
+	for (size_t i = 0; i < ARRAY_SIZE(fds); i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	pthread_mutex_destroy(&st->lock);
+	free(st->dir);
+	free(st);
+}
+
+int store_open(const char *dir, bool create, struct store **out, struct stella_err *e)
+{
+	struct store *st = calloc(1, sizeof(*st));
+	int r;
+	if (!st)
+		return -ENOMEM;
+	st->dirfd = st->blobfd = st->tmpfd = st->lockfd = -1;
+	pthread_mutex_init(&st->lock, NULL);
+	if (!(st->dir = realpath(dir, NULL))) {
+		if (!create || errno != ENOENT || mkdir(dir, 0755) < 0 || !(st->dir = realpath(dir, NULL))) {
+			r = stella_fail_errno(e, -errno, "store %s", dir);
+			goto fail;
+		}
+	}
+	if ((st->dirfd = open(st->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+		r = stella_fail_errno(e, -errno, "store %s", dir);
+		goto fail;
+	}
+	if (!create && faccessat(st->dirfd, "store.db", F_OK, 0) < 0) {
+		r = stella_fail(e, -ENOENT, "%s: not a store (no store.db)", st->dir);
+		goto fail;
+	}
+	int snapfd = -1, qfd = -1;
+	if ((r = open_sub(st->dirfd, "blobs", true, &st->blobfd)) < 0 ||
+	    (r = open_sub(st->dirfd, "tmp", true, &st->tmpfd)) < 0 ||
+	    (r = open_sub(st->dirfd, "snapshots", true, &snapfd)) < 0 ||
+	    (r = open_sub(st->dirfd, "quarantine", true, &qfd)) < 0) {
+		r = stella_fail_errno(e, r, "store %s", st->dir);
+		goto fail;
+	}
+	close(snapfd);
+	close(qfd);
+	if ((st->lockfd = openat(st->dirfd, "lock", O_RDWR | O_CREAT | O_CLOEXEC, 0600)) < 0) {
+		r = stella_fail_errno(e, -errno, "store %s/lock", st->dir);
+		goto fail;
+	}
+	char path[4200];
+	snprintf(path, sizeof(path), "%s/store.db", st->dir);
+	if (sqlite3_open_v2(path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, NULL) != SQLITE_OK) {
+		r = st->db ? db_err(st, e, "open") : -ENOMEM;
+		goto fail;
+	}
+	sqlite3_busy_timeout(st->db, 5000);
+	if (sqlite3_exec(st->db, schema, NULL, NULL, NULL) != SQLITE_OK) {
+		r = db_err(st, e, "schema");
+		goto fail;
+	}
+	/* Leftovers of an import that did not finish, if nobody is writing. */
+	if (flock(st->lockfd, LOCK_EX | LOCK_NB) == 0) {
+		empty_dir(st->tmpfd);
+		flock(st->lockfd, LOCK_UN);
+	}
+	*out = st;
+	return 0;
+fail:
+	store_close(st);
+	return r;
+}
+
+int store_lock(struct store *st, struct stella_err *e)
+{
+	if (flock(st->lockfd, LOCK_EX | LOCK_NB) < 0)
+		return stella_fail(e, errno == EWOULDBLOCK ? -EBUSY : -errno,
+				   "store %s: another import or command is running", st->dir);
+	st->locked = true;
+	return 0;
+}
+
+void store_unlock(struct store *st)
+{
+	if (st->locked)
+		flock(st->lockfd, LOCK_UN);
+	st->locked = false;
+}
+
+int64_t store_data_version(struct store *st)
+{
+	sqlite3_stmt *s;
+	int64_t v = -1;
+	pthread_mutex_lock(&st->lock);
+	if (sqlite3_prepare_v2(st->db, "PRAGMA data_version", -1, &s, NULL) == SQLITE_OK) {
+		if (sqlite3_step(s) == SQLITE_ROW)
+			v = sqlite3_column_int64(s, 0);
+		sqlite3_finalize(s);
+	}
+	pthread_mutex_unlock(&st->lock);
+	return v;
+}
+
+int store_usage_pct(struct store *st)
+{
+	struct statvfs sv;
+	if (fstatvfs(st->dirfd, &sv) < 0 || sv.f_blocks == 0)
+		return -1;
+	return (int)((sv.f_blocks - sv.f_bavail) * 100 / sv.f_blocks);
+}
+
+int store_list(struct store *st, struct store_snapshot **out, size_t *n)
+{
+	sqlite3_stmt *s;
+	struct store_snapshot *v = NULL;
+	size_t cnt = 0, cap = 0;
+	int r = 0;
+	pthread_mutex_lock(&st->lock);
+	if (sqlite3_prepare_v2(st->db, "SELECT version,kit_id,sequence,manifest_sha256,imported_at,files,bytes "
+			       "FROM snapshot ORDER BY sequence, version", -1, &s, NULL) != SQLITE_OK) {
+		pthread_mutex_unlock(&st->lock);
+		return -EIO;
+	}
+	while (sqlite3_step(s) == SQLITE_ROW) {
+		if (cnt == cap) {
+			cap = cap ? 2 * cap : 16;
+			struct store_snapshot *p = realloc(v, cap * sizeof(*p));
+			if (!p) {
+				r = -ENOMEM;
+				break;
+			}
+			v = p;
+		}
+		struct store_snapshot *x = &v[cnt++];
+		memset(x, 0, sizeof(*x));
+		snprintf(x->version, sizeof(x->version), "%s", (const char *)sqlite3_column_text(s, 0));
+		snprintf(x->kit_id, sizeof(x->kit_id), "%s", (const char *)sqlite3_column_text(s, 1));
+		x->sequence = sqlite3_column_int64(s, 2);
+		snprintf(x->manifest_sha256, sizeof(x->manifest_sha256), "%s", (const char *)sqlite3_column_text(s, 3));
+		x->imported_at = sqlite3_column_int64(s, 4);
+		x->files = (uint64_t)sqlite3_column_int64(s, 5);
+		x->bytes = (uint64_t)sqlite3_column_int64(s, 6);
+	}
+	sqlite3_finalize(s);
+	pthread_mutex_unlock(&st->lock);
+	if (r < 0) {
+		free(v);
+		return r;
+	}
+	*out = v;
+	*n = cnt;
+	return 0;
+}
+
+static void get_pointer(struct store *st, const char *name, char out[129])
+{
+	sqlite3_stmt *s;
+	out[0] = 0;
+	if (sqlite3_prepare_v2(st->db, "SELECT version FROM pointer WHERE name=?1", -1, &s, NULL) != SQLITE_OK)
+		return;
+	sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC);
+	if (sqlite3_step(s) == SQLITE_ROW)
+		snprintf(out, 129, "%s", (const char *)sqlite3_column_text(s, 0));
+	sqlite3_finalize(s);
+}
+
+int store_pointers(struct store *st, char current[129], char previous[129])
+{
+	pthread_mutex_lock(&st->lock);
+	get_pointer(st, "current", current);
+	get_pointer(st, "previous", previous);
+	pthread_mutex_unlock(&st->lock);
+	return 0;
+}
+
+static bool has_snapshot(struct store *st, const char *version, char sha[65])
+{
+	sqlite3_stmt *s;
+	bool found = false;
+	if (sqlite3_prepare_v2(st->db, "SELECT manifest_sha256 FROM snapshot WHERE version=?1", -1, &s, NULL) != SQLITE_OK)
+		return false;
+	sqlite3_bind_text(s, 1, version, -1, SQLITE_STATIC);
+	if (sqlite3_step(s) == SQLITE_ROW) {
+		found = true;
+		if (sha)
+			snprintf(sha, 65, "%s", (const char *)sqlite3_column_text(s, 0));
+	}
+	sqlite3_finalize(s);
+	return found;
+}
+
+static int exec(struct store *st, const char *sql, struct stella_err *e)
+{
+	return sqlite3_exec(st->db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : db_err(st, e, "update");
+}
+
+static int set_pointer(struct store *st, const char *name, const char *version, struct stella_err *e)
+{
+	sqlite3_stmt *s;
+	if (sqlite3_prepare_v2(st->db, "INSERT OR REPLACE INTO pointer VALUES(?1,?2)", -1, &s, NULL) != SQLITE_OK)
+		return db_err(st, e, "update");
+	sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 2, version, -1, SQLITE_STATIC);
+	int r = sqlite3_step(s) == SQLITE_DONE ? 0 : db_err(st, e, "update");
+	sqlite3_finalize(s);
+	return r;
+}
+
+/* previous := current, current := version, in one transaction. */
+static int switch_to(struct store *st, const char *version, struct stella_err *e)
+{
+	char cur[129], prev[129];
+	get_pointer(st, "current", cur);
+	get_pointer(st, "previous", prev);
+	if (!strcmp(cur, version))
+		return 0;
+	int r = exec(st, "BEGIN IMMEDIATE", e);
+	if (r == 0 && *cur)
+		r = set_pointer(st, "previous", cur, e);
+	if (r == 0)
+		r = set_pointer(st, "current", version, e);
+	if (r == 0)
+		r = exec(st, "COMMIT", e);
+	else
+		sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+	return r;
+}
+
+int store_activate(struct store *st, const char *version, struct stella_err *e)
+{
+	pthread_mutex_lock(&st->lock);
+	int r = has_snapshot(st, version, NULL) ? switch_to(st, version, e) :
+		stella_fail(e, -ENOENT, "no snapshot \"%s\" in the store", version);
+	pthread_mutex_unlock(&st->lock);
+	return r;
+}
+
+int store_rollback(struct store *st, const char *version, char now_current[129], struct stella_err *e)
+{
+	char cur[129], prev[129];
+	pthread_mutex_lock(&st->lock);
+	get_pointer(st, "current", cur);
+	get_pointer(st, "previous", prev);
+	const char *target = version ? version : prev;
+	int r;
+	if (!*target)
+		r = stella_fail(e, -ENOENT, "no previous snapshot to roll back to");
+	else if (!has_snapshot(st, target, NULL))
+		r = stella_fail(e, -ENOENT, "no snapshot \"%s\" in the store", target);
+	else
+		r = switch_to(st, target, e);
+	if (r == 0)
+		snprintf(now_current, 129, "%s", target);
+	pthread_mutex_unlock(&st->lock);
+	return r;
+}
+
+int store_remove(struct store *st, const char *version, struct stella_err *e)
+{
+	char cur[129], prev[129];
+	int r;
+	pthread_mutex_lock(&st->lock);
+	get_pointer(st, "current", cur);
+	get_pointer(st, "previous", prev);
+	if (!has_snapshot(st, version, NULL)) {
+		r = stella_fail(e, -ENOENT, "no snapshot \"%s\" in the store", version);
+	} else if (!strcmp(cur, version)) {
+		r = stella_fail(e, -EBUSY, "%s is current", version);
+	} else {
+		sqlite3_stmt *s;
+		r = exec(st, "BEGIN IMMEDIATE", e);
+		if (r == 0 && sqlite3_prepare_v2(st->db, "DELETE FROM snapshot WHERE version=?1", -1, &s, NULL) == SQLITE_OK) {
+			sqlite3_bind_text(s, 1, version, -1, SQLITE_STATIC);
+			if (sqlite3_step(s) != SQLITE_DONE)
+				r = db_err(st, e, "remove");
+			sqlite3_finalize(s);
+		}
+		if (r == 0 && !strcmp(prev, version))
+			r = exec(st, "DELETE FROM pointer WHERE name='previous'", e);
+		if (r == 0)
+			r = exec(st, "COMMIT", e);
+		else
+			sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+		if (r == 0) {
+			char *p = store_index_path(st, version);
+			if (p)
+				unlink(p);
+			free(p);
+		}
+	}
+	pthread_mutex_unlock(&st->lock);
+	return r;
+}
+
+/* ---- import ---- */
+
+struct pending { char tmp[32]; char final[68]; };
+
+struct import {
+	struct store *st;
+	const struct store_import_opts *o;
+	struct index *ix;
+	char ix_tmp[4200];
+	struct manifest *base;
+	struct index *base_ix;
+	int blob_fd;              /* the member being received */
+	char blob_tmp[32];
+	unsigned counter;
+	struct pending *pend;
+	size_t npend, cap;
+	uint8_t *seen;            /* per artifact of the new manifest */
+	size_t nseen;
+	const struct manifest *m;
+};
+
+static int imp_check(void *ctx, const struct manifest *m, const uint8_t sha[32], struct stella_err *e)
+{
+	struct import *im = ctx;
+	struct store *st = im->st;
+	im->m = m;
+	sqlite3_stmt *s;
+	int64_t ratchet = -1;
+	pthread_mutex_lock(&st->lock);
+	if (sqlite3_prepare_v2(st->db, "SELECT sequence FROM ratchet WHERE kit_id=?1", -1, &s, NULL) == SQLITE_OK) {
+		sqlite3_bind_text(s, 1, m->kit_id, -1, SQLITE_STATIC);
+		if (sqlite3_step(s) == SQLITE_ROW)
+			ratchet = sqlite3_column_int64(s, 0);
+		sqlite3_finalize(s);
+	}
+	char have[65];
+	bool exists = has_snapshot(st, m->version, have);
+	char base_sha[65] = "";
+	bool base_ok = !m->has_base || has_snapshot(st, m->base_version, base_sha);
+	pthread_mutex_unlock(&st->lock);
+	if (ratchet >= 0 && m->sequence <= ratchet)
+		return stella_fail(e, -ESTALE, "kit %s %s: sequence %lld is not newer than %lld, already trusted for %s",
+				   m->kit_id, m->version, (long long)m->sequence, (long long)ratchet, m->kit_id);
+	if (exists)
+		return stella_fail(e, -EEXIST, "kit %s: version %s is already in the store", m->kit_id, m->version);
+	if (m->has_base) {
+		char want[65];
+		hex_encode(m->base_manifest_sha256, 32, want);
+		if (!base_ok)
+			return stella_fail(e, -ENOENT, "delta kit %s: its base %s is not in the store", m->version,
+					   m->base_version);
+		if (strcmp(want, base_sha))
+			return stella_fail(e, -EBADMSG, "delta kit %s: the store's %s has another manifest than its base",
+					   m->version, m->base_version);
+		char *p = store_index_path(st, m->base_version);
+		struct snapshot *bs = NULL;
+		int r = p ? snapshot_open_store(p, st->blobfd, m->base_version, &bs, e) : -ENOMEM;
+		free(p);
+		if (r < 0)
+			return r;
+		/* keep the base's index open for its trees; its identity alone
+		 * has no artifacts, which are read through the index */
+		im->base_ix = bs->ix;
+		bs->ix = NULL;
+		snapshot_unref(bs);
+	}
+	(void)sha;
+	snprintf(im->ix_tmp, sizeof(im->ix_tmp), "%s/tmp/index.%d.db", st->dir, (int)getpid());
+	if (m->nartifacts && !(im->seen = calloc(m->nartifacts, 1)))
+		return -ENOMEM;
+	im->nseen = m->nartifacts;
+	return index_create(im->ix_tmp, &im->ix, e);
+}
+
+static int imp_data(void *ctx, const uint8_t *buf, size_t len, struct stella_err *e)
+{
+	struct import *im = ctx;
+	if (im->blob_fd < 0) {
+		snprintf(im->blob_tmp, sizeof(im->blob_tmp), "blob.%u", im->counter++);
+		im->blob_fd = openat(im->st->tmpfd, im->blob_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0444);
+		if (im->blob_fd < 0)
+			return stella_fail_errno(e, -errno, "store %s/tmp", im->st->dir);
+	}
+	int r = write_full(im->blob_fd, buf, len);
+	return r < 0 ? stella_fail_errno(e, r, "store %s: writing a blob", im->st->dir) : 0;
+}
+
+static int imp_visit(void *ctx, size_t i, const struct kit_member *m, const struct hasher_result *h,
+		     struct stella_err *e)
+{
+	struct import *im = ctx;
+	(void)m;
+	if (i < im->nseen)
+		im->seen[i] = 1;
+	if (!h)
+		return 0;
+	if (im->blob_fd >= 0) {
+		int fd = im->blob_fd;
+		im->blob_fd = -1;
+		if (close(fd) < 0)
+			return stella_fail_errno(e, -errno, "store %s: writing a blob", im->st->dir);
+	}
+	char final[68];
+	snapshot_blob_name(h->sha256, final);
+	if (h->geom.data_size > 0) {
+		if (im->npend == im->cap) {
+			size_t cap = im->cap ? 2 * im->cap : 64;
+			struct pending *p = realloc(im->pend, cap * sizeof(*p));
+			if (!p)
+				return -ENOMEM;
+			im->pend = p;
+			im->cap = cap;
+		}
+		snprintf(im->pend[im->npend].tmp, sizeof(im->pend[0].tmp), "%s", im->blob_tmp);
+		memcpy(im->pend[im->npend].final, final, sizeof(final));
+		im->npend++;
+	}
+	if (h->geom.levels)
+		return index_add_tree(im->ix, h->fsverity, h->tree, merkle_tree_size(&h->geom), e);
+	return 0;
+}
+
+static bool same_as(const struct artifact *a, const struct index_node *b)
+{
+	if (a->type != b->type)
+		return false;
+	if (a->type == ARTIFACT_SYMLINK)
+		return !strcmp(a->target, b->target);
+	if (a->mode != b->mode)
+		return false;
+	return a->type != ARTIFACT_FILE ||
+	       (a->size == b->size && !memcmp(a->sha256, b->sha256, 32) && !memcmp(a->fsverity, b->fsverity, 32));
+}
+
+/* Find name (a full path) in an index. */
+static int index_find_path(struct index *ix, const char *name, struct index_node *n)
+{
+	uint64_t ino = INDEX_ROOT_INO;
+	char buf[4097];
+	snprintf(buf, sizeof(buf), "%s", name);
+	char *save = NULL;
+	for (char *c = strtok_r(buf, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
+		int r = index_lookup(ix, ino, c, n);
+		if (r < 0)
+			return r;
+		ino = n->ino;
+	}
+	return 0;
+}
+
+static int finish_import(struct import *im, const struct kitverify_result *res, char version[129],
+			 struct stella_err *e)
+{
+	struct store *st = im->st;
+	const struct manifest *m = res->manifest;
+	struct index_node *bn = malloc(sizeof(*bn));
+	uint64_t files = 0, bytes = 0;
+	int r = bn ? 0 : -ENOMEM;
+	for (size_t i = 0; r == 0 && i < m->nartifacts; i++) {
+		const struct artifact *a = &m->artifacts[i];
+		if (!im->seen[i]) {
+			/* left to the base by a delta kit: it must be the same there */
+			if (!im->base_ix || index_find_path(im->base_ix, a->name, bn) < 0 || !same_as(a, bn)) {
+				r = stella_fail(e, -EBADMSG, "delta kit %s: \"%.300s\" is neither carried nor the same in base %s",
+						m->version, a->name, m->base_version);
+				break;
+			}
+			if (a->type == ARTIFACT_FILE && a->size > 4096) {
+				uint8_t *t = NULL;
+				size_t tl = 0;
+				if ((r = index_get_tree(im->base_ix, a->fsverity, &t, &tl)) == 0)
+					r = index_add_tree(im->ix, a->fsverity, t, tl, e);
+				else
+					r = stella_fail(e, -EIO, "base %s: no tree for \"%.300s\"", m->base_version, a->name);
+				free(t);
+			}
+		}
+		if (r == 0)
+			r = index_add(im->ix, a, 0, -1, e);
+		if (a->type == ARTIFACT_FILE) {
+			files++;
+			bytes += a->size;
+		}
+	}
+	free(bn);
+	if (r < 0)
+		return r;
+
+	size_t na = ((struct manifest *)m)->nartifacts;
+	((struct manifest *)m)->nartifacts = 0;
+	char *json = NULL, num[32], mhex[65];
+	size_t jlen;
+	r = manifest_write(m, &json, &jlen);
+	((struct manifest *)m)->nartifacts = na;
+	if (r < 0)
+		return r;
+	hex_encode(res->manifest_sha256, 32, mhex);
+	r = index_set_meta(im->ix, "identity", json, jlen, e);
+	free(json);
+	snprintf(num, sizeof(num), "%llu", (unsigned long long)files);
+	if (r == 0)
+		r = index_set_meta(im->ix, "files", num, strlen(num), e);
+	snprintf(num, sizeof(num), "%llu", (unsigned long long)bytes);
+	if (r == 0)
+		r = index_set_meta(im->ix, "bytes", num, strlen(num), e);
+	if (r == 0)
+		r = index_set_meta(im->ix, "manifestSha256", mhex, 64, e);
+	if (r == 0)
+		r = index_set_meta(im->ix, "schema", "1", 1, e);
+	if (r == 0)
+		r = index_set_meta(im->ix, "complete", "1", 1, e);
+	if (r == 0)
+		r = index_finish(im->ix, e);
+	index_close(im->ix);
+	im->ix = NULL;
+	if (r < 0)
+		return r;
+
+	/* Durable before visible: blob data and the index reach the disk,
+	 * then the renames, then (again durable) the row that makes it real. */
+	if (syncfs(st->dirfd) < 0)
+		return stella_fail_errno(e, -errno, "store %s: sync", st->dir);
+	for (size_t i = 0; i < im->npend; i++) {
+		char dir[3] = { im->pend[i].final[0], im->pend[i].final[1], 0 };
+		if (mkdirat(st->blobfd, dir, 0755) < 0 && errno != EEXIST)
+			return stella_fail_errno(e, -errno, "store %s/blobs/%s", st->dir, dir);
+		if (faccessat(st->blobfd, im->pend[i].final, F_OK, 0) == 0) {
+			unlinkat(st->tmpfd, im->pend[i].tmp, 0); /* already stored */
+			continue;
+		}
+		if (renameat(st->tmpfd, im->pend[i].tmp, st->blobfd, im->pend[i].final) < 0)
+			return stella_fail_errno(e, -errno, "store %s: storing a blob", st->dir);
+	}
+	char *final = store_index_path(st, m->version);
+	if (!final)
+		return -ENOMEM;
+	r = rename(im->ix_tmp, final) < 0 ? stella_fail_errno(e, -errno, "store %s: snapshot index", st->dir) : 0;
+	free(final);
+	if (r == 0 && syncfs(st->dirfd) < 0)
+		r = stella_fail_errno(e, -errno, "store %s: sync", st->dir);
+	if (r < 0)
+		return r;
+
+	sqlite3_stmt *s = NULL;
+	pthread_mutex_lock(&st->lock);
+	r = exec(st, "BEGIN IMMEDIATE", e);
+	if (r == 0 && sqlite3_prepare_v2(st->db, "INSERT INTO snapshot VALUES(?1,?2,?3,?4,strftime('%s','now'),?5,?6)",
+					 -1, &s, NULL) == SQLITE_OK) {
+		sqlite3_bind_text(s, 1, m->version, -1, SQLITE_STATIC);
+		sqlite3_bind_text(s, 2, m->kit_id, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(s, 3, m->sequence);
+		sqlite3_bind_text(s, 4, mhex, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(s, 5, (sqlite3_int64)files);
+		sqlite3_bind_int64(s, 6, (sqlite3_int64)bytes);
+		if (sqlite3_step(s) != SQLITE_DONE)
+			r = db_err(st, e, "add snapshot");
+		sqlite3_finalize(s);
+	}
+	if (r == 0 && sqlite3_prepare_v2(st->db, "INSERT OR REPLACE INTO ratchet VALUES(?1,?2)", -1, &s, NULL) == SQLITE_OK) {
+		sqlite3_bind_text(s, 1, m->kit_id, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(s, 2, m->sequence);
+		if (sqlite3_step(s) != SQLITE_DONE)
+			r = db_err(st, e, "ratchet");
+		sqlite3_finalize(s);
+	}
+	char cur[129];
+	get_pointer(st, "current", cur);
+	if (r == 0 && (im->o->activate || !*cur)) {
+		if (*cur)
+			r = set_pointer(st, "previous", cur, e);
+		if (r == 0)
+			r = set_pointer(st, "current", m->version, e);
+	}
+	if (r == 0)
+		r = exec(st, "COMMIT", e);
+	else
+		sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+	pthread_mutex_unlock(&st->lock);
+	if (r < 0) {
+		char *p = store_index_path(st, m->version);
+		if (p)
+			unlink(p);
+		free(p);
+		return r;
+	}
+	snprintf(version, 129, "%s", m->version);
+	return 0;
+}
+
+int store_import(struct store *st, const char *kit, const struct store_import_opts *o, char version[129],
+		 struct stella_err *e)
+{
+	struct import im = { .st = st, .o = o, .blob_fd = -1 };
+	struct kitverify_opts vo = {
+		.trust = o->trust, .threshold = o->threshold, .now = o->now, .allow_expired = o->allow_expired,
+		.check_expiry = true, .content = true,
+		.visit = imp_visit, .visit_ctx = &im, .check_manifest = imp_check, .data = imp_data,
+	};
+	struct kitverify_result res = { 0 };
+	int r = kit_verify(kit, &vo, &res, e);
+	if (r == 0)
+		r = finish_import(&im, &res, version, e);
+	if (im.blob_fd >= 0)
+		close(im.blob_fd);
+	index_close(im.ix);
+	index_close(im.base_ix);
+	if (r < 0) {
+		/* nothing visible changed; take back what was half made */
+		unlink(im.ix_tmp);
+		empty_dir(st->tmpfd);
+	}
+	free(im.pend);
+	free(im.seen);
+	kitverify_result_free(&res);
+	return r;
+}
+
+/* ---- sweep ---- */
+
+static int cmp32(const void *a, const void *b) { return memcmp(a, b, 32); }
+
+int store_sweep(struct store *st, uint64_t *removed, struct stella_err *e)
+{
+	struct store_snapshot *snaps = NULL;
+	size_t n = 0, cnt = 0, cap = 0;
+	uint8_t (*refs)[32] = NULL;
+	int r = store_list(st, &snaps, &n);
+	*removed = 0;
+	for (size_t i = 0; r == 0 && i < n; i++) {
+		char *p = store_index_path(st, snaps[i].version);
+		sqlite3 *db = NULL;
+		sqlite3_stmt *s = NULL;
+		if (!p || sqlite3_open_v2(p, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
+		    sqlite3_prepare_v2(db, "SELECT sha256 FROM node WHERE type=0 AND size>0", -1, &s, NULL) != SQLITE_OK) {
+			r = stella_fail(e, -EIO, "store %s: cannot read the index of %s", st->dir, snaps[i].version);
+		} else {
+			while (sqlite3_step(s) == SQLITE_ROW) {
+				if (sqlite3_column_bytes(s, 0) != 32)
+					continue;
+				if (cnt == cap) {
+					cap = cap ? 2 * cap : 1024;
+					void *np = realloc(refs, cap * 32);
+					if (!np) {
+						r = -ENOMEM;
+						break;
+					}
+					refs = np;
+				}
+				memcpy(refs[cnt++], sqlite3_column_blob(s, 0), 32);
+			}
+		}
+		sqlite3_finalize(s);
+		if (db)
+			sqlite3_close(db);
+		free(p);
+	}
+	free(snaps);
+	if (r < 0) {
+		free(refs);
+		return r; /* never sweep on a partial view */
+	}
+	if (cnt)
+		qsort(refs, cnt, 32, cmp32);
+	int d1 = dup(st->blobfd);
+	DIR *top = d1 >= 0 ? fdopendir(d1) : NULL;
+	struct dirent *de;
+	while (top && (de = readdir(top))) {
+		if (de->d_name[0] == '.')
+			continue;
+		int sub = openat(st->blobfd, de->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		DIR *d = sub >= 0 ? fdopendir(sub) : NULL;
+		struct dirent *be;
+		while (d && (be = readdir(d))) {
+			uint8_t sha[32];
+			if (be->d_name[0] == '.' || hex_decode(be->d_name, sha, 32) < 0)
+				continue;
+			if (cnt && bsearch(sha, refs, cnt, 32, cmp32))
+				continue;
+			if (unlinkat(dirfd(d), be->d_name, 0) == 0)
+				(*removed)++;
+		}
+		if (d)
+			closedir(d);
+		else if (sub >= 0)
+			close(sub);
+	}
+	if (top)
+		closedir(top);
+	free(refs);
+	return 0;
+}

@@ -1,0 +1,72 @@
+/* A store: many verified snapshots on local disk, content stored once.
+ *
+ *   STORE/store.db              the truth: snapshots, current and previous,
+ *                               the rollback ratchet, the control journal
+ *   STORE/blobs/ab/<sha256>     verified file contents, one per distinct file
+ *   STORE/snapshots/<v>.db      each snapshot's index (as a mount's index)
+ *   STORE/tmp/                  work in progress, emptied when opened
+ *   STORE/lock                  flock: one writer at a time, any process
+ *
+ * Nothing becomes visible before it is complete and durable: blobs and a
+ * snapshot's index are written, fsynced and renamed into place first; then
+ * one SQLite transaction (synchronous=FULL) adds the snapshot row, moves the
+ * ratchet and, when asked, the current pointer.  A crash anywhere leaves
+ * the store as it was before or after that commit; leftovers without a row
+ * are removed on the next open. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "err.h"
+#include "sig.h"
+
+struct store;
+
+struct store_snapshot {
+	char version[129];
+	char kit_id[129];
+	int64_t sequence;
+	char manifest_sha256[65];
+	int64_t imported_at;
+	uint64_t files, bytes;
+};
+
+int store_open(const char *dir, bool create, struct store **out, struct stella_err *e);
+void store_close(struct store *st);
+const char *store_dir(const struct store *st);
+int store_blob_dirfd(const struct store *st);
+/* The path of a snapshot's index (malloc'ed). */
+char *store_index_path(const struct store *st, const char *version);
+
+/* Take the writer lock; -EBUSY when another writer holds it. */
+int store_lock(struct store *st, struct stella_err *e);
+void store_unlock(struct store *st);
+
+/* Snapshots, oldest sequence first. */
+int store_list(struct store *st, struct store_snapshot **out, size_t *n);
+/* current/previous versions ("" when none). */
+int store_pointers(struct store *st, char current[129], char previous[129]);
+/* Changes whenever another connection committed (imports by stellakit). */
+int64_t store_data_version(struct store *st);
+int store_usage_pct(struct store *st);
+
+struct store_import_opts {
+	const struct trust *trust;
+	unsigned threshold;
+	int64_t now;
+	bool allow_expired;
+	bool activate;
+};
+/* Verify a kit completely and add it (the writer lock must be held).
+ * -ESTALE when its sequence is not above the ratchet for its kitId,
+ * -EEXIST when a different kit already has that version. */
+int store_import(struct store *st, const char *kit, const struct store_import_opts *o, char version[129],
+		 struct stella_err *e);
+int store_activate(struct store *st, const char *version, struct stella_err *e);
+/* To version, or to the previous one when version is NULL. */
+int store_rollback(struct store *st, const char *version, char now_current[129], struct stella_err *e);
+/* Drop a snapshot that is not current (the caller knows whether it is open). */
+int store_remove(struct store *st, const char *version, struct stella_err *e);
+/* Drop blobs no snapshot references; returns how many. */
+int store_sweep(struct store *st, uint64_t *removed, struct stella_err *e);
