@@ -143,6 +143,10 @@ static int load_identity(struct snapshot *s, struct stella_err *e)
 	if (meta_str(s->ix, "bytes", &v) == 0)
 		s->bytes = strtoull(v, NULL, 10);
 	free(v);
+	v = NULL;
+	if (!s->signers && meta_str(s->ix, "signers", &v) == 0)
+		s->signers = (unsigned)strtoul(v, NULL, 10);
+	free(v);
 	return 0;
 }
 
@@ -207,6 +211,9 @@ static int build_index(struct snapshot *s, const struct snapshot_opts *o, const 
 	snprintf(num, sizeof(num), "%llu", (unsigned long long)s->bytes);
 	if (r == 0)
 		r = set_meta_str(ix, "bytes", num, e);
+	snprintf(num, sizeof(num), "%u", s->signers);
+	if (r == 0)
+		r = set_meta_str(ix, "signers", num, e);
 	if (r == 0)
 		r = set_meta_str(ix, "schema", "1", e);
 	if (r == 0)

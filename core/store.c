@@ -29,7 +29,9 @@ static const char schema[] =
 	" sequence INTEGER NOT NULL, manifest_sha256 TEXT NOT NULL, imported_at INTEGER NOT NULL,"
 	" files INTEGER NOT NULL, bytes INTEGER NOT NULL);"
 	"CREATE TABLE IF NOT EXISTS ratchet(kit_id TEXT PRIMARY KEY, sequence INTEGER NOT NULL);"
-	"CREATE TABLE IF NOT EXISTS pointer(name TEXT PRIMARY KEY, version TEXT NOT NULL);";
+	"CREATE TABLE IF NOT EXISTS pointer(name TEXT PRIMARY KEY, version TEXT NOT NULL);"
+	"CREATE TABLE IF NOT EXISTS journal(id INTEGER PRIMARY KEY, at INTEGER NOT NULL, uid INTEGER NOT NULL,"
+	" command TEXT NOT NULL, err INTEGER NOT NULL, result TEXT NOT NULL);";
 
 static int db_err(struct store *st, struct stella_err *e, const char *what)
 {
@@ -576,6 +578,9 @@ static int finish_import(struct import *im, const struct kitverify_result *res, 
 	snprintf(num, sizeof(num), "%llu", (unsigned long long)bytes);
 	if (r == 0)
 		r = index_set_meta(im->ix, "bytes", num, strlen(num), e);
+	snprintf(num, sizeof(num), "%u", res->signers);
+	if (r == 0)
+		r = index_set_meta(im->ix, "signers", num, strlen(num), e);
 	if (r == 0)
 		r = index_set_meta(im->ix, "manifestSha256", mhex, 64, e);
 	if (r == 0)
@@ -686,6 +691,63 @@ int store_import(struct store *st, const char *kit, const struct store_import_op
 	free(im.seen);
 	kitverify_result_free(&res);
 	return r;
+}
+
+/* ---- journal ---- */
+
+int store_journal_add(struct store *st, int64_t when, unsigned uid, const char *cmd, int err, const char *result)
+{
+	sqlite3_stmt *s;
+	int r = -EIO;
+	pthread_mutex_lock(&st->lock);
+	if (sqlite3_prepare_v2(st->db, "INSERT INTO journal(at,uid,command,err,result) VALUES(?1,?2,?3,?4,?5)", -1, &s,
+			       NULL) == SQLITE_OK) {
+		sqlite3_bind_int64(s, 1, when);
+		sqlite3_bind_int64(s, 2, uid);
+		sqlite3_bind_text(s, 3, cmd, -1, SQLITE_STATIC);
+		sqlite3_bind_int(s, 4, err);
+		sqlite3_bind_text(s, 5, result, -1, SQLITE_STATIC);
+		r = sqlite3_step(s) == SQLITE_DONE ? 0 : -EIO;
+		sqlite3_finalize(s);
+	}
+	/* keep it bounded */
+	sqlite3_exec(st->db, "DELETE FROM journal WHERE id <= (SELECT max(id) FROM journal) - 1000", NULL, NULL, NULL);
+	pthread_mutex_unlock(&st->lock);
+	return r;
+}
+
+char *store_journal_text(struct store *st, unsigned n)
+{
+	sqlite3_stmt *s;
+	size_t cap = 4096, len = 0;
+	char *out = malloc(cap);
+	if (!out)
+		return NULL;
+	out[0] = 0;
+	pthread_mutex_lock(&st->lock);
+	if (sqlite3_prepare_v2(st->db, "SELECT at,uid,command,err,result FROM (SELECT * FROM journal ORDER BY id DESC "
+			       "LIMIT ?1) ORDER BY id", -1, &s, NULL) == SQLITE_OK) {
+		sqlite3_bind_int(s, 1, (int)n);
+		while (sqlite3_step(s) == SQLITE_ROW) {
+			char t[32];
+			time_format(sqlite3_column_int64(s, 0), t);
+			int err = sqlite3_column_int(s, 3);
+			const char *res = (const char *)sqlite3_column_text(s, 4);
+			size_t need = 1200;
+			if (len + need > cap) {
+				char *p = realloc(out, cap = 2 * cap + need);
+				if (!p)
+					break;
+				out = p;
+			}
+			len += (size_t)snprintf(out + len, cap - len, "%s uid=%lld %s -> %s%s%s\n", t,
+						(long long)sqlite3_column_int64(s, 1), (const char *)sqlite3_column_text(s, 2),
+						err ? strerrorname_np(err) : "ok", res && *res ? ": " : "", res ? res : "");
+		}
+		sqlite3_finalize(s);
+	}
+	pthread_mutex_unlock(&st->lock);
+	return out;
 }
 
 /* ---- sweep ---- */

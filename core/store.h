@@ -68,5 +68,10 @@ int store_activate(struct store *st, const char *version, struct stella_err *e);
 int store_rollback(struct store *st, const char *version, char now_current[129], struct stella_err *e);
 /* Drop a snapshot that is not current (the caller knows whether it is open). */
 int store_remove(struct store *st, const char *version, struct stella_err *e);
+/* The journal of control commands, kept in the store across mounts. */
+int store_journal_add(struct store *st, int64_t when, unsigned uid, const char *cmd, int err, const char *result);
+/* The last n entries, oldest first, one line each (malloc'ed). */
+char *store_journal_text(struct store *st, unsigned n);
+
 /* Drop blobs no snapshot references; returns how many. */
 int store_sweep(struct store *st, uint64_t *removed, struct stella_err *e);

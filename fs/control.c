@@ -1,7 +1,8 @@
 /* The virtual files of the mount: status, status.json, health, metrics, and
  * control, the one writable file, with the commands of SPEC's control-file
- * section.  In direct mode there is one snapshot, so the commands that move
- * between snapshots answer as an operator would expect from a single kit. */
+ * section.  In store mode they act on the store; in direct mode there is
+ * one snapshot, so the commands that move between snapshots answer as an
+ * operator would expect from a single kit. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -11,6 +12,7 @@
 #include <time.h>
 
 #include "kitverify.h"
+#include "store.h"
 #include "stellafs.h"
 #include "util.h"
 
@@ -19,29 +21,32 @@ int64_t sf_now(struct stellafs *sf)
 	return sf->fixed_now ? sf->fixed_now : (int64_t)time(NULL);
 }
 
-struct snapshot *sf_snapshot(struct stellafs *sf, uint64_t slot)
-{
-	struct snapshot *s = NULL;
-	pthread_mutex_lock(&sf->lock);
-	if (slot == 1 && sf->current)
-		s = snapshot_ref(sf->current);
-	pthread_mutex_unlock(&sf->lock);
-	return s;
-}
+static const char journal_head[] =
+	"# commands: activate VERSION | rollback [VERSION] | import PATH | verify [VERSION|all]\n"
+	"#           remove VERSION | gc [keep=N] | reload\n"
+	"# time uid command -> result, oldest first\n";
 
 static char *journal_text(struct stellafs *sf, size_t *len)
 {
+	if (sf->store) {
+		char *j = store_journal_text(sf->store, JOURNAL_LEN);
+		size_t jl = j ? strlen(j) : 0;
+		char *out = malloc(sizeof(journal_head) + jl);
+		if (out) {
+			memcpy(out, journal_head, sizeof(journal_head) - 1);
+			memcpy(out + sizeof(journal_head) - 1, j ? j : "", jl + 1);
+			*len = sizeof(journal_head) - 1 + jl;
+		}
+		free(j);
+		return out;
+	}
 	size_t cap = 1024 + JOURNAL_LEN * 900;
 	char *out = malloc(cap);
 	if (!out)
 		return NULL;
 	size_t n = 0;
 	pthread_mutex_lock(&sf->lock);
-	n += (size_t)snprintf(out + n, cap - n,
-			      "# last %u command(s), oldest first: time uid command -> result\n"
-			      "# commands: activate VERSION | rollback [VERSION] | import PATH | verify [VERSION|all]\n"
-			      "#           remove VERSION | gc [keep=N] | reload\n",
-			      sf->journal_n);
+	n += (size_t)snprintf(out + n, cap - n, "%s", journal_head);
 	for (unsigned i = 0; i < sf->journal_n; i++) {
 		const struct journal_entry *j = &sf->journal[(sf->journal_next + JOURNAL_LEN - sf->journal_n + i) % JOURNAL_LEN];
 		char t[32];
@@ -60,23 +65,45 @@ char *vfile_content(struct stellafs *sf, fuse_ino_t ino, size_t *len)
 {
 	if (ino == INO_CONTROL)
 		return journal_text(sf, len);
+	struct stella_err e = { 0 };
+	sf_refresh(sf, &e);
+	struct snapshot *s = sf_current(sf, NULL);
+	struct slot *slots = NULL;
+	size_t n = sf_list(sf, &slots);
+	const char **names = calloc(n ? n : 1, sizeof(*names));
+	for (size_t i = 0; names && i < n; i++)
+		names[i] = slots[i].version;
+	/* Counters are per snapshot; the mount's totals are their sum. */
+	uint64_t verified = 0, failures = 0;
+	char last[700] = "";
+	for (size_t i = 0; i < n; i++) {
+		struct snapshot *x = sf_snapshot(sf, slots[i].id);
+		if (!x)
+			continue;
+		verified += atomic_load(&x->verified_bytes);
+		uint64_t f = atomic_load(&x->failures);
+		if (f) {
+			failures += f;
+			snprintf(last, sizeof(last), "%.128s: %.511s", x->version, x->last_failure);
+		}
+		snapshot_unref(x);
+	}
 	pthread_mutex_lock(&sf->lock);
-	struct snapshot *s = sf->current ? snapshot_ref(sf->current) : NULL;
 	struct health_input in = {
-		.mode = "direct",
+		.mode = sf->store ? "store" : "direct",
 		.source = sf->source,
 		.kit = s ? s->identity : NULL,
-		.snapshots = s ? (const char *const *)&s->version : NULL,
-		.nsnapshots = s ? 1 : 0,
+		.snapshots = names,
+		.nsnapshots = names ? n : 0,
 		.now = sf_now(sf),
 		.trust_ok = sf->trust_ok,
 		.trust_detail = sf->trust_detail,
-		.signers = sf->signers,
+		.signers = sf->store ? (s ? s->signers : 0) : sf->signers,
 		.threshold = sf->threshold,
-		.verified_bytes = s ? atomic_load(&s->verified_bytes) : 0,
-		.failures = s ? atomic_load(&s->failures) : 0,
-		.last_failure = s ? s->last_failure : NULL,
-		.store_usage_pct = -1,
+		.verified_bytes = verified,
+		.failures = failures,
+		.last_failure = last,
+		.store_usage_pct = sf->store ? store_usage_pct(sf->store) : -1,
 		.switches = atomic_load(&sf->switches),
 	};
 	pthread_mutex_unlock(&sf->lock);
@@ -88,6 +115,8 @@ char *vfile_content(struct stellafs *sf, fuse_ino_t ino, size_t *len)
 	case INO_METRICS: out = health_render_metrics(&in); break;
 	}
 	snapshot_unref(s);
+	free(names);
+	free(slots);
 	if (out)
 		*len = strlen(out);
 	return out;
@@ -110,8 +139,10 @@ bool control_allowed(struct stellafs *sf, fuse_req_t req)
 	return false;
 }
 
-static void journal_add(struct stellafs *sf, uid_t uid, const char *cmd, int err, const char *result)
+void control_journal(struct stellafs *sf, uid_t uid, const char *cmd, int err, const char *result)
 {
+	if (sf->store)
+		store_journal_add(sf->store, sf_now(sf), (unsigned)uid, cmd, err, result);
 	pthread_mutex_lock(&sf->lock);
 	struct journal_entry *j = &sf->journal[sf->journal_next];
 	j->when = sf_now(sf);
@@ -125,7 +156,9 @@ static void journal_add(struct stellafs *sf, uid_t uid, const char *cmd, int err
 	pthread_mutex_unlock(&sf->lock);
 }
 
-/* Re-read the trust store and ask it again whether it vouches for the kit. */
+/* Re-read the trust store.  Direct mode also asks it again whether it
+ * vouches for the mounted kit; store mode uses it for the imports to come
+ * (its snapshots were checked when they were imported). */
 static int cmd_reload(struct stellafs *sf, char *res, size_t rl)
 {
 	struct stella_err e = { 0 };
@@ -134,20 +167,24 @@ static int cmd_reload(struct stellafs *sf, char *res, size_t rl)
 	size_t mlen, slen;
 	unsigned signers = 0;
 	int r = trust_load(sf->trust_path, &t, &e);
-	if (r == 0)
+	if (r == 0 && !sf->store)
 		r = kit_read_head(sf->source, &mjson, &mlen, &sig, &slen, &e);
-	if (r == 0)
+	if (r == 0 && !sf->store)
 		r = sig_check(t, sf->threshold, (const uint8_t *)mjson, mlen, sig, slen, &signers, &e);
 	free(mjson);
 	free(sig);
 	pthread_mutex_lock(&sf->lock);
-	if (r == 0 || t) {
+	if (t) {
+		/* imports and the mounted kit's signers judged by the new keys;
+		 * the old trust is freed once nobody can be using it: commands
+		 * (the only users) hold cmd_lock, as we do */
 		trust_free(sf->trust);
 		sf->trust = t;
 		t = NULL;
 	}
 	sf->trust_ok = r == 0;
-	sf->signers = signers;
+	if (!sf->store)
+		sf->signers = signers;
 	snprintf(sf->trust_detail, sizeof(sf->trust_detail), "%s", r == 0 ? "" : stella_err_text(&e, r));
 	pthread_mutex_unlock(&sf->lock);
 	trust_free(t);
@@ -155,31 +192,151 @@ static int cmd_reload(struct stellafs *sf, char *res, size_t rl)
 		snprintf(res, rl, "%s", stella_err_text(&e, r));
 		return r == -EINVAL ? -EKEYREJECTED : r;
 	}
-	snprintf(res, rl, "trust store %s reloaded: %u trusted signature(s), threshold %u", sf->trust_path, signers,
-		 sf->threshold);
+	if (sf->store)
+		snprintf(res, rl, "trust store %s reloaded", sf->trust_path);
+	else
+		snprintf(res, rl, "trust store %s reloaded: %u trusted signature(s), threshold %u", sf->trust_path,
+			 signers, sf->threshold);
 	return 0;
 }
 
-static int cmd_verify(struct stellafs *sf, const char *arg, char *res, size_t rl)
+static int verify_one(struct stellafs *sf, uint64_t id, char *res, size_t rl, size_t *used)
 {
-	struct snapshot *s = sf_snapshot(sf, 1);
+	struct snapshot *s = sf_snapshot(sf, id);
 	if (!s)
-		return -ENOENT;
-	if (arg && strcmp(arg, "all") && strcmp(arg, s->version)) {
-		snprintf(res, rl, "no snapshot \"%s\" (this mount serves %s)", arg, s->version);
-		snapshot_unref(s);
-		return -ENOENT;
-	}
+		return 0; /* removed meanwhile */
 	struct stella_err e = { 0 };
 	uint64_t files = 0, bytes = 0;
 	int r = snapshot_verify_all(s, &files, &bytes, &e);
 	if (r < 0)
-		snprintf(res, rl, "%s: %s", s->version, stella_err_text(&e, r));
+		*used += (size_t)snprintf(res + *used, rl - MIN(*used, rl), "%s: %s; ", s->version, stella_err_text(&e, r));
 	else
-		snprintf(res, rl, "%s: %llu files, %llu bytes: every block matches the signed manifest", s->version,
-			 (unsigned long long)files, (unsigned long long)bytes);
+		*used += (size_t)snprintf(res + *used, rl - MIN(*used, rl), "%s: %llu files, %llu bytes ok; ", s->version,
+					  (unsigned long long)files, (unsigned long long)bytes);
 	snapshot_unref(s);
 	return r;
+}
+
+static int cmd_verify(struct stellafs *sf, const char *arg, char *res, size_t rl)
+{
+	struct slot *slots = NULL;
+	size_t n = sf_list(sf, &slots), used = 0;
+	int r = 0, first = 0;
+	bool any = false;
+	char cur[129];
+	pthread_mutex_lock(&sf->lock);
+	snprintf(cur, sizeof(cur), "%s", sf->current);
+	pthread_mutex_unlock(&sf->lock);
+	const char *want = !arg ? cur : arg;
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(want, "all") && strcmp(want, slots[i].version))
+			continue;
+		any = true;
+		r = verify_one(sf, slots[i].id, res, rl, &used);
+		if (r < 0 && !first)
+			first = r;
+	}
+	free(slots);
+	if (!any) {
+		snprintf(res, rl, "no snapshot \"%s\"", want);
+		return -ENOENT;
+	}
+	if (used >= 2 && used < rl)
+		res[used - 2] = 0; /* the last "; " */
+	return first;
+}
+
+static bool in_use(struct snapshot *s)
+{
+	/* the table's reference and ours: anything more is a reader */
+	return atomic_load(&s->refs) > 2;
+}
+
+static int cmd_remove(struct stellafs *sf, const char *version, char *res, size_t rl)
+{
+	uint64_t id;
+	struct snapshot *s = sf_by_version(sf, version, &id);
+	if (!s) {
+		snprintf(res, rl, "no snapshot \"%s\"", version);
+		return -ENOENT;
+	}
+	bool busy = in_use(s);
+	snapshot_unref(s);
+	if (busy) {
+		snprintf(res, rl, "%s has open files", version);
+		return -EBUSY;
+	}
+	struct stella_err e = { 0 };
+	int r = store_lock(sf->store, &e);
+	if (r == 0) {
+		r = store_remove(sf->store, version, &e);
+		store_unlock(sf->store);
+	}
+	if (r < 0) {
+		snprintf(res, rl, "%s", stella_err_text(&e, r));
+		return r;
+	}
+	sf_changed(sf, &e);
+	uint64_t swept = 0;
+	store_sweep(sf->store, &swept, &e);
+	snprintf(res, rl, "%s removed, %llu unreferenced file(s) deleted", version, (unsigned long long)swept);
+	return 0;
+}
+
+static int cmd_gc(struct stellafs *sf, uint64_t keep, char *res, size_t rl)
+{
+	struct slot *slots = NULL;
+	size_t n = sf_list(sf, &slots), removed = 0, skipped = 0;
+	char cur[129];
+	pthread_mutex_lock(&sf->lock);
+	snprintf(cur, sizeof(cur), "%s", sf->current);
+	pthread_mutex_unlock(&sf->lock);
+	/* slots are in sequence order: the oldest n - keep go, never current */
+	for (size_t i = 0; i + keep < n; i++) {
+		if (!strcmp(slots[i].version, cur))
+			continue;
+		char r1[256];
+		int r = cmd_remove(sf, slots[i].version, r1, sizeof(r1));
+		if (r == 0)
+			removed++;
+		else if (r == -EBUSY)
+			skipped++;
+	}
+	free(slots);
+	struct stella_err e = { 0 };
+	uint64_t swept = 0;
+	store_sweep(sf->store, &swept, &e);
+	snprintf(res, rl, "%zu snapshot(s) removed, %zu kept because they are open, %llu unreferenced file(s) deleted",
+		 removed, skipped, (unsigned long long)swept);
+	return 0;
+}
+
+static int store_switch(struct stellafs *sf, const char *cmd, const char *arg, char *res, size_t rl)
+{
+	struct stella_err e = { 0 };
+	char now[129] = "";
+	int r = store_lock(sf->store, &e);
+	if (r == 0) {
+		if (!strcmp(cmd, "activate")) {
+			r = store_activate(sf->store, arg, &e);
+			snprintf(now, sizeof(now), "%s", arg);
+		} else {
+			r = store_rollback(sf->store, arg, now, &e);
+		}
+		store_unlock(sf->store);
+	}
+	if (r < 0) {
+		snprintf(res, rl, "%s", stella_err_text(&e, r));
+		return r;
+	}
+	sf_changed(sf, &e);
+	snprintf(res, rl, "current is %s", now);
+	return 0;
+}
+
+static const char *direct_only(struct stellafs *sf)
+{
+	return sf->store ? NULL : sf->current;
 }
 
 static int run_command(struct stellafs *sf, char *line, char *res, size_t rl)
@@ -188,43 +345,45 @@ static int run_command(struct stellafs *sf, char *line, char *res, size_t rl)
 	char *cmd = strtok_r(line, " \t", &save);
 	char *arg = strtok_r(NULL, " \t", &save);
 	char *extra = strtok_r(NULL, " \t", &save);
-	struct snapshot *s = sf_snapshot(sf, 1);
-	const char *cur = s ? s->version : "";
+	const char *single = direct_only(sf); /* the one version of direct mode */
 	int r;
 
-	if (!cmd) {
+	if (!cmd || extra) {
 		r = -EINVAL;
 	} else if (!strcmp(cmd, "verify")) {
-		r = extra ? -EINVAL : cmd_verify(sf, arg, res, rl);
-	} else if (!strcmp(cmd, "activate")) {
-		if (!arg || extra)
+		r = cmd_verify(sf, arg, res, rl);
+	} else if (!strcmp(cmd, "activate") || !strcmp(cmd, "rollback")) {
+		if (!arg && !strcmp(cmd, "activate"))
 			r = -EINVAL;
-		else if (strcmp(arg, cur))
-			snprintf(res, rl, "no snapshot \"%s\" (this mount serves %s)", arg, cur), r = -ENOENT;
+		else if (sf->store)
+			r = store_switch(sf, cmd, arg, res, rl);
+		else if (arg && !strcmp(arg, single))
+			snprintf(res, rl, "%s is already current", single), r = 0;
 		else
-			snprintf(res, rl, "%s is already current", cur), r = 0;
-	} else if (!strcmp(cmd, "rollback")) {
-		if (extra)
-			r = -EINVAL;
-		else
-			snprintf(res, rl, "no %s snapshot to roll back to: a kit file mounted directly holds one (%s)",
-				 arg ? "such" : "previous", cur), r = -ENOENT;
+			snprintf(res, rl, "no %s snapshot: a kit file mounted directly holds one (%s)",
+				 arg ? "such" : "previous", single), r = -ENOENT;
 	} else if (!strcmp(cmd, "remove")) {
-		if (!arg || extra)
+		if (!arg)
 			r = -EINVAL;
-		else if (!strcmp(arg, cur))
-			snprintf(res, rl, "%s is current and in use", cur), r = -EBUSY;
+		else if (sf->store)
+			r = cmd_remove(sf, arg, res, rl);
+		else if (!strcmp(arg, single))
+			snprintf(res, rl, "%s is current and in use", single), r = -EBUSY;
 		else
 			snprintf(res, rl, "no snapshot \"%s\"", arg), r = -ENOENT;
 	} else if (!strcmp(cmd, "gc")) {
-		uint64_t keep = 1;
-		if (extra || (arg && (strncmp(arg, "keep=", 5) || parse_u64(arg + 5, &keep) < 0 || keep == 0)))
+		uint64_t keep = 2;
+		if (arg && (strncmp(arg, "keep=", 5) || parse_u64(arg + 5, &keep) < 0 || keep == 0))
 			r = -EINVAL;
+		else if (sf->store)
+			r = cmd_gc(sf, keep, res, rl);
 		else
-			snprintf(res, rl, "nothing to collect: one snapshot (%s)", cur), r = 0;
+			snprintf(res, rl, "nothing to collect: one snapshot (%s)", single), r = 0;
 	} else if (!strcmp(cmd, "import")) {
-		if (!arg || extra)
+		if (!arg)
 			r = -EINVAL;
+		else if (sf->store)
+			r = sf_import(sf, arg, sf->auto_activate, res, rl);
 		else
 			snprintf(res, rl, "import needs a store: this mount serves one kit file (%s)", sf->source),
 				r = -EOPNOTSUPP;
@@ -236,7 +395,13 @@ static int run_command(struct stellafs *sf, char *line, char *res, size_t rl)
 	if (r == -EINVAL && !res[0])
 		snprintf(res, rl, "bad command: expected activate VERSION | rollback [VERSION] | import PATH | "
 				  "verify [VERSION|all] | remove VERSION | gc [keep=N] | reload");
-	snapshot_unref(s);
+	/* The errno SPEC gives each class: an expired kit is stale (ESTALE);
+	 * a kit whose content contradicts its manifest is as bad a message as
+	 * a malformed one (EBADMSG). */
+	if (r == -EKEYEXPIRED)
+		r = -ESTALE;
+	if (r == -EUCLEAN)
+		r = -EBADMSG;
 	return r;
 }
 
@@ -265,7 +430,7 @@ int control_write(struct stellafs *sf, uid_t uid, const char *buf, size_t len)
 			if ((unsigned char)*p < 0x20)
 				*p = '?';
 		r = run_command(sf, line, res, sizeof(res));
-		journal_add(sf, uid, shown, -r, res);
+		control_journal(sf, uid, shown, -r, res);
 		stella_log(r ? LOG_WARNING : LOG_INFO, "control: uid %u: %s: %s%s%s", (unsigned)uid, shown,
 			   r ? strerror(-r) : "ok", res[0] ? ": " : "", res);
 	}

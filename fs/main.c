@@ -29,8 +29,8 @@ static const char usage[] =
 	"the kit's signed manifest, block by block.\n"
 	"\n"
 	"SOURCE is a kit file (direct mode: that kit is the one snapshot; nothing is\n"
-	"copied).  Store directories (many snapshots, imports, switching) are not\n"
-	"supported by this build yet.\n"
+	"copied) or a store directory (store mode: many snapshots, imports,\n"
+	"switching; created if empty).\n"
 	"\n"
 	"Options:\n"
 	"  -f                      stay in the foreground (log to stderr)\n"
@@ -42,8 +42,9 @@ static const char usage[] =
 	"  -o allow_expired        mount a kit whose expiresAt is past (health stays CRITICAL)\n"
 	"  -o cache=DIR            where kit indexes persist (default " DEFAULT_CACHE ")\n"
 	"  -o admin_gid=GID        members of GID may write the control file (root always may)\n"
-	"  -o incoming=DIR, -o auto_activate\n"
-	"                          store-mode options: refused in direct mode\n"
+	"  -o incoming=DIR         store mode: import kits written (closed) or moved into DIR;\n"
+	"                          a refused one goes to STORE/quarantine with a .reason\n"
+	"  -o auto_activate        store mode: a successful import becomes current\n"
 	"  -o allow_other, ...     standard FUSE mount options (allow_other is the default\n"
 	"                          when run as root, so scanners of any user can read)\n"
 	"  -h, --help              show this help\n"
@@ -51,6 +52,7 @@ static const char usage[] =
 	"\n"
 	"Exit codes: 0 mounted, 1 runtime failure (I/O, mount failed), 2 usage,\n"
 	"3 malformed kit, 4 content mismatch, 5 signature, 6 expired.\n"
+	"Store mode: the snapshots were checked at import; a mount needs a store.\n"
 	"\n"
 	"The tree: current -> snapshots/VERSION, feeds -> current/feeds, snapshots/,\n"
 	"status, status.json, health, metrics, control.  See stellafs(8).\n";
@@ -222,44 +224,68 @@ int main(int argc, char **argv)
 			sf.cache_dir = o.cache;
 		}
 	}
-	if (S_ISDIR(st.st_mode)) {
-		rc = fail_usage("%s: a directory; store mode is not supported by this build, mount a kit file", o.source);
-		goto out;
-	}
-	if (o.incoming || o.auto_activate) {
+	bool store_mode = S_ISDIR(st.st_mode);
+	if (!store_mode && (o.incoming || o.auto_activate)) {
 		rc = fail_usage("incoming= and auto_activate are store-mode options; %s is a kit file", o.source);
 		goto out;
 	}
+	if (o.incoming) {
+		char *abs_in = realpath(o.incoming, NULL);
+		struct stat ist;
+		if (!abs_in || stat(abs_in, &ist) < 0 || !S_ISDIR(ist.st_mode)) {
+			rc = fail_usage("incoming=%s: not a directory", o.incoming);
+			free(abs_in);
+			goto out;
+		}
+		free(o.incoming);
+		o.incoming = abs_in;
+	}
+	sf.incoming = o.incoming;
+	sf.auto_activate = o.auto_activate;
 	if ((r = trust_load(sf.trust_path, &sf.trust, &e)) < 0) {
 		rc = stella_exit_code(r);
 		fprintf(stderr, PROG ": %s\n", stella_err_text(&e, r));
 		goto out;
 	}
-
-	/* The kit: signature, expiry, structure, index; refused before mounting. */
+	sf.trust_ok = true;
 	sf.mounted_at = (int64_t)time(NULL);
-	struct snapshot_opts so = {
-		.kit = o.source, .trust = sf.trust, .threshold = sf.threshold, .now = sf_now(&sf),
-		.allow_expired = sf.allow_expired, .cache_dir = sf.cache_dir,
-	};
-	if ((r = snapshot_open_kit(&so, &sf.current, &e)) < 0) {
-		/* An unusable cache directory must not stop a mount: index in a
-		 * temporary directory instead. */
-		if (r != -EACCES && r != -EROFS && r != -ENOSPC) {
+
+	if (store_mode) {
+		/* The store: its snapshots were verified when imported. */
+		if ((r = store_open(o.source, true, &sf.store, &e)) < 0 || (r = sf_refresh(&sf, &e)) < 0) {
 			rc = stella_exit_code(r);
 			fprintf(stderr, PROG ": %s\n", stella_err_text(&e, r));
 			goto out;
 		}
-		memset(&e, 0, sizeof(e));
-		so.cache_dir = NULL;
-		if ((r = snapshot_open_kit(&so, &sf.current, &e)) < 0) {
-			rc = stella_exit_code(r);
-			fprintf(stderr, PROG ": %s\n", stella_err_text(&e, r));
+	} else {
+		/* The kit: signature, expiry, structure, index; refused before mounting. */
+		struct snapshot_opts so = {
+			.kit = o.source, .trust = sf.trust, .threshold = sf.threshold, .now = sf_now(&sf),
+			.allow_expired = sf.allow_expired, .cache_dir = sf.cache_dir,
+		};
+		struct snapshot *snap = NULL;
+		if ((r = snapshot_open_kit(&so, &snap, &e)) < 0) {
+			/* An unusable cache directory must not stop a mount: index in
+			 * a temporary directory instead. */
+			if (r != -EACCES && r != -EROFS && r != -ENOSPC) {
+				rc = stella_exit_code(r);
+				fprintf(stderr, PROG ": %s\n", stella_err_text(&e, r));
+				goto out;
+			}
+			memset(&e, 0, sizeof(e));
+			so.cache_dir = NULL;
+			if ((r = snapshot_open_kit(&so, &snap, &e)) < 0) {
+				rc = stella_exit_code(r);
+				fprintf(stderr, PROG ": %s\n", stella_err_text(&e, r));
+				goto out;
+			}
+		}
+		sf.signers = snap->signers;
+		if ((r = sf_add_direct(&sf, snap)) < 0) {
+			snapshot_unref(snap);
 			goto out;
 		}
 	}
-	sf.trust_ok = true;
-	sf.signers = sf.current->signers;
 
 	/* Defaults a read-only, many-reader filesystem wants. */
 	fuse_opt_add_arg(&args, "-odefault_permissions");
@@ -281,14 +307,22 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	mounted = true;
+	sf.se = se;
 	if (!cl.foreground) {
 		openlog(PROG, LOG_PID, LOG_DAEMON);
 		daemonized = true;
 	}
 	if (fuse_daemonize(cl.foreground) != 0)
 		goto out;
-	stella_log(LOG_INFO, "mounted %s %s (%s) on %s%s", sf.current->identity->kit_id, sf.current->version,
-		   o.source, cl.mountpoint, sf.current->index_cached ? ", cached index" : "");
+	if (sf.store)
+		stella_log(LOG_INFO, "mounted store %s on %s: %zu snapshot(s), current %s", o.source, cl.mountpoint,
+			   sf.nslots, *sf.current ? sf.current : "none");
+	else
+		stella_log(LOG_INFO, "mounted %s %s on %s%s", sf.slots[0].s->identity->kit_id, sf.current,
+			   cl.mountpoint, sf.slots[0].s->index_cached ? " (cached index)" : "");
+	/* The watcher starts after daemonizing: threads do not survive fork. */
+	if ((r = sf_start_incoming(&sf, &e)) < 0)
+		stella_log(LOG_ERR, "%s", stella_err_text(&e, r));
 
 	struct fuse_loop_config *lc = fuse_loop_cfg_create();
 	if (!lc)
@@ -306,7 +340,9 @@ out:
 		fuse_remove_signal_handlers(se);
 		fuse_session_destroy(se);
 	}
-	snapshot_unref(sf.current);
+	sf_stop_incoming(&sf);
+	sf_free_slots(&sf);
+	store_close(sf.store);
 	trust_free(sf.trust);
 	free(cl.mountpoint);
 	fuse_opt_free_args(&args);

@@ -37,7 +37,7 @@ static void fixed_attr(struct stellafs *sf, fuse_ino_t ino, struct stat *st)
 	st->st_gid = 0;
 	st->st_nlink = 1;
 	st->st_mtim.tv_sec = st->st_ctim.tv_sec = st->st_atim.tv_sec = sf->mounted_at;
-	struct snapshot *s = sf_snapshot(sf, 1);
+	struct snapshot *s = ino == INO_CURRENT ? sf_current(sf, NULL) : NULL;
 	switch (ino) {
 	case INO_ROOT:
 	case INO_SNAPSHOTS:
@@ -101,6 +101,10 @@ static void reply_fixed_entry(fuse_req_t req, fuse_ino_t ino)
 static void sf_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct stellafs *sf = SF(req);
+	if (parent == INO_ROOT || parent == INO_SNAPSHOTS) {
+		struct stella_err e = { 0 };
+		sf_refresh(sf, &e); /* stellakit import may have added or switched */
+	}
 	if (parent == INO_ROOT) {
 		for (size_t i = 0; i < ARRAY_SIZE(top); i++)
 			if (!strcmp(name, top[i].name)) {
@@ -119,9 +123,7 @@ static void sf_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		return;
 	}
 	if (parent == INO_SNAPSHOTS) {
-		s = sf_snapshot(sf, 1);
-		slot = 1;
-		if (s && !strcmp(name, s->version))
+		if ((s = sf_by_version(sf, name, &slot)))
 			r = snapshot_getattr(s, INDEX_ROOT_INO, n);
 	} else if (!is_fixed(parent) && (s = sf_snapshot(sf, SLOT_OF(parent)))) {
 		slot = SLOT_OF(parent);
@@ -130,8 +132,9 @@ static void sf_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	if (r < 0) {
 		/* Absent names in an immutable snapshot stay absent: a negative
 		 * entry may be cached as long as a positive one. */
-		struct fuse_entry_param e = { .ino = 0, .entry_timeout = s && r == -ENOENT ? SNAP_TIMEOUT : 0 };
-		if (r == -ENOENT && s)
+		bool immutable = s && parent != INO_SNAPSHOTS;
+		struct fuse_entry_param e = { .ino = 0, .entry_timeout = immutable && r == -ENOENT ? SNAP_TIMEOUT : 0 };
+		if (r == -ENOENT && immutable)
 			fuse_reply_entry(req, &e);
 		else
 			fuse_reply_err(req, -r);
@@ -177,7 +180,9 @@ static void sf_readlink(fuse_req_t req, fuse_ino_t ino)
 		return;
 	}
 	if (ino == INO_CURRENT) {
-		s = sf_snapshot(sf, 1);
+		struct stella_err e = { 0 };
+		sf_refresh(sf, &e);
+		s = sf_current(sf, NULL);
 		if (!s) {
 			fuse_reply_err(req, ENOENT);
 			return;
@@ -245,13 +250,19 @@ static void sf_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
 	struct snapshot *s = NULL;
 	if (ino == INO_ROOT || ino == INO_SNAPSHOTS) {
 		/* small fixed lists: offset i+1 for entry i */
-		const char *names[16];
-		fuse_ino_t inos[16];
+		const char *names[16] = { 0 };
+		fuse_ino_t inos[16] = { 0 };
 		mode_t types[16];
 		size_t n = 0;
 		names[n] = ".", inos[n] = ino, types[n++] = S_IFDIR;
 		names[n] = "..", inos[n] = INO_ROOT, types[n++] = S_IFDIR;
-		s = sf_snapshot(sf, 1);
+		struct slot *slots = NULL;
+		size_t ns = 0;
+		if (ino == INO_SNAPSHOTS) {
+			struct stella_err e = { 0 };
+			sf_refresh(sf, &e);
+			ns = sf_list(sf, &slots);
+		}
 		if (ino == INO_ROOT) {
 			for (size_t i = 0; i < ARRAY_SIZE(top); i++) {
 				names[n] = top[i].name;
@@ -259,12 +270,18 @@ static void sf_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
 				types[n++] = top[i].ino == INO_CURRENT || top[i].ino == INO_FEEDS ? S_IFLNK :
 					     top[i].ino == INO_SNAPSHOTS ? S_IFDIR : S_IFREG;
 			}
-		} else if (s) {
-			names[n] = s->version, inos[n] = MAKE_INO(1, INDEX_ROOT_INO), types[n++] = S_IFDIR;
 		}
-		for (size_t i = (size_t)off; i < n; i++)
-			if (!dir_add(&d, names[i], inos[i], types[i], (off_t)(i + 1)))
+		/* the snapshots directory: ".", "..", then each version; offsets
+		 * are positions in that list */
+		size_t total = n + ns;
+		for (size_t i = (size_t)off; i < total; i++) {
+			bool fixed = i < n;
+			const char *nm = fixed ? names[i] : slots[i - n].version;
+			fuse_ino_t in = fixed ? inos[i] : MAKE_INO(slots[i - n].id, INDEX_ROOT_INO);
+			if (!dir_add(&d, nm, in, fixed ? types[i] : S_IFDIR, (off_t)(i + 1)))
 				break;
+		}
+		free(slots);
 	} else if (is_fixed(ino)) {
 		r = -ENOTDIR;
 	} else if (!(s = sf_snapshot(sf, SLOT_OF(ino)))) {
@@ -484,7 +501,7 @@ static void sf_statfs(fuse_req_t req, fuse_ino_t ino)
 {
 	(void)ino;
 	struct statvfs st = { .f_bsize = 4096, .f_frsize = 4096, .f_namemax = 255, .f_flag = ST_RDONLY | ST_NOSUID };
-	struct snapshot *s = sf_snapshot(SF(req), 1);
+	struct snapshot *s = sf_current(SF(req), NULL);
 	if (s) {
 		st.f_blocks = (s->bytes + 4095) / 4096;
 		st.f_files = s->files;

@@ -1,6 +1,8 @@
 /* The daemon's shared state and the pieces of fs/: main.c (options, mount,
- * daemon), ops.c (FUSE requests mapped onto core/snapshot), control.c (the
- * virtual files: status, health, metrics, control and its commands). */
+ * daemon), ops.c (FUSE requests mapped onto core/snapshot), state.c (the
+ * snapshots being served and the current one, in both modes; the store's
+ * incoming directory), control.c (the virtual files: status, health,
+ * metrics, control and its commands). */
 #pragma once
 
 #define FUSE_USE_VERSION 312
@@ -13,6 +15,7 @@
 #include "health.h"
 #include "sig.h"
 #include "snapshot.h"
+#include "store.h"
 
 /* Inode numbers: the fixed top of the tree, then each snapshot's own inodes
  * shifted into a slot of their own (slot 1: the direct mode's snapshot). */
@@ -43,21 +46,41 @@ struct journal_entry {
 	char result[512];
 };
 
+/* One served snapshot.  The table holds a reference; every open file and
+ * every request in flight holds its own, so dropping an entry (remove, gc)
+ * never frees what a reader still uses. */
+struct slot {
+	uint64_t id;               /* inode slot, never reused within a mount */
+	char version[129];
+	int64_t sequence;
+	struct snapshot *s;
+};
+
 struct stellafs {
 	/* options */
 	char *source;
 	char *trust_path;
 	char *cache_dir;
+	char *incoming;
+	bool auto_activate;
 	unsigned threshold;
 	int64_t fixed_now;         /* now= for tests and replays; 0: the clock */
 	bool allow_expired;
 	bool has_admin_gid;
 	gid_t admin_gid;
 	int64_t mounted_at;
+	struct fuse_session *se;
 
-	/* state: lock guards current, trust and journal */
+	struct store *store;       /* store mode; NULL in direct mode */
+	int64_t store_version;     /* store.db's data_version last seen */
+	bool store_dirty;          /* we changed it ourselves: re-read */
+
+	/* lock guards the slot table, the pointers, trust and the journal */
 	pthread_mutex_t lock;
-	struct snapshot *current;  /* the one snapshot of direct mode */
+	struct slot *slots;
+	size_t nslots;
+	uint64_t next_slot;
+	char current[129];         /* version, "" when none */
 	struct trust *trust;
 	bool trust_ok;
 	char trust_detail[256];
@@ -66,16 +89,42 @@ struct stellafs {
 	pthread_mutex_t cmd_lock;  /* one control command at a time */
 	struct journal_entry journal[JOURNAL_LEN];
 	unsigned journal_next, journal_n;
+	pthread_t incoming_thread;
+	bool incoming_running;
+	int incoming_stop[2];      /* a pipe: written to stop the watcher */
 };
 
 extern const struct fuse_lowlevel_ops stellafs_ops;
 
 int64_t sf_now(struct stellafs *sf);
+/* state.c */
 /* Take a reference to the snapshot in slot (NULL if none). */
 struct snapshot *sf_snapshot(struct stellafs *sf, uint64_t slot);
+/* The current snapshot and its slot (NULL if none). */
+struct snapshot *sf_current(struct stellafs *sf, uint64_t *slot);
+/* The snapshot named version, and its slot. */
+struct snapshot *sf_by_version(struct stellafs *sf, const char *version, uint64_t *slot);
+/* Every served version with its slot, in sequence order (malloc'ed). */
+size_t sf_list(struct stellafs *sf, struct slot **out);
+/* Direct mode: serve this one snapshot. */
+int sf_add_direct(struct stellafs *sf, struct snapshot *s);
+/* Store mode: bring the table up to date with the store (another process
+ * may have imported or switched).  Cheap when nothing changed. */
+int sf_refresh(struct stellafs *sf, struct stella_err *e);
+/* After this process changed the store. */
+void sf_changed(struct stellafs *sf, struct stella_err *e);
+/* After the current snapshot changed: tell the kernel. */
+void sf_switched(struct stellafs *sf);
+void sf_free_slots(struct stellafs *sf);
+int sf_start_incoming(struct stellafs *sf, struct stella_err *e);
+void sf_stop_incoming(struct stellafs *sf);
+/* Import a kit into the store, as the control file and the incoming
+ * watcher do (cmd_lock held by the caller). */
+int sf_import(struct stellafs *sf, const char *path, bool activate, char *res, size_t rl);
 
 /* Virtual files: their current content (malloc'ed) by inode. */
 char *vfile_content(struct stellafs *sf, fuse_ino_t ino, size_t *len);
 /* Run the command lines in buf; returns 0 or a negative errno. */
 int control_write(struct stellafs *sf, uid_t uid, const char *buf, size_t len);
 bool control_allowed(struct stellafs *sf, fuse_req_t req);
+void control_journal(struct stellafs *sf, uid_t uid, const char *cmd, int err, const char *result);
