@@ -796,6 +796,25 @@ int store_sweep(struct store *st, uint64_t *removed, struct stella_err *e)
 	}
 	if (cnt)
 		qsort(refs, cnt, 32, cmp32);
+	/* indexes no row names: left by an import that died before its commit */
+	char sdir[4200];
+	snprintf(sdir, sizeof(sdir), "%s/snapshots", st->dir);
+	DIR *sd = opendir(sdir);
+	struct dirent *se;
+	while (sd && (se = readdir(sd))) {
+		size_t l = strlen(se->d_name);
+		if (l < 4 || strcmp(se->d_name + l - 3, ".db"))
+			continue;
+		char v[256];
+		snprintf(v, sizeof(v), "%.*s", (int)(l - 3), se->d_name);
+		pthread_mutex_lock(&st->lock);
+		bool known = has_snapshot(st, v, NULL);
+		pthread_mutex_unlock(&st->lock);
+		if (!known)
+			unlinkat(dirfd(sd), se->d_name, 0);
+	}
+	if (sd)
+		closedir(sd);
 	int d1 = dup(st->blobfd);
 	DIR *top = d1 >= 0 ? fdopendir(d1) : NULL;
 	struct dirent *de;
