@@ -73,5 +73,6 @@ int store_journal_add(struct store *st, int64_t when, unsigned uid, const char *
 /* The last n entries, oldest first, one line each (malloc'ed). */
 char *store_journal_text(struct store *st, unsigned n);
 
-/* Drop blobs no snapshot references; returns how many. */
+/* Drop blobs no snapshot references, and indexes no row names; returns how
+ * many blobs.  The writer lock must be held. */
 int store_sweep(struct store *st, uint64_t *removed, struct stella_err *e);

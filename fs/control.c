@@ -252,6 +252,19 @@ static bool in_use(struct snapshot *s)
 	return atomic_load(&s->refs) > 2;
 }
 
+/* Unreferenced blobs and indexes go only under the writer lock: an import
+ * in another process has blobs and an index in place before its row. */
+static uint64_t locked_sweep(struct stellafs *sf)
+{
+	struct stella_err e = { 0 };
+	uint64_t swept = 0;
+	if (store_lock(sf->store, &e) == 0) {
+		store_sweep(sf->store, &swept, &e);
+		store_unlock(sf->store);
+	}
+	return swept;
+}
+
 static int cmd_remove(struct stellafs *sf, const char *version, char *res, size_t rl)
 {
 	uint64_t id;
@@ -277,8 +290,7 @@ static int cmd_remove(struct stellafs *sf, const char *version, char *res, size_
 		return r;
 	}
 	sf_changed(sf, &e);
-	uint64_t swept = 0;
-	store_sweep(sf->store, &swept, &e);
+	uint64_t swept = locked_sweep(sf);
 	snprintf(res, rl, "%s removed, %llu unreferenced file(s) deleted", version, (unsigned long long)swept);
 	return 0;
 }
@@ -303,9 +315,7 @@ static int cmd_gc(struct stellafs *sf, uint64_t keep, char *res, size_t rl)
 			skipped++;
 	}
 	free(slots);
-	struct stella_err e = { 0 };
-	uint64_t swept = 0;
-	store_sweep(sf->store, &swept, &e);
+	uint64_t swept = locked_sweep(sf);
 	snprintf(res, rl, "%zu snapshot(s) removed, %zu kept because they are open, %llu unreferenced file(s) deleted",
 		 removed, skipped, (unsigned long long)swept);
 	return 0;
