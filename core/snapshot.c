@@ -24,6 +24,7 @@ struct snap_file {
 	int64_t tree_off;
 	uint8_t fsverity[32];
 	int fd;                       /* store mode: the blob */
+	int tree_fd;                  /* store mode: the tree file */
 	struct merkle_geom g;
 	uint8_t *tree;                /* whole tree, filled (and checked) lazily */
 	uint8_t *tree_ok;             /* one byte per tree block: checked */
@@ -226,6 +227,15 @@ static int build_index(struct snapshot *s, const struct snapshot_opts *o, const 
 		r = set_meta_str(ix, "complete", "1", e);
 	if (r == 0)
 		r = index_finish(ix, e);
+	if (r == 0) {
+		/* durable before it has its name: a crash leaves no half index
+		 * that a remount would trust */
+		int fd = open(tmp, O_RDONLY | O_CLOEXEC);
+		if (fd < 0 || fsync(fd) < 0)
+			r = stella_fail_errno(e, -errno, "index %s", tmp);
+		if (fd >= 0)
+			close(fd);
+	}
 	if (r == 0 && rename(tmp, final) < 0)
 		r = stella_fail_errno(e, -errno, "index %s", final);
 out:
@@ -237,11 +247,21 @@ out:
 	return r;
 }
 
-static int ensure_dir(const char *dir, struct stella_err *e)
+/* The cache is trusted as far as its directory is: an index names the
+ * digests reads are checked against.  Use it only when it is ours and
+ * nobody else can write it; otherwise index in a private temporary
+ * directory (slower remounts, same guarantees). */
+static bool cache_usable(const char *dir)
 {
 	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
-		return stella_fail_errno(e, -errno, "cache directory %s", dir);
-	return 0;
+		return false;
+	struct stat st;
+	if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 022) ||
+	    access(dir, W_OK | X_OK) < 0) {
+		stella_log(LOG_WARNING, "cache directory %s is not private to this user: indexing in a temporary one", dir);
+		return false;
+	}
+	return true;
 }
 
 int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, struct stella_err *e)
@@ -255,7 +275,7 @@ int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, stru
 	if (!s)
 		return -ENOMEM;
 	atomic_init(&s->refs, 1);
-	s->blob_dirfd = -1;
+	s->blob_dirfd = s->tree_dirfd = -1;
 	if (!(s->kit_path = strdup(o->kit)) || !(s->files_map = calloc(1, sizeof(*s->files_map)))) {
 		r = -ENOMEM;
 		goto fail;
@@ -271,15 +291,13 @@ int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, stru
 		goto fail;
 	}
 	const char *dir = o->cache_dir;
-	if (!dir) {
+	if (!dir || !cache_usable(dir)) {
 		if (!mkdtemp(tmpdir)) {
 			r = stella_fail_errno(e, -errno, "temporary index directory");
 			goto fail;
 		}
 		own_tmpdir = true;
 		dir = tmpdir;
-	} else if ((r = ensure_dir(dir, e)) < 0) {
-		goto fail;
 	}
 	size_t pl = strlen(dir) + 80;
 	if (!(final = malloc(pl)) || !(tmp = malloc(pl))) {
@@ -362,28 +380,29 @@ fail:
 	return r;
 }
 
-void snapshot_blob_name(const uint8_t sha256[32], char out[68])
+void snapshot_blob_name(const uint8_t digest[32], char out[68])
 {
 	char hex[65];
-	hex_encode(sha256, 32, hex);
+	hex_encode(digest, 32, hex);
 	snprintf(out, 68, "%.2s/%s", hex, hex);
 }
 
-int snapshot_open_store(const char *index_path, int blob_dirfd, const char *label, struct snapshot **out,
-			struct stella_err *e)
+int snapshot_open_store(const char *index_path, int blob_dirfd, int tree_dirfd, const char *label,
+			struct snapshot **out, struct stella_err *e)
 {
 	struct snapshot *s = calloc(1, sizeof(*s));
 	int r;
 	if (!s)
 		return -ENOMEM;
 	atomic_init(&s->refs, 1);
-	s->blob_dirfd = -1;
+	s->blob_dirfd = s->tree_dirfd = -1;
 	if (!(s->kit_path = strdup(label)) || !(s->files_map = calloc(1, sizeof(*s->files_map)))) {
 		r = -ENOMEM;
 		goto fail;
 	}
 	pthread_mutex_init(&s->files_map->lock, NULL);
-	if ((s->blob_dirfd = fcntl(blob_dirfd, F_DUPFD_CLOEXEC, 0)) < 0) {
+	if ((s->blob_dirfd = fcntl(blob_dirfd, F_DUPFD_CLOEXEC, 0)) < 0 ||
+	    (s->tree_dirfd = fcntl(tree_dirfd, F_DUPFD_CLOEXEC, 0)) < 0) {
 		r = stella_fail_errno(e, -errno, "%s: blobs", label);
 		goto fail;
 	}
@@ -419,6 +438,8 @@ void snapshot_unref(struct snapshot *s)
 	source_close(s->src);
 	if (s->blob_dirfd >= 0)
 		close(s->blob_dirfd);
+	if (s->tree_dirfd >= 0)
+		close(s->tree_dirfd);
 	manifest_free(s->identity);
 	if (s->files_map) {
 		pthread_mutex_destroy(&s->files_map->lock);
@@ -482,7 +503,7 @@ static struct snap_file *file_new(struct snapshot *s, const struct index_node *n
 	f->data_off = n->data_off;
 	f->tree_off = n->tree_off;
 	memcpy(f->fsverity, n->fsverity, 32);
-	f->fd = -1;
+	f->fd = f->tree_fd = -1;
 	pthread_mutex_init(&f->lock, NULL);
 	merkle_geom_init(&f->g, n->size);
 	*rc = 0;
@@ -499,6 +520,11 @@ static struct snap_file *file_new(struct snapshot *s, const struct index_node *n
 		f->tree_ok = calloc(1, f->g.tree_blocks);
 		if (!f->tree || !f->tree_ok) {
 			*rc = -ENOMEM;
+		} else if (s->tree_dirfd >= 0) {
+			char name[68];
+			snapshot_blob_name(f->fsverity, name);
+			if ((f->tree_fd = openat(s->tree_dirfd, name, O_RDONLY | O_CLOEXEC)) < 0)
+				*rc = stella_fail_errno(e, -errno, "tree %s", name);
 		} else if (f->tree_off < 0) {
 			uint8_t *t = NULL;
 			size_t len = 0;
@@ -515,6 +541,8 @@ static struct snap_file *file_new(struct snapshot *s, const struct index_node *n
 	if (*rc < 0) {
 		if (f->fd >= 0)
 			close(f->fd);
+		if (f->tree_fd >= 0)
+			close(f->tree_fd);
 		free(f->tree);
 		free(f->tree_ok);
 		pthread_mutex_destroy(&f->lock);
@@ -528,6 +556,8 @@ static void file_free(struct snap_file *f)
 {
 	if (f->fd >= 0)
 		close(f->fd);
+	if (f->tree_fd >= 0)
+		close(f->tree_fd);
 	free(f->tree);
 	free(f->tree_ok);
 	pthread_mutex_destroy(&f->lock);
@@ -617,6 +647,66 @@ static void report_failure(struct snap_file *f, const char *what, uint64_t block
 	free(path);
 }
 
+static int read_data(struct snap_file *f, void *buf, size_t len, uint64_t off, struct stella_err *e)
+{
+	if (f->fd >= 0) {
+		int r = pread_full(f->fd, buf, len, off);
+		return r < 0 ? stella_fail_errno(e, r, "%s: blob of inode %llu", f->s->kit_path, (unsigned long long)f->ino) : 0;
+	}
+	return source_pread(f->s->src, buf, len, f->data_off + off, e);
+}
+
+/* A stored tree (merkle.bin, or a store's tree file) that does not check
+ * out is damage beside the data, not in it: readers must work without the
+ * tree, so build it again from the data and keep it if its root is the
+ * signed one.  Returns 0 when the file now has a good tree. */
+static int rebuild_tree(struct snap_file *f)
+{
+	pthread_mutex_lock(&f->lock);
+	if (f->tree_loaded) {
+		pthread_mutex_unlock(&f->lock);
+		return 0;
+	}
+	uint64_t tsize = merkle_tree_size(&f->g);
+	uint8_t *tree = calloc(1, tsize), *buf = malloc(1 << 20), first[32] = { 0 };
+	int r = tree && buf ? 0 : -ENOMEM;
+	struct stella_err e = { 0 };
+	for (uint64_t off = 0; r == 0 && off < f->size;) {
+		size_t n = (size_t)MIN(f->size - off, (uint64_t)1 << 20);
+		if ((r = read_data(f, buf, n, off, &e)) < 0)
+			break;
+		for (size_t b = 0; b < n; b += MERKLE_BLOCK) {
+			uint64_t tb;
+			unsigned slot;
+			merkle_parent_slot(&f->g, 0, (off + b) / MERKLE_BLOCK, &tb, &slot);
+			merkle_hash_block(buf + b, MIN((size_t)MERKLE_BLOCK, n - b), tree + tb * MERKLE_BLOCK + slot);
+		}
+		off += n;
+	}
+	if (r == 0) {
+		uint8_t root[32], d[32];
+		merkle_build_upper(&f->g, tree, first, root);
+		merkle_file_digest(f->size, root, d);
+		r = memcmp(d, f->fsverity, 32) ? -EIO : 0;
+	}
+	if (r == 0) {
+		free(f->tree);
+		f->tree = tree;
+		tree = NULL;
+		memset(f->tree_ok, 1, f->g.tree_blocks);
+		f->tree_loaded = true;
+	}
+	pthread_mutex_unlock(&f->lock);
+	char *path = snapshot_path(f->s, f->ino);
+	if (r == 0)
+		stella_log(LOG_WARNING, "%s %s: %s: its stored Merkle tree is damaged; rebuilt from the data, which is intact",
+			   f->s->kit_path, f->s->version, path ? path : "?");
+	free(path);
+	free(tree);
+	free(buf);
+	return r;
+}
+
 /* The tree block holding entries of `level` number idx, checked against its
  * parent (or, for the top block, against the signed digest). */
 static int tree_block(struct snap_file *f, unsigned level, uint64_t idx, const uint8_t **out)
@@ -633,31 +723,38 @@ static int tree_block(struct snap_file *f, unsigned level, uint64_t idx, const u
 	const uint8_t *blk = f->tree + tb * MERKLE_BLOCK;
 	if (!f->tree_loaded) {
 		struct stella_err e = { 0 };
-		int r = source_pread(f->s->src, buf, MERKLE_BLOCK, (uint64_t)f->tree_off + tb * MERKLE_BLOCK, &e);
+		int r = f->tree_fd >= 0 ? pread_full(f->tree_fd, buf, MERKLE_BLOCK, tb * MERKLE_BLOCK) :
+			source_pread(f->s->src, buf, MERKLE_BLOCK, (uint64_t)f->tree_off + tb * MERKLE_BLOCK, &e);
+		if (r < 0 && f->tree_fd >= 0)
+			stella_fail_errno(&e, r, "%s: tree of inode %llu", f->s->kit_path, (unsigned long long)f->ino);
 		if (r < 0) {
 			stella_log(LOG_ERR, "%s", stella_err_text(&e, r));
+			if (rebuild_tree(f) == 0)
+				return tree_block(f, level, idx, out);
 			return -EIO;
 		}
 		blk = buf;
 	}
 	uint8_t h[32];
 	sha256_once(blk, MERKLE_BLOCK, h);
+	bool good;
 	if (level + 1 == f->g.levels) {
 		uint8_t d[32];
 		merkle_file_digest(f->size, h, d);
-		if (memcmp(d, f->fsverity, 32)) {
-			report_failure(f, "Merkle tree top block", tb);
-			return -EIO;
-		}
+		good = !memcmp(d, f->fsverity, 32);
 	} else {
 		const uint8_t *parent;
 		int r = tree_block(f, level + 1, idx / MERKLE_PER_BLOCK, &parent);
 		if (r < 0)
 			return r;
-		if (memcmp(h, parent + (idx % MERKLE_PER_BLOCK) * MERKLE_HASH, 32)) {
-			report_failure(f, "Merkle tree block", tb);
-			return -EIO;
-		}
+		good = !memcmp(h, parent + (idx % MERKLE_PER_BLOCK) * MERKLE_HASH, 32);
+	}
+	if (!good) {
+		if (!f->tree_loaded && rebuild_tree(f) == 0)
+			return tree_block(f, level, idx, out);
+		/* the data itself does not give the signed root */
+		report_failure(f, level + 1 == f->g.levels ? "Merkle tree top block" : "Merkle tree block", tb);
+		return -EIO;
 	}
 	pthread_mutex_lock(&f->lock);
 	if (!f->tree_ok[tb]) {
@@ -753,22 +850,25 @@ ssize_t snapshot_read(struct snap_file *f, void *buf, size_t len, uint64_t off)
 		r = source_pread(f->s->src, tmp, rlen, f->data_off + start, &e);
 	}
 	if (r < 0) {
+		/* The medium failed us, or a compressed stream does not decode:
+		 * for the reader the same as a block that does not match. */
+		report_failure(f, "unreadable data at block", b0);
 		stella_log(LOG_ERR, "%s", stella_err_text(&e, r));
 		return -EIO;
 	}
-	size_t good = len;
+	/* All or nothing: a short read would tell the kernel the file ends
+	 * there, and a reader would see a truncated file instead of an error.
+	 * The kernel retries what it needs page by page, so the good blocks
+	 * before a bad one stay readable. */
 	for (uint64_t b = b0; b <= b1; b++) {
 		size_t boff = (size_t)((b - b0) * MERKLE_BLOCK);
-		if (check_block(f, b, tmp + boff, MIN((size_t)MERKLE_BLOCK, rlen - boff)) < 0) {
-			if (b == b0)
-				return -EIO;
-			good = (size_t)(b * MERKLE_BLOCK - off);
-			break;
-		}
+		if (check_block(f, b, tmp + boff, MIN((size_t)MERKLE_BLOCK, rlen - boff)) < 0)
+			return -EIO;
 	}
-	memcpy(buf, tmp + (off - start), good);
-	atomic_fetch_add(&f->s->verified_bytes, good);
-	return (ssize_t)good;
+	memcpy(buf, tmp + (off - start), len);
+	if (f->shared)
+		atomic_fetch_add(&f->s->verified_bytes, len);
+	return (ssize_t)len;
 }
 
 /* ---- verify all ---- */
@@ -836,9 +936,13 @@ int snapshot_verify_all(struct snapshot *s, uint64_t *files, uint64_t *bytes, st
 			for (uint64_t off = 0; off < f->size && r == 0;) {
 				ssize_t got = snapshot_read(f, buf, 1 << 20, off);
 				if (got <= 0) {
+					/* name the first bad block of the chunk */
+					uint64_t bad = off;
+					while (bad < f->size && snapshot_read(f, buf, MERKLE_BLOCK, bad) > 0)
+						bad += MERKLE_BLOCK;
 					char *p = snapshot_path(s, f->ino);
 					r = stella_fail(e, -EIO, "%s: block %llu does not match the signed manifest",
-							p ? p : "?", (unsigned long long)(off / MERKLE_BLOCK));
+							p ? p : "?", (unsigned long long)(bad / MERKLE_BLOCK));
 					free(p);
 					break;
 				}

@@ -46,6 +46,7 @@ struct snapshot {
 
 	struct source *src;           /* direct mode: the kit's tar stream */
 	int blob_dirfd;               /* store mode: STORE/blobs, file data by sha256 */
+	int tree_dirfd;               /* store mode: STORE/trees, Merkle trees by fs-verity digest */
 	struct index *ix;
 	struct snap_files *files_map;
 };
@@ -53,10 +54,11 @@ struct snapshot {
 int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, struct stella_err *e);
 /* A snapshot of a store: its index, its files' bytes in the store's blobs.
  * Signature and expiry were checked at import; reads are checked the same. */
-int snapshot_open_store(const char *index_path, int blob_dirfd, const char *label, struct snapshot **out,
-			struct stella_err *e);
-/* Where a file's content lives in a store: "ab/abcdef..." (65+3 bytes). */
-void snapshot_blob_name(const uint8_t sha256[32], char out[68]);
+int snapshot_open_store(const char *index_path, int blob_dirfd, int tree_dirfd, const char *label,
+			struct snapshot **out, struct stella_err *e);
+/* Where a store keeps a file's content (by its sha256) or its tree (by its
+ * fs-verity digest): "ab/abcdef..." (65+3 bytes). */
+void snapshot_blob_name(const uint8_t digest[32], char out[68]);
 struct snapshot *snapshot_ref(struct snapshot *s);
 void snapshot_unref(struct snapshot *s);
 
@@ -69,8 +71,8 @@ int snapshot_readdir(struct snapshot *s, uint64_t dir, uint64_t after,
 struct snap_file;
 int snapshot_file_open(struct snapshot *s, uint64_t ino, struct snap_file **out, struct stella_err *e);
 void snapshot_file_close(struct snap_file *f);
-/* Verified bytes [off, off+len) (fewer at the end of the file, or before
- * the first block that failed); -EIO if the first block fails. */
+/* Verified bytes [off, off+len), fewer only at the end of the file; -EIO
+ * if any block of the range fails its check. */
 ssize_t snapshot_read(struct snap_file *f, void *buf, size_t len, uint64_t off);
 
 /* Re-check every block of every file.  Returns 0, or -EIO with the first

@@ -16,7 +16,7 @@
 
 struct store {
 	char *dir;
-	int dirfd, blobfd, tmpfd, lockfd;
+	int dirfd, blobfd, treefd, tmpfd, lockfd;
 	bool locked;
 	sqlite3 *db;
 	pthread_mutex_t lock;      /* the connection is shared by the daemon's threads */
@@ -43,6 +43,7 @@ static int db_err(struct store *st, struct stella_err *e, const char *what)
 
 const char *store_dir(const struct store *st) { return st->dir; }
 int store_blob_dirfd(const struct store *st) { return st->blobfd; }
+int store_tree_dirfd(const struct store *st) { return st->treefd; }
 
 char *store_index_path(const struct store *st, const char *version)
 {
@@ -71,6 +72,8 @@ static void empty_dir(int fd)
 			close(d2);
 		return;
 	}
+	/* a dup shares the directory offset with fd: start from the top */
+	rewinddir(d);
 	struct dirent *de;
 	while ((de = readdir(d)))
 		if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
@@ -84,7 +87,7 @@ void store_close(struct store *st)
 		return;
 	if (st->db)
 		sqlite3_close(st->db);
-	int fds[] = { st->dirfd, st->blobfd, st->tmpfd, st->lockfd };
+	int fds[] = { st->dirfd, st->blobfd, st->treefd, st->tmpfd, st->lockfd };
 	for (size_t i = 0; i < ARRAY_SIZE(fds); i++)
 		if (fds[i] >= 0)
 			close(fds[i]);
@@ -93,16 +96,30 @@ void store_close(struct store *st)
 	free(st);
 }
 
+static int mkdir_p(const char *dir)
+{
+	char p[4096];
+	snprintf(p, sizeof(p), "%s", dir);
+	for (char *q = p + 1; *q; q++)
+		if (*q == '/') {
+			*q = 0;
+			if (mkdir(p, 0755) < 0 && errno != EEXIST)
+				return -1;
+			*q = '/';
+		}
+	return mkdir(p, 0755) < 0 && errno != EEXIST ? -1 : 0;
+}
+
 int store_open(const char *dir, bool create, struct store **out, struct stella_err *e)
 {
 	struct store *st = calloc(1, sizeof(*st));
 	int r;
 	if (!st)
 		return -ENOMEM;
-	st->dirfd = st->blobfd = st->tmpfd = st->lockfd = -1;
+	st->dirfd = st->blobfd = st->treefd = st->tmpfd = st->lockfd = -1;
 	pthread_mutex_init(&st->lock, NULL);
 	if (!(st->dir = realpath(dir, NULL))) {
-		if (!create || errno != ENOENT || mkdir(dir, 0755) < 0 || !(st->dir = realpath(dir, NULL))) {
+		if (!create || errno != ENOENT || mkdir_p(dir) < 0 || !(st->dir = realpath(dir, NULL))) {
 			r = stella_fail_errno(e, -errno, "store %s", dir);
 			goto fail;
 		}
@@ -117,6 +134,7 @@ int store_open(const char *dir, bool create, struct store **out, struct stella_e
 	}
 	int snapfd = -1, qfd = -1;
 	if ((r = open_sub(st->dirfd, "blobs", true, &st->blobfd)) < 0 ||
+	    (r = open_sub(st->dirfd, "trees", true, &st->treefd)) < 0 ||
 	    (r = open_sub(st->dirfd, "tmp", true, &st->tmpfd)) < 0 ||
 	    (r = open_sub(st->dirfd, "snapshots", true, &snapfd)) < 0 ||
 	    (r = open_sub(st->dirfd, "quarantine", true, &qfd)) < 0) {
@@ -375,7 +393,7 @@ int store_remove(struct store *st, const char *version, struct stella_err *e)
 
 /* ---- import ---- */
 
-struct pending { char tmp[32]; char final[68]; };
+struct pending { char tmp[32]; char final[68]; bool tree; };
 
 struct import {
 	struct store *st;
@@ -429,7 +447,7 @@ static int imp_check(void *ctx, const struct manifest *m, const uint8_t sha[32],
 					   m->version, m->base_version);
 		char *p = store_index_path(st, m->base_version);
 		struct snapshot *bs = NULL;
-		int r = p ? snapshot_open_store(p, st->blobfd, m->base_version, &bs, e) : -ENOMEM;
+		int r = p ? snapshot_open_store(p, st->blobfd, st->treefd, m->base_version, &bs, e) : -ENOMEM;
 		free(p);
 		if (r < 0)
 			return r;
@@ -460,6 +478,23 @@ static int imp_data(void *ctx, const uint8_t *buf, size_t len, struct stella_err
 	return r < 0 ? stella_fail_errno(e, r, "store %s: writing a blob", im->st->dir) : 0;
 }
 
+static int add_pending(struct import *im, const char *tmp, const char *final, bool tree)
+{
+	if (im->npend == im->cap) {
+		size_t cap = im->cap ? 2 * im->cap : 64;
+		struct pending *p = realloc(im->pend, cap * sizeof(*p));
+		if (!p)
+			return -ENOMEM;
+		im->pend = p;
+		im->cap = cap;
+	}
+	struct pending *p = &im->pend[im->npend++];
+	snprintf(p->tmp, sizeof(p->tmp), "%s", tmp);
+	snprintf(p->final, sizeof(p->final), "%s", final);
+	p->tree = tree;
+	return 0;
+}
+
 static int imp_visit(void *ctx, size_t i, const struct kit_member *m, const struct hasher_result *h,
 		     struct stella_err *e)
 {
@@ -476,23 +511,26 @@ static int imp_visit(void *ctx, size_t i, const struct kit_member *m, const stru
 			return stella_fail_errno(e, -errno, "store %s: writing a blob", im->st->dir);
 	}
 	char final[68];
+	int r;
 	snapshot_blob_name(h->sha256, final);
-	if (h->geom.data_size > 0) {
-		if (im->npend == im->cap) {
-			size_t cap = im->cap ? 2 * im->cap : 64;
-			struct pending *p = realloc(im->pend, cap * sizeof(*p));
-			if (!p)
-				return -ENOMEM;
-			im->pend = p;
-			im->cap = cap;
-		}
-		snprintf(im->pend[im->npend].tmp, sizeof(im->pend[0].tmp), "%s", im->blob_tmp);
-		memcpy(im->pend[im->npend].final, final, sizeof(final));
-		im->npend++;
-	}
-	if (h->geom.levels)
-		return index_add_tree(im->ix, h->fsverity, h->tree, merkle_tree_size(&h->geom), e);
-	return 0;
+	if (h->geom.data_size > 0 && (r = add_pending(im, im->blob_tmp, final, false)) < 0)
+		return r;
+	if (!h->geom.levels)
+		return 0;
+	/* The tree, content-addressed like the data: unchanged files of the
+	 * next kit cost nothing, trees included. */
+	char tmp[32];
+	snprintf(tmp, sizeof(tmp), "tree.%u", im->counter++);
+	int fd = openat(im->st->tmpfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0444);
+	if (fd < 0)
+		return stella_fail_errno(e, -errno, "store %s/tmp", im->st->dir);
+	r = write_full(fd, h->tree, merkle_tree_size(&h->geom));
+	if (close(fd) < 0 && r == 0)
+		r = -errno;
+	if (r < 0)
+		return stella_fail_errno(e, r, "store %s: writing a tree", im->st->dir);
+	snapshot_blob_name(h->fsverity, final);
+	return add_pending(im, tmp, final, true);
 }
 
 static bool same_as(const struct artifact *a, const struct index_node *b)
@@ -539,15 +577,6 @@ static int finish_import(struct import *im, const struct kitverify_result *res, 
 				r = stella_fail(e, -EBADMSG, "delta kit %s: \"%.300s\" is neither carried nor the same in base %s",
 						m->version, a->name, m->base_version);
 				break;
-			}
-			if (a->type == ARTIFACT_FILE && a->size > 4096) {
-				uint8_t *t = NULL;
-				size_t tl = 0;
-				if ((r = index_get_tree(im->base_ix, a->fsverity, &t, &tl)) == 0)
-					r = index_add_tree(im->ix, a->fsverity, t, tl, e);
-				else
-					r = stella_fail(e, -EIO, "base %s: no tree for \"%.300s\"", m->base_version, a->name);
-				free(t);
 			}
 		}
 		if (r == 0)
@@ -599,15 +628,16 @@ static int finish_import(struct import *im, const struct kitverify_result *res, 
 	if (syncfs(st->dirfd) < 0)
 		return stella_fail_errno(e, -errno, "store %s: sync", st->dir);
 	for (size_t i = 0; i < im->npend; i++) {
+		int dfd = im->pend[i].tree ? st->treefd : st->blobfd;
 		char dir[3] = { im->pend[i].final[0], im->pend[i].final[1], 0 };
-		if (mkdirat(st->blobfd, dir, 0755) < 0 && errno != EEXIST)
-			return stella_fail_errno(e, -errno, "store %s/blobs/%s", st->dir, dir);
-		if (faccessat(st->blobfd, im->pend[i].final, F_OK, 0) == 0) {
+		if (mkdirat(dfd, dir, 0755) < 0 && errno != EEXIST)
+			return stella_fail_errno(e, -errno, "store %s: %s/%s", st->dir, im->pend[i].tree ? "trees" : "blobs", dir);
+		if (faccessat(dfd, im->pend[i].final, F_OK, 0) == 0) {
 			unlinkat(st->tmpfd, im->pend[i].tmp, 0); /* already stored */
 			continue;
 		}
-		if (renameat(st->tmpfd, im->pend[i].tmp, st->blobfd, im->pend[i].final) < 0)
-			return stella_fail_errno(e, -errno, "store %s: storing a blob", st->dir);
+		if (renameat(st->tmpfd, im->pend[i].tmp, dfd, im->pend[i].final) < 0)
+			return stella_fail_errno(e, -errno, "store %s: storing a file", st->dir);
 	}
 	char *final = store_index_path(st, m->version);
 	if (!final)
@@ -754,48 +784,94 @@ char *store_journal_text(struct store *st, unsigned n)
 
 static int cmp32(const void *a, const void *b) { return memcmp(a, b, 32); }
 
+struct digests {
+	uint8_t (*v)[32];
+	size_t n, cap;
+};
+
+static int collect(sqlite3 *db, const char *sql, struct digests *d)
+{
+	sqlite3_stmt *s = NULL;
+	if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) != SQLITE_OK)
+		return -EIO;
+	int r = 0;
+	while (sqlite3_step(s) == SQLITE_ROW) {
+		if (sqlite3_column_bytes(s, 0) != 32)
+			continue;
+		if (d->n == d->cap) {
+			d->cap = d->cap ? 2 * d->cap : 1024;
+			void *np = realloc(d->v, d->cap * 32);
+			if (!np) {
+				r = -ENOMEM;
+				break;
+			}
+			d->v = np;
+		}
+		memcpy(d->v[d->n++], sqlite3_column_blob(s, 0), 32);
+	}
+	sqlite3_finalize(s);
+	return r;
+}
+
+/* Unlink every ab/<hex> file under dirfd that is not in d. */
+static uint64_t sweep_dir(int dirfd0, const struct digests *d)
+{
+	uint64_t removed = 0;
+	int d1 = dup(dirfd0);
+	DIR *top = d1 >= 0 ? fdopendir(d1) : NULL;
+	if (top)
+		rewinddir(top); /* the dup shares its offset with dirfd0 */
+	struct dirent *de;
+	while (top && (de = readdir(top))) {
+		if (de->d_name[0] == '.')
+			continue;
+		int sub = openat(dirfd0, de->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		DIR *dd = sub >= 0 ? fdopendir(sub) : NULL;
+		struct dirent *be;
+		while (dd && (be = readdir(dd))) {
+			uint8_t sha[32];
+			if (be->d_name[0] == '.' || hex_decode(be->d_name, sha, 32) < 0)
+				continue;
+			if (d->n && bsearch(sha, d->v, d->n, 32, cmp32))
+				continue;
+			if (unlinkat(dirfd(dd), be->d_name, 0) == 0)
+				removed++;
+		}
+		if (dd)
+			closedir(dd);
+		else if (sub >= 0)
+			close(sub);
+	}
+	if (top)
+		closedir(top);
+	return removed;
+}
+
 int store_sweep(struct store *st, uint64_t *removed, struct stella_err *e)
 {
 	struct store_snapshot *snaps = NULL;
-	size_t n = 0, cnt = 0, cap = 0;
-	uint8_t (*refs)[32] = NULL;
+	struct digests blobs = { 0 }, trees = { 0 };
+	size_t n = 0;
 	int r = store_list(st, &snaps, &n);
 	*removed = 0;
 	for (size_t i = 0; r == 0 && i < n; i++) {
 		char *p = store_index_path(st, snaps[i].version);
 		sqlite3 *db = NULL;
-		sqlite3_stmt *s = NULL;
 		if (!p || sqlite3_open_v2(p, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
-		    sqlite3_prepare_v2(db, "SELECT sha256 FROM node WHERE type=0 AND size>0", -1, &s, NULL) != SQLITE_OK) {
+		    collect(db, "SELECT sha256 FROM node WHERE type=0 AND size>0", &blobs) < 0 ||
+		    collect(db, "SELECT fsverity FROM node WHERE type=0 AND size>4096", &trees) < 0)
 			r = stella_fail(e, -EIO, "store %s: cannot read the index of %s", st->dir, snaps[i].version);
-		} else {
-			while (sqlite3_step(s) == SQLITE_ROW) {
-				if (sqlite3_column_bytes(s, 0) != 32)
-					continue;
-				if (cnt == cap) {
-					cap = cap ? 2 * cap : 1024;
-					void *np = realloc(refs, cap * 32);
-					if (!np) {
-						r = -ENOMEM;
-						break;
-					}
-					refs = np;
-				}
-				memcpy(refs[cnt++], sqlite3_column_blob(s, 0), 32);
-			}
-		}
-		sqlite3_finalize(s);
 		if (db)
 			sqlite3_close(db);
 		free(p);
 	}
 	free(snaps);
-	if (r < 0) {
-		free(refs);
-		return r; /* never sweep on a partial view */
-	}
-	if (cnt)
-		qsort(refs, cnt, 32, cmp32);
+	if (r < 0)
+		goto out; /* never sweep on a partial view */
+	if (blobs.n)
+		qsort(blobs.v, blobs.n, 32, cmp32);
+	if (trees.n)
+		qsort(trees.v, trees.n, 32, cmp32);
 	/* indexes no row names: left by an import that died before its commit */
 	char sdir[4200];
 	snprintf(sdir, sizeof(sdir), "%s/snapshots", st->dir);
@@ -815,31 +891,10 @@ int store_sweep(struct store *st, uint64_t *removed, struct stella_err *e)
 	}
 	if (sd)
 		closedir(sd);
-	int d1 = dup(st->blobfd);
-	DIR *top = d1 >= 0 ? fdopendir(d1) : NULL;
-	struct dirent *de;
-	while (top && (de = readdir(top))) {
-		if (de->d_name[0] == '.')
-			continue;
-		int sub = openat(st->blobfd, de->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		DIR *d = sub >= 0 ? fdopendir(sub) : NULL;
-		struct dirent *be;
-		while (d && (be = readdir(d))) {
-			uint8_t sha[32];
-			if (be->d_name[0] == '.' || hex_decode(be->d_name, sha, 32) < 0)
-				continue;
-			if (cnt && bsearch(sha, refs, cnt, 32, cmp32))
-				continue;
-			if (unlinkat(dirfd(d), be->d_name, 0) == 0)
-				(*removed)++;
-		}
-		if (d)
-			closedir(d);
-		else if (sub >= 0)
-			close(sub);
-	}
-	if (top)
-		closedir(top);
-	free(refs);
-	return 0;
+	*removed = sweep_dir(st->blobfd, &blobs);
+	sweep_dir(st->treefd, &trees);
+out:
+	free(blobs.v);
+	free(trees.v);
+	return r;
 }

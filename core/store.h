@@ -3,6 +3,7 @@
  *   STORE/store.db              the truth: snapshots, current and previous,
  *                               the rollback ratchet, the control journal
  *   STORE/blobs/ab/<sha256>     verified file contents, one per distinct file
+ *   STORE/trees/ab/<fsverity>   their Merkle trees (files over one block)
  *   STORE/snapshots/<v>.db      each snapshot's index (as a mount's index)
  *   STORE/tmp/                  work in progress, emptied when opened
  *   STORE/lock                  flock: one writer at a time, any process
@@ -36,6 +37,7 @@ int store_open(const char *dir, bool create, struct store **out, struct stella_e
 void store_close(struct store *st);
 const char *store_dir(const struct store *st);
 int store_blob_dirfd(const struct store *st);
+int store_tree_dirfd(const struct store *st);
 /* The path of a snapshot's index (malloc'ed). */
 char *store_index_path(const struct store *st, const char *version);
 

@@ -417,7 +417,8 @@ static int run_command(struct stellafs *sf, char *line, char *res, size_t rl)
 
 int control_write(struct stellafs *sf, uid_t uid, const char *buf, size_t len)
 {
-	if (len > 4096)
+	/* a NUL would cut a command short: "verify\0all" must not run "verify" */
+	if (len > 4096 || memchr(buf, 0, len))
 		return -EINVAL;
 	if (pthread_mutex_trylock(&sf->cmd_lock) != 0)
 		return -EBUSY;
@@ -440,6 +441,8 @@ int control_write(struct stellafs *sf, uid_t uid, const char *buf, size_t len)
 			if ((unsigned char)*p < 0x20)
 				*p = '?';
 		r = run_command(sf, line, res, sizeof(res));
+		/* the kernel has forgotten the old current before echo returns */
+		sf_inval_wait(sf);
 		control_journal(sf, uid, shown, -r, res);
 		stella_log(r ? LOG_WARNING : LOG_INFO, "control: uid %u: %s: %s%s%s", (unsigned)uid, shown,
 			   r ? strerror(-r) : "ok", res[0] ? ": " : "", res);

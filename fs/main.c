@@ -62,7 +62,7 @@ struct opts {
 	int allow_expired, auto_activate;
 	int help, version;
 	char *source;
-	int nonopts;
+	char *mountpoint;   /* seen, and left for fuse_parse_cmdline */
 };
 
 enum { KEY_HELP, KEY_VERSION };
@@ -102,6 +102,8 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 		o->source = strdup(arg);
 		return 0;
 	}
+	if (key == FUSE_OPT_KEY_NONOPT && !o->mountpoint)
+		o->mountpoint = strdup(arg);
 	return 1;
 }
 
@@ -144,6 +146,8 @@ int main(int argc, char **argv)
 
 	pthread_mutex_init(&sf.lock, NULL);
 	pthread_mutex_init(&sf.cmd_lock, NULL);
+	pthread_mutex_init(&sf.inval_lock, NULL);
+	pthread_cond_init(&sf.inval_cond, NULL);
 	stella_log_set(log_line);
 
 	if (fuse_opt_parse(&args, &o, spec, opt_proc) != 0) {
@@ -162,6 +166,17 @@ int main(int argc, char **argv)
 		printf(PROG " " STELLA_VERSION " (FUSE %s)\n", fuse_pkgversion());
 		rc = 0;
 		goto out;
+	}
+	/* libfuse's own complaint about a mount point is two lines and says
+	 * "bad command line": check it first, in our words. */
+	struct stat mst;
+	if (o.mountpoint) {
+		const char *why = stat(o.mountpoint, &mst) < 0 ? strerror(errno) :
+				  !S_ISDIR(mst.st_mode) ? "not a directory" : NULL;
+		if (why) {
+			rc = fail_usage("mount point %s: %s", o.mountpoint, why);
+			goto out;
+		}
 	}
 	if (fuse_parse_cmdline(&args, &cl) != 0) {
 		rc = fail_usage("bad command line");
@@ -251,12 +266,18 @@ int main(int argc, char **argv)
 	sf.mounted_at = (int64_t)time(NULL);
 
 	if (store_mode) {
-		/* The store: its snapshots were verified when imported. */
-		if ((r = store_open(o.source, true, &sf.store, &e)) < 0 || (r = sf_refresh(&sf, &e)) < 0) {
+		/* The store: its snapshots were verified when imported.  Opened
+		 * here to refuse a bad one before mounting, then closed: SQLite's
+		 * POSIX locks do not survive the fork into the background, and a
+		 * connection without them makes other processes delete the WAL
+		 * under it.  It is opened again for good after daemonizing. */
+		struct store *probe = NULL;
+		if ((r = store_open(o.source, true, &probe, &e)) < 0) {
 			rc = stella_exit_code(r);
 			fprintf(stderr, PROG ": %s\n", stella_err_text(&e, r));
 			goto out;
 		}
+		store_close(probe);
 	} else {
 		/* The kit: signature, expiry, structure, index; refused before mounting. */
 		struct snapshot_opts so = {
@@ -265,20 +286,9 @@ int main(int argc, char **argv)
 		};
 		struct snapshot *snap = NULL;
 		if ((r = snapshot_open_kit(&so, &snap, &e)) < 0) {
-			/* An unusable cache directory must not stop a mount: index in
-			 * a temporary directory instead. */
-			if (r != -EACCES && r != -EROFS && r != -ENOSPC) {
-				rc = stella_exit_code(r);
-				fprintf(stderr, PROG ": %s\n", stella_err_text(&e, r));
-				goto out;
-			}
-			memset(&e, 0, sizeof(e));
-			so.cache_dir = NULL;
-			if ((r = snapshot_open_kit(&so, &snap, &e)) < 0) {
-				rc = stella_exit_code(r);
-				fprintf(stderr, PROG ": %s\n", stella_err_text(&e, r));
-				goto out;
-			}
+			rc = stella_exit_code(r);
+			fprintf(stderr, PROG ": %s\n", stella_err_text(&e, r));
+			goto out;
 		}
 		sf.signers = snap->signers;
 		if ((r = sf_add_direct(&sf, snap)) < 0) {
@@ -314,6 +324,15 @@ int main(int argc, char **argv)
 	}
 	if (fuse_daemonize(cl.foreground) != 0)
 		goto out;
+	if (store_mode) {
+		sf.store_version = -2; /* the first fill is not a switch */
+		if ((r = store_open(o.source, false, &sf.store, &e)) < 0 || (r = sf_refresh(&sf, &e)) < 0) {
+			stella_log(LOG_ERR, "%s", stella_err_text(&e, r));
+			goto out;
+		}
+	}
+	if (sf_start_inval(&sf) < 0)
+		goto out;
 	if (sf.store)
 		stella_log(LOG_INFO, "mounted store %s on %s: %zu snapshot(s), current %s", o.source, cl.mountpoint,
 			   sf.nslots, *sf.current ? sf.current : "none");
@@ -321,7 +340,7 @@ int main(int argc, char **argv)
 		stella_log(LOG_INFO, "mounted %s %s on %s%s", sf.slots[0].s->identity->kit_id, sf.current,
 			   cl.mountpoint, sf.slots[0].s->index_cached ? " (cached index)" : "");
 	/* The watcher starts after daemonizing: threads do not survive fork. */
-	if ((r = sf_start_incoming(&sf, &e)) < 0)
+	if ((r = sf_start_watch(&sf, &e)) < 0)
 		stella_log(LOG_ERR, "%s", stella_err_text(&e, r));
 
 	struct fuse_loop_config *lc = fuse_loop_cfg_create();
@@ -340,13 +359,15 @@ out:
 		fuse_remove_signal_handlers(se);
 		fuse_session_destroy(se);
 	}
-	sf_stop_incoming(&sf);
+	sf_stop_watch(&sf);
+	sf_stop_inval(&sf);
 	sf_free_slots(&sf);
 	store_close(sf.store);
 	trust_free(sf.trust);
 	free(cl.mountpoint);
 	fuse_opt_free_args(&args);
 	free(o.source);
+	free(o.mountpoint);
 	free(o.trust);
 	free(o.threshold);
 	free(o.now);

@@ -4,8 +4,10 @@
  * Caching: a snapshot never changes, so its entries, attributes and pages
  * may be cached by the kernel for as long as it likes (long timeouts,
  * keep_cache); every page it caches was verified when it was read.  The top
- * of the tree (current, feeds, the virtual files) changes, so it is never
- * cached. */
+ * of the tree is cached too, entries and current's target alike, because
+ * every path a scanner opens goes through it; state.c tells the kernel to
+ * forget when current moves or a snapshot goes.  Only the virtual files'
+ * attributes (their sizes change) are never cached. */
 #include <errno.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -28,6 +30,22 @@ struct vbuf {
 	char *data;
 	size_t len;
 };
+
+/* Each lookup of "control" gets an inode of its own.  The kernel serializes
+ * writes to one inode, so with a single inode a second `echo` would wait
+ * for the first instead of reaching us, and could never be told EBUSY as
+ * SPEC wants. */
+#define CONTROL_BASE (UINT64_C(1) << 39)
+
+static bool is_control(fuse_ino_t ino)
+{
+	return ino == INO_CONTROL || (ino >= CONTROL_BASE && ino < (UINT64_C(1) << SLOT_SHIFT));
+}
+
+static bool is_fixed(fuse_ino_t ino)
+{
+	return ino < INO_FIXED_END || is_control(ino);
+}
 
 static void fixed_attr(struct stellafs *sf, fuse_ino_t ino, struct stat *st)
 {
@@ -52,18 +70,18 @@ static void fixed_attr(struct stellafs *sf, fuse_ino_t ino, struct stat *st)
 		st->st_mode = S_IFLNK | 0777;
 		st->st_size = (off_t)strlen("current/feeds");
 		break;
-	case INO_CONTROL:
-		st->st_mode = S_IFREG | (sf->has_admin_gid ? 0664 : 0644);
-		st->st_gid = sf->has_admin_gid ? sf->admin_gid : 0;
-		break;
-	default: {
-		st->st_mode = S_IFREG | 0444;
-		size_t len = 0;
-		char *c = vfile_content(sf, ino, &len);
-		free(c);
-		st->st_size = (off_t)len;
-		st->st_mtim.tv_sec = st->st_ctim.tv_sec = sf_now(sf);
-	}
+	default:
+		if (is_control(ino)) {
+			st->st_mode = S_IFREG | (sf->has_admin_gid ? 0664 : 0644);
+			st->st_gid = sf->has_admin_gid ? sf->admin_gid : 0;
+		} else {
+			st->st_mode = S_IFREG | 0444;
+			size_t len = 0;
+			char *c = vfile_content(sf, ino, &len);
+			free(c);
+			st->st_size = (off_t)len;
+			st->st_mtim.tv_sec = st->st_ctim.tv_sec = sf_now(sf);
+		}
 	}
 	snapshot_unref(s);
 }
@@ -80,11 +98,6 @@ static void node_attr(const struct snapshot *s, uint64_t slot, const struct inde
 	st->st_mtim.tv_sec = st->st_ctim.tv_sec = st->st_atim.tv_sec = s->identity->created_at;
 }
 
-static bool is_fixed(fuse_ino_t ino)
-{
-	return ino < INO_FIXED_END;
-}
-
 static const struct { const char *name; fuse_ino_t ino; } top[] = {
 	{ "current", INO_CURRENT }, { "feeds", INO_FEEDS }, { "snapshots", INO_SNAPSHOTS },
 	{ "status", INO_STATUS }, { "status.json", INO_STATUS_JSON }, { "health", INO_HEALTH },
@@ -93,17 +106,26 @@ static const struct { const char *name; fuse_ino_t ino; } top[] = {
 
 static void reply_fixed_entry(fuse_req_t req, fuse_ino_t ino)
 {
-	struct fuse_entry_param e = { .ino = ino, .attr_timeout = 0, .entry_timeout = 0 };
-	fixed_attr(SF(req), ino, &e.attr);
+	struct stellafs *sf = SF(req);
+	struct fuse_entry_param e = { .ino = ino, .entry_timeout = SNAP_TIMEOUT };
+	if (ino == INO_CONTROL) {
+		e.ino = CONTROL_BASE + (atomic_fetch_add(&sf->control_lookups, 1) % (CONTROL_BASE - 1));
+		e.entry_timeout = 0;
+	}
+	/* sizes of the virtual files and of current's target change */
+	bool stable = ino == INO_FEEDS || ino == INO_SNAPSHOTS;
+	e.attr_timeout = stable ? SNAP_TIMEOUT : 0;
+	fixed_attr(sf, e.ino, &e.attr);
 	fuse_reply_entry(req, &e);
 }
 
 static void sf_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct stellafs *sf = SF(req);
-	if (parent == INO_ROOT || parent == INO_SNAPSHOTS) {
+	if (parent == INO_SNAPSHOTS) {
+		/* a version just imported by stellakit: visible at once */
 		struct stella_err e = { 0 };
-		sf_refresh(sf, &e); /* stellakit import may have added or switched */
+		sf_refresh(sf, &e);
 	}
 	if (parent == INO_ROOT) {
 		for (size_t i = 0; i < ARRAY_SIZE(top); i++)
@@ -155,7 +177,7 @@ static void sf_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	struct stat st;
 	if (is_fixed(ino)) {
 		fixed_attr(sf, ino, &st);
-		fuse_reply_attr(req, &st, 0);
+		fuse_reply_attr(req, &st, ino == INO_FEEDS || ino == INO_SNAPSHOTS || ino == INO_ROOT ? SNAP_TIMEOUT : 0);
 		return;
 	}
 	struct snapshot *s = sf_snapshot(sf, SLOT_OF(ino));
@@ -180,8 +202,6 @@ static void sf_readlink(fuse_req_t req, fuse_ino_t ino)
 		return;
 	}
 	if (ino == INO_CURRENT) {
-		struct stella_err e = { 0 };
-		sf_refresh(sf, &e);
 		s = sf_current(sf, NULL);
 		if (!s) {
 			fuse_reply_err(req, ENOENT);
@@ -316,7 +336,7 @@ static void sf_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct stellafs *sf = SF(req);
 	int acc = fi->flags & O_ACCMODE;
-	if (ino == INO_CONTROL) {
+	if (is_control(ino)) {
 		if (acc != O_RDONLY && !control_allowed(sf, req)) {
 			fuse_reply_err(req, EACCES);
 			return;
@@ -328,7 +348,7 @@ static void sf_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			fuse_reply_err(req, ENOMEM);
 			return;
 		}
-		if (acc != O_WRONLY && !(v->data = vfile_content(sf, ino, &v->len))) {
+		if (acc != O_WRONLY && !(v->data = vfile_content(sf, INO_CONTROL, &v->len))) {
 			free(v);
 			fuse_reply_err(req, ENOMEM);
 			return;
@@ -369,6 +389,44 @@ static void sf_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fuse_reply_open(req, fi);
 }
 
+/* One reply buffer per worker thread, freed with the thread (libfuse retires
+ * idle workers): a fresh 1 MiB malloc per read would be an mmap and page
+ * faults every time. */
+static pthread_key_t buf_key;
+static pthread_once_t buf_once = PTHREAD_ONCE_INIT;
+struct rbuf { char *p; size_t cap; };
+
+static void rbuf_free(void *v)
+{
+	struct rbuf *b = v;
+	free(b->p);
+	free(b);
+}
+
+static void buf_key_init(void)
+{
+	pthread_key_create(&buf_key, rbuf_free);
+}
+
+static char *read_buf(size_t size)
+{
+	pthread_once(&buf_once, buf_key_init);
+	struct rbuf *b = pthread_getspecific(buf_key);
+	if (!b) {
+		if (!(b = calloc(1, sizeof(*b))))
+			return NULL;
+		pthread_setspecific(buf_key, b);
+	}
+	if (b->cap < size) {
+		char *p = realloc(b->p, size);
+		if (!p)
+			return NULL;
+		b->p = p;
+		b->cap = size;
+	}
+	return b->p;
+}
+
 static void sf_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	if (is_fixed(ino)) {
@@ -380,16 +438,10 @@ static void sf_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		return;
 	}
 	struct snap_file *f = (struct snap_file *)(uintptr_t)fi->fh;
-	static __thread char *buf;
-	static __thread size_t cap;
-	if (cap < size) {
-		char *p = realloc(buf, size);
-		if (!p) {
-			fuse_reply_err(req, ENOMEM);
-			return;
-		}
-		buf = p;
-		cap = size;
+	char *buf = read_buf(size);
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
 	}
 	ssize_t n = snapshot_read(f, buf, size, (uint64_t)off);
 	if (n < 0)
@@ -403,7 +455,7 @@ static void sf_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 {
 	(void)off;
 	(void)fi;
-	if (ino != INO_CONTROL) {
+	if (!is_control(ino)) {
 		fuse_reply_err(req, EROFS);
 		return;
 	}
@@ -483,8 +535,11 @@ static void sf_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 		struct index_node *n = malloc(sizeof(*n));
 		if (s && n && snapshot_getattr(s, LOCAL_OF(ino), n) == 0) {
 			bool file = n->type == ARTIFACT_FILE;
-			list = file ? files : others;
-			len = file ? sizeof(files) : sizeof(others);
+			/* the kernel refuses user.* attributes on symlinks */
+			if (n->type != ARTIFACT_SYMLINK) {
+				list = file ? files : others;
+				len = file ? sizeof(files) : sizeof(others);
+			}
 		}
 		free(n);
 		snapshot_unref(s);
@@ -518,6 +573,9 @@ static void sf_init(void *userdata, struct fuse_conn_info *conn)
 	conn->max_readahead = conn->max_readahead ? conn->max_readahead : (1u << 20);
 	if (conn->capable & FUSE_CAP_ASYNC_READ)
 		conn->want |= FUSE_CAP_ASYNC_READ;
+	/* current's target may be cached: state.c invalidates it on a switch */
+	if (conn->capable & FUSE_CAP_CACHE_SYMLINKS)
+		conn->want |= FUSE_CAP_CACHE_SYMLINKS;
 	conn->want &= ~(unsigned)FUSE_CAP_WRITEBACK_CACHE;
 }
 
@@ -528,7 +586,7 @@ static void sf_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *a, int to_se
 	(void)a;
 	(void)fi;
 	/* `echo cmd > control` truncates first: allow exactly that. */
-	if (ino == INO_CONTROL && (to_set & ~(FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW |
+	if (is_control(ino) && (to_set & ~(FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW |
 					      FUSE_SET_ATTR_CTIME)) == 0) {
 		if (!control_allowed(SF(req), req)) {
 			fuse_reply_err(req, EACCES);

@@ -7,6 +7,7 @@
  * a file open keep the snapshot they opened through their own reference. */
 #include <errno.h>
 #include <fcntl.h>
+#include <time.h>
 #include <dirent.h>
 #include <poll.h>
 #include <stdio.h>
@@ -115,16 +116,103 @@ void sf_free_slots(struct stellafs *sf)
 	sf->nslots = 0;
 }
 
+/* ---- telling the kernel ----
+ *
+ * The kernel caches current's target, the snapshot entries and everything
+ * below them for a long time (SNAP_TIMEOUT in ops.c); when current moves or
+ * a snapshot goes, it must forget.  A notification must never be sent from
+ * a request handler: the kernel holds the directory's lock for the lookup
+ * being served and the notification waits for that same lock (a deadlock
+ * the switch storm test found).  So handlers queue, and one thread of our
+ * own sends.  A command waits for its notifications to be delivered before
+ * it returns: when `echo activate` returns, the next lookup sees the switch. */
+
+static void inval_push(struct stellafs *sf, fuse_ino_t parent, const char *name, fuse_ino_t ino)
+{
+	pthread_mutex_lock(&sf->inval_lock);
+	if (sf->ninval < ARRAY_SIZE(sf->inval)) {
+		struct inval *q = &sf->inval[sf->ninval++];
+		q->parent = parent;
+		q->ino = ino;
+		snprintf(q->name, sizeof(q->name), "%s", name ? name : "");
+	} else {
+		sf->inval_overflow = true; /* too many at once: forget everything below */
+	}
+	sf->inval_queued++;
+	pthread_cond_broadcast(&sf->inval_cond);
+	pthread_mutex_unlock(&sf->inval_lock);
+}
+
+static void *inval_main(void *arg)
+{
+	struct stellafs *sf = arg;
+	pthread_mutex_lock(&sf->inval_lock);
+	while (!sf->inval_stop) {
+		if (sf->ninval == 0 && !sf->inval_overflow) {
+			pthread_cond_wait(&sf->inval_cond, &sf->inval_lock);
+			continue;
+		}
+		struct inval q[ARRAY_SIZE(sf->inval)];
+		size_t n = sf->ninval;
+		bool all = sf->inval_overflow;
+		uint64_t upto = sf->inval_queued;
+		memcpy(q, sf->inval, n * sizeof(*q));
+		sf->ninval = 0;
+		sf->inval_overflow = false;
+		pthread_mutex_unlock(&sf->inval_lock);
+		for (size_t i = 0; sf->se && i < n; i++) {
+			if (q[i].ino)
+				fuse_lowlevel_notify_inval_inode(sf->se, q[i].ino, 0, 0);
+			else
+				fuse_lowlevel_notify_inval_entry(sf->se, q[i].parent, q[i].name, strlen(q[i].name));
+		}
+		if (all && sf->se)
+			fuse_lowlevel_notify_inval_inode(sf->se, INO_SNAPSHOTS, 0, 0);
+		pthread_mutex_lock(&sf->inval_lock);
+		sf->inval_done = upto;
+		pthread_cond_broadcast(&sf->inval_cond);
+	}
+	pthread_mutex_unlock(&sf->inval_lock);
+	return NULL;
+}
+
+int sf_start_inval(struct stellafs *sf)
+{
+	if (pthread_create(&sf->inval_thread, NULL, inval_main, sf) != 0)
+		return -EAGAIN;
+	sf->inval_running = true;
+	return 0;
+}
+
+void sf_stop_inval(struct stellafs *sf)
+{
+	if (!sf->inval_running)
+		return;
+	pthread_mutex_lock(&sf->inval_lock);
+	sf->inval_stop = true;
+	pthread_cond_broadcast(&sf->inval_cond);
+	pthread_mutex_unlock(&sf->inval_lock);
+	pthread_join(sf->inval_thread, NULL);
+	sf->inval_running = false;
+}
+
+void sf_inval_wait(struct stellafs *sf)
+{
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 2; /* never hang a command on the kernel */
+	pthread_mutex_lock(&sf->inval_lock);
+	uint64_t want = sf->inval_queued;
+	while (sf->inval_running && sf->inval_done < want &&
+	       pthread_cond_timedwait(&sf->inval_cond, &sf->inval_lock, &until) == 0)
+		;
+	pthread_mutex_unlock(&sf->inval_lock);
+}
+
 void sf_switched(struct stellafs *sf)
 {
 	atomic_fetch_add(&sf->switches, 1);
-	if (!sf->se)
-		return;
-	/* current and feeds are never cached (timeout 0); say so anyway, for
-	 * kernels that kept a dentry through an open directory handle. */
-	fuse_lowlevel_notify_inval_entry(sf->se, INO_ROOT, "current", 7);
-	fuse_lowlevel_notify_inval_entry(sf->se, INO_ROOT, "feeds", 5);
-	fuse_lowlevel_notify_inval_inode(sf->se, INO_CURRENT, 0, 0);
+	inval_push(sf, 0, NULL, INO_CURRENT); /* its cached target */
 }
 
 int sf_refresh(struct stellafs *sf, struct stella_err *e)
@@ -157,7 +245,7 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 			continue;
 		char *path = store_index_path(sf->store, list[i].version);
 		struct stella_err oe = { 0 };
-		if (!path || snapshot_open_store(path, store_blob_dirfd(sf->store), list[i].version, &opened[i], &oe) < 0)
+		if (!path || snapshot_open_store(path, store_blob_dirfd(sf->store), store_tree_dirfd(sf->store), list[i].version, &opened[i], &oe) < 0)
 			stella_log(LOG_ERR, "store %s: snapshot %s: %s", sf->source, list[i].version,
 				   stella_err_text(&oe, -EIO));
 		free(path);
@@ -170,10 +258,12 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 		bool listed = false;
 		for (size_t j = 0; j < n && !listed; j++)
 			listed = !strcmp(list[j].version, sf->slots[i].version);
-		if (listed)
+		if (listed) {
 			sf->slots[k++] = sf->slots[i];
-		else
+		} else {
+			inval_push(sf, INO_SNAPSHOTS, sf->slots[i].version, 0);
 			snapshot_unref(sf->slots[i].s);
+		}
 	}
 	sf->nslots = k;
 	for (size_t i = 0; i < n; i++)
@@ -182,7 +272,7 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 				snapshot_unref(opened[i]);
 			opened[i] = NULL;
 		}
-	bool switched = strcmp(sf->current, cur) != 0;
+	bool switched = strcmp(sf->current, cur) != 0 && sf->store_version != -2;
 	snprintf(sf->current, sizeof(sf->current), "%s", cur);
 	sf->store_version = v;
 	pthread_mutex_unlock(&sf->lock);
@@ -285,68 +375,87 @@ static void handle_incoming(struct stellafs *sf, const char *name)
 	}
 }
 
-static void *incoming_main(void *arg)
+static void scan_incoming(struct stellafs *sf)
 {
-	struct stellafs *sf = arg;
-	int fd = inotify_init1(IN_CLOEXEC);
-	if (fd < 0 || inotify_add_watch(fd, sf->incoming, IN_CLOSE_WRITE | IN_MOVED_TO) < 0) {
-		stella_log(LOG_ERR, "incoming %s: inotify: %s", sf->incoming, strerror(errno));
-		if (fd >= 0)
-			close(fd);
-		return NULL;
-	}
-	/* Kits already waiting, complete since their writer is gone. */
 	DIR *d = opendir(sf->incoming);
 	struct dirent *de;
 	while (d && (de = readdir(d)))
 		handle_incoming(sf, de->d_name);
 	if (d)
 		closedir(d);
+}
+
+/* One thread watches what others change: store.db (stellakit import or
+ * activate from another process commits there: the table follows, and the
+ * kernel is told) and the incoming directory.  A one-second tick re-checks
+ * the store in case an event was missed (inotify queues can overflow). */
+static void *watch_main(void *arg)
+{
+	struct stellafs *sf = arg;
+	int fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+	int in_wd = -1, st_wd = -1;
+	if (fd >= 0) {
+		st_wd = inotify_add_watch(fd, store_dir(sf->store), IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO);
+		if (sf->incoming && (in_wd = inotify_add_watch(fd, sf->incoming, IN_CLOSE_WRITE | IN_MOVED_TO)) < 0)
+			stella_log(LOG_ERR, "incoming %s: inotify: %s", sf->incoming, strerror(errno));
+	}
+	if (sf->incoming)
+		scan_incoming(sf); /* kits already waiting: complete, their writer is gone */
 	char buf[16384] __attribute__((aligned(__alignof__(struct inotify_event))));
 	for (;;) {
-		struct pollfd p[2] = { { .fd = fd, .events = POLLIN }, { .fd = sf->incoming_stop[0], .events = POLLIN } };
-		if (poll(p, 2, -1) < 0 && errno != EINTR)
+		struct pollfd p[2] = { { .fd = fd, .events = POLLIN }, { .fd = sf->watch_stop[0], .events = POLLIN } };
+		int n = poll(p, 2, 1000);
+		if (n < 0 && errno != EINTR)
 			break;
 		if (p[1].revents)
 			break;
-		if (!(p[0].revents & POLLIN))
-			continue;
-		ssize_t n = read(fd, buf, sizeof(buf));
-		for (char *q = buf; n > 0 && q < buf + n;) {
-			struct inotify_event *ev = (struct inotify_event *)q;
-			/* a kit counts once its writer closed it or it was moved in
-			 * whole; never while it is still being written */
-			if (ev->len && !(ev->mask & IN_ISDIR))
-				handle_incoming(sf, ev->name);
-			q += sizeof(*ev) + ev->len;
+		bool store_changed = n == 0; /* the tick */
+		if (fd >= 0 && (p[0].revents & POLLIN)) {
+			ssize_t len = read(fd, buf, sizeof(buf));
+			for (char *q = buf; len > 0 && q < buf + len;) {
+				struct inotify_event *ev = (struct inotify_event *)q;
+				if (ev->wd == st_wd)
+					store_changed = true;
+				/* a kit counts once its writer closed it or it was moved
+				 * in whole; never while it is still being written */
+				else if (ev->wd == in_wd && ev->len && !(ev->mask & IN_ISDIR))
+					handle_incoming(sf, ev->name);
+				if (ev->mask & IN_Q_OVERFLOW)
+					store_changed = true;
+				q += sizeof(*ev) + ev->len;
+			}
+		}
+		if (store_changed) {
+			struct stella_err e = { 0 };
+			sf_refresh(sf, &e);
 		}
 	}
-	close(fd);
+	if (fd >= 0)
+		close(fd);
 	return NULL;
 }
 
-int sf_start_incoming(struct stellafs *sf, struct stella_err *e)
+int sf_start_watch(struct stellafs *sf, struct stella_err *e)
 {
-	if (!sf->incoming)
+	if (!sf->store)
 		return 0;
-	if (pipe2(sf->incoming_stop, O_CLOEXEC) < 0)
-		return stella_fail_errno(e, -errno, "incoming");
-	if (pthread_create(&sf->incoming_thread, NULL, incoming_main, sf) != 0)
-		return stella_fail(e, -EAGAIN, "incoming: cannot start the watcher");
-	sf->incoming_running = true;
+	if (pipe2(sf->watch_stop, O_CLOEXEC) < 0)
+		return stella_fail_errno(e, -errno, "watcher");
+	if (pthread_create(&sf->watch_thread, NULL, watch_main, sf) != 0)
+		return stella_fail(e, -EAGAIN, "watcher: cannot start its thread");
+	sf->watch_running = true;
 	return 0;
 }
 
-void sf_stop_incoming(struct stellafs *sf)
+void sf_stop_watch(struct stellafs *sf)
 {
-	if (!sf->incoming_running)
+	if (!sf->watch_running)
 		return;
-	if (write(sf->incoming_stop[1], "x", 1) < 0) {
-		/* the watcher blocks in poll: a failed wake-up leaves it for
-		 * process exit to end */
+	if (write(sf->watch_stop[1], "x", 1) < 0) {
+		/* cannot wake it: process exit ends it */
 	}
-	pthread_join(sf->incoming_thread, NULL);
-	close(sf->incoming_stop[0]);
-	close(sf->incoming_stop[1]);
-	sf->incoming_running = false;
+	pthread_join(sf->watch_thread, NULL);
+	close(sf->watch_stop[0]);
+	close(sf->watch_stop[1]);
+	sf->watch_running = false;
 }

@@ -56,6 +56,12 @@ struct slot {
 	struct snapshot *s;
 };
 
+struct inval {
+	fuse_ino_t parent;         /* inval_entry(parent, name) ... */
+	char name[130];
+	fuse_ino_t ino;            /* ... or, when set, inval_inode(ino) */
+};
+
 struct stellafs {
 	/* options */
 	char *source;
@@ -89,9 +95,19 @@ struct stellafs {
 	pthread_mutex_t cmd_lock;  /* one control command at a time */
 	struct journal_entry journal[JOURNAL_LEN];
 	unsigned journal_next, journal_n;
-	pthread_t incoming_thread;
-	bool incoming_running;
-	int incoming_stop[2];      /* a pipe: written to stop the watcher */
+	pthread_t watch_thread;
+	bool watch_running;
+	int watch_stop[2];         /* a pipe: written to stop the watcher */
+
+	/* kernel notifications, sent by their own thread (state.c) */
+	pthread_mutex_t inval_lock;
+	pthread_cond_t inval_cond;
+	struct inval inval[64];
+	size_t ninval;
+	bool inval_overflow, inval_stop, inval_running;
+	uint64_t inval_queued, inval_done;
+	pthread_t inval_thread;
+	atomic_uint_fast64_t control_lookups;  /* see ops.c: one inode per open of control */
 };
 
 extern const struct fuse_lowlevel_ops stellafs_ops;
@@ -113,11 +129,17 @@ int sf_add_direct(struct stellafs *sf, struct snapshot *s);
 int sf_refresh(struct stellafs *sf, struct stella_err *e);
 /* After this process changed the store. */
 void sf_changed(struct stellafs *sf, struct stella_err *e);
-/* After the current snapshot changed: tell the kernel. */
+/* After the current snapshot changed: tell the kernel (queued). */
 void sf_switched(struct stellafs *sf);
+int sf_start_inval(struct stellafs *sf);
+void sf_stop_inval(struct stellafs *sf);
+/* Wait (at most 2 s) until every queued notification was delivered. */
+void sf_inval_wait(struct stellafs *sf);
 void sf_free_slots(struct stellafs *sf);
-int sf_start_incoming(struct stellafs *sf, struct stella_err *e);
-void sf_stop_incoming(struct stellafs *sf);
+/* The watcher thread: the store's own changes by other processes, and the
+ * incoming directory when there is one. */
+int sf_start_watch(struct stellafs *sf, struct stella_err *e);
+void sf_stop_watch(struct stellafs *sf);
 /* Import a kit into the store, as the control file and the incoming
  * watcher do (cmd_lock held by the caller). */
 int sf_import(struct stellafs *sf, const char *path, bool activate, char *res, size_t rl);
