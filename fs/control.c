@@ -420,11 +420,19 @@ int control_write(struct stellafs *sf, uid_t uid, const char *buf, size_t len)
 	/* a NUL would cut a command short: "verify\0all" must not run "verify" */
 	if (len > 4096 || memchr(buf, 0, len))
 		return -EINVAL;
-	if (pthread_mutex_trylock(&sf->cmd_lock) != 0)
-		return -EBUSY;
 	char text[4097];
 	memcpy(text, buf, len);
 	text[len] = 0;
+	if (pthread_mutex_trylock(&sf->cmd_lock) != 0) {
+		/* refused, and said so in the journal an operator reads */
+		char shown[256];
+		snprintf(shown, sizeof(shown), "%.*s", (int)strcspn(text, "\n"), text);
+		for (char *p = shown; *p; p++)
+			if ((unsigned char)*p < 0x20)
+				*p = '?';
+		control_journal(sf, uid, shown, EBUSY, "another command is running");
+		return -EBUSY;
+	}
 	int r = 0;
 	char *save = NULL;
 	for (char *line = strtok_r(text, "\n", &save); line && r == 0; line = strtok_r(NULL, "\n", &save)) {

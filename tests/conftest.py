@@ -106,3 +106,54 @@ def packed(tmp_path_factory, src_tree, keys, stellakit_bin):
         return cache[ck]
 
     return get
+
+
+# --------------------------------------------------------------------------- mounting
+
+@pytest.fixture(scope="session")
+def stellafs_bin():
+    """The daemon under test: $STELLAFS or <repo>/build/fs/stellafs.  Missing, or no
+    usable /dev/fuse, is a failure, not a skip."""
+    b = kitlib.FS_BIN
+    if not (b.is_file() and os.access(b, os.X_OK)):
+        pytest.fail(f"stellafs binary not found or not executable: {b} "
+                    f"(build it with meson, or set STELLAFS=/path/to/stellafs)", pytrace=False)
+    if not os.path.exists("/dev/fuse"):
+        pytest.fail("/dev/fuse is missing: the mount tests need FUSE", pytrace=False)
+    return b
+
+
+@pytest.fixture
+def mounter(tmp_path, stellafs_bin):
+    """A kitlib.Mounter for one test; everything it mounted is unmounted afterwards,
+    whether the test passed or not."""
+    m = kitlib.Mounter(tmp_path / "mounts")
+    yield m
+    bad = m.close()
+    if bad:
+        pytest.fail(f"could not unmount {bad}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def session_mounter(tmp_path_factory, stellafs_bin):
+    """A kitlib.Mounter shared by the session (for read-only tests)."""
+    m = kitlib.Mounter(tmp_path_factory.mktemp("session-mounts"))
+    yield m
+    bad = m.close()
+    if bad:
+        pytest.fail(f"could not unmount {bad}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def mounted_packed(packed, session_mounter, keys):
+    """mounted_packed(compress="none") -> (PackedKit, kitlib.Mount): the sample tree's kit
+    (signed with ed25519) mounted once per session, trusting the ed25519 key.  Read only."""
+    cache = {}
+
+    def get(compress="none"):
+        if compress not in cache:
+            pk = packed(compress)
+            cache[compress] = (pk, session_mounter.mount(pk.path, keys["ed25519"].pub))
+        return cache[compress]
+
+    return get

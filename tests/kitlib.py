@@ -20,6 +20,7 @@ import os
 import random
 import re
 import shutil
+import stat
 import subprocess
 import tarfile
 import tempfile
@@ -649,3 +650,347 @@ def copy_tree(src, dst):
             if not p.is_symlink():
                 os.chmod(Path(dst) / p.relative_to(src), os.lstat(p).st_mode & 0o7777)
     return Path(dst)
+
+
+# --------------------------------------------------------------------------- mounting (stellafs)
+
+FS_BIN = Path(os.environ.get("STELLAFS") or (REPO / "build" / "fs" / "stellafs"))
+BLOCK = 4096
+
+
+def run_fs(*args, timeout=60, preexec_fn=None):
+    """Run stellafs with ARGS (no -f: it returns once mounted, or refuses).  stdout and
+    stderr go to temporary files, not pipes, so that a daemon which kept them open
+    cannot hang the test; returns a CompletedProcess with text stdout/stderr."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        p = subprocess.run([str(FS_BIN)] + _strs(args), stdout=out, stderr=err,
+                           stdin=subprocess.DEVNULL, timeout=timeout, preexec_fn=preexec_fn)
+        out.seek(0)
+        err.seek(0)
+        p.stdout = out.read().decode("utf-8", "replace")
+        p.stderr = err.read().decode("utf-8", "replace")
+    return p
+
+
+def _unescape_mountinfo(s):
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
+
+
+def mount_entry(path):
+    """The /proc/self/mountinfo line (split) whose mount point is PATH, or None."""
+    want = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if _unescape_mountinfo(fields[4]) == want:
+                return fields
+    return None
+
+
+def is_mounted(path):
+    return mount_entry(path) is not None or os.path.ismount(path)
+
+
+def unmount(path, tries=20):
+    """Unmount PATH: umount, retried while busy; at last a lazy unmount.  Returns True
+    when PATH is no longer a mount point."""
+    for _ in range(tries):
+        if not is_mounted(path):
+            return True
+        subprocess.run(["umount", str(path)], capture_output=True, timeout=30)
+        if not is_mounted(path):
+            return True
+        time.sleep(0.1)
+    subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
+    return not is_mounted(path)
+
+
+def assert_fs_fail(cp, code, *keywords):
+    """The refusal contract of stellafs: exit CODE (int or tuple), exactly one line on
+    stderr starting with "stellafs: ", mentioning every keyword (a tuple: any one of)."""
+    codes = code if isinstance(code, tuple) else (code,)
+    assert cp.returncode in codes, f"expected exit {codes}\n" + describe(cp)
+    lines = cp.stderr.strip().splitlines()
+    assert len(lines) == 1, "expected exactly one line on stderr\n" + describe(cp)
+    line = lines[0]
+    assert line.startswith("stellafs: "), "stderr must start with 'stellafs: '\n" + describe(cp)
+    low = _scrub_paths(line, cp.args).lower()
+    for kw in keywords:
+        alts = kw if isinstance(kw, tuple) else (kw,)
+        assert any(a.lower() in low for a in alts), \
+            f"stderr should mention {' or '.join(map(repr, alts))}\n" + describe(cp)
+    return line
+
+
+@dataclasses.dataclass
+class Mount:
+    path: Path          # the mount point
+    kit: Path
+    cache: Path
+    cp: subprocess.CompletedProcess
+
+    def snap(self, version):
+        return self.path / "snapshots" / version
+
+    def text(self, name):
+        return (self.path / name).read_text()
+
+    def status(self):
+        return json.loads((self.path / "status.json").read_text())
+
+    def metrics(self):
+        return parse_metrics((self.path / "metrics").read_text())
+
+    def control(self, cmd):
+        return control_write(self.path / "control", cmd)
+
+
+class Mounter:
+    """Mounts kits under BASE and unmounts every one of them in close() (call it from a
+    fixture's teardown, so that a failing test never leaves a mount behind)."""
+
+    def __init__(self, base):
+        self.base = Path(base)
+        self.base.mkdir(parents=True, exist_ok=True)
+        # Mount points live in a world-traversable directory of their own (pytest's
+        # tmp_path is under a 0700 directory), so that other users can reach the mounts.
+        self.mntbase = Path(tempfile.mkdtemp(prefix="stellafs-test-", dir="/tmp"))
+        os.chmod(self.mntbase, 0o755)
+        self.points = []
+        self.n = 0
+
+    def _fresh(self, stem):
+        self.n += 1
+        p = (self.mntbase if stem == "mnt" else self.base) / f"{stem}{self.n}"
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def try_mount(self, kit, trust=None, *opts, cache=None, mnt=None, args=None):
+        """Run stellafs on KIT; returns (CompletedProcess, mount point).  Whatever got
+        mounted is unmounted in close()."""
+        mnt = Path(mnt) if mnt is not None else self._fresh("mnt")
+        if cache is None:
+            cache = self._fresh("cache")
+        if args is None:
+            o = []
+            if trust is not None:
+                o.append(f"trust={trust}")
+            o.append(f"cache={cache}")
+            o += list(opts)
+            args = ["-o", ",".join(_strs(o)), kit, mnt]
+        self.points.append(mnt)
+        cp = run_fs(*args)
+        return cp, mnt
+
+    def mount(self, kit, trust, *opts, cache=None, mnt=None) -> Mount:
+        """Mount KIT; any failure to mount is an AssertionError (a test failure)."""
+        if cache is None:
+            cache = self._fresh("cache")
+        cp, mnt = self.try_mount(kit, trust, *opts, cache=cache, mnt=mnt)
+        assert cp.returncode == 0, f"stellafs failed to mount {kit}\n" + describe(cp)
+        assert is_mounted(mnt), f"stellafs exited 0 but {mnt} is not mounted\n" + describe(cp)
+        return Mount(Path(mnt), Path(kit), Path(cache), cp)
+
+    def umount(self, mnt):
+        assert unmount(mnt), f"could not unmount {mnt}"
+
+    def close(self):
+        bad = [p for p in self.points if not unmount(p)]
+        self.points = []
+        if not bad:  # only empty, unmounted directories are removed
+            for p in sorted(self.mntbase.iterdir(), reverse=True):
+                try:
+                    os.rmdir(p)
+                except OSError:
+                    pass
+            try:
+                os.rmdir(self.mntbase)
+            except OSError:
+                pass
+        return bad
+
+
+def control_write(path, cmd):
+    """Write one command to a control file with a single write(2); returns 0 or the errno
+    of open/write/close."""
+    data = cmd if isinstance(cmd, bytes) else cmd.encode()
+    if not data.endswith(b"\n"):
+        data += b"\n"
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError as e:
+        return e.errno
+    err = 0
+    try:
+        n = os.write(fd, data)
+        assert n == len(data), f"short write to control: {n} of {len(data)}"
+    except OSError as e:
+        err = e.errno
+    finally:
+        try:
+            os.close(fd)
+        except OSError as e:
+            err = err or e.errno
+    return err
+
+
+_METRIC_LINE = re.compile(
+    r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)(\s+-?\d+)?$')
+_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"\s*(,|$)')
+
+
+def parse_metrics(text):
+    """Parse Prometheus text format 0.0.4 strictly: {(name, ((label, value), ...)): float}.
+    Every sample line must parse, and its metric family must have a # TYPE line before
+    it."""
+    out = {}
+    types = {}
+    for ln in text.splitlines():
+        if not ln.strip():
+            continue
+        if ln.startswith("#"):
+            parts = ln.split(None, 3)
+            if len(parts) >= 4 and parts[1] == "TYPE":
+                assert parts[3] in ("counter", "gauge", "histogram", "summary", "untyped"), ln
+                types[parts[2]] = parts[3]
+            continue
+        m = _METRIC_LINE.match(ln)
+        assert m, f"metrics: unparsable line {ln!r}"
+        name, labels_s, value = m.group(1), m.group(3), m.group(4)
+        labels = []
+        if labels_s:
+            pos = 0
+            while pos < len(labels_s):
+                lm = _LABEL.match(labels_s, pos)
+                assert lm, f"metrics: bad labels in {ln!r}"
+                labels.append((lm.group(1), lm.group(2)))
+                pos = lm.end()
+        family = re.sub(r"_(bucket|sum|count)$", "", name)
+        assert name in types or family in types, f"metrics: no # TYPE before {ln!r}"
+        key = (name, tuple(labels))
+        assert key not in out, f"metrics: duplicate sample {ln!r}"
+        out[key] = float(value)
+    return out
+
+
+def metric(metrics, name, **labels):
+    key = (name, tuple(labels.items()))
+    assert key in metrics, f"metric {name}{labels or ''} missing; have {sorted(metrics)}"
+    return metrics[key]
+
+
+DT = {0: "unknown", 1: "fifo", 2: "chr", 4: "dir", 6: "blk", 8: "file", 10: "symlink",
+      12: "socket"}
+
+
+def readdir_types(path):
+    """{name: d_type name} of a directory, from readdir(3) via ctypes (glibc, 64-bit
+    struct dirent), '.' and '..' included."""
+    import ctypes
+
+    class Dirent(ctypes.Structure):
+        _fields_ = [("d_ino", ctypes.c_uint64), ("d_off", ctypes.c_int64),
+                    ("d_reclen", ctypes.c_ushort), ("d_type", ctypes.c_ubyte),
+                    ("d_name", ctypes.c_char * 256)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.opendir.restype = ctypes.c_void_p
+    libc.opendir.argtypes = [ctypes.c_char_p]
+    libc.readdir.restype = ctypes.POINTER(Dirent)
+    libc.readdir.argtypes = [ctypes.c_void_p]
+    libc.closedir.argtypes = [ctypes.c_void_p]
+    d = libc.opendir(os.fsencode(path))
+    if not d:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), str(path))
+    out = {}
+    try:
+        while True:
+            ctypes.set_errno(0)
+            ent = libc.readdir(d)
+            if not ent:
+                e = ctypes.get_errno()
+                if e:
+                    raise OSError(e, os.strerror(e), str(path))
+                break
+            out[os.fsdecode(ent.contents.d_name)] = DT.get(ent.contents.d_type, "?")
+    finally:
+        libc.closedir(d)
+    return out
+
+
+def tree_listing(root, exclude=()):
+    """{relpath: description} of a tree for comparing a mount with an extraction:
+    files ("file", size, sha256, mode), symlinks ("symlink", target), directories
+    ("dir", mode).  Never follows symlinks."""
+    root = Path(root)
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            p = Path(dirpath) / n
+            rel = p.relative_to(root).as_posix()
+            if rel.split("/")[0] in exclude:
+                continue
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("symlink", os.readlink(p))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", st.st_mode & 0o7777)
+            elif stat.S_ISREG(st.st_mode):
+                out[rel] = ("file", st.st_size, sha256_file(p), st.st_mode & 0o7777)
+            else:
+                out[rel] = ("other", st.st_mode)
+    return out
+
+
+def gnu_tar_extract_022(kit, dest):
+    """gnu_tar_extract with umask 022, so that directories implied by names (no member)
+    come out 0755 as the mount shows them."""
+    old = os.umask(0o022)
+    try:
+        return gnu_tar_extract(kit, dest)
+    finally:
+        os.umask(old)
+
+
+def flip_byte(path, offset):
+    """XOR one byte of the file PATH at OFFSET with 0x01, keeping its mtime; returns the
+    original byte."""
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        assert len(b) == 1, f"{path}: no byte at {offset}"
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 1]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    return b
+
+
+def member_data_offset(kit, name):
+    """Offset of member NAME's data inside an uncompressed tar kit (tarfile's
+    TarInfo.offset_data)."""
+    with tarfile.open(kit, "r:") as tf:
+        for ti in tf:
+            if ti.name == name:
+                return ti.offset_data
+    raise AssertionError(f"{kit}: no member {name}")
+
+
+def drop_caches():
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def as_nobody(code, uid=65534, gid=65534, groups=(), timeout=60):
+    """Run python CODE in a child with uid/gid 65534 (and supplementary GROUPS);
+    returns the CompletedProcess (text)."""
+    import sys
+
+    def pre():
+        os.setgroups(list(groups))
+        os.setgid(gid)
+        os.setuid(uid)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=pre, cwd="/")
