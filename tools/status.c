@@ -43,7 +43,7 @@ static int store_status(const char *dir, bool json)
 	store_list(st, &list, &n);
 	if (*cur) {
 		char *p = store_index_path(st, cur);
-		if (!p || (r = snapshot_open_store(p, store_blob_dirfd(st), cur, &s, &e)) < 0)
+		if (!p || (r = snapshot_open_store(p, store_blob_dirfd(st), store_tree_dirfd(st), cur, &s, &e)) < 0)
 			fprintf(stderr, PROG ": status: %s: snapshot %s: %s\n", dir, cur, stella_err_text(&e, r));
 		free(p);
 	}
