@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <yajl/yajl_gen.h>
+#include <zstd.h>
 
 #include "hasher.h"
 #include "bounds.h"
@@ -263,24 +264,85 @@ static int hash_file(struct tree *t, struct hasher *h, struct artifact *a, struc
 
 /* ---- pass 2: the archive ---- */
 
+/* zstd kits are written as a sequence of frames, one per ZSTD_FRAME bytes
+ * of tar stream: a frame boundary is where a reader can start decoding, so
+ * the mount's seek points (source.c) can be that close.  A single frame, as
+ * libarchive writes it, would make every random read decode from the start
+ * of the kit.  `zstd -d` reads the frames as one stream. */
+#define ZSTD_FRAME (4u << 20)
+
 struct out {
 	int fd;
 	EVP_MD_CTX *sha;
 	uint64_t size;
 	int err;
+	ZSTD_CCtx *zc;          /* zstd kits: we compress, libarchive writes plain tar */
+	uint8_t *zbuf;
+	size_t zcap;
+	size_t frame_in;        /* tar bytes in the current frame */
 };
+
+static int raw_write(struct out *o, const void *buf, size_t len)
+{
+	int r = write_full(o->fd, buf, len);
+	if (r < 0)
+		return o->err = r;
+	EVP_DigestUpdate(o->sha, buf, len);
+	o->size += len;
+	return 0;
+}
+
+/* Compress in with mode until it is consumed (continue) or the frame is
+ * complete (end). */
+static int zstd_push(struct out *o, ZSTD_inBuffer *in, ZSTD_EndDirective mode)
+{
+	for (;;) {
+		ZSTD_outBuffer ob = { o->zbuf, o->zcap, 0 };
+		size_t left = ZSTD_compressStream2(o->zc, &ob, in, mode);
+		if (ZSTD_isError(left))
+			return o->err = -EIO;
+		if (ob.pos && raw_write(o, o->zbuf, ob.pos) < 0)
+			return o->err;
+		if (mode == ZSTD_e_end ? left == 0 : in->pos == in->size)
+			return 0;
+	}
+}
+
+static int zstd_write(struct out *o, const uint8_t *buf, size_t len)
+{
+	while (len > 0) {
+		size_t take = MIN(len, ZSTD_FRAME - o->frame_in);
+		ZSTD_inBuffer in = { buf, take, 0 };
+		int r = zstd_push(o, &in, ZSTD_e_continue);
+		if (r < 0)
+			return r;
+		o->frame_in += take;
+		buf += take;
+		len -= take;
+		if (o->frame_in == ZSTD_FRAME) {
+			ZSTD_inBuffer none = { NULL, 0, 0 };
+			if ((r = zstd_push(o, &none, ZSTD_e_end)) < 0)
+				return r;
+			o->frame_in = 0;
+		}
+	}
+	return 0;
+}
+
+static int zstd_finish(struct out *o)
+{
+	ZSTD_inBuffer none = { NULL, 0, 0 };
+	return o->frame_in || o->size == 0 ? zstd_push(o, &none, ZSTD_e_end) : 0;
+}
 
 static la_ssize_t out_write(struct archive *a, void *data, const void *buf, size_t len)
 {
 	struct out *o = data;
-	int r = write_full(o->fd, buf, len);
+	int r = o->zc ? zstd_write(o, buf, len) : raw_write(o, buf, len);
 	if (r < 0) {
-		o->err = r;
 		archive_set_error(a, -r, "%s", strerror(-r));
 		return -1;
 	}
-	EVP_DigestUpdate(o->sha, buf, len);
-	o->size += len;
 	return (la_ssize_t)len;
 }
 
@@ -611,7 +673,14 @@ int kit_write(const struct kitwrite_opts *o, struct kitwrite_result *res, struct
 		/* No name, no time in the gzip header: reproducible bytes. */
 		archive_write_set_filter_option(ar, "gzip", "timestamp", NULL);
 	} else if (o->compression == KIT_COMPRESS_ZSTD) {
-		archive_write_add_filter_zstd(ar);
+		out.zcap = ZSTD_CStreamOutSize();
+		if (!(out.zc = ZSTD_createCCtx()) || !(out.zbuf = malloc(out.zcap))) {
+			r = -ENOMEM;
+			goto out;
+		}
+		/* fixed parameters: the same input gives the same bytes */
+		ZSTD_CCtx_setParameter(out.zc, ZSTD_c_compressionLevel, 3);
+		ZSTD_CCtx_setParameter(out.zc, ZSTD_c_checksumFlag, 1);
 	}
 	if (archive_write_open(ar, &out, NULL, out_write, NULL) != ARCHIVE_OK) {
 		r = archive_error(ar, &out, o->out_path, "archive", e);
@@ -662,7 +731,7 @@ int kit_write(const struct kitwrite_opts *o, struct kitwrite_result *res, struct
 		if (r < 0)
 			goto out;
 	}
-	if (archive_write_close(ar) != ARCHIVE_OK) {
+	if (archive_write_close(ar) != ARCHIVE_OK || (out.zc && zstd_finish(&out) < 0)) {
 		r = archive_error(ar, &out, o->out_path, "archive end", e);
 		goto out;
 	}
@@ -689,6 +758,8 @@ out:
 		free(tmp);
 	}
 	EVP_MD_CTX_free(out.sha);
+	ZSTD_freeCCtx(out.zc);
+	free(out.zbuf);
 	hasher_free(h);
 	if (sp.f)
 		fclose(sp.f);

@@ -227,12 +227,16 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 	if (same)
 		return 0;
 
+	/* one refresh at a time: two would both add a new snapshot */
+	pthread_mutex_lock(&sf->refresh_lock);
 	struct store_snapshot *list = NULL;
 	size_t n = 0;
 	char cur[129], prev[129];
 	int r = store_list(sf->store, &list, &n);
-	if (r < 0)
+	if (r < 0) {
+		pthread_mutex_unlock(&sf->refresh_lock);
 		return stella_fail(e, r, "store %s: cannot list snapshots", sf->source);
+	}
 	store_pointers(sf->store, cur, prev);
 
 	/* Open what is new outside the lock (an index open reads files). */
@@ -276,6 +280,7 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 	snprintf(sf->current, sizeof(sf->current), "%s", cur);
 	sf->store_version = v;
 	pthread_mutex_unlock(&sf->lock);
+	pthread_mutex_unlock(&sf->refresh_lock);
 	if (switched)
 		sf_switched(sf);
 	free(opened);

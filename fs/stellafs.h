@@ -80,6 +80,7 @@ struct stellafs {
 	struct store *store;       /* store mode; NULL in direct mode */
 	int64_t store_version;     /* store.db's data_version last seen */
 	bool store_dirty;          /* we changed it ourselves: re-read */
+	pthread_mutex_t refresh_lock;
 
 	/* lock guards the slot table, the pointers, trust and the journal */
 	pthread_mutex_t lock;

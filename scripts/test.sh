@@ -42,13 +42,24 @@ run_suite() { # NAME BUILD_DIR MESON_OPTIONS...
 PYTEST_ARGS=("$@")
 # A sanitizer report must fail the run, with an exit code no program of ours
 # uses, and print a stack.
-export ASAN_OPTIONS=exitcode=86:detect_leaks=1:abort_on_error=0
-export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:exitcode=87
+# The daemon's stderr is /dev/null once it detaches, so reports also go to
+# files, and any report fails the run below.
+asan_dir=$(mktemp -d /tmp/stella-asan.XXXXXX)
+export ASAN_OPTIONS=exitcode=86:detect_leaks=1:abort_on_error=0:log_path=$asan_dir/asan
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:exitcode=87:log_path=$asan_dir/ubsan
 werror=()
 [ "${CI:-}" = "true" ] && werror=(-Dwerror=true)
 run_suite release build "${werror[@]}"
 run_suite sanitizers build-asan -Dbuildtype=debugoptimized -Db_sanitize=address,undefined \
 	-Db_lundef=false "${werror[@]}"
+
+if ls "$asan_dir"/* >/dev/null 2>&1; then
+	echo "=== sanitizer reports"
+	cat "$asan_dir"/*
+	status=1
+	echo "sanitizer: 0 passed, 1 failed" >"$results/sanitizer-reports.txt"
+fi
+rm -rf "$asan_dir"
 
 # One closing line over everything that ran: meson's unit tests (their "Ok:"
 # and "Fail:" lines) and pytest's junit reports.
@@ -66,6 +77,8 @@ for xml in glob.glob(f"{d}/*-pytest.xml"):
     for s in ET.parse(xml).getroot().iter("testsuite"):
         t, f, e, sk = (int(s.get(k, 0)) for k in ("tests", "failures", "errors", "skipped"))
         passed += t - f - e - sk; failed += f + e; skipped += sk
+for rep in glob.glob(f"{d}/sanitizer-reports.txt"):
+    failed += 1
 expected = 4  # two setups x (unit log + pytest report)
 found = len(glob.glob(f"{d}/*-unit.log")) + len(glob.glob(f"{d}/*-pytest.xml"))
 failed += max(0, expected - found)
