@@ -430,11 +430,19 @@ static char *read_buf(size_t size)
 static void sf_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	if (is_fixed(ino)) {
+		/* Copied out before the reply: the reader may close the file (and
+		 * another worker free v in release) the moment the kernel has the
+		 * reply, while this thread is still returning from writev. */
 		struct vbuf *v = (struct vbuf *)(uintptr_t)fi->fh;
-		if (!v->data || (size_t)off >= v->len)
-			fuse_reply_buf(req, NULL, 0);
-		else
-			fuse_reply_buf(req, v->data + off, MIN(size, v->len - (size_t)off));
+		size_t n = !v->data || (size_t)off >= v->len ? 0 : MIN(size, v->len - (size_t)off);
+		char *buf = n ? read_buf(n) : NULL;
+		if (n && !buf) {
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		if (n)
+			memcpy(buf, v->data + off, n);
+		fuse_reply_buf(req, buf, n);
 		return;
 	}
 	struct snap_file *f = (struct snap_file *)(uintptr_t)fi->fh;
