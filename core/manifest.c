@@ -285,13 +285,18 @@ int manifest_parse(const char *buf, size_t len, struct manifest **out, struct st
 				   STELLA_MANIFEST_MAX);
 	if ((r = prescan(buf, len, e)) < 0)
 		return r;
-	/* yajl_tree wants a NUL-terminated string. */
-	if (!(copy = malloc(len + 1)))
-		return -ENOMEM;
-	memcpy(copy, buf, len);
-	copy[len] = 0;
+	/* yajl_tree wants a NUL-terminated string; callers' buffers are (a
+	 * slurped member, an index value, a written manifest), so the copy is
+	 * needed only in the rare case one is not: a large manifest is tens of
+	 * MiB, and copying it is a measurable part of a first mount. */
+	if (buf[len] != 0) {
+		if (!(copy = malloc(len + 1)))
+			return -ENOMEM;
+		memcpy(copy, buf, len);
+		copy[len] = 0;
+	}
 	char ebuf[256] = "";
-	root = yajl_tree_parse(copy, ebuf, sizeof(ebuf));
+	root = yajl_tree_parse(copy ? copy : buf, ebuf, sizeof(ebuf));
 	if (!root) {
 		/* yajl's message spans lines; keep its first. */
 		ebuf[strcspn(ebuf, "\n")] = 0;

@@ -27,6 +27,7 @@ struct cursor {
 	uint64_t out;         /* tar-stream offset of the next byte it produces */
 	uint64_t file_pos;    /* kit-file offset of the next byte to read into inbuf */
 	uint64_t last_use;
+	uint64_t until;       /* while busy: where it will stand when done */
 	uint8_t *inbuf;
 	uint8_t *sink;        /* where skipped output goes: per cursor, since
 			       * inflate reads back what it wrote there */
@@ -473,28 +474,36 @@ int source_pread(struct source *s, void *buf, size_t len, uint64_t off, struct s
 	 * it (sequential readers keep theirs), else the least recently used,
 	 * restarted at the nearest seek point. */
 	pthread_mutex_lock(&s->lock);
+	const struct source_point *p = point_before(s, off);
 	struct cursor *c;
 	for (;;) {
 		c = NULL;
 		struct cursor *lru = NULL;
+		bool worth_waiting = false;
 		for (int i = 0; i < NCURSORS; i++) {
 			struct cursor *x = &s->cur[i];
-			if (x->busy)
+			if (x->busy) {
+				/* The kernel's readahead sends the next chunk while the
+				 * previous one is still being decoded: waiting for that
+				 * cursor beats decoding again from a seek point. */
+				if (x->until <= off && x->until > p->out && off - x->until <= SKIP_LIMIT)
+					worth_waiting = true;
 				continue;
+			}
 			if (x->live && x->out <= off && off - x->out <= SKIP_LIMIT && (!c || x->out > c->out))
 				c = x;
 			if (!lru || x->last_use < lru->last_use)
 				lru = x;
 		}
-		if (!c)
+		if (!c && !worth_waiting)
 			c = lru;
 		if (c)
 			break;
 		pthread_cond_wait(&s->cond, &s->lock);
 	}
 	c->busy = true;
+	c->until = off + len;
 	c->last_use = ++s->clock;
-	const struct source_point *p = point_before(s, off);
 	pthread_mutex_unlock(&s->lock);
 
 	int r = 0;
@@ -521,7 +530,7 @@ int source_pread(struct source *s, void *buf, size_t len, uint64_t off, struct s
 
 	pthread_mutex_lock(&s->lock);
 	c->busy = false;
-	pthread_cond_signal(&s->cond);
+	pthread_cond_broadcast(&s->cond);
 	pthread_mutex_unlock(&s->lock);
 	return r;
 }

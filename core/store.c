@@ -730,6 +730,10 @@ int store_journal_add(struct store *st, int64_t when, unsigned uid, const char *
 	sqlite3_stmt *s;
 	int r = -EIO;
 	pthread_mutex_lock(&st->lock);
+	/* The journal is a record, not state: it need not wait for the disk
+	 * (in WAL mode NORMAL still never corrupts; a crash may lose the last
+	 * lines).  Switches and imports keep their fsync. */
+	sqlite3_exec(st->db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
 	if (sqlite3_prepare_v2(st->db, "INSERT INTO journal(at,uid,command,err,result) VALUES(?1,?2,?3,?4,?5)", -1, &s,
 			       NULL) == SQLITE_OK) {
 		sqlite3_bind_int64(s, 1, when);
@@ -742,6 +746,7 @@ int store_journal_add(struct store *st, int64_t when, unsigned uid, const char *
 	}
 	/* keep it bounded */
 	sqlite3_exec(st->db, "DELETE FROM journal WHERE id <= (SELECT max(id) FROM journal) - 1000", NULL, NULL, NULL);
+	sqlite3_exec(st->db, "PRAGMA synchronous=FULL", NULL, NULL, NULL);
 	pthread_mutex_unlock(&st->lock);
 	return r;
 }

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <langinfo.h>
 #include <locale.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -144,6 +145,12 @@ int main(int argc, char **argv)
 	int rc = STELLA_EXIT_RUNTIME, r;
 	bool mounted = false;
 
+	/* A first mount reads a manifest of tens of MiB more than once; from
+	 * the heap the second read reuses the pages the first faulted in,
+	 * from mmap (glibc's default above 128 KiB) each faults them anew.
+	 * What is kept is given back once the index is built. */
+	mallopt(M_MMAP_THRESHOLD, 256 << 20);
+	mallopt(M_TRIM_THRESHOLD, 256 << 20);
 	pthread_mutex_init(&sf.lock, NULL);
 	pthread_mutex_init(&sf.cmd_lock, NULL);
 	pthread_mutex_init(&sf.inval_lock, NULL);
@@ -292,6 +299,7 @@ int main(int argc, char **argv)
 			goto out;
 		}
 		sf.signers = snap->signers;
+		malloc_trim(0);
 		if ((r = sf_add_direct(&sf, snap)) < 0) {
 			snapshot_unref(snap);
 			goto out;

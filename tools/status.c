@@ -85,7 +85,10 @@ int cmd_status(int argc, char **argv)
 		case 'j': json = true; break;
 		case 's': store = optarg; break;
 		case 'h': fputs(help, stdout); return 0;
-		default: return usage_error("status", "unknown or incomplete option '%s'", argv[optind - 1]);
+		default:
+			/* a monitoring check must not read a usage error as CRITICAL (2) */
+			usage_error("status", "unknown or incomplete option '%s'", argv[optind - 1]);
+			return STATUS_UNKNOWN;
 		}
 	}
 	/* --json may also follow the mount point */
@@ -95,8 +98,10 @@ int cmd_status(int argc, char **argv)
 			json = true;
 		else if (!mnt)
 			mnt = argv[i];
-		else
-			return usage_error("status", "unexpected argument '%s'", argv[i]);
+		else {
+			usage_error("status", "unexpected argument '%s'", argv[i]);
+			return STATUS_UNKNOWN;
+		}
 	}
 	if (store)
 		return store_status(store, json);
