@@ -219,16 +219,19 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 {
 	if (!sf->store)
 		return 0;
+	/* One refresh at a time, and the check inside it: a caller that just
+	 * changed the store must not return while another refresh that read
+	 * the store before that change is still to publish what it read. */
+	pthread_mutex_lock(&sf->refresh_lock);
 	int64_t v = store_data_version(sf->store);
 	pthread_mutex_lock(&sf->lock);
 	bool same = v == sf->store_version && v >= 0 && !sf->store_dirty;
 	sf->store_dirty = false;
 	pthread_mutex_unlock(&sf->lock);
-	if (same)
+	if (same) {
+		pthread_mutex_unlock(&sf->refresh_lock);
 		return 0;
-
-	/* one refresh at a time: two would both add a new snapshot */
-	pthread_mutex_lock(&sf->refresh_lock);
+	}
 	struct store_snapshot *list = NULL;
 	size_t n = 0;
 	char cur[129], prev[129];
