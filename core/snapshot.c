@@ -489,6 +489,8 @@ char *snapshot_path(struct snapshot *s, uint64_t ino)
 
 /* ---- verified reads ---- */
 
+static void file_free(struct snap_file *f);
+
 static struct snap_file *file_new(struct snapshot *s, const struct index_node *n, struct stella_err *e, int *rc)
 {
 	struct snap_file *f = calloc(1, sizeof(*f));
@@ -539,14 +541,7 @@ static struct snap_file *file_new(struct snapshot *s, const struct index_node *n
 		}
 	}
 	if (*rc < 0) {
-		if (f->fd >= 0)
-			close(f->fd);
-		if (f->tree_fd >= 0)
-			close(f->tree_fd);
-		free(f->tree);
-		free(f->tree_ok);
-		pthread_mutex_destroy(&f->lock);
-		free(f);
+		file_free(f);
 		return NULL;
 	}
 	return f;
@@ -791,43 +786,6 @@ static int check_block(struct snap_file *f, uint64_t b, const uint8_t *data, siz
 	return 0;
 }
 
-/* One read buffer per thread, kept: FUSE reads are up to 1 MiB and a fresh
- * malloc of that size is an mmap and page faults every time. */
-static pthread_key_t buf_key;
-static pthread_once_t buf_once = PTHREAD_ONCE_INIT;
-struct tbuf { uint8_t *p; size_t cap; };
-
-static void tbuf_free(void *v)
-{
-	struct tbuf *t = v;
-	free(t->p);
-	free(t);
-}
-
-static void buf_key_init(void)
-{
-	pthread_key_create(&buf_key, tbuf_free);
-}
-
-static uint8_t *thread_buf(size_t need)
-{
-	pthread_once(&buf_once, buf_key_init);
-	struct tbuf *t = pthread_getspecific(buf_key);
-	if (!t) {
-		if (!(t = calloc(1, sizeof(*t))))
-			return NULL;
-		pthread_setspecific(buf_key, t);
-	}
-	if (t->cap < need) {
-		uint8_t *p = realloc(t->p, need);
-		if (!p)
-			return NULL;
-		t->p = p;
-		t->cap = need;
-	}
-	return t->p;
-}
-
 ssize_t snapshot_read(struct snap_file *f, void *buf, size_t len, uint64_t off)
 {
 	if (off >= f->size || len == 0)
@@ -836,7 +794,7 @@ ssize_t snapshot_read(struct snap_file *f, void *buf, size_t len, uint64_t off)
 	uint64_t b0 = off / MERKLE_BLOCK, b1 = (off + len - 1) / MERKLE_BLOCK;
 	uint64_t start = b0 * MERKLE_BLOCK, end = MIN(f->size, (b1 + 1) * MERKLE_BLOCK);
 	size_t rlen = (size_t)(end - start);
-	uint8_t *tmp = thread_buf(rlen);
+	uint8_t *tmp = thread_scratch(SCRATCH_SNAPSHOT, rlen);
 	if (!tmp)
 		return -ENOMEM;
 	struct stella_err e = { 0 };

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <time.h>
 #include <sys/stat.h>
 
@@ -256,4 +257,44 @@ int parse_u64(const char *s, uint64_t *out)
 		return -EINVAL;
 	*out = v;
 	return 0;
+}
+
+struct scratch {
+	uint8_t *p[SCRATCH_SLOTS];
+	size_t cap[SCRATCH_SLOTS];
+};
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+static void scratch_free(void *v)
+{
+	struct scratch *sc = v;
+	for (int i = 0; i < SCRATCH_SLOTS; i++)
+		free(sc->p[i]);
+	free(sc);
+}
+
+static void scratch_key_init(void)
+{
+	pthread_key_create(&scratch_key, scratch_free);
+}
+
+void *thread_scratch(unsigned slot, size_t need)
+{
+	pthread_once(&scratch_once, scratch_key_init);
+	struct scratch *sc = pthread_getspecific(scratch_key);
+	if (!sc) {
+		if (!(sc = calloc(1, sizeof(*sc))))
+			return NULL;
+		pthread_setspecific(scratch_key, sc);
+	}
+	if (sc->cap[slot] < need) {
+		uint8_t *p = realloc(sc->p[slot], need);
+		if (!p)
+			return NULL;
+		sc->p[slot] = p;
+		sc->cap[slot] = need;
+	}
+	return sc->p[slot];
 }

@@ -389,42 +389,9 @@ static void sf_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fuse_reply_open(req, fi);
 }
 
-/* One reply buffer per worker thread, freed with the thread (libfuse retires
- * idle workers): a fresh 1 MiB malloc per read would be an mmap and page
- * faults every time. */
-static pthread_key_t buf_key;
-static pthread_once_t buf_once = PTHREAD_ONCE_INIT;
-struct rbuf { char *p; size_t cap; };
-
-static void rbuf_free(void *v)
+static char *reply_buf(size_t size)
 {
-	struct rbuf *b = v;
-	free(b->p);
-	free(b);
-}
-
-static void buf_key_init(void)
-{
-	pthread_key_create(&buf_key, rbuf_free);
-}
-
-static char *read_buf(size_t size)
-{
-	pthread_once(&buf_once, buf_key_init);
-	struct rbuf *b = pthread_getspecific(buf_key);
-	if (!b) {
-		if (!(b = calloc(1, sizeof(*b))))
-			return NULL;
-		pthread_setspecific(buf_key, b);
-	}
-	if (b->cap < size) {
-		char *p = realloc(b->p, size);
-		if (!p)
-			return NULL;
-		b->p = p;
-		b->cap = size;
-	}
-	return b->p;
+	return thread_scratch(SCRATCH_REPLY, size);
 }
 
 static void sf_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
@@ -435,7 +402,7 @@ static void sf_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		 * reply, while this thread is still returning from writev. */
 		struct vbuf *v = (struct vbuf *)(uintptr_t)fi->fh;
 		size_t n = !v->data || (size_t)off >= v->len ? 0 : MIN(size, v->len - (size_t)off);
-		char *buf = n ? read_buf(n) : NULL;
+		char *buf = n ? reply_buf(n) : NULL;
 		if (n && !buf) {
 			fuse_reply_err(req, ENOMEM);
 			return;
@@ -446,7 +413,7 @@ static void sf_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		return;
 	}
 	struct snap_file *f = (struct snap_file *)(uintptr_t)fi->fh;
-	char *buf = read_buf(size);
+	char *buf = reply_buf(size);
 	if (!buf) {
 		fuse_reply_err(req, ENOMEM);
 		return;
