@@ -8,7 +8,8 @@ set -euo pipefail
 pkgs=(gcc pkg-config meson ninja-build
       libfuse3-dev fuse3 libarchive-dev libssl-dev libsqlite3-dev libyajl-dev
       zlib1g-dev libzstd-dev
-      python3 python3-pytest fsverity tar openssl sqlite3 zstd gzip coreutils)
+      python3 python3-pytest fsverity tar openssl sqlite3 zstd gzip coreutils
+      dosfstools mtools fusefat util-linux)
 [ "${1:-}" = "--bench" ] && pkgs+=(squashfuse squashfs-tools bindfs archivemount)
 
 missing=()
