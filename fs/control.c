@@ -392,6 +392,9 @@ static int run_command(struct stellafs *sf, char *line, char *res, size_t rl)
 	} else if (!strcmp(cmd, "import")) {
 		if (!arg)
 			r = -EINVAL;
+		else if (arg[0] != '/')
+			/* the daemon's directory is /, not the writer's */
+			snprintf(res, rl, "import needs an absolute path, not \"%.200s\"", arg), r = -EINVAL;
 		else if (sf->store)
 			r = sf_import(sf, arg, sf->auto_activate, res, rl);
 		else
