@@ -11,7 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <syslog.h>
 #include <time.h>
 #include <unistd.h>
@@ -121,6 +123,28 @@ static int fail_usage(const char *fmt, ...)
 }
 
 static bool daemonized;
+
+/* The sd_notify protocol without libsystemd: one datagram to the socket
+ * systemd names in NOTIFY_SOCKET (Type=notify units).  Type=forking works
+ * as well: without -f we detach only once mounted. */
+static void sd_notify_send(const char *msg)
+{
+	const char *path = getenv("NOTIFY_SOCKET");
+	if (!path || (path[0] != '/' && path[0] != '@') || strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+		return;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	memcpy(sa.sun_path, path, strlen(path));
+	if (sa.sun_path[0] == '@')
+		sa.sun_path[0] = 0; /* abstract namespace */
+	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return;
+	socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path));
+	if (sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&sa, len) < 0) {
+		/* nobody listening: nothing to tell */
+	}
+	close(fd);
+}
 
 static void log_line(int prio, const char *line)
 {
@@ -352,6 +376,7 @@ int main(int argc, char **argv)
 	if ((r = sf_start_watch(&sf, &e)) < 0)
 		stella_log(LOG_ERR, "%s", stella_err_text(&e, r));
 
+	sd_notify_send("READY=1\nSTATUS=serving\n");
 	struct fuse_loop_config *lc = fuse_loop_cfg_create();
 	if (!lc)
 		goto out;
@@ -361,6 +386,7 @@ int main(int argc, char **argv)
 	r = cl.singlethread ? fuse_session_loop(se) : fuse_session_loop_mt(se, lc);
 	fuse_loop_cfg_destroy(lc);
 	rc = r == 0 ? 0 : STELLA_EXIT_RUNTIME;
+	sd_notify_send("STOPPING=1\n");
 out:
 	if (se) {
 		if (mounted)
