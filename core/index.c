@@ -48,6 +48,9 @@ static const char schema[] =
 	" type INTEGER NOT NULL, mode INTEGER NOT NULL, size INTEGER NOT NULL, data_off INTEGER NOT NULL,"
 	" tree_off INTEGER NOT NULL, sha256 BLOB, fsverity BLOB, target BLOB);"
 	"CREATE UNIQUE INDEX node_dir ON node(parent, name);"
+	/* readdir walks a directory's children in ino order; without this
+	 * every call sorted the whole directory (ls of 100 000 files: 3.5 s) */
+	"CREATE INDEX node_children ON node(parent, ino);"
 	"CREATE TABLE tree(fsverity BLOB PRIMARY KEY, data BLOB NOT NULL);"
 	"CREATE TABLE point(out INTEGER PRIMARY KEY, inpos INTEGER NOT NULL, bits INTEGER NOT NULL, window BLOB);";
 

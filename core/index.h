@@ -16,7 +16,7 @@
 #include "source.h"
 
 #define INDEX_ROOT_INO 1
-#define INDEX_SCHEMA 1
+#define INDEX_SCHEMA 2   /* 2: node_children; older cached indexes are rebuilt */
 
 struct index_node {
 	uint64_t ino;

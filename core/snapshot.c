@@ -109,7 +109,9 @@ static int kit_facts(const char *kit, const uint8_t msha[32], char size[32], cha
 static bool index_matches(struct index *ix, const char *size, const char *head, const char *mhex)
 {
 	const char *keys[] = { "schema", "kitSize", "kitHead", "manifestSha256", "complete" };
-	const char *want[] = { "1", size, head, mhex, "1" };
+	char schema[8];
+	snprintf(schema, sizeof(schema), "%d", INDEX_SCHEMA);
+	const char *want[] = { schema, size, head, mhex, "1" };
 	for (size_t i = 0; i < ARRAY_SIZE(keys); i++) {
 		char *v = NULL;
 		bool ok = meta_str(ix, keys[i], &v) == 0 && !strcmp(v, want[i]);
@@ -215,8 +217,10 @@ static int build_index(struct snapshot *s, const struct snapshot_opts *o, const 
 	snprintf(num, sizeof(num), "%u", s->signers);
 	if (r == 0)
 		r = set_meta_str(ix, "signers", num, e);
+	char schema[8];
+	snprintf(schema, sizeof(schema), "%d", INDEX_SCHEMA);
 	if (r == 0)
-		r = set_meta_str(ix, "schema", "1", e);
+		r = set_meta_str(ix, "schema", schema, e);
 	if (r == 0)
 		r = set_meta_str(ix, "kitSize", size, e);
 	if (r == 0)

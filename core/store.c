@@ -613,7 +613,7 @@ static int finish_import(struct import *im, const struct kitverify_result *res, 
 	if (r == 0)
 		r = index_set_meta(im->ix, "manifestSha256", mhex, 64, e);
 	if (r == 0)
-		r = index_set_meta(im->ix, "schema", "1", 1, e);
+		r = index_set_meta(im->ix, "schema", "2", 1, e);
 	if (r == 0)
 		r = index_set_meta(im->ix, "complete", "1", 1, e);
 	if (r == 0)
