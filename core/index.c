@@ -378,11 +378,14 @@ static void row_to_node(sqlite3_stmt *s, struct index_node *n)
 	n->target[tl] = 0;
 }
 
-int index_get(struct index *ix, uint64_t ino, struct index_node *n)
+/* One node by query q: key binds ?1, name (when given) ?2. */
+static int one_node(struct index *ix, int q, uint64_t key, const char *name, struct index_node *n)
 {
 	struct conn *c = conn_get(ix);
-	sqlite3_stmt *s = c->q[Q_GET];
-	sqlite3_bind_int64(s, 1, (sqlite3_int64)ino);
+	sqlite3_stmt *s = c->q[q];
+	sqlite3_bind_int64(s, 1, (sqlite3_int64)key);
+	if (name)
+		sqlite3_bind_blob(s, 2, name, (int)strlen(name), SQLITE_STATIC);
 	int st = sqlite3_step(s), r = 0;
 	if (st == SQLITE_ROW)
 		row_to_node(s, n);
@@ -392,19 +395,14 @@ int index_get(struct index *ix, uint64_t ino, struct index_node *n)
 	return r;
 }
 
+int index_get(struct index *ix, uint64_t ino, struct index_node *n)
+{
+	return one_node(ix, Q_GET, ino, NULL, n);
+}
+
 int index_lookup(struct index *ix, uint64_t parent, const char *name, struct index_node *n)
 {
-	struct conn *c = conn_get(ix);
-	sqlite3_stmt *s = c->q[Q_LOOKUP];
-	sqlite3_bind_int64(s, 1, (sqlite3_int64)parent);
-	sqlite3_bind_blob(s, 2, name, (int)strlen(name), SQLITE_STATIC);
-	int st = sqlite3_step(s), r = 0;
-	if (st == SQLITE_ROW)
-		row_to_node(s, n);
-	else
-		r = st == SQLITE_DONE ? -ENOENT : -EIO;
-	conn_put(ix, c, s);
-	return r;
+	return one_node(ix, Q_LOOKUP, parent, name, n);
 }
 
 int index_readdir(struct index *ix, uint64_t dir, uint64_t after,
