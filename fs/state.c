@@ -283,9 +283,12 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 	snprintf(sf->current, sizeof(sf->current), "%s", cur);
 	sf->store_version = v;
 	pthread_mutex_unlock(&sf->lock);
-	pthread_mutex_unlock(&sf->refresh_lock);
+	/* queued before the refresh lock goes: a command whose own refresh
+	 * found nothing left to do must still find this notification queued
+	 * when it waits for delivery */
 	if (switched)
 		sf_switched(sf);
+	pthread_mutex_unlock(&sf->refresh_lock);
 	free(opened);
 	free(list);
 	return 0;
