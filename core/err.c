@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
-static void vset(struct stella_err *e, int rc, const char *fmt, va_list ap)
+static void __attribute__((format(printf, 3, 0))) vset(struct stella_err *e, int rc, const char *fmt, va_list ap)
 {
 	if (!e || e->code)
 		return;

@@ -231,7 +231,12 @@ int time_parse(const char *s, int64_t *out)
 	unsigned doy = (unsigned)((153 * (M + (M > 2 ? -3 : 9)) + 2) / 5 + D - 1);
 	unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
 	int64_t days = (int64_t)era * 146097 + doe - 719468;
-	*out = days * 86400 + h * 3600 + m * 60 + (sec > 59 ? 59 : sec) - offset;
+	int64_t t = days * 86400 + h * 3600 + m * 60 + (sec > 59 ? 59 : sec) - offset;
+	/* Only what time_format writes back as the same text: 1970 to 9999.
+	 * (The fuzzer found year 506 accepted and written as "506-...".) */
+	if (t < 0 || t > INT64_C(253402300799))
+		return -EINVAL;
+	*out = t;
 	return 0;
 }
 

@@ -48,6 +48,7 @@ ssize_t base64_decode(const char *in, size_t n, uint8_t *out, size_t cap);
 int parse_u64(const char *s, uint64_t *out);
 
 /* RFC 3339 UTC times ("2025-01-15T00:00:00Z"); fractional seconds and
- * numeric offsets are accepted on input, output is always whole-second Z. */
+ * numeric offsets are accepted on input, output is always whole-second Z.
+ * Years 1970 to 9999 only, so that every time read can be written again. */
 int time_parse(const char *s, int64_t *out);
 void time_format(int64_t t, char out[32]);

@@ -49,7 +49,7 @@ int main(void)
 		CHECK(m->components[0].warn_age_days == 7 && m->components[0].max_age_days == 14);
 		CHECK(manifest_find(m, "feeds/latest") && !manifest_find(m, "nope"));
 		/* canonical writer: write, parse, write again: same bytes */
-		char *a, *b;
+		char *a = NULL, *b = NULL;
 		size_t al, bl;
 		struct manifest *m2;
 		CHECK(manifest_write(m, &a, &al) == 0);

@@ -30,6 +30,10 @@ int main(void)
 	CHECK(time_parse("2025-01-15", &t) < 0);
 	CHECK(time_parse("2025-01-15T00:00:00", &t) < 0);   /* no zone */
 	CHECK(time_parse("2025-01-15T00:00:00Zjunk", &t) < 0);
+	CHECK(time_parse("0506-01-15T00:00:00Z", &t) < 0);      /* before 1970: refused */
+	CHECK(time_parse("1970-01-01T00:00:00+01:00", &t) < 0); /* ... also by offset */
+	CHECK(time_parse("9999-12-31T23:59:59Z", &t) == 0);
+	CHECK(time_parse("9999-12-31T23:00:00-05:00", &t) < 0); /* year 10000 */
 	char buf[32];
 	time_format(1736899200, buf);
 	CHECK_STR(buf, "2025-01-15T00:00:00Z");

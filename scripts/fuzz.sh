@@ -1,0 +1,62 @@
+#!/bin/sh
+# Run every libFuzzer target for SECONDS each (default 60).
+#
+#   scripts/fuzz.sh [SECONDS] [TARGET...]
+#
+# Builds build-fuzz (clang, -Dfuzzing=true) when missing.  Each target starts
+# from its seeds in tests/fuzz/corpus/<target>/ (never written to) and grows a
+# working corpus in build-fuzz/fuzz-corpus/<target>/.  Crash reproducers go to
+# tests/fuzz/crashes/<target>-crash-<sha1>; the exit status is 1 if any target
+# found one.  Replay one with: build-fuzz/tests/fuzz/<target> FILE
+set -eu
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+secs=${1:-60}
+[ $# -gt 0 ] && shift
+targets=${*:-fuzz_manifest fuzz_sig fuzz_kit fuzz_merkle fuzz_source}
+bd=build-fuzz
+
+if [ ! -f "$bd/build.ninja" ]; then
+	CC=clang meson setup "$bd" -Dfuzzing=true -Dbuildtype=debugoptimized -Db_lundef=false
+fi
+for t in $targets; do
+	ninja -C "$bd" "tests/fuzz/$t" >/dev/null || {
+		echo "fuzz.sh: cannot build $t (is tests/fuzz in meson.build, and -Dfuzzing=true?)" >&2
+		exit 1
+	}
+done
+
+mkdir -p tests/fuzz/crashes
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:symbolize=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+status=0
+for t in $targets; do
+	work=$bd/fuzz-corpus/$t
+	mkdir -p "$work"
+	extra=""
+	case $t in
+	fuzz_manifest) extra="-dict=tests/fuzz/json.dict -max_len=16384" ;;
+	fuzz_sig)      extra="-max_len=4096" ;;
+	fuzz_merkle)   extra="-max_len=16384" ;;
+	fuzz_kit)      extra="-max_len=65536 -rss_limit_mb=2048" ;;
+	fuzz_source)   extra="-max_len=65536 -rss_limit_mb=2048" ;;
+	esac
+	log=$bd/fuzz-$t.log
+	echo "== $t: ${secs}s (log: $log)"
+	# shellcheck disable=SC2086
+	if "$bd/tests/fuzz/$t" "$work" "tests/fuzz/corpus/$t" $extra \
+		-max_total_time="$secs" -timeout=25 -print_final_stats=1 \
+		-artifact_prefix="tests/fuzz/crashes/$t-" >"$log" 2>&1; then
+		:
+	else
+		status=1
+		echo "   FAILED: see $log and tests/fuzz/crashes/"
+		grep -m1 -E 'ERROR: |runtime error|==ERROR|deadly signal' "$log" | sed 's/^/   /' || true
+	fi
+	grep -E '^#[0-9]+' "$log" | tail -1 | sed 's/^/   last: /' || true
+	grep -E '^stat::(number_of_executed_units|average_exec_per_sec|new_units_added|peak_rss_mb)' "$log" \
+		| sed 's/^/   /' || true
+done
+rmdir tests/fuzz/crashes 2>/dev/null || true
+exit $status

@@ -1,0 +1,2 @@
+MEQCIDPF0LYn4ojZ9pTCZi3/PKdvV+6gw5pEl6wJGwY9jUy7AiBR5ffixwiY4pYdgLEBEwlxhrxElbsWlM04A6w9H8shwg==
+W9pQn1f0NU/a7z2zrZyWDY6qufY3GrmyPdIbN3c9baw9M9hkac8BB0alAnA6rDlbGupCEsoYhEVvnOuR2uo3DQ==

@@ -1,0 +1,3 @@
+not base64 at all!!
+====
+AAAA
