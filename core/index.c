@@ -10,7 +10,7 @@
 
 #define POOL 8
 
-enum { Q_GET, Q_LOOKUP, Q_READDIR, Q_TREE, Q_META, Q_COUNT };
+enum { Q_GET, Q_LOOKUP, Q_READDIR, Q_TREE, Q_META, NQUERIES };
 
 static const char *const queries[] = {
 	[Q_GET] = "SELECT ino,parent,name,type,mode,size,data_off,tree_off,sha256,fsverity,target FROM node WHERE ino=?1",
@@ -18,12 +18,11 @@ static const char *const queries[] = {
 	[Q_READDIR] = "SELECT ino,parent,name,type,mode,size,data_off,tree_off,sha256,fsverity,target FROM node WHERE parent=?1 AND ino>?2 ORDER BY ino",
 	[Q_TREE] = "SELECT data FROM tree WHERE fsverity=?1",
 	[Q_META] = "SELECT value FROM meta WHERE key=?1",
-	[Q_COUNT] = "SELECT count(*) FROM node",
 };
 
 struct conn {
 	sqlite3 *db;
-	sqlite3_stmt *q[Q_COUNT + 1];
+	sqlite3_stmt *q[NQUERIES];
 	bool busy;
 };
 
@@ -74,7 +73,7 @@ static void index_free(struct index *ix)
 	if (ix->w)
 		sqlite3_close(ix->w);
 	for (int i = 0; i < POOL; i++) {
-		for (int q = 0; q < Q_COUNT + 1; q++)
+		for (int q = 0; q < NQUERIES; q++)
 			sqlite3_finalize(ix->pool[i].q[q]);
 		if (ix->pool[i].db)
 			sqlite3_close(ix->pool[i].db);
@@ -286,7 +285,7 @@ static int open_pool(struct index *ix, struct stella_err *e)
 		/* Small caches: the kernel caches what FUSE serves, the page
 		 * cache keeps the file; this bounds the daemon's RSS. */
 		sqlite3_exec(c->db, "PRAGMA cache_size=-512; PRAGMA query_only=1; PRAGMA mmap_size=0", NULL, NULL, NULL);
-		for (int q = 0; q < Q_COUNT; q++)
+		for (int q = 0; q < NQUERIES; q++)
 			if (sqlite3_prepare_v3(c->db, queries[q], -1, SQLITE_PREPARE_PERSISTENT, &c->q[q], NULL) != SQLITE_OK)
 				return db_fail(ix, c->db, e, "prepare");
 	}
@@ -468,15 +467,6 @@ int index_get_meta(struct index *ix, const char *key, char **val, size_t *len)
 int index_get_tree(struct index *ix, const uint8_t fsverity[32], uint8_t **tree, size_t *len)
 {
 	return blob_query(ix, Q_TREE, fsverity, 32, false, tree, len);
-}
-
-uint64_t index_count(struct index *ix)
-{
-	struct conn *c = conn_get(ix);
-	sqlite3_stmt *s = c->q[Q_COUNT];
-	uint64_t n = sqlite3_step(s) == SQLITE_ROW ? (uint64_t)sqlite3_column_int64(s, 0) : 0;
-	conn_put(ix, c, s);
-	return n;
 }
 
 int index_get_points(struct index *ix, struct source_point **pts, size_t *n, uint64_t *total)

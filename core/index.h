@@ -62,4 +62,3 @@ int index_readdir(struct index *ix, uint64_t dir, uint64_t after,
 /* A tree the kit did not carry (malloc'ed). */
 int index_get_tree(struct index *ix, const uint8_t fsverity[32], uint8_t **tree, size_t *len);
 int index_get_points(struct index *ix, struct source_point **pts, size_t *n, uint64_t *total);
-uint64_t index_count(struct index *ix);

@@ -125,9 +125,7 @@ void kitread_close(struct kitread *kr)
 	free(kr);
 }
 
-const char *kitread_path(const struct kitread *kr) { return source_path(kr->src); }
 enum kit_compression kitread_compression(const struct kitread *kr) { return source_compression(kr->src); }
-uint64_t kitread_file_size(const struct kitread *kr) { return source_file_size(kr->src); }
 
 int kitread_next(struct kitread *kr, struct kit_member *m, struct stella_err *e)
 {

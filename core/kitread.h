@@ -35,7 +35,6 @@ int kitread_open(const char *path, struct kitread **out, struct stella_err *e);
  * with the seek points this walk records). */
 int kitread_open_source(struct source *src, struct kitread **out, struct stella_err *e);
 void kitread_close(struct kitread *kr);
-const char *kitread_path(const struct kitread *kr);
 enum kit_compression kitread_compression(const struct kitread *kr);
 
 /* The next member: 1 when there is one, 0 at the end of the archive (after
@@ -48,6 +47,3 @@ ssize_t kitread_data(struct kitread *kr, void *buf, size_t len, struct stella_er
  * large") into a malloc'ed buffer, NUL-terminated. */
 int kitread_slurp(struct kitread *kr, const struct kit_member *m, size_t max, char **out,
 		  struct stella_err *e);
-
-/* Total size of the kit file. */
-uint64_t kitread_file_size(const struct kitread *kr);

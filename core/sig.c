@@ -16,11 +16,6 @@
 static void pkey_freep(EVP_PKEY **p) { EVP_PKEY_free(*p); }
 static void bio_freep(BIO **p) { BIO_free(*p); }
 
-void key_id_short(const uint8_t id[32], char out[17])
-{
-	hex_encode(id, 8, out);
-}
-
 /* Which algorithms we accept, and how to use them: one table, shared by
  * trust loading, signing and verifying. */
 static int key_kind(EVP_PKEY *k, const char **why)

@@ -50,6 +50,3 @@ int sig_sign_file(EVP_PKEY *key, int fd, uint64_t size, char **b64, struct stell
 /* type: "ecdsa-p256", "ed25519" or "rsa-3072".  Writes PREFIX.key (0600) and
  * PREFIX.pub. */
 int key_generate(const char *type, const char *prefix, struct stella_err *e);
-
-/* Short hex id of a key (first 8 bytes of its id), for messages. */
-void key_id_short(const uint8_t id[32], char out[17]);

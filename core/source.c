@@ -67,7 +67,6 @@ const char *kit_compression_name(enum kit_compression c)
 const char *source_path(const struct source *s) { return s->path; }
 enum kit_compression source_compression(const struct source *s) { return s->comp; }
 uint64_t source_file_size(const struct source *s) { return s->file_size; }
-int source_fd(const struct source *s) { return s->fd; }
 uint64_t source_stream_size(const struct source *s) { return s->comp == KIT_COMPRESS_NONE ? s->file_size : s->stream_size; }
 
 size_t source_points(const struct source *s, const struct source_point **pts)

@@ -25,7 +25,6 @@ void source_close(struct source *s);
 const char *source_path(const struct source *s);
 enum kit_compression source_compression(const struct source *s);
 uint64_t source_file_size(const struct source *s);
-int source_fd(const struct source *s);
 
 /* Sequential read of the tar stream from its start; 0 at its end, after
  * checking that the file holds nothing after the compressed stream. */

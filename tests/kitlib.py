@@ -126,16 +126,17 @@ def _scrub_paths(line, args):
     return _ABS_PATH.sub("<PATH>", line)
 
 
-def assert_fail(cp, code, *keywords, names=()):
-    """Check the failure contract: exit CODE (int or tuple of ints), exactly one line on
-    stderr starting with "stellakit: ", containing every keyword (case-insensitive; a tuple
-    means any one of its alternatives) and every name in NAMES (exact)."""
+def _assert_refusal(cp, prog, code, keywords, names=()):
+    """The failure contract shared by both programs: exit CODE (int or tuple of ints),
+    exactly one line on stderr starting with "PROG: ", containing every keyword
+    (case-insensitive; a tuple means any one of its alternatives) and every name in NAMES
+    (exact)."""
     codes = code if isinstance(code, tuple) else (code,)
     assert cp.returncode in codes, f"expected exit {codes}\n" + describe(cp)
     lines = cp.stderr.strip().splitlines()
     assert len(lines) == 1, "expected exactly one line on stderr\n" + describe(cp)
     line = lines[0]
-    assert line.startswith("stellakit: "), "stderr must start with 'stellakit: '\n" + describe(cp)
+    assert line.startswith(f"{prog}: "), f"stderr must start with '{prog}: '\n" + describe(cp)
     # Keywords must come from the message, not from a path we passed (pytest's tmp_path
     # holds the test's name, e.g. ".../test_truncated_inside0/kit").
     low = _scrub_paths(line, cp.args).lower()
@@ -146,6 +147,11 @@ def assert_fail(cp, code, *keywords, names=()):
     for n in names:
         assert n in line, f"stderr should name {n!r}\n" + describe(cp)
     return line
+
+
+def assert_fail(cp, code, *keywords, names=()):
+    """stellakit's failure contract (see _assert_refusal)."""
+    return _assert_refusal(cp, "stellakit", code, keywords, names)
 
 
 # --------------------------------------------------------------------------- time
@@ -706,20 +712,8 @@ def unmount(path, tries=20):
 
 
 def assert_fs_fail(cp, code, *keywords):
-    """The refusal contract of stellafs: exit CODE (int or tuple), exactly one line on
-    stderr starting with "stellafs: ", mentioning every keyword (a tuple: any one of)."""
-    codes = code if isinstance(code, tuple) else (code,)
-    assert cp.returncode in codes, f"expected exit {codes}\n" + describe(cp)
-    lines = cp.stderr.strip().splitlines()
-    assert len(lines) == 1, "expected exactly one line on stderr\n" + describe(cp)
-    line = lines[0]
-    assert line.startswith("stellafs: "), "stderr must start with 'stellafs: '\n" + describe(cp)
-    low = _scrub_paths(line, cp.args).lower()
-    for kw in keywords:
-        alts = kw if isinstance(kw, tuple) else (kw,)
-        assert any(a.lower() in low for a in alts), \
-            f"stderr should mention {' or '.join(map(repr, alts))}\n" + describe(cp)
-    return line
+    """The refusal contract of stellafs (see _assert_refusal)."""
+    return _assert_refusal(cp, "stellafs", code, keywords)
 
 
 @dataclasses.dataclass
