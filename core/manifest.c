@@ -3,9 +3,9 @@
 #include <ctype.h>
 #include <string.h>
 #include <yajl/yajl_gen.h>
-#include <yajl/yajl_tree.h>
 
 #include "bounds.h"
+#include "json.h"
 #include "path.h"
 #include "util.h"
 
@@ -50,107 +50,67 @@ void manifest_free(struct manifest *m)
 	free(m);
 }
 
-/* yajl_tree parses recursively, keeps no string lengths and allows comments,
- * so before handing it the bytes, one linear pass refuses what it would
- * mishandle: nesting deeper than we accept, NUL characters (raw or as
- * \u0000) that would silently cut a name short, and comments. */
-static int prescan(const char *buf, size_t len, struct stella_err *e)
-{
-	unsigned depth = 0;
-	bool in_string = false;
-	for (size_t i = 0; i < len; i++) {
-		char c = buf[i];
-		if (c == 0)
-			return stella_fail(e, -EBADMSG, "manifest: unsafe name or string: NUL byte at offset %zu", i);
-		if (in_string) {
-			if (c == '\\' && i + 1 < len) {
-				if (buf[i + 1] == 'u' && i + 5 < len && !strncmp(buf + i + 2, "0000", 4))
-					return stella_fail(e, -EBADMSG,
-							   "manifest: unsafe name or string: \\u0000 at offset %zu", i);
-				i++;
-			} else if (c == '"') {
-				in_string = false;
-			}
-		} else if (c == '"') {
-			in_string = true;
-		} else if (c == '/') {
-			/* yajl_tree accepts comments; JSON has none, and a comment
-			 * would hide a quote from this scan. */
-			return stella_fail(e, -EBADMSG, "manifest: invalid JSON: comment at offset %zu", i);
-		} else if (c == '[' || c == '{') {
-			if (++depth > STELLA_JSON_DEPTH_MAX)
-				return stella_fail(e, -EBADMSG, "manifest: JSON nested deeper than %u levels",
-						   STELLA_JSON_DEPTH_MAX);
-		} else if (c == ']' || c == '}') {
-			if (depth)
-				depth--;
-		}
-	}
-	return 0;
-}
-
 /* ---- field readers: each names the field in its error ---- */
 
-static int obj_check_dups(yajl_val o, const char *where, struct stella_err *e)
+static int obj_check_dups(const struct json *o, const char *where, struct stella_err *e)
 {
 	/* Two parsers that pick different copies of a duplicated key would
 	 * disagree on what was signed: refuse duplicates outright. */
-	for (size_t i = 0; i < o->u.object.len; i++)
-		for (size_t j = i + 1; j < o->u.object.len; j++)
-			if (!strcmp(o->u.object.keys[i], o->u.object.keys[j]))
-				return stella_fail(e, -EBADMSG, "manifest: %s: duplicate key \"%s\"", where,
-						   o->u.object.keys[i]);
+	if (o->dup)
+		return stella_fail(e, -EBADMSG, "manifest: %s: duplicate key \"%s\"", where, o->dup);
 	return 0;
 }
 
-static yajl_val get(yajl_val o, const char *key)
+/* The string member key of o, borrowed from the parse: 1 found, 0 absent. */
+static int get_str(const struct json *o, const char *key, bool required, const char *where,
+		   const char **out, struct stella_err *e)
 {
-	for (size_t i = 0; i < o->u.object.len; i++)
-		if (!strcmp(o->u.object.keys[i], key))
-			return o->u.object.values[i];
-	return NULL;
-}
-
-static int get_string(yajl_val o, const char *key, bool required, const char *where,
-		      char **out, struct stella_err *e)
-{
-	yajl_val v = get(o, key);
+	const struct json *v = json_get(o, key);
 	if (!v) {
 		if (required)
 			return stella_fail(e, -EBADMSG, "manifest: %s%s\"%s\" is missing", where,
 					   *where ? ": " : "", key);
 		return 0;
 	}
-	if (!YAJL_IS_STRING(v))
+	if (v->type != JSON_STRING)
 		return stella_fail(e, -EBADMSG, "manifest: %s%s\"%s\" must be a string", where,
 				   *where ? ": " : "", key);
-	if (!(*out = strdup(v->u.string)))
-		return -ENOMEM;
+	*out = v->u.s;
 	return 1;
 }
 
-static int get_int(yajl_val o, const char *key, bool required, int64_t min, const char *where,
+static int get_string(const struct json *o, const char *key, bool required, const char *where,
+		      char **out, struct stella_err *e)
+{
+	const char *s = NULL;
+	int r = get_str(o, key, required, where, &s, e);
+	if (r > 0 && !(*out = strdup(s)))
+		return -ENOMEM;
+	return r;
+}
+
+static int get_int(const struct json *o, const char *key, bool required, int64_t min, const char *where,
 		   int64_t *out, struct stella_err *e)
 {
-	yajl_val v = get(o, key);
+	const struct json *v = json_get(o, key);
 	if (!v) {
 		if (required)
 			return stella_fail(e, -EBADMSG, "manifest: %s%s\"%s\" is missing", where,
 					   *where ? ": " : "", key);
 		return 0;
 	}
-	if (!YAJL_IS_INTEGER(v) || v->u.number.i < min)
+	if (v->type != JSON_INT || v->u.i < min)
 		return stella_fail(e, -EBADMSG, "manifest: %s%s\"%s\" must be an integer >= %lld", where,
 				   *where ? ": " : "", key, (long long)min);
-	*out = v->u.number.i;
+	*out = v->u.i;
 	return 1;
 }
 
-static int get_time(yajl_val o, const char *key, bool required, const char *where,
+static int get_time(const struct json *o, const char *key, bool required, const char *where,
 		    int64_t *out, struct stella_err *e)
 {
-	_cleanup_(freep) char *s = NULL;
-	int r = get_string(o, key, required, where, &s, e);
+	const char *s = NULL;
+	int r = get_str(o, key, required, where, &s, e);
 	if (r <= 0)
 		return r;
 	if (time_parse(s, out) < 0)
@@ -159,7 +119,7 @@ static int get_time(yajl_val o, const char *key, bool required, const char *wher
 	return 1;
 }
 
-static int get_ident(yajl_val o, const char *key, bool required, const char *where,
+static int get_ident(const struct json *o, const char *key, bool required, const char *where,
 		     char **out, struct stella_err *e)
 {
 	int r = get_string(o, key, required, where, out, e);
@@ -177,17 +137,22 @@ static int parse_fsverity(const char *s, uint8_t out[32])
 	return hex_decode(s + strlen(FSVERITY_PREFIX), out, 32);
 }
 
-static int parse_artifact(yajl_val v, size_t idx, struct artifact *a, struct stella_err *e)
+static int parse_artifact(const struct json *v, size_t idx, struct artifact *a, struct stella_err *e)
 {
+	/* Until the name is known, the index says which one (formatted only
+	 * when needed: this runs once per artifact). */
 	char where[64];
-	snprintf(where, sizeof(where), "artifacts[%zu]", idx);
-	if (!YAJL_IS_OBJECT(v))
-		return stella_fail(e, -EBADMSG, "manifest: %s must be an object", where);
-	int r = obj_check_dups(v, where, e);
-	if (r < 0)
-		return r;
-	if ((r = get_string(v, "name", true, where, &a->name, e)) < 0)
-		return r;
+#define WHERE (snprintf(where, sizeof(where), "artifacts[%zu]", idx), where)
+	if (v->type != JSON_OBJECT)
+		return stella_fail(e, -EBADMSG, "manifest: %s must be an object", WHERE);
+	int r;
+	if (v->dup)
+		return obj_check_dups(v, WHERE, e);
+	const struct json *nm = json_get(v, "name");
+	if (!nm || nm->type != JSON_STRING)
+		return get_string(v, "name", true, WHERE, &a->name, e);
+	if (!(a->name = strdup(nm->u.s)))
+		return -ENOMEM;
 	const char *why;
 	if (path_check(a->name, strlen(a->name), &why) < 0)
 		return stella_fail(e, -EBADMSG, "manifest: unsafe name \"%.300s\": %s", a->name, why);
@@ -196,9 +161,10 @@ static int parse_artifact(yajl_val v, size_t idx, struct artifact *a, struct ste
 				   a->name);
 
 	/* From here on the artifact's name is the most useful "where". */
+#undef WHERE
 	char *nwhere = a->name;
-	_cleanup_(freep) char *type = NULL;
-	if ((r = get_string(v, "type", false, nwhere, &type, e)) < 0)
+	const char *type = NULL;
+	if ((r = get_str(v, "type", false, nwhere, &type, e)) < 0)
 		return r;
 	if (!type || !strcmp(type, "file"))
 		a->type = ARTIFACT_FILE;
@@ -220,14 +186,14 @@ static int parse_artifact(yajl_val v, size_t idx, struct artifact *a, struct ste
 		return r;
 
 	if (a->type == ARTIFACT_FILE) {
-		int64_t size;
-		_cleanup_(freep) char *sha = NULL, *fsv = NULL;
+		int64_t size = 0;
+		const char *sha = NULL, *fsv = NULL;
 		if ((r = get_int(v, "size", true, 0, nwhere, &size, e)) < 0 ||
-		    (r = get_string(v, "sha256", true, nwhere, &sha, e)) < 0 ||
-		    (r = get_string(v, "fsverity", true, nwhere, &fsv, e)) < 0)
+		    (r = get_str(v, "sha256", true, nwhere, &sha, e)) < 0 ||
+		    (r = get_str(v, "fsverity", true, nwhere, &fsv, e)) < 0)
 			return r;
 		a->size = (uint64_t)size;
-		if (strlen(sha) != 64 || hex_decode(sha, a->sha256, 32) < 0)
+		if (hex_decode(sha, a->sha256, 32) < 0)
 			return stella_fail(e, -EBADMSG, "manifest: %s: \"sha256\" must be 64 hex digits", nwhere);
 		if (parse_fsverity(fsv, a->fsverity) < 0)
 			return stella_fail(e, -EBADMSG, "manifest: %s: \"fsverity\" must be \"sha256:\" and 64 hex digits",
@@ -243,7 +209,7 @@ static int parse_artifact(yajl_val v, size_t idx, struct artifact *a, struct ste
 	return 0;
 }
 
-static int parse_component(const char *name, yajl_val v, struct component *c, int64_t created_at,
+static int parse_component(const char *name, const struct json *v, struct component *c, int64_t created_at,
 			   struct stella_err *e)
 {
 	if (!(c->name = strdup(name)))
@@ -252,7 +218,7 @@ static int parse_component(const char *name, yajl_val v, struct component *c, in
 	snprintf(where, sizeof(where), "components.%.60s", name);
 	if (strlen(name) == 0 || strlen(name) > 128)
 		return stella_fail(e, -EBADMSG, "manifest: %s: component names are 1-128 bytes", where);
-	if (!YAJL_IS_OBJECT(v))
+	if (v->type != JSON_OBJECT)
 		return stella_fail(e, -EBADMSG, "manifest: %s must be an object", where);
 	int r = obj_check_dups(v, where, e);
 	if (r < 0)
@@ -273,46 +239,73 @@ static int parse_component(const char *name, yajl_val v, struct component *c, in
 	return 0;
 }
 
+/* The artifacts stream past one at a time (json.h): no tree of them. */
+struct parse_ctx {
+	struct manifest *m;
+	size_t cap;
+	struct stella_err *e;
+	bool failed;
+};
+
+static int on_artifact(void *ctx, size_t i, const struct json *v, struct stella_err *je)
+{
+	struct parse_ctx *p = ctx;
+	struct manifest *m = p->m;
+	(void)je;
+	if (i >= STELLA_ARTIFACTS_MAX) {
+		p->failed = true;
+		return stella_fail(p->e, -EBADMSG, "manifest: more than %u artifacts", STELLA_ARTIFACTS_MAX);
+	}
+	if (m->nartifacts == p->cap) {
+		size_t cap = p->cap ? 2 * p->cap : 1024;
+		struct artifact *a = realloc(m->artifacts, cap * sizeof(*a));
+		if (!a)
+			return -ENOMEM;
+		m->artifacts = a;
+		p->cap = cap;
+	}
+	struct artifact *a = &m->artifacts[m->nartifacts++];
+	memset(a, 0, sizeof(*a));
+	int r = parse_artifact(v, i, a, p->e);
+	if (r < 0)
+		p->failed = true;
+	return r;
+}
+
 int manifest_parse(const char *buf, size_t len, struct manifest **out, struct stella_err *e)
 {
 	struct manifest *m = NULL;
-	yajl_val root = NULL;
-	char *copy = NULL;
+	struct json_doc *doc = NULL;
+	const struct json *root;
 	int r;
 
 	if (len > STELLA_MANIFEST_MAX)
 		return stella_fail(e, -EBADMSG, "manifest: too large (%zu bytes, limit %u)", len,
 				   STELLA_MANIFEST_MAX);
-	if ((r = prescan(buf, len, e)) < 0)
-		return r;
-	/* yajl_tree wants a NUL-terminated string; callers' buffers are (a
-	 * slurped member, an index value, a written manifest), so the copy is
-	 * needed only in the rare case one is not: a large manifest is tens of
-	 * MiB, and copying it is a measurable part of a first mount. */
-	if (buf[len] != 0) {
-		if (!(copy = malloc(len + 1)))
-			return -ENOMEM;
-		memcpy(copy, buf, len);
-		copy[len] = 0;
-	}
-	char ebuf[256] = "";
-	root = yajl_tree_parse(copy ? copy : buf, ebuf, sizeof(ebuf));
-	if (!root) {
-		/* yajl's message spans lines; keep its first. */
-		ebuf[strcspn(ebuf, "\n")] = 0;
-		r = stella_fail(e, -EBADMSG, "manifest: invalid JSON: %s", ebuf[0] ? ebuf : "parse error");
+	/* A raw NUL would end a name early for anyone reading it as a C
+	 * string; the parser refuses \u0000 inside strings. */
+	const char *nul = memchr(buf, 0, len);
+	if (nul)
+		return stella_fail(e, -EBADMSG, "manifest: unsafe name or string: NUL byte at offset %zu",
+				   (size_t)(nul - buf));
+	if (!(m = calloc(1, sizeof(*m))))
+		return -ENOMEM;
+	struct parse_ctx pc = { .m = m, .e = e };
+	struct json_opts jo = {
+		.max_depth = STELLA_JSON_DEPTH_MAX, .stream_key = "artifacts", .element = on_artifact, .ctx = &pc,
+	};
+	struct stella_err je = { 0 };
+	if ((r = json_parse(buf, len, &jo, &doc, &root, &je)) < 0) {
+		if (!pc.failed)
+			r = stella_fail(e, r, "manifest: %s", stella_err_text(&je, r));
 		goto out;
 	}
-	if (!YAJL_IS_OBJECT(root)) {
+	if (root->type != JSON_OBJECT) {
 		r = stella_fail(e, -EBADMSG, "manifest: invalid JSON: top level must be an object");
 		goto out;
 	}
 	if ((r = obj_check_dups(root, "top level", e)) < 0)
 		goto out;
-	if (!(m = calloc(1, sizeof(*m)))) {
-		r = -ENOMEM;
-		goto out;
-	}
 	if ((r = get_int(root, "schemaVersion", true, 0, "", &m->schema_version, e)) < 0)
 		goto out;
 	if (m->schema_version != MANIFEST_SCHEMA_VERSION) {
@@ -332,33 +325,33 @@ int manifest_parse(const char *buf, size_t len, struct manifest **out, struct st
 		goto out;
 	}
 
-	yajl_val base = get(root, "base");
+	const struct json *base = json_get(root, "base");
 	if (base) {
-		_cleanup_(freep) char *sha = NULL;
-		if (!YAJL_IS_OBJECT(base)) {
+		const char *sha = NULL;
+		if (base->type != JSON_OBJECT) {
 			r = stella_fail(e, -EBADMSG, "manifest: \"base\" must be an object");
 			goto out;
 		}
 		if ((r = obj_check_dups(base, "base", e)) < 0 ||
 		    (r = get_ident(base, "version", true, "base", &m->base_version, e)) < 0 ||
-		    (r = get_string(base, "manifestSha256", true, "base", &sha, e)) < 0)
+		    (r = get_str(base, "manifestSha256", true, "base", &sha, e)) < 0)
 			goto out;
-		if (strlen(sha) != 64 || hex_decode(sha, m->base_manifest_sha256, 32) < 0) {
+		if (hex_decode(sha, m->base_manifest_sha256, 32) < 0) {
 			r = stella_fail(e, -EBADMSG, "manifest: base: \"manifestSha256\" must be 64 hex digits");
 			goto out;
 		}
 		m->has_base = true;
 	}
 
-	yajl_val comps = get(root, "components");
+	const struct json *comps = json_get(root, "components");
 	if (comps) {
-		if (!YAJL_IS_OBJECT(comps)) {
+		if (comps->type != JSON_OBJECT) {
 			r = stella_fail(e, -EBADMSG, "manifest: \"components\" must be an object");
 			goto out;
 		}
 		if ((r = obj_check_dups(comps, "components", e)) < 0)
 			goto out;
-		size_t n = comps->u.object.len;
+		size_t n = comps->len;
 		if (n > 1024) {
 			r = stella_fail(e, -EBADMSG, "manifest: more than 1024 components");
 			goto out;
@@ -367,38 +360,20 @@ int manifest_parse(const char *buf, size_t len, struct manifest **out, struct st
 			r = -ENOMEM;
 			goto out;
 		}
-		for (size_t i = 0; i < n; i++, m->ncomponents++)
-			if ((r = parse_component(comps->u.object.keys[i], comps->u.object.values[i],
-						 &m->components[i], m->created_at, e)) < 0) {
-				m->ncomponents++;
+		for (const struct json *c = comps->u.first; c; c = c->next)
+			if ((r = parse_component(c->key, c, &m->components[m->ncomponents++], m->created_at, e)) < 0)
 				goto out;
-			}
 	}
 
-	yajl_val arts = get(root, "artifacts");
+	const struct json *arts = json_get(root, "artifacts");
 	if (!arts) {
 		r = stella_fail(e, -EBADMSG, "manifest: \"artifacts\" is missing");
 		goto out;
 	}
-	if (!YAJL_IS_ARRAY(arts)) {
+	if (arts->type != JSON_ARRAY) {
 		r = stella_fail(e, -EBADMSG, "manifest: \"artifacts\" must be an array");
 		goto out;
 	}
-	size_t n = arts->u.array.len;
-	if (n > STELLA_ARTIFACTS_MAX) {
-		r = stella_fail(e, -EBADMSG, "manifest: %zu artifacts, limit %u", n, STELLA_ARTIFACTS_MAX);
-		goto out;
-	}
-	if (n && !(m->artifacts = calloc(n, sizeof(*m->artifacts)))) {
-		r = -ENOMEM;
-		goto out;
-	}
-	for (size_t i = 0; i < n; i++, m->nartifacts++)
-		if ((r = parse_artifact(arts->u.array.values[i], i, &m->artifacts[i], e)) < 0) {
-			m->nartifacts++;
-			goto out;
-		}
-
 	if ((r = manifest_validate(m, e)) < 0)
 		goto out;
 	*out = m;
@@ -406,8 +381,7 @@ int manifest_parse(const char *buf, size_t len, struct manifest **out, struct st
 	r = 0;
 out:
 	manifest_free(m);
-	yajl_tree_free(root);
-	free(copy);
+	json_doc_free(doc);
 	return r;
 }
 
@@ -527,7 +501,11 @@ int manifest_validate(struct manifest *m, struct stella_err *e)
 {
 	if (m->expires_at <= m->created_at)
 		return stella_fail(e, -EBADMSG, "manifest: \"expiresAt\" must be later than \"createdAt\"");
-	if (m->nartifacts)
+	/* Packed manifests come sorted: one pass instead of a sort. */
+	bool sorted = true;
+	for (size_t i = 1; i < m->nartifacts && sorted; i++)
+		sorted = path_cmp(m->artifacts[i - 1].name, m->artifacts[i].name) < 0;
+	if (!sorted)
 		qsort(m->artifacts, m->nartifacts, sizeof(*m->artifacts), cmp_artifact);
 	if (m->ncomponents)
 		qsort(m->components, m->ncomponents, sizeof(*m->components), cmp_component);
@@ -538,8 +516,13 @@ int manifest_validate(struct manifest *m, struct stella_err *e)
 		const struct artifact *a = &m->artifacts[i];
 		if (i > 0 && !path_cmp(m->artifacts[i - 1].name, a->name))
 			return stella_fail(e, -EBADMSG, "manifest: duplicate name \"%.300s\"", a->name);
-		/* Every proper prefix must be a directory (or absent: implied). */
-		for (size_t p = path_parent_len(a->name); p > 0;) {
+		/* Every proper prefix must be a directory (or absent: implied).
+		 * Siblings share theirs: checked once, for the first of them. */
+		size_t plen = path_parent_len(a->name);
+		if (i > 0 && plen == path_parent_len(m->artifacts[i - 1].name) &&
+		    !memcmp(a->name, m->artifacts[i - 1].name, plen))
+			continue;
+		for (size_t p = plen; p > 0;) {
 			const struct artifact *parent = find_n(m, a->name, p);
 			if (parent && parent->type != ARTIFACT_DIR)
 				return stella_fail(e, -EBADMSG, "manifest: \"%.300s\" is inside \"%.300s\", which is a %s",

@@ -56,7 +56,7 @@ struct manifest {
 #define MANIFEST_DEFAULT_WARN_DAYS 7
 #define MANIFEST_DEFAULT_MAX_DAYS 14
 
-/* buf[len] must be readable; the parse is copy-free when it is '\0'. */
+/* buf need not be NUL-terminated; a NUL byte in it is refused. */
 int manifest_parse(const char *buf, size_t len, struct manifest **out, struct stella_err *e);
 void manifest_free(struct manifest *m);
 

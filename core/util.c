@@ -104,28 +104,29 @@ void hex_encode(const uint8_t *in, size_t n, char *out)
 	out[2 * n] = 0;
 }
 
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
+/* A table, not comparisons: digests are random, so a branch per digit
+ * mispredicts about half the time (a 100 000-file manifest has 13 million
+ * digits to decode). 16 marks a non-digit. */
+#define H16 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16
+static const uint8_t hexval[256] = {
+	H16, H16, H16,
+	0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 16, 16, 16, 16, 16,
+	16, 10, 11, 12, 13, 14, 15, 16, 16, 16, 16, 16, 16, 16, 16, 16, H16,
+	16, 10, 11, 12, 13, 14, 15, 16, 16, 16, 16, 16, 16, 16, 16, 16, H16,
+	H16, H16, H16, H16, H16, H16, H16, H16,
+};
 
 int hex_decode(const char *in, uint8_t *out, size_t n)
 {
-	if (strlen(in) != 2 * n)
+	if (strnlen(in, 2 * n + 1) != 2 * n)
 		return -EINVAL;
+	unsigned bad = 0;
 	for (size_t i = 0; i < n; i++) {
-		int hi = hexval(in[2 * i]), lo = hexval(in[2 * i + 1]);
-		if (hi < 0 || lo < 0)
-			return -EINVAL;
+		unsigned hi = hexval[(uint8_t)in[2 * i]], lo = hexval[(uint8_t)in[2 * i + 1]];
+		bad |= hi | lo;
 		out[i] = (uint8_t)(hi << 4 | lo);
 	}
-	return 0;
+	return bad & 16 ? -EINVAL : 0;
 }
 
 static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
