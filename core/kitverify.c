@@ -1,5 +1,6 @@
 #include "kitverify.h"
 
+#include <pthread.h>
 #include <string.h>
 #include <openssl/evp.h>
 
@@ -21,7 +22,57 @@ struct walk {
 	size_t manifest_len;
 };
 
-static int read_manifest(struct walk *w, struct stella_err *e)
+/* The signature check and the manifest's digest run on a second thread
+ * while this one parses: on a large manifest, hashing (SHA-256 for the
+ * digest, SHA-512 inside Ed25519) costs about as much as the parse. */
+struct sig_job {
+	struct walk *w;
+	const char *sig;
+	size_t siglen;
+	int rc;
+	struct stella_err e;
+};
+
+static void *sig_thread(void *arg)
+{
+	struct sig_job *j = arg;
+	struct walk *w = j->w;
+	sha256_once(w->manifest_json, w->manifest_len, w->res->manifest_sha256);
+	if (w->o->trust)
+		j->rc = sig_check(w->o->trust, w->o->threshold, (const uint8_t *)w->manifest_json, w->manifest_len,
+				  j->sig, j->siglen, &w->res->signers, &j->e);
+	return NULL;
+}
+
+/* The signature member: it must follow the manifest. */
+static int read_sig(struct walk *w, char **sig, size_t *len, struct stella_err *e)
+{
+	struct kit_member m;
+	int r = kitread_next(w->kr, &m, e);
+	if (r == 0)
+		return stella_fail(e, -EBADMSG, "%s: no signature member (%s) after the manifest", w->path,
+				   KIT_SIG_NAME);
+	if (r < 0)
+		return r;
+	if (strcmp(m.name, KIT_SIG_NAME) || m.type != ARTIFACT_FILE)
+		return stella_fail(e, -EBADMSG, "%s: second member is \"%.300s\", the signature member %s must follow the manifest",
+				   w->path, m.name, KIT_SIG_NAME);
+	if ((r = kitread_slurp(w->kr, &m, STELLA_SIG_MAX, sig, e)) < 0)
+		return r;
+	*len = m.size;
+	for (size_t i = 0; i < m.size; i++)
+		if ((*sig)[i] == '\n')
+			w->res->sig_lines++;
+	if (m.size && (*sig)[m.size - 1] != '\n')
+		w->res->sig_lines++;
+	return 0;
+}
+
+/* The manifest member first, its signature member second: both read,
+ * then the manifest parsed while the signature is checked.  Errors come
+ * in reading order: a malformed manifest before a missing or bad
+ * signature. */
+static int read_head(struct walk *w, struct stella_err *e)
 {
 	struct kit_member m;
 	int r = kitread_next(w->kr, &m, e);
@@ -35,42 +86,56 @@ static int read_manifest(struct walk *w, struct stella_err *e)
 	if ((r = kitread_slurp(w->kr, &m, STELLA_MANIFEST_MAX, &w->manifest_json, e)) < 0)
 		return r;
 	w->manifest_len = m.size;
-	sha256_once(w->manifest_json, m.size, w->res->manifest_sha256);
+
+	_cleanup_(freep) char *sig = NULL;
+	struct sig_job job = { .w = w };
+	struct stella_err se = { 0 };
+	int rs = read_sig(w, &sig, &job.siglen, &se);
+	job.sig = sig;
+	pthread_t t;
+	bool threaded = false;
+	if (rs == 0)
+		threaded = pthread_create(&t, NULL, sig_thread, &job) == 0;
 	struct stella_err me = { 0 };
-	r = manifest_parse(w->manifest_json, m.size, &w->res->manifest, &me);
+	r = manifest_parse(w->manifest_json, w->manifest_len, &w->res->manifest, &me);
+	if (threaded)
+		pthread_join(t, NULL);
+	else if (rs == 0)
+		sig_thread(&job);
 	if (r < 0)
 		return stella_fail(e, r, "%s: %s", w->path, stella_err_text(&me, r));
+	if (rs < 0)
+		return stella_fail(e, rs, "%s", stella_err_text(&se, rs));
+	if (job.rc < 0)
+		return stella_fail(e, job.rc, "%s: %s", w->path, stella_err_text(&job.e, job.rc));
 	return 0;
 }
 
-static int check_signature(struct walk *w, struct stella_err *e)
+static int cmp_fsverity(const void *a, const void *b)
 {
-	struct kit_member m;
-	int r = kitread_next(w->kr, &m, e);
-	if (r == 0)
-		return stella_fail(e, -EBADMSG, "%s: no signature member (%s) after the manifest", w->path,
-				   KIT_SIG_NAME);
-	if (r < 0)
-		return r;
-	if (strcmp(m.name, KIT_SIG_NAME) || m.type != ARTIFACT_FILE)
-		return stella_fail(e, -EBADMSG, "%s: second member is \"%.300s\", the signature member %s must follow the manifest",
-				   w->path, m.name, KIT_SIG_NAME);
-	_cleanup_(freep) char *sig = NULL;
-	if ((r = kitread_slurp(w->kr, &m, STELLA_SIG_MAX, &sig, e)) < 0)
-		return r;
-	for (size_t i = 0; i < m.size; i++)
-		if (sig[i] == '\n')
-			w->res->sig_lines++;
-	if (m.size && sig[m.size - 1] != '\n')
-		w->res->sig_lines++;
-	if (!w->o->trust)
-		return 0;
-	struct stella_err se = { 0 };
-	r = sig_check(w->o->trust, w->o->threshold, (const uint8_t *)w->manifest_json, w->manifest_len,
-		      sig, m.size, &w->res->signers, &se);
-	if (r < 0)
-		return stella_fail(e, r, "%s: %s", w->path, stella_err_text(&se, r));
-	return 0;
+	const struct artifact *x = *(const struct artifact *const *)a, *y = *(const struct artifact *const *)b;
+	int c = memcmp(x->fsverity, y->fsverity, 32);
+	return c ? c : (x->size > y->size) - (x->size < y->size);
+}
+
+/* Some listed file has this tree's fs-verity digest and size. */
+static bool listed_tree(const struct artifact **files, size_t n, const struct merklefile_entry *x)
+{
+	size_t lo = 0, hi = n;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		const struct artifact *a = files[mid];
+		int c = memcmp(a->fsverity, x->fsverity, 32);
+		if (c == 0)
+			c = (a->size > x->data_size) - (a->size < x->data_size);
+		if (c == 0)
+			return true;
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return false;
 }
 
 static int read_merkle(struct walk *w, struct kit_member *m, struct stella_err *e)
@@ -110,6 +175,18 @@ static int read_merkle(struct walk *w, struct kit_member *m, struct stella_err *
 	if (r < 0)
 		return stella_fail(e, r, "%s: %s", w->path, stella_err_text(&me, r));
 
+	/* the listed files by fs-verity digest, to find each tree's owner
+	 * (a scan per entry was quadratic in the number of files) */
+	const struct manifest *mf = w->res->manifest;
+	_cleanup_(freep) const struct artifact **files = malloc((mf->nartifacts + 1) * sizeof(*files));
+	size_t nfiles = 0;
+	if (!files)
+		return -ENOMEM;
+	for (size_t k = 0; k < mf->nartifacts; k++)
+		if (mf->artifacts[k].type == ARTIFACT_FILE)
+			files[nfiles++] = &mf->artifacts[k];
+	qsort(files, nfiles, sizeof(*files), cmp_fsverity);
+
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
 	_cleanup_(freep) uint8_t *buf = malloc(1 << 16);
 	if (!ctx || !buf) {
@@ -130,13 +207,7 @@ static int read_merkle(struct walk *w, struct kit_member *m, struct stella_err *
 		}
 		EVP_DigestFinal_ex(ctx, x->tree_sha256, NULL);
 		/* Every tree must belong to a listed file of that size. */
-		bool found = false;
-		for (size_t k = 0; r == 0 && k < w->res->manifest->nartifacts && !found; k++) {
-			const struct artifact *a = &w->res->manifest->artifacts[k];
-			found = a->type == ARTIFACT_FILE && !memcmp(a->fsverity, x->fsverity, 32) &&
-				a->size == x->data_size;
-		}
-		if (r == 0 && !found)
+		if (r == 0 && !listed_tree(files, nfiles, x))
 			r = stella_fail(e, -EBADMSG, "%s: merkle.bin: entry %zu is the tree of no listed file", w->path, i);
 	}
 	EVP_MD_CTX_free(ctx);
@@ -289,17 +360,16 @@ int kit_verify(const char *path, const struct kitverify_opts *o, struct kitverif
 	struct walk w = { .path = path, .o = o, .res = res };
 	_cleanup_(freep) char *prev = NULL;
 	struct kit_member m;
+	bool accepted = false;
 	int r;
 
 	memset(res, 0, sizeof(*res));
 	r = o->source ? kitread_open_source(o->source, &w.kr, e) : kitread_open(path, &w.kr, e);
 	if (r < 0)
 		return r;
-	if ((r = read_manifest(&w, e)) < 0)
+	if ((r = read_head(&w, e)) < 0)
 		goto out;
 	res->compression = kitread_compression(w.kr);
-	if ((r = check_signature(&w, e)) < 0)
-		goto out;
 	free(w.manifest_json);
 	w.manifest_json = NULL;
 	if (o->check_expiry && !o->allow_expired && o->now >= res->manifest->expires_at) {
@@ -311,6 +381,7 @@ int kit_verify(const char *path, const struct kitverify_opts *o, struct kitverif
 	}
 	if (o->check_manifest && (r = o->check_manifest(o->visit_ctx, res->manifest, res->manifest_sha256, e)) < 0)
 		goto out;
+	accepted = true;
 	if (!o->content)
 		goto probe_merkle;
 
@@ -368,6 +439,8 @@ probe_merkle:
 		res->has_merkle = !strcmp(m.name, KIT_MERKLE_NAME);
 	r = r < 0 ? r : 0;
 out:
+	if (accepted && o->walk_end)
+		o->walk_end(o->visit_ctx, r);
 	hasher_free(w.hasher);
 	free(w.seen);
 	free(w.manifest_json);

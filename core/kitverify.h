@@ -48,6 +48,10 @@ struct kitverify_opts {
 	 * hashed member as it streams past (to keep it).  Both use visit_ctx. */
 	int (*check_manifest)(void *ctx, const struct manifest *m, const uint8_t sha256[32], struct stella_err *e);
 	int (*data)(void *ctx, const uint8_t *buf, size_t len, struct stella_err *e);
+	/* Called once check_manifest accepted the manifest, when the walk
+	 * ends (r: its result), while the result is still whole: a consumer
+	 * working beside the walk stops here. */
+	void (*walk_end)(void *ctx, int r);
 };
 
 struct kitverify_result {

@@ -39,48 +39,128 @@ struct snap_files {
 
 /* ---- opening: the index, cached or built by one lazy walk ---- */
 
+/* The walk and the index build overlap: the walk (reading the tar,
+ * hashing what must be hashed) runs on the caller's thread, and a second
+ * thread inserts each artifact's node as soon as the walk has passed its
+ * member and knows its offset.  On a kit of many small files each half
+ * costs about the same, so a first mount takes the longer of the two
+ * instead of their sum.  The single SQLite writer is shared under
+ * `writer` (the walk adds the trees it computes). */
 struct build {
+	struct snapshot *s;
 	struct index *ix;
-	uint64_t *data_off;   /* per manifest artifact */
-	size_t n;
+	const struct kitverify_result *res;
+	const char *kit;
+	uint64_t *data_off;        /* per manifest artifact, filled by the walk */
+	pthread_mutex_t lock;      /* progress, done, rc */
+	pthread_cond_t cond;
+	size_t progress;           /* artifacts [0, progress) are walked */
+	bool done;                 /* the walk ended (well or not) */
+	bool started;
+	pthread_t thread;
+	pthread_mutex_t writer;
+	int rc;                    /* the builder's failure */
+	struct stella_err err;
 };
+
+static void *build_thread(void *arg)
+{
+	struct build *b = arg;
+	const struct manifest *m = b->res->manifest;
+	size_t i = 0, upto = 0;
+	int r = 0;
+	while (i < m->nartifacts && r == 0) {
+		if (i == upto) {
+			pthread_mutex_lock(&b->lock);
+			while (b->progress <= i && !b->done)
+				pthread_cond_wait(&b->cond, &b->lock);
+			upto = b->progress;
+			bool stop = b->done && upto <= i;
+			pthread_mutex_unlock(&b->lock);
+			if (stop)
+				break;
+		}
+		pthread_mutex_lock(&b->writer);
+		for (; i < upto && r == 0; i++) {
+			const struct artifact *a = &m->artifacts[i];
+			int64_t tree_off = -1;
+			if (a->type == ARTIFACT_FILE) {
+				const struct merklefile_entry *x = merklefile_find(&b->res->merkle, a->fsverity);
+				if (x)
+					tree_off = (int64_t)(b->res->merkle_offset + x->offset);
+				b->s->files++;
+				b->s->bytes += a->size;
+			}
+			r = index_add(b->ix, a, b->data_off[i], tree_off, &b->err);
+		}
+		pthread_mutex_unlock(&b->writer);
+	}
+	pthread_mutex_lock(&b->lock);
+	b->rc = r;
+	pthread_mutex_unlock(&b->lock);
+	return NULL;
+}
+
+/* kit_verify's say on the manifest, once signed and fresh: refuse a delta
+ * kit before the walk, and start the builder. */
+static int build_start(void *ctx, const struct manifest *m, const uint8_t sha256[32], struct stella_err *e)
+{
+	struct build *b = ctx;
+	(void)sha256;
+	if (m->has_base)
+		return stella_fail(e, -EINVAL, "%s: a delta kit (base %s) cannot be mounted alone: import it into a store that holds its base",
+				   b->kit, m->base_version);
+	if (!(b->data_off = calloc(m->nartifacts + 1, sizeof(*b->data_off))))
+		return -ENOMEM;
+	if (pthread_create(&b->thread, NULL, build_thread, b) != 0)
+		return stella_fail(e, -EAGAIN, "%s: cannot start the index builder", b->kit);
+	b->started = true;
+	return 0;
+}
+
+static void build_progress(struct build *b, size_t progress, bool done)
+{
+	pthread_mutex_lock(&b->lock);
+	if (progress > b->progress)
+		b->progress = progress;
+	b->done |= done;
+	pthread_cond_signal(&b->cond);
+	pthread_mutex_unlock(&b->lock);
+}
+
+/* The walk is over: all of it walked (r == 0), or the builder stops. */
+static void build_end(void *ctx, int r)
+{
+	struct build *b = ctx;
+	if (!b->started)
+		return;
+	build_progress(b, r == 0 ? b->res->manifest->nartifacts : 0, true);
+	pthread_join(b->thread, NULL);
+	b->started = false;
+}
 
 static int build_visit(void *ctx, size_t i, const struct kit_member *m, const struct hasher_result *h,
 		       struct stella_err *e)
 {
 	struct build *b = ctx;
-	if (i >= b->n) {
-		size_t n = MAX(i + 1, 2 * b->n + 64);
-		uint64_t *d = realloc(b->data_off, n * sizeof(*d));
-		if (!d)
-			return -ENOMEM;
-		memset(d + b->n, 0, (n - b->n) * sizeof(*d));
-		b->data_off = d;
-		b->n = n;
-	}
 	b->data_off[i] = m->data_offset;
+	int r = 0;
 	/* A tree the kit did not carry: computed by the walk, kept in the index. */
-	if (h && h->geom.levels)
-		return index_add_tree(b->ix, h->fsverity, h->tree, merkle_tree_size(&h->geom), e);
-	return 0;
-}
-
-static int head_digest(const char *path, uint8_t out[32])
-{
-	_cleanup_(closep) int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	uint8_t *buf = malloc(HEAD_BYTES);
-	if (!buf)
-		return -ENOMEM;
-	ssize_t n = pread(fd, buf, HEAD_BYTES, 0);
-	if (n < 0) {
-		free(buf);
-		return -errno;
+	if (h && h->geom.levels) {
+		pthread_mutex_lock(&b->writer);
+		r = index_add_tree(b->ix, h->fsverity, h->tree, merkle_tree_size(&h->geom), e);
+		pthread_mutex_unlock(&b->writer);
 	}
-	sha256_once(buf, (size_t)n, out);
-	free(buf);
-	return 0;
+	/* Members come in manifest order; tell the builder every so often
+	 * (and at the end), not at every one. */
+	if ((i & 255) == 255 || h)
+		build_progress(b, i + 1, false);
+	pthread_mutex_lock(&b->lock);
+	int brc = b->rc;
+	pthread_mutex_unlock(&b->lock);
+	if (brc < 0 && r == 0)
+		r = stella_fail(e, brc, "%s", stella_err_text(&b->err, brc));
+	return r;
 }
 
 static int meta_str(struct index *ix, const char *key, char **out)
@@ -88,30 +168,73 @@ static int meta_str(struct index *ix, const char *key, char **out)
 	return index_get_meta(ix, key, out, NULL);
 }
 
-/* The facts that tie an index to one kit file: its size, the digest of its
- * first 64 KiB (which holds the manifest's tar header: a repacked kit with
- * the same manifest differs there) and the manifest's digest. */
-static int kit_facts(const char *kit, const uint8_t msha[32], char size[32], char head[65], char mhex[65])
+static int cmp_id(const void *a, const void *b)
 {
+	return memcmp(a, b, 32);
+}
+
+/* What ties a cached index to one kit file without reading the kit: the
+ * file's size, the digest of its first 64 KiB (the manifest's tar header
+ * and start: a repacked kit differs there), its inode and times (any
+ * rewrite of the file changes its ctime), and the trust store and
+ * threshold it was verified under.  The cache file is named after the
+ * first two; the rest is checked inside.  A kit that changes behind
+ * these facts (a USB stick rewritten elsewhere with forged times) still
+ * cannot change what is served: every block read is checked against the
+ * trees of the manifest verified when the index was built, so the worst
+ * it gets is EIO, and the status of the kit that was verified. */
+struct kit_facts {
+	char name[65];     /* the cache file's name: hex SHA-256 of head and size */
+	char size[32];
+	char head[65];
+	char stat[96];
+	char trust[80];
+};
+
+static int kit_facts(const char *kit, const struct snapshot_opts *o, struct kit_facts *f)
+{
+	_cleanup_(closep) int fd = open(kit, O_RDONLY | O_CLOEXEC);
 	struct stat st;
-	uint8_t h[32];
-	if (stat(kit, &st) < 0)
+	if (fd < 0 || fstat(fd, &st) < 0)
 		return -errno;
-	int r = head_digest(kit, h);
+	_cleanup_(freep) uint8_t *buf = malloc(HEAD_BYTES + 8);
+	if (!buf)
+		return -ENOMEM;
+	size_t n = (size_t)MIN((uint64_t)st.st_size, (uint64_t)HEAD_BYTES);
+	int r = pread_full(fd, buf, n, 0);
 	if (r < 0)
 		return r;
-	snprintf(size, 32, "%llu", (unsigned long long)st.st_size);
-	hex_encode(h, 32, head);
-	hex_encode(msha, 32, mhex);
+	uint8_t h[32];
+	sha256_once(buf, n, h);
+	hex_encode(h, 32, f->head);
+	snprintf(f->size, sizeof(f->size), "%llu", (unsigned long long)st.st_size);
+	memcpy(buf + n, &st.st_size, 8);
+	sha256_once(buf, n + 8, h);
+	hex_encode(h, 32, f->name);
+	snprintf(f->stat, sizeof(f->stat), "%llu:%lld.%09ld:%lld.%09ld", (unsigned long long)st.st_ino,
+		 (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec, (long long)st.st_ctim.tv_sec, st.st_ctim.tv_nsec);
+
+	/* the trust store: its keys' ids, sorted, and the threshold */
+	size_t nk = o->trust ? o->trust->n : 0;
+	_cleanup_(freep) uint8_t *ids = malloc(nk * 32 + 1);
+	if (!ids)
+		return -ENOMEM;
+	for (size_t i = 0; i < nk; i++)
+		memcpy(ids + 32 * i, o->trust->keys[i].id, 32);
+	qsort(ids, nk, 32, cmp_id);
+	sha256_once(ids, nk * 32, h);
+	char hex[65];
+	hex_encode(h, 32, hex);
+	snprintf(f->trust, sizeof(f->trust), "%s/%u", hex, o->threshold ? o->threshold : 1);
 	return 0;
 }
 
-static bool index_matches(struct index *ix, const char *size, const char *head, const char *mhex)
+static bool index_matches(struct index *ix, const struct kit_facts *f)
 {
-	const char *keys[] = { "schema", "kitSize", "kitHead", "manifestSha256", "complete" };
+	const char *keys[] = { "schema", "kitSize", "kitHead", "kitStat", "trust", "complete" };
 	char schema[8];
 	snprintf(schema, sizeof(schema), "%d", INDEX_SCHEMA);
-	const char *want[] = { schema, size, head, mhex, "1" };
+	const char *want[] = { schema, f->size, f->head, f->stat, f->trust, "1" };
 	for (size_t i = 0; i < ARRAY_SIZE(keys); i++) {
 		char *v = NULL;
 		bool ok = meta_str(ix, keys[i], &v) == 0 && !strcmp(v, want[i]);
@@ -154,42 +277,30 @@ static int load_identity(struct snapshot *s, struct stella_err *e)
 }
 
 static int build_index(struct snapshot *s, const struct snapshot_opts *o, const char *tmp, const char *final,
-		       const char *size, const char *head, const char *mhex, struct stella_err *e)
+		       const struct kit_facts *f, struct stella_err *e)
 {
 	struct index *ix = NULL;
-	struct build b = { 0 };
 	struct kitverify_result res = { 0 };
+	struct build b = { .s = s, .res = &res, .kit = o->kit };
+	pthread_mutex_init(&b.lock, NULL);
+	pthread_cond_init(&b.cond, NULL);
+	pthread_mutex_init(&b.writer, NULL);
 	int r = index_create(tmp, &ix, e);
 	if (r < 0)
-		return r;
+		goto out;
 	b.ix = ix;
 	struct kitverify_opts vo = {
 		.trust = o->trust, .threshold = o->threshold, .now = o->now, .allow_expired = o->allow_expired,
 		.check_expiry = true, .content = true, .source = s->src, .lazy = true,
-		.visit = build_visit, .visit_ctx = &b,
+		.visit = build_visit, .check_manifest = build_start, .walk_end = build_end, .visit_ctx = &b,
 	};
-	if ((r = kit_verify(o->kit, &vo, &res, e)) < 0)
+	r = kit_verify(o->kit, &vo, &res, e);
+	if (r == 0 && b.rc < 0)
+		r = stella_fail(e, b.rc, "%s", stella_err_text(&b.err, b.rc));
+	if (r < 0)
 		goto out;
 	struct manifest *m = res.manifest;
-	if (m->has_base) {
-		r = stella_fail(e, -EINVAL, "%s: a delta kit (base %s) cannot be mounted alone: import it into a store that holds its base",
-				o->kit, m->base_version);
-		goto out;
-	}
 	s->signers = res.signers;
-	for (size_t i = 0; i < m->nartifacts; i++) {
-		const struct artifact *a = &m->artifacts[i];
-		int64_t tree_off = -1;
-		if (a->type == ARTIFACT_FILE) {
-			const struct merklefile_entry *x = merklefile_find(&res.merkle, a->fsverity);
-			if (x)
-				tree_off = (int64_t)(res.merkle_offset + x->offset);
-			s->files++;
-			s->bytes += a->size;
-		}
-		if ((r = index_add(ix, a, i < b.n ? b.data_off[i] : 0, tree_off, e)) < 0)
-			goto out;
-	}
 	if (source_compression(s->src) != KIT_COMPRESS_NONE) {
 		const struct source_point *pts;
 		size_t n = source_points(s->src, &pts);
@@ -221,10 +332,17 @@ static int build_index(struct snapshot *s, const struct snapshot_opts *o, const 
 	snprintf(schema, sizeof(schema), "%d", INDEX_SCHEMA);
 	if (r == 0)
 		r = set_meta_str(ix, "schema", schema, e);
+	char mhex[65];
+	hex_encode(res.manifest_sha256, 32, mhex);
+	memcpy(s->manifest_sha256, res.manifest_sha256, 32);
 	if (r == 0)
-		r = set_meta_str(ix, "kitSize", size, e);
+		r = set_meta_str(ix, "kitSize", f->size, e);
 	if (r == 0)
-		r = set_meta_str(ix, "kitHead", head, e);
+		r = set_meta_str(ix, "kitHead", f->head, e);
+	if (r == 0)
+		r = set_meta_str(ix, "kitStat", f->stat, e);
+	if (r == 0)
+		r = set_meta_str(ix, "trust", f->trust, e);
 	if (r == 0)
 		r = set_meta_str(ix, "manifestSha256", mhex, e);
 	if (r == 0)
@@ -248,6 +366,9 @@ out:
 		unlink(tmp);
 	kitverify_result_free(&res);
 	free(b.data_off);
+	pthread_mutex_destroy(&b.lock);
+	pthread_cond_destroy(&b.cond);
+	pthread_mutex_destroy(&b.writer);
 	return r;
 }
 
@@ -268,13 +389,48 @@ static bool cache_usable(const char *dir)
 	return true;
 }
 
+/* A known kit (the facts above match its cached index): the signature was
+ * checked under this same trust store when the index was built; expiry
+ * depends on the clock and is checked again.  No byte of the manifest is
+ * read: a remount costs a stat, 64 KiB and a few index lookups. */
+static int open_cached(struct snapshot *s, const struct snapshot_opts *o, const char *final,
+		       struct stella_err *e)
+{
+	int r = load_identity(s, e);
+	if (r < 0)
+		return r;
+	char *v = NULL;
+	if (meta_str(s->ix, "manifestSha256", &v) < 0 || hex_decode(v, s->manifest_sha256, 32) < 0) {
+		free(v);
+		return stella_fail(e, -EBADMSG, "index %s: no manifest digest", final);
+	}
+	free(v);
+	const struct manifest *m = s->identity;
+	if (!o->allow_expired && o->now >= m->expires_at) {
+		char t[32];
+		time_format(m->expires_at, t);
+		return stella_fail(e, -EKEYEXPIRED, "%s: kit %s %s expired at %s (mount with -o allow_expired to accept it)",
+				   o->kit, m->kit_id, m->version, t);
+	}
+	if (s->compression != KIT_COMPRESS_NONE) {
+		struct source_point *pts;
+		size_t n;
+		uint64_t total = 0;
+		if ((r = index_get_points(s->ix, &pts, &n, &total)) < 0 ||
+		    (r = source_set_points(s->src, pts, n, total)) < 0)
+			return stella_fail(e, r, "index %s: bad seek points", final);
+	}
+	s->index_cached = true;
+	return 0;
+}
+
 int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, struct stella_err *e)
 {
 	struct snapshot *s = calloc(1, sizeof(*s));
-	char *mjson = NULL, *sig = NULL, *final = NULL, *tmp = NULL;
+	char *final = NULL, *tmp = NULL;
 	char tmpdir[] = "/tmp/stellafs-index.XXXXXX";
 	bool own_tmpdir = false;
-	size_t mlen, slen;
+	struct kit_facts f;
 	int r;
 	if (!s)
 		return -ENOMEM;
@@ -286,11 +442,7 @@ int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, stru
 	}
 	pthread_mutex_init(&s->files_map->lock, NULL);
 
-	if ((r = kit_read_head(o->kit, &mjson, &mlen, &sig, &slen, e)) < 0)
-		goto fail;
-	sha256_once(mjson, mlen, s->manifest_sha256);
-	char size[32], head[65], mhex[65];
-	if ((r = kit_facts(o->kit, s->manifest_sha256, size, head, mhex)) < 0) {
+	if ((r = kit_facts(o->kit, o, &f)) < 0) {
 		r = stella_fail_errno(e, r, "%s", o->kit);
 		goto fail;
 	}
@@ -308,48 +460,21 @@ int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, stru
 		r = -ENOMEM;
 		goto fail;
 	}
-	snprintf(final, pl, "%s/%s.db", dir, mhex);
-	snprintf(tmp, pl, "%s/%s.db.%d.tmp", dir, mhex, (int)getpid());
+	snprintf(final, pl, "%s/%s.db", dir, f.name);
+	snprintf(tmp, pl, "%s/%s.db.%d.tmp", dir, f.name, (int)getpid());
 	if ((r = source_open(o->kit, &s->src, e)) < 0)
 		goto fail;
 	s->compression = source_compression(s->src);
 
-	if (index_open(final, &s->ix, NULL) == 0 && index_matches(s->ix, size, head, mhex)) {
-		/* A known kit: check its signature and expiry again (the trust
-		 * store or the clock may have changed), skip the walk. */
-		struct manifest *m = NULL;
-		if ((r = load_identity(s, e)) < 0)
+	if (index_open(final, &s->ix, NULL) == 0 && index_matches(s->ix, &f)) {
+		if ((r = open_cached(s, o, final, e)) < 0)
 			goto fail;
-		m = s->identity;
-		struct stella_err se = { 0 };
-		if ((r = sig_check(o->trust, o->threshold, (const uint8_t *)mjson, mlen, sig, slen, &s->signers, &se)) < 0) {
-			r = stella_fail(e, r, "%s: %s", o->kit, stella_err_text(&se, r));
-			goto fail;
-		}
-		if (!o->allow_expired && o->now >= m->expires_at) {
-			char t[32];
-			time_format(m->expires_at, t);
-			r = stella_fail(e, -EKEYEXPIRED, "%s: kit %s %s expired at %s (mount with -o allow_expired to accept it)",
-					o->kit, m->kit_id, m->version, t);
-			goto fail;
-		}
-		if (s->compression != KIT_COMPRESS_NONE) {
-			struct source_point *pts;
-			size_t n;
-			uint64_t total = 0;
-			if ((r = index_get_points(s->ix, &pts, &n, &total)) < 0 ||
-			    (r = source_set_points(s->src, pts, n, total)) < 0) {
-				r = stella_fail(e, r, "index %s: bad seek points", final);
-				goto fail;
-			}
-		}
-		s->index_cached = true;
 	} else {
 		if (s->ix) {
 			index_close(s->ix);
 			s->ix = NULL;
 		}
-		if ((r = build_index(s, o, tmp, final, size, head, mhex, e)) < 0)
+		if ((r = build_index(s, o, tmp, final, &f, e)) < 0)
 			goto fail;
 		if ((r = index_open(final, &s->ix, e)) < 0 || (r = load_identity(s, e)) < 0)
 			goto fail;
@@ -364,8 +489,6 @@ int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, stru
 		r = -ENOMEM;
 		goto fail;
 	}
-	free(mjson);
-	free(sig);
 	free(final);
 	free(tmp);
 	*out = s;
@@ -376,8 +499,6 @@ fail:
 			unlink(final);
 		rmdir(tmpdir);
 	}
-	free(mjson);
-	free(sig);
 	free(final);
 	free(tmp);
 	snapshot_unref(s);
