@@ -257,6 +257,19 @@ static int dir_child(void *ctx, const struct index_node *n)
 	return !dir_add(d, n->name, MAKE_INO(d->slot, n->ino), t, (off_t)(n->ino + 2));
 }
 
+/* A snapshot's directories never change: the kernel may keep their
+ * listings (FOPEN_CACHE_DIR) across opens, so a second walk of a 100 000
+ * file tree asks the daemon nothing.  The root and snapshots/ change with
+ * the store: listed afresh every time. */
+static void sf_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	if (!is_fixed(ino)) {
+		fi->cache_readdir = 1;
+		fi->keep_cache = 1;
+	}
+	fuse_reply_open(req, fi);
+}
+
 static void sf_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	(void)fi;
@@ -601,6 +614,7 @@ const struct fuse_lowlevel_ops stellafs_ops = {
 	.lookup = sf_lookup,
 	.getattr = sf_getattr,
 	.readlink = sf_readlink,
+	.opendir = sf_opendir,
 	.readdir = sf_readdir,
 	.open = sf_open,
 	.read = sf_read,
