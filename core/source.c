@@ -17,6 +17,8 @@
 #define NCURSORS   8
 #define SINK       (256u << 10)
 #define SKIP_LIMIT (8u << 20)   /* continue a cursor rather than restart within this */
+#define NFRAMES    4            /* decoded zstd frames kept */
+#define FRAME_MAX  (8u << 20)   /* larger frames are read through a cursor */
 
 struct cursor {
 	bool live;            /* decoder state valid */
@@ -37,6 +39,25 @@ struct cursor {
 	ZSTD_inBuffer zin;
 };
 
+/* A zstd kit written in frames (stellakit writes 4 MiB ones) is read a
+ * whole frame at a time: decoded in one call straight into a buffer kept
+ * here, by whichever thread needs it first, so that different frames
+ * decode in parallel, and the frame after the one a sequential reader is
+ * in is decoded ahead by a helper thread while the reader's blocks are
+ * hashed.  A cursor (below) still serves frames too large for this and
+ * gzip kits, whose deflate blocks cannot be decoded apart. */
+enum { FRAME_EMPTY, FRAME_DECODING, FRAME_READY };
+
+struct frame {
+	int state;
+	size_t index;         /* its seek point */
+	uint64_t out, len;    /* the tar-stream bytes it holds */
+	uint8_t *buf;
+	size_t cap;
+	int refs;             /* readers copying out of it */
+	uint64_t last_use;
+};
+
 struct source {
 	char *path;
 	int fd;
@@ -53,6 +74,13 @@ struct source {
 	struct cursor stream;   /* the sequential pass */
 	struct cursor cur[NCURSORS];
 	uint64_t clock;
+
+	struct frame frames[NFRAMES];
+	size_t last_frame;      /* + 1: the frame the latest read ended in */
+	size_t prefetch;        /* + 1: the frame the helper should decode */
+	bool prefetcher, stopping;
+	pthread_t prefetch_thread;
+	pthread_cond_t prefetch_cond;
 };
 
 const char *kit_compression_name(enum kit_compression c)
@@ -106,6 +134,16 @@ void source_close(struct source *s)
 {
 	if (!s)
 		return;
+	if (s->prefetcher) {
+		pthread_mutex_lock(&s->lock);
+		s->stopping = true;
+		pthread_cond_signal(&s->prefetch_cond);
+		pthread_mutex_unlock(&s->lock);
+		pthread_join(s->prefetch_thread, NULL);
+	}
+	for (int i = 0; i < NFRAMES; i++)
+		free(s->frames[i].buf);
+	pthread_cond_destroy(&s->prefetch_cond);
 	cursor_free(&s->stream);
 	for (int i = 0; i < NCURSORS; i++)
 		cursor_free(&s->cur[i]);
@@ -129,6 +167,7 @@ int source_open(const char *path, struct source **out, struct stella_err *e)
 	s->fd = -1;
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->cond, NULL);
+	pthread_cond_init(&s->prefetch_cond, NULL);
 	if (!(s->path = strdup(path))) {
 		r = -ENOMEM;
 		goto fail;
@@ -460,6 +499,188 @@ static const struct source_point *point_before(struct source *s, uint64_t off)
 	return &s->pts[lo];
 }
 
+/* ---- whole zstd frames ---- */
+
+static uint64_t point_end_out(const struct source *s, size_t i)
+{
+	return i + 1 < s->npts ? s->pts[i + 1].out : s->stream_size;
+}
+
+static uint64_t point_end_in(const struct source *s, size_t i)
+{
+	return i + 1 < s->npts ? s->pts[i + 1].in : s->file_size;
+}
+
+/* Whether the bytes between seek point i and the next can be decoded in
+ * one call into a bounded buffer (the points, once complete, never move). */
+static bool frame_ok(const struct source *s, size_t i)
+{
+	return point_end_out(s, i) - s->pts[i].out <= FRAME_MAX &&
+	       point_end_in(s, i) - s->pts[i].in <= ZSTD_COMPRESSBOUND(FRAME_MAX);
+}
+
+static size_t point_index(const struct source *s, uint64_t off)
+{
+	size_t lo = 0, hi = s->npts;
+	while (hi - lo > 1) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (s->pts[mid].out <= off)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/* Decode the frame(s) between seek point i and the next into f->buf. */
+static int frame_decode(struct source *s, struct frame *f, struct stella_err *e)
+{
+	uint64_t in = s->pts[f->index].in;
+	size_t clen = (size_t)(point_end_in(s, f->index) - in);
+	uint8_t *src = thread_scratch(SCRATCH_SOURCE, clen);
+	if (!src)
+		return -ENOMEM;
+	if (f->cap < f->len) {
+		uint8_t *b = realloc(f->buf, (size_t)f->len);
+		if (!b)
+			return -ENOMEM;
+		f->buf = b;
+		f->cap = (size_t)f->len;
+	}
+	int r = pread_full(s->fd, src, clen, in);
+	if (r < 0)
+		return stella_fail_errno(e, r, "%s: reading at %llu", s->path, (unsigned long long)in);
+	ZSTD_DCtx *dc = ZSTD_createDCtx();
+	if (!dc)
+		return -ENOMEM;
+	size_t n = ZSTD_decompressDCtx(dc, f->buf, (size_t)f->len, src, clen);
+	ZSTD_freeDCtx(dc);
+	if (ZSTD_isError(n) || n != f->len)
+		return stella_fail(e, -EIO, "%s: zstd frame at byte %llu no longer decodes to what was indexed%s%s", s->path,
+				   (unsigned long long)in, ZSTD_isError(n) ? ": " : "", ZSTD_isError(n) ? ZSTD_getErrorName(n) : "");
+	return 0;
+}
+
+/* Frame i, decoded, with a reference held; with `ahead`, only if it can
+ * be done without waiting for anybody (the prefetcher). */
+static int frame_get(struct source *s, size_t i, bool ahead, struct frame **out, struct stella_err *e)
+{
+	pthread_mutex_lock(&s->lock);
+	for (;;) {
+		struct frame *f = NULL, *victim = NULL;
+		bool decoding = false;
+		for (int k = 0; k < NFRAMES; k++) {
+			struct frame *x = &s->frames[k];
+			if (x->state != FRAME_EMPTY && x->index == i) {
+				f = x;
+				break;
+			}
+			if (x->state == FRAME_DECODING)
+				decoding = true;
+			else if (x->refs == 0 && (!victim || x->state == FRAME_EMPTY ||
+						  (victim->state != FRAME_EMPTY && x->last_use < victim->last_use)))
+				victim = x;
+		}
+		if (f && f->state == FRAME_READY) {
+			f->refs++;
+			f->last_use = ++s->clock;
+			pthread_mutex_unlock(&s->lock);
+			*out = f;
+			return 0;
+		}
+		if (ahead && (f || !victim || decoding)) {
+			pthread_mutex_unlock(&s->lock);
+			return -EAGAIN;
+		}
+		if (!f && victim) {
+			victim->state = FRAME_DECODING;
+			victim->index = i;
+			victim->out = s->pts[i].out;
+			victim->len = point_end_out(s, i) - victim->out;
+			pthread_mutex_unlock(&s->lock);
+			int r = frame_decode(s, victim, e);
+			pthread_mutex_lock(&s->lock);
+			victim->state = r < 0 ? FRAME_EMPTY : FRAME_READY;
+			pthread_cond_broadcast(&s->cond);
+			if (r < 0) {
+				pthread_mutex_unlock(&s->lock);
+				return r;
+			}
+			continue;
+		}
+		pthread_cond_wait(&s->cond, &s->lock);
+	}
+}
+
+static void frame_put(struct source *s, struct frame *f)
+{
+	pthread_mutex_lock(&s->lock);
+	f->refs--;
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+}
+
+static void *prefetch_main(void *arg)
+{
+	struct source *s = arg;
+	pthread_mutex_lock(&s->lock);
+	while (!s->stopping) {
+		if (!s->prefetch) {
+			pthread_cond_wait(&s->prefetch_cond, &s->lock);
+			continue;
+		}
+		size_t i = s->prefetch - 1;
+		s->prefetch = 0;
+		pthread_mutex_unlock(&s->lock);
+		struct frame *f;
+		struct stella_err e = { 0 };
+		if (frame_get(s, i, true, &f, &e) == 0)
+			frame_put(s, f);
+		pthread_mutex_lock(&s->lock);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return NULL;
+}
+
+/* After a read that ended in frame i: if reads go forward frame by frame,
+ * have the next one decoded now. */
+static void frame_ahead(struct source *s, size_t i)
+{
+	pthread_mutex_lock(&s->lock);
+	/* the previous read ended in this frame or the one before */
+	bool forward = s->last_frame == i + 1 || s->last_frame == i;
+	s->last_frame = i + 1;
+	if (forward && i + 1 < s->npts && frame_ok(s, i + 1) && !s->stopping) {
+		if (!s->prefetcher)
+			s->prefetcher = pthread_create(&s->prefetch_thread, NULL, prefetch_main, s) == 0;
+		s->prefetch = i + 2;
+		pthread_cond_signal(&s->prefetch_cond);
+	}
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* 1: not frame-shaped here, use a cursor; 0: read; < 0: error. */
+static int frame_read(struct source *s, uint8_t *buf, size_t len, uint64_t off, struct stella_err *e)
+{
+	if (s->comp != KIT_COMPRESS_ZSTD || !s->complete || off + len > s->stream_size)
+		return 1;
+	size_t first = point_index(s, off), last = point_index(s, off + len - 1);
+	for (size_t i = first; i <= last; i++)
+		if (!frame_ok(s, i))
+			return 1;
+	for (size_t i = first; i <= last; i++) {
+		struct frame *f;
+		int r = frame_get(s, i, false, &f, e);
+		if (r < 0)
+			return r;
+		uint64_t from = MAX(off, f->out), to = MIN(off + len, f->out + f->len);
+		memcpy(buf + (from - off), f->buf + (from - f->out), (size_t)(to - from));
+		frame_put(s, f);
+	}
+	frame_ahead(s, last);
+	return 0;
+}
+
 int source_pread(struct source *s, void *buf, size_t len, uint64_t off, struct stella_err *e)
 {
 	if (s->comp == KIT_COMPRESS_NONE) {
@@ -469,6 +690,11 @@ int source_pread(struct source *s, void *buf, size_t len, uint64_t off, struct s
 					   (unsigned long long)off);
 		return r < 0 ? stella_fail_errno(e, r, "%s: reading at %llu", s->path, (unsigned long long)off) : 0;
 	}
+	if (len == 0)
+		return 0;
+	int fr = frame_read(s, buf, len, off, e);
+	if (fr <= 0)
+		return fr;
 	/* Pick the cursor that can reach off soonest: a live one just behind
 	 * it (sequential readers keep theirs), else the least recently used,
 	 * restarted at the nearest seek point. */

@@ -32,7 +32,7 @@ int write_file_atomic(const char *path, const void *buf, size_t len, mode_t mode
 /* Per-thread scratch buffers, kept between calls and freed with the thread:
  * reads are up to 1 MiB, and a fresh malloc of that size is an mmap and
  * page faults every time.  One slot per user that may nest with another. */
-enum { SCRATCH_SNAPSHOT, SCRATCH_REPLY, SCRATCH_SLOTS };
+enum { SCRATCH_SNAPSHOT, SCRATCH_REPLY, SCRATCH_SOURCE, SCRATCH_SLOTS };
 void *thread_scratch(unsigned slot, size_t need);
 
 void hex_encode(const uint8_t *in, size_t n, char *out /* 2n+1 */);
