@@ -447,7 +447,9 @@ static void sf_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		fuse_reply_err(req, EROFS);
 		return;
 	}
+	int nice = sf_boost(SF_BOOST_NICE);
 	int r = control_write(SF(req), fuse_req_ctx(req)->uid, buf, size);
+	sf_boost(nice);
 	if (r < 0)
 		fuse_reply_err(req, -r);
 	else

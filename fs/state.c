@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <syslog.h>
 #include <unistd.h>
@@ -143,9 +144,23 @@ static void inval_push(struct stellafs *sf, fuse_ino_t parent, const char *name,
 	pthread_mutex_unlock(&sf->inval_lock);
 }
 
+int sf_boost(int nice)
+{
+	/* Linux: a thread's nice value is its own (setpriority on its tid) */
+	id_t tid = (id_t)gettid();
+	errno = 0;
+	int old = getpriority(PRIO_PROCESS, tid);
+	if (errno == 0)
+		setpriority(PRIO_PROCESS, tid, nice);
+	return errno == 0 ? old : 0;
+}
+
 static void *inval_main(void *arg)
 {
 	struct stellafs *sf = arg;
+	/* A switch returns once this thread told the kernel: it must not wait
+	 * behind the readers' threads for a CPU. */
+	sf_boost(SF_BOOST_NICE);
 	pthread_mutex_lock(&sf->inval_lock);
 	while (!sf->inval_stop) {
 		if (sf->ninval == 0 && !sf->inval_overflow) {

@@ -136,6 +136,11 @@ int sf_start_inval(struct stellafs *sf);
 void sf_stop_inval(struct stellafs *sf);
 /* Wait (at most 2 s) until every queued notification was delivered. */
 void sf_inval_wait(struct stellafs *sf);
+/* Set the calling thread's nice value; returns the one it had.  Control
+ * commands and the invalidator run boosted: under readers that keep every
+ * CPU busy, a switch should wait for the disk, not for a time slice. */
+#define SF_BOOST_NICE (-10)
+int sf_boost(int nice);
 void sf_free_slots(struct stellafs *sf);
 /* The watcher thread: the store's own changes by other processes, and the
  * incoming directory when there is one. */
