@@ -19,7 +19,23 @@ struct kitread {
 	struct stella_err src_err; /* the source's own failure, if any */
 	int src_rc;
 	bool eof;
+	uint64_t consumed;         /* tar-stream bytes handed to libarchive */
+	uint64_t limit;            /* the most the kit may hold (kitread_set_limit) */
 };
+
+/* A stream longer than the limit is refused before it is expanded further:
+ * a compressed kit could otherwise decompress to terabytes of zero blocks
+ * that tar counts as padding (a decompression bomb). */
+static int over_limit(struct kitread *kr, struct archive *a, uint64_t more)
+{
+	if (!kr->limit || kr->consumed + more <= kr->limit)
+		return 0;
+	kr->src_rc = stella_fail(&kr->src_err, -EBADMSG,
+				 "%s: the tar stream goes on past %llu bytes, more than its manifest accounts for (padding or a decompression bomb)",
+				 source_path(kr->src), (unsigned long long)kr->limit);
+	archive_set_error(a, EILSEQ, "%s", kr->src_err.msg);
+	return -1;
+}
 
 static ssize_t read_cb(struct archive *a, void *data, const void **out)
 {
@@ -30,8 +46,16 @@ static ssize_t read_cb(struct archive *a, void *data, const void **out)
 		archive_set_error(a, EILSEQ, "%s", stella_err_text(&kr->src_err, (int)n));
 		return -1;
 	}
+	if (over_limit(kr, a, (uint64_t)n) < 0)
+		return -1;
+	kr->consumed += (uint64_t)n;
 	*out = kr->buf;
 	return n;
+}
+
+void kitread_set_limit(struct kitread *kr, uint64_t max)
+{
+	kr->limit = max;
 }
 
 /* libarchive's messages carry no location; ours say which kit. */
@@ -58,12 +82,15 @@ static int archive_fail(struct kitread *kr, const char *what, struct stella_err 
 static la_int64_t skip_cb(struct archive *a, void *data, la_int64_t request)
 {
 	struct kitread *kr = data;
+	if (over_limit(kr, a, (uint64_t)request) < 0)
+		return ARCHIVE_FATAL;
 	int64_t n = source_stream_skip(kr->src, (uint64_t)request, &kr->src_err);
 	if (n < 0) {
 		kr->src_rc = (int)n;
 		archive_set_error(a, EILSEQ, "%s", stella_err_text(&kr->src_err, (int)n));
 		return ARCHIVE_FATAL;
 	}
+	kr->consumed += (uint64_t)n;
 	return n;
 }
 

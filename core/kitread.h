@@ -43,6 +43,8 @@ int kitread_next(struct kitread *kr, struct kit_member *m, struct stella_err *e)
 
 /* Read up to len bytes of the current member's data; 0 at its end. */
 ssize_t kitread_data(struct kitread *kr, void *buf, size_t len, struct stella_err *e);
+/* Refuse (-EBADMSG) a tar stream longer than max bytes; 0: no limit. */
+void kitread_set_limit(struct kitread *kr, uint64_t max);
 /* Read the whole current member (at most max bytes, else -EBADMSG "too
  * large") into a malloc'ed buffer, NUL-terminated. */
 int kitread_slurp(struct kitread *kr, const struct kit_member *m, size_t max, char **out,

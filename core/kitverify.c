@@ -354,6 +354,29 @@ int kit_read_head(const char *path, char **manifest, size_t *mlen, char **sig, s
 	return r;
 }
 
+static uint64_t sat_add(uint64_t a, uint64_t b)
+{
+	return a + b < a ? UINT64_MAX : a + b;
+}
+
+/* The most tar stream a kit with this manifest can hold: the two manifest
+ * members, every artifact's header (a pax header too, for long names),
+ * its data padded to 512 bytes and its Merkle tree in merkle.bin, then
+ * the end of the archive with generous padding.  Past that, the stream is
+ * not one the signer made (kitread refuses it before expanding more). */
+static uint64_t stream_bound(const struct walk *w)
+{
+	const struct manifest *m = w->res->manifest;
+	uint64_t b = sat_add(w->manifest_len, STELLA_SIG_MAX + (4u << 20));
+	for (size_t i = 0; i < m->nartifacts; i++) {
+		uint64_t sz = m->artifacts[i].size;
+		b = sat_add(b, 16u << 10);
+		b = sat_add(b, sat_add(sz, 511) & ~(uint64_t)511);
+		b = sat_add(b, sz / 64);
+	}
+	return b;
+}
+
 int kit_verify(const char *path, const struct kitverify_opts *o, struct kitverify_result *res,
 	       struct stella_err *e)
 {
@@ -367,8 +390,16 @@ int kit_verify(const char *path, const struct kitverify_opts *o, struct kitverif
 	r = o->source ? kitread_open_source(o->source, &w.kr, e) : kitread_open(path, &w.kr, e);
 	if (r < 0)
 		return r;
+	/* A compressed kit's stream is bounded by what its manifest accounts
+	 * for (before the manifest: room for it, its signature and their
+	 * headers).  An uncompressed one is bounded by its file. */
+	bool compressed = kitread_compression(w.kr) != KIT_COMPRESS_NONE;
+	if (compressed)
+		kitread_set_limit(w.kr, STELLA_MANIFEST_MAX + STELLA_SIG_MAX + (4u << 20));
 	if ((r = read_head(&w, e)) < 0)
 		goto out;
+	if (compressed)
+		kitread_set_limit(w.kr, stream_bound(&w));
 	res->compression = kitread_compression(w.kr);
 	free(w.manifest_json);
 	w.manifest_json = NULL;

@@ -488,3 +488,20 @@ def test_zstd_skippable_frame_after_kit(make, verify):
     frame = bytes([0x50, 0x2A, 0x4D, 0x18]) + (16).to_bytes(4, "little") + b"hidden payload!!"
     kit.write_bytes(kit.read_bytes() + frame)
     assert_fail(verify(kit), 3, "trailing")
+
+
+@pytest.mark.parametrize("compress", ["gzip", "zstd"])
+def test_decompression_bomb_refused(make, verify, compress):
+    """Zero blocks after the end marker are tar padding, and compress to almost nothing:
+    256 MiB of them inside a compressed kit of a few hundred KiB.  The stream is bounded
+    by what the signed manifest accounts for, and refused past it, not expanded."""
+    kit = make(basic_items(), compress, trailer=b"\0" * (256 << 20))
+    assert kit.stat().st_size < (4 << 20)
+    assert_fail(verify(kit), 3, "decompression bomb")
+
+
+@pytest.mark.parametrize("compress", ["gzip", "zstd"])
+def test_modest_zero_padding_in_compressed_stream_accepted(make, verify, compress):
+    """The bound leaves room for ordinary padding (GNU tar pads to 10 KiB records)."""
+    kit = make(basic_items(), compress, trailer=b"\0" * (64 << 10))
+    assert_ok(verify(kit))
