@@ -632,14 +632,30 @@ static struct snap_file *file_new(struct snapshot *s, const struct index_node *n
 	memcpy(f->fsverity, n->fsverity, 32);
 	f->fd = f->tree_fd = -1;
 	pthread_mutex_init(&f->lock, NULL);
-	merkle_geom_init(&f->g, n->size);
 	*rc = 0;
-	if (s->blob_dirfd >= 0 && n->size > 0) {
-		char blob[68];
-		snapshot_blob_name(n->sha256, blob);
-		if ((f->fd = openat(s->blob_dirfd, blob, O_RDONLY | O_CLOEXEC)) < 0)
-			*rc = stella_fail_errno(e, -errno, "blob %s", blob);
+	/* The index is a file we read back: a node's extent must lie in the
+	 * kit's stream (direct mode) or match its blob (store mode) before
+	 * anything is sized after it. */
+	if (s->src) {
+		uint64_t total = source_stream_size(s->src);
+		if (n->size > total || n->data_off > total - n->size)
+			*rc = stella_fail(e, -EIO, "index: inode %llu lies outside the kit", (unsigned long long)n->ino);
 	}
+	if (*rc == 0 && s->blob_dirfd >= 0 && n->size > 0) {
+		char blob[68];
+		struct stat st;
+		snapshot_blob_name(n->sha256, blob);
+		if ((f->fd = openat(s->blob_dirfd, blob, O_RDONLY | O_CLOEXEC)) < 0 || fstat(f->fd, &st) < 0)
+			*rc = stella_fail_errno(e, -errno, "blob %s", blob);
+		else if ((uint64_t)st.st_size != n->size)
+			*rc = stella_fail(e, -EIO, "blob %s: %llu bytes, the index says %llu", blob,
+					  (unsigned long long)st.st_size, (unsigned long long)n->size);
+	}
+	if (*rc < 0) {
+		file_free(f);
+		return NULL;
+	}
+	merkle_geom_init(&f->g, n->size);
 	if (f->g.levels) {
 		/* calloc of a large tree maps zero pages: only the blocks we
 		 * fetch cost memory. */

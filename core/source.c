@@ -472,10 +472,31 @@ int64_t source_stream_skip(struct source *s, uint64_t len, struct stella_err *e)
 	return n;
 }
 
+static void points_free(struct source_point *pts, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(pts[i].window);
+	free(pts);
+}
+
 int source_set_points(struct source *s, struct source_point *pts, size_t n, uint64_t total)
 {
-	if (s->comp == KIT_COMPRESS_NONE || n == 0 || pts[0].out != 0)
+	/* Points come back from an index file: check them as input.  They
+	 * must start at (0, 0), rise strictly in both streams, stay inside
+	 * the file and the stream, and a gzip point inside a deflate stream
+	 * needs its window and at most 7 pending bits. */
+	bool ok = s->comp != KIT_COMPRESS_NONE && n > 0 && pts[0].out == 0 && pts[0].in == 0;
+	for (size_t i = 0; ok && i < n; i++) {
+		const struct source_point *p = &pts[i];
+		ok = p->in < s->file_size && p->out < total && p->bits <= 7 &&
+		     (i == 0 || (p->out > pts[i - 1].out && p->in > pts[i - 1].in));
+		if (ok && s->comp == KIT_COMPRESS_GZIP && i > 0)
+			ok = p->window != NULL;
+	}
+	if (!ok) {
+		points_free(pts, n);
 		return -EINVAL;
+	}
 	for (size_t i = 0; i < s->npts; i++)
 		free(s->pts[i].window);
 	free(s->pts);
@@ -662,7 +683,7 @@ static void frame_ahead(struct source *s, size_t i)
 /* 1: not frame-shaped here, use a cursor; 0: read; < 0: error. */
 static int frame_read(struct source *s, uint8_t *buf, size_t len, uint64_t off, struct stella_err *e)
 {
-	if (s->comp != KIT_COMPRESS_ZSTD || !s->complete || off + len > s->stream_size)
+	if (s->comp != KIT_COMPRESS_ZSTD || !s->complete || len > s->stream_size || off > s->stream_size - len)
 		return 1;
 	size_t first = point_index(s, off), last = point_index(s, off + len - 1);
 	for (size_t i = first; i <= last; i++)

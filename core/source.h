@@ -46,8 +46,9 @@ struct source_point {
 	uint8_t *window;    /* gzip: the 32 KiB before `out` (malloc'ed), else NULL */
 };
 size_t source_points(const struct source *s, const struct source_point **pts);
-/* Install points read back from an index (takes ownership of the windows)
- * and the stream's total size; the stream pass is then not needed. */
+/* Install points read back from an index and the stream's total size; the
+ * stream pass is then not needed.  Takes ownership of pts and their
+ * windows, also when it refuses them (-EINVAL: not points of this kit). */
 int source_set_points(struct source *s, struct source_point *pts, size_t n, uint64_t total);
 uint64_t source_stream_size(const struct source *s);
 
