@@ -181,17 +181,22 @@ void hasher_put(struct hasher *h, size_t len)
 	EVP_DigestUpdate(h->sha, s->buf, len);
 
 	/* Small files and single-CPU machines: a hand-over costs more than it saves. */
-	if (!in_range || h->nworkers == 0 || h->size <= HASHER_CHUNK) {
-		if (in_range)
-			hash_leaves(h, s->buf, len, s->first_block);
+	bool here = !in_range || h->nworkers == 0 || h->size <= HASHER_CHUNK;
+	if (here && in_range)
+		hash_leaves(h, s->buf, len, s->first_block);
+	/* Every state change under the lock, the one back to FREE as well:
+	 * an idle worker woken by another slot reads all the states
+	 * (take_ready), and an unlocked write is a data race (ThreadSanitizer
+	 * found it while stellakit packed small files). */
+	pthread_mutex_lock(&h->lock);
+	if (here) {
 		s->state = SLOT_FREE;
 	} else {
-		pthread_mutex_lock(&h->lock);
 		s->state = SLOT_READY;
 		h->pending++;
 		pthread_cond_broadcast(&h->cond);
-		pthread_mutex_unlock(&h->lock);
 	}
+	pthread_mutex_unlock(&h->lock);
 	h->next = (h->next + 1) % h->nslots;
 }
 
