@@ -59,16 +59,25 @@ static int walk(struct tree *t, int dirfd, const char *rel, unsigned depth, stru
 	int fd = dup(dirfd);
 	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
 	if (!d) {
+		int err = errno;
 		if (fd >= 0)
 			close(fd);
-		return stella_fail_errno(e, -errno, "%s/%s", t->src, rel);
+		return stella_fail_errno(e, -err, "%s%s%s", t->src, *rel ? "/" : "", rel);
 	}
 	char **names = NULL;
 	size_t n = 0, cap = 0;
 	int r = 0;
 	struct dirent *de;
-	errno = 0;
-	while ((de = readdir(d))) {
+	for (;;) {
+		/* NULL is the end or an error: only errno tells, and a directory
+		 * that could not be read whole must not make a kit without its
+		 * files. */
+		errno = 0;
+		if (!(de = readdir(d))) {
+			if (errno)
+				r = stella_fail_errno(e, -errno, "%s%s%s: reading the directory", t->src, *rel ? "/" : "", rel);
+			break;
+		}
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
 			continue;
 		if (n == cap) {
@@ -86,6 +95,8 @@ static int walk(struct tree *t, int dirfd, const char *rel, unsigned depth, stru
 		}
 		n++;
 	}
+	if (r < 0)
+		goto out;
 	if (n)
 		qsort(names, n, sizeof(*names), cmp_cstr);
 	if (n == 0 && *rel)
@@ -223,8 +234,12 @@ static int hash_file(struct tree *t, struct hasher *h, struct artifact *a, struc
 		if (r < 0) {
 			struct hasher_result dummy;
 			hasher_end(h, &dummy);
-			return stella_fail_errno(e, r == -EIO ? -EAGAIN : r, "%s/%s: %s", t->src, a->name,
-						 r == -EIO ? "file shrank while packing" : "read");
+			/* pread_full says -EIO for a short read too: only a file now
+			 * shorter than it was when listed has shrunk. */
+			struct stat st;
+			if (r == -EIO && fstat(fd, &st) == 0 && (uint64_t)st.st_size < a->size)
+				return stella_fail(e, -EAGAIN, "%s/%s: file shrank while packing", t->src, a->name);
+			return stella_fail_errno(e, r, "%s/%s: read", t->src, a->name);
 		}
 		off += want;
 		*done += want;
@@ -287,7 +302,8 @@ static int raw_write(struct out *o, const void *buf, size_t len)
 	int r = write_full(o->fd, buf, len);
 	if (r < 0)
 		return o->err = r;
-	EVP_DigestUpdate(o->sha, buf, len);
+	if (!EVP_DigestUpdate(o->sha, buf, len))
+		return o->err = -ENOMEM;
 	o->size += len;
 	return 0;
 }
@@ -338,7 +354,8 @@ static int zstd_finish(struct out *o)
 static la_ssize_t out_write(struct archive *a, void *data, const void *buf, size_t len)
 {
 	struct out *o = data;
-	int r = o->zc ? zstd_write(o, buf, len) : raw_write(o, buf, len);
+	/* after a failure, nothing more: the temporary is going away */
+	int r = o->err ? o->err : o->zc ? zstd_write(o, buf, len) : raw_write(o, buf, len);
 	if (r < 0) {
 		archive_set_error(a, -r, "%s", strerror(-r));
 		return -1;
@@ -376,48 +393,60 @@ static int add_buffer(struct archive *ar, const char *name, const void *buf, siz
 	return r;
 }
 
-static int archive_error(struct archive *ar, struct out *o, const char *path, const char *what,
+/* The failure of an archive call (add_header, add_buffer, archive_write_*):
+ * r is what the call returned (-ENOMEM: no entry could be allocated). */
+static int archive_error(struct archive *ar, struct out *o, int r, const char *path, const char *what,
 			 struct stella_err *e)
 {
+	if (r == -ENOMEM)
+		return stella_fail_errno(e, -ENOMEM, "%s: writing %s", path, what);
 	if (o->err)
 		return stella_fail_errno(e, o->err, "%s: writing %s", path, what);
 	return stella_fail(e, -EIO, "%s: writing %s: %s", path, what,
 			   archive_error_string(ar) ? archive_error_string(ar) : "archive error");
 }
 
-static int write_member_file(struct archive *ar, struct tree *t, const struct artifact *a, uint8_t *buf,
-			     int64_t mtime, struct stella_err *e)
+static int write_member_file(struct archive *ar, struct out *out, const char *out_path, struct tree *t,
+			     const struct artifact *a, uint8_t *buf, int64_t mtime, struct stella_err *e)
 {
 	_cleanup_(closep) int fd = openat(t->src_fd, a->name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return stella_fail_errno(e, -errno, "%s/%s", t->src, a->name);
-	int r = add_header(ar, a->name, ARTIFACT_FILE, a->mode, a->size, NULL, mtime);
-	if (r < 0)
-		return r;
 	/* Hash again while copying: a file that changed after pass 1 would give
 	 * a kit that contradicts its own manifest. */
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
 	if (!ctx)
-		return -ENOMEM;
-	EVP_DigestInit_ex2(ctx, EVP_sha256(), NULL);
+		return stella_fail_errno(e, -ENOMEM, "%s/%s: hashing", t->src, a->name);
+	if (!EVP_DigestInit_ex2(ctx, EVP_sha256(), NULL)) {
+		EVP_MD_CTX_free(ctx);
+		return stella_fail(e, -ENOMEM, "%s/%s: hashing failed in OpenSSL", t->src, a->name);
+	}
+	int r = add_header(ar, a->name, ARTIFACT_FILE, a->mode, a->size, NULL, mtime);
+	bool archive_failed = r < 0;
 	for (uint64_t off = 0; off < a->size && r == 0;) {
 		size_t want = (size_t)MIN(a->size - off, (uint64_t)HASHER_CHUNK);
-		if ((r = pread_full(fd, buf, want, off)) < 0)
+		if ((r = pread_full(fd, buf, want, off)) < 0) {
+			struct stat st;
+			if (r == -EIO && fstat(fd, &st) == 0 && (uint64_t)st.st_size < a->size)
+				r = stella_fail(e, -EAGAIN, "%s/%s: file shrank while packing", t->src, a->name);
+			else
+				r = stella_fail_errno(e, r, "%s/%s: read", t->src, a->name);
 			break;
-		EVP_DigestUpdate(ctx, buf, want);
-		if (archive_write_data(ar, buf, want) != (la_ssize_t)want)
-			r = -EIO;
+		}
+		if (!EVP_DigestUpdate(ctx, buf, want))
+			r = stella_fail(e, -ENOMEM, "%s/%s: hashing failed in OpenSSL", t->src, a->name);
+		else if (archive_write_data(ar, buf, want) != (la_ssize_t)want)
+			archive_failed = true, r = -EIO;
 		off += want;
 	}
 	uint8_t sha[32];
-	EVP_DigestFinal_ex(ctx, sha, NULL);
+	if (r == 0 && !EVP_DigestFinal_ex(ctx, sha, NULL))
+		r = stella_fail(e, -ENOMEM, "%s/%s: hashing failed in OpenSSL", t->src, a->name);
 	EVP_MD_CTX_free(ctx);
 	if (r == 0 && memcmp(sha, a->sha256, 32))
 		r = stella_fail(e, -EAGAIN, "%s/%s: file changed while packing", t->src, a->name);
-	else if (r == -EIO)
-		r = 1; /* an archive error: the caller reports it */
-	else if (r < 0)
-		r = stella_fail_errno(e, r, "%s/%s", t->src, a->name);
+	if (archive_failed)
+		return archive_error(ar, out, r, out_path, a->name, e);
 	return r;
 }
 
@@ -480,8 +509,15 @@ static int write_metadata(const char *path, const struct manifest *m, const stru
 	return r;
 }
 
-static int write_sidecars(const struct kitwrite_opts *o, const struct manifest *m,
-			  const struct kitwrite_result *res, struct stella_err *e)
+enum { SIDECAR_SHA256 = 1, SIDECAR_METADATA = 2, SIDECAR_SIG = 4 };
+static const struct { unsigned bit; const char *suffix; } sidecars[] = {
+	{ SIDECAR_SHA256, ".sha256" }, { SIDECAR_METADATA, ".metadata.json" }, { SIDECAR_SIG, ".sig" },
+};
+
+/* The sidecars of the kit whose complete bytes are in fd (the temporary,
+ * not yet renamed to out_path); *placed says which were put in place. */
+static int write_sidecars(const struct kitwrite_opts *o, const struct manifest *m, int fd,
+			  const struct kitwrite_result *res, unsigned *placed, struct stella_err *e)
 {
 	const char *base = strrchr(o->out_path, '/');
 	base = base ? base + 1 : o->out_path;
@@ -489,7 +525,7 @@ static int write_sidecars(const struct kitwrite_opts *o, const struct manifest *
 	_cleanup_(freep) char *p = malloc(n);
 	_cleanup_(freep) char *line = malloc(strlen(base) + 80);
 	if (!p || !line)
-		return -ENOMEM;
+		return stella_fail_errno(e, -ENOMEM, "%s: sidecar files", o->out_path);
 	char hex[65];
 	hex_encode(res->kit_sha256, 32, hex);
 	sprintf(line, "%s  %s\n", hex, base);
@@ -497,26 +533,36 @@ static int write_sidecars(const struct kitwrite_opts *o, const struct manifest *
 	int r = write_file_atomic(p, line, strlen(line), 0644);
 	if (r < 0)
 		return stella_fail_errno(e, r, "%s", p);
+	*placed |= SIDECAR_SHA256;
 	if ((r = write_metadata(o->out_path, m, res)) < 0)
 		return stella_fail_errno(e, r, "%s.metadata.json", o->out_path);
+	*placed |= SIDECAR_METADATA;
 
 	/* The transfer signature covers the whole kit. */
-	_cleanup_(closep) int fd = open(o->out_path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return stella_fail_errno(e, -errno, "%s", o->out_path);
 	_cleanup_(freep) char *sig = NULL;
 	if ((r = sig_sign_file(o->keys[0], fd, res->kit_size, &sig, e)) < 0)
 		return r;
 	size_t sl = strlen(sig);
 	_cleanup_(freep) char *sigl = malloc(sl + 2);
 	if (!sigl)
-		return -ENOMEM;
+		return stella_fail_errno(e, -ENOMEM, "%s.sig", o->out_path);
 	memcpy(sigl, sig, sl);
 	sigl[sl] = '\n';
 	snprintf(p, n, "%s.sig", o->out_path);
 	if ((r = write_file_atomic(p, sigl, sl + 1, 0644)) < 0)
 		return stella_fail_errno(e, r, "%s", p);
+	*placed |= SIDECAR_SIG;
 	return 0;
+}
+
+static void remove_sidecars(const char *out_path, unsigned placed)
+{
+	char p[4200];
+	for (size_t i = 0; i < ARRAY_SIZE(sidecars); i++)
+		if (placed & sidecars[i].bit) {
+			snprintf(p, sizeof(p), "%s%s", out_path, sidecars[i].suffix);
+			unlink(p);
+		}
 }
 
 int kit_write(const struct kitwrite_opts *o, struct kitwrite_result *res, struct stella_err *e)
@@ -683,19 +729,19 @@ int kit_write(const struct kitwrite_opts *o, struct kitwrite_result *res, struct
 		ZSTD_CCtx_setParameter(out.zc, ZSTD_c_checksumFlag, 1);
 	}
 	if (archive_write_open(ar, &out, NULL, out_write, NULL) != ARCHIVE_OK) {
-		r = archive_error(ar, &out, o->out_path, "archive", e);
+		r = archive_error(ar, &out, -EIO, o->out_path, "archive", e);
 		goto out;
 	}
 	int64_t mtime = m->created_at;
-	if (add_buffer(ar, KIT_MANIFEST_NAME, json, jlen, mtime) < 0 ||
-	    add_buffer(ar, KIT_SIG_NAME, sigtext, slen, mtime) < 0) {
-		r = archive_error(ar, &out, o->out_path, "manifest", e);
+	if ((r = add_buffer(ar, KIT_MANIFEST_NAME, json, jlen, mtime)) < 0 ||
+	    (r = add_buffer(ar, KIT_SIG_NAME, sigtext, slen, mtime)) < 0) {
+		r = archive_error(ar, &out, r, o->out_path, "manifest", e);
 		goto out;
 	}
 	if (sp.n) {
-		if (add_header(ar, KIT_MERKLE_NAME, ARTIFACT_FILE, 0644, msize, NULL, mtime) < 0 ||
+		if ((r = add_header(ar, KIT_MERKLE_NAME, ARTIFACT_FILE, 0644, msize, NULL, mtime)) < 0 ||
 		    archive_write_data(ar, index, ilen) != (la_ssize_t)ilen) {
-			r = archive_error(ar, &out, o->out_path, KIT_MERKLE_NAME, e);
+			r = archive_error(ar, &out, r, o->out_path, KIT_MERKLE_NAME, e);
 			goto out;
 		}
 		for (size_t i = 0; i < sp.n; i++)
@@ -706,7 +752,7 @@ int kit_write(const struct kitwrite_opts *o, struct kitwrite_result *res, struct
 					goto out;
 				}
 				if (archive_write_data(ar, buf, want) != (la_ssize_t)want) {
-					r = archive_error(ar, &out, o->out_path, KIT_MERKLE_NAME, e);
+					r = archive_error(ar, &out, -EIO, o->out_path, KIT_MERKLE_NAME, e);
 					goto out;
 				}
 				off += want;
@@ -723,34 +769,52 @@ int kit_write(const struct kitwrite_opts *o, struct kitwrite_result *res, struct
 		}
 		res->carried++;
 		if (a->type == ARTIFACT_FILE)
-			r = write_member_file(ar, &t, a, buf, mtime, e);
-		else
-			r = add_header(ar, a->name, a->type, a->mode, 0, a->target, mtime) < 0 ? 1 : 0;
-		if (r > 0)
-			r = archive_error(ar, &out, o->out_path, a->name, e);
+			r = write_member_file(ar, &out, o->out_path, &t, a, buf, mtime, e);
+		else if ((r = add_header(ar, a->name, a->type, a->mode, 0, a->target, mtime)) < 0)
+			r = archive_error(ar, &out, r, o->out_path, a->name, e);
 		if (r < 0)
 			goto out;
 	}
 	if (archive_write_close(ar) != ARCHIVE_OK || (out.zc && zstd_finish(&out) < 0)) {
-		r = archive_error(ar, &out, o->out_path, "archive end", e);
+		r = archive_error(ar, &out, -EIO, o->out_path, "archive end", e);
 		goto out;
 	}
 	if (fsync(out.fd) < 0) {
 		r = stella_fail_errno(e, -errno, "%s", o->out_path);
 		goto out;
 	}
-	EVP_DigestFinal_ex(out.sha, res->kit_sha256, NULL);
+	if (!EVP_DigestFinal_ex(out.sha, res->kit_sha256, NULL)) {
+		r = stella_fail(e, -ENOMEM, "%s: hashing failed in OpenSSL", o->out_path);
+		goto out;
+	}
 	res->kit_size = out.size;
-	if (rename(tmp, o->out_path) < 0) {
+	/* The sidecars first, from the complete temporary, and the kit last:
+	 * OUT_KIT appears only with all three beside it.  A failure on the way
+	 * removes the sidecars already placed: an older kit at OUT_KIT then
+	 * stays without sidecars, rather than with ones that do not describe
+	 * it. */
+	unsigned placed = 0;
+	if ((r = write_sidecars(o, m, out.fd, res, &placed, e)) == 0 && rename(tmp, o->out_path) < 0)
 		r = stella_fail_errno(e, -errno, "%s", o->out_path);
+	if (r < 0) {
+		remove_sidecars(o->out_path, placed);
 		goto out;
 	}
 	free(tmp);
 	tmp = NULL;
-	r = write_sidecars(o, m, res, e);
 out:
-	if (ar)
+	if (ar) {
+		/* libarchive 3.6 frees its output block only when the archive is
+		 * closed, and archive_write_free() of an archive in the FATAL state
+		 * (a write failed) does not close it: close it first (out_write
+		 * refuses what closing would still write). */
+		if (r < 0) {
+			if (!out.err)
+				out.err = -EIO;
+			archive_write_close(ar);
+		}
 		archive_write_free(ar);
+	}
 	if (out.fd >= 0)
 		close(out.fd);
 	if (tmp) {

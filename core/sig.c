@@ -5,6 +5,8 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
+#include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -47,8 +49,19 @@ static const char *key_md(EVP_PKEY *k)
 	return EVP_PKEY_is_a(k, "ED25519") ? NULL : "SHA256";
 }
 
+/* The SHA-256 of the key's SubjectPublicKeyInfo, in one encoding per key:
+ * an EC key read with a compressed point or explicit curve parameters is
+ * encoded as a named curve with an uncompressed point first, or the same
+ * key in two files would have two ids (and count twice toward a
+ * threshold; load_public also compares the keys themselves). */
 static int key_id(EVP_PKEY *k, uint8_t id[32])
 {
+	if (EVP_PKEY_is_a(k, "EC")) {
+		EVP_PKEY_set_utf8_string_param(k, OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT,
+					       OSSL_PKEY_EC_POINT_CONVERSION_FORMAT_UNCOMPRESSED);
+		EVP_PKEY_set_utf8_string_param(k, OSSL_PKEY_PARAM_EC_ENCODING, OSSL_PKEY_EC_ENCODING_GROUP);
+		ERR_clear_error();
+	}
 	unsigned char *der = NULL;
 	int n = i2d_PUBKEY(k, &der);
 	if (n <= 0)
@@ -58,11 +71,46 @@ static int key_id(EVP_PKEY *k, uint8_t id[32])
 	return 0;
 }
 
+/* A key file: a small regular file.  Anything else (a FIFO, a device, a
+ * directory named like a key) is refused without being waited on: opening
+ * a FIFO for reading blocks until a writer comes, and a trust directory
+ * load must not hang a mount or a reload.  -EINVAL, -EFBIG or -errno. */
+static int read_key_file(const char *path, char **out, size_t *len)
+{
+	struct stat st;
+	if (stat(path, &st) < 0)
+		return -errno;
+	if (!S_ISREG(st.st_mode))
+		return -EINVAL;
+	_cleanup_(closep) int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) < 0) /* what was opened, which may not be what was looked at */
+		return -errno;
+	if (!S_ISREG(st.st_mode))
+		return -EINVAL;
+	if ((uint64_t)st.st_size > STELLA_KEY_FILE_MAX)
+		return -EFBIG;
+	size_t n = (size_t)st.st_size;
+	char *buf = malloc(n + 1);
+	if (!buf)
+		return -ENOMEM;
+	int r = pread_full(fd, buf, n, 0);
+	if (r < 0) {
+		free(buf);
+		return r;
+	}
+	buf[n] = 0;
+	*out = buf;
+	*len = n;
+	return 0;
+}
+
 static int load_public(const char *file, struct trust *t, struct stella_err *e)
 {
 	_cleanup_(freep) char *buf = NULL;
 	size_t len;
-	int r = read_file(file, STELLA_KEY_FILE_MAX, &buf, &len);
+	int r = read_key_file(file, &buf, &len);
 	if (r == -EFBIG || r == -EINVAL)
 		return stella_fail(e, -EINVAL, "%s: not a PEM public key (not a small regular file)", file);
 	if (r < 0)
@@ -81,8 +129,11 @@ static int load_public(const char *file, struct trust *t, struct stella_err *e)
 	if ((r = key_id(k, id)) < 0)
 		return r;
 	for (size_t i = 0; i < t->n; i++)
-		if (!memcmp(t->keys[i].id, id, 32))
-			return 0; /* the same key twice is one key */
+		if (!memcmp(t->keys[i].id, id, 32) || EVP_PKEY_eq(t->keys[i].pkey, k) == 1) {
+			ERR_clear_error();
+			return 0; /* the same key twice is one key, however encoded */
+		}
+	ERR_clear_error();
 	struct trust_key *nk = realloc(t->keys, (t->n + 1) * sizeof(*nk));
 	if (!nk)
 		return -ENOMEM;
@@ -172,14 +223,19 @@ int trust_load(const char *path, struct trust **out, struct stella_err *e)
 	return 0;
 }
 
-static bool verify_one(EVP_PKEY *k, const uint8_t *msg, size_t len, const uint8_t *sig, size_t siglen)
+/* 1: the signature verifies with k; 0: it does not; -ENOMEM: it could not
+ * be checked at all (OpenSSL could not set up a context for a key that was
+ * accepted when loaded: memory).  A failure to check is not a bad signature:
+ * it must not turn into "untrusted" (exit 5) for a good kit. */
+static int verify_one(EVP_PKEY *k, const uint8_t *msg, size_t len, const uint8_t *sig, size_t siglen)
 {
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-	bool ok = ctx && EVP_DigestVerifyInit_ex(ctx, NULL, key_md(k), NULL, NULL, k, NULL) == 1 &&
-		  EVP_DigestVerify(ctx, sig, siglen, msg, len) == 1;
+	int r = -ENOMEM;
+	if (ctx && EVP_DigestVerifyInit_ex(ctx, NULL, key_md(k), NULL, NULL, k, NULL) == 1)
+		r = EVP_DigestVerify(ctx, sig, siglen, msg, len) == 1;
 	EVP_MD_CTX_free(ctx);
 	ERR_clear_error();
-	return ok;
+	return r;
 }
 
 int sig_check(const struct trust *t, unsigned threshold, const uint8_t *msg, size_t len,
@@ -210,12 +266,18 @@ int sig_check(const struct trust *t, unsigned threshold, const uint8_t *msg, siz
 		ssize_t n = base64_decode(sigtext + a, b - a, sig, sizeof(sig));
 		if (n <= 0)
 			continue; /* not base64: counts for no key */
-		for (size_t k = 0; k < t->n; k++)
-			if (!seen[k] && verify_one(t->keys[k].pkey, msg, len, sig, (size_t)n)) {
+		for (size_t k = 0; k < t->n; k++) {
+			if (seen[k])
+				continue;
+			int v = verify_one(t->keys[k].pkey, msg, len, sig, (size_t)n);
+			if (v < 0)
+				return stella_fail_errno(e, v, "signature: checking failed in OpenSSL");
+			if (v) {
 				seen[k] = true;
 				good++;
 				break;
 			}
+		}
 	}
 	if (signers)
 		*signers = good;
@@ -235,7 +297,7 @@ int key_load_private(const char *path, EVP_PKEY **out, struct stella_err *e)
 {
 	_cleanup_(freep) char *buf = NULL;
 	size_t len;
-	int r = read_file(path, STELLA_KEY_FILE_MAX, &buf, &len);
+	int r = read_key_file(path, &buf, &len);
 	if (r == -EFBIG || r == -EINVAL)
 		return stella_fail(e, -EINVAL, "%s: not a PEM private key (not a small regular file)", path);
 	if (r < 0)
@@ -261,18 +323,21 @@ int sig_sign(EVP_PKEY *key, const uint8_t *msg, size_t len, char **b64, struct s
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
 	size_t n = 0;
 	uint8_t *sig = NULL;
-	int r = -ENOMEM;
-	if (!ctx || EVP_DigestSignInit_ex(ctx, NULL, key_md(key), NULL, NULL, key, NULL) != 1 ||
-	    EVP_DigestSign(ctx, NULL, &n, msg, len) != 1 || !(sig = malloc(n)) ||
-	    EVP_DigestSign(ctx, sig, &n, msg, len) != 1) {
-		ERR_clear_error();
+	int r;
+	if (!ctx)
+		r = stella_fail_errno(e, -ENOMEM, "signing");
+	else if (EVP_DigestSignInit_ex(ctx, NULL, key_md(key), NULL, NULL, key, NULL) != 1 ||
+		 EVP_DigestSign(ctx, NULL, &n, msg, len) != 1)
 		r = stella_fail(e, -EIO, "signing failed in OpenSSL");
-		goto out;
-	}
-	if (!(*b64 = base64_encode(sig, n)))
-		goto out;
-	r = 0;
-out:
+	else if (!(sig = malloc(n)))
+		r = stella_fail_errno(e, -ENOMEM, "signing");
+	else if (EVP_DigestSign(ctx, sig, &n, msg, len) != 1)
+		r = stella_fail(e, -EIO, "signing failed in OpenSSL");
+	else if (!(*b64 = base64_encode(sig, n)))
+		r = stella_fail_errno(e, -ENOMEM, "signing");
+	else
+		r = 0;
+	ERR_clear_error();
 	free(sig);
 	EVP_MD_CTX_free(ctx);
 	return r;

@@ -220,7 +220,8 @@ int store_list(struct store *st, struct store_snapshot **out, size_t *n)
 		pthread_mutex_unlock(&st->lock);
 		return -EIO;
 	}
-	while (sqlite3_step(s) == SQLITE_ROW) {
+	int rc;
+	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
 		if (cnt == cap) {
 			cap = cap ? 2 * cap : 16;
 			struct store_snapshot *p = realloc(v, cap * sizeof(*p));
@@ -240,6 +241,10 @@ int store_list(struct store *st, struct store_snapshot **out, size_t *n)
 		x->files = (uint64_t)sqlite3_column_int64(s, 5);
 		x->bytes = (uint64_t)sqlite3_column_int64(s, 6);
 	}
+	/* a step that failed half way is no shorter list: callers drop what is
+	 * not listed (the daemon's snapshots, store_sweep's blobs) */
+	if (r == 0 && rc != SQLITE_DONE)
+		r = -EIO;
 	sqlite3_finalize(s);
 	pthread_mutex_unlock(&st->lock);
 	if (r < 0) {
@@ -251,46 +256,76 @@ int store_list(struct store *st, struct store_snapshot **out, size_t *n)
 	return 0;
 }
 
-static void get_pointer(struct store *st, const char *name, char out[129])
+/* Reads fail closed: a query that failed is an error, never "no row" (no
+ * current pointer, no such snapshot, no ratchet), which would let a switch
+ * or an import go on from a wrong view of the store. */
+static int get_pointer(struct store *st, const char *name, char out[129], struct stella_err *e)
 {
 	sqlite3_stmt *s;
 	out[0] = 0;
 	if (sqlite3_prepare_v2(st->db, "SELECT version FROM pointer WHERE name=?1", -1, &s, NULL) != SQLITE_OK)
-		return;
+		return db_err(st, e, "read pointer");
 	sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC);
-	if (sqlite3_step(s) == SQLITE_ROW)
+	int rc = sqlite3_step(s), r = 0;
+	if (rc == SQLITE_ROW)
 		snprintf(out, 129, "%s", (const char *)sqlite3_column_text(s, 0));
+	else if (rc != SQLITE_DONE)
+		r = db_err(st, e, "read pointer");
 	sqlite3_finalize(s);
+	return r;
+}
+
+static int get_pointers(struct store *st, char current[129], char previous[129], struct stella_err *e)
+{
+	int r = get_pointer(st, "current", current, e);
+	if (r == 0)
+		r = get_pointer(st, "previous", previous, e);
+	return r;
 }
 
 int store_pointers(struct store *st, char current[129], char previous[129])
 {
 	pthread_mutex_lock(&st->lock);
-	get_pointer(st, "current", current);
-	get_pointer(st, "previous", previous);
+	int r = get_pointers(st, current, previous, NULL);
 	pthread_mutex_unlock(&st->lock);
-	return 0;
+	return r;
 }
 
-static bool has_snapshot(struct store *st, const char *version, char sha[65])
+/* 1 when the store has version (its manifest digest in sha), 0 when not. */
+static int has_snapshot(struct store *st, const char *version, char sha[65], struct stella_err *e)
 {
 	sqlite3_stmt *s;
-	bool found = false;
 	if (sqlite3_prepare_v2(st->db, "SELECT manifest_sha256 FROM snapshot WHERE version=?1", -1, &s, NULL) != SQLITE_OK)
-		return false;
+		return db_err(st, e, "read snapshots");
 	sqlite3_bind_text(s, 1, version, -1, SQLITE_STATIC);
-	if (sqlite3_step(s) == SQLITE_ROW) {
-		found = true;
+	int rc = sqlite3_step(s), r = 0;
+	if (rc == SQLITE_ROW) {
+		r = 1;
 		if (sha)
 			snprintf(sha, 65, "%s", (const char *)sqlite3_column_text(s, 0));
+	} else if (rc != SQLITE_DONE) {
+		r = db_err(st, e, "read snapshots");
 	}
 	sqlite3_finalize(s);
-	return found;
+	return r;
 }
 
 static int exec(struct store *st, const char *sql, struct stella_err *e)
 {
 	return sqlite3_exec(st->db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : db_err(st, e, "update");
+}
+
+/* End a write transaction: COMMIT when r is 0, else (or when COMMIT fails)
+ * ROLLBACK.  A failed COMMIT can leave the transaction open, and an open
+ * transaction on the daemon's long-lived connection would hold the write
+ * lock for ever. */
+static int end_transaction(struct store *st, int r, struct stella_err *e)
+{
+	if (r == 0)
+		r = exec(st, "COMMIT", e);
+	if (r < 0 && !sqlite3_get_autocommit(st->db))
+		sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+	return r;
 }
 
 static int set_pointer(struct store *st, const char *name, const char *version, struct stella_err *e)
@@ -309,27 +344,27 @@ static int set_pointer(struct store *st, const char *name, const char *version, 
 static int switch_to(struct store *st, const char *version, struct stella_err *e)
 {
 	char cur[129], prev[129];
-	get_pointer(st, "current", cur);
-	get_pointer(st, "previous", prev);
-	if (!strcmp(cur, version))
-		return 0;
-	int r = exec(st, "BEGIN IMMEDIATE", e);
-	if (r == 0 && *cur)
+	int r = get_pointers(st, cur, prev, e);
+	if (r < 0 || !strcmp(cur, version))
+		return r;
+	r = exec(st, "BEGIN IMMEDIATE", e);
+	if (r < 0)
+		return r;
+	if (*cur)
 		r = set_pointer(st, "previous", cur, e);
 	if (r == 0)
 		r = set_pointer(st, "current", version, e);
-	if (r == 0)
-		r = exec(st, "COMMIT", e);
-	else
-		sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
-	return r;
+	return end_transaction(st, r, e);
 }
 
 int store_activate(struct store *st, const char *version, struct stella_err *e)
 {
 	pthread_mutex_lock(&st->lock);
-	int r = has_snapshot(st, version, NULL) ? switch_to(st, version, e) :
-		stella_fail(e, -ENOENT, "no snapshot \"%s\" in the store", version);
+	int r = has_snapshot(st, version, NULL, e);
+	if (r > 0)
+		r = switch_to(st, version, e);
+	else if (r == 0)
+		r = stella_fail(e, -ENOENT, "no snapshot \"%s\" in the store", version);
 	pthread_mutex_unlock(&st->lock);
 	return r;
 }
@@ -338,15 +373,13 @@ int store_rollback(struct store *st, const char *version, char now_current[129],
 {
 	char cur[129], prev[129];
 	pthread_mutex_lock(&st->lock);
-	get_pointer(st, "current", cur);
-	get_pointer(st, "previous", prev);
+	int r = get_pointers(st, cur, prev, e);
 	const char *target = version ? version : prev;
-	int r;
-	if (!*target)
+	if (r == 0 && !*target)
 		r = stella_fail(e, -ENOENT, "no previous snapshot to roll back to");
-	else if (!has_snapshot(st, target, NULL))
+	if (r == 0 && (r = has_snapshot(st, target, NULL, e)) == 0)
 		r = stella_fail(e, -ENOENT, "no snapshot \"%s\" in the store", target);
-	else
+	if (r > 0)
 		r = switch_to(st, target, e);
 	if (r == 0)
 		snprintf(now_current, 129, "%s", target);
@@ -357,18 +390,18 @@ int store_rollback(struct store *st, const char *version, char now_current[129],
 int store_remove(struct store *st, const char *version, struct stella_err *e)
 {
 	char cur[129], prev[129];
-	int r;
 	pthread_mutex_lock(&st->lock);
-	get_pointer(st, "current", cur);
-	get_pointer(st, "previous", prev);
-	if (!has_snapshot(st, version, NULL)) {
+	int r = get_pointers(st, cur, prev, e);
+	if (r == 0 && (r = has_snapshot(st, version, NULL, e)) == 0)
 		r = stella_fail(e, -ENOENT, "no snapshot \"%s\" in the store", version);
-	} else if (!strcmp(cur, version)) {
+	if (r > 0 && !strcmp(cur, version))
 		r = stella_fail(e, -EBUSY, "%s is current", version);
-	} else {
+	if (r > 0) {
 		sqlite3_stmt *s;
 		r = exec(st, "BEGIN IMMEDIATE", e);
-		if (r == 0 && sqlite3_prepare_v2(st->db, "DELETE FROM snapshot WHERE version=?1", -1, &s, NULL) == SQLITE_OK) {
+		if (r == 0 && sqlite3_prepare_v2(st->db, "DELETE FROM snapshot WHERE version=?1", -1, &s, NULL) != SQLITE_OK)
+			r = db_err(st, e, "remove");
+		else if (r == 0) {
 			sqlite3_bind_text(s, 1, version, -1, SQLITE_STATIC);
 			if (sqlite3_step(s) != SQLITE_DONE)
 				r = db_err(st, e, "remove");
@@ -376,10 +409,7 @@ int store_remove(struct store *st, const char *version, struct stella_err *e)
 		}
 		if (r == 0 && !strcmp(prev, version))
 			r = exec(st, "DELETE FROM pointer WHERE name='previous'", e);
-		if (r == 0)
-			r = exec(st, "COMMIT", e);
-		else
-			sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+		r = end_transaction(st, r, e);
 		if (r == 0) {
 			char *p = store_index_path(st, version);
 			if (p)
@@ -393,7 +423,13 @@ int store_remove(struct store *st, const char *version, struct stella_err *e)
 
 /* ---- import ---- */
 
-struct pending { char tmp[32]; char final[68]; bool tree; };
+struct pending {
+	char tmp[32];
+	char final[68];
+	bool tree;
+	bool placed;       /* renamed into blobs/ or trees/ by this import */
+	bool made_dir;     /* and its ab/ directory made by it */
+};
 
 struct import {
 	struct store *st;
@@ -419,18 +455,29 @@ static int imp_check(void *ctx, const struct manifest *m, const uint8_t sha[32],
 	im->m = m;
 	sqlite3_stmt *s;
 	int64_t ratchet = -1;
+	int r = 0, exists = 0, base_ok = 1;
+	char have[65], base_sha[65] = "";
 	pthread_mutex_lock(&st->lock);
-	if (sqlite3_prepare_v2(st->db, "SELECT sequence FROM ratchet WHERE kit_id=?1", -1, &s, NULL) == SQLITE_OK) {
+	/* The rollback rule fails closed: an unreadable ratchet is an error,
+	 * not "no ratchet yet". */
+	if (sqlite3_prepare_v2(st->db, "SELECT sequence FROM ratchet WHERE kit_id=?1", -1, &s, NULL) != SQLITE_OK) {
+		r = db_err(st, e, "read ratchet");
+	} else {
 		sqlite3_bind_text(s, 1, m->kit_id, -1, SQLITE_STATIC);
-		if (sqlite3_step(s) == SQLITE_ROW)
+		int rc = sqlite3_step(s);
+		if (rc == SQLITE_ROW)
 			ratchet = sqlite3_column_int64(s, 0);
+		else if (rc != SQLITE_DONE)
+			r = db_err(st, e, "read ratchet");
 		sqlite3_finalize(s);
 	}
-	char have[65];
-	bool exists = has_snapshot(st, m->version, have);
-	char base_sha[65] = "";
-	bool base_ok = !m->has_base || has_snapshot(st, m->base_version, base_sha);
+	if (r == 0)
+		r = exists = has_snapshot(st, m->version, have, e);
+	if (r >= 0 && m->has_base)
+		r = base_ok = has_snapshot(st, m->base_version, base_sha, e);
 	pthread_mutex_unlock(&st->lock);
+	if (r < 0)
+		return r;
 	if (ratchet >= 0 && m->sequence <= ratchet)
 		return stella_fail(e, -ESTALE, "kit %s %s: sequence %lld is not newer than %lld, already trusted for %s",
 				   m->kit_id, m->version, (long long)m->sequence, (long long)ratchet, m->kit_id);
@@ -447,7 +494,7 @@ static int imp_check(void *ctx, const struct manifest *m, const uint8_t sha[32],
 					   m->version, m->base_version);
 		char *p = store_index_path(st, m->base_version);
 		struct snapshot *bs = NULL;
-		int r = p ? snapshot_open_store(p, st->blobfd, st->treefd, m->base_version, &bs, e) : -ENOMEM;
+		r = p ? snapshot_open_store(p, st->blobfd, st->treefd, m->base_version, &bs, e) : -ENOMEM;
 		free(p);
 		if (r < 0)
 			return r;
@@ -492,6 +539,7 @@ static int add_pending(struct import *im, const char *tmp, const char *final, bo
 	snprintf(p->tmp, sizeof(p->tmp), "%s", tmp);
 	snprintf(p->final, sizeof(p->final), "%s", final);
 	p->tree = tree;
+	p->placed = p->made_dir = false;
 	return 0;
 }
 
@@ -627,33 +675,48 @@ static int finish_import(struct import *im, const struct kitverify_result *res, 
 	 * then the renames, then (again durable) the row that makes it real. */
 	if (syncfs(st->dirfd) < 0)
 		return stella_fail_errno(e, -errno, "store %s: sync", st->dir);
-	for (size_t i = 0; i < im->npend; i++) {
-		int dfd = im->pend[i].tree ? st->treefd : st->blobfd;
-		char dir[3] = { im->pend[i].final[0], im->pend[i].final[1], 0 };
-		if (mkdirat(dfd, dir, 0755) < 0 && errno != EEXIST)
-			return stella_fail_errno(e, -errno, "store %s: %s/%s", st->dir, im->pend[i].tree ? "trees" : "blobs", dir);
-		if (faccessat(dfd, im->pend[i].final, F_OK, 0) == 0) {
-			unlinkat(st->tmpfd, im->pend[i].tmp, 0); /* already stored */
+	bool index_placed = false;
+	for (size_t i = 0; r == 0 && i < im->npend; i++) {
+		struct pending *p = &im->pend[i];
+		int dfd = p->tree ? st->treefd : st->blobfd;
+		char dir[3] = { p->final[0], p->final[1], 0 };
+		if (mkdirat(dfd, dir, 0755) == 0)
+			p->made_dir = true;
+		else if (errno != EEXIST) {
+			r = stella_fail_errno(e, -errno, "store %s: %s/%s", st->dir, p->tree ? "trees" : "blobs", dir);
+			break;
+		}
+		if (faccessat(dfd, p->final, F_OK, 0) == 0) {
+			unlinkat(st->tmpfd, p->tmp, 0); /* already stored */
 			continue;
 		}
-		if (renameat(st->tmpfd, im->pend[i].tmp, dfd, im->pend[i].final) < 0)
-			return stella_fail_errno(e, -errno, "store %s: storing a file", st->dir);
+		if (renameat(st->tmpfd, p->tmp, dfd, p->final) < 0)
+			r = stella_fail_errno(e, -errno, "store %s: storing a file", st->dir);
+		else
+			p->placed = true;
 	}
-	char *final = store_index_path(st, m->version);
-	if (!final)
-		return -ENOMEM;
-	r = rename(im->ix_tmp, final) < 0 ? stella_fail_errno(e, -errno, "store %s: snapshot index", st->dir) : 0;
-	free(final);
+	char *final = r == 0 ? store_index_path(st, m->version) : NULL;
+	if (r == 0 && !final)
+		r = stella_fail_errno(e, -ENOMEM, "store %s: snapshot index", st->dir);
+	if (r == 0 && rename(im->ix_tmp, final) < 0)
+		r = stella_fail_errno(e, -errno, "store %s: snapshot index", st->dir);
+	else if (r == 0)
+		index_placed = true;
 	if (r == 0 && syncfs(st->dirfd) < 0)
 		r = stella_fail_errno(e, -errno, "store %s: sync", st->dir);
-	if (r < 0)
-		return r;
 
+	/* The commit.  Every statement must run: a prepare that failed is a
+	 * failed import, not a skipped row (a current pointer to a snapshot
+	 * without its row, a ratchet that did not move). */
 	sqlite3_stmt *s = NULL;
 	pthread_mutex_lock(&st->lock);
-	r = exec(st, "BEGIN IMMEDIATE", e);
+	if (r == 0)
+		r = exec(st, "BEGIN IMMEDIATE", e);
+	bool began = r == 0;
 	if (r == 0 && sqlite3_prepare_v2(st->db, "INSERT INTO snapshot VALUES(?1,?2,?3,?4,strftime('%s','now'),?5,?6)",
-					 -1, &s, NULL) == SQLITE_OK) {
+					 -1, &s, NULL) != SQLITE_OK) {
+		r = db_err(st, e, "add snapshot");
+	} else if (r == 0) {
 		sqlite3_bind_text(s, 1, m->version, -1, SQLITE_STATIC);
 		sqlite3_bind_text(s, 2, m->kit_id, -1, SQLITE_STATIC);
 		sqlite3_bind_int64(s, 3, m->sequence);
@@ -664,7 +727,9 @@ static int finish_import(struct import *im, const struct kitverify_result *res, 
 			r = db_err(st, e, "add snapshot");
 		sqlite3_finalize(s);
 	}
-	if (r == 0 && sqlite3_prepare_v2(st->db, "INSERT OR REPLACE INTO ratchet VALUES(?1,?2)", -1, &s, NULL) == SQLITE_OK) {
+	if (r == 0 && sqlite3_prepare_v2(st->db, "INSERT OR REPLACE INTO ratchet VALUES(?1,?2)", -1, &s, NULL) != SQLITE_OK) {
+		r = db_err(st, e, "ratchet");
+	} else if (r == 0) {
 		sqlite3_bind_text(s, 1, m->kit_id, -1, SQLITE_STATIC);
 		sqlite3_bind_int64(s, 2, m->sequence);
 		if (sqlite3_step(s) != SQLITE_DONE)
@@ -672,25 +737,36 @@ static int finish_import(struct import *im, const struct kitverify_result *res, 
 		sqlite3_finalize(s);
 	}
 	char cur[129];
-	get_pointer(st, "current", cur);
+	if (r == 0)
+		r = get_pointer(st, "current", cur, e);
 	if (r == 0 && (im->o->activate || !*cur)) {
 		if (*cur)
 			r = set_pointer(st, "previous", cur, e);
 		if (r == 0)
 			r = set_pointer(st, "current", m->version, e);
 	}
-	if (r == 0)
-		r = exec(st, "COMMIT", e);
-	else
-		sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+	if (began)
+		r = end_transaction(st, r, e);
 	pthread_mutex_unlock(&st->lock);
 	if (r < 0) {
-		char *p = store_index_path(st, m->version);
-		if (p)
-			unlink(p);
-		free(p);
+		/* No row names them: take back what this import put in place, so
+		 * that a failed import leaves the store as it found it.  Only what
+		 * it placed: a blob that was there before belongs to another
+		 * snapshot. */
+		if (index_placed)
+			unlink(final);
+		for (size_t i = 0; i < im->npend; i++)
+			if (im->pend[i].placed)
+				unlinkat(im->pend[i].tree ? st->treefd : st->blobfd, im->pend[i].final, 0);
+		for (size_t i = 0; i < im->npend; i++)
+			if (im->pend[i].made_dir) {
+				char dir[3] = { im->pend[i].final[0], im->pend[i].final[1], 0 };
+				unlinkat(im->pend[i].tree ? st->treefd : st->blobfd, dir, AT_REMOVEDIR);
+			}
+		free(final);
 		return r;
 	}
+	free(final);
 	snprintf(version, 129, "%s", m->version);
 	return 0;
 }
@@ -799,8 +875,8 @@ static int collect(sqlite3 *db, const char *sql, struct digests *d)
 	sqlite3_stmt *s = NULL;
 	if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) != SQLITE_OK)
 		return -EIO;
-	int r = 0;
-	while (sqlite3_step(s) == SQLITE_ROW) {
+	int r = 0, rc;
+	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
 		if (sqlite3_column_bytes(s, 0) != 32)
 			continue;
 		if (d->n == d->cap) {
@@ -814,6 +890,8 @@ static int collect(sqlite3 *db, const char *sql, struct digests *d)
 		}
 		memcpy(d->v[d->n++], sqlite3_column_blob(s, 0), 32);
 	}
+	if (r == 0 && rc != SQLITE_DONE)
+		r = -EIO; /* a partial list would sweep live blobs */
 	sqlite3_finalize(s);
 	return r;
 }
@@ -889,9 +967,9 @@ int store_sweep(struct store *st, uint64_t *removed, struct stella_err *e)
 		char v[256];
 		snprintf(v, sizeof(v), "%.*s", (int)(l - 3), se->d_name);
 		pthread_mutex_lock(&st->lock);
-		bool known = has_snapshot(st, v, NULL);
+		int known = has_snapshot(st, v, NULL, NULL);
 		pthread_mutex_unlock(&st->lock);
-		if (!known)
+		if (known == 0) /* not when the lookup failed: that may be a live one */
 			unlinkat(dirfd(sd), se->d_name, 0);
 	}
 	if (sd)
