@@ -195,17 +195,25 @@ static int read_merkle(struct walk *w, struct kit_member *m, struct stella_err *
 	}
 	for (size_t i = 0; i < w->res->merkle.n && r == 0; i++) {
 		struct merklefile_entry *x = &w->res->merkle.e[i];
-		EVP_DigestInit_ex2(ctx, EVP_sha256(), NULL);
+		/* An OpenSSL failure is ours (exit 1), not a kit that mismatches. */
+		if (!EVP_DigestInit_ex2(ctx, EVP_sha256(), NULL)) {
+			r = stella_fail(e, -ENOMEM, "%s: merkle.bin: hashing failed in OpenSSL", w->path);
+			break;
+		}
 		for (uint64_t left = x->size; left > 0;) {
 			ssize_t n = kitread_data(w->kr, buf, MIN(left, (uint64_t)1 << 16), e);
 			if (n <= 0) {
 				r = n < 0 ? (int)n : stella_fail(e, -EBADMSG, "%s: merkle.bin: truncated archive", w->path);
 				break;
 			}
-			EVP_DigestUpdate(ctx, buf, (size_t)n);
+			if (!EVP_DigestUpdate(ctx, buf, (size_t)n)) {
+				r = stella_fail(e, -ENOMEM, "%s: merkle.bin: hashing failed in OpenSSL", w->path);
+				break;
+			}
 			left -= (uint64_t)n;
 		}
-		EVP_DigestFinal_ex(ctx, x->tree_sha256, NULL);
+		if (r == 0 && !EVP_DigestFinal_ex(ctx, x->tree_sha256, NULL))
+			r = stella_fail(e, -ENOMEM, "%s: merkle.bin: hashing failed in OpenSSL", w->path);
 		/* Every tree must belong to a listed file of that size. */
 		if (r == 0 && !listed_tree(files, nfiles, x))
 			r = stella_fail(e, -EBADMSG, "%s: merkle.bin: entry %zu is the tree of no listed file", w->path, i);

@@ -251,14 +251,22 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 	size_t n = 0;
 	char cur[129], prev[129];
 	int r = store_list(sf->store, &list, &n);
+	if (r == 0 && (r = store_pointers(sf->store, cur, prev)) < 0)
+		free(list);
 	if (r < 0) {
+		/* nothing published: the next lookup or tick tries again */
+		pthread_mutex_lock(&sf->lock);
+		sf->store_dirty = true;
+		pthread_mutex_unlock(&sf->lock);
 		pthread_mutex_unlock(&sf->refresh_lock);
-		return stella_fail(e, r, "store %s: cannot list snapshots", sf->source);
+		return stella_fail(e, r, "store %s: cannot read the snapshot list", sf->source);
 	}
-	store_pointers(sf->store, cur, prev);
+	bool complete = true;   /* every listed snapshot is open */
 
 	/* Open what is new outside the lock (an index open reads files). */
 	struct snapshot **opened = n ? calloc(n, sizeof(*opened)) : NULL;
+	if (n && !opened)
+		complete = false;
 	for (size_t i = 0; i < n; i++) {
 		pthread_mutex_lock(&sf->lock);
 		bool known = find_version(sf, list[i].version) != NULL;
@@ -267,9 +275,11 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 			continue;
 		char *path = store_index_path(sf->store, list[i].version);
 		struct stella_err oe = { 0 };
-		if (!path || snapshot_open_store(path, store_blob_dirfd(sf->store), store_tree_dirfd(sf->store), list[i].version, &opened[i], &oe) < 0)
+		if (!path || snapshot_open_store(path, store_blob_dirfd(sf->store), store_tree_dirfd(sf->store), list[i].version, &opened[i], &oe) < 0) {
 			stella_log(LOG_ERR, "store %s: snapshot %s: %s", sf->source, list[i].version,
 				   stella_err_text(&oe, -EIO));
+			complete = false;
+		}
 		free(path);
 	}
 
@@ -290,13 +300,16 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 	sf->nslots = k;
 	for (size_t i = 0; i < n; i++)
 		if (opened && opened[i]) {
-			if (add_slot(sf, list[i].version, list[i].sequence, opened[i]) < 0)
+			if (add_slot(sf, list[i].version, list[i].sequence, opened[i]) < 0) {
 				snapshot_unref(opened[i]);
+				complete = false;
+			}
 			opened[i] = NULL;
 		}
 	bool switched = strcmp(sf->current, cur) != 0 && sf->store_version != -2;
 	snprintf(sf->current, sizeof(sf->current), "%s", cur);
-	sf->store_version = v;
+	/* a snapshot that did not open is tried again at the next refresh */
+	sf->store_version = complete ? v : -1;
 	pthread_mutex_unlock(&sf->lock);
 	/* queued before the refresh lock goes: a command whose own refresh
 	 * found nothing left to do must still find this notification queued
@@ -316,7 +329,11 @@ void sf_changed(struct stellafs *sf, struct stella_err *e)
 	pthread_mutex_lock(&sf->lock);
 	sf->store_dirty = true;
 	pthread_mutex_unlock(&sf->lock);
-	sf_refresh(sf, e);
+	/* The command that changed the store returns once the mount shows
+	 * it: a refresh that failed (a transient read error) is tried again
+	 * before giving up to the watcher's next tick. */
+	for (int i = 0; i < 3 && sf_refresh(sf, e) < 0; i++)
+		;
 }
 
 /* ---- import, shared by the control file and the incoming watcher ---- */
@@ -433,7 +450,7 @@ static void *watch_main(void *arg)
 		int n = poll(p, 2, 1000);
 		if (n < 0 && errno != EINTR)
 			break;
-		if (p[1].revents)
+		if (p[1].revents || atomic_load(&sf->watch_quit))
 			break;
 		bool store_changed = n == 0; /* the tick */
 		if (fd >= 0 && (p[0].revents & POLLIN)) {
@@ -477,8 +494,11 @@ void sf_stop_watch(struct stellafs *sf)
 {
 	if (!sf->watch_running)
 		return;
+	/* the flag, in case the wake-up cannot be written: the thread's
+	 * one-second tick sees it */
+	atomic_store(&sf->watch_quit, true);
 	if (write(sf->watch_stop[1], "x", 1) < 0) {
-		/* cannot wake it: process exit ends it */
+		/* the tick will do */
 	}
 	pthread_join(sf->watch_thread, NULL);
 	close(sf->watch_stop[0]);

@@ -98,6 +98,7 @@ struct stellafs {
 	unsigned journal_next, journal_n;
 	pthread_t watch_thread;
 	bool watch_running;
+	atomic_bool watch_quit;     /* sf_stop_watch asked it to end */
 	int watch_stop[2];         /* a pipe: written to stop the watcher */
 
 	/* kernel notifications, sent by their own thread (state.c) */

@@ -76,28 +76,14 @@ ASAN = _is_asan(SK_FAULT)
 # --------------------------------------------------------------------------- known bugs
 
 KNOWN = {
-    "kitverify-evp": (
-        "core/kitverify.c read_merkle(): EVP_DigestInit_ex2/EVP_DigestUpdate/EVP_DigestFinal_ex "
-        "results are ignored, so an OpenSSL failure leaves tree_sha256 unset and the kit is "
-        "refused as a content mismatch (exit 4: 'merkle.bin: tree of ... does not match') "
-        "instead of a runtime failure (exit 1)"),
     "detach": (
         "fs/main.c: in store mode the store is opened and first read (store_open, sf_refresh, "
         "sf_start_inval) only after fuse_daemonize() has let the parent exit 0; a failure "
         "there unmounts and exits, so `stellafs` reported success for a mount that is gone"),
-    "refresh": (
-        "fs/state.c sf_refresh(): a snapshot whose index fails to open is left out (and never "
-        "retried: store_version is recorded), store_pointers() errors are ignored (current "
-        "vanishes), and a failed refresh clears store_dirty, so an acknowledged `activate` is "
-        "not what /stella/current shows"),
     "options": (
         "fs/options.c opt_proc() and fs/main.c main(): a failed strdup of SOURCE or MOUNTPOINT "
         "or realpath of SOURCE (ENOMEM) is reported as a usage error, exit 2 ('expected SOURCE "
         "and MOUNTPOINT', 'SOURCE: Cannot allocate memory (try --help)'), not exit 1"),
-    "watch-stop": (
-        "fs/state.c sf_stop_watch(): when the write that wakes the watcher thread fails, "
-        "pthread_join() waits for ever (watch_main only stops on that pipe): the daemon "
-        "hangs after the unmount"),
 }
 
 # --------------------------------------------------------------------------- fault kinds
@@ -556,15 +542,6 @@ def test_pack_faults(world, comp):
 
 # --------------------------------------------------------------------------- verify
 
-def is_kitverify_evp(run: Run):
-    """KNOWN["kitverify-evp"]: an OpenSSL failure while digesting merkle.bin's trees is
-    reported as a content mismatch."""
-    if run.op in ("EVP_DigestInit_ex2", "EVP_MD_CTX_new") and run.cp.returncode == 4 and \
-            "merkle.bin: tree of" in run.cp.stderr:
-        return "kitverify-evp"
-    return None
-
-
 @pytest.fixture(scope="module")
 def verify_results(world):
     w = world
@@ -600,7 +577,7 @@ def verify_results(world):
             if label == "tampered" and run.cp.returncode == 4 and \
                     run.cp.stderr == ref_bad.stderr:
                 return "fine"   # refused as without a fault
-            return is_kitverify_evp(run)
+            return None
 
         problems = Problems()
         ns = variant_ns(count) if label in ("gzip", "zstd") else range(1, count + 1)
@@ -677,7 +654,7 @@ def import_results(world):
                 "the failed import changed the store:\n" + storelib.diff_state(before, now)
 
         run = run_tool(n, *args(s))
-        check_tool_run(run, problems, on_ok, on_fail, is_kitverify_evp)
+        check_tool_run(run, problems, on_ok, on_fail)
         return run
 
     runs = parallel(range(1, count + 1), one)
@@ -947,7 +924,7 @@ class DaemonScenario:
             return
         for kind, text in obs:
             if kind == "hang":
-                problems.add("watch-stop" if run.op == "write" else "hang", run, text)
+                problems.add("hang", run, text)
         if rc != 0:
             if run.op in ALLOC and rc == 2 and phase == "foreground":
                 problems.add("options", run, KNOWN["options"])
@@ -1036,27 +1013,14 @@ def test_daemon_faults(daemon_results):
 
 # --------------------------------------------------------------------------- known bugs
 
-@pytest.mark.xfail(strict=True, reason=KNOWN["kitverify-evp"])
-def test_known_kitverify_merkle_evp(verify_results, import_results):
-    assert_no_known([p for p, _ in verify_results.values()] + [import_results[0]],
-                    "kitverify-evp")
-
 
 @pytest.mark.xfail(strict=True, reason=KNOWN["detach"])
 def test_known_daemon_startup_after_detach(daemon_results):
     assert_no_known([daemon_results[0]], "detach")
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN["refresh"])
-def test_known_daemon_refresh(daemon_results):
-    assert_no_known([daemon_results[0]], "refresh")
-
 
 @pytest.mark.xfail(strict=True, reason=KNOWN["options"])
 def test_known_daemon_option_enomem(daemon_results):
     assert_no_known([daemon_results[0]], "options")
 
-
-@pytest.mark.xfail(strict=True, reason=KNOWN["watch-stop"])
-def test_known_daemon_watch_stop(daemon_results):
-    assert_no_known([daemon_results[0]], "watch-stop")
