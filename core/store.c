@@ -208,7 +208,7 @@ int store_usage_pct(struct store *st)
 	return (int)((sv.f_blocks - sv.f_bavail) * 100 / sv.f_blocks);
 }
 
-int store_list(struct store *st, struct store_snapshot **out, size_t *n)
+int store_list(struct store *st, struct store_snapshot **out, size_t *n, struct stella_err *e)
 {
 	sqlite3_stmt *s;
 	struct store_snapshot *v = NULL;
@@ -217,8 +217,9 @@ int store_list(struct store *st, struct store_snapshot **out, size_t *n)
 	pthread_mutex_lock(&st->lock);
 	if (sqlite3_prepare_v2(st->db, "SELECT version,kit_id,sequence,manifest_sha256,imported_at,files,bytes "
 			       "FROM snapshot ORDER BY sequence, version", -1, &s, NULL) != SQLITE_OK) {
+		int r0 = db_err(st, e, "read snapshots");
 		pthread_mutex_unlock(&st->lock);
-		return -EIO;
+		return r0;
 	}
 	int rc;
 	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
@@ -244,7 +245,7 @@ int store_list(struct store *st, struct store_snapshot **out, size_t *n)
 	/* a step that failed half way is no shorter list: callers drop what is
 	 * not listed (the daemon's snapshots, store_sweep's blobs) */
 	if (r == 0 && rc != SQLITE_DONE)
-		r = -EIO;
+		r = db_err(st, e, "read snapshots");
 	sqlite3_finalize(s);
 	pthread_mutex_unlock(&st->lock);
 	if (r < 0) {
@@ -283,10 +284,10 @@ static int get_pointers(struct store *st, char current[129], char previous[129],
 	return r;
 }
 
-int store_pointers(struct store *st, char current[129], char previous[129])
+int store_pointers(struct store *st, char current[129], char previous[129], struct stella_err *e)
 {
 	pthread_mutex_lock(&st->lock);
-	int r = get_pointers(st, current, previous, NULL);
+	int r = get_pointers(st, current, previous, e);
 	pthread_mutex_unlock(&st->lock);
 	return r;
 }
@@ -935,7 +936,7 @@ int store_sweep(struct store *st, uint64_t *removed, struct stella_err *e)
 	struct store_snapshot *snaps = NULL;
 	struct digests blobs = { 0 }, trees = { 0 };
 	size_t n = 0;
-	int r = store_list(st, &snaps, &n);
+	int r = store_list(st, &snaps, &n, e);
 	*removed = 0;
 	for (size_t i = 0; r == 0 && i < n; i++) {
 		char *p = store_index_path(st, snaps[i].version);

@@ -46,9 +46,9 @@ int store_lock(struct store *st, struct stella_err *e);
 void store_unlock(struct store *st);
 
 /* Snapshots, oldest sequence first. */
-int store_list(struct store *st, struct store_snapshot **out, size_t *n);
+int store_list(struct store *st, struct store_snapshot **out, size_t *n, struct stella_err *e);
 /* current/previous versions ("" when none). */
-int store_pointers(struct store *st, char current[129], char previous[129]);
+int store_pointers(struct store *st, char current[129], char previous[129], struct stella_err *e);
 /* Changes whenever another connection committed (imports by stellakit). */
 int64_t store_data_version(struct store *st);
 int store_usage_pct(struct store *st);

@@ -5,12 +5,14 @@
  * operator would expect from a single kit. */
 #include <errno.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <syslog.h>
 #include <time.h>
 
+#include "command.h"
 #include "kitverify.h"
 #include "store.h"
 #include "stellafs.h"
@@ -351,63 +353,45 @@ static const char *direct_only(struct stellafs *sf)
 
 static int run_command(struct stellafs *sf, char *line, char *res, size_t rl)
 {
-	char *save = NULL;
-	char *cmd = strtok_r(line, " \t", &save);
-	char *arg = strtok_r(NULL, " \t", &save);
-	char *extra = strtok_r(NULL, " \t", &save);
 	const char *single = direct_only(sf); /* the one version of direct mode */
-	int r;
+	struct command c;
+	int r = command_parse(line, &c, res, rl);
 
-	if (!cmd || extra) {
-		r = -EINVAL;
-	} else if (!strcmp(cmd, "verify")) {
-		r = cmd_verify(sf, arg, res, rl);
-	} else if (!strcmp(cmd, "activate") || !strcmp(cmd, "rollback")) {
-		if (!arg && !strcmp(cmd, "activate"))
-			r = -EINVAL;
-		else if (sf->store)
-			r = store_switch(sf, cmd, arg, res, rl);
-		else if (arg && !strcmp(arg, single))
+	if (r < 0) {
+		/* malformed: nothing to run */
+	} else if (c.kind == CMD_VERIFY) {
+		r = cmd_verify(sf, c.arg, res, rl);
+	} else if (c.kind == CMD_ACTIVATE || c.kind == CMD_ROLLBACK) {
+		if (sf->store)
+			r = store_switch(sf, c.name, c.arg, res, rl);
+		else if (c.arg && !strcmp(c.arg, single))
 			snprintf(res, rl, "%s is already current", single), r = 0;
 		else
 			snprintf(res, rl, "no %s snapshot: a kit file mounted directly holds one (%s)",
-				 arg ? "such" : "previous", single), r = -ENOENT;
-	} else if (!strcmp(cmd, "remove")) {
-		if (!arg)
-			r = -EINVAL;
-		else if (sf->store)
-			r = cmd_remove(sf, arg, res, rl);
-		else if (!strcmp(arg, single))
+				 c.arg ? "such" : "previous", single), r = -ENOENT;
+	} else if (c.kind == CMD_REMOVE) {
+		if (sf->store)
+			r = cmd_remove(sf, c.arg, res, rl);
+		else if (!strcmp(c.arg, single))
 			snprintf(res, rl, "%s is current and in use", single), r = -EBUSY;
 		else
-			snprintf(res, rl, "no snapshot \"%s\"", arg), r = -ENOENT;
-	} else if (!strcmp(cmd, "gc")) {
-		uint64_t keep = 2;
-		if (arg && (strncmp(arg, "keep=", 5) || parse_u64(arg + 5, &keep) < 0 || keep == 0))
-			r = -EINVAL;
-		else if (sf->store)
-			r = cmd_gc(sf, keep, res, rl);
+			snprintf(res, rl, "no snapshot \"%s\"", c.arg), r = -ENOENT;
+	} else if (c.kind == CMD_GC) {
+		if (sf->store)
+			r = cmd_gc(sf, c.keep, res, rl);
 		else
 			snprintf(res, rl, "nothing to collect: one snapshot (%s)", single), r = 0;
-	} else if (!strcmp(cmd, "import")) {
-		if (!arg)
-			r = -EINVAL;
-		else if (arg[0] != '/')
-			/* the daemon's directory is /, not the writer's */
-			snprintf(res, rl, "import needs an absolute path, not \"%.200s\"", arg), r = -EINVAL;
-		else if (sf->store)
-			r = sf_import(sf, arg, sf->auto_activate, res, rl);
+	} else if (c.kind == CMD_IMPORT) {
+		if (sf->store)
+			r = sf_import(sf, c.arg, sf->auto_activate, res, rl);
 		else
 			snprintf(res, rl, "import needs a store: this mount serves one kit file (%s)", sf->source),
 				r = -EOPNOTSUPP;
-	} else if (!strcmp(cmd, "reload")) {
-		r = arg ? -EINVAL : cmd_reload(sf, res, rl);
 	} else {
-		r = -EINVAL;
+		r = cmd_reload(sf, res, rl);
 	}
 	if (r == -EINVAL && !res[0])
-		snprintf(res, rl, "bad command: expected activate VERSION | rollback [VERSION] | import PATH | "
-				  "verify [VERSION|all] | remove VERSION | gc [keep=N] | reload");
+		snprintf(res, rl, "%s", command_usage);
 	/* The errno SPEC gives each class: an expired kit is stale (ESTALE);
 	 * a kit whose content contradicts its manifest is as bad a message as
 	 * a malformed one (EBADMSG). */
@@ -418,46 +402,41 @@ static int run_command(struct stellafs *sf, char *line, char *res, size_t rl)
 	return r;
 }
 
+struct control_run {
+	struct stellafs *sf;
+	uid_t uid;
+};
+
+static int control_line(void *ctx, char *line)
+{
+	struct control_run *run = ctx;
+	char shown[256], res[512] = "";
+	command_shown(line, SIZE_MAX, shown, sizeof(shown));
+	int r = run_command(run->sf, line, res, sizeof(res));
+	/* the kernel has forgotten the old current before echo returns */
+	sf_inval_wait(run->sf);
+	control_journal(run->sf, run->uid, shown, -r, res);
+	stella_log(r ? LOG_WARNING : LOG_INFO, "control: uid %u: %s: %s%s%s", (unsigned)run->uid, shown,
+		   r ? strerror(-r) : "ok", res[0] ? ": " : "", res);
+	return r;
+}
+
 int control_write(struct stellafs *sf, uid_t uid, const char *buf, size_t len)
 {
-	/* a NUL would cut a command short: "verify\0all" must not run "verify" */
-	if (len > 4096 || memchr(buf, 0, len))
+	if (command_check_text(buf, len) < 0)
 		return -EINVAL;
-	char text[4097];
+	char text[COMMAND_TEXT_MAX + 1];
 	memcpy(text, buf, len);
 	text[len] = 0;
 	if (pthread_mutex_trylock(&sf->cmd_lock) != 0) {
 		/* refused, and said so in the journal an operator reads */
 		char shown[256];
-		snprintf(shown, sizeof(shown), "%.*s", (int)strcspn(text, "\n"), text);
-		for (char *p = shown; *p; p++)
-			if ((unsigned char)*p < 0x20)
-				*p = '?';
+		command_shown(text, strcspn(text, "\n"), shown, sizeof(shown));
 		control_journal(sf, uid, shown, EBUSY, "another command is running");
 		return -EBUSY;
 	}
-	int r = 0;
-	char *save = NULL;
-	for (char *line = strtok_r(text, "\n", &save); line && r == 0; line = strtok_r(NULL, "\n", &save)) {
-		size_t l = strlen(line);
-		while (l && (line[l - 1] == '\r' || line[l - 1] == ' ' || line[l - 1] == '\t'))
-			line[--l] = 0;
-		while (*line == ' ' || *line == '\t')
-			line++;
-		if (!*line || *line == '#')
-			continue;
-		char shown[256], res[512] = "";
-		snprintf(shown, sizeof(shown), "%s", line);
-		for (char *p = shown; *p; p++)
-			if ((unsigned char)*p < 0x20)
-				*p = '?';
-		r = run_command(sf, line, res, sizeof(res));
-		/* the kernel has forgotten the old current before echo returns */
-		sf_inval_wait(sf);
-		control_journal(sf, uid, shown, -r, res);
-		stella_log(r ? LOG_WARNING : LOG_INFO, "control: uid %u: %s: %s%s%s", (unsigned)uid, shown,
-			   r ? strerror(-r) : "ok", res[0] ? ": " : "", res);
-	}
+	struct control_run run = { .sf = sf, .uid = uid };
+	int r = command_each_line(text, control_line, &run);
 	pthread_mutex_unlock(&sf->cmd_lock);
 	return r;
 }

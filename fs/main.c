@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "options.h"
 #include "stellafs.h"
 #include "util.h"
 
@@ -60,56 +61,6 @@ static const char usage[] =
 	"The tree: current -> snapshots/VERSION, feeds -> current/feeds, snapshots/,\n"
 	"status, status.json, health, metrics, control.  See stellafs(8).\n";
 
-struct opts {
-	char *trust, *threshold, *now, *cache, *admin_gid, *incoming;
-	int allow_expired, auto_activate;
-	int help, version;
-	char *source;
-	char *mountpoint;   /* seen, and left for fuse_parse_cmdline */
-};
-
-enum { KEY_HELP, KEY_VERSION };
-
-#define OPT(t, p) { t, offsetof(struct opts, p), 1 }
-static const struct fuse_opt spec[] = {
-	OPT("trust=%s", trust),
-	OPT("threshold=%s", threshold),
-	OPT("now=%s", now),
-	OPT("cache=%s", cache),
-	OPT("admin_gid=%s", admin_gid),
-	OPT("incoming=%s", incoming),
-	OPT("allow_expired", allow_expired),
-	OPT("auto_activate", auto_activate),
-	FUSE_OPT_KEY("-h", KEY_HELP),
-	FUSE_OPT_KEY("--help", KEY_HELP),
-	FUSE_OPT_KEY("-V", KEY_VERSION),
-	FUSE_OPT_KEY("--version", KEY_VERSION),
-	FUSE_OPT_END,
-};
-
-/* SOURCE is the first non-option argument; the rest (the mount point) is
- * left for fuse_parse_cmdline. */
-static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
-{
-	(void)outargs;
-	struct opts *o = data;
-	if (key == KEY_HELP) {
-		o->help = 1;
-		return 0;
-	}
-	if (key == KEY_VERSION) {
-		o->version = 1;
-		return 0;
-	}
-	if (key == FUSE_OPT_KEY_NONOPT && !o->source) {
-		o->source = strdup(arg);
-		return 0;
-	}
-	if (key == FUSE_OPT_KEY_NONOPT && !o->mountpoint)
-		o->mountpoint = strdup(arg);
-	return 1;
-}
-
 static int fail_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int fail_usage(const char *fmt, ...)
 {
@@ -146,6 +97,71 @@ static void sd_notify_send(const char *msg)
 	close(fd);
 }
 
+/* Detach into the background, but let the parent exit only with the
+ * daemon's verdict: 0 once it serves, or the exit code and the one line of
+ * a failure that came after the fork (a store that cannot be read back).
+ * fuse_daemonize() lets the parent exit 0 right after the fork.  Returns
+ * the pipe's write end in the child; the parent never returns. */
+static int detach(void)
+{
+	int p[2];
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return -errno;
+	pid_t pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid > 0) {
+		close(p[1]);
+		char buf[600];
+		size_t n = 0;
+		ssize_t k;
+		while (n < sizeof(buf) - 1 && (k = read(p[0], buf + n, sizeof(buf) - 1 - n)) != 0) {
+			if (k < 0 && errno == EINTR)
+				continue;
+			if (k < 0)
+				break;
+			n += (size_t)k;
+		}
+		buf[n] = 0;
+		if (n == 0) {
+			fprintf(stderr, PROG ": the daemon ended while starting (see the system log)\n");
+			_exit(STELLA_EXIT_RUNTIME);
+		}
+		int code = buf[0] - '0';
+		if (code == 0)
+			_exit(0);
+		fprintf(stderr, PROG ": %s\n", buf + 1);
+		_exit(code > 0 && code <= 9 ? code : STELLA_EXIT_RUNTIME);
+	}
+	close(p[0]);
+	if (setsid() < 0 || chdir("/") < 0) {
+		/* still a daemon, of the parent's session */
+	}
+	int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (null >= 0) {
+		dup2(null, 0);
+		dup2(null, 1);
+		dup2(null, 2);
+		if (null > 2)
+			close(null);
+	}
+	return p[1];
+}
+
+/* Tell the waiting parent: rc 0 (serving) or the failure's code and line. */
+static void detach_done(int *fd, int code, const char *msg)
+{
+	if (*fd < 0)
+		return;
+	char buf[600];
+	int n = snprintf(buf, sizeof(buf), "%c%s", '0' + (code >= 0 && code <= 9 ? code : 1), code ? msg : "");
+	if (write(*fd, buf, (size_t)MIN(n, (int)sizeof(buf) - 1)) < 0) {
+		/* the parent is gone: nobody to tell */
+	}
+	close(*fd);
+	*fd = -1;
+}
+
 static void log_line(int prio, const char *line)
 {
 	if (daemonized)
@@ -166,7 +182,8 @@ int main(int argc, char **argv)
 	struct stellafs sf = { .threshold = 1 };
 	struct fuse_session *se = NULL;
 	struct stella_err e = { 0 };
-	int rc = STELLA_EXIT_RUNTIME, r;
+	int rc = STELLA_EXIT_RUNTIME, r, status_fd = -1;
+	char fail_msg[512] = "";
 	bool mounted = false;
 
 	/* A first mount reads a manifest of tens of MiB more than once; from
@@ -182,7 +199,7 @@ int main(int argc, char **argv)
 	pthread_cond_init(&sf.inval_cond, NULL);
 	stella_log_set(log_line);
 
-	if (fuse_opt_parse(&args, &o, spec, opt_proc) != 0) {
+	if (options_parse(&args, &o) != 0) {
 		rc = fail_usage("bad options");
 		goto out;
 	}
@@ -237,27 +254,17 @@ int main(int argc, char **argv)
 	sf.trust_path = o.trust ? o.trust : (char *)DEFAULT_TRUST;
 	sf.cache_dir = o.cache ? o.cache : (char *)DEFAULT_CACHE;
 	sf.allow_expired = o.allow_expired;
-	if (o.threshold) {
-		uint64_t n;
-		if (parse_u64(o.threshold, &n) < 0 || n < 1 || n > 256) {
-			rc = fail_usage("threshold=%s: a number from 1 to 256", o.threshold);
-			goto out;
-		}
-		sf.threshold = (unsigned)n;
-	}
-	if (o.now && time_parse(o.now, &sf.fixed_now) < 0) {
-		rc = fail_usage("now=%s: not an RFC 3339 time", o.now);
+	struct opt_values ov;
+	char *bad = NULL;
+	if (options_check(&o, &ov, &bad) < 0) {
+		rc = fail_usage("%s", bad ? bad : strerror(ENOMEM));
+		free(bad);
 		goto out;
 	}
-	if (o.admin_gid) {
-		uint64_t n;
-		if (parse_u64(o.admin_gid, &n) < 0 || n > 0x7fffffff) {
-			rc = fail_usage("admin_gid=%s: not a group id", o.admin_gid);
-			goto out;
-		}
-		sf.has_admin_gid = true;
-		sf.admin_gid = (gid_t)n;
-	}
+	sf.threshold = ov.threshold;
+	sf.fixed_now = ov.fixed_now;
+	sf.has_admin_gid = ov.has_admin_gid;
+	sf.admin_gid = ov.admin_gid;
 	struct stat st;
 	if (stat(o.source, &st) < 0) {
 		rc = fail_usage("%s: %s", o.source, strerror(errno));
@@ -272,8 +279,9 @@ int main(int argc, char **argv)
 		}
 	}
 	bool store_mode = S_ISDIR(st.st_mode);
-	if (!store_mode && (o.incoming || o.auto_activate)) {
-		rc = fail_usage("incoming= and auto_activate are store-mode options; %s is a kit file", o.source);
+	if (options_check_mode(&o, store_mode, &bad) < 0) {
+		rc = fail_usage("%s", bad ? bad : strerror(ENOMEM));
+		free(bad);
 		goto out;
 	}
 	if (o.incoming) {
@@ -331,11 +339,8 @@ int main(int argc, char **argv)
 	}
 
 	/* Defaults a read-only, many-reader filesystem wants. */
-	fuse_opt_add_arg(&args, "-odefault_permissions");
-	fuse_opt_add_arg(&args, "-ofsname=stellafs");
-	fuse_opt_add_arg(&args, "-osubtype=stellafs");
-	if (getuid() == 0)
-		fuse_opt_add_arg(&args, "-oallow_other");
+	if (options_fuse_defaults(&args, getuid() == 0) < 0)
+		goto out;
 
 	se = fuse_session_new(&args, &stellafs_ops, sizeof(stellafs_ops), &sf);
 	if (!se) {
@@ -352,20 +357,26 @@ int main(int argc, char **argv)
 	mounted = true;
 	sf.se = se;
 	if (!cl.foreground) {
+		if ((status_fd = detach()) < 0) {
+			fprintf(stderr, PROG ": cannot detach: %s\n", strerror(-status_fd));
+			goto out;
+		}
 		openlog(PROG, LOG_PID, LOG_DAEMON);
 		daemonized = true;
 	}
-	if (fuse_daemonize(cl.foreground) != 0)
-		goto out;
 	if (store_mode) {
 		sf.store_version = -2; /* the first fill is not a switch */
 		if ((r = store_open(o.source, false, &sf.store, &e)) < 0 || (r = sf_refresh(&sf, &e)) < 0) {
+			rc = stella_exit_code(r);
 			stella_log(LOG_ERR, "%s", stella_err_text(&e, r));
+			snprintf(fail_msg, sizeof(fail_msg), "%s", stella_err_text(&e, r));
 			goto out;
 		}
 	}
-	if (sf_start_inval(&sf) < 0)
+	if ((r = sf_start_inval(&sf)) < 0) {
+		snprintf(fail_msg, sizeof(fail_msg), "cannot start the invalidation thread: %s", strerror(-r));
 		goto out;
+	}
 	if (sf.store)
 		stella_log(LOG_INFO, "mounted store %s on %s: %zu snapshot(s), current %s", o.source, cl.mountpoint,
 			   sf.nslots, *sf.current ? sf.current : "none");
@@ -376,10 +387,13 @@ int main(int argc, char **argv)
 	if ((r = sf_start_watch(&sf, &e)) < 0)
 		stella_log(LOG_ERR, "%s", stella_err_text(&e, r));
 
-	sd_notify_send("READY=1\nSTATUS=serving\n");
 	struct fuse_loop_config *lc = fuse_loop_cfg_create();
-	if (!lc)
+	if (!lc) {
+		snprintf(fail_msg, sizeof(fail_msg), "%s", strerror(ENOMEM));
 		goto out;
+	}
+	detach_done(&status_fd, 0, "");
+	sd_notify_send("READY=1\nSTATUS=serving\n");
 	fuse_loop_cfg_set_clone_fd(lc, cl.clone_fd);
 	fuse_loop_cfg_set_idle_threads(lc, cl.max_idle_threads <= 100 ? cl.max_idle_threads : 10);
 	fuse_loop_cfg_set_max_threads(lc, cl.max_threads >= 2 && cl.max_threads <= 256 ? cl.max_threads : 16);
@@ -388,26 +402,23 @@ int main(int argc, char **argv)
 	rc = r == 0 ? 0 : STELLA_EXIT_RUNTIME;
 	sd_notify_send("STOPPING=1\n");
 out:
+	sf_stop_watch(&sf); /* nothing queues notifications after this */
 	if (se) {
 		if (mounted)
-			fuse_session_unmount(se);
+			fuse_session_unmount(se); /* a send blocked in the kernel returns */
 		fuse_remove_signal_handlers(se);
-		fuse_session_destroy(se);
 	}
-	sf_stop_watch(&sf);
-	sf_stop_inval(&sf);
+	sf_stop_inval(&sf); /* before the session it sends on is freed */
+	if (se)
+		fuse_session_destroy(se);
 	sf_free_slots(&sf);
 	store_close(sf.store);
 	trust_free(sf.trust);
 	free(cl.mountpoint);
 	fuse_opt_free_args(&args);
-	free(o.source);
-	free(o.mountpoint);
-	free(o.trust);
-	free(o.threshold);
-	free(o.now);
-	free(o.cache);
-	free(o.admin_gid);
-	free(o.incoming);
+	options_free(&o);
+	/* a daemon that failed before serving: its parent says why, once
+	 * everything here is undone (nothing stays mounted) */
+	detach_done(&status_fd, rc ? rc : STELLA_EXIT_RUNTIME, fail_msg[0] ? fail_msg : "cannot start serving (see the system log)");
 	return rc;
 }

@@ -250,8 +250,8 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 	struct store_snapshot *list = NULL;
 	size_t n = 0;
 	char cur[129], prev[129];
-	int r = store_list(sf->store, &list, &n);
-	if (r == 0 && (r = store_pointers(sf->store, cur, prev)) < 0)
+	int r = store_list(sf->store, &list, &n, e);
+	if (r == 0 && (r = store_pointers(sf->store, cur, prev, e)) < 0)
 		free(list);
 	if (r < 0) {
 		/* nothing published: the next lookup or tick tries again */
@@ -259,7 +259,7 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 		sf->store_dirty = true;
 		pthread_mutex_unlock(&sf->lock);
 		pthread_mutex_unlock(&sf->refresh_lock);
-		return stella_fail(e, r, "store %s: cannot read the snapshot list", sf->source);
+		return r;
 	}
 	bool complete = true;   /* every listed snapshot is open */
 

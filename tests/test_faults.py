@@ -76,10 +76,6 @@ ASAN = _is_asan(SK_FAULT)
 # --------------------------------------------------------------------------- known bugs
 
 KNOWN = {
-    "detach": (
-        "fs/main.c: in store mode the store is opened and first read (store_open, sf_refresh, "
-        "sf_start_inval) only after fuse_daemonize() has let the parent exit 0; a failure "
-        "there unmounts and exits, so `stellafs` reported success for a mount that is gone"),
     "options": (
         "fs/options.c opt_proc() and fs/main.c main(): a failed strdup of SOURCE or MOUNTPOINT "
         "or realpath of SOURCE (ENOMEM) is reported as a usage error, exit 2 ('expected SOURCE "
@@ -1013,10 +1009,6 @@ def test_daemon_faults(daemon_results):
 
 # --------------------------------------------------------------------------- known bugs
 
-
-@pytest.mark.xfail(strict=True, reason=KNOWN["detach"])
-def test_known_daemon_startup_after_detach(daemon_results):
-    assert_no_known([daemon_results[0]], "detach")
 
 
 

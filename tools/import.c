@@ -87,7 +87,7 @@ int cmd_import(int argc, char **argv)
 				       .allow_expired = allow_expired, .activate = activate };
 	r = store_import(st, argv[optind], &o, version, &e);
 	char cur[129], prev[129];
-	store_pointers(st, cur, prev);
+	store_pointers(st, cur, prev, NULL);
 	store_unlock(st);
 	store_close(st);
 	trust_free(trust);

@@ -39,8 +39,8 @@ static int store_status(const char *dir, bool json)
 		fprintf(stderr, PROG ": status: %s\n", stella_err_text(&e, r));
 		return STATUS_UNKNOWN;
 	}
-	store_pointers(st, cur, prev);
-	store_list(st, &list, &n);
+	store_pointers(st, cur, prev, NULL);
+	store_list(st, &list, &n, NULL);
 	if (*cur) {
 		char *p = store_index_path(st, cur);
 		if (!p || (r = snapshot_open_store(p, store_blob_dirfd(st), store_tree_dirfd(st), cur, &s, &e)) < 0)

@@ -1,0 +1,50 @@
+/* stellafs's own mount options (-o trust=..., threshold=, now=, cache=,
+ * admin_gid=, incoming=, allow_expired, auto_activate, as on a command line
+ * or in fstab) and their checks.  Pure: nothing here touches a file or
+ * mounts; main.c does both with what these return, and the fuzz target
+ * tests/fuzz/fuzz_options.c drives them directly.  The standard FUSE options
+ * are left in the arguments for libfuse (fuse_parse_cmdline and
+ * fuse_session_new). */
+#pragma once
+
+#include <fuse_opt.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct opts {
+	char *trust, *threshold, *now, *cache, *admin_gid, *incoming;
+	int allow_expired, auto_activate;
+	int help, version;
+	char *source;
+	char *mountpoint;   /* seen, and left for fuse_parse_cmdline */
+};
+
+/* What the checked options say. */
+struct opt_values {
+	unsigned threshold;        /* 1 when not given */
+	int64_t fixed_now;         /* 0: the clock */
+	bool has_admin_gid;
+	gid_t admin_gid;
+};
+
+/* Take stellafs's options and SOURCE (the first non-option argument) out of
+ * args into o; everything else stays for libfuse.  0, or -1 when libfuse
+ * refuses the arguments (an option without its value, ...). */
+int options_parse(struct fuse_args *args, struct opts *o);
+
+/* The values of threshold=, now= and admin_gid=: 0, or -EINVAL with the
+ * usage message (without the program name) in *why, malloc'ed (NULL if
+ * there was no memory for it). */
+int options_check(const struct opts *o, struct opt_values *v, char **why);
+
+/* incoming= and auto_activate need a store: -EINVAL with *why as above
+ * when given for a kit file (store_mode false). */
+int options_check_mode(const struct opts *o, bool store_mode, char **why);
+
+/* The FUSE options a read-only, many-reader filesystem wants, added to
+ * args (allow_other when root).  0 or -1 (out of memory). */
+int options_fuse_defaults(struct fuse_args *args, bool root);
+
+void options_free(struct opts *o);
