@@ -200,7 +200,10 @@ int main(int argc, char **argv)
 	stella_log_set(log_line);
 
 	if (options_parse(&args, &o) != 0) {
-		rc = fail_usage("bad options");
+		if (o.nomem)
+			fprintf(stderr, PROG ": %s\n", strerror(ENOMEM));
+		else
+			rc = fail_usage("bad options");
 		goto out;
 	}
 	if (o.help) {
@@ -241,7 +244,10 @@ int main(int argc, char **argv)
 	 * the kit and the trust store by name. */
 	char *abs_source = realpath(o.source, NULL), *abs_trust = NULL;
 	if (!abs_source) {
-		rc = fail_usage("%s: %s", o.source, strerror(errno));
+		if (errno == ENOMEM) /* ours, not the operator's: exit 1 */
+			fprintf(stderr, PROG ": %s: %s\n", o.source, strerror(errno));
+		else
+			rc = fail_usage("%s: %s", o.source, strerror(errno));
 		goto out;
 	}
 	free(o.source);

@@ -43,11 +43,16 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 		return 0;
 	}
 	if (key == FUSE_OPT_KEY_NONOPT && !o->source) {
-		o->source = strdup(arg);
+		if (!(o->source = strdup(arg))) {
+			o->nomem = 1;
+			return -1;
+		}
 		return 0;
 	}
-	if (key == FUSE_OPT_KEY_NONOPT && !o->mountpoint)
-		o->mountpoint = strdup(arg);
+	if (key == FUSE_OPT_KEY_NONOPT && !o->mountpoint && !(o->mountpoint = strdup(arg))) {
+		o->nomem = 1;
+		return -1;
+	}
 	return 1;
 }
 

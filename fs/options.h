@@ -17,6 +17,7 @@ struct opts {
 	char *trust, *threshold, *now, *cache, *admin_gid, *incoming;
 	int allow_expired, auto_activate;
 	int help, version;
+	int nomem;          /* options_parse failed for want of memory */
 	char *source;
 	char *mountpoint;   /* seen, and left for fuse_parse_cmdline */
 };

@@ -25,10 +25,9 @@ leaves the store exactly as it was, files and rows.  The daemon either refuses w
 line and mounts nothing, or stays up and answers each operation with the right bytes or
 an errno, keeps its view and store.db in agreement, and exits after the unmount.
 
-Known bugs whose fixes belong to files the author of this suite could not change are in
-KNOWN: the loops tolerate problems of those kinds (and print how many they saw), and one
-strict xfail test per kind asserts there are none.  When a fix lands, that test XPASSes,
-which fails it: then delete the kind from KNOWN and the test.
+KNOWN holds kinds of problem the loops tolerate while their fix is pending (each with a
+strict xfail test that asserts there are none, so a fix makes it XPASS and fail).  It is
+empty: the five kinds found when this suite was written are fixed.
 
 Work directories are on tmpfs (/dev/shm) when there is one, and JOBS runs go at once.
 """
@@ -75,12 +74,7 @@ ASAN = _is_asan(SK_FAULT)
 
 # --------------------------------------------------------------------------- known bugs
 
-KNOWN = {
-    "options": (
-        "fs/options.c opt_proc() and fs/main.c main(): a failed strdup of SOURCE or MOUNTPOINT "
-        "or realpath of SOURCE (ENOMEM) is reported as a usage error, exit 2 ('expected SOURCE "
-        "and MOUNTPOINT', 'SOURCE: Cannot allocate memory (try --help)'), not exit 1"),
-}
+KNOWN: dict = {}
 
 # --------------------------------------------------------------------------- fault kinds
 
@@ -922,13 +916,10 @@ class DaemonScenario:
             if kind == "hang":
                 problems.add("hang", run, text)
         if rc != 0:
-            if run.op in ALLOC and rc == 2 and phase == "foreground":
-                problems.add("options", run, KNOWN["options"])
-            else:
-                try:
-                    kitlib.assert_fs_fail(cp, 1, fault_words(run.op) if run.op else ())
-                except AssertionError as e:
-                    problems.add("bad-refusal", run, str(e).split("\n")[0])
+            try:
+                kitlib.assert_fs_fail(cp, 1, fault_words(run.op) if run.op else ())
+            except AssertionError as e:
+                problems.add("bad-refusal", run, str(e).split("\n")[0])
             if mounted or pids:
                 problems.add("partial-state", run, f"refused, yet mounted={mounted}, "
                                                    f"daemons {pids}")
@@ -1011,8 +1002,4 @@ def test_daemon_faults(daemon_results):
 
 
 
-
-@pytest.mark.xfail(strict=True, reason=KNOWN["options"])
-def test_known_daemon_option_enomem(daemon_results):
-    assert_no_known([daemon_results[0]], "options")
 
