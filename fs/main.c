@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <syslog.h>
 #include <time.h>
 #include <unistd.h>
@@ -124,12 +125,17 @@ static int detach(void)
 		}
 		buf[n] = 0;
 		if (n == 0) {
+			while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+				;
 			fprintf(stderr, PROG ": the daemon ended while starting (see the system log)\n");
 			_exit(STELLA_EXIT_RUNTIME);
 		}
 		int code = buf[0] - '0';
 		if (code == 0)
 			_exit(0);
+		/* a failed daemon is gone before its parent says so */
+		while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+			;
 		fprintf(stderr, PROG ": %s\n", buf + 1);
 		_exit(code > 0 && code <= 9 ? code : STELLA_EXIT_RUNTIME);
 	}
