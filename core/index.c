@@ -365,6 +365,10 @@ static void row_to_node(sqlite3_stmt *s, struct index_node *n)
 	n->size = (uint64_t)sqlite3_column_int64(s, 5);
 	n->data_off = (uint64_t)sqlite3_column_int64(s, 6);
 	n->tree_off = sqlite3_column_int64(s, 7);
+	/* a row read back from a file: a digest of the wrong length is none
+	 * (zeros match no content), never whatever was in *n before */
+	memset(n->sha256, 0, 32);
+	memset(n->fsverity, 0, 32);
 	if (sqlite3_column_bytes(s, 8) == 32)
 		memcpy(n->sha256, sqlite3_column_blob(s, 8), 32);
 	if (sqlite3_column_bytes(s, 9) == 32)

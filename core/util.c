@@ -254,7 +254,9 @@ void time_format(int64_t t, char out[32])
 
 int parse_u64(const char *s, uint64_t *out)
 {
-	if (!s || !*s || *s == '-' || *s == '+' || *s == ' ')
+	/* digits only: strtoull would skip leading white space of any kind
+	 * (tab, CR, VT, FF) and take a sign */
+	if (!s || *s < '0' || *s > '9')
 		return -EINVAL;
 	char *end;
 	errno = 0;

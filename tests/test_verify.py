@@ -342,7 +342,7 @@ def test_usage_missing_trust(good_kit):
     assert_fail(run("verify", good_kit), 2)
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "two"])
+@pytest.mark.parametrize("value", ["0", "-1", "two", "\t1", "\v2", " 1", "+1", "257"])
 def test_usage_bad_threshold(keys, good_kit, value):
     assert_fail(run("verify", "-t", keys["ed25519"].pub, "--threshold", value, good_kit), 2)
 
