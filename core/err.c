@@ -10,10 +10,16 @@ static void __attribute__((format(printf, 3, 0))) vset(struct stella_err *e, int
 		return;
 	e->code = rc;
 	vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
-	/* One line, always: a hostile name must not break the log format. */
-	for (char *p = e->msg; *p; p++)
-		if (*p == '\n' || *p == '\r')
-			*p = ' ';
+	stella_one_line(e->msg);
+}
+
+void stella_one_line(char *s)
+{
+	/* One line, always: a hostile name must not break the log format
+	 * (a vertical tab or form feed ends a line for some readers too). */
+	for (unsigned char *p = (unsigned char *)s; *p; p++)
+		if (*p < 0x20 || *p == 0x7f)
+			*p = *p == '\n' || *p == '\r' || *p == '\t' ? ' ' : '?';
 }
 
 int stella_fail(struct stella_err *e, int rc, const char *fmt, ...)

@@ -51,6 +51,10 @@ int stella_fail(struct stella_err *e, int rc, const char *fmt, ...)
 int stella_fail_errno(struct stella_err *e, int rc, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
+/* Make s one printable line in place: line breaks and tabs become spaces,
+ * other control characters '?'.  stella_fail does it to every message. */
+void stella_one_line(char *s);
+
 /* Map a negative errno to SPEC's exit code. */
 int stella_exit_code(int rc);
 

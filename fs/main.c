@@ -65,12 +65,13 @@ static const char usage[] =
 static int fail_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int fail_usage(const char *fmt, ...)
 {
+	char msg[1024];
 	va_list ap;
 	va_start(ap, fmt);
-	fprintf(stderr, PROG ": ");
-	vfprintf(stderr, fmt, ap);
-	fprintf(stderr, " (try '" PROG " --help')\n");
+	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
+	stella_one_line(msg);
+	fprintf(stderr, PROG ": %s (try '" PROG " --help')\n", msg);
 	return STELLA_EXIT_USAGE;
 }
 

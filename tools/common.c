@@ -24,6 +24,7 @@ int usage_error(const char *cmd, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
+	stella_one_line(msg);
 	if (cmd)
 		fprintf(stderr, PROG ": %s: %s (try '" PROG " %s --help')\n", cmd, msg, cmd);
 	else
