@@ -9,7 +9,8 @@ pkgs=(gcc pkg-config meson ninja-build
       libfuse3-dev fuse3 libarchive-dev libssl-dev libsqlite3-dev libyajl-dev
       zlib1g-dev libzstd-dev
       python3 python3-pytest fsverity tar openssl sqlite3 zstd gzip coreutils
-      dosfstools mtools fusefat util-linux)
+      dosfstools mtools fusefat util-linux
+      clang libclang-rt-dev)  # test.sh's TSan and fuzz stages (compiler-rt: TSan, libFuzzer)
 [ "${1:-}" = "--bench" ] && pkgs+=(squashfuse squashfs-tools bindfs archivemount)
 
 missing=()

@@ -2,9 +2,12 @@
 # The whole test suite, from a fresh Debian 12 machine: installs what is
 # missing, builds (optimised, warnings are errors), runs the C unit tests and
 # the pytest suite, then does it all again under AddressSanitizer +
-# UndefinedBehaviorSanitizer.  Ends with one line: "total: N passed, N failed".
+# UndefinedBehaviorSanitizer; then the concurrency tests under ThreadSanitizer
+# and a short run of every libFuzzer target (docs/hardening.md).  Ends with one
+# line: "total: N passed, N failed".
 #
-#   scripts/test.sh [PYTEST_ARGS...]
+#   scripts/test.sh [PYTEST_ARGS...]      (PYTEST_ARGS: the release and ASan runs)
+#   STAGES="tsan fuzz" scripts/test.sh    (only some of: release asan tsan fuzz)
 set -uo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -17,26 +20,141 @@ results=$(mktemp -d)
 trap 'rm -rf "$results"' EXIT
 status=0
 
-run_suite() { # NAME BUILD_DIR MESON_OPTIONS...
-	local name=$1 dir=$2
-	shift 2
+STAGES=${STAGES:-release asan tsan fuzz}
+stage() { [[ " $STAGES " == *" $1 "* ]]; }
+
+build_tree() { # NAME BUILD_DIR CC ("": meson's choice) MESON_OPTIONS...
+	local name=$1 dir=$2 cc=$3
+	shift 3
 	echo "=== $name: build ($dir)"
 	if [ ! -f "$dir/build.ninja" ]; then
-		meson setup "$dir" "$@" >"$results/$name-setup.log" 2>&1 ||
-			{ cat "$results/$name-setup.log"; status=1; return; }
+		env ${cc:+CC="$cc"} meson setup "$dir" "$@" >"$results/$name-setup.log" 2>&1 ||
+			{ cat "$results/$name-setup.log"; status=1; return 1; }
 	else
 		meson configure "$dir" "$@" >/dev/null 2>&1
 	fi
 	meson compile -C "$dir" >"$results/$name-build.log" 2>&1 ||
-		{ cat "$results/$name-build.log"; status=1; return; }
+		{ cat "$results/$name-build.log"; status=1; return 1; }
 	if grep -q "warning:" "$results/$name-build.log"; then
 		grep "warning:" "$results/$name-build.log"; status=1
 	fi
+	return 0
+}
+
+run_suite() { # NAME BUILD_DIR MESON_OPTIONS...
+	local name=$1 dir=$2
+	shift 2
+	build_tree "$name" "$dir" "" "$@" || return
 	echo "=== $name: unit tests"
 	meson test -C "$dir" --print-errorlogs 2>&1 | tee "$results/$name-unit.log" | grep -E "^ *[0-9]+/[0-9]+ |^(Ok|Fail|Timeout):"
 	echo "=== $name: pytest"
 	STELLA_BUILD="$top/$dir" STELLAKIT="$top/$dir/tools/stellakit" STELLAFS="$top/$dir/fs/stellafs" "$PY" -m pytest -q -p no:cacheprovider \
 		--junitxml="$results/$name-pytest.xml" "${PYTEST_ARGS[@]}" tests/ || status=1
+}
+
+# ThreadSanitizer over the tests where the daemon's and stellakit's threads
+# meet: readers during 500 switches, control commands racing each other, many
+# readers of one file, imports (stellakit, incoming/) while reads go on.  clang,
+# for LLVM's newer TSan runtime and because the fuzz stage needs it anyway.
+# The detached daemon's stderr is /dev/null: reports go to files, and any
+# report fails the run.
+TSAN_TESTS="switch_storm or concurrent or while_mounted or incoming_directory"
+run_tsan() {
+	build_tree tsan build-tsan clang -Dbuildtype=debugoptimized -Db_sanitize=thread \
+		-Db_lundef=false "${werror[@]}" || return
+	local dir tsan_opts norand=() rc=0
+	dir=$(mktemp -d /tmp/stella-tsan.XXXXXX)
+	tsan_opts="exitcode=88 halt_on_error=0 second_deadlock_stack=1 log_path=$dir/tsan"
+	[ -f tests/tsan.supp ] && tsan_opts+=" suppressions=$top/tests/tsan.supp"
+	# LLVM 14's TSan cannot lay out its shadow memory when the kernel
+	# randomises mmap with more than 28 bits: then run without ASLR.
+	[ "$(cat /proc/sys/vm/mmap_rnd_bits 2>/dev/null || echo 28)" -gt 28 ] &&
+		norand=(setarch "$(uname -m)" -R)
+	echo "=== tsan: pytest -k \"$TSAN_TESTS\""
+	TSAN_OPTIONS=$tsan_opts STELLA_BUILD="$top/build-tsan" STELLAKIT="$top/build-tsan/tools/stellakit" \
+		STELLAFS="$top/build-tsan/fs/stellafs" "${norand[@]}" "$PY" -m pytest -q -p no:cacheprovider \
+		--junitxml="$results/tsan-pytest.xml" -k "$TSAN_TESTS" tests/test_store.py tests/test_mount.py || rc=$?
+	[ $rc -ne 0 ] && status=1
+	[ $rc -eq 5 ] && echo "tsan-selection failed" >>"$results/tsan.count" # nothing matched -k
+	if ls "$dir"/* >/dev/null 2>&1; then
+		echo "=== ThreadSanitizer reports"
+		cat "$dir"/*
+		status=1
+		echo "tsan-reports failed" >>"$results/tsan.count"
+	fi
+	rm -rf "$dir"
+}
+
+# A short libFuzzer run of every target in build-fuzz/tests/fuzz/ (a glob: new
+# targets join by themselves) over its seeds plus up to 30 s of new inputs, two
+# at a time; scripts/fuzz.sh --smoke runs each with its own flags.  One test per
+# target in the total; a crash fails it, and its reproducer is kept in
+# tests/fuzz/crashes/ and printed.  FUZZ_SMOKE_SECS overrides the time.
+fuzz_smoke_one() { # TARGET SECONDS
+	if [ ! -d "tests/fuzz/corpus/$1" ]; then
+		echo "== $1: no seed corpus tests/fuzz/corpus/$1/"
+		return 1
+	fi
+	# fuzz.sh's own sanitizer options, not the ASan stage's log files; a
+	# target that hangs past its time is killed
+	env -u ASAN_OPTIONS -u UBSAN_OPTIONS timeout -k 10 $(($2 + 120)) scripts/fuzz.sh --smoke "$2" "$1" ||
+		{ local rc=$?; [ $rc -ge 124 ] && echo "   FAILED: killed after $(($2 + 120)) s"; return $rc; }
+}
+run_fuzz_smoke() {
+	build_tree fuzz build-fuzz clang -Dfuzzing=true -Dbuildtype=debugoptimized \
+		-Db_lundef=false "${werror[@]}" ||
+		{ echo "fuzz-build failed" >>"$results/fuzz.count"; return; }
+	local targets=() f t n secs running=0
+	for f in build-fuzz/tests/fuzz/fuzz_*; do
+		[ -f "$f" ] && [ -x "$f" ] && targets+=("${f##*/}")
+	done
+	n=${#targets[@]}
+	if [ "$n" -eq 0 ]; then
+		echo "no fuzz targets in build-fuzz/tests/fuzz/"
+		echo "fuzz-targets failed" >>"$results/fuzz.count"
+		status=1
+		return
+	fi
+	# about 2 min of fuzzing in all: 30 s each while there are few targets
+	secs=$((120 / ((n + 1) / 2)))
+	[ $secs -gt 30 ] && secs=30
+	[ $secs -lt 10 ] && secs=10
+	secs=${FUZZ_SMOKE_SECS:-$secs}
+	echo "=== fuzz smoke: $n targets, ${secs}s each, two at a time"
+	for t in "${targets[@]}"; do
+		if [ $running -ge 2 ]; then
+			wait -n
+			running=$((running - 1))
+		fi
+		rm -f "build-fuzz/fuzz-smoke-$t.log"
+		{
+			fuzz_smoke_one "$t" "$secs" >"$results/fuzz-$t.out" 2>&1
+			echo $? >"$results/fuzz-$t.rc"
+		} &
+		running=$((running + 1))
+	done
+	wait
+	for t in "${targets[@]}"; do
+		sed 's/^/  /' "$results/fuzz-$t.out"
+		if [ "$(cat "$results/fuzz-$t.rc" 2>/dev/null)" = 0 ]; then
+			echo "fuzz-$t passed" >>"$results/fuzz.count"
+			continue
+		fi
+		status=1
+		echo "fuzz-$t failed" >>"$results/fuzz.count"
+		local log=build-fuzz/fuzz-smoke-$t.log art
+		[ -f "$log" ] || continue
+		echo "--- $t: $log"
+		grep -m1 -A40 -E "==ERROR|runtime error|deadly signal|ERROR: libFuzzer|^==[0-9]+== ERROR" "$log" |
+			sed 's/^/    /'
+		art=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -1)
+		if [ -n "$art" ] && [ -f "$art" ]; then
+			echo "--- reproducer $art, $(stat -c %s "$art") bytes (replay: build-fuzz/tests/fuzz/$t $art);"
+			echo "    base64 (first 64 KiB):"
+			head -c 65536 "$art" | base64 | sed 's/^/    /'
+		fi
+	done
+	rmdir tests/fuzz/crashes 2>/dev/null || true
 }
 
 PYTEST_ARGS=("$@")
@@ -49,8 +167,8 @@ export ASAN_OPTIONS=exitcode=86:detect_leaks=1:abort_on_error=0:log_path=$asan_d
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:exitcode=87:log_path=$asan_dir/ubsan
 werror=()
 [ "${CI:-}" = "true" ] && werror=(-Dwerror=true)
-run_suite release build "${werror[@]}"
-run_suite sanitizers build-asan -Dbuildtype=debugoptimized -Db_sanitize=address,undefined \
+stage release && run_suite release build "${werror[@]}"
+stage asan && run_suite sanitizers build-asan -Dbuildtype=debugoptimized -Db_sanitize=address,undefined \
 	-Db_lundef=false "${werror[@]}"
 
 if ls "$asan_dir"/* >/dev/null 2>&1; then
@@ -61,9 +179,20 @@ if ls "$asan_dir"/* >/dev/null 2>&1; then
 fi
 rm -rf "$asan_dir"
 
+stage tsan && run_tsan
+stage fuzz && run_fuzz_smoke
+
+# What each stage must leave: a unit log and a pytest report per full suite,
+# the TSan run's pytest report (a missing one is a failure below).
+expected=0
+stage release && expected=$((expected + 2))
+stage asan && expected=$((expected + 2))
+stage tsan && expected=$((expected + 1))
+
 # One closing line over everything that ran: meson's unit tests (their "Ok:"
-# and "Fail:" lines) and pytest's junit reports.
-"$PY" - "$results" <<'PYEOF'
+# and "Fail:" lines), pytest's junit reports, and *.count files (one line per
+# test, ending "passed" or "failed": the fuzz targets, TSan's reports).
+"$PY" - "$results" "$expected" <<'PYEOF'
 import glob, re, sys, xml.etree.ElementTree as ET
 d = sys.argv[1]
 passed = failed = skipped = 0
@@ -79,7 +208,14 @@ for xml in glob.glob(f"{d}/*-pytest.xml"):
         passed += t - f - e - sk; failed += f + e; skipped += sk
 for rep in glob.glob(f"{d}/sanitizer-reports.txt"):
     failed += 1
-expected = 4  # two setups x (unit log + pytest report)
+for cnt in glob.glob(f"{d}/*.count"):
+    for line in open(cnt):
+        if line.split():
+            if line.split()[-1] == "passed":
+                passed += 1
+            else:
+                failed += 1
+expected = int(sys.argv[2])
 found = len(glob.glob(f"{d}/*-unit.log")) + len(glob.glob(f"{d}/*-pytest.xml"))
 failed += max(0, expected - found)
 print(f"total: {passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
