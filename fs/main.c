@@ -369,6 +369,7 @@ int main(int argc, char **argv)
 	}
 	mounted = true;
 	sf.se = se;
+	sf.mountpoint = cl.mountpoint;
 	if (!cl.foreground) {
 		if ((status_fd = detach()) < 0) {
 			fprintf(stderr, PROG ": cannot detach: %s\n", strerror(-status_fd));

@@ -119,8 +119,27 @@ static void reply_fixed_entry(fuse_req_t req, fuse_ino_t ino)
 	fuse_reply_entry(req, &e);
 }
 
+/* Worker threads wait for requests at a raised priority (nice -10), so
+ * that under readers keeping every CPU busy a request is picked up at
+ * once: an `echo activate` is six requests (lookup, open, write, ...), and
+ * each waited for a time slice.  The costly work, hashing the blocks a
+ * read returns, runs at the normal priority: a reader gains no CPU over
+ * other processes through us.  Per thread, set when it changes. */
+static __thread int worker_nice = 1; /* 1: not set yet */
+
+static void worker_nice_set(int nice)
+{
+	if (worker_nice != nice) {
+		sf_boost(nice);
+		worker_nice = nice;
+	}
+}
+
+static void worker_boost(void) { worker_nice_set(SF_BOOST_NICE); }
+
 static void sf_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
+	worker_boost();
 	struct stellafs *sf = SF(req);
 	if (parent == INO_SNAPSHOTS) {
 		/* a version just imported by stellakit: visible at once */
@@ -172,6 +191,7 @@ static void sf_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 
 static void sf_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	worker_boost();
 	(void)fi;
 	struct stellafs *sf = SF(req);
 	struct stat st;
@@ -195,6 +215,7 @@ static void sf_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 static void sf_readlink(fuse_req_t req, fuse_ino_t ino)
 {
+	worker_boost();
 	struct stellafs *sf = SF(req);
 	struct snapshot *s = NULL;
 	if (ino == INO_FEEDS) {
@@ -263,6 +284,7 @@ static int dir_child(void *ctx, const struct index_node *n)
  * the store: listed afresh every time. */
 static void sf_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	worker_boost();
 	if (!is_fixed(ino)) {
 		fi->cache_readdir = 1;
 		fi->keep_cache = 1;
@@ -347,6 +369,7 @@ done:
 
 static void sf_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	worker_boost();
 	struct stellafs *sf = SF(req);
 	int acc = fi->flags & O_ACCMODE;
 	if (is_control(ino)) {
@@ -400,6 +423,7 @@ static void sf_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fi->keep_cache = 1;
 	fi->noflush = 1;
 	fuse_reply_open(req, fi);
+	sf_readahead(sf);
 }
 
 static char *reply_buf(size_t size)
@@ -431,11 +455,13 @@ static void sf_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
+	worker_nice_set(0); /* hashing: at the readers' priority */
 	ssize_t n = snapshot_read(f, buf, size, (uint64_t)off);
 	if (n < 0)
 		fuse_reply_err(req, (int)-n);
 	else
 		fuse_reply_buf(req, buf, (size_t)n);
+	worker_boost(); /* and waiting for the next request, raised again */
 }
 
 static void sf_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
@@ -447,9 +473,8 @@ static void sf_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		fuse_reply_err(req, EROFS);
 		return;
 	}
-	int nice = sf_boost(SF_BOOST_NICE);
+	worker_boost();
 	int r = control_write(SF(req), fuse_req_ctx(req)->uid, buf, size);
-	sf_boost(nice);
 	if (r < 0)
 		fuse_reply_err(req, -r);
 	else
@@ -458,6 +483,7 @@ static void sf_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 
 static void sf_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	worker_boost();
 	if (is_fixed(ino)) {
 		struct vbuf *v = (struct vbuf *)(uintptr_t)fi->fh;
 		if (v)
@@ -573,6 +599,7 @@ static void sf_init(void *userdata, struct fuse_conn_info *conn)
 static void erofs(fuse_req_t req) { fuse_reply_err(req, EROFS); }
 static void sf_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *a, int to_set, struct fuse_file_info *fi)
 {
+	worker_boost();
 	(void)a;
 	(void)fi;
 	/* `echo cmd > control` truncates first: allow exactly that. */

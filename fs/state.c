@@ -155,6 +155,50 @@ int sf_boost(int nice)
 	return errno == 0 ? old : 0;
 }
 
+void sf_readahead(struct stellafs *sf)
+{
+	if (!sf->mountpoint || atomic_exchange(&sf->readahead_done, true) || geteuid() != 0)
+		return;
+	/* Our mount's device number, from mountinfo: a stat() of the mount
+	 * point would be a request to ourselves. */
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	if (!f)
+		return;
+	char line[8192], dev[64] = "";
+	while (!dev[0] && fgets(line, sizeof(line), f)) {
+		char mm[64], root[4096], mp[4096], un[4096];
+		if (sscanf(line, "%*u %*u %63s %4095s %4095s", mm, root, mp) != 3)
+			continue;
+		/* mountinfo writes space, tab, newline and backslash as \ooo */
+		size_t k = 0;
+		for (const char *p = mp; *p && k + 1 < sizeof(un); p++) {
+			unsigned o;
+			if (p[0] == '\\' && sscanf(p + 1, "%3o", &o) == 1) {
+				un[k++] = (char)o;
+				p += 3;
+			} else {
+				un[k++] = *p;
+			}
+		}
+		un[k] = 0;
+		if (!strcmp(un, sf->mountpoint) && strstr(line, " - fuse"))
+			snprintf(dev, sizeof(dev), "%s", mm);
+	}
+	fclose(f);
+	if (!dev[0])
+		return;
+	char path[128], val[16];
+	snprintf(path, sizeof(path), "/sys/class/bdi/%s/read_ahead_kb", dev);
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	int n = snprintf(val, sizeof(val), "%u\n", SF_READAHEAD_KIB);
+	if (write(fd, val, (size_t)n) < 0) {
+		/* best effort */
+	}
+	close(fd);
+}
+
 static void *inval_main(void *arg)
 {
 	struct stellafs *sf = arg;
