@@ -329,6 +329,9 @@ static int check_member(struct walk *w, const struct kit_member *m, const char *
 	return r;
 }
 
+/* The most tar stream there can be before the manifest is known. */
+#define HEAD_STREAM_MAX ((uint64_t)STELLA_MANIFEST_MAX + STELLA_SIG_MAX + (4u << 20))
+
 int kit_read_head(const char *path, char **manifest, size_t *mlen, char **sig, size_t *slen,
 		  struct stella_err *e)
 {
@@ -337,6 +340,10 @@ int kit_read_head(const char *path, char **manifest, size_t *mlen, char **sig, s
 	int r = kitread_open(path, &kr, e);
 	if (r < 0)
 		return r;
+	/* the bomb bound of kit_verify before its manifest: room for the
+	 * manifest, its signature and their headers */
+	if (kitread_compression(kr) != KIT_COMPRESS_NONE)
+		kitread_set_limit(kr, HEAD_STREAM_MAX);
 	*manifest = *sig = NULL;
 	r = kitread_next(kr, &m, e);
 	if (r == 1 && (strcmp(m.name, KIT_MANIFEST_NAME) || m.type != ARTIFACT_FILE))
@@ -403,7 +410,7 @@ int kit_verify(const char *path, const struct kitverify_opts *o, struct kitverif
 	 * headers).  An uncompressed one is bounded by its file. */
 	bool compressed = kitread_compression(w.kr) != KIT_COMPRESS_NONE;
 	if (compressed)
-		kitread_set_limit(w.kr, STELLA_MANIFEST_MAX + STELLA_SIG_MAX + (4u << 20));
+		kitread_set_limit(w.kr, HEAD_STREAM_MAX);
 	if ((r = read_head(&w, e)) < 0)
 		goto out;
 	if (compressed)

@@ -6,6 +6,7 @@
 #include <langinfo.h>
 #include <locale.h>
 #include <malloc.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -113,6 +114,11 @@ static int detach(void)
 	if (pid < 0)
 		return -errno;
 	if (pid > 0) {
+		/* FUSE's handlers would only end a session this process no
+		 * longer runs: Ctrl-C or a timeout must end the wait */
+		signal(SIGINT, SIG_DFL);
+		signal(SIGTERM, SIG_DFL);
+		signal(SIGHUP, SIG_DFL);
 		close(p[1]);
 		char buf[600];
 		size_t n = 0;
@@ -380,7 +386,7 @@ int main(int argc, char **argv)
 	}
 	if (store_mode) {
 		sf.store_version = -2; /* the first fill is not a switch */
-		if ((r = store_open(o.source, false, &sf.store, &e)) < 0 || (r = sf_refresh(&sf, &e)) < 0) {
+		if ((r = store_open(o.source, false, &sf.store, &e)) < 0 || (r = sf_changed(&sf, &e)) < 0) {
 			rc = stella_exit_code(r);
 			stella_log(LOG_ERR, "%s", stella_err_text(&e, r));
 			snprintf(fail_msg, sizeof(fail_msg), "%s", stella_err_text(&e, r));

@@ -125,17 +125,25 @@ static void reply_fixed_entry(fuse_req_t req, fuse_ino_t ino)
  * each waited for a time slice.  The costly work, hashing the blocks a
  * read returns, runs at the normal priority: a reader gains no CPU over
  * other processes through us.  Per thread, set when it changes. */
-static __thread int worker_nice = 1; /* 1: not set yet */
+static __thread bool worker_known;
+static __thread int worker_base, worker_nice; /* the nice it started with, the one now */
 
-static void worker_nice_set(int nice)
+/* Relative to the thread's own starting value: a daemon started with
+ * Nice=10 hashes at 10 and waits at 0. */
+static void worker_nice_set(bool raised)
 {
-	if (worker_nice != nice) {
-		sf_boost(nice);
-		worker_nice = nice;
+	if (!worker_known) {
+		worker_base = worker_nice = sf_nice();
+		worker_known = true;
+	}
+	int want = raised ? worker_base + SF_BOOST_NICE : worker_base;
+	if (worker_nice != want) {
+		sf_boost(want);
+		worker_nice = want;
 	}
 }
 
-static void worker_boost(void) { worker_nice_set(SF_BOOST_NICE); }
+static void worker_boost(void) { worker_nice_set(true); }
 
 static void sf_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
@@ -455,7 +463,7 @@ static void sf_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	worker_nice_set(0); /* hashing: at the readers' priority */
+	worker_nice_set(false); /* hashing: at the readers' priority */
 	ssize_t n = snapshot_read(f, buf, size, (uint64_t)off);
 	if (n < 0)
 		fuse_reply_err(req, (int)-n);

@@ -144,6 +144,13 @@ static void inval_push(struct stellafs *sf, fuse_ino_t parent, const char *name,
 	pthread_mutex_unlock(&sf->inval_lock);
 }
 
+int sf_nice(void)
+{
+	errno = 0;
+	int n = getpriority(PRIO_PROCESS, (id_t)gettid());
+	return errno == 0 ? n : 0;
+}
+
 int sf_boost(int nice)
 {
 	/* Linux: a thread's nice value is its own (setpriority on its tid) */
@@ -168,30 +175,33 @@ void sf_readahead(struct stellafs *sf)
 	if (gzip)
 		return;
 	/* Our mount's device number, from mountinfo: a stat() of the mount
-	 * point would be a request to ourselves. */
+	 * point would be a request to ourselves.  The last matching line is
+	 * the mount on top. */
 	FILE *f = fopen("/proc/self/mountinfo", "re");
 	if (!f)
 		return;
-	char line[8192], dev[64] = "";
-	while (!dev[0] && fgets(line, sizeof(line), f)) {
-		char mm[64], root[4096], mp[4096], un[4096];
-		if (sscanf(line, "%*u %*u %63s %4095s %4095s", mm, root, mp) != 3)
+	char *line = NULL, dev[64] = "";
+	size_t cap = 0;
+	while (getline(&line, &cap, f) > 0) {
+		char mm[64];
+		int at = 0;
+		if (sscanf(line, "%*u %*u %63s %*s %n", mm, &at) != 1 || !at || !strstr(line, " - fuse"))
 			continue;
-		/* mountinfo writes space, tab, newline and backslash as \ooo */
-		size_t k = 0;
-		for (const char *p = mp; *p && k + 1 < sizeof(un); p++) {
-			unsigned o;
-			if (p[0] == '\\' && sscanf(p + 1, "%3o", &o) == 1) {
-				un[k++] = (char)o;
+		/* the mount point, \ooo escapes decoded, compared as we go */
+		const char *p = line + at, *want = sf->mountpoint;
+		for (; *p && *p != ' ' && *want; want++) {
+			char c = *p++;
+			if (c == '\\' && p[0] >= '0' && p[0] <= '7' && p[1] >= '0' && p[1] <= '7' && p[2] >= '0' && p[2] <= '7') {
+				c = (char)((p[0] - '0') << 6 | (p[1] - '0') << 3 | (p[2] - '0'));
 				p += 3;
-			} else {
-				un[k++] = *p;
 			}
+			if (c != *want)
+				break;
 		}
-		un[k] = 0;
-		if (!strcmp(un, sf->mountpoint) && strstr(line, " - fuse"))
+		if (!*want && (*p == ' ' || !*p))
 			snprintf(dev, sizeof(dev), "%s", mm);
 	}
+	free(line);
 	fclose(f);
 	if (!dev[0])
 		return;
@@ -212,7 +222,7 @@ static void *inval_main(void *arg)
 	struct stellafs *sf = arg;
 	/* A switch returns once this thread told the kernel: it must not wait
 	 * behind the readers' threads for a CPU. */
-	sf_boost(SF_BOOST_NICE);
+	sf_boost(sf_nice() + SF_BOOST_NICE);
 	pthread_mutex_lock(&sf->inval_lock);
 	while (!sf->inval_stop) {
 		if (sf->ninval == 0 && !sf->inval_overflow) {
@@ -292,7 +302,12 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 	pthread_mutex_lock(&sf->refresh_lock);
 	int64_t v = store_data_version(sf->store);
 	pthread_mutex_lock(&sf->lock);
-	bool same = v == sf->store_version && v >= 0 && !sf->store_dirty;
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	/* a snapshot that did not open is retried every few seconds, not at
+	 * every tick and lookup */
+	bool retry = sf->store_incomplete && now.tv_sec >= sf->store_retry_at;
+	bool same = v == sf->store_version && v >= 0 && !sf->store_dirty && !retry;
 	sf->store_dirty = false;
 	pthread_mutex_unlock(&sf->lock);
 	if (same) {
@@ -360,8 +375,9 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 		}
 	bool switched = strcmp(sf->current, cur) != 0 && sf->store_version != -2;
 	snprintf(sf->current, sizeof(sf->current), "%s", cur);
-	/* a snapshot that did not open is tried again at the next refresh */
-	sf->store_version = complete ? v : -1;
+	sf->store_version = v;
+	sf->store_incomplete = !complete;
+	sf->store_retry_at = now.tv_sec + 10;
 	pthread_mutex_unlock(&sf->lock);
 	/* queued before the refresh lock goes: a command whose own refresh
 	 * found nothing left to do must still find this notification queued
@@ -376,16 +392,28 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 
 /* data_version moves only for other connections' commits: after our own,
  * say so explicitly. */
-void sf_changed(struct stellafs *sf, struct stella_err *e)
+int sf_changed(struct stellafs *sf, struct stella_err *e)
 {
-	pthread_mutex_lock(&sf->lock);
-	sf->store_dirty = true;
-	pthread_mutex_unlock(&sf->lock);
-	/* The command that changed the store returns once the mount shows
-	 * it: a refresh that failed (a transient read error) is tried again
-	 * before giving up to the watcher's next tick. */
-	for (int i = 0; i < 3 && sf_refresh(sf, e) < 0; i++)
-		;
+	/* The mount's first fill, and a command that changed the store,
+	 * return once the mount shows the store: a refresh that failed, or
+	 * left a snapshot unopened (a transient read error), is tried again
+	 * before giving up to the watcher's backoff. */
+	int r = 0;
+	for (int i = 0; i < 3; i++) {
+		pthread_mutex_lock(&sf->lock);
+		sf->store_dirty = true;
+		pthread_mutex_unlock(&sf->lock);
+		struct stella_err te = { 0 };
+		r = sf_refresh(sf, &te);
+		pthread_mutex_lock(&sf->lock);
+		bool incomplete = sf->store_incomplete;
+		pthread_mutex_unlock(&sf->lock);
+		if (r == 0 && !incomplete)
+			break;
+		if (r < 0 && i == 2)
+			stella_fail(e, r, "%s", stella_err_text(&te, r));
+	}
+	return r;
 }
 
 /* ---- import, shared by the control file and the incoming watcher ---- */

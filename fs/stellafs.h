@@ -100,7 +100,9 @@ struct stellafs {
 	unsigned journal_next, journal_n;
 	pthread_t watch_thread;
 	bool watch_running;
-	atomic_bool watch_quit;     /* sf_stop_watch asked it to end */
+	atomic_bool watch_quit;
+	bool store_incomplete;      /* a listed snapshot failed to open ... */
+	int64_t store_retry_at;     /* ... and is retried from then (CLOCK_MONOTONIC s) */     /* sf_stop_watch asked it to end */
 	int watch_stop[2];         /* a pipe: written to stop the watcher */
 
 	/* kernel notifications, sent by their own thread (state.c) */
@@ -132,7 +134,7 @@ int sf_add_direct(struct stellafs *sf, struct snapshot *s);
  * may have imported or switched).  Cheap when nothing changed. */
 int sf_refresh(struct stellafs *sf, struct stella_err *e);
 /* After this process changed the store. */
-void sf_changed(struct stellafs *sf, struct stella_err *e);
+int sf_changed(struct stellafs *sf, struct stella_err *e);
 /* After the current snapshot changed: tell the kernel (queued). */
 void sf_switched(struct stellafs *sf);
 int sf_start_inval(struct stellafs *sf);
@@ -144,6 +146,7 @@ void sf_inval_wait(struct stellafs *sf);
  * CPU busy, a switch should wait for the disk, not for a time slice. */
 #define SF_BOOST_NICE (-10)
 int sf_boost(int nice);
+int sf_nice(void); /* the calling thread's nice value */
 /* Widen the kernel's readahead on our mount, once, at the first open of a
  * file (after the kernel applied our INIT reply, which would undo it): the
  * mount's bdi starts at 128 KiB, so a sequential reader's requests were
