@@ -507,7 +507,8 @@ int source_set_points(struct source *s, struct source_point *pts, size_t n, uint
 	return 0;
 }
 
-static const struct source_point *point_before(struct source *s, uint64_t off)
+/* The last seek point at or before off. */
+static size_t point_index(const struct source *s, uint64_t off)
 {
 	size_t lo = 0, hi = s->npts;
 	while (hi - lo > 1) {
@@ -517,7 +518,12 @@ static const struct source_point *point_before(struct source *s, uint64_t off)
 		else
 			hi = mid;
 	}
-	return &s->pts[lo];
+	return lo;
+}
+
+static const struct source_point *point_before(struct source *s, uint64_t off)
+{
+	return &s->pts[point_index(s, off)];
 }
 
 /* ---- whole zstd frames ---- */
@@ -540,18 +546,6 @@ static bool frame_ok(const struct source *s, size_t i)
 	       point_end_in(s, i) - s->pts[i].in <= ZSTD_COMPRESSBOUND(FRAME_MAX);
 }
 
-static size_t point_index(const struct source *s, uint64_t off)
-{
-	size_t lo = 0, hi = s->npts;
-	while (hi - lo > 1) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (s->pts[mid].out <= off)
-			lo = mid;
-		else
-			hi = mid;
-	}
-	return lo;
-}
 
 /* Decode the frame(s) between seek point i and the next into f->buf. */
 static int frame_decode(struct source *s, struct frame *f, struct stella_err *e)
