@@ -71,39 +71,11 @@ static int key_id(EVP_PKEY *k, uint8_t id[32])
 	return 0;
 }
 
-/* A key file: a small regular file.  Anything else (a FIFO, a device, a
- * directory named like a key) is refused without being waited on: opening
- * a FIFO for reading blocks until a writer comes, and a trust directory
- * load must not hang a mount or a reload.  -EINVAL, -EFBIG or -errno. */
+/* A key file: a small regular file, read without waiting on anything
+ * else (read_file).  -EINVAL, -EFBIG or -errno. */
 static int read_key_file(const char *path, char **out, size_t *len)
 {
-	struct stat st;
-	if (stat(path, &st) < 0)
-		return -errno;
-	if (!S_ISREG(st.st_mode))
-		return -EINVAL;
-	_cleanup_(closep) int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-	if (fd < 0)
-		return -errno;
-	if (fstat(fd, &st) < 0) /* what was opened, which may not be what was looked at */
-		return -errno;
-	if (!S_ISREG(st.st_mode))
-		return -EINVAL;
-	if ((uint64_t)st.st_size > STELLA_KEY_FILE_MAX)
-		return -EFBIG;
-	size_t n = (size_t)st.st_size;
-	char *buf = malloc(n + 1);
-	if (!buf)
-		return -ENOMEM;
-	int r = pread_full(fd, buf, n, 0);
-	if (r < 0) {
-		free(buf);
-		return r;
-	}
-	buf[n] = 0;
-	*out = buf;
-	*len = n;
-	return 0;
+	return read_file(path, STELLA_KEY_FILE_MAX, out, len);
 }
 
 static int load_public(const char *file, struct trust *t, struct stella_err *e)

@@ -44,10 +44,18 @@ int write_full(int fd, const void *buf, size_t len)
 
 int read_file(const char *path, size_t max, char **out, size_t *len)
 {
-	_cleanup_(closep) int fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* A regular file only, and anything else refused without being waited
+	 * on: opening a FIFO for reading blocks until a writer comes (a FIFO
+	 * named like a trust key hung mounts).  Checked before the open, and
+	 * again on what was opened. */
+	struct stat st;
+	if (stat(path, &st) < 0)
+		return -errno;
+	if (!S_ISREG(st.st_mode))
+		return -EINVAL;
+	_cleanup_(closep) int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
 	if (fd < 0)
 		return -errno;
-	struct stat st;
 	if (fstat(fd, &st) < 0)
 		return -errno;
 	if (!S_ISREG(st.st_mode))

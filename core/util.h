@@ -24,7 +24,8 @@ static inline void fclosep(FILE **f) { if (*f) fclose(*f); }
 int pread_full(int fd, void *buf, size_t len, uint64_t off);
 /* Write all of buf; negative errno on failure. */
 int write_full(int fd, const void *buf, size_t len);
-/* Read a whole small file (at most max bytes) into a NUL-terminated buffer. */
+/* Read a whole small regular file (at most max bytes) into a NUL-terminated
+ * buffer; anything else is -EINVAL, refused without waiting (a FIFO). */
 int read_file(const char *path, size_t max, char **out, size_t *len);
 /* Write buf to path atomically: a temporary beside it, fsync, rename. */
 int write_file_atomic(const char *path, const void *buf, size_t len, mode_t mode);

@@ -1,6 +1,7 @@
 """`stellakit verify`: kits from pack, kits assembled by the tests (tarfile + openssl),
 kits written by GNU tar; trust stores, thresholds, signatures and expiry."""
 
+import os
 import random
 import shutil
 import tarfile
@@ -353,3 +354,16 @@ def test_usage_bad_now(keys, good_kit):
 
 def test_unknown_subcommand():
     assert_fail(run("frobnicate"), 2)
+
+
+def test_fifo_in_trust_dir_refused_not_waited_on(keys, good_kit, tmp_path):
+    """A FIFO named like a key: opening it to read would block until a writer came (a
+    mount or a reload would hang).  It is refused as not a key file, at once."""
+    d = tmp_path / "trust"
+    d.mkdir()
+    shutil.copy(keys["ed25519"].pub, d / "good.pub")
+    os.mkfifo(d / "evil.pub")
+    assert_fail(run("verify", "-t", d, good_kit, timeout=20), 2, "regular file",
+                names=("evil.pub",))
+    assert_fail(run("verify", "-t", d / "evil.pub", good_kit, timeout=20), 2, "regular file",
+                names=("evil.pub",))
