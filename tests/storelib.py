@@ -241,9 +241,11 @@ def is_mounted(mnt) -> bool:
     return False
 
 
-def daemon_pids(mnt) -> list:
-    """Pids of stellafs processes whose last argument is MNT (the ones we started)."""
+def daemon_pids(mnt, prog=None) -> list:
+    """Pids of PROG (default stellafs) processes whose last argument is MNT (the ones we
+    started)."""
     mnt = str(mnt)
+    name = Path(prog).name if prog else FS.name
     out = []
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
@@ -253,7 +255,7 @@ def daemon_pids(mnt) -> list:
         except OSError:
             continue
         argv = [a.decode(errors="replace") for a in argv if a]
-        if argv and os.path.basename(argv[0]) == FS.name and argv[-1] == mnt:
+        if argv and os.path.basename(argv[0]) == name and argv[-1] == mnt:
             out.append(int(p.name))
     return out
 

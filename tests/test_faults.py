@@ -706,18 +706,7 @@ START_RUNS = 60 if ASAN else 100
 
 
 def fs_pids(mnt: Path) -> list:
-    out = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            argv = (p / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        argv = [a.decode(errors="replace") for a in argv if a]
-        if argv and argv[0] == str(FS_FAULT) and argv[-1] == str(mnt):
-            out.append(int(p.name))
-    return out
+    return storelib.daemon_pids(mnt, FS_FAULT)
 
 
 def _errno_of(fn):
