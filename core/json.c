@@ -264,19 +264,41 @@ static int open_container(struct json_doc *d, enum json_type t)
 	return 1;
 }
 
+static int key_cmp(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Duplicates among an object's keys when some are outside the cache (rare:
+ * a manifest's keys are a handful of short names).  Sorted, not compared
+ * pairwise: a hostile manifest of a million distinct keys in one object
+ * would otherwise hold the mount for hours before its signature is even
+ * looked at. */
+static int slow_dup(struct json_doc *d, struct json *o)
+{
+	size_t n = 0;
+	for (const struct json *a = o->u.first; a; a = a->next)
+		n++;
+	const char **keys = malloc((n ? n : 1) * sizeof(*keys));
+	if (!keys)
+		return fail(d, -ENOMEM);
+	n = 0;
+	for (const struct json *a = o->u.first; a; a = a->next)
+		keys[n++] = a->key;
+	qsort(keys, n, sizeof(*keys), key_cmp);
+	for (size_t i = 1; i < n && !o->dup; i++)
+		if (!strcmp(keys[i - 1], keys[i]))
+			o->dup = keys[i];
+	free(keys);
+	return 1;
+}
+
 static int close_container(struct json_doc *d)
 {
 	struct frame *f = &d->stack[--d->depth];
 	struct json *o = f->node;
-	/* keys outside the cache: compare them all (rare: a manifest's keys
-	 * are a handful of short names) */
-	if (o->type == JSON_OBJECT && f->slow_keys && !o->dup)
-		for (const struct json *a = o->u.first; a && !o->dup; a = a->next)
-			for (const struct json *b = a->next; b; b = b->next)
-				if (!strcmp(a->key, b->key)) {
-					o->dup = a->key;
-					break;
-				}
+	if (o->type == JSON_OBJECT && f->slow_keys && !o->dup && !slow_dup(d, o))
+		return 0;
 	return done_value(d);
 }
 
