@@ -35,6 +35,7 @@ struct hasher {
 	struct merkle_geom geom;
 	uint8_t *tree;
 	uint8_t first_leaf[32];
+	int err;                 /* a leaf that could not be hashed (locked) */
 };
 
 static uint8_t *leaf_slot(struct hasher *h, uint64_t block)
@@ -47,11 +48,15 @@ static uint8_t *leaf_slot(struct hasher *h, uint64_t block)
 	return h->tree + tb * MERKLE_BLOCK + off;
 }
 
-static void hash_leaves(struct hasher *h, const uint8_t *buf, size_t len, uint64_t first_block)
+static int hash_leaves(struct hasher *h, const uint8_t *buf, size_t len, uint64_t first_block)
 {
-	for (size_t off = 0; off < len; off += MERKLE_BLOCK)
-		merkle_hash_block(buf + off, MIN(MERKLE_BLOCK, len - off),
-				  leaf_slot(h, first_block + off / MERKLE_BLOCK));
+	for (size_t off = 0; off < len; off += MERKLE_BLOCK) {
+		int r = merkle_hash_block(buf + off, MIN(MERKLE_BLOCK, len - off),
+					  leaf_slot(h, first_block + off / MERKLE_BLOCK));
+		if (r < 0)
+			return r;
+	}
+	return 0;
 }
 
 static struct slot *take_ready(struct hasher *h)
@@ -75,9 +80,11 @@ static void *worker_main(void *arg)
 		s->state = SLOT_HASHING;
 		pthread_mutex_unlock(&h->lock);
 
-		hash_leaves(h, s->buf, s->len, s->first_block);
+		int r = hash_leaves(h, s->buf, s->len, s->first_block);
 
 		pthread_mutex_lock(&h->lock);
+		if (r < 0 && !h->err)
+			h->err = r;
 		s->state = SLOT_FREE;
 		h->pending--;
 		pthread_cond_broadcast(&h->cond);
@@ -152,6 +159,9 @@ int hasher_begin(struct hasher *h, uint64_t size)
 	memset(h->first_leaf, 0, sizeof(h->first_leaf));
 	h->size = size;
 	h->fed = 0;
+	pthread_mutex_lock(&h->lock);
+	h->err = 0;
+	pthread_mutex_unlock(&h->lock);
 	if (!EVP_DigestInit_ex2(h->sha, EVP_sha256(), NULL))
 		return -ENOMEM;
 	return 0;
@@ -182,13 +192,14 @@ void hasher_put(struct hasher *h, size_t len)
 
 	/* Small files and single-CPU machines: a hand-over costs more than it saves. */
 	bool here = !in_range || h->nworkers == 0 || h->size <= HASHER_CHUNK;
-	if (here && in_range)
-		hash_leaves(h, s->buf, len, s->first_block);
+	int r = here && in_range ? hash_leaves(h, s->buf, len, s->first_block) : 0;
 	/* Every state change under the lock, the one back to FREE as well:
 	 * an idle worker woken by another slot reads all the states
 	 * (take_ready), and an unlocked write is a data race (ThreadSanitizer
 	 * found it while stellakit packed small files). */
 	pthread_mutex_lock(&h->lock);
+	if (r < 0 && !h->err)
+		h->err = r;
 	if (here) {
 		s->state = SLOT_FREE;
 	} else {
@@ -205,14 +216,21 @@ int hasher_end(struct hasher *h, struct hasher_result *res)
 	pthread_mutex_lock(&h->lock);
 	while (h->pending)
 		pthread_cond_wait(&h->cond, &h->lock);
+	int err = h->err;
+	h->err = 0;
 	pthread_mutex_unlock(&h->lock);
 	unsigned int n = 32;
 	if (!EVP_DigestFinal_ex(h->sha, res->sha256, &n))
 		return -ENOMEM;
+	if (err < 0)
+		return err;
 	if (h->fed != h->size)
 		return -EIO;
-	merkle_build_upper(&h->geom, h->tree, h->first_leaf, res->root);
-	merkle_file_digest(h->size, res->root, res->fsverity);
+	int r = merkle_build_upper(&h->geom, h->tree, h->first_leaf, res->root);
+	if (r == 0)
+		r = merkle_file_digest(h->size, res->root, res->fsverity);
+	if (r < 0)
+		return r;
 	res->geom = h->geom;
 	res->tree = h->tree;
 	return 0;

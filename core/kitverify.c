@@ -37,8 +37,10 @@ static void *sig_thread(void *arg)
 {
 	struct sig_job *j = arg;
 	struct walk *w = j->w;
-	sha256_once(w->manifest_json, w->manifest_len, w->res->manifest_sha256);
-	if (w->o->trust)
+	int r = sha256_once(w->manifest_json, w->manifest_len, w->res->manifest_sha256);
+	if (r < 0)
+		j->rc = stella_fail_errno(&j->e, r, "manifest: SHA-256");
+	else if (w->o->trust)
 		j->rc = sig_check(w->o->trust, w->o->threshold, (const uint8_t *)w->manifest_json, w->manifest_len,
 				  j->sig, j->siglen, &w->res->signers, &j->e);
 	return NULL;
@@ -263,7 +265,7 @@ static int hash_member(struct walk *w, const struct kit_member *m, const struct 
 	}
 	struct hasher_result h;
 	if ((r = hasher_end(w->hasher, &h)) < 0)
-		return stella_fail(e, r, "%s: member \"%.300s\": hashing failed", w->path, m->name);
+		return stella_fail_errno(e, r, "%s: member \"%.300s\": hashing", w->path, m->name);
 	*res_h = h;
 	w->res->files++;
 	if (memcmp(h.sha256, a->sha256, 32))
@@ -273,7 +275,9 @@ static int hash_member(struct walk *w, const struct kit_member *m, const struct 
 	const struct merklefile_entry *x = merklefile_find(&w->res->merkle, a->fsverity);
 	if (x) {
 		uint8_t t[32];
-		sha256_once(h.tree, merkle_tree_size(&h.geom), t);
+		int tr = sha256_once(h.tree, merkle_tree_size(&h.geom), t);
+		if (tr < 0)
+			return stella_fail_errno(e, tr, "%s: member \"%.300s\": hashing", w->path, m->name);
 		if (memcmp(t, x->tree_sha256, 32))
 			return stella_fail(e, -EUCLEAN, "%s: merkle.bin: tree of \"%.300s\" does not match its content",
 					   w->path, m->name);

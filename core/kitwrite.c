@@ -248,7 +248,7 @@ static int hash_file(struct tree *t, struct hasher *h, struct artifact *a, struc
 	}
 	struct hasher_result res;
 	if ((r = hasher_end(h, &res)) < 0)
-		return stella_fail(e, r, "%s/%s: hashing failed", t->src, a->name);
+		return stella_fail_errno(e, r, "%s/%s: hashing", t->src, a->name);
 	memcpy(a->sha256, res.sha256, 32);
 	memcpy(a->fsverity, res.fsverity, 32);
 	uint64_t tsize = merkle_tree_size(&res.geom);
@@ -630,7 +630,10 @@ int kit_write(const struct kitwrite_opts *o, struct kitwrite_result *res, struct
 	size_t jlen;
 	if ((r = manifest_write(m, &json, &jlen)) < 0)
 		goto out;
-	sha256_once(json, jlen, res->manifest_sha256);
+	if ((r = sha256_once(json, jlen, res->manifest_sha256)) < 0) {
+		r = stella_fail_errno(e, r, "%s: manifest: SHA-256", o->src_dir);
+		goto out;
+	}
 	/* What we sign must be what every reader accepts: read it back with the
 	 * reader's own rules (components, identifiers, times: all of them). */
 	struct manifest *check = NULL;

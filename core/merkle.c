@@ -1,3 +1,4 @@
+#include <errno.h>
 #include "merkle.h"
 
 #include <pthread.h>
@@ -33,28 +34,27 @@ static pthread_once_t sha256_once_ctl = PTHREAD_ONCE_INIT;
 static void sha256_fetch(void)
 {
 	sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
-	if (!sha256_md)
-		abort(); /* OpenSSL without SHA-256: nothing here can work */
 }
 
-void sha256_once(const void *data, size_t len, uint8_t out[32])
+/* No abort on failure: a daemon serving readers must turn it into one
+ * failed request, and no caller may compare what `out` holds then. */
+int sha256_once(const void *data, size_t len, uint8_t out[32])
 {
 	pthread_once(&sha256_once_ctl, sha256_fetch);
 	unsigned int n = 32;
-	if (!EVP_Digest(data, len, out, &n, sha256_md, NULL))
-		abort();
+	if (!sha256_md || !EVP_Digest(data, len, out, &n, sha256_md, NULL))
+		return -ENOMEM;
+	return 0;
 }
 
-void merkle_hash_block(const uint8_t *data, size_t len, uint8_t out[32])
+int merkle_hash_block(const uint8_t *data, size_t len, uint8_t out[32])
 {
-	if (len == MERKLE_BLOCK) {
-		sha256_once(data, len, out);
-		return;
-	}
+	if (len == MERKLE_BLOCK)
+		return sha256_once(data, len, out);
 	uint8_t pad[MERKLE_BLOCK];
 	memcpy(pad, data, len);
 	memset(pad + len, 0, MERKLE_BLOCK - len);
-	sha256_once(pad, MERKLE_BLOCK, out);
+	return sha256_once(pad, MERKLE_BLOCK, out);
 }
 
 void merkle_parent_slot(const struct merkle_geom *g, unsigned level, uint64_t index,
@@ -68,30 +68,32 @@ void merkle_parent_slot(const struct merkle_geom *g, unsigned level, uint64_t in
 	*offset = (unsigned)(index % MERKLE_PER_BLOCK) * MERKLE_HASH;
 }
 
-void merkle_build_upper(const struct merkle_geom *g, uint8_t *tree,
-			const uint8_t first_leaf[32], uint8_t root[32])
+int merkle_build_upper(const struct merkle_geom *g, uint8_t *tree,
+		       const uint8_t first_leaf[32], uint8_t root[32])
 {
 	if (g->data_blocks == 0) {
 		memset(root, 0, 32);
-		return;
+		return 0;
 	}
 	if (g->levels == 0) {
 		memcpy(root, first_leaf, 32);
-		return;
+		return 0;
 	}
 	for (unsigned l = 0; l + 1 < g->levels; l++) {
 		for (uint64_t i = 0; i < g->level_blocks[l]; i++) {
 			uint64_t tb;
 			unsigned off;
 			merkle_parent_slot(g, l + 1, i, &tb, &off);
-			sha256_once(tree + (g->level_start[l] + i) * MERKLE_BLOCK, MERKLE_BLOCK,
-				    tree + tb * MERKLE_BLOCK + off);
+			int r = sha256_once(tree + (g->level_start[l] + i) * MERKLE_BLOCK, MERKLE_BLOCK,
+					    tree + tb * MERKLE_BLOCK + off);
+			if (r < 0)
+				return r;
 		}
 	}
-	sha256_once(tree + g->level_start[g->levels - 1] * MERKLE_BLOCK, MERKLE_BLOCK, root);
+	return sha256_once(tree + g->level_start[g->levels - 1] * MERKLE_BLOCK, MERKLE_BLOCK, root);
 }
 
-void merkle_file_digest(uint64_t data_size, const uint8_t root[32], uint8_t digest[32])
+int merkle_file_digest(uint64_t data_size, const uint8_t root[32], uint8_t digest[32])
 {
 	/* struct fsverity_descriptor, little-endian, 256 bytes. */
 	uint8_t d[256] = { 0 };
@@ -102,7 +104,7 @@ void merkle_file_digest(uint64_t data_size, const uint8_t root[32], uint8_t dige
 	for (int i = 0; i < 8; i++)
 		d[8 + i] = (uint8_t)(data_size >> (8 * i));
 	memcpy(d + 16, root, 32); /* root_hash[64], SHA-256 uses the first 32 */
-	sha256_once(d, sizeof(d), digest);
+	return sha256_once(d, sizeof(d), digest);
 }
 
 bool merkle_check_tree_block(const struct merkle_geom *g, const uint8_t *tree_block,
@@ -110,8 +112,8 @@ bool merkle_check_tree_block(const struct merkle_geom *g, const uint8_t *tree_bl
 {
 	(void)g;
 	uint8_t h[32];
-	sha256_once(tree_block, MERKLE_BLOCK, h);
-	return memcmp(h, expected_hash, 32) == 0;
+	/* a digest that could not be computed matches nothing */
+	return sha256_once(tree_block, MERKLE_BLOCK, h) == 0 && memcmp(h, expected_hash, 32) == 0;
 }
 
 bool merkle_check_tree(const struct merkle_geom *g, const uint8_t *tree, const uint8_t root[32])

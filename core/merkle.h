@@ -36,18 +36,20 @@ static inline uint64_t merkle_tree_size(const struct merkle_geom *g)
 }
 
 /* SHA-256 over len bytes, one-shot, with a cached algorithm handle.  Safe to
- * call from many threads. */
-void sha256_once(const void *data, size_t len, uint8_t out[32]);
+ * call from many threads.  0, or -ENOMEM when OpenSSL could not (it
+ * allocates a context per call): then `out` holds nothing to compare. */
+__attribute__((warn_unused_result)) int sha256_once(const void *data, size_t len, uint8_t out[32]);
 /* SHA-256 of one data block, zero-padded to MERKLE_BLOCK when len is short. */
-void merkle_hash_block(const uint8_t *data, size_t len, uint8_t out[32]);
+__attribute__((warn_unused_result)) int merkle_hash_block(const uint8_t *data, size_t len, uint8_t out[32]);
 
 /* Hash levels 1.. of a tree whose level 0 is filled in, and return the root.
  * first_leaf is the hash of data block 0 (used when the tree has no level). */
-void merkle_build_upper(const struct merkle_geom *g, uint8_t *tree,
-			const uint8_t first_leaf[32], uint8_t root[32]);
+__attribute__((warn_unused_result)) int merkle_build_upper(const struct merkle_geom *g, uint8_t *tree,
+							   const uint8_t first_leaf[32], uint8_t root[32]);
 
 /* The fs-verity file digest for a root and size. */
-void merkle_file_digest(uint64_t data_size, const uint8_t root[32], uint8_t digest[32]);
+__attribute__((warn_unused_result)) int merkle_file_digest(uint64_t data_size, const uint8_t root[32],
+							   uint8_t digest[32]);
 
 /* Check one hash block (index within the tree) against its parent entry, or
  * against the root for the top block.  Returns true when it matches. */

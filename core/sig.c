@@ -66,9 +66,9 @@ static int key_id(EVP_PKEY *k, uint8_t id[32])
 	int n = i2d_PUBKEY(k, &der);
 	if (n <= 0)
 		return -ENOMEM;
-	sha256_once(der, (size_t)n, id);
+	int r = sha256_once(der, (size_t)n, id);
 	OPENSSL_free(der);
-	return 0;
+	return r;
 }
 
 /* A key file: a small regular file, read without waiting on anything
@@ -99,7 +99,7 @@ static int load_public(const char *file, struct trust *t, struct stella_err *e)
 		return stella_fail(e, -EINVAL, "%s: %s", file, why);
 	uint8_t id[32];
 	if ((r = key_id(k, id)) < 0)
-		return r;
+		return stella_fail_errno(e, r, "%s: key id", file);
 	for (size_t i = 0; i < t->n; i++)
 		if (!memcmp(t->keys[i].id, id, 32) || EVP_PKEY_eq(t->keys[i].pkey, k) == 1) {
 			ERR_clear_error();

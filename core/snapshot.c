@@ -205,11 +205,13 @@ static int kit_facts(const char *kit, const struct snapshot_opts *o, struct kit_
 	if (r < 0)
 		return r;
 	uint8_t h[32];
-	sha256_once(buf, n, h);
+	if ((r = sha256_once(buf, n, h)) < 0)
+		return r;
 	hex_encode(h, 32, f->head);
 	snprintf(f->size, sizeof(f->size), "%llu", (unsigned long long)st.st_size);
 	memcpy(buf + n, &st.st_size, 8);
-	sha256_once(buf, n + 8, h);
+	if ((r = sha256_once(buf, n + 8, h)) < 0)
+		return r;
 	hex_encode(h, 32, f->name);
 	snprintf(f->stat, sizeof(f->stat), "%llu:%lld.%09ld:%lld.%09ld", (unsigned long long)st.st_ino,
 		 (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec, (long long)st.st_ctim.tv_sec, st.st_ctim.tv_nsec);
@@ -222,7 +224,8 @@ static int kit_facts(const char *kit, const struct snapshot_opts *o, struct kit_
 	for (size_t i = 0; i < nk; i++)
 		memcpy(ids + 32 * i, o->trust->keys[i].id, 32);
 	qsort(ids, nk, 32, cmp_id);
-	sha256_once(ids, nk * 32, h);
+	if ((r = sha256_once(ids, nk * 32, h)) < 0)
+		return r;
 	char hex[65];
 	hex_encode(h, 32, hex);
 	snprintf(f->trust, sizeof(f->trust), "%s/%u", hex, o->threshold ? o->threshold : 1);
@@ -815,15 +818,17 @@ static int rebuild_tree(struct snap_file *f)
 			uint64_t tb;
 			unsigned slot;
 			merkle_parent_slot(&f->g, 0, (off + b) / MERKLE_BLOCK, &tb, &slot);
-			merkle_hash_block(buf + b, MIN((size_t)MERKLE_BLOCK, n - b), tree + tb * MERKLE_BLOCK + slot);
+			if ((r = merkle_hash_block(buf + b, MIN((size_t)MERKLE_BLOCK, n - b),
+						   tree + tb * MERKLE_BLOCK + slot)) < 0)
+				break;
 		}
 		off += n;
 	}
 	if (r == 0) {
 		uint8_t root[32], d[32];
-		merkle_build_upper(&f->g, tree, first, root);
-		merkle_file_digest(f->size, root, d);
-		r = memcmp(d, f->fsverity, 32) ? -EIO : 0;
+		if ((r = merkle_build_upper(&f->g, tree, first, root)) == 0 &&
+		    (r = merkle_file_digest(f->size, root, d)) == 0)
+			r = memcmp(d, f->fsverity, 32) ? -EIO : 0;
 	}
 	if (r == 0) {
 		free(f->tree);
@@ -871,12 +876,17 @@ static int tree_block(struct snap_file *f, unsigned level, uint64_t idx, const u
 		}
 		blk = buf;
 	}
+	/* A digest that could not be computed is no verdict on the tree:
+	 * the read fails, nothing is reported as damaged. */
 	uint8_t h[32];
-	sha256_once(blk, MERKLE_BLOCK, h);
+	int hr = sha256_once(blk, MERKLE_BLOCK, h);
+	if (hr < 0)
+		return hr;
 	bool good;
 	if (level + 1 == f->g.levels) {
 		uint8_t d[32];
-		merkle_file_digest(f->size, h, d);
+		if ((hr = merkle_file_digest(f->size, h, d)) < 0)
+			return hr;
 		good = !memcmp(d, f->fsverity, 32);
 	} else {
 		const uint8_t *parent;
@@ -906,10 +916,13 @@ static int tree_block(struct snap_file *f, unsigned level, uint64_t idx, const u
 static int check_block(struct snap_file *f, uint64_t b, const uint8_t *data, size_t len)
 {
 	uint8_t h[32];
-	merkle_hash_block(data, len, h);
+	int r = merkle_hash_block(data, len, h);
+	if (r < 0)
+		return r;  /* no digest, no verdict: a failed read, not a mismatch */
 	if (f->g.levels == 0) {
 		uint8_t d[32];
-		merkle_file_digest(f->size, h, d);
+		if ((r = merkle_file_digest(f->size, h, d)) < 0)
+			return r;
 		if (memcmp(d, f->fsverity, 32)) {
 			report_failure(f, "block", b);
 			return -EIO;
@@ -917,7 +930,7 @@ static int check_block(struct snap_file *f, uint64_t b, const uint8_t *data, siz
 		return 0;
 	}
 	const uint8_t *leaf;
-	int r = tree_block(f, 0, b / MERKLE_PER_BLOCK, &leaf);
+	r = tree_block(f, 0, b / MERKLE_PER_BLOCK, &leaf);
 	if (r < 0)
 		return r;
 	if (memcmp(h, leaf + (b % MERKLE_PER_BLOCK) * MERKLE_HASH, 32)) {

@@ -86,7 +86,7 @@ IO_EITHER = {"open", "openat"}  # ENOSPC when creating, else EIO
 ALLOC = {"malloc", "calloc", "realloc", "strdup", "realpath", "fdopendir", "mmap",
          "EVP_MD_CTX_new", "BIO_new", "BIO_new_mem_buf", "i2d_PUBKEY", "ZSTD_createCCtx",
          "ZSTD_createDCtx", "inflateInit2", "archive_read_new", "archive_write_new",
-         "archive_entry_new", "yajl_gen_alloc"}
+         "archive_entry_new", "yajl_gen_alloc", "EVP_Digest"}
 CRYPTO = {"EVP_DigestInit_ex2", "EVP_DigestSignInit_ex", "EVP_DigestVerifyInit_ex",
           "EVP_DigestSign", "EVP_DigestSignFinal"}
 SQLITE = {"sqlite3_open_v2", "sqlite3_prepare_v2", "sqlite3_prepare_v3", "sqlite3_step",
@@ -990,5 +990,78 @@ def test_daemon_faults(daemon_results):
 # --------------------------------------------------------------------------- known bugs
 
 
+# --------------------------------------------------------------------------- digests
+#
+# EVP_Digest (sha256_once in core/merkle.c) runs once per 4 KiB block hashed, so fault.c
+# counts it only when asked (STELLA_FAULT_CLASSES=digest): in the loops above it would
+# multiply their length by the size of the data.  These tests fail it at chosen points,
+# the first calls, the middle and the last: a digest that could not be computed must end
+# in a clear error (the tools) or one failed read (the daemon), never in a crash, a false
+# "mismatch", or bytes served unchecked.
+
+DIGEST_ENV = {"STELLA_FAULT_CLASSES": "digest"}
 
 
+def _digest_points(count):
+    return sorted({n for n in (1, 2, 3, count // 2, count - 1, count) if n >= 1})
+
+
+@pytest.mark.parametrize("what", ["pack", "verify"])
+def test_digest_faults_tools(world, tmp_path, what):
+    def args(i):
+        if what == "verify":
+            return ("verify", "-t", world.key.pub, world.kits["v1"])
+        out = tmp_path / f"run{i}"
+        out.mkdir()
+        return tuple(pack_args(world, "none", out / "kit.tar"))
+
+    count = count_calls(run_tool(0, *args(0), env=DIGEST_ENV), f"{what} (digests)")
+    for n in _digest_points(count):
+        run = run_tool(n, *args(n), env=DIGEST_ENV)
+        assert run.op == "EVP_Digest", describe(run.cp)
+        kitlib.assert_fail(run.cp, 1, MEM_TEXT)
+        assert "mismatch" not in run.cp.stderr, describe(run.cp)
+        if what == "pack":
+            assert not list((tmp_path / f"run{n}").iterdir()), "a failed pack left files"
+
+
+def test_digest_fault_while_serving(world, tmp_path, fuse_ok, mnt_base):  # noqa: F811
+    """A digest that fails while a file is read: that read fails or is retried by the
+    kernel, the bytes are right, and nothing counts as an integrity failure."""
+    kit = world.kits["v1"]
+    rel = "feeds/check/f1"  # four blocks and a Merkle tree
+    want = (world.trees["v1"] / rel).read_bytes()
+    mnt = Path(tempfile.mkdtemp(dir=mnt_base))
+
+    def mount_read(n):
+        rp = _report_path()
+        rp.unlink()
+        env = dict(os.environ, STELLA_FAULT_N=str(n), STELLA_FAULT_REPORT=str(rp), **DIGEST_ENV)
+        cache = tmp_path / f"cache{n}"
+        cp = subprocess.run([str(FS_FAULT), "-o", f"trust={world.key.pub},cache={cache}", str(kit),
+                             str(mnt)], capture_output=True, text=True, env=env, timeout=60)
+        assert cp.returncode == 0, describe(cp)
+        pids = fs_pids(mnt)
+        try:
+            first, e = _errno_of(lambda: (mnt / "current" / rel).read_bytes())
+            assert e == 0 or e in SERVE_ERRNOS, f"read failed with {errno.errorcode.get(e, e)}"
+            again = (mnt / "current" / rel).read_bytes()
+            health = (mnt / "health").read_text()
+            metrics = (mnt / "metrics").read_text()
+        finally:
+            problem = DaemonScenario.unmount_and_wait(mnt, pids)
+        assert problem is None, problem
+        reports = read_reports(rp)
+        rp.unlink(missing_ok=True)
+        return first, again, health, metrics, reports
+
+    *_, reports = mount_read(0)
+    d = next(r for r in reports if r.exited and r.loop)
+    assert d.end > d.loop, f"the read hashed nothing while serving: {d}"
+    for n in sorted({d.loop + 1, (d.loop + d.end) // 2, d.end}):
+        first, again, health, metrics, reports = mount_read(n)
+        assert any(r.op == "EVP_Digest" for r in reports), f"N={n}: the fault did not fire"
+        assert first in (None, want), f"N={n}: wrong bytes served"
+        assert again == want, f"N={n}: the re-read gave wrong bytes"
+        assert health.splitlines()[0] == "HEALTHY", f"N={n}: health after a failed digest:\n{health}"
+        assert "stellafs_integrity_failures_total 0" in metrics, f"N={n}: counted as an integrity failure"

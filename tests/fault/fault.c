@@ -14,7 +14,9 @@
  *                             loop returned (the unmount): the shutdown path,
  *                             whatever the serving before it took
  *   STELLA_FAULT_CLASSES=L    comma-separated classes to count (default all):
- *                             io, alloc, crypto, sqlite
+ *                             io, alloc, crypto, sqlite; and digest
+ *                             (EVP_Digest, once per 4 KiB block hashed),
+ *                             counted only when named
  *   STELLA_FAULT_REPORT=FILE  append to FILE, when the fault fires:
  *                               fire pid=P n=N op=OP caller=0xOFF
  *                             (OFF: where the failed call was made, as an
@@ -64,6 +66,7 @@ enum {
 	FC_CRYPTO = 4,
 	FC_SQLITE = 8,
 	FC_ALL = 15,
+	FC_DIGEST = 16, /* not in "all": see the header */
 };
 
 /* Shared with fault_fuse.c (stellafs-fault), hence not static. */
@@ -99,6 +102,7 @@ __attribute__((constructor)) static void fault_init(void)
 		fault_classes = 0;
 		static const struct { const char *name; unsigned bit; } names[] = {
 			{ "io", FC_IO }, { "alloc", FC_ALLOC }, { "crypto", FC_CRYPTO }, { "sqlite", FC_SQLITE },
+			{ "digest", FC_DIGEST },
 		};
 		for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
 			const char *p = strstr(s, names[i].name);
@@ -527,6 +531,17 @@ yajl_gen __wrap_yajl_gen_alloc(const yajl_alloc_funcs *f)
 }
 
 /* ---- OpenSSL: context set-up and signing ---- */
+
+/* One-shot SHA-256 (core/merkle.c sha256_once): fails as OpenSSL does when it
+ * cannot allocate its context. */
+int __real_EVP_Digest(const void *d, size_t n, unsigned char *md, unsigned int *len, const EVP_MD *t, ENGINE *e);
+int __wrap_EVP_Digest(const void *d, size_t n, unsigned char *md, unsigned int *len, const EVP_MD *t, ENGINE *e);
+int __wrap_EVP_Digest(const void *d, size_t n, unsigned char *md, unsigned int *len, const EVP_MD *t, ENGINE *e)
+{
+	if (FAIL(FC_DIGEST, "EVP_Digest"))
+		return 0;
+	return __real_EVP_Digest(d, n, md, len, t, e);
+}
 
 int __real_EVP_DigestInit_ex2(EVP_MD_CTX *c, const EVP_MD *md, const OSSL_PARAM *p);
 int __wrap_EVP_DigestInit_ex2(EVP_MD_CTX *c, const EVP_MD *md, const OSSL_PARAM *p);
