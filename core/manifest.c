@@ -432,44 +432,58 @@ static const struct artifact *find_n(const struct manifest *m, const char *name,
 /* Resolve a symlink's target the way the kernel would inside the mounted
  * tree, following the kit's own symlinks, and refuse any path that climbs
  * above the kit's root.  A purely lexical check is not enough: with
- * "a/b/s -> ../.." and "a/b/l -> s/..", "l" looks harmless but leads out. */
-static int check_symlink(const struct manifest *m, const struct artifact *link, struct stella_err *e)
+ * "a/b/s -> ../.." and "a/b/l -> s/..", "l" looks harmless but leads out.
+ *
+ * The walk consumes `rest` by advancing an offset: moving the rest down
+ * for every component made a chain of long targets cost the cube of its
+ * length.  Every component walked, over all the manifest's symlinks,
+ * draws on *steps: the same chain reached from a million short links is
+ * walked a million times, and the manifest is checked before its
+ * signature is. */
+static int check_symlink(const struct manifest *m, const struct artifact *link, uint64_t *steps,
+			 struct stella_err *e)
 {
 	size_t cap = STELLA_NAME_MAX * (STELLA_SYMLINK_HOPS + 2) + 2;
 	_cleanup_(freep) char *cur = malloc(cap);   /* resolved prefix, "a/b" */
-	_cleanup_(freep) char *rest = malloc(cap);  /* what is left to walk */
+	_cleanup_(freep) char *rest = malloc(cap);  /* what is left to walk, from rest + at */
 	_cleanup_(freep) char *tmp = malloc(cap);
 	if (!cur || !rest || !tmp)
 		return -ENOMEM;
 	size_t plen = path_parent_len(link->name);
 	memcpy(cur, link->name, plen);
 	cur[plen] = 0;
+	size_t cl = plen, at = 0;
 	snprintf(rest, cap, "%s", link->target);
 	unsigned hops = 0;
 
 	if (link->target[0] == '/')
 		goto escape;
-	while (*rest) {
-		size_t n = strcspn(rest, "/");
-		const char *next = rest[n] ? rest + n + 1 : rest + n;
-		if (n == 0 || (n == 1 && rest[0] == '.')) {
-			memmove(rest, next, strlen(next) + 1);
+	while (rest[at]) {
+		if (*steps == 0)
+			return stella_fail(e, -EBADMSG, "manifest: symlinks: resolving them takes more than %u steps",
+					   STELLA_SYMLINK_STEPS);
+		--*steps;
+		const char *c = rest + at;
+		size_t n = strcspn(c, "/");
+		size_t next = at + n + (c[n] ? 1 : 0);
+		if (n == 0 || (n == 1 && c[0] == '.')) {
+			at = next;
 			continue;
 		}
-		if (n == 2 && rest[0] == '.' && rest[1] == '.') {
-			if (!*cur)
+		if (n == 2 && c[0] == '.' && c[1] == '.') {
+			if (!cl)
 				goto escape;
-			cur[path_parent_len(cur)] = 0;
-			memmove(rest, next, strlen(next) + 1);
+			cl = path_parent_len(cur);
+			cur[cl] = 0;
+			at = next;
 			continue;
 		}
-		size_t cl = strlen(cur);
 		if (cl + 1 + n + 1 > cap)
 			goto escape;
 		size_t newl = cl ? cl + 1 + n : n;
 		if (cl)
 			cur[cl] = '/';
-		memcpy(cur + (cl ? cl + 1 : 0), rest, n);
+		memcpy(cur + (cl ? cl + 1 : 0), c, n);
 		cur[newl] = 0;
 		const struct artifact *a = find_n(m, cur, newl);
 		if (a && a->type == ARTIFACT_SYMLINK) {
@@ -479,17 +493,21 @@ static int check_symlink(const struct manifest *m, const struct artifact *link, 
 			if (a->target[0] == '/')
 				goto escape;
 			cur[cl] = 0; /* back to the link's directory */
-			if (strlen(a->target) + 1 + strlen(next) + 1 > cap)
+			size_t tl = strlen(a->target), nl = strlen(rest + next);
+			if (tl + 1 + nl + 1 > cap)
 				goto escape;
-			size_t tl = strlen(a->target), nl = strlen(next);
 			memcpy(tmp, a->target, tl);
 			if (nl)
 				tmp[tl++] = '/';
-			memcpy(tmp + tl, next, nl + 1);
-			memcpy(rest, tmp, tl + nl + 1);
+			memcpy(tmp + tl, rest + next, nl + 1);
+			char *t = rest;
+			rest = tmp;
+			tmp = t;
+			at = 0;
 			continue;
 		}
-		memmove(rest, next, strlen(next) + 1);
+		cl = newl;
+		at = next;
 	}
 	return 0;
 escape:
@@ -532,10 +550,11 @@ int manifest_validate(struct manifest *m, struct stella_err *e)
 			p = p ? p - 1 : 0; /* the next shorter prefix */
 		}
 	}
+	uint64_t steps = STELLA_SYMLINK_STEPS;
 	for (size_t i = 0; i < m->nartifacts; i++) {
 		if (m->artifacts[i].type != ARTIFACT_SYMLINK)
 			continue;
-		int r = check_symlink(m, &m->artifacts[i], e);
+		int r = check_symlink(m, &m->artifacts[i], &steps, e);
 		if (r < 0)
 			return r;
 	}
