@@ -29,6 +29,9 @@ struct snap_file {
 	uint8_t *tree;                /* whole tree, filled (and checked) lazily */
 	uint8_t *tree_ok;             /* one byte per tree block: checked */
 	bool tree_loaded;             /* the index gave us the whole tree at open */
+	bool data_bad;                /* a rebuild found the data does not give the
+				       * signed root: the kit is immutable, so it
+				       * never will (locked) */
 	pthread_mutex_t lock;
 };
 
@@ -806,6 +809,12 @@ static int rebuild_tree(struct snap_file *f)
 		pthread_mutex_unlock(&f->lock);
 		return 0;
 	}
+	/* Once is enough: rebuilding reads and hashes the whole file, and a
+	 * damaged kit would otherwise cost that on every read of it. */
+	if (f->data_bad) {
+		pthread_mutex_unlock(&f->lock);
+		return -EIO;
+	}
 	uint64_t tsize = merkle_tree_size(&f->g);
 	uint8_t *tree = calloc(1, tsize), *buf = malloc(1 << 20), first[32] = { 0 };
 	int r = tree && buf ? 0 : -ENOMEM;
@@ -827,8 +836,10 @@ static int rebuild_tree(struct snap_file *f)
 	if (r == 0) {
 		uint8_t root[32], d[32];
 		if ((r = merkle_build_upper(&f->g, tree, first, root)) == 0 &&
-		    (r = merkle_file_digest(f->size, root, d)) == 0)
-			r = memcmp(d, f->fsverity, 32) ? -EIO : 0;
+		    (r = merkle_file_digest(f->size, root, d)) == 0 && memcmp(d, f->fsverity, 32)) {
+			f->data_bad = true;
+			r = -EIO;
+		}
 	}
 	if (r == 0) {
 		free(f->tree);

@@ -542,6 +542,52 @@ def test_corrupt_merkle_bin_before_mount(tamper_src, tmp_path, keys, mounter):
     assert json.loads((mnt / "status.json").read_text())["integrity"]["failures"] == 0
 
 
+def test_damaged_tree_and_data_rebuilt_once(tamper_src, tmp_path, keys, mounter):
+    """merkle.bin and the data of big/f.bin both damaged: the tree is rebuilt from the data
+    once, found not to give the signed root, and every later read of the file fails at once
+    (EIO) instead of reading and hashing the whole file again; other files read fine.  The
+    daemon's read count (/proc/PID/io rchar) is the witness: twenty failing reads may cost
+    a few files' worth, not twenty."""
+    import storelib
+    src, kits = tamper_src
+    kit = tmp_path / "kit.tar"
+    shutil.copy(kits["none"], kit)
+    off = kitlib.member_data_offset(kit, kitlib.MERKLE)
+    with tarfile.open(kit) as tf:
+        msize = tf.getmember(kitlib.MERKLE).size
+    for k in range(8):
+        kitlib.flip_byte(kit, off + (msize * (2 * k + 1)) // 16)
+    kitlib.flip_byte(kit, kitlib.member_data_offset(kit, "big/f.bin") + BIG // 2 + 5)
+    cp, mnt = mounter.try_mount(kit, keys["ed25519"].pub)
+    if cp.returncode != 0:  # a merkle.bin found damaged at mount: refused outright
+        assert_fs_fail(cp, (3, 4))
+        return
+    pid = storelib.daemon_pids(mnt)[0]
+
+    def rchar():
+        io = dict(ln.split(": ") for ln in Path(f"/proc/{pid}/io").read_text().splitlines())
+        return int(io["rchar"])
+
+    f = mnt / "snapshots" / VERSION / "big/f.bin"
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        with pytest.raises(OSError) as ei:
+            os.pread(fd, BLOCK, BIG // 2)
+        assert ei.value.errno == errno.EIO
+        before = rchar()
+        for i in range(20):
+            kitlib.drop_caches()
+            with pytest.raises(OSError) as ei:
+                os.pread(fd, BLOCK, BIG // 2 + (i % 4) * BLOCK)
+            assert ei.value.errno == errno.EIO
+        spent = rchar() - before
+    finally:
+        os.close(fd)
+    assert spent < 3 * BIG, f"20 failing reads made the daemon read {spent} bytes: rebuilt each time"
+    assert not read_events(mnt / "snapshots" / VERSION / "big/g.bin", (src / "big/g.bin").read_bytes())
+    assert json.loads((mnt / "status.json").read_text())["health"] == "CRITICAL"
+
+
 # --------------------------------------------------------------------------- the index cache
 
 @pytest.fixture
