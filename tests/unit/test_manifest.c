@@ -99,6 +99,8 @@ int main(void)
 	{
 		size_t nk = 200000, at = 0;
 		char *big = malloc(nk * 64 + 1024);
+		if (!big)
+			abort();
 		at += (size_t)sprintf(big, "%s", HEAD);
 		for (size_t i = 0; i < nk; i++)
 			at += (size_t)sprintf(big + at, "\"an-unknown-key-longer-than-the-cache-%08zu\":0,", i);
@@ -115,6 +117,8 @@ int main(void)
 	for (int many = 0; many < 2; many++) {
 		size_t nl = many ? 100000 : 64, at = 0;
 		char *big = malloc(40 * 4200 + nl * 64 + 1024);
+		if (!big)
+			abort();
 		at += (size_t)sprintf(big, "%s\"artifacts\":[", HEAD);
 		for (size_t i = 0; i < nl; i++)
 			at += (size_t)sprintf(big + at, "{\"name\":\"L%07zu\",\"type\":\"symlink\",\"target\":\"s01\"},", i);
