@@ -258,7 +258,9 @@ static int cursor_start(struct source *s, struct cursor *c, const struct source_
 	c->file_pos = p->in;
 	if (s->comp == KIT_COMPRESS_GZIP) {
 		memset(&c->z, 0, sizeof(c->z));
-		c->raw = p->out != 0;
+		/* a point with a window is inside a member's deflate stream; one
+		 * without starts a member (the stream's start, or a boundary) */
+		c->raw = p->window != NULL;
 		if (inflateInit2(&c->z, c->raw ? -15 : 15 + 32) != Z_OK)
 			return -ENOMEM;
 		c->z_init = true;
@@ -348,6 +350,12 @@ static ssize_t gz_step(struct source *s, struct cursor *c, uint8_t *buf, size_t 
 			c->raw = false;
 			c->boundary = true;
 			c->file_pos = in_pos;
+			/* A member boundary is a seek point that needs no window: a
+			 * kit of members shorter than the 32 KiB window (any gzip
+			 * writer may cut there) has no other, and every read would
+			 * decode from the start of the kit. */
+			if (record && c->out - s->pts[s->npts - 1].out >= GZ_SPAN)
+				point_add(s, c->out, in_pos, 0, NULL);
 			continue;
 		}
 		if (zr == Z_BUF_ERROR && got == 0 && z->avail_in == 0)
@@ -483,15 +491,16 @@ int source_set_points(struct source *s, struct source_point *pts, size_t n, uint
 {
 	/* Points come back from an index file: check them as input.  They
 	 * must start at (0, 0), rise strictly in both streams, stay inside
-	 * the file and the stream, and a gzip point inside a deflate stream
-	 * needs its window and at most 7 pending bits. */
+	 * the file and the stream, and a gzip point has at most 7 pending
+	 * bits and, unless it starts a member (no window, no bits), its
+	 * window. */
 	bool ok = s->comp != KIT_COMPRESS_NONE && n > 0 && pts[0].out == 0 && pts[0].in == 0;
 	for (size_t i = 0; ok && i < n; i++) {
 		const struct source_point *p = &pts[i];
 		ok = p->in < s->file_size && p->out < total && p->bits <= 7 &&
 		     (i == 0 || (p->out > pts[i - 1].out && p->in > pts[i - 1].in));
 		if (ok && s->comp == KIT_COMPRESS_GZIP && i > 0)
-			ok = p->window != NULL;
+			ok = p->window != NULL || p->bits == 0;
 	}
 	if (!ok) {
 		points_free(pts, n);
