@@ -775,7 +775,9 @@ void snapshot_file_close(struct snap_file *f)
 	file_free(f);
 }
 
-static void report_failure(struct snap_file *f, const char *what, uint64_t block)
+/* why: NULL for a block that does not match its digest; else what made
+ * it unreadable (the medium's error, or a stream that does not decode). */
+static void report_failure_why(struct snap_file *f, const char *what, uint64_t block, const char *why)
 {
 	struct snapshot *s = f->s;
 	atomic_fetch_add(&s->failures, 1);
@@ -784,9 +786,18 @@ static void report_failure(struct snap_file *f, const char *what, uint64_t block
 	snprintf(s->last_failure, sizeof(s->last_failure), "%s: %s %llu", path ? path : "?", what,
 		 (unsigned long long)block);
 	pthread_mutex_unlock(&s->files_map->lock);
-	stella_log(LOG_ERR, "integrity failure: %s %s: %s: %s %llu does not match the signed manifest",
-		   s->kit_path, s->version, path ? path : "?", what, (unsigned long long)block);
+	if (why)
+		stella_log(LOG_ERR, "integrity failure: %s %s: %s: %s %llu: %s", s->kit_path, s->version,
+			   path ? path : "?", what, (unsigned long long)block, why);
+	else
+		stella_log(LOG_ERR, "integrity failure: %s %s: %s: %s %llu does not match the signed manifest",
+			   s->kit_path, s->version, path ? path : "?", what, (unsigned long long)block);
 	free(path);
+}
+
+static void report_failure(struct snap_file *f, const char *what, uint64_t block)
+{
+	report_failure_why(f, what, block, NULL);
 }
 
 static int read_data(struct snap_file *f, void *buf, size_t len, uint64_t off, struct stella_err *e)
@@ -972,11 +983,13 @@ ssize_t snapshot_read(struct snap_file *f, void *buf, size_t len, uint64_t off)
 	} else {
 		r = source_pread(f->s->src, tmp, rlen, f->data_off + start, &e);
 	}
+	if (r == -ENOMEM)
+		return r; /* ours, not the kit's: no verdict on its data */
 	if (r < 0) {
 		/* The medium failed us, or a compressed stream does not decode:
-		 * for the reader the same as a block that does not match. */
-		report_failure(f, "unreadable data at block", b0);
-		stella_log(LOG_ERR, "%s", stella_err_text(&e, r));
+		 * for the reader the same as a block that does not match, and
+		 * health must say so; the log says which it was. */
+		report_failure_why(f, "unreadable data at block", b0, stella_err_text(&e, r));
 		return -EIO;
 	}
 	/* All or nothing: a short read would tell the kernel the file ends
