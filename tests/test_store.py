@@ -158,6 +158,20 @@ def test_stale_refused_offline(tmp_path, kits, trust):
         assert_store_unchanged(s, before, f"by the refused import of {kit.name}")
 
 
+def test_status_of_an_unreadable_store_is_unknown(tmp_path, kits, trust):
+    """`stellakit status -s` on a store whose state cannot be read: exit 3 (UNKNOWN) and
+    one line, never a verdict made up from what it could not read."""
+    s = tmp_path / "store"
+    import_ok(s, trust, kits.k1)
+    cp = kitlib.run("status", "-s", s)
+    assert cp.returncode == 0, describe(cp)
+    # a table of the right name but the wrong shape: the store opens, its pointers do not read
+    kitlib.sh("sqlite3", s / "store.db", "DROP TABLE pointer; CREATE TABLE pointer(x)")
+    cp = kitlib.run("status", "-s", s)
+    kitlib._assert_refusal(cp, "stellakit", 3, ("store",))
+    assert cp.stdout == "", describe(cp)
+
+
 # --------------------------------------------------------------------------- the tree
 
 def test_mounted_tree(mounts, store12, kits, trust):

@@ -39,8 +39,13 @@ static int store_status(const char *dir, bool json)
 		fprintf(stderr, PROG ": status: %s\n", stella_err_text(&e, r));
 		return STATUS_UNKNOWN;
 	}
-	store_pointers(st, cur, prev, NULL);
-	store_list(st, &list, &n, NULL);
+	/* A store whose state cannot be read is UNKNOWN, not judged on
+	 * whatever the buffers held. */
+	if ((r = store_pointers(st, cur, prev, &e)) < 0 || (r = store_list(st, &list, &n, &e)) < 0) {
+		fprintf(stderr, PROG ": status: %s\n", stella_err_text(&e, r));
+		store_close(st);
+		return STATUS_UNKNOWN;
+	}
 	if (*cur) {
 		char *p = store_index_path(st, cur);
 		if (!p || (r = snapshot_open_store(p, store_blob_dirfd(st), store_tree_dirfd(st), cur, &s, &e)) < 0)
