@@ -970,7 +970,11 @@ ssize_t snapshot_read(struct snap_file *f, void *buf, size_t len, uint64_t off)
 	uint64_t b0 = off / MERKLE_BLOCK, b1 = (off + len - 1) / MERKLE_BLOCK;
 	uint64_t start = b0 * MERKLE_BLOCK, end = MIN(f->size, (b1 + 1) * MERKLE_BLOCK);
 	size_t rlen = (size_t)(end - start);
-	uint8_t *tmp = thread_scratch(SCRATCH_SNAPSHOT, rlen);
+	/* A request of whole blocks (the kernel's page-cache reads all are)
+	 * is read and checked in the caller's buffer: no second copy.  On a
+	 * failure the caller sends only the error, never the buffer. */
+	bool direct = start == off && rlen == len;
+	uint8_t *tmp = direct ? buf : thread_scratch(SCRATCH_SNAPSHOT, rlen);
 	if (!tmp)
 		return -ENOMEM;
 	struct stella_err e = { 0 };
@@ -1001,7 +1005,8 @@ ssize_t snapshot_read(struct snap_file *f, void *buf, size_t len, uint64_t off)
 		if (check_block(f, b, tmp + boff, MIN((size_t)MERKLE_BLOCK, rlen - boff)) < 0)
 			return -EIO;
 	}
-	memcpy(buf, tmp + (off - start), len);
+	if (!direct)
+		memcpy(buf, tmp + (off - start), len);
 	if (f->shared)
 		atomic_fetch_add(&f->s->verified_bytes, len);
 	return (ssize_t)len;

@@ -72,7 +72,8 @@ struct snap_file;
 int snapshot_file_open(struct snapshot *s, uint64_t ino, struct snap_file **out, struct stella_err *e);
 void snapshot_file_close(struct snap_file *f);
 /* Verified bytes [off, off+len), fewer only at the end of the file; -EIO
- * if any block of the range fails its check. */
+ * if any block of the range fails its check.  buf holds len bytes; after
+ * an error its content is undefined (unverified data may be in it). */
 ssize_t snapshot_read(struct snap_file *f, void *buf, size_t len, uint64_t off);
 
 /* Re-check every block of every file.  Returns 0, or -EIO with the first
