@@ -9,18 +9,22 @@ not work is a failure, never a skip."""
 import errno
 import gzip
 import hashlib
+import io
 import json
 import mmap
 import os
 import random
+import re
 import stat
 import subprocess
+import tarfile
 import threading
 from pathlib import Path
 
 import pytest
 
 import kitlib
+import storelib
 from kitlib import (CREATED_AT, CREATED_EPOCH, MiB, BLOCK, assert_ok, file_item, link_item,
                     dir_item, metric, run, sort_items)
 
@@ -842,6 +846,34 @@ os.write(fd, b"verify\\n"); os.close(fd); print("ok")
     assert any("uid=65534" in ln and "verify -> ok" in ln for ln in _log_lines(m))
     cp = kitlib.as_nobody(code, groups=(4243,))
     assert cp.returncode != 0 and "Permission denied" in cp.stderr, kitlib.describe(cp)
+
+
+def test_reload_of_a_hostile_replacement(small_tree, keys, mounter, tmp_path):
+    """The kit file replaced (renamed over) by a gzip bomb whose first member carries a
+    200 MiB pax header: `reload` re-reads the head of the new file, fails with an errno
+    and one logged line, the daemon stays small and alive, and the mounted snapshot keeps
+    serving from the file it opened."""
+    kit = tmp_path / "small.tar.gz"
+    assert_ok(kitlib.pack(small_tree, kit, [keys["ecdsa"]], compress="gzip"))
+    m = mounter.mount(kit, keys["ecdsa"].pub)
+    want = (m.snap(VERSION) / "notes.txt").read_bytes()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo(kitlib.MANIFEST)
+        ti.size = 2
+        ti.pax_headers = {"comment": "A" * (200 << 20)}
+        tf.addfile(ti, io.BytesIO(b"{}"))
+    bomb = tmp_path / "bomb.tar.gz"
+    bomb.write_bytes(gzip.compress(buf.getvalue(), compresslevel=1, mtime=0))
+    del buf
+    os.replace(bomb, kit)
+    r = m.control("reload")
+    assert r in (errno.EBADMSG, errno.EKEYREJECTED), f"reload of a bomb: {errno.errorcode.get(r, r)}"
+    assert "reload -> " in _log_lines(m)[-1] and "-> ok" not in _log_lines(m)[-1]
+    assert (m.snap(VERSION) / "notes.txt").read_bytes() == want
+    pid = storelib.daemon_pids(m.path)[0]
+    rss = int(re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{pid}/status").read_text())[1])
+    assert rss < 100 * 1024, f"the daemon peaked at {rss} KiB reading the bomb's head"
 
 
 def test_reload_rereads_trust_store(small_tree, keys, mounter, tmp_path):
