@@ -430,10 +430,15 @@ static int one_node(struct index *ix, int q, uint64_t key, const char *name, str
 	if (name)
 		sqlite3_bind_blob(s, 2, name, (int)strlen(name), SQLITE_STATIC);
 	int st = sqlite3_step(s), r = 0;
-	if (st == SQLITE_ROW)
+	if (st == SQLITE_ROW) {
 		row_to_node(s, n);
-	else
+		/* A damaged SQLite index can hand back another row than the one
+		 * asked for; the row itself says which it is. */
+		if (name ? n->parent != key || strcmp(n->name, name) : n->ino != key)
+			r = -EIO;
+	} else {
 		r = st == SQLITE_DONE ? -ENOENT : -EIO;
+	}
 	conn_put(ix, c, s);
 	return r;
 }
@@ -457,8 +462,22 @@ int index_readdir(struct index *ix, uint64_t dir, uint64_t after,
 	sqlite3_bind_int64(s, 2, (sqlite3_int64)after);
 	struct index_node *n = malloc(sizeof(*n));
 	int st, r = n ? 0 : -ENOMEM;
+	uint64_t last = after;
 	while (r == 0 && (st = sqlite3_step(s)) == SQLITE_ROW) {
 		row_to_node(s, n);
+		/* Checked, not trusted: a damaged SQLite index can list a row of
+		 * another directory, or the root under a subdirectory (`verify
+		 * all` then walked in a circle: found by fuzz_index), or go
+		 * back, and the kernel would ask again from the same offset
+		 * forever.  The builder numbers a directory before anything in
+		 * it, so a child's ino is above its parent's: no walk down the
+		 * tree can come back. */
+		bool root_self = n->ino == dir && dir == INDEX_ROOT_INO;
+		if (n->parent != dir || n->ino <= last || (n->ino <= dir && !root_self)) {
+			r = -EIO;
+			break;
+		}
+		last = n->ino;
 		if (n->ino == dir)
 			continue; /* the root is its own parent */
 		if (cb(ctx, n))
