@@ -142,6 +142,9 @@ head -c $((gz / 2)) "$tmp/big.kit.gz" > "$corpus/fuzz_source/half.kit.gz"
 { cat "$tmp/big.kit.gz"; cat "$tmp/big.kit.gz"; } > "$corpus/fuzz_source/two-members.kit.gz"
 { cat "$tmp/big.kit.zst"; printf '\000\000\000\000'; } > "$corpus/fuzz_source/trailing.kit.zst"
 printf 'hello, not compressed' > "$corpus/fuzz_source/raw.txt"
+# nine gzip members of 1 MiB each: a seek point at a member boundary (4 MiB rule)
+for i in 0 1 2 3 4 5 6 7 8; do head -c 1048576 /dev/zero | tr '\0' "\\$(printf '%03o' "$i")" | gzip -9n; done \
+	> "$corpus/fuzz_source/members-1mib.kit.gz"
 cp "$tmp/big.kit" "$corpus/fuzz_source/big.kit"
 fi
 
