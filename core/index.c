@@ -37,8 +37,7 @@ struct index {
 	/* reading */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	struct conn pool[POOL];  /* opened as concurrent requests need them */
-	bool pool_full;          /* one failed to open: make do with the rest */
+	struct conn pool[POOL];
 };
 
 static const char schema[] =
@@ -62,17 +61,6 @@ static int db_fail(struct index *ix, sqlite3 *db, struct stella_err *e, const ch
 	return stella_fail(e, rc, "index %s: %s: %s", ix->path, what, sqlite3_errmsg(db));
 }
 
-static void conn_close(struct conn *c)
-{
-	for (int q = 0; q < NQUERIES; q++) {
-		sqlite3_finalize(c->q[q]);
-		c->q[q] = NULL;
-	}
-	if (c->db)
-		sqlite3_close(c->db);
-	c->db = NULL;
-}
-
 static void index_free(struct index *ix)
 {
 	if (!ix)
@@ -84,8 +72,12 @@ static void index_free(struct index *ix)
 	sqlite3_finalize(ix->find);
 	if (ix->w)
 		sqlite3_close(ix->w);
-	for (int i = 0; i < POOL; i++)
-		conn_close(&ix->pool[i]);
+	for (int i = 0; i < POOL; i++) {
+		for (int q = 0; q < NQUERIES; q++)
+			sqlite3_finalize(ix->pool[i].q[q]);
+		if (ix->pool[i].db)
+			sqlite3_close(ix->pool[i].db);
+	}
 	pthread_mutex_destroy(&ix->lock);
 	pthread_cond_destroy(&ix->cond);
 	free(ix->last_dir);
@@ -284,25 +276,20 @@ int index_set_meta(struct index *ix, const char *key, const void *val, size_t le
 	return r;
 }
 
-static int conn_open(struct index *ix, struct conn *c, struct stella_err *e)
+static int open_pool(struct index *ix, struct stella_err *e)
 {
-	int r = 0;
-	if (sqlite3_open_v2(ix->path, &c->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
-		r = c->db ? db_fail(ix, c->db, e, "open") : -ENOMEM;
-		goto fail;
+	for (int i = 0; i < POOL; i++) {
+		struct conn *c = &ix->pool[i];
+		if (sqlite3_open_v2(ix->path, &c->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK)
+			return c->db ? db_fail(ix, c->db, e, "open") : -ENOMEM;
+		/* Small caches: the kernel caches what FUSE serves, the page
+		 * cache keeps the file; this bounds the daemon's RSS. */
+		sqlite3_exec(c->db, "PRAGMA cache_size=-512; PRAGMA query_only=1; PRAGMA mmap_size=0", NULL, NULL, NULL);
+		for (int q = 0; q < NQUERIES; q++)
+			if (sqlite3_prepare_v3(c->db, queries[q], -1, SQLITE_PREPARE_PERSISTENT, &c->q[q], NULL) != SQLITE_OK)
+				return db_fail(ix, c->db, e, "prepare");
 	}
-	/* Small caches: the kernel caches what FUSE serves, the page
-	 * cache keeps the file; this bounds the daemon's RSS. */
-	sqlite3_exec(c->db, "PRAGMA cache_size=-512; PRAGMA query_only=1; PRAGMA mmap_size=0", NULL, NULL, NULL);
-	for (int q = 0; q < NQUERIES; q++)
-		if (sqlite3_prepare_v3(c->db, queries[q], -1, SQLITE_PREPARE_PERSISTENT, &c->q[q], NULL) != SQLITE_OK) {
-			r = db_fail(ix, c->db, e, "prepare");
-			goto fail;
-		}
 	return 0;
-fail:
-	conn_close(c);
-	return r;
 }
 
 int index_finish(struct index *ix, struct stella_err *e)
@@ -326,11 +313,7 @@ int index_open(const char *path, struct index **out, struct stella_err *e)
 	struct index *ix = index_new(path);
 	if (!ix)
 		return -ENOMEM;
-	/* One connection now, which proves the file opens and holds the
-	 * queries' tables; the others when concurrent requests need them.
-	 * Opening all eight cost a remount about as much as the rest of
-	 * its own work. */
-	int r = conn_open(ix, &ix->pool[0], e);
+	int r = open_pool(ix, e);
 	if (r < 0) {
 		index_free(ix);
 		return r;
@@ -348,35 +331,12 @@ static struct conn *conn_get(struct index *ix)
 {
 	pthread_mutex_lock(&ix->lock);
 	for (;;) {
-		struct conn *spare = NULL;
-		for (int i = 0; i < POOL; i++) {
-			struct conn *c = &ix->pool[i];
-			if (c->busy)
-				continue;
-			if (c->db) {
-				c->busy = true;
+		for (int i = 0; i < POOL; i++)
+			if (!ix->pool[i].busy) {
+				ix->pool[i].busy = true;
 				pthread_mutex_unlock(&ix->lock);
-				return c;
+				return &ix->pool[i];
 			}
-			if (!spare)
-				spare = c;
-		}
-		if (spare && !ix->pool_full) {
-			spare->busy = true;  /* reserved while it opens, unlocked */
-			pthread_mutex_unlock(&ix->lock);
-			struct stella_err e = { 0 };
-			int r = conn_open(ix, spare, &e);
-			pthread_mutex_lock(&ix->lock);
-			if (r == 0) {
-				pthread_mutex_unlock(&ix->lock);
-				return spare;
-			}
-			/* Not fatal: the first connection is always there; serve
-			 * with the ones open. */
-			spare->busy = false;
-			ix->pool_full = true;
-			continue;
-		}
 		pthread_cond_wait(&ix->cond, &ix->lock);
 	}
 }
