@@ -16,7 +16,10 @@
 #include "source.h"
 
 #define INDEX_ROOT_INO 1
-#define INDEX_SCHEMA 2   /* 2: node_children; older cached indexes are rebuilt */
+/* 2: node_children; 3: gzip seek points without a window at member starts
+ * (an older stellafs refuses those).  Cached indexes of another schema are
+ * rebuilt. */
+#define INDEX_SCHEMA 3
 
 struct index_node {
 	uint64_t ino;

@@ -472,10 +472,26 @@ int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, stru
 		goto fail;
 	s->compression = source_compression(s->src);
 
+	bool cached = false;
 	if (index_open(final, &s->ix, NULL) == 0 && index_matches(s->ix, &f)) {
-		if ((r = open_cached(s, o, final, e)) < 0)
+		/* An expired kit is refused; a cached index that fails its own
+		 * checks is only a cache: built again, as if it were absent. */
+		struct stella_err ce = { 0 };
+		r = open_cached(s, o, final, &ce);
+		if (r == -EKEYEXPIRED) {
+			if (e)
+				*e = ce;
 			goto fail;
-	} else {
+		}
+		if (r < 0) {
+			stella_log(LOG_WARNING, "%s: cached index not usable, building it again: %s", o->kit,
+				   stella_err_text(&ce, r));
+			manifest_free(s->identity);
+			s->identity = NULL;
+		}
+		cached = r == 0;
+	}
+	if (!cached) {
 		if (s->ix) {
 			index_close(s->ix);
 			s->ix = NULL;

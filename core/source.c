@@ -457,6 +457,16 @@ ssize_t source_stream_read(struct source *s, void *buf, size_t len, struct stell
 	}
 	ssize_t n = step(s, c, buf, len, true, e);
 	if (n == 0 && c->ended && !s->complete) {
+		/* A point taken where a member or frame began that turned out
+		 * to be empty and last stands at the very end: nothing starts
+		 * there, and source_set_points would refuse the list at the next
+		 * mount (bgzip ends every file with an empty member). */
+		pthread_mutex_lock(&s->lock);
+		while (s->npts > 1 && s->pts[s->npts - 1].out >= c->out) {
+			free(s->pts[s->npts - 1].window);
+			s->npts--;
+		}
+		pthread_mutex_unlock(&s->lock);
 		s->stream_size = c->out;
 		s->complete = true;
 	}

@@ -659,10 +659,12 @@ static int finish_import(struct import *im, const struct kitverify_result *res, 
 	snprintf(num, sizeof(num), "%u", res->signers);
 	if (r == 0)
 		r = index_set_meta(im->ix, "signers", num, strlen(num), e);
+	char schema_num[8];
+	snprintf(schema_num, sizeof(schema_num), "%d", INDEX_SCHEMA);
 	if (r == 0)
 		r = index_set_meta(im->ix, "manifestSha256", mhex, 64, e);
 	if (r == 0)
-		r = index_set_meta(im->ix, "schema", "2", 1, e);
+		r = index_set_meta(im->ix, "schema", schema_num, strlen(schema_num), e);
 	if (r == 0)
 		r = index_set_meta(im->ix, "complete", "1", 1, e);
 	if (r == 0)

@@ -388,6 +388,29 @@ def test_gzip_kit_of_small_members_gets_seek_points(tmp_path, keys, mounter):
         os.close(fd)
 
 
+@pytest.mark.parametrize("compress", ["gzip", "zstd"])
+def test_compressed_kit_ending_in_an_empty_member_remounts(compress, tmp_path, keys, mounter):
+    """A kit whose stream ends with an empty gzip member (bgzip writes one at the end of
+    every file; `cat kit.gz empty.gz` makes one) or an empty zstd frame: a seek point
+    taken where that member begins would stand at the very end of the stream, and the
+    next mount, from the cached index, refused the points.  Mounted twice from one cache,
+    the file reads back right both times."""
+    src = tmp_path / "src"
+    data = random.Random(17).randbytes(6 * MiB)
+    kitlib._write(src / "feeds/big.bin", data)
+    kit = tmp_path / "kit"
+    assert_ok(kitlib.pack(src, kit, [keys["ed25519"]], compress=compress))
+    empty = gzip.compress(b"", mtime=0) if compress == "gzip" else \
+        kitlib.sh("zstd", "-q", "-c", input=b"", text=False).stdout
+    with open(kit, "ab") as f:
+        f.write(empty)
+    cache = tmp_path / "cache"
+    for _ in range(2):
+        m = mounter.mount(kit, keys["ed25519"].pub, cache=cache)
+        assert (m.snap("2025.01.15") / "feeds/big.bin").read_bytes() == data
+        mounter.umount(m.path)
+
+
 # --------------------------------------------------------------------------- data kit: sqlite, mmap, concurrency
 
 LARGE = 24 * MiB

@@ -712,6 +712,23 @@ def test_garbage_cache_is_not_trusted(cache_kit, small_tree, keys, mounter, tmp_
         files = _cache_files(cache) or files
 
 
+def test_cached_index_with_bad_seek_points_is_rebuilt(tamper_src, tmp_path, keys, mounter):
+    """A cached index of a gzip kit whose seek points fail their checks (the start point
+    deleted with the sqlite3 tool) is a cache, not a verdict on the kit: the mount builds
+    it again and serves the right bytes, where it used to refuse ("bad seek points")."""
+    src, kits = tamper_src
+    cache = tmp_path / "cache"
+    m = mounter.mount(kits["gzip"], keys["ed25519"].pub, cache=cache)
+    mounter.umount(m.path)
+    (db,) = _cache_files(cache)
+    kitlib.sh("sqlite3", db, "DELETE FROM point WHERE out = 0")
+    m = mounter.mount(kits["gzip"], keys["ed25519"].pub, cache=cache)
+    for name in ("big/f.bin", "other/file.txt"):
+        assert (m.snap(VERSION) / name).read_bytes() == (src / name).read_bytes()
+    (db,) = _cache_files(cache)
+    assert kitlib.sh("sqlite3", db, "SELECT count(*) FROM point WHERE out = 0").stdout.strip() == "1"
+
+
 def test_other_kits_index_swapped_in(tmp_path, keys, mounter, stellakit_bin):
     """The cache file of kit A is replaced by the index of kit B (same names, other
     bytes): mounting A must still serve A's bytes, or refuse."""
