@@ -908,9 +908,10 @@ static int tree_block(struct snap_file *f, unsigned level, uint64_t idx, const u
 			stella_fail_errno(&e, r, "%s: tree of inode %llu", f->s->kit_path, (unsigned long long)f->ino);
 		if (r < 0) {
 			stella_log(LOG_ERR, "%s", stella_err_text(&e, r));
-			if (rebuild_tree(f) == 0)
+			int rb = rebuild_tree(f);
+			if (rb == 0)
 				return tree_block(f, level, idx, out);
-			return -EIO;
+			return rb == -ENOMEM ? rb : -EIO;
 		}
 		blk = buf;
 	}
@@ -934,8 +935,11 @@ static int tree_block(struct snap_file *f, unsigned level, uint64_t idx, const u
 		good = !memcmp(h, parent + (idx % MERKLE_PER_BLOCK) * MERKLE_HASH, 32);
 	}
 	if (!good) {
-		if (!f->tree_loaded && rebuild_tree(f) == 0)
+		int rb = f->tree_loaded ? -EIO : rebuild_tree(f);
+		if (rb == 0)
 			return tree_block(f, level, idx, out);
+		if (rb == -ENOMEM)
+			return rb; /* no verdict: the rebuild could not run */
 		/* the data itself does not give the signed root */
 		report_failure(f, level + 1 == f->g.levels ? "Merkle tree top block" : "Merkle tree block", tb);
 		return -EIO;
@@ -1018,8 +1022,9 @@ ssize_t snapshot_read(struct snap_file *f, void *buf, size_t len, uint64_t off)
 	 * before a bad one stay readable. */
 	for (uint64_t b = b0; b <= b1; b++) {
 		size_t boff = (size_t)((b - b0) * MERKLE_BLOCK);
-		if (check_block(f, b, tmp + boff, MIN((size_t)MERKLE_BLOCK, rlen - boff)) < 0)
-			return -EIO;
+		int cr = check_block(f, b, tmp + boff, MIN((size_t)MERKLE_BLOCK, rlen - boff));
+		if (cr < 0)
+			return cr == -ENOMEM ? cr : -EIO;
 	}
 	if (!direct)
 		memcpy(buf, tmp + (off - start), len);

@@ -569,12 +569,15 @@ static bool frame_ok(const struct source *s, size_t i)
 /* One decoder context per thread, kept: creating one per frame cost a
  * fresh allocation, page faults included, for every 4 MiB decoded. */
 static pthread_key_t dctx_key;
+static bool dctx_key_ok;
 static pthread_once_t dctx_once = PTHREAD_ONCE_INIT;
 static void dctx_free(void *p) { ZSTD_freeDCtx(p); }
-static void dctx_key_init(void) { pthread_key_create(&dctx_key, dctx_free); }
+static void dctx_key_init(void) { dctx_key_ok = pthread_key_create(&dctx_key, dctx_free) == 0; }
 static ZSTD_DCtx *thread_dctx(void)
 {
 	pthread_once(&dctx_once, dctx_key_init);
+	if (!dctx_key_ok)
+		return NULL; /* no key: the caller fails with ENOMEM */
 	ZSTD_DCtx *dc = pthread_getspecific(dctx_key);
 	if (!dc && (dc = ZSTD_createDCtx()) && pthread_setspecific(dctx_key, dc) != 0) {
 		ZSTD_freeDCtx(dc);
