@@ -12,6 +12,7 @@
 #define STELLA_COMPONENT_MAX   255u         /* bytes of one name component */
 #define STELLA_DEPTH_MAX       64u          /* components in one name */
 #define STELLA_SYMLINK_HOPS    40u          /* symlinks followed resolving one target */
-#define STELLA_SYMLINK_STEPS   (8u << 20)   /* path components walked resolving them all */
+#define STELLA_SYMLINK_STEPS   (8u << 20)   /* path components walked resolving them all, */
+#define STELLA_SYMLINK_STEPS_EACH 16u       /* plus this many per symlink */
 #define STELLA_TRUST_KEYS_MAX  256u         /* keys in one trust directory */
 #define STELLA_KEY_FILE_MAX    (64u << 10)  /* bytes of one PEM key file */

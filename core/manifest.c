@@ -437,11 +437,11 @@ static const struct artifact *find_n(const struct manifest *m, const char *name,
  * The walk consumes `rest` by advancing an offset: moving the rest down
  * for every component made a chain of long targets cost the cube of its
  * length.  Every component walked, over all the manifest's symlinks,
- * draws on *steps: the same chain reached from a million short links is
- * walked a million times, and the manifest is checked before its
- * signature is. */
+ * draws on *steps (8 Mi, plus 16 for each symlink): the same chain
+ * reached from a million short links would be walked a million times,
+ * and the manifest is checked before its signature is. */
 static int check_symlink(const struct manifest *m, const struct artifact *link, uint64_t *steps,
-			 struct stella_err *e)
+			 uint64_t budget, struct stella_err *e)
 {
 	size_t cap = STELLA_NAME_MAX * (STELLA_SYMLINK_HOPS + 2) + 2;
 	_cleanup_(freep) char *cur = malloc(cap);   /* resolved prefix, "a/b" */
@@ -460,8 +460,8 @@ static int check_symlink(const struct manifest *m, const struct artifact *link, 
 		goto escape;
 	while (rest[at]) {
 		if (*steps == 0)
-			return stella_fail(e, -EBADMSG, "manifest: symlinks: resolving them takes more than %u steps",
-					   STELLA_SYMLINK_STEPS);
+			return stella_fail(e, -EBADMSG, "manifest: symlinks: resolving them takes more than %llu steps",
+					   (unsigned long long)budget);
 		--*steps;
 		const char *c = rest + at;
 		size_t n = strcspn(c, "/");
@@ -551,10 +551,14 @@ int manifest_validate(struct manifest *m, struct stella_err *e)
 		}
 	}
 	uint64_t steps = STELLA_SYMLINK_STEPS;
+	for (size_t i = 0; i < m->nartifacts; i++)
+		if (m->artifacts[i].type == ARTIFACT_SYMLINK)
+			steps += STELLA_SYMLINK_STEPS_EACH;
+	const uint64_t budget = steps;
 	for (size_t i = 0; i < m->nartifacts; i++) {
 		if (m->artifacts[i].type != ARTIFACT_SYMLINK)
 			continue;
-		int r = check_symlink(m, &m->artifacts[i], &steps, e);
+		int r = check_symlink(m, &m->artifacts[i], &steps, budget, e);
 		if (r < 0)
 			return r;
 	}
