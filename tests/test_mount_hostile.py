@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import kitlib
+import storelib
 from kitlib import (BLOCK, MiB, Member, assert_fs_fail, assert_ok, file_item, link_item,
                     metric, sort_items, split_items)
 
@@ -519,17 +520,23 @@ def test_compressed_kit_corrupted_after_mount(compress, tamper_src, tmp_path, ke
     assert m.status()["health"] == "CRITICAL"
 
 
+def _copy_with_damaged_merkle_bin(kit_src, dst):
+    """A copy of the uncompressed kit KIT_SRC at DST with eight bytes of its merkle.bin
+    flipped, spread over the member."""
+    shutil.copy(kit_src, dst)
+    off = kitlib.member_data_offset(dst, kitlib.MERKLE)
+    with tarfile.open(dst) as tf:
+        msize = tf.getmember(kitlib.MERKLE).size
+    for k in range(8):
+        kitlib.flip_byte(dst, off + (msize * (2 * k + 1)) // 16)
+    return dst
+
+
 def test_corrupt_merkle_bin_before_mount(tamper_src, tmp_path, keys, mounter):
     """A damaged manifest/merkle.bin is checked against the fsverity roots: the kit is
     refused, or mounted with correct content (the trees rebuilt from the data)."""
     src, kits = tamper_src
-    kit = tmp_path / "kit.tar"
-    shutil.copy(kits["none"], kit)
-    off = kitlib.member_data_offset(kit, kitlib.MERKLE)
-    with tarfile.open(kit) as tf:
-        msize = tf.getmember(kitlib.MERKLE).size
-    for k in range(8):
-        kitlib.flip_byte(kit, off + (msize * (2 * k + 1)) // 16)
+    kit = _copy_with_damaged_merkle_bin(kits["none"], tmp_path / "kit.tar")
     cp, mnt = mounter.try_mount(kit, keys["ed25519"].pub)
     if cp.returncode != 0:
         assert_fs_fail(cp, (3, 4))
@@ -548,15 +555,8 @@ def test_damaged_tree_and_data_rebuilt_once(tamper_src, tmp_path, keys, mounter)
     (EIO) instead of reading and hashing the whole file again; other files read fine.  The
     daemon's read count (/proc/PID/io rchar) is the witness: twenty failing reads may cost
     a few files' worth, not twenty."""
-    import storelib
     src, kits = tamper_src
-    kit = tmp_path / "kit.tar"
-    shutil.copy(kits["none"], kit)
-    off = kitlib.member_data_offset(kit, kitlib.MERKLE)
-    with tarfile.open(kit) as tf:
-        msize = tf.getmember(kitlib.MERKLE).size
-    for k in range(8):
-        kitlib.flip_byte(kit, off + (msize * (2 * k + 1)) // 16)
+    kit = _copy_with_damaged_merkle_bin(kits["none"], tmp_path / "kit.tar")
     kitlib.flip_byte(kit, kitlib.member_data_offset(kit, "big/f.bin") + BIG // 2 + 5)
     cp, mnt = mounter.try_mount(kit, keys["ed25519"].pub)
     if cp.returncode != 0:  # a merkle.bin found damaged at mount: refused outright
