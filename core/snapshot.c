@@ -1097,6 +1097,10 @@ int snapshot_verify_all(struct snapshot *s, uint64_t *files, uint64_t *bytes, st
 				break;
 			for (uint64_t off = 0; off < f->size && r == 0;) {
 				ssize_t got = snapshot_read(f, buf, 1 << 20, off);
+				if (got == -ENOMEM) {
+					r = stella_fail_errno(e, -ENOMEM, "verify");
+					break;
+				}
 				if (got <= 0) {
 					/* name the first bad block of the chunk */
 					uint64_t bad = off;
