@@ -276,13 +276,10 @@ static int key_cmp(const void *a, const void *b)
  * looked at. */
 static int slow_dup(struct json_doc *d, struct json *o)
 {
-	size_t n = 0;
-	for (const struct json *a = o->u.first; a; a = a->next)
-		n++;
-	const char **keys = malloc((n ? n : 1) * sizeof(*keys));
+	const char **keys = malloc((o->len ? o->len : 1) * sizeof(*keys));
 	if (!keys)
 		return fail(d, -ENOMEM);
-	n = 0;
+	size_t n = 0;
 	for (const struct json *a = o->u.first; a; a = a->next)
 		keys[n++] = a->key;
 	qsort(keys, n, sizeof(*keys), key_cmp);
