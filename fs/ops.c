@@ -104,6 +104,17 @@ static const struct { const char *name; fuse_ino_t ino; } top[] = {
 	{ "metrics", INO_METRICS }, { "control", INO_CONTROL },
 };
 
+/* The sizes of the virtual files and of current's target change; the rest
+ * of the top never does.  control's attributes are fixed for the mount, and
+ * caching them spares every `echo` a GETATTR round trip (the permission
+ * check wants fresh attributes), which under busy readers was one more
+ * wait for a CPU on the way to the switch. */
+static double fixed_attr_timeout(fuse_ino_t ino)
+{
+	bool stable = ino == INO_ROOT || ino == INO_FEEDS || ino == INO_SNAPSHOTS || is_control(ino);
+	return stable ? SNAP_TIMEOUT : 0;
+}
+
 static void reply_fixed_entry(fuse_req_t req, fuse_ino_t ino)
 {
 	struct stellafs *sf = SF(req);
@@ -112,9 +123,7 @@ static void reply_fixed_entry(fuse_req_t req, fuse_ino_t ino)
 		e.ino = CONTROL_BASE + (atomic_fetch_add(&sf->control_lookups, 1) % (CONTROL_BASE - 1));
 		e.entry_timeout = 0;
 	}
-	/* sizes of the virtual files and of current's target change */
-	bool stable = ino == INO_FEEDS || ino == INO_SNAPSHOTS;
-	e.attr_timeout = stable ? SNAP_TIMEOUT : 0;
+	e.attr_timeout = fixed_attr_timeout(e.ino);
 	fixed_attr(sf, e.ino, &e.attr);
 	fuse_reply_entry(req, &e);
 }
@@ -205,7 +214,7 @@ static void sf_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	struct stat st;
 	if (is_fixed(ino)) {
 		fixed_attr(sf, ino, &st);
-		fuse_reply_attr(req, &st, ino == INO_FEEDS || ino == INO_SNAPSHOTS || ino == INO_ROOT ? SNAP_TIMEOUT : 0);
+		fuse_reply_attr(req, &st, fixed_attr_timeout(ino));
 		return;
 	}
 	struct snapshot *s = sf_snapshot(sf, SLOT_OF(ino));
@@ -619,7 +628,7 @@ static void sf_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *a, int to_se
 		}
 		struct stat st;
 		fixed_attr(SF(req), ino, &st);
-		fuse_reply_attr(req, &st, 0);
+		fuse_reply_attr(req, &st, fixed_attr_timeout(ino));
 		return;
 	}
 	erofs(req);
