@@ -361,7 +361,16 @@ char *health_render_metrics(const struct health_input *in)
 	struct sb b = { 0 };
 	const struct manifest *k = in->kit;
 	enum health_level overall = health_overall(in);
-	if (k) {
+	/* SPEC promises these names in every metrics file: with no current
+	 * kit (an empty store) they are NaN, and feed_freshness_days is
+	 * declared with no samples, rather than missing. */
+	if (!k) {
+		metric(&b, "offline_kit_age_days", "gauge", "Days since the current kit was created.");
+		sb_add(&b, "offline_kit_age_days NaN\n");
+		metric(&b, "offline_kit_expiry_days", "gauge", "Days until the current kit expires (negative: expired).");
+		sb_add(&b, "offline_kit_expiry_days NaN\n");
+		metric(&b, "feed_freshness_days", "gauge", "Age in days of each component's captured data.");
+	} else {
 		metric(&b, "stellafs_kit_info", "gauge", "The current kit (value 1), by identity.");
 		sb_add(&b, "stellafs_kit_info{kit_id=\"");
 		label(&b, k->kit_id);
@@ -374,13 +383,11 @@ char *health_render_metrics(const struct health_input *in)
 		sb_add(&b, "offline_kit_age_days %.3f\n", days(in->now - k->created_at));
 		metric(&b, "offline_kit_expiry_days", "gauge", "Days until the current kit expires (negative: expired).");
 		sb_add(&b, "offline_kit_expiry_days %.3f\n", days(k->expires_at - in->now));
-		if (k->ncomponents) {
-			metric(&b, "feed_freshness_days", "gauge", "Age in days of each component's captured data.");
-			for (size_t i = 0; i < k->ncomponents; i++) {
-				sb_add(&b, "feed_freshness_days{component=\"");
-				label(&b, k->components[i].name);
-				sb_add(&b, "\"} %.3f\n", days(in->now - k->components[i].captured_at));
-			}
+		metric(&b, "feed_freshness_days", "gauge", "Age in days of each component's captured data.");
+		for (size_t i = 0; i < k->ncomponents; i++) {
+			sb_add(&b, "feed_freshness_days{component=\"");
+			label(&b, k->components[i].name);
+			sb_add(&b, "\"} %.3f\n", days(in->now - k->components[i].captured_at));
 		}
 	}
 	metric(&b, "trust_store_valid", "gauge", "1 when the trust store loads and vouches for the current kit.");

@@ -81,6 +81,39 @@ static void empty_dir(int fd)
 	closedir(d);
 }
 
+/* A directory without store.db becomes a store only if nothing but a store's
+ * own entries are in it (left by a first open that stopped before creating
+ * store.db), or a fresh file system's lost+found: `stellafs /home/me /stella`
+ * must not scatter blobs/, trees/ and store.db into somebody's files. */
+static int fresh_dir(const char *dir, int dirfd, struct stella_err *e)
+{
+	static const char *const own[] = {
+		".", "..", "blobs", "trees", "tmp", "snapshots", "quarantine", "lock",
+		"store.db-journal", "store.db-wal", "store.db-shm", "lost+found",
+	};
+	int d2 = dup(dirfd);
+	DIR *d = d2 >= 0 ? fdopendir(d2) : NULL;
+	if (!d) {
+		int r = -errno;
+		if (d2 >= 0)
+			close(d2);
+		return stella_fail_errno(e, r, "store %s", dir);
+	}
+	rewinddir(d);
+	int r = 0;
+	struct dirent *de;
+	while (r == 0 && (de = readdir(d))) {
+		bool ours = false;
+		for (size_t i = 0; i < ARRAY_SIZE(own) && !ours; i++)
+			ours = !strcmp(de->d_name, own[i]);
+		if (!ours)
+			r = stella_fail(e, -EINVAL, "%s: not a store (no store.db) and not empty (it holds \"%s\"): "
+					"give a new or empty directory", dir, de->d_name);
+	}
+	closedir(d);
+	return r;
+}
+
 void store_close(struct store *st)
 {
 	if (!st)
@@ -128,9 +161,13 @@ int store_open(const char *dir, bool create, struct store **out, struct stella_e
 		r = stella_fail_errno(e, -errno, "store %s", dir);
 		goto fail;
 	}
-	if (!create && faccessat(st->dirfd, "store.db", F_OK, 0) < 0) {
-		r = stella_fail(e, -ENOENT, "%s: not a store (no store.db)", st->dir);
-		goto fail;
+	if (faccessat(st->dirfd, "store.db", F_OK, 0) < 0) {
+		if (!create) {
+			r = stella_fail(e, -ENOENT, "%s: not a store (no store.db)", st->dir);
+			goto fail;
+		}
+		if ((r = fresh_dir(st->dir, st->dirfd, e)) < 0)
+			goto fail;
 	}
 	int snapfd = -1, qfd = -1;
 	if ((r = open_sub(st->dirfd, "blobs", true, &st->blobfd)) < 0 ||

@@ -25,7 +25,7 @@ from kitlib import MiB, assert_fail, describe
 from storelib import (  # noqa: F401  (fuse_ok, mnt_base, mounts... are fixtures)
     BLOCK, CHECK_FILES, KIT_ID, NOBODY, as_user, assert_same_tree, assert_store_unchanged,
     blob_path, blobs, check_versioned, daemon_stacks, db_pointer, db_rows, db_versions,
-    diff_state, drop_caches, errname, file_shas, force_abort, fuse_ok, import_kit,
+    diff_state, drop_caches, errname, file_shas, force_abort, fuse_ok, import_kit, is_mounted,
     import_ok, mnt_base, mounts, pack_kit, signer, store_state, tree_files, trust,
     version_tree, versioned_bytes)
 
@@ -170,6 +170,52 @@ def test_status_of_an_unreadable_store_is_unknown(tmp_path, kits, trust):
     cp = kitlib.run("status", "-s", s)
     kitlib._assert_refusal(cp, "stellakit", 3, ("store",))
     assert cp.stdout == "", describe(cp)
+
+
+def test_non_empty_directory_is_not_made_a_store(mounts, tmp_path, kits, trust):
+    """A directory without store.db that holds somebody's files is refused, by import and
+    by a mount (exit 2, one line naming what is in it), and nothing is written into it.
+    An empty directory, or a new file system's (only lost+found), becomes a store."""
+    home = tmp_path / "home"
+    (home / "docs").mkdir(parents=True)
+    (home / "notes.txt").write_text("mine\n")
+    before = sorted(p.relative_to(home).as_posix() for p in home.rglob("*"))
+
+    cp = import_kit(home, trust, kits.k1)
+    assert_fail(cp, 2, "not a store", "not empty")
+    mnt = mounts.new_mountpoint()
+    cp = mounts.run_mount(home, mnt, trust)
+    kitlib._assert_refusal(cp, "stellafs", 2, ("not a store", "not empty"))
+    assert not is_mounted(mnt), f"{mnt} is mounted after a refusal"
+    after = sorted(p.relative_to(home).as_posix() for p in home.rglob("*"))
+    assert after == before, f"the refused directory changed: {before} -> {after}"
+
+    fresh = tmp_path / "fresh-fs"
+    (fresh / "lost+found").mkdir(parents=True)
+    import_ok(fresh, trust, kits.k1)
+    assert db_versions(fresh) == ["v1"]
+
+
+def test_empty_store_metrics_keep_spec_names(mounts, tmp_path, trust):
+    """A store with no snapshot yet is CRITICAL, and its metrics still hold every name
+    SPEC lists: the kit's ages as NaN, feed_freshness_days declared with no sample."""
+    (tmp_path / "new-store").mkdir()
+    m = mounts.mount(tmp_path / "new-store", trust)
+    try:
+        assert m.health() == "CRITICAL"
+        text = (m.path / "metrics").read_text()
+        mt = kitlib.parse_metrics(text)
+        for name in ("offline_kit_age_days", "offline_kit_expiry_days"):
+            v = kitlib.metric(mt, name)
+            assert v != v, f"{name} should be NaN with no current kit, is {v}"
+        assert "# TYPE feed_freshness_days gauge" in text, text
+        assert kitlib.metric(mt, "stellafs_health_status") == 2
+        assert kitlib.metric(mt, "trust_store_valid") in (0, 1)
+        for name in ("stellafs_integrity_failures_total", "stellafs_verified_bytes_total",
+                     "stellafs_snapshot_switches_total"):
+            assert kitlib.metric(mt, name) == 0, name
+    finally:
+        m.umount()
 
 
 # --------------------------------------------------------------------------- the tree
