@@ -6,8 +6,8 @@
  * keep_cache); every page it caches was verified when it was read.  The top
  * of the tree is cached too, entries and current's target alike, because
  * every path a scanner opens goes through it; state.c tells the kernel to
- * forget when current moves or a snapshot goes.  Only the virtual files'
- * attributes (their sizes change) are never cached. */
+ * forget when current moves or a snapshot goes.  Only the attributes of
+ * the status files and of current (their sizes change) are never cached. */
 #include <errno.h>
 #include <stddef.h>
 #include <stdlib.h>

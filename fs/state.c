@@ -304,8 +304,8 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 	pthread_mutex_lock(&sf->lock);
 	struct timespec now;
 	clock_gettime(CLOCK_MONOTONIC, &now);
-	/* a snapshot that did not open is retried every few seconds, not at
-	 * every tick and lookup */
+	/* a snapshot that did not open is retried after 10 s (store_retry_at),
+	 * not at every tick and lookup */
 	bool retry = sf->store_incomplete && now.tv_sec >= sf->store_retry_at;
 	bool same = v == sf->store_version && v >= 0 && !sf->store_dirty && !retry;
 	sf->store_dirty = false;

@@ -11,11 +11,12 @@
 #include "util.h"
 
 static const char help[] =
-	"Usage: " PROG " status [MOUNTPOINT] [--json]\n"
+	"Usage: " PROG " status [MOUNTPOINT | -s STORE] [--json]\n"
 	"\n"
 	"Show the health of a mounted kit (default MOUNTPOINT /stella), or of a\n"
 	"store's current snapshot: its status text, or status.json with --json.\n"
-	"Exit 0 HEALTHY, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (nothing readable there),\n"
+	"Exit 0 HEALTHY, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (nothing readable there,\n"
+	"or a usage error),\n"
 	"as Nagios-style checks expect.\n"
 	"\n"
 	"  --json       print status.json as the daemon wrote it\n"
