@@ -194,12 +194,13 @@ struct kit_facts {
 	char trust[80];
 };
 
-static int kit_facts(const char *kit, const struct snapshot_opts *o, struct kit_facts *f)
+static int kit_facts(const char *kit, const struct snapshot_opts *o, struct kit_facts *f,
+		     struct stella_err *e)
 {
-	_cleanup_(closep) int fd = open(kit, O_RDONLY | O_CLOEXEC);
 	struct stat st;
-	if (fd < 0 || fstat(fd, &st) < 0)
-		return -errno;
+	_cleanup_(closep) int fd = source_open_kit_fd(kit, &st, e);
+	if (fd < 0)
+		return fd;
 	_cleanup_(freep) uint8_t *buf = malloc(HEAD_BYTES + 8);
 	if (!buf)
 		return -ENOMEM;
@@ -448,7 +449,7 @@ int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, stru
 	}
 	pthread_mutex_init(&s->files_map->lock, NULL);
 
-	if ((r = kit_facts(o->kit, o, &f)) < 0) {
+	if ((r = kit_facts(o->kit, o, &f, e)) < 0) {
 		r = stella_fail_errno(e, r, "%s", o->kit);
 		goto fail;
 	}

@@ -158,6 +158,32 @@ void source_close(struct source *s)
 	free(s);
 }
 
+int source_open_kit_fd(const char *path, struct stat *st, struct stella_err *e)
+{
+	/* O_NONBLOCK: a FIFO (or a device whose open waits) named where a kit
+	 * is expected would block open(2) until a writer came, and in the
+	 * daemon an `import` of it would hold the command lock for good.  A
+	 * kit is read at offsets, so only regular files and block devices
+	 * qualify; the flag is cleared again for them. */
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+	if (fd < 0)
+		return stella_fail_errno(e, -errno, "%s", path);
+	int r = 0;
+	if (fstat(fd, st) < 0)
+		r = stella_fail_errno(e, -errno, "%s", path);
+	else if (S_ISDIR(st->st_mode))
+		r = stella_fail(e, -EINVAL, "%s: a directory, not a kit file", path);
+	else if (!S_ISREG(st->st_mode) && !S_ISBLK(st->st_mode))
+		r = stella_fail(e, -EINVAL, "%s: not a regular file or block device, so not a kit file", path);
+	else if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0)
+		r = stella_fail_errno(e, -errno, "%s", path);
+	if (r < 0) {
+		close(fd);
+		return r;
+	}
+	return fd;
+}
+
 int source_open(const char *path, struct source **out, struct stella_err *e)
 {
 	struct source *s = calloc(1, sizeof(*s));
@@ -172,18 +198,10 @@ int source_open(const char *path, struct source **out, struct stella_err *e)
 		r = -ENOMEM;
 		goto fail;
 	}
-	s->fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (s->fd < 0) {
-		r = stella_fail_errno(e, -errno, "%s", path);
-		goto fail;
-	}
 	struct stat st;
-	if (fstat(s->fd, &st) < 0) {
-		r = stella_fail_errno(e, -errno, "%s", path);
-		goto fail;
-	}
-	if (S_ISDIR(st.st_mode)) {
-		r = stella_fail(e, -EINVAL, "%s: a directory, not a kit file", path);
+	if ((s->fd = source_open_kit_fd(path, &st, e)) < 0) {
+		r = s->fd;
+		s->fd = -1;
 		goto fail;
 	}
 	s->file_size = (uint64_t)st.st_size;

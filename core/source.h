@@ -11,6 +11,7 @@
 #pragma once
 
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include "err.h"
@@ -21,6 +22,10 @@ const char *kit_compression_name(enum kit_compression c);
 struct source;
 
 int source_open(const char *path, struct source **out, struct stella_err *e);
+/* Open the kit file PATH for reading, never blocking in open(2), and fstat
+ * it into *st: the descriptor, or a negative errno with the reason in *e
+ * (-EINVAL for a directory or anything but a regular file or block device). */
+int source_open_kit_fd(const char *path, struct stat *st, struct stella_err *e);
 void source_close(struct source *s);
 const char *source_path(const struct source *s);
 enum kit_compression source_compression(const struct source *s);

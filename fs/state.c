@@ -422,6 +422,13 @@ int sf_import(struct stellafs *sf, const char *path, bool activate, char *res, s
 {
 	struct stella_err e = { 0 };
 	char version[129];
+	/* Reading a kit through this mount would send the command's own
+	 * thread requests to itself: with -s (one thread) it never returns. */
+	size_t ml = sf->mountpoint ? strlen(sf->mountpoint) : 0;
+	if (ml && !strncmp(path, sf->mountpoint, ml) && (path[ml] == '/' || !path[ml] || ml == 1)) {
+		snprintf(res, rl, "%s: inside this mount (%s): copy the kit out of it first", path, sf->mountpoint);
+		return -EINVAL;
+	}
 	pthread_mutex_lock(&sf->lock);
 	struct trust *t = sf->trust;
 	pthread_mutex_unlock(&sf->lock);

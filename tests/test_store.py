@@ -443,6 +443,40 @@ def test_malformed_and_mismatched_refused(mounts, store12, kits, trust):
     assert_store_unchanged(store12, before, "by refused bad kits (control)")
 
 
+def test_import_of_a_fifo_or_of_the_mount_itself_refused(mounts, store1, tmp_path, trust):
+    """A path whose open(2) would wait (a FIFO with no writer) is not a kit: `import` of it
+    is EINVAL at once, not a command that holds the lock for good; so is a kit inside the
+    mount (its reads would be requests to the command's own thread)."""
+    fifo = tmp_path / "kit.fifo"
+    os.mkfifo(fifo)
+    before = store_state(store1)
+    cp = import_kit(store1, trust, fifo, timeout=20)
+    assert_fail(cp, 2, "not a regular file")
+    mnt = mounts.new_mountpoint()
+    cp = mounts.run_mount(fifo, mnt, trust, timeout=20)
+    kitlib._assert_refusal(cp, "stellafs", 2, ("not a regular file",))
+    assert not is_mounted(mnt)
+
+    m = mounts.mount(store1, trust)
+    got = []
+    t = threading.Thread(target=lambda: got.append(m.control(f"import {fifo}")), daemon=True)
+    t.start()
+    t.join(15)
+    if t.is_alive():
+        with open(fifo, "wb"):   # release the daemon, then fail
+            pass
+        t.join(15)
+        pytest.fail("`import FIFO` hung in the daemon")
+    assert got == [errno.EINVAL], f"import of a FIFO: {[errname(r) for r in got]}, want EINVAL"
+    assert "not a regular file" in m.log_line(f"import {fifo}")
+    r = m.control(f"import {m.path}/current/feeds/db.json")
+    assert r == errno.EINVAL, f"import from inside the mount: {errname(r)}, want EINVAL"
+    assert "inside this mount" in m.log_line(f"import {m.path}/current/feeds/db.json")
+    m.control_ok("verify all")   # the command lock was let go
+    m.umount()
+    assert_store_unchanged(store1, before, "by refused imports of a FIFO and of the mount")
+
+
 def test_bogus_commands_einval(mounts, store12, trust):
     m = mounts.mount(store12, trust)
     for cmd in ("frobnicate v1", "activate", "gc keep=abc", "activate v1 v2"):
