@@ -323,6 +323,7 @@ int main(int argc, char **argv)
 	}
 	sf.trust_ok = true;
 	sf.mounted_at = (int64_t)time(NULL);
+	sf.base_nice = sf_nice();
 
 	if (store_mode) {
 		/* The store: its snapshots were verified when imported.  Opened

@@ -135,28 +135,31 @@ static void reply_fixed_entry(fuse_req_t req, fuse_ino_t ino)
  * read returns, runs at the normal priority: a reader gains no CPU over
  * other processes through us.  Per thread, set when it changes. */
 static __thread bool worker_known;
-static __thread int worker_base, worker_nice; /* the nice it started with, the one now */
+static __thread int worker_nice; /* the thread's nice now */
 
-/* Relative to the thread's own starting value: a daemon started with
- * Nice=10 hashes at 10 and waits at 0. */
-static void worker_nice_set(bool raised)
+/* Relative to the daemon's nice at start (sf->base_nice): one started with
+ * Nice=10 hashes at 10 and waits at 0.  Not to the thread's own starting
+ * value: libfuse starts a new worker from a busy one, a thread inherits
+ * its creator's nice, and each generation went 10 lower (seen: hashing
+ * at -20). */
+static void worker_nice_set(struct stellafs *sf, bool raised)
 {
 	if (!worker_known) {
-		worker_base = worker_nice = sf_nice();
+		worker_nice = sf_nice();
 		worker_known = true;
 	}
-	int want = raised ? worker_base + SF_BOOST_NICE : worker_base;
+	int want = raised ? sf->base_nice + SF_BOOST_NICE : sf->base_nice;
 	if (worker_nice != want) {
 		sf_boost(want);
 		worker_nice = want;
 	}
 }
 
-static void worker_boost(void) { worker_nice_set(true); }
+static void worker_boost(fuse_req_t req) { worker_nice_set(SF(req), true); }
 
 static void sf_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-	worker_boost();
+	worker_boost(req);
 	struct stellafs *sf = SF(req);
 	if (parent == INO_SNAPSHOTS) {
 		/* a version just imported by stellakit: visible at once */
@@ -208,7 +211,7 @@ static void sf_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 
 static void sf_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	worker_boost();
+	worker_boost(req);
 	(void)fi;
 	struct stellafs *sf = SF(req);
 	struct stat st;
@@ -232,7 +235,7 @@ static void sf_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 static void sf_readlink(fuse_req_t req, fuse_ino_t ino)
 {
-	worker_boost();
+	worker_boost(req);
 	struct stellafs *sf = SF(req);
 	struct snapshot *s = NULL;
 	if (ino == INO_FEEDS) {
@@ -301,7 +304,7 @@ static int dir_child(void *ctx, const struct index_node *n)
  * the store: listed afresh every time. */
 static void sf_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	worker_boost();
+	worker_boost(req);
 	if (!is_fixed(ino)) {
 		fi->cache_readdir = 1;
 		fi->keep_cache = 1;
@@ -386,7 +389,7 @@ done:
 
 static void sf_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	worker_boost();
+	worker_boost(req);
 	struct stellafs *sf = SF(req);
 	int acc = fi->flags & O_ACCMODE;
 	if (is_control(ino)) {
@@ -472,13 +475,14 @@ static void sf_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	worker_nice_set(false); /* hashing: at the readers' priority */
+	struct stellafs *sf = SF(req); /* req is gone once replied to */
+	worker_nice_set(sf, false); /* hashing: at the readers' priority */
 	ssize_t n = snapshot_read(f, buf, size, (uint64_t)off);
 	if (n < 0)
 		fuse_reply_err(req, (int)-n);
 	else
 		fuse_reply_buf(req, buf, (size_t)n);
-	worker_boost(); /* and waiting for the next request, raised again */
+	worker_nice_set(sf, true); /* and waiting for the next request, raised again */
 }
 
 static void sf_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
@@ -490,7 +494,7 @@ static void sf_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		fuse_reply_err(req, EROFS);
 		return;
 	}
-	worker_boost();
+	worker_boost(req);
 	int r = control_write(SF(req), fuse_req_ctx(req)->uid, buf, size);
 	if (r < 0)
 		fuse_reply_err(req, -r);
@@ -500,7 +504,7 @@ static void sf_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 
 static void sf_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	worker_boost();
+	worker_boost(req);
 	if (is_fixed(ino)) {
 		struct vbuf *v = (struct vbuf *)(uintptr_t)fi->fh;
 		if (v)
@@ -616,7 +620,7 @@ static void sf_init(void *userdata, struct fuse_conn_info *conn)
 static void erofs(fuse_req_t req) { fuse_reply_err(req, EROFS); }
 static void sf_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *a, int to_set, struct fuse_file_info *fi)
 {
-	worker_boost();
+	worker_boost(req);
 	(void)a;
 	(void)fi;
 	/* `echo cmd > control` truncates first: allow exactly that. */

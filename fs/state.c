@@ -222,7 +222,7 @@ static void *inval_main(void *arg)
 	struct stellafs *sf = arg;
 	/* A switch returns once this thread told the kernel: it must not wait
 	 * behind the readers' threads for a CPU. */
-	sf_boost(sf_nice() + SF_BOOST_NICE);
+	sf_boost(sf->base_nice + SF_BOOST_NICE);
 	pthread_mutex_lock(&sf->inval_lock);
 	while (!sf->inval_stop) {
 		if (sf->ninval == 0 && !sf->inval_overflow) {

@@ -77,6 +77,7 @@ struct stellafs {
 	bool has_admin_gid;
 	gid_t admin_gid;
 	int64_t mounted_at;
+	int base_nice;            /* the daemon's nice at start: boosts are relative to it */
 	struct fuse_session *se;
 
 	struct store *store;       /* store mode; NULL in direct mode */

@@ -545,6 +545,38 @@ def test_concurrent_readers_of_large_file(data_kit):
     assert res == [data_kit["large_sha"]] * 8, res
 
 
+def _thread_nices(pid):
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue   # a worker that just retired
+        out[int(tid)] = int(stat.rsplit(")", 1)[1].split()[16])   # field 19: nice
+    return out
+
+
+def test_worker_priority_stays_within_its_boost(data_kit):
+    """Workers wait at the daemon's nice - 10 and hash at its nice (docs/mount.md).  A
+    worker started by a boosted one inherits -10; boosts must stay relative to the
+    daemon's own nice, not drift a further 10 lower with each generation of workers."""
+    mnt = data_kit["mount"].path
+    pids = [int(p) for p in subprocess.run(["pgrep", "-f", f" {mnt}$"], capture_output=True,
+                                           text=True).stdout.split()]
+    assert len(pids) == 1, f"daemon of {mnt}: {pids}"
+    pid = pids[0]
+    base = _thread_nices(pid)[pid]   # the main thread never boosts
+    for _ in range(3):   # cold reads by many threads at once: new generations of workers
+        kitlib.drop_caches()
+        res = _concurrent_hashes(data_kit["mount"].snap(VERSION) / "big/large.bin", n=24,
+                                 chunk=65536)
+        assert res == [data_kit["large_sha"]] * 24
+    nices = _thread_nices(pid)
+    assert len(nices) > 2, nices
+    assert min(nices.values()) >= base - 10 and max(nices.values()) <= base, \
+        f"daemon at nice {base}; thread nices {sorted(nices.values())}"
+
+
 @pytest.mark.parametrize("compress", ["gzip", "zstd"])
 def test_concurrent_readers_of_compressed_kit(compress, mounted_packed):
     pk, m = mounted_packed(compress)
