@@ -481,6 +481,34 @@ static void quarantine(struct stellafs *sf, const char *name, const char *reason
 	write_file_atomic(rpath, line, strlen(line), 0644);
 }
 
+/* Failures that say something about the kit, as opposed to about this
+ * moment (the store locked by another import, memory, the disk). */
+static bool kit_verdict(int r)
+{
+	switch (-r) {
+	case STELLA_EMALFORMED:
+	case STELLA_EMISMATCH:
+	case STELLA_ESIGNATURE:
+	case STELLA_EEXPIRED:
+	case STELLA_ESTALE:
+	case EEXIST:
+	case EINVAL:
+	case ENOENT: /* a delta kit's base is not in the store */
+	case EFBIG:
+	case E2BIG:
+		return true;
+	default:
+		return false;
+	}
+}
+
+static int64_t mono_now(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec;
+}
+
 static void handle_incoming(struct stellafs *sf, const char *name)
 {
 	if (!kit_name(name))
@@ -496,11 +524,22 @@ static void handle_incoming(struct stellafs *sf, const char *name)
 	char cmd[300];
 	snprintf(cmd, sizeof(cmd), "import %.270s (incoming)", path);
 	control_journal(sf, 0, cmd, -r, res);
-	if (r < 0) {
+	if (r < 0 && kit_verdict(r)) {
 		quarantine(sf, name, res);
 		stella_log(LOG_WARNING, "incoming %s refused: %s", path, res);
+	} else if (r < 0) {
+		/* Not the kit's fault: it stays where it is and is tried again
+		 * later, less often each time (a full disk must not mean
+		 * re-verifying a 1 GiB kit every second). */
+		if (!sf->incoming_backoff)
+			sf->incoming_backoff = INCOMING_RETRY_FIRST;
+		sf->incoming_retry_at = mono_now() + sf->incoming_backoff;
+		stella_log(LOG_WARNING, "incoming %s not imported now (%s): tried again in %d s", path, res,
+			   sf->incoming_backoff);
+		sf->incoming_backoff = MIN(sf->incoming_backoff * 2, INCOMING_RETRY_MAX);
 	} else {
 		unlink(path); /* its content is in the store now */
+		sf->incoming_backoff = 0;
 		stella_log(LOG_INFO, "%s", res);
 	}
 }
@@ -540,6 +579,10 @@ static void *watch_main(void *arg)
 		if (p[1].revents || atomic_load(&sf->watch_quit))
 			break;
 		bool store_changed = n == 0; /* the tick */
+		if (sf->incoming_retry_at && mono_now() >= sf->incoming_retry_at) {
+			sf->incoming_retry_at = 0;
+			scan_incoming(sf);
+		}
 		if (fd >= 0 && (p[0].revents & POLLIN)) {
 			ssize_t len = read(fd, buf, sizeof(buf));
 			for (char *q = buf; len > 0 && q < buf + len;) {

@@ -70,6 +70,8 @@ struct stellafs {
 	char *trust_path;
 	char *cache_dir;
 	char *incoming;
+	int64_t incoming_retry_at;  /* CLOCK_MONOTONIC s: rescan incoming then (0: none); watcher only */
+	int incoming_backoff;       /* s until the next rescan after a failure that was not the kit's */
 	bool auto_activate;
 	unsigned threshold;
 	int64_t fixed_now;         /* now= for tests and replays; 0: the clock */
@@ -157,6 +159,13 @@ int sf_nice(void); /* the calling thread's nice value */
  * Not for gzip kits (their cursors prefer fewer requests in flight).
  * Best effort: root only, silent otherwise. */
 #define SF_READAHEAD_KIB 4096
+
+/* A kit in incoming=DIR whose import failed for a reason not its own (the
+ * store locked by another import, ENOSPC, EIO, ENOMEM) stays there and the
+ * directory is scanned again after this many seconds, doubled at each
+ * such failure up to the maximum. */
+#define INCOMING_RETRY_FIRST 5
+#define INCOMING_RETRY_MAX 300
 void sf_readahead(struct stellafs *sf);
 void sf_free_slots(struct stellafs *sf);
 /* The watcher thread: the store's own changes by other processes, and the

@@ -670,6 +670,34 @@ def test_incoming_directory(mounts, store1, kits, trust, tmp_path):
     assert len(imports) <= 1, f"slow.tar imported more than once: {imports}"
 
 
+def test_incoming_kit_waits_out_a_busy_store(mounts, store1, kits, trust, tmp_path):
+    """A good kit dropped while another process holds the store's lock is not the kit's
+    fault: it is not quarantined, it stays in incoming/ and is imported once the lock is
+    free (docs/store.md)."""
+    inc = tmp_path / "incoming"
+    inc.mkdir()
+    m = mounts.mount(store1, trust, f"incoming={inc}")
+    holder = subprocess.Popen(["flock", "-x", str(store1 / "lock"), "sleep", "3"])
+    try:
+        time.sleep(0.5)   # the lock is held
+        shutil.copyfile(kits.k2, tmp_path / "k2.tar")
+        os.rename(tmp_path / "k2.tar", inc / "k2.tar")
+        time.sleep(1.5)
+        assert os.listdir(store1 / "quarantine") == [], "a good kit was quarantined"
+        assert (inc / "k2.tar").exists(), "the kit left incoming/ without being imported"
+        assert "v2" not in m.snapshots()
+    finally:
+        holder.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "v2" not in m.snapshots():
+        time.sleep(0.1)
+    assert "v2" in m.snapshots(), f"not imported after the lock was let go:\n" \
+                                  f"{m.control_log()[-1500:]}"
+    assert_same_tree(m / "snapshots" / "v2", kits.trees["v2"])
+    assert not (inc / "k2.tar").exists() and os.listdir(store1 / "quarantine") == []
+    m.umount()
+
+
 # --------------------------------------------------------------------------- remove, gc
 
 def test_remove_and_gc(mounts, store12, kits, trust):
