@@ -312,6 +312,12 @@ static void sf_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	fuse_reply_open(req, fi);
 }
 
+static int slot_id_cmp(const void *a, const void *b)
+{
+	uint64_t x = ((const struct slot *)a)->id, y = ((const struct slot *)b)->id;
+	return x < y ? -1 : x > y;
+}
+
 static void sf_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	(void)fi;
@@ -346,15 +352,22 @@ static void sf_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
 					     top[i].ino == INO_SNAPSHOTS ? S_IFDIR : S_IFREG;
 			}
 		}
-		/* the snapshots directory: ".", "..", then each version; offsets
-		 * are positions in that list */
-		size_t total = n + ns;
-		for (size_t i = (size_t)off; i < total; i++) {
-			bool fixed = i < n;
-			const char *nm = fixed ? names[i] : slots[i - n].version;
-			fuse_ino_t in = fixed ? inos[i] : MAKE_INO(slots[i - n].id, INDEX_ROOT_INO);
-			if (!dir_add(&d, nm, in, fixed ? types[i] : S_IFDIR, (off_t)(i + 1)))
-				break;
+		/* The fixed entries have offsets 1..n; a version has n + its slot
+		 * id.  Ids are never reused and grow with each snapshot added, so
+		 * a listing taken in several calls while snapshots come and go
+		 * resumes after the last entry it returned: a position in the
+		 * list would shift under a removal and skip a version. */
+		if (ns)
+			qsort(slots, ns, sizeof(*slots), slot_id_cmp);
+		bool full = false;
+		for (size_t i = (size_t)off; i < n && !full; i++)
+			full = !dir_add(&d, names[i], inos[i], types[i], (off_t)(i + 1));
+		for (size_t i = 0; i < ns && !full; i++) {
+			uint64_t cookie = n + slots[i].id;
+			if (cookie <= (uint64_t)off)
+				continue;
+			full = !dir_add(&d, slots[i].version, MAKE_INO(slots[i].id, INDEX_ROOT_INO), S_IFDIR,
+					(off_t)cookie);
 		}
 		free(slots);
 	} else if (is_fixed(ino)) {

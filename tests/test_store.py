@@ -734,6 +734,44 @@ def test_remove_and_gc(mounts, store12, kits, trust):
     m.control_ok("verify all")
 
 
+def _getdents_one_by_one(fd):
+    """Yield the names of directory FD one getdents64(2) call at a time, with a buffer that
+    holds one entry, so that each call is a READDIR of its own at the last entry's offset."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(64)
+    while True:
+        n = libc.syscall(217, fd, buf, len(buf))   # SYS_getdents64 on x86-64
+        if n < 0:
+            raise OSError(ctypes.get_errno(), "getdents64")
+        if n == 0:
+            return
+        pos = 0
+        while pos < n:
+            reclen = int.from_bytes(buf.raw[pos + 16:pos + 18], "little")
+            yield buf.raw[pos + 19:pos + reclen].split(b"\0", 1)[0].decode()
+            pos += reclen
+
+
+def test_snapshots_listing_survives_a_remove_midway(mounts, store12, kits, trust):
+    """A listing of snapshots/ read in several calls while a snapshot it already passed
+    is removed still lists every snapshot that stayed (offsets are not positions)."""
+    import_ok(store12, trust, kits.k3, "--activate")        # v1 v2 v3, current v3
+    m = mounts.mount(store12, trust)
+    fd = os.open(m / "snapshots", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        seen = []
+        for name in _getdents_one_by_one(fd):
+            seen.append(name)
+            if name == "v1":
+                m.control_ok("remove v1")
+    finally:
+        os.close(fd)
+    assert [n for n in seen if n not in (".", "..")] == ["v1", "v2", "v3"], seen
+    assert m.snapshots() == ["v2", "v3"]
+    m.umount()
+
+
 # --------------------------------------------------------------------------- integrity
 
 def test_tampered_blob_eio(mounts, store1, kits, trust):
