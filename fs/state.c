@@ -30,6 +30,33 @@ static struct slot *find_version(struct stellafs *sf, const char *version)
 	return NULL;
 }
 
+/* The slot serving the store's row for a version: the same name is not
+ * enough, a version removed and imported again between two refreshes is
+ * another kit (its old blobs may be gone). */
+static bool slot_is_row(const struct slot *sl, const struct store_snapshot *row)
+{
+	char hex[65];
+	hex_encode(sl->s->manifest_sha256, 32, hex);
+	return !strcmp(sl->version, row->version) && !strcmp(hex, row->manifest_sha256);
+}
+
+static struct slot *find_row(struct stellafs *sf, const struct store_snapshot *row)
+{
+	for (size_t i = 0; i < sf->nslots; i++)
+		if (slot_is_row(&sf->slots[i], row))
+			return &sf->slots[i];
+	return NULL;
+}
+
+/* sf_list's promise, which gc relies on: oldest (lowest sequence) first. */
+static int slot_seq_cmp(const void *a, const void *b)
+{
+	const struct slot *x = a, *y = b;
+	if (x->sequence != y->sequence)
+		return x->sequence < y->sequence ? -1 : 1;
+	return strcmp(x->version, y->version);
+}
+
 struct snapshot *sf_snapshot(struct stellafs *sf, uint64_t id)
 {
 	struct snapshot *s = NULL;
@@ -336,7 +363,7 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 		complete = false;
 	for (size_t i = 0; i < n; i++) {
 		pthread_mutex_lock(&sf->lock);
-		bool known = find_version(sf, list[i].version) != NULL;
+		bool known = find_row(sf, &list[i]) != NULL;
 		pthread_mutex_unlock(&sf->lock);
 		if (known || !opened)
 			continue;
@@ -356,7 +383,7 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 	for (size_t i = 0; i < sf->nslots; i++) {
 		bool listed = false;
 		for (size_t j = 0; j < n && !listed; j++)
-			listed = !strcmp(list[j].version, sf->slots[i].version);
+			listed = slot_is_row(&sf->slots[i], &list[j]);
 		if (listed) {
 			sf->slots[k++] = sf->slots[i];
 		} else {
@@ -373,6 +400,8 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 			}
 			opened[i] = NULL;
 		}
+	if (sf->nslots > 1)
+		qsort(sf->slots, sf->nslots, sizeof(*sf->slots), slot_seq_cmp);
 	bool switched = strcmp(sf->current, cur) != 0 && sf->store_version != -2;
 	snprintf(sf->current, sizeof(sf->current), "%s", cur);
 	sf->store_version = v;

@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -770,6 +771,54 @@ def test_snapshots_listing_survives_a_remove_midway(mounts, store12, kits, trust
     assert [n for n in seen if n not in (".", "..")] == ["v1", "v2", "v3"], seen
     assert m.snapshots() == ["v2", "v3"]
     m.umount()
+
+
+def test_gc_takes_the_lowest_sequences_whatever_the_import_order(mounts, store12, kits, trust,
+                                                                  signer, tmp_path):
+    """gc removes the oldest snapshots, oldest meaning lowest sequence: a snapshot imported
+    while mounted with a lower sequence (another kitId) is not taken for the newest."""
+    m = mounts.mount(store12, trust)
+    m.control_ok("activate v2")
+    other = pack_kit(kits.trees["v1"], tmp_path / "other.tar", signer, "y1", 1,
+                     kit_id="other-kit")
+    m.control_ok(f"import {other}")
+    assert m.snapshots() == ["v1", "v2", "y1"]
+    m.control_ok("gc keep=1")
+    assert m.snapshots() == ["v2"], m.log_line("gc keep=1")
+    m.umount()
+
+
+def test_version_reimported_between_refreshes_is_served_anew(mounts, store12, kits, trust,
+                                                            signer, tmp_path):
+    """A version removed and imported again (another kit under the same name) while this
+    mount was not looking is served from the new snapshot, not from the old slot whose
+    blobs are gone."""
+    m1 = mounts.mount(store12, trust)
+    m2 = mounts.mount(store12, trust)
+    old = tree_files(m1 / "snapshots" / "v2")
+    assert old == tree_files(kits.trees["v2"])
+    new_v2 = pack_kit(kits.trees["v3"], tmp_path / "new-v2.tar", signer, "v2", 9)
+    pid = m1.pids[0]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        m2.control_ok("remove v2")
+        import_ok(store12, trust, new_v2)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    got = None
+    while time.monotonic() < deadline:
+        try:
+            got = tree_files(m1 / "snapshots" / "v2")
+        except OSError as e:
+            got = e
+        if got == tree_files(kits.trees["v3"]):
+            break
+        time.sleep(0.2)
+    assert got == tree_files(kits.trees["v3"]), \
+        f"m1 still serves the old v2 (or fails): {got if isinstance(got, OSError) else ''}"
+    m1.umount()
+    m2.umount()
 
 
 # --------------------------------------------------------------------------- integrity
