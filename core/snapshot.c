@@ -792,6 +792,13 @@ void snapshot_file_close(struct snap_file *f)
 	file_free(f);
 }
 
+void snapshot_last_failure(struct snapshot *s, char *out, size_t n)
+{
+	pthread_mutex_lock(&s->files_map->lock);
+	snprintf(out, n, "%s", s->last_failure);
+	pthread_mutex_unlock(&s->files_map->lock);
+}
+
 /* why: NULL for a block that does not match its digest; else what made
  * it unreadable (the medium's error, or a stream that does not decode). */
 static void report_failure_why(struct snap_file *f, const char *what, uint64_t block, const char *why)

@@ -82,3 +82,5 @@ int snapshot_verify_all(struct snapshot *s, uint64_t *files, uint64_t *bytes, st
 
 /* The full path of ino inside the snapshot (for messages), malloc'ed. */
 char *snapshot_path(struct snapshot *s, uint64_t ino);
+/* A copy of last_failure, taken under the lock its writers hold. */
+void snapshot_last_failure(struct snapshot *s, char *out, size_t n);

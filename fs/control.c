@@ -86,11 +86,16 @@ char *vfile_content(struct stellafs *sf, fuse_ino_t ino, size_t *len)
 		uint64_t f = atomic_load(&x->failures);
 		if (f) {
 			failures += f;
-			snprintf(last, sizeof(last), "%.128s: %.511s", x->version, x->last_failure);
+			char lf[sizeof(x->last_failure)];
+			snapshot_last_failure(x, lf, sizeof(lf));
+			snprintf(last, sizeof(last), "%.128s: %.511s", x->version, lf);
 		}
 		snapshot_unref(x);
 	}
+	/* copied under the lock: a reload rewrites it */
+	char trust_detail[sizeof(sf->trust_detail)];
 	pthread_mutex_lock(&sf->lock);
+	snprintf(trust_detail, sizeof(trust_detail), "%s", sf->trust_detail);
 	struct health_input in = {
 		.mode = sf->store ? "store" : "direct",
 		.source = sf->source,
@@ -99,7 +104,7 @@ char *vfile_content(struct stellafs *sf, fuse_ino_t ino, size_t *len)
 		.nsnapshots = names ? n : 0,
 		.now = sf_now(sf),
 		.trust_ok = sf->trust_ok,
-		.trust_detail = sf->trust_detail,
+		.trust_detail = trust_detail,
 		.signers = sf->store ? (s ? s->signers : 0) : sf->signers,
 		.threshold = sf->threshold,
 		.verified_bytes = verified,
