@@ -442,6 +442,7 @@ int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, stru
 	if (!s)
 		return -ENOMEM;
 	atomic_init(&s->refs, 1);
+	atomic_init(&s->open_files, 0);
 	s->blob_dirfd = s->tree_dirfd = -1;
 	if (!(s->kit_path = strdup(o->kit)) || !(s->files_map = calloc(1, sizeof(*s->files_map)))) {
 		r = -ENOMEM;
@@ -543,6 +544,7 @@ int snapshot_open_store(const char *index_path, int blob_dirfd, int tree_dirfd, 
 	if (!s)
 		return -ENOMEM;
 	atomic_init(&s->refs, 1);
+	atomic_init(&s->open_files, 0);
 	s->blob_dirfd = s->tree_dirfd = -1;
 	if (!(s->kit_path = strdup(label)) || !(s->files_map = calloc(1, sizeof(*s->files_map)))) {
 		r = -ENOMEM;
@@ -733,6 +735,7 @@ int snapshot_file_open(struct snapshot *s, uint64_t ino, struct snap_file **out,
 			f->refs++;
 			pthread_mutex_unlock(&m->lock);
 			snapshot_ref(s);
+			atomic_fetch_add(&s->open_files, 1);
 			*out = f;
 			return 0;
 		}
@@ -757,6 +760,7 @@ int snapshot_file_open(struct snapshot *s, uint64_t ino, struct snap_file **out,
 			pthread_mutex_unlock(&m->lock);
 			file_free(f);
 			snapshot_ref(s);
+			atomic_fetch_add(&s->open_files, 1);
 			*out = g;
 			return 0;
 		}
@@ -764,6 +768,7 @@ int snapshot_file_open(struct snapshot *s, uint64_t ino, struct snap_file **out,
 	m->bucket[b] = f;
 	pthread_mutex_unlock(&m->lock);
 	snapshot_ref(s);
+	atomic_fetch_add(&s->open_files, 1);
 	*out = f;
 	return 0;
 }
@@ -778,6 +783,7 @@ void snapshot_file_close(struct snap_file *f)
 		pthread_mutex_lock(&m->lock);
 		if (--f->refs > 0) {
 			pthread_mutex_unlock(&m->lock);
+			atomic_fetch_sub(&s->open_files, 1);
 			snapshot_unref(s);
 			return;
 		}
@@ -787,6 +793,7 @@ void snapshot_file_close(struct snap_file *f)
 				break;
 			}
 		pthread_mutex_unlock(&m->lock);
+		atomic_fetch_sub(&s->open_files, 1);
 		snapshot_unref(s);
 	}
 	file_free(f);

@@ -42,6 +42,7 @@ struct snapshot {
 
 	atomic_uint_fast64_t verified_bytes;
 	atomic_uint_fast64_t failures;
+	atomic_uint_fast64_t open_files; /* snapshot_file_open calls not yet closed */
 	char last_failure[512];       /* "path: block N" of the latest mismatch */
 
 	struct source *src;           /* direct mode: the kit's tar stream */

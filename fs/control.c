@@ -255,8 +255,10 @@ static int cmd_verify(struct stellafs *sf, const char *arg, char *res, size_t rl
 
 static bool in_use(struct snapshot *s)
 {
-	/* the table's reference and ours: anything more is a reader */
-	return atomic_load(&s->refs) > 2;
+	/* Files open through the mount, not references: those are also taken
+	 * for a moment by lookups, listings and every read of the status
+	 * files, and a remove must not fail because a monitor read status. */
+	return atomic_load(&s->open_files) > 0;
 }
 
 /* Unreferenced blobs and indexes go only under the writer lock: an import

@@ -773,6 +773,46 @@ def test_snapshots_listing_survives_a_remove_midway(mounts, store12, kits, trust
     m.umount()
 
 
+def test_remove_is_not_blocked_by_status_readers(mounts, store12, kits, trust):
+    """Only open files make a snapshot busy: monitors reading status and walkers stat-ing
+    its files (brief references, no open file) never make `remove` fail with EBUSY."""
+    import_ok(store12, trust, kits.k3, "--activate")        # v1 v2 v3, current v3
+    m = mounts.mount(store12, trust)
+    stop = threading.Event()
+    errors = []
+
+    def hammer(i):
+        names = ["status", "status.json", "metrics", "health"]
+        while not stop.is_set():
+            try:
+                (m / names[i % 4]).read_bytes()
+                for v in ("v1", "v2"):
+                    try:
+                        for p in (m / "snapshots" / v).rglob("*"):
+                            os.lstat(p)
+                    except FileNotFoundError:
+                        pass   # removed meanwhile
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.ESTALE):
+                    errors.append(e)
+
+    ts = [threading.Thread(target=hammer, args=(i,), daemon=True) for i in range(4)]
+    for t in ts:
+        t.start()
+    try:
+        time.sleep(0.3)
+        results = {v: m.control(f"remove {v}") for v in ("v1", "v2")}
+    finally:
+        stop.set()
+        for t in ts:
+            t.join(30)
+    assert results == {"v1": 0, "v2": 0}, \
+        f"{ {v: errname(r) for v, r in results.items()} }\n{m.control_log()[-800:]}"
+    assert not errors, errors
+    assert m.snapshots() == ["v3"]
+    m.umount()
+
+
 def test_gc_takes_the_lowest_sequences_whatever_the_import_order(mounts, store12, kits, trust,
                                                                   signer, tmp_path):
     """gc removes the oldest snapshots, oldest meaning lowest sequence: a snapshot imported
