@@ -158,13 +158,24 @@ void sf_free_slots(struct stellafs *sf)
 static void inval_push(struct stellafs *sf, fuse_ino_t parent, const char *name, fuse_ino_t ino)
 {
 	pthread_mutex_lock(&sf->inval_lock);
-	if (sf->ninval < ARRAY_SIZE(sf->inval)) {
+	/* Grown, not bounded: each removed version needs its own entry
+	 * notification (forgetting snapshots/'s pages does not drop its
+	 * children's dentries, cached for a day). */
+	if (sf->ninval == sf->inval_cap) {
+		size_t cap = sf->inval_cap ? 2 * sf->inval_cap : 16;
+		struct inval *p = realloc(sf->inval, cap * sizeof(*p));
+		if (p) {
+			sf->inval = p;
+			sf->inval_cap = cap;
+		}
+	}
+	if (sf->ninval < sf->inval_cap) {
 		struct inval *q = &sf->inval[sf->ninval++];
 		q->parent = parent;
 		q->ino = ino;
 		snprintf(q->name, sizeof(q->name), "%s", name ? name : "");
 	} else {
-		sf->inval_overflow = true; /* too many at once: forget everything below */
+		sf->inval_overflow = true; /* out of memory: the best left is the directory */
 	}
 	sf->inval_queued++;
 	pthread_cond_broadcast(&sf->inval_cond);
@@ -256,12 +267,12 @@ static void *inval_main(void *arg)
 			pthread_cond_wait(&sf->inval_cond, &sf->inval_lock);
 			continue;
 		}
-		struct inval q[ARRAY_SIZE(sf->inval)];
+		struct inval *q = sf->inval; /* ours now; the next push starts a new one */
 		size_t n = sf->ninval;
 		bool all = sf->inval_overflow;
 		uint64_t upto = sf->inval_queued;
-		memcpy(q, sf->inval, n * sizeof(*q));
-		sf->ninval = 0;
+		sf->inval = NULL;
+		sf->ninval = sf->inval_cap = 0;
 		sf->inval_overflow = false;
 		pthread_mutex_unlock(&sf->inval_lock);
 		for (size_t i = 0; sf->se && i < n; i++) {
@@ -272,6 +283,7 @@ static void *inval_main(void *arg)
 		}
 		if (all && sf->se)
 			fuse_lowlevel_notify_inval_inode(sf->se, INO_SNAPSHOTS, 0, 0);
+		free(q);
 		pthread_mutex_lock(&sf->inval_lock);
 		sf->inval_done = upto;
 		pthread_cond_broadcast(&sf->inval_cond);
@@ -291,13 +303,17 @@ int sf_start_inval(struct stellafs *sf)
 void sf_stop_inval(struct stellafs *sf)
 {
 	if (!sf->inval_running)
-		return;
+		goto out;
 	pthread_mutex_lock(&sf->inval_lock);
 	sf->inval_stop = true;
 	pthread_cond_broadcast(&sf->inval_cond);
 	pthread_mutex_unlock(&sf->inval_lock);
 	pthread_join(sf->inval_thread, NULL);
 	sf->inval_running = false;
+out:
+	free(sf->inval); /* what nobody was left to send */
+	sf->inval = NULL;
+	sf->ninval = sf->inval_cap = 0;
 }
 
 void sf_inval_wait(struct stellafs *sf)

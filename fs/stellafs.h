@@ -111,8 +111,8 @@ struct stellafs {
 	/* kernel notifications, sent by their own thread (state.c) */
 	pthread_mutex_t inval_lock;
 	pthread_cond_t inval_cond;
-	struct inval inval[64];
-	size_t ninval;
+	struct inval *inval;      /* queued notifications, grown as needed */
+	size_t ninval, inval_cap;
 	bool inval_overflow, inval_stop, inval_running;
 	uint64_t inval_queued, inval_done;
 	pthread_t inval_thread;

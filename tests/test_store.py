@@ -813,6 +813,42 @@ def test_remove_is_not_blocked_by_status_readers(mounts, store12, kits, trust):
     m.umount()
 
 
+def test_many_removals_at_once_are_all_forgotten_by_the_kernel(mounts, store1, trust, signer,
+                                                               tmp_path):
+    """A refresh that finds many snapshots gone at once (here 70, removed by a second mount
+    while the first was stopped) has the kernel forget each one's entry: none stays
+    visible under snapshots/ from the kernel's day-long entry cache."""
+    tree = tmp_path / "tiny"
+    (tree / "feeds").mkdir(parents=True)
+    (tree / "feeds" / "a.txt").write_text("tiny\n")
+    names = [f"t{i:02d}" for i in range(70)]
+    for i, v in enumerate(names):
+        k = pack_kit(tree, tmp_path / f"{v}.tar", signer, v, 10 + i, kit_id="tiny")
+        import_ok(store1, trust, k)
+    m1 = mounts.mount(store1, trust)
+    m2 = mounts.mount(store1, trust)
+    for v in names:
+        os.lstat(m1 / "snapshots" / v)   # cached by the kernel
+    os.kill(m1.pids[0], signal.SIGSTOP)
+    try:
+        for v in names:
+            m2.control_ok(f"remove {v}")
+    finally:
+        os.kill(m1.pids[0], signal.SIGCONT)
+    assert m1.snapshots() == ["v1"]   # the listing refreshes m1
+    m1.control_ok("verify")           # and a command waits for its notifications
+    still = []
+    for v in names:
+        try:
+            os.lstat(m1 / "snapshots" / v)
+            still.append(v)
+        except FileNotFoundError:
+            pass
+    assert not still, f"removed snapshots still visible through the kernel's cache: {still}"
+    m1.umount()
+    m2.umount()
+
+
 def test_gc_takes_the_lowest_sequences_whatever_the_import_order(mounts, store12, kits, trust,
                                                                   signer, tmp_path):
     """gc removes the oldest snapshots, oldest meaning lowest sequence: a snapshot imported
