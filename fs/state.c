@@ -175,7 +175,9 @@ static void inval_push(struct stellafs *sf, fuse_ino_t parent, const char *name,
 		q->ino = ino;
 		snprintf(q->name, sizeof(q->name), "%s", name ? name : "");
 	} else {
-		sf->inval_overflow = true; /* out of memory: the best left is the directory */
+		/* out of memory: forget what is left to forget without a name,
+		 * current's target and snapshots/ (not its children's entries) */
+		sf->inval_overflow = true;
 	}
 	sf->inval_queued++;
 	pthread_cond_broadcast(&sf->inval_cond);
@@ -281,8 +283,10 @@ static void *inval_main(void *arg)
 			else
 				fuse_lowlevel_notify_inval_entry(sf->se, q[i].parent, q[i].name, strlen(q[i].name));
 		}
-		if (all && sf->se)
+		if (all && sf->se) {
+			fuse_lowlevel_notify_inval_inode(sf->se, INO_CURRENT, 0, 0);
 			fuse_lowlevel_notify_inval_inode(sf->se, INO_SNAPSHOTS, 0, 0);
+		}
 		free(q);
 		pthread_mutex_lock(&sf->inval_lock);
 		sf->inval_done = upto;
