@@ -396,6 +396,8 @@ static int one_node(struct index *ix, int q, uint64_t key, const char *name, str
 		 * asked for; the row itself says which it is. */
 		if (name ? n->parent != key || strcmp(n->name, name) : n->ino != key)
 			r = -EIO;
+		if (n->ino > INDEX_MAX_INO || n->parent > INDEX_MAX_INO)
+			r = -EIO;
 	} else {
 		r = st == SQLITE_DONE ? -ENOENT : -EIO;
 	}
@@ -433,7 +435,7 @@ int index_readdir(struct index *ix, uint64_t dir, uint64_t after,
 		 * it, so a child's ino is above its parent's: no walk down the
 		 * tree can come back. */
 		bool root_self = n->ino == dir && dir == INDEX_ROOT_INO;
-		if (n->parent != dir || n->ino <= last || (n->ino <= dir && !root_self)) {
+		if (n->parent != dir || n->ino <= last || (n->ino <= dir && !root_self) || n->ino > INDEX_MAX_INO) {
 			r = -EIO;
 			break;
 		}

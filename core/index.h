@@ -16,6 +16,11 @@
 #include "source.h"
 
 #define INDEX_ROOT_INO 1
+/* No row of an index we built has an ino above this (at most 2,000,000
+ * artifacts and their directories, numbered from the root up); a row read
+ * back above it is damage.  fs/ packs an ino with a slot number into 64
+ * bits and relies on this bound to keep snapshots apart. */
+#define INDEX_MAX_INO ((UINT64_C(1) << 32) - 1)
 /* 2: node_children; 3: gzip seek points without a window at member starts
  * (an older stellafs refuses those).  Cached indexes of another schema are
  * rebuilt. */

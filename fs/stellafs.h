@@ -35,6 +35,7 @@ enum {
 #define SLOT_OF(ino) ((ino) >> SLOT_SHIFT)
 #define LOCAL_OF(ino) ((ino) & ((UINT64_C(1) << SLOT_SHIFT) - 1))
 #define MAKE_INO(slot, local) (((uint64_t)(slot) << SLOT_SHIFT) | (local))
+_Static_assert(INDEX_MAX_INO < (UINT64_C(1) << SLOT_SHIFT), "an index ino must fit below the slot bits");
 
 #define JOURNAL_LEN 32
 

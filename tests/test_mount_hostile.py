@@ -729,6 +729,35 @@ def test_cached_index_with_bad_seek_points_is_rebuilt(tamper_src, tmp_path, keys
     assert kitlib.sh("sqlite3", db, "SELECT count(*) FROM point WHERE out = 0").stdout.strip() == "1"
 
 
+def test_cached_index_row_with_a_huge_ino_is_refused(tamper_src, tmp_path, keys, mounter):
+    """A cached index row whose ino does not fit below the daemon's slot bits (here 2^40
+    plus its own: it would alias another snapshot's inodes) is damage: that name fails
+    with EIO, never shows an inode of another slot, and the other files read fine."""
+    src, kits = tamper_src
+    cache = tmp_path / "cache"
+    m = mounter.mount(kits["none"], keys["ed25519"].pub, cache=cache)
+    mounter.umount(m.path)
+    (db,) = _cache_files(cache)
+    kitlib.sh("sqlite3", db, "UPDATE node SET ino = ino + (1 << 40) WHERE name = CAST('file.txt' AS BLOB)")
+    assert kitlib.sh("sqlite3", db, "SELECT count(*) FROM node WHERE ino > (1 << 40)").stdout.strip() == "1"
+    m = mounter.mount(kits["none"], keys["ed25519"].pub, cache=cache)
+    root_slot = os.stat(m.snap(VERSION)).st_ino >> 40
+    p = m.snap(VERSION) / "other" / "file.txt"
+    try:
+        st = os.stat(p)
+    except OSError as e:
+        assert e.errno == errno.EIO, f"stat of the damaged row: {e}"
+    else:   # a rebuilt cache would serve it whole
+        assert st.st_ino >> 40 == root_slot, f"inode {st.st_ino:#x} outside slot {root_slot}"
+        assert p.read_bytes() == (src / "other" / "file.txt").read_bytes()
+    try:
+        for e in os.scandir(m.snap(VERSION) / "other"):
+            assert e.inode() >> 40 == root_slot, f"{e.name}: d_ino {e.inode():#x}"
+    except OSError as e:   # the listing holds the damaged row
+        assert e.errno == errno.EIO, f"listing of the damaged directory: {e}"
+    assert (m.snap(VERSION) / "big/f.bin").read_bytes() == (src / "big/f.bin").read_bytes()
+
+
 def test_other_kits_index_swapped_in(tmp_path, keys, mounter, stellakit_bin):
     """The cache file of kit A is replaced by the index of kit B (same names, other
     bytes): mounting A must still serve A's bytes, or refuse."""
