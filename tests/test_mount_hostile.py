@@ -712,17 +712,26 @@ def test_garbage_cache_is_not_trusted(cache_kit, small_tree, keys, mounter, tmp_
         files = _cache_files(cache) or files
 
 
+def _remount_after_cache_sql(kit, keys, mounter, cache, sql):
+    """Mount KIT once to build its cached index, change the index with the sqlite3 tool
+    (SQL, which must change a row), and mount again from that cache; returns (mount,
+    cache db)."""
+    m = mounter.mount(kit, keys["ed25519"].pub, cache=cache)
+    mounter.umount(m.path)
+    (db,) = _cache_files(cache)
+    changed = kitlib.sh("sqlite3", db, f"{sql}; SELECT changes();").stdout.split()[-1]
+    assert changed != "0", f"{sql!r} changed nothing in {db}"
+    return mounter.mount(kit, keys["ed25519"].pub, cache=cache), db
+
+
 def test_cached_index_with_bad_seek_points_is_rebuilt(tamper_src, tmp_path, keys, mounter):
     """A cached index of a gzip kit whose seek points fail their checks (the start point
     deleted with the sqlite3 tool) is a cache, not a verdict on the kit: the mount builds
     it again and serves the right bytes, where it used to refuse ("bad seek points")."""
     src, kits = tamper_src
     cache = tmp_path / "cache"
-    m = mounter.mount(kits["gzip"], keys["ed25519"].pub, cache=cache)
-    mounter.umount(m.path)
-    (db,) = _cache_files(cache)
-    kitlib.sh("sqlite3", db, "DELETE FROM point WHERE out = 0")
-    m = mounter.mount(kits["gzip"], keys["ed25519"].pub, cache=cache)
+    m, _ = _remount_after_cache_sql(kits["gzip"], keys, mounter, cache,
+                                    "DELETE FROM point WHERE out = 0")
     for name in ("big/f.bin", "other/file.txt"):
         assert (m.snap(VERSION) / name).read_bytes() == (src / name).read_bytes()
     (db,) = _cache_files(cache)
@@ -734,13 +743,9 @@ def test_cached_index_row_with_a_huge_ino_is_refused(tamper_src, tmp_path, keys,
     plus its own: it would alias another snapshot's inodes) is damage: that name fails
     with EIO, never shows an inode of another slot, and the other files read fine."""
     src, kits = tamper_src
-    cache = tmp_path / "cache"
-    m = mounter.mount(kits["none"], keys["ed25519"].pub, cache=cache)
-    mounter.umount(m.path)
-    (db,) = _cache_files(cache)
-    kitlib.sh("sqlite3", db, "UPDATE node SET ino = ino + (1 << 40) WHERE name = CAST('file.txt' AS BLOB)")
-    assert kitlib.sh("sqlite3", db, "SELECT count(*) FROM node WHERE ino > (1 << 40)").stdout.strip() == "1"
-    m = mounter.mount(kits["none"], keys["ed25519"].pub, cache=cache)
+    m, db = _remount_after_cache_sql(
+        kits["none"], keys, mounter, tmp_path / "cache",
+        "UPDATE node SET ino = ino + (1 << 40) WHERE name = CAST('file.txt' AS BLOB)")
     root_slot = os.stat(m.snap(VERSION)).st_ino >> 40
     p = m.snap(VERSION) / "other" / "file.txt"
     try:
