@@ -875,11 +875,12 @@ char *store_journal_text(struct store *st, unsigned n)
 	if (!out)
 		return NULL;
 	out[0] = 0;
+	int rc = SQLITE_ERROR;
 	pthread_mutex_lock(&st->lock);
 	if (sqlite3_prepare_v2(st->db, "SELECT at,uid,command,err,result FROM (SELECT * FROM journal ORDER BY id DESC "
 			       "LIMIT ?1) ORDER BY id", -1, &s, NULL) == SQLITE_OK) {
 		sqlite3_bind_int(s, 1, (int)n);
-		while (sqlite3_step(s) == SQLITE_ROW) {
+		while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
 			char t[32];
 			time_format(sqlite3_column_int64(s, 0), t);
 			int err = sqlite3_column_int(s, 3);
@@ -887,8 +888,10 @@ char *store_journal_text(struct store *st, unsigned n)
 			size_t need = 1200;
 			if (len + need > cap) {
 				char *p = realloc(out, cap = 2 * cap + need);
-				if (!p)
+				if (!p) {
+					rc = SQLITE_NOMEM;
 					break;
+				}
 				out = p;
 			}
 			len += (size_t)snprintf(out + len, cap - len, "%s uid=%lld %s -> %s%s%s\n", t,
@@ -898,6 +901,10 @@ char *store_journal_text(struct store *st, unsigned n)
 		sqlite3_finalize(s);
 	}
 	pthread_mutex_unlock(&st->lock);
+	if (rc != SQLITE_DONE) { /* unreadable (locked past the timeout...): the caller says what it has */
+		free(out);
+		return NULL;
+	}
 	return out;
 }
 

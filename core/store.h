@@ -72,7 +72,8 @@ int store_rollback(struct store *st, const char *version, char now_current[129],
 int store_remove(struct store *st, const char *version, struct stella_err *e);
 /* The journal of control commands, kept in the store across mounts. */
 int store_journal_add(struct store *st, int64_t when, unsigned uid, const char *cmd, int err, const char *result);
-/* The last n entries, oldest first, one line each (malloc'ed). */
+/* The last n entries, oldest first, one line each (malloc'ed); NULL when
+ * the journal cannot be read (store.db locked past its timeout, no memory). */
 char *store_journal_text(struct store *st, unsigned n);
 
 /* Drop blobs no snapshot references, and indexes no row names; returns how

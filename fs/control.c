@@ -28,29 +28,30 @@ static const char journal_head[] =
 	"#           remove VERSION | gc [keep=N] | reload\n"
 	"# time uid command -> result, oldest first\n";
 
+/* Store mode: the store's journal (every mount's commands, kept across
+ * remounts), then this mount's lines the store could not take (store.db
+ * locked past its busy timeout, a full disk), or all of them when the
+ * store's journal cannot be read: a result is never lost from what an
+ * operator reads.  Direct mode: this mount's ring. */
 static char *journal_text(struct stellafs *sf, size_t *len)
 {
-	if (sf->store) {
-		char *j = store_journal_text(sf->store, JOURNAL_LEN);
-		size_t jl = j ? strlen(j) : 0;
-		char *out = malloc(sizeof(journal_head) + jl);
-		if (out) {
-			memcpy(out, journal_head, sizeof(journal_head) - 1);
-			memcpy(out + sizeof(journal_head) - 1, j ? j : "", jl + 1);
-			*len = sizeof(journal_head) - 1 + jl;
-		}
-		free(j);
-		return out;
-	}
-	size_t cap = 1024 + JOURNAL_LEN * 900;
+	char *stored = sf->store ? store_journal_text(sf->store, JOURNAL_LEN) : NULL;
+	size_t sl = stored ? strlen(stored) : 0;
+	size_t cap = sizeof(journal_head) + sl + JOURNAL_LEN * 900;
 	char *out = malloc(cap);
-	if (!out)
+	if (!out) {
+		free(stored);
 		return NULL;
-	size_t n = 0;
+	}
+	size_t n = sizeof(journal_head) - 1;
+	memcpy(out, journal_head, n);
+	memcpy(out + n, stored ? stored : "", sl + 1);
+	n += sl;
 	pthread_mutex_lock(&sf->lock);
-	n += (size_t)snprintf(out + n, cap - n, "%s", journal_head);
 	for (unsigned i = 0; i < sf->journal_n; i++) {
 		const struct journal_entry *j = &sf->journal[(sf->journal_next + JOURNAL_LEN - sf->journal_n + i) % JOURNAL_LEN];
+		if (stored && !j->unsaved)
+			continue;
 		char t[32];
 		time_format(j->when, t);
 		n += (size_t)snprintf(out + n, cap - n, "%s uid=%u %s -> %s%s%s\n", t, (unsigned)j->uid, j->cmd,
@@ -59,6 +60,7 @@ static char *journal_text(struct stellafs *sf, size_t *len)
 			n = cap - 1;
 	}
 	pthread_mutex_unlock(&sf->lock);
+	free(stored);
 	*len = n;
 	return out;
 }
@@ -148,10 +150,10 @@ bool control_allowed(struct stellafs *sf, fuse_req_t req)
 
 void control_journal(struct stellafs *sf, uid_t uid, const char *cmd, int err, const char *result)
 {
-	if (sf->store)
-		store_journal_add(sf->store, sf_now(sf), (unsigned)uid, cmd, err, result);
+	bool unsaved = sf->store && store_journal_add(sf->store, sf_now(sf), (unsigned)uid, cmd, err, result) < 0;
 	pthread_mutex_lock(&sf->lock);
 	struct journal_entry *j = &sf->journal[sf->journal_next];
+	j->unsaved = unsaved;
 	j->when = sf_now(sf);
 	j->uid = uid;
 	snprintf(j->cmd, sizeof(j->cmd), "%s", cmd);
@@ -274,7 +276,9 @@ static uint64_t locked_sweep(struct stellafs *sf)
 	return swept;
 }
 
-static int cmd_remove(struct stellafs *sf, const char *version, char *res, size_t rl)
+/* *open (when given) tells an EBUSY for open files from one for a store
+ * that stayed locked. */
+static int remove_one(struct stellafs *sf, const char *version, char *res, size_t rl, bool *open)
 {
 	uint64_t id;
 	struct snapshot *s = sf_by_version(sf, version, &id);
@@ -284,6 +288,8 @@ static int cmd_remove(struct stellafs *sf, const char *version, char *res, size_
 	}
 	bool busy = in_use(s);
 	snapshot_unref(s);
+	if (open)
+		*open = busy;
 	if (busy) {
 		snprintf(res, rl, "%s has open files", version);
 		return -EBUSY;
@@ -304,10 +310,17 @@ static int cmd_remove(struct stellafs *sf, const char *version, char *res, size_
 	return 0;
 }
 
+static int cmd_remove(struct stellafs *sf, const char *version, char *res, size_t rl)
+{
+	return remove_one(sf, version, res, rl, NULL);
+}
+
 static int cmd_gc(struct stellafs *sf, uint64_t keep, char *res, size_t rl)
 {
 	struct slot *slots = NULL;
-	size_t n = sf_list(sf, &slots), removed = 0, skipped = 0;
+	size_t n = sf_list(sf, &slots), removed = 0, skipped = 0, failed = 0;
+	int first_err = 0;
+	char first_msg[256] = "";
 	char cur[129];
 	pthread_mutex_lock(&sf->lock);
 	snprintf(cur, sizeof(cur), "%s", sf->current);
@@ -317,17 +330,27 @@ static int cmd_gc(struct stellafs *sf, uint64_t keep, char *res, size_t rl)
 		if (!strcmp(slots[i].version, cur))
 			continue;
 		char r1[256];
-		int r = cmd_remove(sf, slots[i].version, r1, sizeof(r1));
-		if (r == 0)
+		bool open = false;
+		int r = remove_one(sf, slots[i].version, r1, sizeof(r1), &open);
+		if (r == 0) {
 			removed++;
-		else if (r == -EBUSY)
+		} else if (open) {
 			skipped++;
+		} else if (r != -ENOENT) { /* ENOENT: gone meanwhile, as asked */
+			if (!failed++) {
+				first_err = r;
+				snprintf(first_msg, sizeof(first_msg), "%s", r1);
+			}
+		}
 	}
 	free(slots);
 	uint64_t swept = locked_sweep(sf);
-	snprintf(res, rl, "%zu snapshot(s) removed, %zu kept because they are open, %llu unreferenced file(s) deleted",
-		 removed, skipped, (unsigned long long)swept);
-	return 0;
+	int n1 = snprintf(res, rl, "%zu snapshot(s) removed, %zu kept because they are open, %llu unreferenced file(s) deleted",
+			  removed, skipped, (unsigned long long)swept);
+	/* a gc that could not do what it was asked says so with the errno */
+	if (failed && n1 >= 0 && (size_t)n1 < rl)
+		snprintf(res + n1, rl - (size_t)n1, "; %zu could not be removed: %s", failed, first_msg);
+	return failed ? first_err : 0;
 }
 
 static int store_switch(struct stellafs *sf, const char *cmd, const char *arg, char *res, size_t rl)

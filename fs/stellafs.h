@@ -45,6 +45,7 @@ struct journal_entry {
 	char cmd[256];
 	int err;               /* 0 or a positive errno */
 	char result[512];
+	bool unsaved;          /* store mode: the store's journal did not take it */
 };
 
 /* One served snapshot.  The table holds a reference; every open file and

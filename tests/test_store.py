@@ -773,6 +773,30 @@ def test_snapshots_listing_survives_a_remove_midway(mounts, store12, kits, trust
     m.umount()
 
 
+def test_gc_that_cannot_remove_says_so(mounts, store12, kits, trust):
+    """A gc whose removal fails (store.db held by another writer past the busy timeout)
+    fails with that errno and says what could not be removed; it is not reported as done,
+    nor as a snapshot kept because it is open."""
+    import sqlite3 as sq
+    import_ok(store12, trust, kits.k3, "--activate")        # v1 v2 v3, current v3
+    m = mounts.mount(store12, trust)
+    con = sq.connect(str(store12 / "store.db"), timeout=30, isolation_level=None)
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        r = m.control("gc keep=2")                         # v1 would go
+    finally:
+        con.execute("ROLLBACK")
+        con.close()
+    assert r == errno.EBUSY, f"gc with store.db locked: {errname(r)}, want EBUSY"
+    line = m.log_line("gc keep=2")
+    assert "could not be removed" in line and "kept because they are open" in line, line
+    assert "0 kept because" in line, line
+    assert m.snapshots() == ["v1", "v2", "v3"]
+    m.control_ok("gc keep=2")
+    assert m.snapshots() == ["v2", "v3"]
+    m.umount()
+
+
 def test_remove_is_not_blocked_by_status_readers(mounts, store12, kits, trust):
     """Only open files make a snapshot busy: monitors reading status and walkers stat-ing
     its files (brief references, no open file) never make `remove` fail with EBUSY."""
