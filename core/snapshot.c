@@ -558,9 +558,14 @@ int snapshot_open_store(const char *index_path, int blob_dirfd, int tree_dirfd, 
 	}
 	if ((r = index_open(index_path, &s->ix, e)) < 0 || (r = load_identity(s, e)) < 0)
 		goto fail;
+	/* Every store index has it (store.c writes it), and the daemon tells
+	 * a re-imported version from the old one by it. */
 	char *v = NULL;
-	if (index_get_meta(s->ix, "manifestSha256", &v, NULL) == 0)
-		hex_decode(v, s->manifest_sha256, 32);
+	if (index_get_meta(s->ix, "manifestSha256", &v, NULL) < 0 || hex_decode(v, s->manifest_sha256, 32) < 0) {
+		free(v);
+		r = stella_fail(e, -EIO, "%s: index without a valid manifestSha256", label);
+		goto fail;
+	}
 	free(v);
 	if (!(s->version = strdup(s->identity->version))) {
 		r = -ENOMEM;

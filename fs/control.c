@@ -317,6 +317,10 @@ static int cmd_remove(struct stellafs *sf, const char *version, char *res, size_
 
 static int cmd_gc(struct stellafs *sf, uint64_t keep, char *res, size_t rl)
 {
+	/* current as the store has it now, not as of the last tick: another
+	 * process may just have made an old snapshot current */
+	struct stella_err re = { 0 };
+	sf_refresh(sf, &re);
 	struct slot *slots = NULL;
 	size_t n = sf_list(sf, &slots), removed = 0, skipped = 0, failed = 0;
 	int first_err = 0;

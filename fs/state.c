@@ -467,14 +467,54 @@ int sf_changed(struct stellafs *sf, struct stella_err *e)
 
 /* ---- import, shared by the control file and the incoming watcher ---- */
 
+/* The absolute path P with "//", "/./" and "/../" folded by text into OUT
+ * (no symbolic link followed: nothing here may reach into the mount). */
+static int path_fold(const char *p, char *out, size_t n)
+{
+	size_t len = 0;
+	if (p[0] != '/' || n < 2)
+		return -EINVAL;
+	out[0] = 0;
+	while (*p) {
+		while (*p == '/')
+			p++;
+		size_t c = strcspn(p, "/");
+		if (c == 0 || (c == 1 && p[0] == '.')) {
+			/* nothing */
+		} else if (c == 2 && p[0] == '.' && p[1] == '.') {
+			while (len > 0 && out[len - 1] != '/')
+				len--;
+			if (len > 0)
+				len--;
+			out[len] = 0;
+		} else {
+			if (len + 1 + c + 1 > n)
+				return -ENAMETOOLONG;
+			out[len++] = '/';
+			memcpy(out + len, p, c);
+			len += c;
+			out[len] = 0;
+		}
+		p += c;
+	}
+	if (len == 0)
+		strcpy(out, "/");
+	return 0;
+}
+
 int sf_import(struct stellafs *sf, const char *path, bool activate, char *res, size_t rl)
 {
 	struct stella_err e = { 0 };
 	char version[129];
 	/* Reading a kit through this mount would send the command's own
-	 * thread requests to itself: with -s (one thread) it never returns. */
+	 * thread requests to itself: with -s (one thread) it never returns.
+	 * Compared as text, "//", "." and ".." folded (libfuse gave us the
+	 * mount point through realpath); a symbolic link into the mount is
+	 * not seen, which only -s makes a hang. */
+	char norm[4096];
 	size_t ml = sf->mountpoint ? strlen(sf->mountpoint) : 0;
-	if (ml && !strncmp(path, sf->mountpoint, ml) && (path[ml] == '/' || !path[ml] || ml == 1)) {
+	if (ml && path_fold(path, norm, sizeof(norm)) == 0 && !strncmp(norm, sf->mountpoint, ml) &&
+	    (norm[ml] == '/' || !norm[ml] || ml == 1)) {
 		snprintf(res, rl, "%s: inside this mount (%s): copy the kit out of it first", path, sf->mountpoint);
 		return -EINVAL;
 	}
@@ -558,15 +598,58 @@ static int64_t mono_now(void)
 	return (int64_t)t.tv_sec;
 }
 
+static struct incoming_retry *retry_find(struct stellafs *sf, const char *name)
+{
+	for (size_t i = 0; i < sf->nretry; i++)
+		if (!strcmp(sf->retry[i].name, name))
+			return &sf->retry[i];
+	return NULL;
+}
+
+static void retry_drop(struct stellafs *sf, const char *name)
+{
+	struct incoming_retry *x = retry_find(sf, name);
+	if (x)
+		*x = sf->retry[--sf->nretry];
+}
+
+/* The kit NAME failed for a reason of the moment: try it, and only it,
+ * again later (a rescan of the whole directory would also pick up kits
+ * still being written). Returns the wait in seconds, 0 if not remembered. */
+static int retry_later(struct stellafs *sf, const char *name)
+{
+	struct incoming_retry *x = retry_find(sf, name);
+	if (!x && sf->nretry < INCOMING_RETRY_KITS && strlen(name) < sizeof(x->name)) {
+		struct incoming_retry *p = realloc(sf->retry, (sf->nretry + 1) * sizeof(*p));
+		if (p) {
+			sf->retry = p;
+			x = &p[sf->nretry++];
+			snprintf(x->name, sizeof(x->name), "%s", name);
+			x->backoff = INCOMING_RETRY_FIRST;
+		}
+	}
+	if (!x)
+		return 0;
+	int wait = x->backoff;
+	x->at = mono_now() + wait;
+	x->backoff = MIN(x->backoff * 2, INCOMING_RETRY_MAX);
+	return wait;
+}
+
 static void handle_incoming(struct stellafs *sf, const char *name)
 {
 	if (!kit_name(name))
 		return;
-	char path[4200], res[640];
+	char path[4200], res[640], reason[4300];
 	snprintf(path, sizeof(path), "%s/%s", sf->incoming, name);
+	snprintf(reason, sizeof(reason), "%s.reason", path);
 	struct stat st;
-	if (stat(path, &st) < 0 || !S_ISREG(st.st_mode))
+	/* gone, not a file, or refused already (left here with its reason
+	 * when quarantine/ is on another file system): nothing to do */
+	if (stat(path, &st) < 0 || !S_ISREG(st.st_mode) || access(reason, F_OK) == 0) {
+		retry_drop(sf, name);
 		return;
+	}
 	pthread_mutex_lock(&sf->cmd_lock); /* wait our turn: this one cannot say EBUSY */
 	int r = sf_import(sf, path, sf->auto_activate, res, sizeof(res));
 	pthread_mutex_unlock(&sf->cmd_lock);
@@ -580,16 +663,35 @@ static void handle_incoming(struct stellafs *sf, const char *name)
 		/* Not the kit's fault: it stays where it is and is tried again
 		 * later, less often each time (a full disk must not mean
 		 * re-verifying a 1 GiB kit every second). */
-		if (!sf->incoming_backoff)
-			sf->incoming_backoff = INCOMING_RETRY_FIRST;
-		sf->incoming_retry_at = mono_now() + sf->incoming_backoff;
-		stella_log(LOG_WARNING, "incoming %s not imported now (%s): tried again in %d s", path, res,
-			   sf->incoming_backoff);
-		sf->incoming_backoff = MIN(sf->incoming_backoff * 2, INCOMING_RETRY_MAX);
+		int wait = retry_later(sf, name);
+		if (wait)
+			stella_log(LOG_WARNING, "incoming %s not imported now (%s): tried again in %d s", path, res, wait);
+		else
+			stella_log(LOG_WARNING, "incoming %s not imported now (%s): left for the next mount", path, res);
+		return;
 	} else {
 		unlink(path); /* its content is in the store now */
-		sf->incoming_backoff = 0;
 		stella_log(LOG_INFO, "%s", res);
+	}
+	retry_drop(sf, name);
+}
+
+/* Kits whose time to try again has come, one at a time (each may re-queue
+ * itself, so the list is walked from a copy of the names). */
+static void retry_due(struct stellafs *sf)
+{
+	int64_t now = mono_now();
+	for (size_t i = 0; i < sf->nretry;) {
+		if (sf->retry[i].at > now) {
+			i++;
+			continue;
+		}
+		char name[256];
+		snprintf(name, sizeof(name), "%s", sf->retry[i].name);
+		sf->retry[i].at = INT64_MAX; /* not again in this walk */
+		handle_incoming(sf, name);
+		i = 0;
+		now = mono_now();
 	}
 }
 
@@ -628,10 +730,8 @@ static void *watch_main(void *arg)
 		if (p[1].revents || atomic_load(&sf->watch_quit))
 			break;
 		bool store_changed = n == 0; /* the tick */
-		if (sf->incoming_retry_at && mono_now() >= sf->incoming_retry_at) {
-			sf->incoming_retry_at = 0;
-			scan_incoming(sf);
-		}
+		if (sf->nretry)
+			retry_due(sf);
 		if (fd >= 0 && (p[0].revents & POLLIN)) {
 			ssize_t len = read(fd, buf, sizeof(buf));
 			for (char *q = buf; len > 0 && q < buf + len;) {
@@ -683,4 +783,7 @@ void sf_stop_watch(struct stellafs *sf)
 	close(sf->watch_stop[0]);
 	close(sf->watch_stop[1]);
 	sf->watch_running = false;
+	free(sf->retry);
+	sf->retry = NULL;
+	sf->nretry = 0;
 }

@@ -39,6 +39,13 @@ _Static_assert(INDEX_MAX_INO < (UINT64_C(1) << SLOT_SHIFT), "an index ino must f
 
 #define JOURNAL_LEN 32
 
+/* A kit in incoming=DIR whose import failed for a reason not its own. */
+struct incoming_retry {
+	char name[256];
+	int64_t at;                /* CLOCK_MONOTONIC seconds of the next try */
+	int backoff;               /* seconds to wait after the next failure's half */
+};
+
 struct journal_entry {
 	int64_t when;
 	uid_t uid;
@@ -72,8 +79,8 @@ struct stellafs {
 	char *trust_path;
 	char *cache_dir;
 	char *incoming;
-	int64_t incoming_retry_at;  /* CLOCK_MONOTONIC s: rescan incoming then (0: none); watcher only */
-	int incoming_backoff;       /* s until the next rescan after a failure that was not the kit's */
+	struct incoming_retry *retry; /* kits to try again (watcher thread only) */
+	size_t nretry;
 	bool auto_activate;
 	unsigned threshold;
 	int64_t fixed_now;         /* now= for tests and replays; 0: the clock */
@@ -163,11 +170,13 @@ int sf_nice(void); /* the calling thread's nice value */
 #define SF_READAHEAD_KIB 4096
 
 /* A kit in incoming=DIR whose import failed for a reason not its own (the
- * store locked by another import, ENOSPC, EIO, ENOMEM) stays there and the
- * directory is scanned again after this many seconds, doubled at each
- * such failure up to the maximum. */
+ * store locked by another import, ENOSPC, EIO, ENOMEM) stays there and is
+ * tried again, that kit alone, after this many seconds, doubled at each
+ * such failure of it up to the maximum; at most INCOMING_RETRY_KITS are
+ * remembered (the rest wait for the next mount's scan). */
 #define INCOMING_RETRY_FIRST 5
 #define INCOMING_RETRY_MAX 300
+#define INCOMING_RETRY_KITS 256
 void sf_readahead(struct stellafs *sf);
 void sf_free_slots(struct stellafs *sf);
 /* The watcher thread: the store's own changes by other processes, and the

@@ -573,8 +573,9 @@ def test_worker_priority_stays_within_its_boost(data_kit):
         assert res == [data_kit["large_sha"]] * 24
     nices = _thread_nices(pid)
     assert len(nices) > 2, nices
-    assert min(nices.values()) >= base - 10 and max(nices.values()) <= base, \
-        f"daemon at nice {base}; thread nices {sorted(nices.values())}"
+    assert min(nices.values()) == base - 10 and max(nices.values()) <= base, \
+        f"daemon at nice {base}; thread nices {sorted(nices.values())} (waiting workers at " \
+        f"{base - 10} need CAP_SYS_NICE: the tests run as root)"
 
 
 @pytest.mark.parametrize("compress", ["gzip", "zstd"])

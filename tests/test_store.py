@@ -470,9 +470,10 @@ def test_import_of_a_fifo_or_of_the_mount_itself_refused(mounts, store1, tmp_pat
         pytest.fail("`import FIFO` hung in the daemon")
     assert got == [errno.EINVAL], f"import of a FIFO: {[errname(r) for r in got]}, want EINVAL"
     assert "not a regular file" in m.log_line(f"import {fifo}")
-    r = m.control(f"import {m.path}/current/feeds/db.json")
-    assert r == errno.EINVAL, f"import from inside the mount: {errname(r)}, want EINVAL"
-    assert "inside this mount" in m.log_line(f"import {m.path}/current/feeds/db.json")
+    for inside in (f"{m.path}/current/feeds/db.json", f"/{m.path}//./current/../current/feeds/db.json"):
+        r = m.control(f"import {inside}")
+        assert r == errno.EINVAL, f"import {inside} (inside the mount): {errname(r)}, want EINVAL"
+        assert "inside this mount" in m.log_line(f"import {inside}")
     m.control_ok("verify all")   # the command lock was let go
     m.umount()
     assert_store_unchanged(store1, before, "by refused imports of a FIFO and of the mount")
@@ -679,23 +680,42 @@ def test_incoming_kit_waits_out_a_busy_store(mounts, store1, kits, trust, tmp_pa
     inc.mkdir()
     m = mounts.mount(store1, trust, f"incoming={inc}")
     holder = subprocess.Popen(["flock", "-x", str(store1 / "lock"), "sleep", "3"])
+    slow = None
     try:
-        time.sleep(0.5)   # the lock is held
+        deadline = time.monotonic() + 10   # until the holder has the lock
+        while subprocess.run(["flock", "-n", str(store1 / "lock"), "true"]).returncode == 0:
+            assert time.monotonic() < deadline, "flock never took the store's lock"
+            time.sleep(0.05)
         shutil.copyfile(kits.k2, tmp_path / "k2.tar")
         os.rename(tmp_path / "k2.tar", inc / "k2.tar")
+        # a kit still being written while k2's retry comes round: left alone
+        slow = open(inc / "k3.tar", "wb")
+        data3 = kits.k3.read_bytes()
+        slow.write(data3[:len(data3) // 2])
+        slow.flush()
         time.sleep(1.5)
         assert os.listdir(store1 / "quarantine") == [], "a good kit was quarantined"
         assert (inc / "k2.tar").exists(), "the kit left incoming/ without being imported"
         assert "v2" not in m.snapshots()
     finally:
         holder.wait(timeout=30)
+    time.sleep(6)   # k2's retry (5 s after its failure) has run while k3 is half written
+    assert os.listdir(store1 / "quarantine") == [], \
+        f"quarantined: {os.listdir(store1 / 'quarantine')} (a retry must not take a kit being written)"
+    slow.write(data3[len(data3) // 2:])
+    slow.close()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and "v2" not in m.snapshots():
         time.sleep(0.1)
     assert "v2" in m.snapshots(), f"not imported after the lock was let go:\n" \
                                   f"{m.control_log()[-1500:]}"
     assert_same_tree(m / "snapshots" / "v2", kits.trees["v2"])
-    assert not (inc / "k2.tar").exists() and os.listdir(store1 / "quarantine") == []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "v3" not in m.snapshots():
+        time.sleep(0.1)
+    assert "v3" in m.snapshots(), f"k3 not imported once closed:\n{m.control_log()[-1500:]}"
+    assert not (inc / "k2.tar").exists() and not (inc / "k3.tar").exists()
+    assert os.listdir(store1 / "quarantine") == []
     m.umount()
 
 
@@ -737,12 +757,14 @@ def test_remove_and_gc(mounts, store12, kits, trust):
 
 def _getdents_one_by_one(fd):
     """Yield the names of directory FD one getdents64(2) call at a time, with a buffer that
-    holds one entry, so that each call is a READDIR of its own at the last entry's offset."""
+    holds one entry of a name up to 4 bytes (reclen 24; two need 48), so that each call is
+    a READDIR of its own at the last entry's offset."""
     import ctypes
+    nr = {"x86_64": 217, "aarch64": 61}[os.uname().machine]   # SYS_getdents64
     libc = ctypes.CDLL(None, use_errno=True)
-    buf = ctypes.create_string_buffer(64)
+    buf = ctypes.create_string_buffer(32)
     while True:
-        n = libc.syscall(217, fd, buf, len(buf))   # SYS_getdents64 on x86-64
+        n = libc.syscall(nr, fd, buf, len(buf))
         if n < 0:
             raise OSError(ctypes.get_errno(), "getdents64")
         if n == 0:
