@@ -432,6 +432,7 @@ out:
 	sf_stop_inval(&sf); /* before the session it sends on is freed */
 	if (se)
 		fuse_session_destroy(se);
+	sf_free_vbufs(&sf);
 	sf_free_slots(&sf);
 	store_close(sf.store);
 	trust_free(sf.trust);

@@ -26,10 +26,51 @@ static struct stellafs *SF(fuse_req_t req)
 	return fuse_req_userdata(req);
 }
 
+/* The content of an open virtual file, made at open.  Each is also on
+ * sf->vbufs, so that those whose RELEASE never came (a close just before
+ * umount: the kernel drops the queued request with the connection) are
+ * freed at exit, not leaked. */
 struct vbuf {
 	char *data;
 	size_t len;
+	struct vbuf *prev, *next;
 };
+
+static struct vbuf *vbuf_new(struct stellafs *sf)
+{
+	struct vbuf *v = calloc(1, sizeof(*v));
+	if (!v)
+		return NULL;
+	pthread_mutex_lock(&sf->lock);
+	v->next = sf->vbufs;
+	if (v->next)
+		v->next->prev = v;
+	sf->vbufs = v;
+	pthread_mutex_unlock(&sf->lock);
+	return v;
+}
+
+static void vbuf_free(struct stellafs *sf, struct vbuf *v)
+{
+	if (!v)
+		return;
+	pthread_mutex_lock(&sf->lock);
+	if (v->prev)
+		v->prev->next = v->next;
+	else
+		sf->vbufs = v->next;
+	if (v->next)
+		v->next->prev = v->prev;
+	pthread_mutex_unlock(&sf->lock);
+	free(v->data);
+	free(v);
+}
+
+void sf_free_vbufs(struct stellafs *sf)
+{
+	while (sf->vbufs)
+		vbuf_free(sf, sf->vbufs);
+}
 
 /* Each lookup of "control" gets an inode of its own.  The kernel serializes
  * writes to one inode, so with a single inode a second `echo` would wait
@@ -412,13 +453,13 @@ static void sf_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		}
 		fi->direct_io = 1;
 		fi->nonseekable = 0;
-		struct vbuf *v = calloc(1, sizeof(*v));
+		struct vbuf *v = vbuf_new(sf);
 		if (!v) {
 			fuse_reply_err(req, ENOMEM);
 			return;
 		}
 		if (acc != O_WRONLY && !(v->data = vfile_content(sf, INO_CONTROL, &v->len))) {
-			free(v);
+			vbuf_free(sf, v);
 			fuse_reply_err(req, ENOMEM);
 			return;
 		}
@@ -432,9 +473,9 @@ static void sf_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	if (is_fixed(ino)) {
 		/* The content is fixed at open: one read(2) sees one state. */
-		struct vbuf *v = calloc(1, sizeof(*v));
+		struct vbuf *v = vbuf_new(sf);
 		if (!v || !(v->data = vfile_content(sf, ino, &v->len))) {
-			free(v);
+			vbuf_free(sf, v);
 			fuse_reply_err(req, ino >= INO_STATUS ? ENOMEM : EISDIR);
 			return;
 		}
@@ -519,10 +560,7 @@ static void sf_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 {
 	worker_boost(req);
 	if (is_fixed(ino)) {
-		struct vbuf *v = (struct vbuf *)(uintptr_t)fi->fh;
-		if (v)
-			free(v->data);
-		free(v);
+		vbuf_free(SF(req), (struct vbuf *)(uintptr_t)fi->fh);
 	} else {
 		snapshot_file_close((struct snap_file *)(uintptr_t)fi->fh);
 	}

@@ -46,6 +46,8 @@ struct incoming_retry {
 	int backoff;               /* seconds to wait after the next failure's half */
 };
 
+struct vbuf;
+
 struct journal_entry {
 	int64_t when;
 	uid_t uid;
@@ -98,6 +100,7 @@ struct stellafs {
 
 	/* lock guards the slot table, the pointers, trust and the journal */
 	pthread_mutex_t lock;
+	struct vbuf *vbufs;       /* open virtual files' contents (ops.c), under lock */
 	struct slot *slots;
 	size_t nslots;
 	uint64_t next_slot;
@@ -140,6 +143,8 @@ struct snapshot *sf_current(struct stellafs *sf, uint64_t *slot);
 struct snapshot *sf_by_version(struct stellafs *sf, const char *version, uint64_t *slot);
 /* Every served version with its slot, in sequence order (malloc'ed). */
 size_t sf_list(struct stellafs *sf, struct slot **out);
+/* At exit: the contents of virtual files whose RELEASE never came. */
+void sf_free_vbufs(struct stellafs *sf);
 /* Direct mode: serve this one snapshot. */
 int sf_add_direct(struct stellafs *sf, struct snapshot *s);
 /* Store mode: bring the table up to date with the store (another process
