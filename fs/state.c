@@ -676,8 +676,9 @@ static void handle_incoming(struct stellafs *sf, const char *name)
 	retry_drop(sf, name);
 }
 
-/* Kits whose time to try again has come, one at a time (each may re-queue
- * itself, so the list is walked from a copy of the names). */
+/* Kits whose time to try again has come, one at a time: each try may drop
+ * its entry or re-queue it, so the walk starts over after each (entries
+ * tried in this walk are marked not due). */
 static void retry_due(struct stellafs *sf)
 {
 	int64_t now = mono_now();
