@@ -730,6 +730,20 @@ static void file_free(struct snap_file *f)
 	free(f);
 }
 
+/* What each open file holds of its snapshot: a reference, and a count in
+ * open_files (which remove and gc read as "in use"). */
+static void hold_for_file(struct snapshot *s)
+{
+	snapshot_ref(s);
+	atomic_fetch_add(&s->open_files, 1);
+}
+
+static void let_go_for_file(struct snapshot *s)
+{
+	atomic_fetch_sub(&s->open_files, 1);
+	snapshot_unref(s);
+}
+
 int snapshot_file_open(struct snapshot *s, uint64_t ino, struct snap_file **out, struct stella_err *e)
 {
 	struct snap_files *m = s->files_map;
@@ -739,8 +753,7 @@ int snapshot_file_open(struct snapshot *s, uint64_t ino, struct snap_file **out,
 		if (f->ino == ino) {
 			f->refs++;
 			pthread_mutex_unlock(&m->lock);
-			snapshot_ref(s);
-			atomic_fetch_add(&s->open_files, 1);
+			hold_for_file(s);
 			*out = f;
 			return 0;
 		}
@@ -764,16 +777,14 @@ int snapshot_file_open(struct snapshot *s, uint64_t ino, struct snap_file **out,
 			g->refs++;
 			pthread_mutex_unlock(&m->lock);
 			file_free(f);
-			snapshot_ref(s);
-			atomic_fetch_add(&s->open_files, 1);
+			hold_for_file(s);
 			*out = g;
 			return 0;
 		}
 	f->next = m->bucket[b];
 	m->bucket[b] = f;
 	pthread_mutex_unlock(&m->lock);
-	snapshot_ref(s);
-	atomic_fetch_add(&s->open_files, 1);
+	hold_for_file(s);
 	*out = f;
 	return 0;
 }
@@ -788,8 +799,7 @@ void snapshot_file_close(struct snap_file *f)
 		pthread_mutex_lock(&m->lock);
 		if (--f->refs > 0) {
 			pthread_mutex_unlock(&m->lock);
-			atomic_fetch_sub(&s->open_files, 1);
-			snapshot_unref(s);
+			let_go_for_file(s);
 			return;
 		}
 		for (struct snap_file **p = &m->bucket[f->ino % NBUCKETS]; *p; p = &(*p)->next)
@@ -798,8 +808,7 @@ void snapshot_file_close(struct snap_file *f)
 				break;
 			}
 		pthread_mutex_unlock(&m->lock);
-		atomic_fetch_sub(&s->open_files, 1);
-		snapshot_unref(s);
+		let_go_for_file(s);
 	}
 	file_free(f);
 }

@@ -62,18 +62,30 @@ static int open_sub(int dirfd, const char *name, bool create, int *out)
 	return *out < 0 ? -errno : 0;
 }
 
-/* Remove everything in dir fd (one level: tmp/ holds only files). */
-static void empty_dir(int fd)
+/* A stream over directory fd from its first entry, fd left open; NULL
+ * with errno set. */
+static DIR *dir_stream(int fd)
 {
 	int d2 = dup(fd);
 	DIR *d = d2 >= 0 ? fdopendir(d2) : NULL;
 	if (!d) {
+		int err = errno;
 		if (d2 >= 0)
 			close(d2);
-		return;
+		errno = err;
+		return NULL;
 	}
 	/* a dup shares the directory offset with fd: start from the top */
 	rewinddir(d);
+	return d;
+}
+
+/* Remove everything in dir fd (one level: tmp/ holds only files). */
+static void empty_dir(int fd)
+{
+	DIR *d = dir_stream(fd);
+	if (!d)
+		return;
 	struct dirent *de;
 	while ((de = readdir(d)))
 		if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
@@ -91,15 +103,9 @@ static int fresh_dir(const char *dir, int dirfd, struct stella_err *e)
 		".", "..", "blobs", "trees", "tmp", "snapshots", "quarantine", "lock",
 		"store.db-journal", "store.db-wal", "store.db-shm", "lost+found",
 	};
-	int d2 = dup(dirfd);
-	DIR *d = d2 >= 0 ? fdopendir(d2) : NULL;
-	if (!d) {
-		int r = -errno;
-		if (d2 >= 0)
-			close(d2);
-		return stella_fail_errno(e, r, "store %s", dir);
-	}
-	rewinddir(d);
+	DIR *d = dir_stream(dirfd);
+	if (!d)
+		return stella_fail_errno(e, -errno, "store %s", dir);
 	int r = 0;
 	struct dirent *de;
 	while (r == 0 && (de = readdir(d))) {

@@ -57,6 +57,13 @@ static int slot_seq_cmp(const void *a, const void *b)
 	return strcmp(x->version, y->version);
 }
 
+static int64_t mono_now(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec;
+}
+
 struct snapshot *sf_snapshot(struct stellafs *sf, uint64_t id)
 {
 	struct snapshot *s = NULL;
@@ -349,11 +356,10 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 	pthread_mutex_lock(&sf->refresh_lock);
 	int64_t v = store_data_version(sf->store);
 	pthread_mutex_lock(&sf->lock);
-	struct timespec now;
-	clock_gettime(CLOCK_MONOTONIC, &now);
+	int64_t now = mono_now();
 	/* a snapshot that did not open is retried after 10 s (store_retry_at),
 	 * not at every tick and lookup */
-	bool retry = sf->store_incomplete && now.tv_sec >= sf->store_retry_at;
+	bool retry = sf->store_incomplete && now >= sf->store_retry_at;
 	bool same = v == sf->store_version && v >= 0 && !sf->store_dirty && !retry;
 	sf->store_dirty = false;
 	pthread_mutex_unlock(&sf->lock);
@@ -426,7 +432,7 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 	snprintf(sf->current, sizeof(sf->current), "%s", cur);
 	sf->store_version = v;
 	sf->store_incomplete = !complete;
-	sf->store_retry_at = now.tv_sec + 10;
+	sf->store_retry_at = now + 10;
 	pthread_mutex_unlock(&sf->lock);
 	/* queued before the refresh lock goes: a command whose own refresh
 	 * found nothing left to do must still find this notification queued
@@ -589,13 +595,6 @@ static bool kit_verdict(int r)
 	default:
 		return false;
 	}
-}
-
-static int64_t mono_now(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (int64_t)t.tv_sec;
 }
 
 static struct incoming_retry *retry_find(struct stellafs *sf, const char *name)
