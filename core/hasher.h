@@ -29,6 +29,7 @@ struct hasher_result {
 /* threads == 0: choose from the number of CPUs. */
 int hasher_new(struct hasher **out, unsigned threads);
 void hasher_free(struct hasher *h);
+static inline void hasher_freep(struct hasher **h) { hasher_free(*h); }
 
 /* Start a file of exactly size bytes. */
 int hasher_begin(struct hasher *h, uint64_t size);

@@ -51,11 +51,22 @@ static int cmp_cstr(const void *x, const void *y)
 	return path_cmp(*(char *const *)x, *(char *const *)y);
 }
 
-/* Walk dir (relative name `rel`, "" for the top), adding every entry. */
-static int walk(struct tree *t, int dirfd, const char *rel, unsigned depth, struct stella_err *e)
+struct names {
+	char **v;
+	size_t n, cap;
+};
+
+static void names_free(struct names *l)
 {
-	if (depth > STELLA_DEPTH_MAX)
-		return stella_fail(e, -EBADMSG, "%s/%s: deeper than %u levels", t->src, rel, STELLA_DEPTH_MAX);
+	for (size_t i = 0; i < l->n; i++)
+		free(l->v[i]);
+	free(l->v);
+}
+
+/* The names in directory fd (not "." and ".."), sorted bytewise; where
+ * (t->src, rel) names it in messages. */
+static int list_dir(struct tree *t, int dirfd, const char *rel, struct names *l, struct stella_err *e)
+{
 	int fd = dup(dirfd);
 	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
 	if (!d) {
@@ -64,119 +75,125 @@ static int walk(struct tree *t, int dirfd, const char *rel, unsigned depth, stru
 			close(fd);
 		return stella_fail_errno(e, -err, "%s%s%s", t->src, *rel ? "/" : "", rel);
 	}
-	char **names = NULL;
-	size_t n = 0, cap = 0;
 	int r = 0;
-	struct dirent *de;
 	for (;;) {
 		/* NULL is the end or an error: only errno tells, and a directory
 		 * that could not be read whole must not make a kit without its
 		 * files. */
 		errno = 0;
-		if (!(de = readdir(d))) {
+		struct dirent *de = readdir(d);
+		if (!de) {
 			if (errno)
 				r = stella_fail_errno(e, -errno, "%s%s%s: reading the directory", t->src, *rel ? "/" : "", rel);
 			break;
 		}
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
 			continue;
-		if (n == cap) {
-			cap = cap ? 2 * cap : 64;
-			char **nn = realloc(names, cap * sizeof(*nn));
-			if (!nn) {
+		if (l->n == l->cap) {
+			size_t cap = l->cap ? 2 * l->cap : 64;
+			char **nv = realloc(l->v, cap * sizeof(*nv));
+			if (!nv) {
 				r = -ENOMEM;
-				goto out;
+				break;
 			}
-			names = nn;
+			l->v = nv;
+			l->cap = cap;
 		}
-		if (!(names[n] = strdup(de->d_name))) {
+		if (!(l->v[l->n] = strdup(de->d_name))) {
 			r = -ENOMEM;
-			goto out;
+			break;
 		}
-		n++;
+		l->n++;
 	}
-	if (r < 0)
-		goto out;
-	if (n)
-		qsort(names, n, sizeof(*names), cmp_cstr);
-	if (n == 0 && *rel)
-		t->a[t->n - 1].size = 1; /* mark: empty directory (see below) */
+	closedir(d);
+	if (r == 0 && l->n)
+		qsort(l->v, l->n, sizeof(*l->v), cmp_cstr);
+	return r;
+}
 
-	for (size_t i = 0; i < n && r == 0; i++) {
-		size_t nl = strlen(rel) + strlen(names[i]) + 2;
+static int walk(struct tree *t, int dirfd, const char *rel, unsigned depth, struct stella_err *e);
+
+/* A symlink's target, checked for length. */
+static int add_symlink(struct tree *t, int dirfd, const char *entry, const char *name, struct stella_err *e)
+{
+	char target[STELLA_NAME_MAX + 1];
+	ssize_t tl = readlinkat(dirfd, entry, target, sizeof(target));
+	if (tl < 0)
+		return stella_fail_errno(e, -errno, "%s/%s", t->src, name);
+	if ((size_t)tl > STELLA_NAME_MAX)
+		return stella_fail(e, -EBADMSG, "%s/%s: symlink target too long", t->src, name);
+	target[tl] = 0;
+	int r = tree_add(t, name, ARTIFACT_SYMLINK);
+	if (r < 0)
+		return r;
+	t->a[t->n - 1].mode = 0777;
+	return (t->a[t->n - 1].target = strdup(target)) ? 0 : -ENOMEM;
+}
+
+/* One entry of a directory: entry is its name there, name its path in the
+ * kit.  Directories are walked in turn. */
+static int add_entry(struct tree *t, int dirfd, const char *entry, const char *name, bool top, unsigned depth,
+		     struct stella_err *e)
+{
+	const char *why;
+	if (path_check(name, strlen(name), &why) < 0)
+		return stella_fail(e, -EBADMSG, "%s/%s: unsafe name: %s", t->src, name, why);
+	if (top && !strcmp(entry, "manifest"))
+		return stella_fail(e, -EBADMSG, "%s/manifest: unsafe name: manifest/ is reserved for the kit's own members",
+				   t->src);
+	struct stat st;
+	if (fstatat(dirfd, entry, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return stella_fail_errno(e, -errno, "%s/%s", t->src, name);
+	if ((st.st_mode & 07777) > 0777 && !S_ISLNK(st.st_mode))
+		return stella_fail(e, -EBADMSG, "%s/%s: mode %04o: setuid, setgid and sticky bits are refused in kits",
+				   t->src, name, st.st_mode & 07777);
+	int r;
+	if (S_ISREG(st.st_mode)) {
+		if ((r = tree_add(t, name, ARTIFACT_FILE)) < 0)
+			return r;
+		t->a[t->n - 1].size = (uint64_t)st.st_size;
+		t->a[t->n - 1].mode = st.st_mode & 0777;
+		return 0;
+	}
+	if (S_ISLNK(st.st_mode))
+		return add_symlink(t, dirfd, entry, name, e);
+	if (S_ISDIR(st.st_mode)) {
+		if ((r = tree_add(t, name, ARTIFACT_DIR)) < 0)
+			return r;
+		t->a[t->n - 1].mode = st.st_mode & 0777;
+		_cleanup_(closep) int sub = openat(dirfd, entry, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (sub < 0)
+			return stella_fail_errno(e, -errno, "%s/%s", t->src, name);
+		return walk(t, sub, name, depth + 1, e);
+	}
+	const char *what = S_ISFIFO(st.st_mode) ? "fifo" : S_ISSOCK(st.st_mode) ? "socket" :
+			   S_ISCHR(st.st_mode) ? "character device" : "block device";
+	return stella_fail(e, -EBADMSG, "%s/%s: unsupported type (%s): kits hold files, directories and symlinks",
+			   t->src, name, what);
+}
+
+/* Walk dir (relative name `rel`, "" for the top), adding every entry. */
+static int walk(struct tree *t, int dirfd, const char *rel, unsigned depth, struct stella_err *e)
+{
+	if (depth > STELLA_DEPTH_MAX)
+		return stella_fail(e, -EBADMSG, "%s/%s: deeper than %u levels", t->src, rel, STELLA_DEPTH_MAX);
+	struct names l = { 0 };
+	int r = list_dir(t, dirfd, rel, &l, e);
+	if (r == 0 && l.n == 0 && *rel)
+		t->a[t->n - 1].size = 1; /* mark: empty directory (see below) */
+	for (size_t i = 0; i < l.n && r == 0; i++) {
+		size_t nl = strlen(rel) + strlen(l.v[i]) + 2;
 		_cleanup_(freep) char *name = malloc(nl);
 		if (!name) {
 			r = -ENOMEM;
 			break;
 		}
-		snprintf(name, nl, "%s%s%s", rel, *rel ? "/" : "", names[i]);
-		const char *why;
-		if (path_check(name, strlen(name), &why) < 0) {
-			r = stella_fail(e, -EBADMSG, "%s/%s: unsafe name: %s", t->src, name, why);
-			break;
-		}
-		if (!*rel && !strcmp(names[i], "manifest")) {
-			r = stella_fail(e, -EBADMSG, "%s/manifest: unsafe name: manifest/ is reserved for the kit's own members",
-					t->src);
-			break;
-		}
-		struct stat st;
-		if (fstatat(dirfd, names[i], &st, AT_SYMLINK_NOFOLLOW) < 0) {
-			r = stella_fail_errno(e, -errno, "%s/%s", t->src, name);
-			break;
-		}
-		if ((st.st_mode & 07777) > 0777 && !S_ISLNK(st.st_mode)) {
-			r = stella_fail(e, -EBADMSG, "%s/%s: mode %04o: setuid, setgid and sticky bits are refused in kits",
-					t->src, name, st.st_mode & 07777);
-			break;
-		}
-		if (S_ISREG(st.st_mode)) {
-			if ((r = tree_add(t, name, ARTIFACT_FILE)) < 0)
-				break;
-			t->a[t->n - 1].size = (uint64_t)st.st_size;
-			t->a[t->n - 1].mode = st.st_mode & 0777;
-		} else if (S_ISLNK(st.st_mode)) {
-			char target[STELLA_NAME_MAX + 1];
-			ssize_t tl = readlinkat(dirfd, names[i], target, sizeof(target));
-			if (tl < 0) {
-				r = stella_fail_errno(e, -errno, "%s/%s", t->src, name);
-				break;
-			}
-			if ((size_t)tl > STELLA_NAME_MAX) {
-				r = stella_fail(e, -EBADMSG, "%s/%s: symlink target too long", t->src, name);
-				break;
-			}
-			target[tl] = 0;
-			if ((r = tree_add(t, name, ARTIFACT_SYMLINK)) < 0)
-				break;
-			t->a[t->n - 1].mode = 0777;
-			if (!(t->a[t->n - 1].target = strdup(target)))
-				r = -ENOMEM;
-		} else if (S_ISDIR(st.st_mode)) {
-			if ((r = tree_add(t, name, ARTIFACT_DIR)) < 0)
-				break;
-			t->a[t->n - 1].mode = st.st_mode & 0777;
-			int sub = openat(dirfd, names[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-			if (sub < 0) {
-				r = stella_fail_errno(e, -errno, "%s/%s", t->src, name);
-				break;
-			}
-			r = walk(t, sub, name, depth + 1, e);
-			close(sub);
-		} else {
-			const char *what = S_ISFIFO(st.st_mode) ? "fifo" : S_ISSOCK(st.st_mode) ? "socket" :
-					   S_ISCHR(st.st_mode) ? "character device" : "block device";
-			r = stella_fail(e, -EBADMSG, "%s/%s: unsupported type (%s): kits hold files, directories and symlinks",
-					t->src, name, what);
-		}
+		snprintf(name, nl, "%s%s%s", rel, *rel ? "/" : "", l.v[i]);
+		r = add_entry(t, dirfd, l.v[i], name, !*rel, depth, e);
 	}
 	if (r == -E2BIG)
 		r = stella_fail(e, -EBADMSG, "%s: more than %u entries", t->src, STELLA_ARTIFACTS_MAX);
-out:
-	for (size_t i = 0; i < n; i++)
-		free(names[i]);
-	free(names);
-	closedir(d);
+	names_free(&l);
 	return r;
 }
 
@@ -216,6 +233,16 @@ static int cmp_entry(const void *x, const void *y)
 		      ((const struct merklefile_entry *)y)->fsverity, 32);
 }
 
+/* A read of a source file failed with r.  pread_full says -EIO for a short
+ * read too: only a file now shorter than it was when listed has shrunk. */
+static int read_failed(const struct tree *t, const struct artifact *a, int fd, int r, struct stella_err *e)
+{
+	struct stat st;
+	if (r == -EIO && fstat(fd, &st) == 0 && (uint64_t)st.st_size < a->size)
+		return stella_fail(e, -EAGAIN, "%s/%s: file shrank while packing", t->src, a->name);
+	return stella_fail_errno(e, r, "%s/%s: read", t->src, a->name);
+}
+
 static int hash_file(struct tree *t, struct hasher *h, struct artifact *a, struct spool *sp,
 		     const struct kitwrite_opts *o, uint64_t *done, uint64_t total, struct stella_err *e)
 {
@@ -234,12 +261,7 @@ static int hash_file(struct tree *t, struct hasher *h, struct artifact *a, struc
 		if (r < 0) {
 			struct hasher_result dummy;
 			hasher_end(h, &dummy);
-			/* pread_full says -EIO for a short read too: only a file now
-			 * shorter than it was when listed has shrunk. */
-			struct stat st;
-			if (r == -EIO && fstat(fd, &st) == 0 && (uint64_t)st.st_size < a->size)
-				return stella_fail(e, -EAGAIN, "%s/%s: file shrank while packing", t->src, a->name);
-			return stella_fail_errno(e, r, "%s/%s: read", t->src, a->name);
+			return read_failed(t, a, fd, r, e);
 		}
 		off += want;
 		*done += want;
@@ -254,9 +276,7 @@ static int hash_file(struct tree *t, struct hasher *h, struct artifact *a, struc
 	uint64_t tsize = merkle_tree_size(&res.geom);
 	if (tsize == 0)
 		return 0;
-	for (size_t i = 0; i < sp->n; i++)
-		if (!memcmp(sp->e[i].fsverity, a->fsverity, 32))
-			return 0; /* identical content: one tree serves both */
+	/* identical content spools its tree again; pack_merkle keeps one */
 	if (sp->n == sp->cap) {
 		size_t cap = sp->cap ? 2 * sp->cap : 64;
 		struct merklefile_entry *ne = realloc(sp->e, cap * sizeof(*ne));
@@ -426,11 +446,7 @@ static int write_member_file(struct archive *ar, struct out *out, const char *ou
 	for (uint64_t off = 0; off < a->size && r == 0;) {
 		size_t want = (size_t)MIN(a->size - off, (uint64_t)HASHER_CHUNK);
 		if ((r = pread_full(fd, buf, want, off)) < 0) {
-			struct stat st;
-			if (r == -EIO && fstat(fd, &st) == 0 && (uint64_t)st.st_size < a->size)
-				r = stella_fail(e, -EAGAIN, "%s/%s: file shrank while packing", t->src, a->name);
-			else
-				r = stella_fail_errno(e, r, "%s/%s: read", t->src, a->name);
+			r = read_failed(t, a, fd, r, e);
 			break;
 		}
 		if (!EVP_DigestUpdate(ctx, buf, want))
@@ -565,283 +581,345 @@ static void remove_sidecars(const char *out_path, unsigned placed)
 		}
 }
 
-int kit_write(const struct kitwrite_opts *o, struct kitwrite_result *res, struct stella_err *e)
+/* ---- kit_write: the phases over one owning struct ---- */
+
+/* Everything one pack holds; pack_free() is its one cleanup path. */
+struct pack {
+	const struct kitwrite_opts *o;
+	struct kitwrite_result *res;
+	struct stella_err *e;
+	struct manifest *m;        /* o->manifest, whose artifacts we fill in */
+	struct tree t;             /* the source tree (its artifacts move to m) */
+	struct spool sp;           /* pass 1's trees */
+	char *json;                /* the canonical manifest ... */
+	size_t jlen;
+	char *sigtext;             /* ... and its signature lines */
+	size_t slen;
+	uint8_t *mindex;           /* merkle.bin's index, sorted by digest */
+	size_t milen;
+	uint64_t msize;            /* merkle.bin's whole size */
+	uint64_t *spool_off;       /* each sorted entry's tree in the spool */
+	uint8_t *buf;              /* HASHER_CHUNK bytes of copy buffer */
+	char *tmp;                 /* the temporary beside OUT_KIT, until renamed */
+	struct archive *ar;
+	struct out out;
+};
+
+/* Read the source tree: names, types, sizes, modes, symlink targets. */
+static int pack_scan(struct pack *p)
 {
-	struct tree t = { .src = o->src_dir, .src_fd = -1 };
-	struct spool sp = { 0 };
-	struct hasher *h = NULL;
-	struct archive *ar = NULL;
-	struct out out = { .fd = -1 };
-	struct manifest *m = o->manifest;
-	char *json = NULL, *tmp = NULL, *sigtext = NULL;
-	uint8_t *buf = NULL, *index = NULL;
-	uint64_t *spool_off = NULL;
-	int r;
+	const char *src = p->o->src_dir;
+	p->t.src_fd = open(src, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (p->t.src_fd < 0)
+		return stella_fail_errno(p->e, errno == ENOENT || errno == ENOTDIR ? -EINVAL : -errno, "%s", src);
+	int r = walk(&p->t, p->t.src_fd, "", 1, p->e);
+	if (r == 0)
+		drop_implied_dirs(&p->t);
+	return r;
+}
 
-	memset(res, 0, sizeof(*res));
-	t.src_fd = open(o->src_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (t.src_fd < 0) {
-		r = stella_fail_errno(e, errno == ENOENT || errno == ENOTDIR ? -EINVAL : -errno, "%s", o->src_dir);
-		goto out;
-	}
-	if ((r = walk(&t, t.src_fd, "", 1, e)) < 0)
-		goto out;
-	drop_implied_dirs(&t);
-
-	/* Pass 1: digests and trees. */
-	if (!(sp.f = tmpfile())) {
-		r = stella_fail_errno(e, -errno, "temporary tree file");
-		goto out;
-	}
-	if ((r = hasher_new(&h, 0)) < 0)
-		goto out;
+/* Pass 1: every file's digests, its tree spooled to a temporary file. */
+static int pack_hash(struct pack *p)
+{
+	struct tree *t = &p->t;
+	if (!(p->sp.f = tmpfile()))
+		return stella_fail_errno(p->e, -errno, "temporary tree file");
+	_cleanup_(hasher_freep) struct hasher *h = NULL;
+	int r = hasher_new(&h, 0);
+	if (r < 0)
+		return r;
 	uint64_t total = 0, done = 0;
-	for (size_t i = 0; i < t.n; i++)
-		if (t.a[i].type == ARTIFACT_FILE)
-			total += t.a[i].size;
-	for (size_t i = 0; i < t.n; i++) {
-		if (t.a[i].type != ARTIFACT_FILE)
+	for (size_t i = 0; i < t->n; i++)
+		if (t->a[i].type == ARTIFACT_FILE)
+			total += t->a[i].size;
+	for (size_t i = 0; i < t->n; i++) {
+		if (t->a[i].type != ARTIFACT_FILE)
 			continue;
-		if ((r = hash_file(&t, h, &t.a[i], &sp, o, &done, total, e)) < 0)
-			goto out;
-		res->files++;
-		res->bytes += t.a[i].size;
+		if ((r = hash_file(t, h, &t->a[i], &p->sp, p->o, &done, total, p->e)) < 0)
+			return r;
+		p->res->files++;
+		p->res->bytes += t->a[i].size;
 	}
-	hasher_free(h);
-	h = NULL;
+	return 0;
+}
 
-	/* The manifest: identity from the caller, artifacts from the tree. */
-	for (size_t i = 0; i < t.n; i++)
+/* The manifest: identity from the caller, artifacts from the tree, written
+ * canonically, and read back with the reader's own rules. */
+static int pack_manifest(struct pack *p)
+{
+	struct manifest *m = p->m;
+	struct tree *t = &p->t;
+	for (size_t i = 0; i < t->n; i++)
 		for (size_t c = 0; c < m->ncomponents; c++) {
 			size_t pl = strlen(m->components[c].path);
-			if (!strncmp(t.a[i].name, m->components[c].path, pl) &&
-			    (t.a[i].name[pl] == '/' || t.a[i].name[pl] == 0))
-				t.a[i].captured_at = m->components[c].captured_at;
+			if (!strncmp(t->a[i].name, m->components[c].path, pl) &&
+			    (t->a[i].name[pl] == '/' || t->a[i].name[pl] == 0))
+				t->a[i].captured_at = m->components[c].captured_at;
 		}
-	m->artifacts = t.a;
-	m->nartifacts = t.n;
-	t.a = NULL;
-	t.n = t.cap = 0;
+	m->artifacts = t->a;
+	m->nartifacts = t->n;
+	t->a = NULL;
+	t->n = t->cap = 0;
 	struct stella_err me = { 0 };
-	if ((r = manifest_validate(m, &me)) < 0) {
-		r = stella_fail(e, r, "%s: %s", o->src_dir, stella_err_text(&me, r));
-		goto out;
-	}
-	size_t jlen;
-	if ((r = manifest_write(m, &json, &jlen)) < 0)
-		goto out;
-	if ((r = sha256_once(json, jlen, res->manifest_sha256)) < 0) {
-		r = stella_fail_errno(e, r, "%s: manifest: SHA-256", o->src_dir);
-		goto out;
-	}
+	int r = manifest_validate(m, &me);
+	if (r < 0)
+		return stella_fail(p->e, r, "%s: %s", p->o->src_dir, stella_err_text(&me, r));
+	if ((r = manifest_write(m, &p->json, &p->jlen)) < 0)
+		return r;
+	if ((r = sha256_once(p->json, p->jlen, p->res->manifest_sha256)) < 0)
+		return stella_fail_errno(p->e, r, "%s: manifest: SHA-256", p->o->src_dir);
 	/* What we sign must be what every reader accepts: read it back with the
 	 * reader's own rules (components, identifiers, times: all of them). */
 	struct manifest *check = NULL;
 	memset(&me, 0, sizeof(me));
-	if ((r = manifest_parse(json, jlen, &check, &me)) < 0) {
-		r = stella_fail(e, r, "%s: the kit would be refused: %s", o->src_dir, stella_err_text(&me, r));
-		goto out;
-	}
+	if ((r = manifest_parse(p->json, p->jlen, &check, &me)) < 0)
+		return stella_fail(p->e, r, "%s: the kit would be refused: %s", p->o->src_dir, stella_err_text(&me, r));
 	manifest_free(check);
+	return 0;
+}
 
-	/* Signatures: one line per key, in the order the keys were given. */
-	size_t slen = 0;
-	for (size_t k = 0; k < o->nkeys; k++) {
-		char *line = NULL;
-		if ((r = sig_sign(o->keys[k], (const uint8_t *)json, jlen, &line, e)) < 0)
-			goto out;
+/* Signatures: one line per key, in the order the keys were given. */
+static int pack_sign(struct pack *p)
+{
+	for (size_t k = 0; k < p->o->nkeys; k++) {
+		_cleanup_(freep) char *line = NULL;
+		int r = sig_sign(p->o->keys[k], (const uint8_t *)p->json, p->jlen, &line, p->e);
+		if (r < 0)
+			return r;
 		size_t ll = strlen(line);
-		char *ns = realloc(sigtext, slen + ll + 2);
-		if (!ns) {
-			free(line);
-			r = -ENOMEM;
-			goto out;
-		}
-		sigtext = ns;
-		memcpy(sigtext + slen, line, ll);
-		sigtext[slen + ll] = '\n';
-		slen += ll + 1;
-		free(line);
+		char *ns = realloc(p->sigtext, p->slen + ll + 2);
+		if (!ns)
+			return -ENOMEM;
+		p->sigtext = ns;
+		memcpy(p->sigtext + p->slen, line, ll);
+		p->sigtext[p->slen + ll] = '\n';
+		p->slen += ll + 1;
 	}
+	return 0;
+}
 
-	/* merkle.bin: index sorted by digest, trees copied from the spool. */
-	if (sp.n) {
-		if (!(spool_off = malloc(sp.n * sizeof(*spool_off)))) {
-			r = -ENOMEM;
-			goto out;
-		}
-		qsort(sp.e, sp.n, sizeof(*sp.e), cmp_entry);
-		for (size_t i = 0; i < sp.n; i++)
-			spool_off[i] = sp.e[i].offset;
+/* merkle.bin's layout: the index sorted by digest, each tree remembered at
+ * its place in the spool. */
+static int pack_merkle(struct pack *p)
+{
+	struct spool *sp = &p->sp;
+	if (sp->n) {
+		qsort(sp->e, sp->n, sizeof(*sp->e), cmp_entry);
+		/* identical content has one tree: keep its first copy */
+		size_t k = 0;
+		for (size_t i = 0; i < sp->n; i++)
+			if (k == 0 || memcmp(sp->e[k - 1].fsverity, sp->e[i].fsverity, 32))
+				sp->e[k++] = sp->e[i];
+		sp->n = k;
+		if (!(p->spool_off = malloc(sp->n * sizeof(*p->spool_off))))
+			return -ENOMEM;
+		for (size_t i = 0; i < sp->n; i++)
+			p->spool_off[i] = sp->e[i].offset;
 	}
-	uint64_t msize = merklefile_layout(sp.e, sp.n);
-	size_t ilen = MERKLEFILE_HEADER + sp.n * MERKLEFILE_ENTRY;
-	if (!(index = malloc(ilen)) || !(buf = malloc(HASHER_CHUNK))) {
-		r = -ENOMEM;
-		goto out;
-	}
-	merklefile_encode_index(sp.e, sp.n, index);
-	if (fflush(sp.f) != 0) {
-		r = stella_fail_errno(e, -errno, "temporary tree file");
-		goto out;
-	}
+	p->msize = merklefile_layout(sp->e, sp->n);
+	p->milen = MERKLEFILE_HEADER + sp->n * MERKLEFILE_ENTRY;
+	if (!(p->mindex = malloc(p->milen)) || !(p->buf = malloc(HASHER_CHUNK)))
+		return -ENOMEM;
+	merklefile_encode_index(sp->e, sp->n, p->mindex);
+	if (fflush(sp->f) != 0)
+		return stella_fail_errno(p->e, -errno, "temporary tree file");
+	return 0;
+}
 
-	/* Pass 2: the archive, into a temporary beside OUT_KIT, renamed into
-	 * place only when complete: a failed pack leaves no half kit. */
-	size_t tl = strlen(o->out_path) + 16;
-	if (!(tmp = malloc(tl))) {
-		r = -ENOMEM;
-		goto out;
+/* The archive, into a temporary beside OUT_KIT that is renamed into place
+ * only when complete: a failed pack leaves no half kit. */
+static int pack_open_out(struct pack *p)
+{
+	const char *path = p->o->out_path;
+	size_t tl = strlen(path) + 16;
+	if (!(p->tmp = malloc(tl)))
+		return -ENOMEM;
+	snprintf(p->tmp, tl, "%s.tmpXXXXXX", path);
+	p->out.fd = mkostemp(p->tmp, O_CLOEXEC);
+	if (p->out.fd < 0) {
+		int r = stella_fail_errno(p->e, -errno, "%s", path);
+		free(p->tmp);
+		p->tmp = NULL;
+		return r;
 	}
-	snprintf(tmp, tl, "%s.tmpXXXXXX", o->out_path);
-	out.fd = mkostemp(tmp, O_CLOEXEC);
-	if (out.fd < 0) {
-		r = stella_fail_errno(e, -errno, "%s", o->out_path);
-		free(tmp);
-		tmp = NULL;
-		goto out;
-	}
-	if (fchmod(out.fd, 0644) < 0) {
-		r = stella_fail_errno(e, -errno, "%s", o->out_path);
-		goto out;
-	}
-	if (!(out.sha = EVP_MD_CTX_new()) || !EVP_DigestInit_ex2(out.sha, EVP_sha256(), NULL) ||
-	    !(ar = archive_write_new())) {
-		r = -ENOMEM;
-		goto out;
-	}
+	if (fchmod(p->out.fd, 0644) < 0)
+		return stella_fail_errno(p->e, -errno, "%s", path);
+	if (!(p->out.sha = EVP_MD_CTX_new()) || !EVP_DigestInit_ex2(p->out.sha, EVP_sha256(), NULL) ||
+	    !(p->ar = archive_write_new()))
+		return -ENOMEM;
+	struct archive *ar = p->ar;
 	archive_write_set_format_pax_restricted(ar);
 	/* GNU tar's record size: the tar stream ends padded to it with zeros.
 	 * A compressed kit must end where its compressed stream ends, so there
 	 * the padding goes inside the stream, not after it. */
 	archive_write_set_bytes_per_block(ar, 10240);
-	if (o->compression != KIT_COMPRESS_NONE)
+	if (p->o->compression != KIT_COMPRESS_NONE)
 		archive_write_set_bytes_in_last_block(ar, 1);
-	if (o->compression == KIT_COMPRESS_GZIP) {
+	if (p->o->compression == KIT_COMPRESS_GZIP) {
 		archive_write_add_filter_gzip(ar);
 		/* No name, no time in the gzip header: reproducible bytes. */
 		archive_write_set_filter_option(ar, "gzip", "timestamp", NULL);
-	} else if (o->compression == KIT_COMPRESS_ZSTD) {
-		out.zcap = ZSTD_CStreamOutSize();
-		if (!(out.zc = ZSTD_createCCtx()) || !(out.zbuf = malloc(out.zcap))) {
-			r = -ENOMEM;
-			goto out;
-		}
+	} else if (p->o->compression == KIT_COMPRESS_ZSTD) {
+		p->out.zcap = ZSTD_CStreamOutSize();
+		if (!(p->out.zc = ZSTD_createCCtx()) || !(p->out.zbuf = malloc(p->out.zcap)))
+			return -ENOMEM;
 		/* fixed parameters: the same input gives the same bytes */
-		ZSTD_CCtx_setParameter(out.zc, ZSTD_c_compressionLevel, 3);
-		ZSTD_CCtx_setParameter(out.zc, ZSTD_c_checksumFlag, 1);
+		ZSTD_CCtx_setParameter(p->out.zc, ZSTD_c_compressionLevel, 3);
+		ZSTD_CCtx_setParameter(p->out.zc, ZSTD_c_checksumFlag, 1);
 	}
-	if (archive_write_open(ar, &out, NULL, out_write, NULL) != ARCHIVE_OK) {
-		r = archive_error(ar, &out, -EIO, o->out_path, "archive", e);
-		goto out;
-	}
-	int64_t mtime = m->created_at;
-	if ((r = add_buffer(ar, KIT_MANIFEST_NAME, json, jlen, mtime)) < 0 ||
-	    (r = add_buffer(ar, KIT_SIG_NAME, sigtext, slen, mtime)) < 0) {
-		r = archive_error(ar, &out, r, o->out_path, "manifest", e);
-		goto out;
-	}
-	if (sp.n) {
-		if ((r = add_header(ar, KIT_MERKLE_NAME, ARTIFACT_FILE, 0644, msize, NULL, mtime)) < 0 ||
-		    archive_write_data(ar, index, ilen) != (la_ssize_t)ilen) {
-			r = archive_error(ar, &out, r, o->out_path, KIT_MERKLE_NAME, e);
-			goto out;
+	if (archive_write_open(ar, &p->out, NULL, out_write, NULL) != ARCHIVE_OK)
+		return archive_error(ar, &p->out, -EIO, path, "archive", p->e);
+	return 0;
+}
+
+/* The kit's own members: manifest, signatures, merkle.bin. */
+static int pack_write_head(struct pack *p)
+{
+	struct archive *ar = p->ar;
+	const char *path = p->o->out_path;
+	int64_t mtime = p->m->created_at;
+	int r;
+	if ((r = add_buffer(ar, KIT_MANIFEST_NAME, p->json, p->jlen, mtime)) < 0 ||
+	    (r = add_buffer(ar, KIT_SIG_NAME, p->sigtext, p->slen, mtime)) < 0)
+		return archive_error(ar, &p->out, r, path, "manifest", p->e);
+	if (!p->sp.n)
+		return 0;
+	if ((r = add_header(ar, KIT_MERKLE_NAME, ARTIFACT_FILE, 0644, p->msize, NULL, mtime)) < 0 ||
+	    archive_write_data(ar, p->mindex, p->milen) != (la_ssize_t)p->milen)
+		return archive_error(ar, &p->out, r, path, KIT_MERKLE_NAME, p->e);
+	for (size_t i = 0; i < p->sp.n; i++)
+		for (uint64_t off = 0; off < p->sp.e[i].size;) {
+			size_t want = (size_t)MIN(p->sp.e[i].size - off, (uint64_t)HASHER_CHUNK);
+			if ((r = pread_full(fileno(p->sp.f), p->buf, want, p->spool_off[i] + off)) < 0)
+				return stella_fail_errno(p->e, r, "temporary tree file");
+			if (archive_write_data(ar, p->buf, want) != (la_ssize_t)want)
+				return archive_error(ar, &p->out, -EIO, path, KIT_MERKLE_NAME, p->e);
+			off += want;
 		}
-		for (size_t i = 0; i < sp.n; i++)
-			for (uint64_t off = 0; off < sp.e[i].size;) {
-				size_t want = (size_t)MIN(sp.e[i].size - off, (uint64_t)HASHER_CHUNK);
-				if ((r = pread_full(fileno(sp.f), buf, want, spool_off[i] + off)) < 0) {
-					r = stella_fail_errno(e, r, "temporary tree file");
-					goto out;
-				}
-				if (archive_write_data(ar, buf, want) != (la_ssize_t)want) {
-					r = archive_error(ar, &out, -EIO, o->out_path, KIT_MERKLE_NAME, e);
-					goto out;
-				}
-				off += want;
-			}
-	}
+	return 0;
+}
+
+/* The artifacts, in manifest order; a delta kit leaves out what its base
+ * already carries, identical. */
+static int pack_write_artifacts(struct pack *p)
+{
+	const struct manifest *m = p->m;
+	int64_t mtime = m->created_at;
 	for (size_t i = 0; i < m->nartifacts; i++) {
 		const struct artifact *a = &m->artifacts[i];
-		if (o->base) {
-			const struct artifact *b = manifest_find(o->base, a->name);
+		if (p->o->base) {
+			const struct artifact *b = manifest_find(p->o->base, a->name);
 			if (b && same_artifact(a, b)) {
-				res->from_base++;
+				p->res->from_base++;
 				continue;
 			}
 		}
-		res->carried++;
+		p->res->carried++;
+		int r;
 		if (a->type == ARTIFACT_FILE)
-			r = write_member_file(ar, &out, o->out_path, &t, a, buf, mtime, e);
-		else if ((r = add_header(ar, a->name, a->type, a->mode, 0, a->target, mtime)) < 0)
-			r = archive_error(ar, &out, r, o->out_path, a->name, e);
+			r = write_member_file(p->ar, &p->out, p->o->out_path, &p->t, a, p->buf, mtime, p->e);
+		else if ((r = add_header(p->ar, a->name, a->type, a->mode, 0, a->target, mtime)) < 0)
+			r = archive_error(p->ar, &p->out, r, p->o->out_path, a->name, p->e);
 		if (r < 0)
-			goto out;
+			return r;
 	}
-	if (archive_write_close(ar) != ARCHIVE_OK || (out.zc && zstd_finish(&out) < 0)) {
-		r = archive_error(ar, &out, -EIO, o->out_path, "archive end", e);
-		goto out;
-	}
-	if (fsync(out.fd) < 0) {
-		r = stella_fail_errno(e, -errno, "%s", o->out_path);
-		goto out;
-	}
-	if (!EVP_DigestFinal_ex(out.sha, res->kit_sha256, NULL)) {
-		r = stella_fail(e, -ENOMEM, "%s: hashing failed in OpenSSL", o->out_path);
-		goto out;
-	}
-	res->kit_size = out.size;
-	/* The sidecars first, from the complete temporary, and the kit last:
-	 * OUT_KIT appears only with all three beside it.  A failure on the way
-	 * removes the sidecars already placed: an older kit at OUT_KIT then
-	 * stays without sidecars, rather than with ones that do not describe
-	 * it. */
+	return 0;
+}
+
+/* End the archive, make it durable, then put the sidecars and the kit in
+ * place: the sidecars first, from the complete temporary, and the kit
+ * last, so that OUT_KIT appears only with all three beside it.  A failure
+ * on the way removes the sidecars already placed: an older kit at OUT_KIT
+ * then stays without sidecars, rather than with ones that do not describe
+ * it. */
+static int pack_finish(struct pack *p)
+{
+	const char *path = p->o->out_path;
+	if (archive_write_close(p->ar) != ARCHIVE_OK || (p->out.zc && zstd_finish(&p->out) < 0))
+		return archive_error(p->ar, &p->out, -EIO, path, "archive end", p->e);
+	if (fsync(p->out.fd) < 0)
+		return stella_fail_errno(p->e, -errno, "%s", path);
+	if (!EVP_DigestFinal_ex(p->out.sha, p->res->kit_sha256, NULL))
+		return stella_fail(p->e, -ENOMEM, "%s: hashing failed in OpenSSL", path);
+	p->res->kit_size = p->out.size;
 	unsigned placed = 0;
-	if ((r = write_sidecars(o, m, out.fd, res, &placed, e)) == 0 && rename(tmp, o->out_path) < 0)
-		r = stella_fail_errno(e, -errno, "%s", o->out_path);
+	int r = write_sidecars(p->o, p->m, p->out.fd, p->res, &placed, p->e);
+	if (r == 0 && rename(p->tmp, path) < 0)
+		r = stella_fail_errno(p->e, -errno, "%s", path);
 	if (r < 0) {
-		remove_sidecars(o->out_path, placed);
-		goto out;
+		remove_sidecars(path, placed);
+		return r;
 	}
-	free(tmp);
-	tmp = NULL;
-out:
-	if (ar) {
+	free(p->tmp);
+	p->tmp = NULL;
+	return 0;
+}
+
+static void pack_free(struct pack *p, int r)
+{
+	if (p->ar) {
 		/* libarchive 3.6 frees its output block only when the archive is
 		 * closed, and archive_write_free() of an archive in the FATAL state
 		 * (a write failed) does not close it: close it first (out_write
 		 * refuses what closing would still write). */
 		if (r < 0) {
-			if (!out.err)
-				out.err = -EIO;
-			archive_write_close(ar);
+			if (!p->out.err)
+				p->out.err = -EIO;
+			archive_write_close(p->ar);
 		}
-		archive_write_free(ar);
+		archive_write_free(p->ar);
 	}
-	if (out.fd >= 0)
-		close(out.fd);
-	if (tmp) {
-		unlink(tmp);
-		free(tmp);
+	if (p->out.fd >= 0)
+		close(p->out.fd);
+	if (p->tmp) {
+		unlink(p->tmp);
+		free(p->tmp);
 	}
-	EVP_MD_CTX_free(out.sha);
-	ZSTD_freeCCtx(out.zc);
-	free(out.zbuf);
-	hasher_free(h);
-	if (sp.f)
-		fclose(sp.f);
-	free(sp.e);
-	free(spool_off);
-	free(index);
-	free(buf);
-	free(json);
-	free(sigtext);
-	for (size_t i = 0; i < t.n; i++) {
-		free(t.a[i].name);
-		free(t.a[i].target);
+	EVP_MD_CTX_free(p->out.sha);
+	ZSTD_freeCCtx(p->out.zc);
+	free(p->out.zbuf);
+	if (p->sp.f)
+		fclose(p->sp.f);
+	free(p->sp.e);
+	free(p->spool_off);
+	free(p->mindex);
+	free(p->buf);
+	free(p->json);
+	free(p->sigtext);
+	for (size_t i = 0; i < p->t.n; i++) {
+		free(p->t.a[i].name);
+		free(p->t.a[i].target);
 	}
-	free(t.a);
-	if (t.src_fd >= 0)
-		close(t.src_fd);
+	free(p->t.a);
+	if (p->t.src_fd >= 0)
+		close(p->t.src_fd);
+}
+
+int kit_write(const struct kitwrite_opts *o, struct kitwrite_result *res, struct stella_err *e)
+{
+	struct pack p = {
+		.o = o, .res = res, .e = e, .m = o->manifest,
+		.t = { .src = o->src_dir, .src_fd = -1 },
+		.out = { .fd = -1 },
+	};
+	memset(res, 0, sizeof(*res));
+	int r = pack_scan(&p);
+	if (r == 0)
+		r = pack_hash(&p);
+	if (r == 0)
+		r = pack_manifest(&p);
+	if (r == 0)
+		r = pack_sign(&p);
+	if (r == 0)
+		r = pack_merkle(&p);
+	if (r == 0)
+		r = pack_open_out(&p);
+	if (r == 0)
+		r = pack_write_head(&p);
+	if (r == 0)
+		r = pack_write_artifacts(&p);
+	if (r == 0)
+		r = pack_finish(&p);
+	pack_free(&p, r);
 	return r;
 }
