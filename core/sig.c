@@ -444,3 +444,12 @@ out:
 	ERR_clear_error();
 	return r;
 }
+
+int sig_threshold_parse(const char *s, unsigned *out)
+{
+	uint64_t n;
+	if (parse_u64(s, &n) < 0 || n < 1 || n > STELLA_TRUST_KEYS_MAX)
+		return -EINVAL;
+	*out = (unsigned)n;
+	return 0;
+}

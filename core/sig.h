@@ -31,6 +31,11 @@ struct trust {
 int trust_load(const char *path, struct trust **out, struct stella_err *e);
 void trust_free(struct trust *t);
 
+/* A threshold as written by an operator (threshold=N, --threshold N): a
+ * whole number from 1 to the most keys a trust store holds; -EINVAL
+ * otherwise.  One rule for the daemon and every tool. */
+int sig_threshold_parse(const char *s, unsigned *out);
+
 /* Count the distinct trusted keys that sign msg in the .sig text; returns 0
  * when at least threshold do, else -EKEYREJECTED with the reason. */
 int sig_check(const struct trust *t, unsigned threshold, const uint8_t *msg, size_t len,

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bounds.h"
+#include "sig.h"
 #include "util.h"
 
 enum { KEY_HELP, KEY_VERSION };
@@ -77,10 +79,8 @@ int options_check(const struct opts *o, struct opt_values *v, char **why)
 {
 	*v = (struct opt_values){ .threshold = 1 };
 	if (o->threshold) {
-		uint64_t n;
-		if (parse_u64(o->threshold, &n) < 0 || n < 1 || n > 256)
-			return refuse(why, "threshold=%s: a number from 1 to 256", o->threshold);
-		v->threshold = (unsigned)n;
+		if (sig_threshold_parse(o->threshold, &v->threshold) < 0)
+			return refuse(why, "threshold=%s: a number from 1 to %u", o->threshold, STELLA_TRUST_KEYS_MAX);
 	}
 	if (o->now && time_parse(o->now, &v->fixed_now) < 0)
 		return refuse(why, "now=%s: not an RFC 3339 time", o->now);

@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "bounds.h"
 #include "common.h"
 #include "sig.h"
 #include "store.h"
@@ -43,7 +44,7 @@ int cmd_import(int argc, char **argv)
 		{ 0 },
 	};
 	const char *store_path = NULL, *trust_path = NULL, *now_arg = NULL;
-	uint64_t threshold = 1;
+	unsigned threshold = 1;
 	bool allow_expired = false, activate = false;
 	int c, r;
 	opterr = 0;
@@ -52,8 +53,9 @@ int cmd_import(int argc, char **argv)
 		case 's': store_path = optarg; break;
 		case 't': trust_path = optarg; break;
 		case OPT_THRESHOLD:
-			if (parse_u64(optarg, &threshold) < 0 || threshold < 1 || threshold > 256)
-				return usage_error("import", "--threshold '%s': a number from 1 to 256", optarg);
+			if (sig_threshold_parse(optarg, &threshold) < 0)
+				return usage_error("import", "--threshold '%s': a number from 1 to %u", optarg,
+						   STELLA_TRUST_KEYS_MAX);
 			break;
 		case OPT_NOW: now_arg = optarg; break;
 		case OPT_ALLOW_EXPIRED: allow_expired = true; break;
@@ -83,7 +85,7 @@ int cmd_import(int argc, char **argv)
 		store_close(st);
 		return report(&e, r);
 	}
-	struct store_import_opts o = { .trust = trust, .threshold = (unsigned)threshold, .now = now,
+	struct store_import_opts o = { .trust = trust, .threshold = threshold, .now = now,
 				       .allow_expired = allow_expired, .activate = activate };
 	r = store_import(st, argv[optind], &o, version, &e);
 	char cur[129], prev[129];

@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "bounds.h"
 #include "common.h"
 #include "kitverify.h"
 #include "sig.h"
@@ -34,7 +35,7 @@ int cmd_verify(int argc, char **argv)
 		{ 0 },
 	};
 	const char *trust_path = NULL, *now_arg = NULL;
-	uint64_t threshold = 1;
+	unsigned threshold = 1;
 	bool allow_expired = false;
 	int c, r;
 	opterr = 0;
@@ -42,8 +43,9 @@ int cmd_verify(int argc, char **argv)
 		switch (c) {
 		case 't': trust_path = optarg; break;
 		case OPT_THRESHOLD:
-			if (parse_u64(optarg, &threshold) < 0 || threshold < 1 || threshold > 256)
-				return usage_error("verify", "--threshold '%s': a number from 1 to 256", optarg);
+			if (sig_threshold_parse(optarg, &threshold) < 0)
+				return usage_error("verify", "--threshold '%s': a number from 1 to %u", optarg,
+						   STELLA_TRUST_KEYS_MAX);
 			break;
 		case OPT_NOW: now_arg = optarg; break;
 		case OPT_ALLOW_EXPIRED: allow_expired = true; break;
@@ -64,7 +66,7 @@ int cmd_verify(int argc, char **argv)
 	if ((r = trust_load(trust_path, &trust, &e)) < 0)
 		return report(&e, r);
 	struct kitverify_opts o = {
-		.trust = trust, .threshold = (unsigned)threshold, .now = now, .allow_expired = allow_expired,
+		.trust = trust, .threshold = threshold, .now = now, .allow_expired = allow_expired,
 		.check_expiry = true, .content = true, .progress = progress_cb, .progress_ctx = (void *)"verifying",
 	};
 	struct kitverify_result res;

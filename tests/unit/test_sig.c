@@ -47,6 +47,14 @@ static int check(const char *trust_path, unsigned threshold, const char *msg, co
 int main(void)
 {
 	CHECK(mkdtemp(dir) != NULL);
+	unsigned th = 7;
+	CHECK(sig_threshold_parse("1", &th) == 0 && th == 1);
+	CHECK(sig_threshold_parse("256", &th) == 0 && th == 256);
+	CHECK(sig_threshold_parse("0", &th) == -EINVAL && th == 256);
+	CHECK(sig_threshold_parse("257", &th) == -EINVAL);
+	CHECK(sig_threshold_parse("-1", &th) == -EINVAL);
+	CHECK(sig_threshold_parse("2x", &th) == -EINVAL);
+	CHECK(sig_threshold_parse("", &th) == -EINVAL);
 	EVP_PKEY *ec = make("ecdsa-p256", "ec"), *ed = make("ed25519", "ed"), *rsa = make("rsa-3072", "rsa");
 	const char *msg = "the manifest bytes\n";
 	char *s_ec = sign(ec, msg), *s_ed = sign(ed, msg), *s_rsa = sign(rsa, msg);
