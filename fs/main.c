@@ -104,8 +104,11 @@ static void sd_notify_send(const char *msg)
 /* STATUS= for `systemctl status`: the overall health, the first check
  * that is not OK, and the current snapshot, e.g. "WARNING (expiry: ...),
  * current 2025.01.15".  Polled, not hooked into every change: health also
- * moves with the clock (expiry, feed age) and the store's disk. */
+ * moves with the clock (expiry, feed age) and the store's disk.  Sent when
+ * the text changes, and again now and then (status_main says why). */
 #define STATUS_POLL_SECS 2
+#define STATUS_EARLY_TICKS 5    /* the first 10 s */
+#define STATUS_RESEND_TICKS 15  /* then every 30 s */
 
 struct status_notifier {
 	struct stellafs *sf;
@@ -157,15 +160,21 @@ static void *status_main(void *arg)
 {
 	struct status_notifier *sn = arg;
 	char last[512] = "", now[512], msg[600];
+	unsigned tick = 0;
 	pthread_mutex_lock(&sn->lock);
 	while (!sn->quit) {
 		pthread_mutex_unlock(&sn->lock);
 		status_text(sn->sf, now, sizeof(now));
-		if (strcmp(now, last) != 0) {
+		/* Also sent unchanged during the first ticks and then every
+		 * STATUS_RESEND_TICKS: under Type=forking systemd drops what
+		 * arrives before it has learned the main PID from the parent's
+		 * exit, and the text must not wait for the next change. */
+		if (strcmp(now, last) != 0 || tick < STATUS_EARLY_TICKS || tick % STATUS_RESEND_TICKS == 0) {
 			snprintf(msg, sizeof(msg), "STATUS=%s\n", now);
 			sd_notify_send(msg);
 			memcpy(last, now, sizeof(last));
 		}
+		tick++;
 		struct timespec t;
 		clock_gettime(CLOCK_MONOTONIC, &t);
 		t.tv_sec += STATUS_POLL_SECS;

@@ -80,10 +80,6 @@ def test_status_follows_health_and_sigterm_exits_0(fuse_ok, mnt_base, tmp_path, 
         seen = len(n.messages)
         control(mnt, "rollback")
         n.wait_for(lambda m: "current v1" in m, "STATUS= naming v1 after rollback", since=seen)
-        # the same text is not sent again while nothing changes
-        time.sleep(4.5)
-        st = n.statuses()
-        assert all(a != b for a, b in zip(st, st[1:])), st
         p.send_signal(signal.SIGTERM)
         out, _ = p.communicate(timeout=30)
         # systemctl stop sends SIGTERM: a planned stop is not a failure
