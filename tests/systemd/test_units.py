@@ -359,19 +359,21 @@ def test_usb_stick_imported_bad_kit_quarantined_device_released(site):
     img = m.run / "usb1.img"
     # kit-newer.tar is v4 with a byte changed after signing: the newest, tried first
     make_stick(img, {"kit-newer.tar": site.kits["bad"], "kit-v3.tar": site.kits["v3"]})
+    # The systemd that nspawn boots here takes no device events from udevd until it
+    # has been re-executed once (seen on this machine; docs/hardening.md): do that
+    # before the stick comes, so that what follows is the live path of a real host.
+    m.run_cmd(["systemctl", "daemon-reexec"], timeout=60)
     dev = m.attach(img)
     k = os.path.basename(dev)
     unit = f"stella-usb-import@{k}.service"
-    # What the kernel says when a stick is plugged in; udevd runs the rules.
+    # the rule on its own, as udevadm test runs it
+    cp = m.run_cmd(["udevadm", "test", "--action=add", f"/sys/block/{k}"], timeout=60)
+    assert f"SYSTEMD_WANTS={unit}" in cp.stdout and "TAGS=:systemd:" in cp.stdout, cp.stdout[-3000:]
+    # What the kernel says when a stick is plugged in (a loop device only ever
+    # says "change" by itself); udevd runs the rules, systemd starts the unit.
     m.run_cmd(["udevadm", "trigger", "--action=add", "--settle", f"/sys/block/{k}"], timeout=60)
     info = m.run_cmd(["udevadm", "info", f"/sys/block/{k}"]).stdout
-    assert f"E: SYSTEMD_WANTS={unit}" in info and ":systemd:" in info, info
-    # systemd in this container does not see udevd's live events (docs/runbook.md):
-    # a re-exec makes it read the udev database, as at boot with a stick plugged in.
-    if m.show(unit, "ActiveState")["ActiveState"] == "inactive" and \
-            m.show(unit, "Result")["Result"] == "success" and \
-            m.show(unit, "ExecMainStartTimestampMonotonic")["ExecMainStartTimestampMonotonic"] == "0":
-        m.run_cmd(["systemctl", "daemon-reexec"], timeout=60)
+    assert f"E: SYSTEMD_WANTS={unit}" in info, info
     m.wait(f"{unit} to run and finish",
            lambda: m.show(unit, "ExecMainExitTimestampMonotonic")["ExecMainExitTimestampMonotonic"] != "0",
            timeout=90, interval=0.5)
