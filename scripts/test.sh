@@ -21,6 +21,7 @@ PY=/usr/bin/python3
 results=$(mktemp -d)
 systemd_run=
 trap 'systemd_cleanup; rm -rf "$results"' EXIT
+trap 'exit 143' TERM INT HUP # so that the EXIT trap runs (a booted container)
 status=0
 
 STAGES=${STAGES:-release asan tsan fuzz systemd}
