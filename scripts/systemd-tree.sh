@@ -18,6 +18,10 @@ cache=${STELLA_TREE_CACHE:-/var/cache/stellafs-test}
 key=$(printf '%s %s v1' "$suite" "$pkgs" | sha256sum | cut -c1-12)
 tree=$cache/debian12-$key
 
+mkdir -p "$cache"
+# one maker at a time: a second run waits, then finds the tree made
+exec 9>"$cache/.lock"
+flock 9
 if [ -x "$tree/usr/lib/systemd/systemd" ] && [ -f "$tree/.stella-complete" ]; then
 	echo "$tree"
 	exit 0
@@ -28,7 +32,6 @@ mirror=$(sed -n 's/^URIs: *\([^ ]*\/debian\/\{0,1\}\)$/\1/p' /etc/apt/sources.li
 [ -n "$mirror" ] || mirror=$(sed -n 's/^deb \(\[[^]]*\] \)\{0,1\}\([^ ]*\) bookworm .*/\2/p' /etc/apt/sources.list 2>/dev/null | head -n 1)
 [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
 
-mkdir -p "$cache"
 work=$(mktemp -d "$cache/.debian12-$key.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 echo "systemd-tree: debootstrap $suite from $mirror into $tree (once; a few minutes)" >&2
@@ -41,6 +44,7 @@ fi
 rm -f "$work/tree/etc/machine-id" && : >"$work/tree/etc/machine-id"
 echo stella-test >"$work/tree/etc/hostname"
 touch "$work/tree/.stella-complete"
+# trees of other package lists go: one per machine is enough (disk)
 for old in "$cache"/debian12-*; do
 	[ -d "$old" ] && [ "$old" != "$tree" ] && rm -rf "$old"
 done

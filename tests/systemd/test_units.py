@@ -10,10 +10,11 @@ expects (v1 and v2 imported, v1 current after the rollback).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import random
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,7 @@ def need_env(name) -> str:
 
 def make_tree(root: Path, version: str, seed: int) -> dict:
     """Files whose content names VERSION; returns name -> bytes."""
-    rnd = __import__("random").Random(seed)
+    rnd = random.Random(seed)
     files = {
         "feeds/db.bin": rnd.randbytes(3 * 4096 * 25 + 123),
         "feeds/version.txt": f"version {version}\n".encode(),
@@ -254,8 +255,8 @@ def test_reads_of_every_kind_pass_the_filter(site):
     m = site.m
     pid = m.show(UNIT, "MainPID")["MainPID"]
     m.sh("echo 3 > /proc/sys/vm/drop_caches", check=False)
-    cp = m.run_cmd(["python3", "-c", READS, "/stella/current"], input=None, timeout=120)
-    got = __import__("json").loads(cp.stdout)
+    cp = m.run_cmd(["python3", "-c", READS, "/stella/current"], timeout=120)
+    got = json.loads(cp.stdout)
     want = {n: sha(b) for n, b in site.files["v1"].items()}
     want["feeds/latest"] = "link:db.bin"
     assert got == want
