@@ -6,6 +6,7 @@
 #include <langinfo.h>
 #include <locale.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -98,6 +99,126 @@ static void sd_notify_send(const char *msg)
 		/* nobody listening: nothing to tell */
 	}
 	close(fd);
+}
+
+/* STATUS= for `systemctl status`: the overall health, the first check
+ * that is not OK, and the current snapshot, e.g. "WARNING (expiry: ...),
+ * current 2025.01.15".  Polled, not hooked into every change: health also
+ * moves with the clock (expiry, feed age) and the store's disk.  Sent when
+ * the text changes, and again now and then (status_main says why). */
+#define STATUS_POLL_SECS 2
+#define STATUS_EARLY_TICKS 5    /* the first 10 s */
+#define STATUS_RESEND_TICKS 15  /* then every 30 s */
+
+struct status_notifier {
+	struct stellafs *sf;
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool quit, running;
+};
+
+static void status_text(struct stellafs *sf, char *out, size_t n)
+{
+	size_t len = 0;
+	char *h = vfile_content(sf, INO_HEALTH, &len);
+	if (!h) {
+		snprintf(out, n, "serving (health unknown: out of memory)");
+		return;
+	}
+	/* "LEVEL\nWORD     label: detail\n...": the level, then the first
+	 * check whose word is not OK */
+	char *nl = strchr(h, '\n');
+	const char *bad = NULL;
+	if (nl) {
+		*nl = 0;
+		for (char *l = nl + 1; *l; ) {
+			char *e = strchr(l, '\n');
+			if (e)
+				*e = 0;
+			if (strncmp(l, "OK ", 3) != 0) {
+				bad = l;
+				break;
+			}
+			if (!e)
+				break;
+			l = e + 1;
+		}
+	}
+	if (bad) {
+		bad += strcspn(bad, " ");
+		bad += strspn(bad, " ");
+	}
+	struct snapshot *s = sf_current(sf, NULL);
+	snprintf(out, n, "%s%s%.200s%s, current %s", h, bad ? " (" : "", bad ? bad : "", bad ? ")" : "",
+		 s ? s->version : "none");
+	snapshot_unref(s);
+	free(h);
+}
+
+static void *status_main(void *arg)
+{
+	struct status_notifier *sn = arg;
+	char last[512] = "", now[512], msg[600];
+	unsigned tick = 0;
+	pthread_mutex_lock(&sn->lock);
+	while (!sn->quit) {
+		pthread_mutex_unlock(&sn->lock);
+		status_text(sn->sf, now, sizeof(now));
+		/* Also sent unchanged during the first ticks and then every
+		 * STATUS_RESEND_TICKS: under Type=forking systemd drops what
+		 * arrives before it has learned the main PID from the parent's
+		 * exit, and the text must not wait for the next change. */
+		if (strcmp(now, last) != 0 || tick < STATUS_EARLY_TICKS || tick % STATUS_RESEND_TICKS == 0) {
+			snprintf(msg, sizeof(msg), "STATUS=%s\n", now);
+			sd_notify_send(msg);
+			memcpy(last, now, sizeof(last));
+		}
+		tick++;
+		struct timespec t;
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		t.tv_sec += STATUS_POLL_SECS;
+		pthread_mutex_lock(&sn->lock);
+		while (!sn->quit && pthread_cond_timedwait(&sn->cond, &sn->lock, &t) != ETIMEDOUT)
+			;
+	}
+	pthread_mutex_unlock(&sn->lock);
+	return NULL;
+}
+
+/* Only under a service manager: elsewhere nobody reads STATUS=. */
+static void status_start(struct status_notifier *sn, struct stellafs *sf)
+{
+	if (!getenv("NOTIFY_SOCKET"))
+		return;
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&sn->cond, &ca);
+	pthread_condattr_destroy(&ca);
+	pthread_mutex_init(&sn->lock, NULL);
+	sn->sf = sf;
+	sn->quit = false;
+	sn->running = pthread_create(&sn->thread, NULL, status_main, sn) == 0;
+	if (!sn->running) {
+		pthread_cond_destroy(&sn->cond);
+		pthread_mutex_destroy(&sn->lock);
+		stella_log(LOG_WARNING, "cannot start the status thread: systemctl status shows no health");
+	}
+}
+
+static void status_stop(struct status_notifier *sn)
+{
+	if (!sn->running)
+		return;
+	pthread_mutex_lock(&sn->lock);
+	sn->quit = true;
+	pthread_cond_signal(&sn->cond);
+	pthread_mutex_unlock(&sn->lock);
+	pthread_join(sn->thread, NULL);
+	pthread_cond_destroy(&sn->cond);
+	pthread_mutex_destroy(&sn->lock);
+	sn->running = false;
 }
 
 /* Detach into the background, but let the parent exit only with the
@@ -198,6 +319,7 @@ int main(int argc, char **argv)
 	int rc = STELLA_EXIT_RUNTIME, r, status_fd = -1;
 	char fail_msg[512] = "";
 	bool mounted = false;
+	struct status_notifier sn = { 0 };
 
 	/* A first mount reads a manifest of tens of MiB more than once; from
 	 * the heap the second read reuses the pages the first faulted in,
@@ -414,15 +536,21 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	detach_done(&status_fd, 0, "");
-	sd_notify_send("READY=1\nSTATUS=serving\n");
+	sd_notify_send("READY=1\n");
+	status_start(&sn, &sf);
 	fuse_loop_cfg_set_clone_fd(lc, cl.clone_fd);
 	fuse_loop_cfg_set_idle_threads(lc, cl.max_idle_threads <= 100 ? cl.max_idle_threads : 10);
 	fuse_loop_cfg_set_max_threads(lc, cl.max_threads >= 2 && cl.max_threads <= 256 ? cl.max_threads : 16);
 	r = cl.singlethread ? fuse_session_loop(se) : fuse_session_loop_mt(se, lc);
 	fuse_loop_cfg_destroy(lc);
-	rc = r == 0 ? 0 : STELLA_EXIT_RUNTIME;
-	sd_notify_send("STOPPING=1\n");
+	/* libfuse's handlers end the loop on SIGTERM, SIGINT and SIGHUP and it
+	 * returns that signal's number: a stop that was asked for (systemctl
+	 * stop), not a failure.  Only a negative errno is one. */
+	rc = r >= 0 ? 0 : STELLA_EXIT_RUNTIME;
+	status_stop(&sn);
+	sd_notify_send("STOPPING=1\nSTATUS=stopping\n");
 out:
+	status_stop(&sn); /* it reads the snapshots freed below */
 	sf_stop_watch(&sf); /* nothing queues notifications after this */
 	if (se) {
 		if (mounted)

@@ -10,7 +10,8 @@ pkgs=(gcc pkg-config meson ninja-build
       zlib1g-dev libzstd-dev
       python3 python3-pytest fsverity tar openssl sqlite3 zstd gzip coreutils
       dosfstools mtools fusefat util-linux
-      clang libclang-rt-dev)  # test.sh's TSan and fuzz stages (compiler-rt: TSan, libFuzzer)
+      clang libclang-rt-dev   # test.sh's TSan and fuzz stages (compiler-rt: TSan, libFuzzer)
+      debootstrap systemd-container e2fsprogs)  # its systemd stage: a Debian 12 tree, nspawn, the USB image
 [ "${1:-}" = "--bench" ] && pkgs+=(squashfuse squashfs-tools bindfs archivemount)
 
 missing=()

@@ -3,11 +3,13 @@
 # missing, builds (optimised, warnings are errors), runs the C unit tests and
 # the pytest suite, then does it all again under AddressSanitizer +
 # UndefinedBehaviorSanitizer; then the concurrency tests under ThreadSanitizer
-# and a short run of every libFuzzer target (docs/hardening.md).  Ends with one
-# line: "total: N passed, N failed".
+# and a short run of every libFuzzer target (docs/hardening.md); then the
+# shipped units, fstab line, udev rule and USB helper under a real systemd in a
+# Debian 12 container (tests/systemd/).  Ends with one line: "total: N passed,
+# N failed".
 #
 #   scripts/test.sh [PYTEST_ARGS...]      (PYTEST_ARGS: the release and ASan runs)
-#   STAGES="tsan fuzz" scripts/test.sh    (only some of: release asan tsan fuzz)
+#   STAGES="tsan fuzz" scripts/test.sh    (only some of: release asan tsan fuzz systemd)
 set -uo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -17,10 +19,12 @@ scripts/deps.sh || { echo "total: 0 passed, 1 failed"; exit 1; }
 # pytest from Debian (python3-pytest), whatever python3 is first on PATH.
 PY=/usr/bin/python3
 results=$(mktemp -d)
-trap 'rm -rf "$results"' EXIT
+systemd_run=
+trap 'systemd_cleanup; rm -rf "$results"' EXIT
+trap 'exit 143' TERM INT HUP # so that the EXIT trap runs (a booted container)
 status=0
 
-STAGES=${STAGES:-release asan tsan fuzz}
+STAGES=${STAGES:-release asan tsan fuzz systemd}
 stage() { [[ " $STAGES " == *" $1 "* ]]; }
 
 build_tree() { # NAME BUILD_DIR CC ("": meson's choice) MESON_OPTIONS...
@@ -157,6 +161,42 @@ run_fuzz_smoke() {
 	rmdir tests/fuzz/crashes 2>/dev/null || true
 }
 
+# The units under a real systemd: the build installed as docs/runbook.md says
+# (meson setup --prefix=/usr, meson install --destdir) into an overlay on a
+# cached minimal Debian 12 tree (scripts/systemd-tree.sh, made once per
+# package list), booted with systemd-nspawn -b, no network.  A container that
+# does not boot fails the stage.  Whatever the run leaves (the container, its
+# overlay, loop devices) is undone here even when pytest was killed.
+systemd_cleanup() {
+	[ -n "$systemd_run" ] || return 0
+	"$PY" -c 'import sys; sys.path.insert(0, sys.argv[1]); import machine
+errs = machine.cleanup_all(sys.argv[2])
+print(*errs, sep="\n"); sys.exit(1 if errs else 0)' "$top/tests/systemd" "$systemd_run" ||
+		{ echo "systemd: cleanup left something behind: $systemd_run kept"; systemd_run=; return 1; }
+	rm -rf "$systemd_run"
+	systemd_run=
+}
+run_systemd() {
+	build_tree systemd build-systemd "" --prefix=/usr "${werror[@]}" ||
+		{ echo "systemd-build failed" >>"$results/systemd.count"; return; }
+	echo "=== systemd: Debian 12 tree"
+	local tree rc=0
+	if ! tree=$(scripts/systemd-tree.sh); then
+		echo "systemd-tree failed" >>"$results/systemd.count"
+		status=1
+		return
+	fi
+	systemd_run=$(mktemp -d /var/tmp/stellafs-systemd.XXXXXX)
+	echo "=== systemd: pytest tests/systemd (container on $tree)"
+	STELLA_SYSTEMD_TREE=$tree STELLA_SYSTEMD_RUN=$systemd_run STELLA_SYSTEMD_BUILD="$top/build-systemd" \
+		STELLA_BUILD="$top/build-systemd" STELLAKIT="$top/build-systemd/tools/stellakit" \
+		STELLAFS="$top/build-systemd/fs/stellafs" timeout -k 30 600 "$PY" -m pytest -q -p no:cacheprovider \
+		--junitxml="$results/systemd-pytest.xml" tests/systemd/ || rc=$?
+	[ $rc -ne 0 ] && status=1
+	[ $rc -ge 124 ] && echo "systemd-timeout failed" >>"$results/systemd.count"
+	systemd_cleanup || { status=1; echo "systemd-cleanup failed" >>"$results/systemd.count"; }
+}
+
 PYTEST_ARGS=("$@")
 # A sanitizer report must fail the run, with an exit code no program of ours
 # uses, and print a stack.
@@ -181,13 +221,16 @@ rm -rf "$asan_dir"
 
 stage tsan && run_tsan
 stage fuzz && run_fuzz_smoke
+stage systemd && run_systemd
 
 # What each stage must leave: a unit log and a pytest report per full suite,
-# the TSan run's pytest report (a missing one is a failure below).
+# the TSan run's and the systemd stage's pytest reports (a missing one is a
+# failure below).
 expected=0
 stage release && expected=$((expected + 2))
 stage asan && expected=$((expected + 2))
 stage tsan && expected=$((expected + 1))
+stage systemd && expected=$((expected + 1))
 
 # One closing line over everything that ran: meson's unit tests (their "Ok:"
 # and "Fail:" lines), pytest's junit reports, and *.count files (one line per

@@ -96,10 +96,12 @@ def trust_dir(base, keys, *names):
 
 def store_state(store):
     """What a refused import must not change: every file under STORE (but the SQLite
-    WAL/SHM side files) with its size and content digest, and the store.db tables."""
+    WAL/SHM side files, and quarantine/ where refused kits go) with its size and
+    content digest, and the store.db tables."""
     files = {}
     for p in sorted(Path(store).rglob("*")):
-        if p.is_file() and not re.search(r"store\.db(-wal|-shm)?$", p.name):
+        if p.is_file() and not re.search(r"store\.db(-wal|-shm)?$", p.name) and \
+                p.relative_to(store).parts[0] != "quarantine":
             files[str(p.relative_to(store))] = (p.stat().st_size, kitlib.sha256_file(p))
     con = sqlite3.connect(f"file:{store}/store.db?mode=ro", uri=True)
     try:
@@ -343,6 +345,13 @@ def test_usb_import_through_control(prefix, demo, keys, mounter, usb_stick, tmp_
     assert sorted(os.listdir(m.path / "snapshots")) == ["2025.01.15", "2025.01.16"]
     assert m.status()["current"] == "2025.01.15"          # imported, not activated
     assert list(stage.iterdir()) == []                     # staged copies removed
+    # the refused kit is kept on the host with its reason; the imported one is not
+    # (FAT may give the short name, TAMPERED.TAR)
+    q = store / "quarantine"
+    quarantined = sorted(os.listdir(q))
+    assert [n.lower() for n in quarantined] == ["tampered.tar", "tampered.tar.reason"]
+    assert (q / quarantined[0]).read_bytes() == bad.read_bytes()
+    assert re.search(r"EBADMSG: .*mismatch", (q / quarantined[1]).read_text(), re.I)
     # The valid kit, checked the way the runbook says, from the stick itself
     assert sh("sha256sum", "-c", f"{good.name}.sha256", cwd=stick).returncode == 0
 
@@ -352,6 +361,8 @@ def test_usb_import_through_control(prefix, demo, keys, mounter, usb_stick, tmp_
     assert cp.returncode == 4, describe(cp)                # the newest refusal's code
     assert re.search(r"refused .*2025\.01\.16.*exit 7.*estale", cp.stderr.lower()), describe(cp)
     assert store_state(store) == before
+    # a stale kit (exit 7) is the normal second plug of a stick: not quarantined
+    assert sorted(os.listdir(store / "quarantine")) == quarantined
 
 
 def test_usb_import_offline_store(prefix, demo, keys, usb_stick, tmp_path):
@@ -370,6 +381,10 @@ def test_usb_import_offline_store(prefix, demo, keys, usb_stick, tmp_path):
     assert cp.returncode == 5, describe(cp)
     assert re.search(r"refused .*untrusted\.tar\.zst.*exit 5: stellakit: .*(signature|trust)",
                      cp.stderr.lower()), describe(cp)
+    q = store / "quarantine"
+    quarantined = sorted(os.listdir(q))
+    assert [n.lower() for n in quarantined] == ["untrusted.tar.zst", "untrusted.tar.zst.reason"]
+    assert re.search(r"signature|trust", (q / quarantined[1]).read_text(), re.I)
     assert store_state(store) == before
 
     newer = demo("2025.02.02", 20250202)
