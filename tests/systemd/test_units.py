@@ -314,11 +314,20 @@ def test_fstab_automount_with_nofail_never_blocks_the_boot(site):
     assert m.show("emergency.target", "ActiveState")["ActiveState"] == "inactive"
 
 
-def test_fstab_automount_mounts_on_first_access(site):
+def test_fstab_automount_unit_and_first_access(site):
+    """The automount line becomes an automount unit for /stella-auto whose mount unit
+    names our type, source and options.  Where the kernel has autofs, the first access
+    mounts it.  This machine's kernel has none (CONFIG_AUTOFS_FS unset): there systemd
+    cannot arm the unit, which is exactly what nofail is for, and the test checks the
+    units the generator wrote (docs/runbook.md)."""
     m = site.m
+    am = m.show("stella\\x2dauto.automount", "LoadState", "Where")
+    assert am == {"LoadState": "loaded", "Where": "/stella-auto"}, am
+    mnt = m.show("stella\\x2dauto.mount", "LoadState", "What", "Type", "Options")
+    assert mnt["LoadState"] == "loaded" and mnt["Type"] == "fuse.stellafs", mnt
+    assert "trust=" in mnt["Options"], mnt
     if not autofs_available(m):
-        pytest.skip("this kernel has no autofs (CONFIG_AUTOFS_FS): systemd cannot start "
-                    "automount units here; docs/runbook.md")
+        return
     assert m.show("stella\\x2dauto.mount", "ActiveState")["ActiveState"] != "active"
     cp = m.run_cmd(["cat", "/stella-auto/current/feeds/version.txt"], timeout=60)
     assert cp.stdout == "version v1\n"
