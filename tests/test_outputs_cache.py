@@ -155,3 +155,94 @@ def test_cache_damaged_while_mounted_is_not_blamed_on_the_kit(many_kit, keys, mo
     assert not Path(str(db) + ".sum").exists(), "the changed cache's digest was kept"
     m = mounter.mount(kit, keys["ed25519"].pub, cache=cache)
     assert_serves_source(m, src)
+
+
+# --------------------------------------------------------------------------- untrusted names in outputs
+
+EVIL_COMPONENT = "feeds\nOK       forged: all good\x1b[31m\tend"
+EVIL_FILE = "bad\nOK       integrity: forged.bin"
+HEALTH_LINE = re.compile(r"^(OK|WARNING|CRITICAL) +[^ ].*: ")
+
+
+@pytest.fixture
+def evil_mount(tmp_path, keys, mounter, stellakit_bin):
+    """A kit whose component name and one file name hold newlines (and ESC, a tab),
+    that file's data damaged after packing and read once (so it is the last failure)."""
+    src = tmp_path / "src"
+    (src / "feeds").mkdir(parents=True)
+    (src / "feeds" / "db.json").write_bytes(b"{}\n")
+    (src / "feeds" / EVIL_FILE).write_bytes(random.Random(4).randbytes(9000))
+    kit = tmp_path / "kit.tar"
+    assert_ok(kitlib.pack(src, kit, [keys["ed25519"]], "--component",
+                          f"{EVIL_COMPONENT}=feeds,warn=7,max=14"))
+    kitlib.flip_byte(kit, kitlib.member_data_offset(kit, "feeds/" + EVIL_FILE) + 10)
+    m = mounter.mount(kit, keys["ed25519"].pub, "now=2025-01-16T00:00:00Z")
+    with pytest.raises(OSError) as ei:
+        (m.snap(VERSION) / "feeds" / EVIL_FILE).read_bytes()
+    assert ei.value.errno == errno.EIO
+    return m
+
+
+def test_health_has_one_line_per_check(evil_mount):
+    """health: the overall word, then exactly one line per check (kit-expiry, one
+    freshness per component, signature, integrity); a name cannot forge an OK line."""
+    lines = evil_mount.text("health").split("\n")
+    assert lines[-1] == ""
+    lines = lines[:-1]
+    assert lines[0] == "CRITICAL", lines
+    assert len(lines) == 1 + 4, lines
+    for ln in lines[1:]:
+        assert HEALTH_LINE.match(ln), ln
+        assert "\x1b" not in ln and "\t" not in ln, ln
+    assert [ln.split()[0] for ln in lines[1:]] == ["OK", "OK", "OK", "CRITICAL"], lines
+    assert r"freshness:feeds\nOK       forged: all good\x1b[31m\tend:" in lines[2]
+    assert r"bad\nOK       integrity: forged.bin" in lines[4]
+
+
+def test_status_text_escapes_names(evil_mount):
+    text = evil_mount.text("status")
+    assert "\x1b" not in text and "\t" not in text
+    assert not [ln for ln in text.split("\n") if ln.lstrip().startswith("OK       forged")]
+    assert not [ln for ln in text.split("\n") if ln.lstrip().startswith("OK       integrity")]
+    assert r"feeds\nOK       forged: all good\x1b[31m\tend" in text
+
+
+def test_status_json_carries_the_names_exactly(evil_mount):
+    st = json.loads((evil_mount.path / "status.json").read_bytes())
+    assert [c["name"] for c in st["components"]] == [EVIL_COMPONENT]
+    assert st["integrity"]["lastFailure"].startswith(f"{VERSION}: feeds/{EVIL_FILE}: ")
+    assert [c["name"] for c in st["checks"]][1] == "freshness:" + EVIL_COMPONENT
+
+
+def test_metrics_parse_with_hostile_labels(evil_mount):
+    text = (evil_mount.path / "metrics").read_text()
+    assert "\x1b" not in text
+    ms = kitlib.parse_metrics(text)
+    want = r"feeds\nOK       forged: all good\\x1b[31m\\x09end"
+    assert kitlib.metric(ms, "feed_freshness_days", component=want) > 0
+    assert kitlib.metric(ms, "stellafs_integrity_failures_total") >= 1
+
+
+def test_inspect_and_diff_escape_names(tmp_path, keys, stellakit_bin):
+    """stellakit inspect and diff print a kit's names one per line, escaped: a newline
+    in a file name or component name cannot add lines."""
+    src = tmp_path / "src"
+    (src / "feeds").mkdir(parents=True)
+    (src / "feeds" / "db.json").write_bytes(b"{}\n")
+    old = tmp_path / "old.tar"
+    assert_ok(kitlib.pack(src, old, [keys["ed25519"]]))
+    (src / "feeds" / EVIL_FILE).write_bytes(b"x")
+    kit = tmp_path / "kit.tar"
+    assert_ok(kitlib.pack(src, kit, [keys["ed25519"]], "--component",
+                          f"{EVIL_COMPONENT}=feeds"))
+    cp = kitlib.run("inspect", kit)
+    assert_ok(cp)
+    assert "\x1b" not in cp.stdout and "\t" not in cp.stdout
+    lines = cp.stdout.split("\n")
+    comps = lines[lines.index("Components:") + 1:lines.index("Artifacts:") - 1]
+    assert len(comps) == 1 and comps[0].lstrip().startswith(
+        r"feeds\nOK       forged: all good\x1b[31m\tend "), comps
+    arts = [ln for ln in lines[lines.index("Artifacts:") + 1:] if ln]
+    assert len(arts) == 2 and arts[0].endswith(r"feeds/bad\nOK       integrity: forged.bin"), arts
+    cp = kitlib.run("diff", old, kit)
+    assert cp.stdout == "+ feeds/bad\\nOK       integrity: forged.bin\n", cp.stdout
