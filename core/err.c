@@ -93,3 +93,11 @@ void stella_log(int prio, const char *fmt, ...)
 			*p = ' ';
 	log_fn(prio, line);
 }
+
+void stella_err_hint(struct stella_err *e, int rc, int when, const char *hint)
+{
+	if (!e || rc != when || !e->code || !e->msg[0])
+		return;
+	size_t n = strlen(e->msg);
+	snprintf(e->msg + n, sizeof(e->msg) - n, " (%s)", hint);
+}

@@ -452,7 +452,7 @@ static int open_cached(struct snapshot *s, const struct snapshot_opts *o, const 
 	if (!o->allow_expired && o->now >= m->expires_at) {
 		char t[32];
 		time_format(m->expires_at, t);
-		return stella_fail(e, -EKEYEXPIRED, "%s: kit %s %s expired at %s (mount with -o allow_expired to accept it)",
+		return stella_fail(e, -EKEYEXPIRED, "%s: kit %s %s expired at %s",
 				   o->kit, m->kit_id, m->version, t);
 	}
 	if (s->compression != KIT_COMPRESS_NONE) {

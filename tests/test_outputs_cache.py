@@ -246,3 +246,57 @@ def test_inspect_and_diff_escape_names(tmp_path, keys, stellakit_bin):
     assert len(arts) == 2 and arts[0].endswith(r"feeds/bad\nOK       integrity: forged.bin"), arts
     cp = kitlib.run("diff", old, kit)
     assert cp.stdout == "+ feeds/bad\\nOK       integrity: forged.bin\n", cp.stdout
+
+
+# --------------------------------------------------------------------------- an expired kit: each program names its own option
+
+from storelib import fuse_ok, mnt_base, mounts  # noqa: E402,F401  (fixtures)
+
+EXPIRES = "2025-02-01T00:00:00Z"
+LATE = "now=2025-02-02T00:00:00Z"
+
+
+@pytest.fixture
+def expired_kit(tmp_path, keys):
+    return kitlib.kit_from_items(tmp_path / "kit", kitlib.basic_items(), [keys["ed25519"]],
+                                 manifest_fields={"expiresAt": EXPIRES})
+
+
+def assert_names_option(line, option, other):
+    assert option in line and other not in line, line
+
+
+def test_expired_mount_names_stellafs_option(expired_kit, keys, mounter, tmp_path):
+    """A refused mount of an expired kit, first (no cache) and from a cached index, says
+    `-o allow_expired` (stellafs's option), not stellakit's `--allow-expired`."""
+    cache = tmp_path / "cache"
+    cp, _ = mounter.try_mount(expired_kit, keys["ed25519"].pub, LATE, cache=cache)
+    line = kitlib.assert_fs_fail(cp, 6)
+    assert_names_option(line, "-o allow_expired", "--allow-expired")
+    m = mounter.mount(expired_kit, keys["ed25519"].pub, "now=2025-01-20T00:00:00Z", cache=cache)
+    mounter.umount(m.path)
+    cp, _ = mounter.try_mount(expired_kit, keys["ed25519"].pub, LATE, cache=cache)
+    line = kitlib.assert_fs_fail(cp, 6)
+    assert_names_option(line, "-o allow_expired", "--allow-expired")
+
+
+def test_expired_stellakit_names_its_option(expired_kit, keys, tmp_path):
+    pub = keys["ed25519"].pub
+    cp = kitlib.run("verify", "-t", pub, "--now", "2025-02-02T00:00:00Z", expired_kit)
+    line = kitlib.assert_fail(cp, 6)
+    assert_names_option(line, "--allow-expired", "-o allow_expired")
+    cp = kitlib.run("import", "-s", tmp_path / "store", "-t", pub, "--now",
+                    "2025-02-02T00:00:00Z", expired_kit)
+    line = kitlib.assert_fail(cp, 6)
+    assert_names_option(line, "--allow-expired", "-o allow_expired")
+
+
+def test_expired_import_by_the_daemon_names_its_option(expired_kit, keys, mounts, tmp_path):
+    """`import` through the control file of a store mount: the journal's result names
+    the daemon's option."""
+    store = tmp_path / "store"
+    store.mkdir()
+    m = mounts.mount(store, keys["ed25519"].pub, LATE)
+    assert m.control(f"import {expired_kit}") != 0
+    assert_names_option(m.log_line(f"import {expired_kit}"), "-o allow_expired",
+                        "--allow-expired")

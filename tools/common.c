@@ -15,7 +15,9 @@
 int report(const struct stella_err *e, int rc)
 {
 	progress_done();
-	fprintf(stderr, PROG ": %s\n", stella_err_text(e, rc));
+	struct stella_err h = e ? *e : (struct stella_err){ 0 };
+	stella_err_hint(&h, rc, -EKEYEXPIRED, "use --allow-expired to accept it");
+	fprintf(stderr, PROG ": %s\n", stella_err_text(&h, rc));
 	return stella_exit_code(rc);
 }
 
