@@ -581,7 +581,14 @@ int kit_write(const struct kitwrite_opts *o, struct kitwrite_result *res, struct
 	memset(res, 0, sizeof(*res));
 	t.src_fd = open(o->src_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (t.src_fd < 0) {
-		r = stella_fail_errno(e, errno == ENOENT || errno == ENOTDIR ? -EINVAL : -errno, "%s", o->src_dir);
+		/* A SRC_DIR that is missing or no directory is the caller's
+		 * argument (exit 2), but the message says what is wrong with it,
+		 * not "Invalid argument". */
+		int err = errno;
+		if (err == ENOENT || err == ENOTDIR)
+			r = stella_fail(e, -EINVAL, "%s: %s", o->src_dir, strerror(err));
+		else
+			r = stella_fail_errno(e, -err, "%s", o->src_dir);
 		goto out;
 	}
 	if ((r = walk(&t, t.src_fd, "", 1, e)) < 0)

@@ -300,3 +300,51 @@ def test_expired_import_by_the_daemon_names_its_option(expired_kit, keys, mounts
     assert m.control(f"import {expired_kit}") != 0
     assert_names_option(m.log_line(f"import {expired_kit}"), "-o allow_expired",
                         "--allow-expired")
+
+
+# --------------------------------------------------------------------------- keygen, status, pack: small refusals
+
+@pytest.mark.parametrize("prefix", ["", "{d}/", "{d}/.", "{d}/.."])
+def test_keygen_refuses_a_prefix_without_a_file_name(prefix, tmp_path):
+    """'' or 'dir/' wrote the hidden .key and .pub that a trust directory skips."""
+    d = tmp_path / "keys"
+    d.mkdir()
+    cp = kitlib.run("keygen", prefix.format(d=d), cwd=d)
+    kitlib.assert_fail(cp, 2, "PREFIX")
+    assert list(d.iterdir()) == [], list(d.iterdir())
+    assert not (tmp_path / ".key").exists() and not (tmp_path / ".pub").exists()
+
+
+def test_status_of_an_unmounted_directory_is_unknown(small_tree, keys, mounter, tmp_path):
+    """A directory holding a status.json that says HEALTHY (what an unmounted mount
+    point, or a copy, may hold) is UNKNOWN (exit 3), not HEALTHY; the mount itself is
+    still read."""
+    kit = tmp_path / "kit.tar"
+    assert_ok(kitlib.pack(small_tree, kit, [keys["ed25519"]]))
+    m = mounter.mount(kit, keys["ed25519"].pub)
+    cp = kitlib.run("status", m.path)
+    assert cp.returncode == 0, kitlib.describe(cp)
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    (stale / "status.json").write_bytes((m.path / "status.json").read_bytes())
+    (stale / "status").write_bytes((m.path / "status").read_bytes())
+    for args in ([stale], [stale, "--json"]):
+        cp = kitlib.run("status", *args)
+        line = kitlib.assert_fail(cp, 3, "not a stellafs mount")
+        assert cp.stdout == "", cp.stdout
+    # a FUSE file system that is not stellafs does not count either: a directory
+    # inside the mount is on FUSE, but no stellafs is mounted there
+    cp = kitlib.run("status", m.snap(VERSION) / "feeds")
+    kitlib.assert_fail(cp, 3, "not a stellafs mount")
+
+
+@pytest.mark.parametrize("what", ["missing", "file"])
+def test_pack_of_a_missing_source_says_why(what, keys, tmp_path):
+    src = tmp_path / "src"
+    if what == "file":
+        src.write_text("x")
+    cp = kitlib.pack(src, tmp_path / "kit.tar", [keys["ed25519"]])
+    line = kitlib.assert_fail(cp, 2)
+    want = "No such file or directory" if what == "missing" else "Not a directory"
+    assert line == f"stellakit: {src}: {want}", line
+    assert not (tmp_path / "kit.tar").exists()
