@@ -348,3 +348,29 @@ def test_pack_of_a_missing_source_says_why(what, keys, tmp_path):
     want = "No such file or directory" if what == "missing" else "Not a directory"
     assert line == f"stellakit: {src}: {want}", line
     assert not (tmp_path / "kit.tar").exists()
+
+
+# --------------------------------------------------------------------------- an empty store's top
+
+def test_empty_store_has_no_current_until_activation(mounts, tmp_path, keys, small_tree):
+    """A store with no current snapshot lists neither `current` nor `feeds`, and both
+    are ENOENT on lookup (the link used to be listed with a readlink of ENOENT); after
+    the first import both appear and resolve."""
+    store = tmp_path / "store"
+    store.mkdir()
+    m = mounts.mount(store, keys["ed25519"].pub)
+    names = set(os.listdir(m.path))
+    assert "current" not in names and "feeds" not in names, names
+    assert {"snapshots", "status", "status.json", "health", "metrics", "control"} <= names
+    for n in ("current", "feeds"):
+        with pytest.raises(FileNotFoundError):
+            os.lstat(m.path / n)
+        with pytest.raises(FileNotFoundError):
+            os.readlink(m.path / n)
+    kit = tmp_path / "kit.tar"
+    assert_ok(kitlib.pack(small_tree, kit, [keys["ed25519"]]))
+    m.control_ok(f"import {kit}")   # a store's first snapshot becomes current
+    m.control_ok(f"activate {VERSION}")
+    assert {"current", "feeds"} <= set(os.listdir(m.path))
+    assert os.readlink(m.path / "current") == f"snapshots/{VERSION}"
+    assert (m.path / "feeds" / "db.json").read_bytes() == (small_tree / "feeds/db.json").read_bytes()
