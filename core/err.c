@@ -88,9 +88,9 @@ void stella_log(int prio, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(line, sizeof(line), fmt, ap);
 	va_end(ap);
-	for (char *p = line; *p; p++)
-		if (*p == '\n' || *p == '\r')
-			*p = ' ';
+	/* lines quote file names from kits: an ESC or a tab in one must not
+	 * reach a terminal (stellafs -f) or split a log line */
+	stella_one_line(line);
 	log_fn(prio, line);
 }
 

@@ -2,7 +2,16 @@
 #include <stdlib.h>
 
 #include "check.h"
+#include "err.h"
 #include "escape.h"
+
+static char logged[1024];
+
+static void capture(int prio, const char *line)
+{
+	(void)prio;
+	snprintf(logged, sizeof(logged), "%s", line);
+}
 
 static const char *esc(const char *s, enum escape_style st)
 {
@@ -44,5 +53,10 @@ int main(void)
 	char *d = escape_dup("\n", ESCAPE_TEXT);
 	CHECK_STR(d, "\\n");
 	free(d);
+	/* log lines quote names too: one line, no terminal escapes */
+	stella_log_set(capture);
+	stella_log(3, "integrity failure: %s", "a\nb\x1b[31m\tc");
+	CHECK_STR(logged, "integrity failure: a b?[31m c");
+	stella_log_set(NULL);
 	return CHECK_DONE();
 }
