@@ -435,7 +435,8 @@ static bool index_damaged(struct snapshot *s)
 /* A known kit (the facts above match its cached index): the signature was
  * checked under this same trust store when the index was built; expiry
  * depends on the clock and is checked again.  No byte of the manifest is
- * read: a remount costs a stat, 64 KiB and a few index lookups. */
+ * read: a remount costs a stat, 64 KiB, a hash of the index file (its seal)
+ * and a few index lookups. */
 static int open_cached(struct snapshot *s, const struct snapshot_opts *o, const char *final,
 		       struct stella_err *e)
 {
