@@ -168,14 +168,25 @@ static char *sb_done(struct sb *b)
 	char var[4 * 160 + 1]; \
 	escape((s), ESCAPE_TEXT, var, sizeof(var))
 
-static void sb_esc(struct sb *b, const char *s)
+/* s escaped in style into b; nothing allocated when s needs no escape (an
+ * escape always makes the text longer) */
+static void sb_escaped(struct sb *b, const char *s, enum escape_style style)
 {
-	char *e = escape_dup(s, ESCAPE_TEXT);
+	if (escape(s, style, NULL, 0) == strlen(s)) {
+		sb_add(b, "%s", s);
+		return;
+	}
+	char *e = escape_dup(s, style);
 	if (!e)
 		b->oom = true;
 	else
 		sb_add(b, "%s", e);
 	free(e);
+}
+
+static void sb_esc(struct sb *b, const char *s)
+{
+	sb_escaped(b, s, ESCAPE_TEXT);
 }
 
 /* One line per check: "WORD label: detail" (health) or aligned (status). */
@@ -267,11 +278,16 @@ char *health_render_status(const struct health_input *in)
  * make it no JSON: they become \xHH. */
 static void gs(yajl_gen g, const char *s)
 {
+	size_t n = strlen(s);
+	if (escape(s, ESCAPE_JSON, NULL, 0) == n) {
+		/* valid UTF-8: as it is, with nothing to allocate */
+		yajl_gen_string(g, (const unsigned char *)s, n);
+		return;
+	}
 	char *e = escape_dup(s, ESCAPE_JSON);
-	if (e)
-		yajl_gen_string(g, (const unsigned char *)e, strlen(e));
-	else
-		yajl_gen_null(g);
+	/* a string, whatever happens: a key that is not one breaks the map */
+	const char *v = e ? e : "?";
+	yajl_gen_string(g, (const unsigned char *)v, strlen(v));
 	free(e);
 }
 
@@ -389,12 +405,7 @@ char *health_render_json(const struct health_input *in)
  * format says, other controls and non-UTF-8 bytes made visible. */
 static void label(struct sb *b, const char *v)
 {
-	char *e = escape_dup(v, ESCAPE_PROM);
-	if (!e)
-		b->oom = true;
-	else
-		sb_add(b, "%s", e);
-	free(e);
+	sb_escaped(b, v, ESCAPE_PROM);
 }
 
 static void metric(struct sb *b, const char *name, const char *type, const char *help)
