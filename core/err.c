@@ -88,8 +88,16 @@ void stella_log(int prio, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(line, sizeof(line), fmt, ap);
 	va_end(ap);
-	for (char *p = line; *p; p++)
-		if (*p == '\n' || *p == '\r')
-			*p = ' ';
+	/* lines quote file names from kits: an ESC or a tab in one must not
+	 * reach a terminal (stellafs -f) or split a log line */
+	stella_one_line(line);
 	log_fn(prio, line);
+}
+
+void stella_err_hint(struct stella_err *e, int rc, int when, const char *hint)
+{
+	if (!e || rc != when || !e->code || !e->msg[0])
+		return;
+	size_t n = strlen(e->msg);
+	snprintf(e->msg + n, sizeof(e->msg) - n, " (%s)", hint);
 }

@@ -55,6 +55,12 @@ int stella_fail_errno(struct stella_err *e, int rc, const char *fmt, ...)
  * other control characters '?'.  stella_fail does it to every message. */
 void stella_one_line(char *s);
 
+/* Add " (hint)" to e's message when the failure is `when` (a negative
+ * errno): how to get past a refusal is for the edge to say, since stellakit
+ * and stellafs name their options differently (an expired kit:
+ * --allow-expired, -o allow_expired). */
+void stella_err_hint(struct stella_err *e, int rc, int when, const char *hint);
+
 /* Map a negative errno to SPEC's exit code. */
 int stella_exit_code(int rc);
 

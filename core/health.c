@@ -5,6 +5,7 @@
 #include <string.h>
 #include <yajl/yajl_gen.h>
 
+#include "escape.h"
 #include "util.h"
 
 #define MAX_CHECKS 1100   /* the fixed ones + one per component (<= 1024) */
@@ -159,6 +160,49 @@ static char *sb_done(struct sb *b)
 	return b->p;
 }
 
+/* Names from a kit, paths and the last failure are untrusted: escaped into
+ * one visible line for the text views (a newline in a component name forged
+ * whole "OK" lines in health).  Labels and details are escaped whole: the
+ * fixed text around the names has nothing to escape. */
+#define ESC(var, s) \
+	char var[4 * 160 + 1]; \
+	escape((s), ESCAPE_TEXT, var, sizeof(var))
+
+/* s escaped in style into b; nothing allocated when s needs no escape (an
+ * escape always makes the text longer) */
+static void sb_escaped(struct sb *b, const char *s, enum escape_style style)
+{
+	if (escape(s, style, NULL, 0) == strlen(s)) {
+		sb_add(b, "%s", s);
+		return;
+	}
+	char *e = escape_dup(s, style);
+	if (!e)
+		b->oom = true;
+	else
+		sb_add(b, "%s", e);
+	free(e);
+}
+
+static void sb_esc(struct sb *b, const char *s)
+{
+	sb_escaped(b, s, ESCAPE_TEXT);
+}
+
+/* One line per check: "WORD label: detail" (health) or aligned (status). */
+static void check_lines(struct sb *b, const struct report *r, bool aligned)
+{
+	for (size_t i = 0; i < r->n; i++) {
+		char label[4 * sizeof(r->c[i].label)], detail[4 * sizeof(r->c[i].detail)];
+		escape(r->c[i].label, ESCAPE_TEXT, label, sizeof(label));
+		escape(r->c[i].detail, ESCAPE_TEXT, detail, sizeof(detail));
+		if (aligned)
+			sb_add(b, "  %-8s %-36s %s\n", check_word(r->c[i].level), label, detail);
+		else
+			sb_add(b, "%-8s %s: %s\n", check_word(r->c[i].level), label, detail);
+	}
+}
+
 char *health_render_health(const struct health_input *in)
 {
 	struct report *r = malloc(sizeof(*r));
@@ -167,8 +211,7 @@ char *health_render_health(const struct health_input *in)
 	evaluate(in, r);
 	struct sb b = { 0 };
 	sb_add(&b, "%s\n", health_level_name(r->overall));
-	for (size_t i = 0; i < r->n; i++)
-		sb_add(&b, "%-8s %s: %s\n", check_word(r->c[i].level), r->c[i].label, r->c[i].detail);
+	check_lines(&b, r, false);
 	free(r);
 	return sb_done(&b);
 }
@@ -186,8 +229,11 @@ char *health_render_status(const struct health_input *in)
 	if (k) {
 		time_format(k->created_at, t1);
 		time_format(k->expires_at, t2);
-		sb_add(&b, "  Kit:         %s %s (sequence %lld, channel %s)\n", k->kit_id, k->version,
-		       (long long)k->sequence, k->channel);
+		ESC(kit_id, k->kit_id);
+		ESC(version, k->version);
+		ESC(channel, k->channel);
+		sb_add(&b, "  Kit:         %s %s (sequence %lld, channel %s)\n", kit_id, version,
+		       (long long)k->sequence, channel);
 		sb_add(&b, "  Created:     %s (%.1f days ago)\n", t1, days(in->now - k->created_at));
 		double left = days(k->expires_at - in->now);
 		if (left > 0)
@@ -201,31 +247,48 @@ char *health_render_status(const struct health_input *in)
 	sb_add(&b, "  Integrity:   %llu bytes verified, %llu failure(s)\n", (unsigned long long)in->verified_bytes,
 	       (unsigned long long)in->failures);
 	sb_add(&b, "  Signature:   %s\n", in->trust_ok ? "valid" : "INVALID");
-	sb_add(&b, "  Mode:        %s (%s)\n", in->mode, in->source);
+	sb_add(&b, "  Mode:        %s (", in->mode);
+	sb_esc(&b, in->source);
+	sb_add(&b, ")\n");
 	sb_add(&b, "  Snapshots:  ");
-	for (size_t i = 0; i < in->nsnapshots; i++)
-		sb_add(&b, " %s%s", in->snapshots[i], k && !strcmp(in->snapshots[i], k->version) ? " (current)" : "");
+	for (size_t i = 0; i < in->nsnapshots; i++) {
+		ESC(version, in->snapshots[i]);
+		sb_add(&b, " %s%s", version, k && !strcmp(in->snapshots[i], k->version) ? " (current)" : "");
+	}
 	sb_add(&b, "\n");
 	if (k && k->ncomponents) {
 		sb_add(&b, "Components:\n");
 		for (size_t i = 0; i < k->ncomponents; i++) {
 			const struct component *c = &k->components[i];
 			time_format(c->captured_at, t1);
-			sb_add(&b, "  %-26s %-8s %5.1f days old, captured %s (warn %lld, max %lld)\n", c->name,
+			ESC(name, c->name);
+			sb_add(&b, "  %-26s %-8s %5.1f days old, captured %s (warn %lld, max %lld)\n", name,
 			       check_word(component_level(c, in->now)), days(in->now - c->captured_at), t1,
 			       (long long)c->warn_age_days, (long long)c->max_age_days);
 		}
 	}
 	sb_add(&b, "Checks:\n");
-	for (size_t i = 0; i < r->n; i++)
-		sb_add(&b, "  %-8s %-36s %s\n", check_word(r->c[i].level), r->c[i].label, r->c[i].detail);
+	check_lines(&b, r, true);
 	free(r);
 	return sb_done(&b);
 }
 
+/* yajl escapes quotes and control characters; bytes that are not UTF-8
+ * (a name read back from a damaged index) it would copy into the text and
+ * make it no JSON: they become \xHH. */
 static void gs(yajl_gen g, const char *s)
 {
-	yajl_gen_string(g, (const unsigned char *)s, strlen(s));
+	size_t n = strlen(s);
+	if (escape(s, ESCAPE_JSON, NULL, 0) == n) {
+		/* valid UTF-8: as it is, with nothing to allocate */
+		yajl_gen_string(g, (const unsigned char *)s, n);
+		return;
+	}
+	char *e = escape_dup(s, ESCAPE_JSON);
+	/* a string, whatever happens: a key that is not one breaks the map */
+	const char *v = e ? e : "?";
+	yajl_gen_string(g, (const unsigned char *)v, strlen(v));
+	free(e);
 }
 
 static void gnum(yajl_gen g, double v)
@@ -338,17 +401,11 @@ char *health_render_json(const struct health_input *in)
 	return out;
 }
 
-/* Prometheus label values: backslash, quote and newline escaped. */
+/* Prometheus label values: backslash, quote and newline escaped as the
+ * format says, other controls and non-UTF-8 bytes made visible. */
 static void label(struct sb *b, const char *v)
 {
-	for (; *v; v++) {
-		if (*v == '\\' || *v == '"')
-			sb_add(b, "\\%c", *v);
-		else if (*v == '\n')
-			sb_add(b, "\\n");
-		else
-			sb_add(b, "%c", *v);
-	}
+	sb_escaped(b, v, ESCAPE_PROM);
 }
 
 static void metric(struct sb *b, const char *name, const char *type, const char *help)

@@ -425,7 +425,8 @@ int kit_verify(const char *path, const struct kitverify_opts *o, struct kitverif
 	if (o->check_expiry && !o->allow_expired && o->now >= res->manifest->expires_at) {
 		char t[32];
 		time_format(res->manifest->expires_at, t);
-		r = stella_fail(e, -EKEYEXPIRED, "%s: kit %s %s expired at %s (use --allow-expired to accept it)",
+		/* no option named here: the edge says its own (stella_err_hint) */
+		r = stella_fail(e, -EKEYEXPIRED, "%s: kit %s %s expired at %s",
 				path, res->manifest->kit_id, res->manifest->version, t);
 		goto out;
 	}

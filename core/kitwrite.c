@@ -610,8 +610,15 @@ static int pack_scan(struct pack *p)
 {
 	const char *src = p->o->src_dir;
 	p->t.src_fd = open(src, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (p->t.src_fd < 0)
-		return stella_fail_errno(p->e, errno == ENOENT || errno == ENOTDIR ? -EINVAL : -errno, "%s", src);
+	if (p->t.src_fd < 0) {
+		/* A SRC_DIR that is missing or no directory is the caller's
+		 * argument (exit 2), but the message says what is wrong with it,
+		 * not "Invalid argument". */
+		int err = errno;
+		if (err == ENOENT || err == ENOTDIR)
+			return stella_fail(p->e, -EINVAL, "%s: %s", src, strerror(err));
+		return stella_fail_errno(p->e, -err, "%s", src);
+	}
 	int r = walk(&p->t, p->t.src_fd, "", 1, p->e);
 	if (r == 0)
 		drop_implied_dirs(&p->t);

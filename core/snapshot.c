@@ -9,6 +9,7 @@
 #include "bounds.h"
 #include "kitverify.h"
 #include "merkle.h"
+#include "seal.h"
 #include "util.h"
 
 #define HEAD_BYTES (64u << 10)
@@ -284,7 +285,7 @@ static int load_identity(struct snapshot *s, struct stella_err *e)
 }
 
 static int build_index(struct snapshot *s, const struct snapshot_opts *o, const char *tmp, const char *final,
-		       const struct kit_facts *f, struct stella_err *e)
+		       bool persist, const struct kit_facts *f, struct stella_err *e)
 {
 	struct index *ix = NULL;
 	struct kitverify_result res = { 0 };
@@ -365,12 +366,19 @@ static int build_index(struct snapshot *s, const struct snapshot_opts *o, const 
 		if (fd >= 0)
 			close(fd);
 	}
+	/* its digest, beside it under the name it is about to get: a later
+	 * mount uses it only if its bytes are still these */
+	if (r == 0)
+		r = seal_create(tmp, persist ? final : NULL, &s->seal, e);
 	if (r == 0 && rename(tmp, final) < 0)
 		r = stella_fail_errno(e, -errno, "index %s", final);
 out:
 	index_close(ix);
-	if (r < 0)
+	if (r < 0) {
 		unlink(tmp);
+		seal_free(s->seal);
+		s->seal = NULL;
+	}
 	kitverify_result_free(&res);
 	free(b.data_off);
 	pthread_mutex_destroy(&b.lock);
@@ -396,10 +404,39 @@ static bool cache_usable(const char *dir)
 	return true;
 }
 
+/* The cached index, if its bytes are those sealed when it was built.  A
+ * disk that fails under the cache can change bytes inside it in ways SQLite
+ * does not see (a row's digest, an index b-tree page): such a file is only
+ * a cache, built again from the kit, never served. */
+static bool cache_sealed(struct snapshot *s, const char *final, const char *kit)
+{
+	struct stella_err se = { 0 };
+	int r = seal_open(final, &s->seal, &se);
+	if (r < 0 && access(final, F_OK) == 0)
+		stella_log(LOG_WARNING, "%s: cached index not usable, building it again: %s", kit,
+			   stella_err_text(&se, r));
+	return r == 0;
+}
+
+/* A failure that may be the index's, not the kit's: when the index file's
+ * bytes are no longer the ones sealed (the disk under the cache failed
+ * while mounted), the kit is not blamed, and the next mount builds the
+ * index again. */
+static bool index_damaged(struct snapshot *s)
+{
+	if (!s->seal || seal_intact(s->seal))
+		return false;
+	if (seal_break(s->seal))
+		stella_log(LOG_ERR, "%s %s: its index changed on disk since it was built: failures are not the kit's; the next mount builds it again",
+			   s->kit_path, s->version ? s->version : "");
+	return true;
+}
+
 /* A known kit (the facts above match its cached index): the signature was
  * checked under this same trust store when the index was built; expiry
  * depends on the clock and is checked again.  No byte of the manifest is
- * read: a remount costs a stat, 64 KiB and a few index lookups. */
+ * read: a remount costs a stat, 64 KiB, a hash of the index file (its seal)
+ * and a few index lookups. */
 static int open_cached(struct snapshot *s, const struct snapshot_opts *o, const char *final,
 		       struct stella_err *e)
 {
@@ -416,7 +453,7 @@ static int open_cached(struct snapshot *s, const struct snapshot_opts *o, const 
 	if (!o->allow_expired && o->now >= m->expires_at) {
 		char t[32];
 		time_format(m->expires_at, t);
-		return stella_fail(e, -EKEYEXPIRED, "%s: kit %s %s expired at %s (mount with -o allow_expired to accept it)",
+		return stella_fail(e, -EKEYEXPIRED, "%s: kit %s %s expired at %s",
 				   o->kit, m->kit_id, m->version, t);
 	}
 	if (s->compression != KIT_COMPRESS_NONE) {
@@ -475,7 +512,7 @@ int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, stru
 	s->compression = source_compression(s->src);
 
 	bool cached = false;
-	if (index_open(final, &s->ix, NULL) == 0 && index_matches(s->ix, &f)) {
+	if (cache_sealed(s, final, o->kit) && index_open(final, &s->ix, NULL) == 0 && index_matches(s->ix, &f)) {
 		/* An expired kit is refused; a cached index that fails its own
 		 * checks is only a cache: built again, as if it were absent. */
 		struct stella_err ce = { 0 };
@@ -498,7 +535,9 @@ int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, stru
 			index_close(s->ix);
 			s->ix = NULL;
 		}
-		if ((r = build_index(s, o, tmp, final, &f, e)) < 0)
+		seal_free(s->seal);
+		s->seal = NULL;
+		if ((r = build_index(s, o, tmp, final, !own_tmpdir, &f, e)) < 0)
 			goto fail;
 		if ((r = index_open(final, &s->ix, e)) < 0 || (r = load_identity(s, e)) < 0)
 			goto fail;
@@ -590,6 +629,7 @@ void snapshot_unref(struct snapshot *s)
 	if (!s || atomic_fetch_sub(&s->refs, 1) != 1)
 		return;
 	index_close(s->ix);
+	seal_free(s->seal);
 	source_close(s->src);
 	if (s->blob_dirfd >= 0)
 		close(s->blob_dirfd);
@@ -607,20 +647,28 @@ void snapshot_unref(struct snapshot *s)
 
 /* ---- entries ---- */
 
+/* An index that fails a query may be one changed on disk: its seal says. */
+static int index_said(struct snapshot *s, int r)
+{
+	if (r == -EIO)
+		index_damaged(s);
+	return r;
+}
+
 int snapshot_getattr(struct snapshot *s, uint64_t ino, struct index_node *n)
 {
-	return index_get(s->ix, ino, n);
+	return index_said(s, index_get(s->ix, ino, n));
 }
 
 int snapshot_lookup(struct snapshot *s, uint64_t parent, const char *name, struct index_node *n)
 {
-	return index_lookup(s->ix, parent, name, n);
+	return index_said(s, index_lookup(s->ix, parent, name, n));
 }
 
 int snapshot_readdir(struct snapshot *s, uint64_t dir, uint64_t after,
 		     int (*cb)(void *ctx, const struct index_node *n), void *ctx)
 {
-	return index_readdir(s->ix, dir, after, cb, ctx);
+	return index_said(s, index_readdir(s->ix, dir, after, cb, ctx));
 }
 
 char *snapshot_path(struct snapshot *s, uint64_t ino)
@@ -768,7 +816,7 @@ int snapshot_file_open(struct snapshot *s, uint64_t ino, struct snap_file **out,
 	struct snap_file *f = r == 0 ? file_new(s, n, e, &r) : NULL;
 	free(n);
 	if (!f)
-		return r;
+		return index_said(s, r);
 	f->shared = true;
 
 	pthread_mutex_lock(&m->lock);
@@ -825,6 +873,9 @@ void snapshot_last_failure(struct snapshot *s, char *out, size_t n)
 static void report_failure_why(struct snap_file *f, const char *what, uint64_t block, const char *why)
 {
 	struct snapshot *s = f->s;
+	/* the row that placed the block was wrong, not the kit */
+	if (index_damaged(s))
+		return;
 	atomic_fetch_add(&s->failures, 1);
 	char *path = snapshot_path(s, f->ino);
 	pthread_mutex_lock(&s->files_map->lock);

@@ -50,6 +50,8 @@ struct snapshot {
 	int tree_dirfd;               /* store mode: STORE/trees, Merkle trees by fs-verity digest */
 	struct index *ix;
 	struct snap_files *files_map;
+	struct seal *seal;            /* direct mode: the index file's digest, to tell
+				       * a damaged index from a damaged kit */
 };
 
 int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, struct stella_err *e);

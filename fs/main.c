@@ -469,6 +469,7 @@ int main(int argc, char **argv)
 		struct snapshot *snap = NULL;
 		if ((r = snapshot_open_kit(&so, &snap, &e)) < 0) {
 			rc = stella_exit_code(r);
+			stella_err_hint(&e, r, -EKEYEXPIRED, SF_EXPIRED_HINT);
 			fprintf(stderr, PROG ": %s\n", stella_err_text(&e, r));
 			goto out;
 		}

@@ -145,6 +145,26 @@ static const struct { const char *name; fuse_ino_t ino; } top[] = {
 	{ "metrics", INO_METRICS }, { "control", INO_CONTROL },
 };
 
+/* current and feeds point at nothing while no snapshot is current (an empty
+ * store): they are absent then, from listings and lookups alike, rather than
+ * links that cannot be read (docs/mount.md, section 5).  A store's current
+ * only ever goes from none to a version, and absent names are not cached,
+ * so they appear with the first activation. */
+static bool top_present(struct stellafs *sf, fuse_ino_t ino)
+{
+	if (ino != INO_CURRENT && ino != INO_FEEDS)
+		return true;
+	struct snapshot *s = sf_current(sf, NULL);
+	if (!s) {
+		/* activated by stellakit a moment ago: say so at once */
+		struct stella_err e = { 0 };
+		sf_refresh(sf, &e);
+		s = sf_current(sf, NULL);
+	}
+	snapshot_unref(s);
+	return s != NULL;
+}
+
 /* The sizes of the virtual files and of current's target change; the rest
  * of the top never does.  control's attributes are fixed for the mount, and
  * caching them spares every `echo` a GETATTR round trip (the permission
@@ -209,7 +229,7 @@ static void sf_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	}
 	if (parent == INO_ROOT) {
 		for (size_t i = 0; i < ARRAY_SIZE(top); i++)
-			if (!strcmp(name, top[i].name)) {
+			if (!strcmp(name, top[i].name) && top_present(sf, top[i].ino)) {
 				reply_fixed_entry(req, top[i].ino);
 				return;
 			}
@@ -386,7 +406,10 @@ static void sf_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
 			ns = sf_list(sf, &slots);
 		}
 		if (ino == INO_ROOT) {
+			bool links = top_present(sf, INO_CURRENT);
 			for (size_t i = 0; i < ARRAY_SIZE(top); i++) {
+				if (!links && (top[i].ino == INO_CURRENT || top[i].ino == INO_FEEDS))
+					continue;
 				names[n] = top[i].name;
 				inos[n] = top[i].ino;
 				types[n++] = top[i].ino == INO_CURRENT || top[i].ino == INO_FEEDS ? S_IFLNK :

@@ -535,6 +535,7 @@ int sf_import(struct stellafs *sf, const char *path, bool activate, char *res, s
 		store_unlock(sf->store);
 	}
 	if (r < 0) {
+		stella_err_hint(&e, r, -EKEYEXPIRED, SF_EXPIRED_HINT);
 		snprintf(res, rl, "%s", stella_err_text(&e, r));
 		return r;
 	}

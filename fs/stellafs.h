@@ -38,6 +38,9 @@ enum {
 _Static_assert(INDEX_MAX_INO < (UINT64_C(1) << SLOT_SHIFT), "an index ino must fit below the slot bits");
 
 #define JOURNAL_LEN 32
+/* What a refusal of an expired kit tells the operator of the daemon (its
+ * option, not stellakit's --allow-expired). */
+#define SF_EXPIRED_HINT "mount with -o allow_expired to accept it"
 
 /* A kit in incoming=DIR whose import failed for a reason not its own. */
 struct incoming_retry {

@@ -712,15 +712,22 @@ def test_garbage_cache_is_not_trusted(cache_kit, small_tree, keys, mounter, tmp_
         files = _cache_files(cache) or files
 
 
+def _cache_db(cache):
+    (db,) = Path(cache).glob("*.db")
+    return db
+
+
 def _remount_after_cache_sql(kit, keys, mounter, cache, sql):
     """Mount KIT once to build its cached index, change the index with the sqlite3 tool
-    (SQL, which must change a row), and mount again from that cache; returns (mount,
-    cache db)."""
+    (SQL, which must change a row), seal it again (KEY.db.sum, the digest a mount checks
+    first: without it the changed file is only rebuilt, and the checks behind the digest
+    go untested), and mount again from that cache; returns (mount, cache db)."""
     m = mounter.mount(kit, keys["ed25519"].pub, cache=cache)
     mounter.umount(m.path)
-    (db,) = _cache_files(cache)
+    db = _cache_db(cache)
     changed = kitlib.sh("sqlite3", db, f"{sql}; SELECT changes();").stdout.split()[-1]
     assert changed != "0", f"{sql!r} changed nothing in {db}"
+    Path(str(db) + ".sum").write_text(hashlib.sha256(db.read_bytes()).hexdigest() + "\n")
     return mounter.mount(kit, keys["ed25519"].pub, cache=cache), db
 
 
@@ -734,7 +741,7 @@ def test_cached_index_with_bad_seek_points_is_rebuilt(tamper_src, tmp_path, keys
                                     "DELETE FROM point WHERE out = 0")
     for name in ("big/f.bin", "other/file.txt"):
         assert (m.snap(VERSION) / name).read_bytes() == (src / name).read_bytes()
-    (db,) = _cache_files(cache)
+    db = _cache_db(cache)
     assert kitlib.sh("sqlite3", db, "SELECT count(*) FROM point WHERE out = 0").stdout.strip() == "1"
 
 

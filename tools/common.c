@@ -8,12 +8,16 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bounds.h"
+#include "escape.h"
 #include "util.h"
 
 int report(const struct stella_err *e, int rc)
 {
 	progress_done();
-	fprintf(stderr, PROG ": %s\n", stella_err_text(e, rc));
+	struct stella_err h = e ? *e : (struct stella_err){ 0 };
+	stella_err_hint(&h, rc, -EKEYEXPIRED, "use --allow-expired to accept it");
+	fprintf(stderr, PROG ": %s\n", stella_err_text(&h, rc));
 	return stella_exit_code(rc);
 }
 
@@ -63,4 +67,14 @@ void progress_done(void)
 	if (last_pct >= 0 && isatty(STDERR_FILENO))
 		fprintf(stderr, "\r\033[K");
 	last_pct = -1;
+}
+
+const char *text_name(const char *s)
+{
+	/* four at a time: one printf may show a link's name and target */
+	static char buf[4][4 * STELLA_NAME_MAX + 1];
+	static unsigned next;
+	char *b = buf[next++ % 4];
+	escape(s, ESCAPE_TEXT, b, sizeof(buf[0]));
+	return b;
 }

@@ -17,6 +17,11 @@ int usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(pri
 /* --now TIME, or the clock. */
 int parse_now(const char *cmd, const char *arg, int64_t *now);
 
+/* A name from a kit (any bytes but NUL), escaped for one line of text output
+ * (core/escape.h): a newline in it would forge lines.  The result lives in
+ * one of four static buffers, valid until the fourth next call. */
+const char *text_name(const char *s);
+
 /* Progress on stderr, only when it is a terminal. */
 void progress_cb(void *ctx, const char *name, uint64_t done, uint64_t total);
 void progress_done(void);

@@ -62,12 +62,12 @@ int cmd_diff(int argc, char **argv)
 		int cmp = i == x->nartifacts ? 1 : j == y->nartifacts ? -1 :
 			  path_cmp(x->artifacts[i].name, y->artifacts[j].name);
 		if (cmp < 0) {
-			printf("- %s\n", x->artifacts[i++].name);
+			printf("- %s\n", text_name(x->artifacts[i++].name));
 		} else if (cmp > 0) {
-			printf("+ %s\n", y->artifacts[j++].name);
+			printf("+ %s\n", text_name(y->artifacts[j++].name));
 		} else {
 			if (!same(&x->artifacts[i], &y->artifacts[j]))
-				printf("~ %s\n", y->artifacts[j].name);
+				printf("~ %s\n", text_name(y->artifacts[j].name));
 			i++;
 			j++;
 		}

@@ -62,7 +62,7 @@ static void print_text(const char *path, const struct kitverify_result *r)
 			files++;
 			bytes += m->artifacts[i].size;
 		}
-	printf("Kit:          %s\n", path);
+	printf("Kit:          %s\n", text_name(path));
 	printf("kitId:        %s\n", m->kit_id);
 	printf("version:      %s\n", m->version);
 	printf("sequence:     %lld\n", (long long)m->sequence);
@@ -86,7 +86,7 @@ static void print_text(const char *path, const struct kitverify_result *r)
 		const struct component *c = &m->components[i];
 		char t[32];
 		time_format(c->captured_at, t);
-		printf("  %-28s %-24s captured %s  warn %lldd  max %lldd", c->name, c->path, t,
+		printf("  %-28s %-24s captured %s  warn %lldd  max %lldd", text_name(c->name), text_name(c->path), t,
 		       (long long)c->warn_age_days, (long long)c->max_age_days);
 		if (c->records >= 0)
 			printf("  %lld records", (long long)c->records);
@@ -98,13 +98,13 @@ static void print_text(const char *path, const struct kitverify_result *r)
 		switch (a->type) {
 		case ARTIFACT_FILE:
 			hex_encode(a->sha256, 32, hex);
-			printf("  %04o %12llu  %s  %s\n", a->mode, (unsigned long long)a->size, hex, a->name);
+			printf("  %04o %12llu  %s  %s\n", a->mode, (unsigned long long)a->size, hex, text_name(a->name));
 			break;
 		case ARTIFACT_DIR:
-			printf("  %04o %12s  %-64s  %s/\n", a->mode, "dir", "", a->name);
+			printf("  %04o %12s  %-64s  %s/\n", a->mode, "dir", "", text_name(a->name));
 			break;
 		case ARTIFACT_SYMLINK:
-			printf("  %4s %12s  %-64s  %s -> %s\n", "", "symlink", "", a->name, a->target);
+			printf("  %4s %12s  %-64s  %s -> %s\n", "", "symlink", "", text_name(a->name), text_name(a->target));
 			break;
 		}
 	}

@@ -9,7 +9,8 @@ static const char help[] =
 	"Usage: " PROG " keygen [--type ecdsa-p256|ed25519|rsa-3072] PREFIX\n"
 	"\n"
 	"Write a new signing key: PREFIX.key (PKCS#8 PEM, mode 0600) and\n"
-	"PREFIX.pub (SubjectPublicKeyInfo PEM, to put in trust stores).\n"
+	"PREFIX.pub (SubjectPublicKeyInfo PEM, to put in trust stores).  PREFIX\n"
+	"must end in a file name (not '', 'dir/', '.' or '..').\n"
 	"\n"
 	"  -t, --type TYPE   ecdsa-p256 (default, cosign-compatible), ed25519\n"
 	"                    (fully reproducible kits) or rsa-3072\n"
@@ -36,6 +37,13 @@ int cmd_keygen(int argc, char **argv)
 		return usage_error("keygen", "--type must be ecdsa-p256, ed25519 or rsa-3072, not '%s'", type);
 	if (argc - optind != 1)
 		return usage_error("keygen", "expected exactly one PREFIX");
+	/* PREFIX names the files: "" or "dir/" would write the hidden .key and
+	 * .pub, which a trust directory skips (only *.pub and *.pem count). */
+	const char *prefix = argv[optind], *base = strrchr(prefix, '/');
+	base = base ? base + 1 : prefix;
+	if (!*base || !strcmp(base, ".") || !strcmp(base, ".."))
+		return usage_error("keygen", "PREFIX '%s' must end in a file name (it writes PREFIX.key and PREFIX.pub)",
+				   prefix);
 	struct stella_err e = { 0 };
 	int r = key_generate(type, argv[optind], &e);
 	if (r < 0)

@@ -1,6 +1,7 @@
 #include <getopt.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/vfs.h>
 #include <time.h>
 #include <yajl/yajl_tree.h>
 
@@ -15,8 +16,8 @@ static const char help[] =
 	"\n"
 	"Show the health of a mounted kit (default MOUNTPOINT /stella), or of a\n"
 	"store's current snapshot: its status text, or status.json with --json.\n"
-	"Exit 0 HEALTHY, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (nothing readable there,\n"
-	"or a usage error),\n"
+	"Exit 0 HEALTHY, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (not a stellafs mount,\n"
+	"nothing readable there, or a usage error),\n"
 	"as Nagios-style checks expect.\n"
 	"\n"
 	"  --json       print status.json as the daemon wrote it\n"
@@ -24,6 +25,53 @@ static const char help[] =
 	"  -h, --help   show this help\n";
 
 #define STATUS_UNKNOWN 3
+#define FUSE_SUPER_MAGIC 0x65735546
+
+/* Mount points in /proc/self/mountinfo escape space, tab, newline and
+ * backslash as \ooo (octal). */
+static void mountinfo_unescape(char *s)
+{
+	char *w = s;
+	for (const char *r = s; *r; r++) {
+		if (r[0] == '\\' && r[1] >= '0' && r[1] <= '3' && r[2] >= '0' && r[2] <= '7' && r[3] >= '0' &&
+		    r[3] <= '7') {
+			*w++ = (char)((r[1] - '0') * 64 + (r[2] - '0') * 8 + (r[3] - '0'));
+			r += 3;
+		} else {
+			*w++ = *r;
+		}
+	}
+	*w = 0;
+}
+
+/* Is dir where a stellafs is mounted?  The kernel says FUSE (statfs) and
+ * the mount table says which FUSE file system is mounted there.  Without
+ * the check, a directory holding an old status.json (the mount point after
+ * an unmount, a copy) reported that file's health. */
+static bool stellafs_mounted(const char *dir)
+{
+	struct statfs sfs;
+	if (statfs(dir, &sfs) < 0 || (unsigned long)sfs.f_type != FUSE_SUPER_MAGIC)
+		return false;
+	_cleanup_(freep) char *real = realpath(dir, NULL);
+	_cleanup_(fclosep) FILE *f = fopen("/proc/self/mountinfo", "re");
+	if (!real || !f)
+		return false;
+	char line[8192];
+	bool found = false;
+	while (fgets(line, sizeof(line), f)) {
+		/* "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [FIELDS...] - FSTYPE SOURCE ..." */
+		char point[4096], type[256];
+		const char *sep = strstr(line, " - ");
+		if (!sep || sscanf(line, "%*s %*s %*s %*s %4095s", point) != 1 || sscanf(sep + 3, "%255s", type) != 1)
+			continue;
+		mountinfo_unescape(point);
+		/* the last entry for a point is the one on top */
+		if (!strcmp(point, real))
+			found = !strcmp(type, "fuse.stellafs");
+	}
+	return found;
+}
 
 /* A store read directly: its current snapshot judged now.  Signatures were
  * checked when each snapshot was imported. */
@@ -113,6 +161,10 @@ int cmd_status(int argc, char **argv)
 		return store_status(store, json);
 	if (!mnt)
 		mnt = "/stella";
+	if (!stellafs_mounted(mnt)) {
+		fprintf(stderr, PROG ": status: %s: not a stellafs mount\n", text_name(mnt));
+		return STATUS_UNKNOWN;
+	}
 	char path[4096];
 	_cleanup_(freep) char *sj = NULL, *text = NULL;
 	snprintf(path, sizeof(path), "%s/status.json", mnt);
