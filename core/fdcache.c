@@ -195,8 +195,10 @@ int fdcache_get(const struct fdcache_dir *d, const char *name, struct fdcache_hi
 	int victim = -1;
 	for (;;) {
 		i = hint->slot;
-		/* the common case: this file's entry is where it was */
-		if (i < C.max && C.e[i].gen == hint->gen && C.e[i].ready)
+		/* the common case: this file's entry is where it was (the name
+		 * compared too: a hint is only a hint) */
+		if (i < C.max && C.e[i].gen == hint->gen && C.e[i].ready && C.e[i].dev == d->dev &&
+		    C.e[i].ino == d->ino && !strcmp(C.e[i].name, name))
 			break;
 		i = find(d, name);
 		if (i != NONE && C.e[i].ready)
