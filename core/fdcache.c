@@ -13,6 +13,7 @@
 #define NONE UINT32_MAX
 #define NAME_LEN 68
 
+/* One cached descriptor; every field under C.lock. */
 struct entry {
 	dev_t dev;              /* the directory ... */
 	ino_t ino;
