@@ -20,10 +20,12 @@ static const char *const queries[] = {
 	[Q_META] = "SELECT value FROM meta WHERE key=?1",
 };
 
+/* A reading connection (one descriptor).  Its fields are under conns.lock. */
 struct conn {
-	sqlite3 *db;
+	sqlite3 *db;               /* NULL: closed (opened again on demand) */
 	sqlite3_stmt *q[NQUERIES];
-	bool busy;
+	bool busy;                 /* lent to a query, or being opened */
+	struct conn *prev, *next;  /* in conns' LRU while open and idle */
 };
 
 struct index {
@@ -34,11 +36,76 @@ struct index {
 	uint64_t next_ino;
 	char *last_dir;          /* the parent of the previous artifact, and its ino */
 	uint64_t last_dir_ino;
-	/* reading */
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
+	/* reading: at most POOL connections, opened as concurrent queries
+	 * need them, within the process's budget (conns) */
+	pthread_cond_t cond;     /* one of pool went idle (with conns.lock) */
 	struct conn pool[POOL];
 };
+
+/* Every index's reading connections count against one budget for the
+ * process: a store serves a snapshot per kit ever imported, and eight
+ * descriptors each for the mount's life ran the daemon out of descriptors
+ * after a hundred.  An idle connection of any index is closed (least
+ * recently used first) when another needs one past the budget; a query
+ * waits only when every connection in the budget is in use.  A thread
+ * holds one connection at a time (no index call runs inside another), so
+ * waiting always ends. */
+static struct {
+	pthread_mutex_t lock;    /* the fields below, and every struct conn */
+	pthread_cond_t cond;     /* a connection went idle or was closed */
+	unsigned max;            /* the budget */
+	unsigned open;           /* connections open or being opened */
+	struct conn *head, *tail; /* idle open connections, head most recent */
+} conns = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, INDEX_CONNS_DEFAULT, 0, NULL, NULL };
+
+void index_set_conn_budget(unsigned max)
+{
+	pthread_mutex_lock(&conns.lock);
+	conns.max = max < 2 ? 2 : max;
+	pthread_mutex_unlock(&conns.lock);
+}
+
+unsigned index_conn_budget(void)
+{
+	pthread_mutex_lock(&conns.lock);
+	unsigned m = conns.max;
+	pthread_mutex_unlock(&conns.lock);
+	return m;
+}
+
+static void idle_push(struct conn *c)
+{
+	c->prev = NULL;
+	c->next = conns.head;
+	if (conns.head)
+		conns.head->prev = c;
+	else
+		conns.tail = c;
+	conns.head = c;
+}
+
+static void idle_remove(struct conn *c)
+{
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		conns.head = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	else
+		conns.tail = c->prev;
+	c->prev = c->next = NULL;
+}
+
+/* Closes handles taken out of a struct conn (no lock needed: nobody else
+ * can reach them). */
+static void conn_close(sqlite3 *db, sqlite3_stmt **q)
+{
+	for (int i = 0; i < NQUERIES; i++)
+		sqlite3_finalize(q[i]);
+	if (db)
+		sqlite3_close(db);
+}
 
 static const char schema[] =
 	"PRAGMA page_size=4096;"
@@ -72,13 +139,23 @@ static void index_free(struct index *ix)
 	sqlite3_finalize(ix->find);
 	if (ix->w)
 		sqlite3_close(ix->w);
+	/* Nobody queries an index being freed: its open connections are
+	 * idle, in the LRU, and leave the budget. */
+	struct conn gone[POOL];
+	pthread_mutex_lock(&conns.lock);
 	for (int i = 0; i < POOL; i++) {
-		for (int q = 0; q < NQUERIES; q++)
-			sqlite3_finalize(ix->pool[i].q[q]);
-		if (ix->pool[i].db)
-			sqlite3_close(ix->pool[i].db);
+		struct conn *c = &ix->pool[i];
+		gone[i] = *c;
+		if (c->db) {
+			idle_remove(c);
+			conns.open--;
+		}
+		c->db = NULL;
 	}
-	pthread_mutex_destroy(&ix->lock);
+	pthread_cond_broadcast(&conns.cond);
+	pthread_mutex_unlock(&conns.lock);
+	for (int i = 0; i < POOL; i++)
+		conn_close(gone[i].db, gone[i].q);
 	pthread_cond_destroy(&ix->cond);
 	free(ix->last_dir);
 	free(ix->path);
@@ -90,7 +167,6 @@ static struct index *index_new(const char *path)
 	struct index *ix = calloc(1, sizeof(*ix));
 	if (!ix)
 		return NULL;
-	pthread_mutex_init(&ix->lock, NULL);
 	pthread_cond_init(&ix->cond, NULL);
 	if (!(ix->path = strdup(path))) {
 		index_free(ix);
@@ -276,20 +352,99 @@ int index_set_meta(struct index *ix, const char *key, const void *val, size_t le
 	return r;
 }
 
-static int open_pool(struct index *ix, struct stella_err *e)
+/* Open c (reserved by the caller, outside conns.lock: this reads the file). */
+static int conn_open(struct index *ix, struct conn *c, struct stella_err *e)
 {
-	for (int i = 0; i < POOL; i++) {
-		struct conn *c = &ix->pool[i];
-		if (sqlite3_open_v2(ix->path, &c->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK)
-			return c->db ? db_fail(ix, c->db, e, "open") : -ENOMEM;
+	sqlite3 *db = NULL;
+	sqlite3_stmt *q[NQUERIES] = { 0 };
+	int r = 0;
+	if (sqlite3_open_v2(ix->path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+		r = db ? db_fail(ix, db, e, "open") : -ENOMEM;
+	} else {
 		/* Small caches: the kernel caches what FUSE serves, the page
 		 * cache keeps the file; this bounds the daemon's RSS. */
-		sqlite3_exec(c->db, "PRAGMA cache_size=-512; PRAGMA query_only=1; PRAGMA mmap_size=0", NULL, NULL, NULL);
-		for (int q = 0; q < NQUERIES; q++)
-			if (sqlite3_prepare_v3(c->db, queries[q], -1, SQLITE_PREPARE_PERSISTENT, &c->q[q], NULL) != SQLITE_OK)
-				return db_fail(ix, c->db, e, "prepare");
+		sqlite3_exec(db, "PRAGMA cache_size=-512; PRAGMA query_only=1; PRAGMA mmap_size=0", NULL, NULL, NULL);
+		for (int i = 0; i < NQUERIES && r == 0; i++)
+			if (sqlite3_prepare_v3(db, queries[i], -1, SQLITE_PREPARE_PERSISTENT, &q[i], NULL) != SQLITE_OK)
+				r = db_fail(ix, db, e, "prepare");
 	}
+	if (r < 0) {
+		conn_close(db, q);
+		return r;
+	}
+	pthread_mutex_lock(&conns.lock);
+	c->db = db;
+	memcpy(c->q, q, sizeof(q));
+	pthread_mutex_unlock(&conns.lock);
 	return 0;
+}
+
+/* A connection of ix for one query: an idle one of its own, or a new one
+ * within the budget (closing the least recently used idle connection of
+ * any index when the budget is spent). */
+static int conn_get(struct index *ix, struct conn **out, struct stella_err *e)
+{
+	pthread_mutex_lock(&conns.lock);
+	struct conn *c, *slot;
+	for (;;) {
+		c = slot = NULL;
+		for (int i = 0; i < POOL && !c; i++) {
+			struct conn *x = &ix->pool[i];
+			if (!x->busy && x->db)
+				c = x;
+			else if (!x->busy && !slot)
+				slot = x;
+		}
+		if (c) {
+			idle_remove(c);
+			c->busy = true;
+			pthread_mutex_unlock(&conns.lock);
+			*out = c;
+			return 0;
+		}
+		if (slot && (conns.open < conns.max || conns.tail))
+			break;
+		pthread_cond_wait(slot ? &conns.cond : &ix->cond, &conns.lock);
+	}
+	sqlite3 *old = NULL;
+	sqlite3_stmt *oldq[NQUERIES] = { 0 };
+	if (conns.open >= conns.max) {
+		struct conn *v = conns.tail; /* idle: nobody can be using it */
+		idle_remove(v);
+		old = v->db;
+		memcpy(oldq, v->q, sizeof(oldq));
+		v->db = NULL;
+		memset(v->q, 0, sizeof(v->q));
+	} else {
+		conns.open++;
+	}
+	slot->busy = true;
+	pthread_mutex_unlock(&conns.lock);
+	conn_close(old, oldq);
+	int r = conn_open(ix, slot, e);
+	if (r < 0) {
+		pthread_mutex_lock(&conns.lock);
+		slot->busy = false;
+		conns.open--;
+		pthread_cond_signal(&ix->cond);
+		pthread_cond_broadcast(&conns.cond);
+		pthread_mutex_unlock(&conns.lock);
+		return r;
+	}
+	*out = slot;
+	return 0;
+}
+
+static void conn_put(struct index *ix, struct conn *c, sqlite3_stmt *s)
+{
+	if (s)
+		sqlite3_reset(s);
+	pthread_mutex_lock(&conns.lock);
+	c->busy = false;
+	idle_push(c);
+	pthread_cond_signal(&ix->cond);
+	pthread_cond_broadcast(&conns.cond);
+	pthread_mutex_unlock(&conns.lock);
 }
 
 int index_finish(struct index *ix, struct stella_err *e)
@@ -313,11 +468,15 @@ int index_open(const char *path, struct index **out, struct stella_err *e)
 	struct index *ix = index_new(path);
 	if (!ix)
 		return -ENOMEM;
-	int r = open_pool(ix, e);
+	/* One connection now: a file that is no index fails here, not at
+	 * the first query.  The others open as queries need them. */
+	struct conn *c;
+	int r = conn_get(ix, &c, e);
 	if (r < 0) {
 		index_free(ix);
 		return r;
 	}
+	conn_put(ix, c, NULL);
 	*out = ix;
 	return 0;
 }
@@ -327,28 +486,12 @@ void index_close(struct index *ix)
 	index_free(ix);
 }
 
-static struct conn *conn_get(struct index *ix)
+/* A connection for one query; a connection that cannot be opened (again:
+ * it may have been closed for another index) fails the query. */
+static int conn_for_query(struct index *ix, struct conn **c)
 {
-	pthread_mutex_lock(&ix->lock);
-	for (;;) {
-		for (int i = 0; i < POOL; i++)
-			if (!ix->pool[i].busy) {
-				ix->pool[i].busy = true;
-				pthread_mutex_unlock(&ix->lock);
-				return &ix->pool[i];
-			}
-		pthread_cond_wait(&ix->cond, &ix->lock);
-	}
-}
-
-static void conn_put(struct index *ix, struct conn *c, sqlite3_stmt *s)
-{
-	if (s)
-		sqlite3_reset(s);
-	pthread_mutex_lock(&ix->lock);
-	c->busy = false;
-	pthread_cond_signal(&ix->cond);
-	pthread_mutex_unlock(&ix->lock);
+	int r = conn_get(ix, c, NULL);
+	return r == -ENOMEM || r == 0 ? r : -EIO;
 }
 
 static void row_to_node(sqlite3_stmt *s, struct index_node *n)
@@ -384,12 +527,15 @@ static void row_to_node(sqlite3_stmt *s, struct index_node *n)
 /* One node by query q: key binds ?1, name (when given) ?2. */
 static int one_node(struct index *ix, int q, uint64_t key, const char *name, struct index_node *n)
 {
-	struct conn *c = conn_get(ix);
+	struct conn *c;
+	int r = conn_for_query(ix, &c);
+	if (r < 0)
+		return r;
 	sqlite3_stmt *s = c->q[q];
 	sqlite3_bind_int64(s, 1, (sqlite3_int64)key);
 	if (name)
 		sqlite3_bind_blob(s, 2, name, (int)strlen(name), SQLITE_STATIC);
-	int st = sqlite3_step(s), r = 0;
+	int st = sqlite3_step(s);
 	if (st == SQLITE_ROW) {
 		row_to_node(s, n);
 		/* A damaged SQLite index can hand back another row than the one
@@ -418,12 +564,16 @@ int index_lookup(struct index *ix, uint64_t parent, const char *name, struct ind
 int index_readdir(struct index *ix, uint64_t dir, uint64_t after,
 		  int (*cb)(void *ctx, const struct index_node *n), void *ctx)
 {
-	struct conn *c = conn_get(ix);
+	struct conn *c;
+	int r = conn_for_query(ix, &c);
+	if (r < 0)
+		return r;
 	sqlite3_stmt *s = c->q[Q_READDIR];
 	sqlite3_bind_int64(s, 1, (sqlite3_int64)dir);
 	sqlite3_bind_int64(s, 2, (sqlite3_int64)after);
 	struct index_node *n = malloc(sizeof(*n));
-	int st, r = n ? 0 : -ENOMEM;
+	int st = SQLITE_DONE;
+	r = n ? 0 : -ENOMEM;
 	uint64_t last = after;
 	while (r == 0 && (st = sqlite3_step(s)) == SQLITE_ROW) {
 		row_to_node(s, n);
@@ -454,13 +604,16 @@ int index_readdir(struct index *ix, uint64_t dir, uint64_t after,
 
 static int blob_query(struct index *ix, int q, const void *key, int keylen, bool text, uint8_t **out, size_t *len)
 {
-	struct conn *c = conn_get(ix);
+	struct conn *c;
+	int r = conn_for_query(ix, &c);
+	if (r < 0)
+		return r;
 	sqlite3_stmt *s = c->q[q];
 	if (text)
 		sqlite3_bind_text(s, 1, key, keylen, SQLITE_STATIC);
 	else
 		sqlite3_bind_blob(s, 1, key, keylen, SQLITE_STATIC);
-	int st = sqlite3_step(s), r = 0;
+	int st = sqlite3_step(s);
 	if (st == SQLITE_ROW) {
 		size_t n = (size_t)sqlite3_column_bytes(s, 0);
 		uint8_t *buf = malloc(n + 1);
@@ -496,9 +649,11 @@ int index_get_tree(struct index *ix, const uint8_t fsverity[32], uint8_t **tree,
 
 int index_get_points(struct index *ix, struct source_point **pts, size_t *n, uint64_t *total)
 {
-	struct conn *c = conn_get(ix);
+	struct conn *c;
+	int r = conn_for_query(ix, &c);
+	if (r < 0)
+		return r;
 	sqlite3_stmt *s = NULL;
-	int r = 0;
 	size_t cap = 0, cnt = 0;
 	struct source_point *p = NULL;
 	if (sqlite3_prepare_v2(c->db, "SELECT out,inpos,bits,window FROM point ORDER BY out", -1, &s, NULL) != SQLITE_OK) {

@@ -56,7 +56,14 @@ int index_set_meta(struct index *ix, const char *key, const void *val, size_t le
 /* Commit everything (one transaction) and switch to read-only use. */
 int index_finish(struct index *ix, struct stella_err *e);
 
-/* Reading an existing database. */
+/* Reading connections open at once, all indexes of the process together
+ * (each is a descriptor); set at start.  At least 2. */
+#define INDEX_CONNS_DEFAULT 32
+void index_set_conn_budget(unsigned max);
+unsigned index_conn_budget(void);
+
+/* Reading an existing database.  A readdir callback must not call into an
+ * index: the walk holds a connection. */
 int index_open(const char *path, struct index **out, struct stella_err *e);
 void index_close(struct index *ix);
 

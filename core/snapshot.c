@@ -24,8 +24,12 @@ struct snap_file {
 	uint64_t size, data_off;
 	int64_t tree_off;
 	uint8_t fsverity[32];
-	int fd;                       /* store mode: the blob */
-	int tree_fd;                  /* store mode: the tree file */
+	/* Store mode: the names of the blob and of the tree file, whose
+	 * descriptors the fd cache lends for each read (an open file holds
+	 * none of its own).  The hints are under the fd cache's lock. */
+	bool blob, tree_file;
+	char blob_name[68], tree_name[68];
+	struct fdcache_hint blob_hint, tree_hint;
 	struct merkle_geom g;
 	uint8_t *tree;                /* whole tree, filled (and checked) lazily */
 	uint8_t *tree_ok;             /* one byte per tree block: checked */
@@ -480,7 +484,7 @@ int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, stru
 		return -ENOMEM;
 	atomic_init(&s->refs, 1);
 	atomic_init(&s->open_files, 0);
-	s->blob_dirfd = s->tree_dirfd = -1;
+	s->blobs.fd = s->trees.fd = -1;
 	if (!(s->kit_path = strdup(o->kit)) || !(s->files_map = calloc(1, sizeof(*s->files_map)))) {
 		r = -ENOMEM;
 		goto fail;
@@ -584,15 +588,16 @@ int snapshot_open_store(const char *index_path, int blob_dirfd, int tree_dirfd, 
 		return -ENOMEM;
 	atomic_init(&s->refs, 1);
 	atomic_init(&s->open_files, 0);
-	s->blob_dirfd = s->tree_dirfd = -1;
+	s->blobs.fd = s->trees.fd = -1;
 	if (!(s->kit_path = strdup(label)) || !(s->files_map = calloc(1, sizeof(*s->files_map)))) {
 		r = -ENOMEM;
 		goto fail;
 	}
 	pthread_mutex_init(&s->files_map->lock, NULL);
-	if ((s->blob_dirfd = fcntl(blob_dirfd, F_DUPFD_CLOEXEC, 0)) < 0 ||
-	    (s->tree_dirfd = fcntl(tree_dirfd, F_DUPFD_CLOEXEC, 0)) < 0) {
-		r = stella_fail_errno(e, -errno, "%s: blobs", label);
+	/* Borrowed, not duplicated: two descriptors per snapshot added up
+	 * with the store's history. */
+	if ((r = fdcache_dir_init(&s->blobs, blob_dirfd)) < 0 || (r = fdcache_dir_init(&s->trees, tree_dirfd)) < 0) {
+		r = stella_fail_errno(e, r, "%s: blobs", label);
 		goto fail;
 	}
 	if ((r = index_open(index_path, &s->ix, e)) < 0 || (r = load_identity(s, e)) < 0)
@@ -631,10 +636,6 @@ void snapshot_unref(struct snapshot *s)
 	index_close(s->ix);
 	seal_free(s->seal);
 	source_close(s->src);
-	if (s->blob_dirfd >= 0)
-		close(s->blob_dirfd);
-	if (s->tree_dirfd >= 0)
-		close(s->tree_dirfd);
 	manifest_free(s->identity);
 	if (s->files_map) {
 		pthread_mutex_destroy(&s->files_map->lock);
@@ -708,7 +709,6 @@ static struct snap_file *file_new(struct snapshot *s, const struct index_node *n
 	f->data_off = n->data_off;
 	f->tree_off = n->tree_off;
 	memcpy(f->fsverity, n->fsverity, 32);
-	f->fd = f->tree_fd = -1;
 	pthread_mutex_init(&f->lock, NULL);
 	*rc = 0;
 	/* The index is a file we read back: a node's extent must lie in the
@@ -719,15 +719,19 @@ static struct snap_file *file_new(struct snapshot *s, const struct index_node *n
 		if (n->size > total || n->data_off > total - n->size)
 			*rc = stella_fail(e, -EIO, "index: inode %llu lies outside the kit", (unsigned long long)n->ino);
 	}
-	if (*rc == 0 && s->blob_dirfd >= 0 && n->size > 0) {
-		char blob[68];
+	if (*rc == 0 && s->blobs.fd >= 0 && n->size > 0) {
 		struct stat st;
-		snapshot_blob_name(n->sha256, blob);
-		if ((f->fd = openat(s->blob_dirfd, blob, O_RDONLY | O_CLOEXEC)) < 0 || fstat(f->fd, &st) < 0)
-			*rc = stella_fail_errno(e, -errno, "blob %s", blob);
+		uint32_t pin;
+		f->blob = true;
+		snapshot_blob_name(n->sha256, f->blob_name);
+		int fd = fdcache_get(&s->blobs, f->blob_name, &f->blob_hint, &pin);
+		if (fd < 0 || fstat(fd, &st) < 0)
+			*rc = stella_fail_errno(e, fd < 0 ? fd : -errno, "blob %s", f->blob_name);
 		else if ((uint64_t)st.st_size != n->size)
-			*rc = stella_fail(e, -EIO, "blob %s: %llu bytes, the index says %llu", blob,
+			*rc = stella_fail(e, -EIO, "blob %s: %llu bytes, the index says %llu", f->blob_name,
 					  (unsigned long long)st.st_size, (unsigned long long)n->size);
+		if (fd >= 0)
+			fdcache_put(pin);
 	}
 	if (*rc < 0) {
 		file_free(f);
@@ -741,11 +745,15 @@ static struct snap_file *file_new(struct snapshot *s, const struct index_node *n
 		f->tree_ok = calloc(1, f->g.tree_blocks);
 		if (!f->tree || !f->tree_ok) {
 			*rc = -ENOMEM;
-		} else if (s->tree_dirfd >= 0) {
-			char name[68];
-			snapshot_blob_name(f->fsverity, name);
-			if ((f->tree_fd = openat(s->tree_dirfd, name, O_RDONLY | O_CLOEXEC)) < 0)
-				*rc = stella_fail_errno(e, -errno, "tree %s", name);
+		} else if (s->trees.fd >= 0) {
+			uint32_t pin;
+			f->tree_file = true;
+			snapshot_blob_name(f->fsverity, f->tree_name);
+			int fd = fdcache_get(&s->trees, f->tree_name, &f->tree_hint, &pin);
+			if (fd < 0)
+				*rc = stella_fail_errno(e, fd, "tree %s", f->tree_name);
+			else
+				fdcache_put(pin);
 		} else if (f->tree_off < 0) {
 			uint8_t *t = NULL;
 			size_t len = 0;
@@ -768,10 +776,6 @@ static struct snap_file *file_new(struct snapshot *s, const struct index_node *n
 
 static void file_free(struct snap_file *f)
 {
-	if (f->fd >= 0)
-		close(f->fd);
-	if (f->tree_fd >= 0)
-		close(f->tree_fd);
 	free(f->tree);
 	free(f->tree_ok);
 	pthread_mutex_destroy(&f->lock);
@@ -896,10 +900,24 @@ static void report_failure(struct snap_file *f, const char *what, uint64_t block
 	report_failure_why(f, what, block, NULL);
 }
 
+/* Store mode: len bytes at off of the blob or tree file name under d,
+ * through a descriptor the fd cache lends for this read only. */
+static int store_pread(const struct fdcache_dir *d, const char *name, struct fdcache_hint *hint, void *buf,
+		       size_t len, uint64_t off)
+{
+	uint32_t pin;
+	int fd = fdcache_get(d, name, hint, &pin);
+	if (fd < 0)
+		return fd;
+	int r = pread_full(fd, buf, len, off);
+	fdcache_put(pin);
+	return r;
+}
+
 static int read_data(struct snap_file *f, void *buf, size_t len, uint64_t off, struct stella_err *e)
 {
-	if (f->fd >= 0) {
-		int r = pread_full(f->fd, buf, len, off);
+	if (f->blob) {
+		int r = store_pread(&f->s->blobs, f->blob_name, &f->blob_hint, buf, len, off);
 		return r < 0 ? stella_fail_errno(e, r, "%s: blob of inode %llu", f->s->kit_path, (unsigned long long)f->ino) : 0;
 	}
 	return source_pread(f->s->src, buf, len, f->data_off + off, e);
@@ -982,9 +1000,10 @@ static int tree_block(struct snap_file *f, unsigned level, uint64_t idx, const u
 	const uint8_t *blk = f->tree + tb * MERKLE_BLOCK;
 	if (!f->tree_loaded) {
 		struct stella_err e = { 0 };
-		int r = f->tree_fd >= 0 ? pread_full(f->tree_fd, buf, MERKLE_BLOCK, tb * MERKLE_BLOCK) :
+		int r = f->tree_file ? store_pread(&f->s->trees, f->tree_name, &f->tree_hint, buf, MERKLE_BLOCK,
+						   tb * MERKLE_BLOCK) :
 			source_pread(f->s->src, buf, MERKLE_BLOCK, (uint64_t)f->tree_off + tb * MERKLE_BLOCK, &e);
-		if (r < 0 && f->tree_fd >= 0)
+		if (r < 0 && f->tree_file)
 			stella_fail_errno(&e, r, "%s: tree of inode %llu", f->s->kit_path, (unsigned long long)f->ino);
 		if (r < 0) {
 			stella_log(LOG_ERR, "%s", stella_err_text(&e, r));
@@ -1079,9 +1098,9 @@ ssize_t snapshot_read(struct snap_file *f, void *buf, size_t len, uint64_t off)
 		return -ENOMEM;
 	struct stella_err e = { 0 };
 	int r;
-	if (f->fd >= 0) {
+	if (f->blob) {
 		/* Store mode: the blob is on a disk we do not trust either. */
-		r = pread_full(f->fd, tmp, rlen, start);
+		r = store_pread(&f->s->blobs, f->blob_name, &f->blob_hint, tmp, rlen, start);
 		if (r < 0)
 			stella_fail_errno(&e, r, "%s: blob of inode %llu", f->s->kit_path, (unsigned long long)f->ino);
 	} else {

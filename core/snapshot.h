@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "err.h"
+#include "fdcache.h"
 #include "index.h"
 #include "manifest.h"
 #include "sig.h"
@@ -46,8 +47,10 @@ struct snapshot {
 	char last_failure[512];       /* "path: block N" of the latest mismatch */
 
 	struct source *src;           /* direct mode: the kit's tar stream */
-	int blob_dirfd;               /* store mode: STORE/blobs, file data by sha256 */
-	int tree_dirfd;               /* store mode: STORE/trees, Merkle trees by fs-verity digest */
+	/* store mode (fd -1 otherwise), the caller's, borrowed for the
+	 * snapshot's life; files in them are opened through core/fdcache */
+	struct fdcache_dir blobs;     /* STORE/blobs, file data by sha256 */
+	struct fdcache_dir trees;     /* STORE/trees, Merkle trees by fs-verity digest */
 	struct index *ix;
 	struct snap_files *files_map;
 	struct seal *seal;            /* direct mode: the index file's digest, to tell
@@ -56,7 +59,9 @@ struct snapshot {
 
 int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, struct stella_err *e);
 /* A snapshot of a store: its index, its files' bytes in the store's blobs.
- * Signature and expiry were checked at import; reads are checked the same. */
+ * Signature and expiry were checked at import; reads are checked the same.
+ * blob_dirfd and tree_dirfd stay the caller's (the store's: every snapshot
+ * of a store shares them) and must stay open until the snapshot is freed. */
 int snapshot_open_store(const char *index_path, int blob_dirfd, int tree_dirfd, const char *label,
 			struct snapshot **out, struct stella_err *e);
 /* Where a store keeps a file's content (by its sha256) or its tree (by its

@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "command.h"
+#include "fdcache.h"
 #include "kitverify.h"
 #include "store.h"
 #include "stellafs.h"
@@ -273,6 +274,9 @@ static uint64_t locked_sweep(struct stellafs *sf)
 		store_sweep(sf->store, &swept, &e);
 		store_unlock(sf->store);
 	}
+	/* cached descriptors of deleted blobs would keep their space */
+	if (swept)
+		fdcache_flush();
 	return swept;
 }
 
@@ -363,7 +367,18 @@ static int store_switch(struct stellafs *sf, const char *cmd, const char *arg, c
 	char now[129] = "";
 	int r = store_lock(sf->store, &e);
 	if (r == 0) {
-		if (!strcmp(cmd, "activate")) {
+		/* The switch commits only to a snapshot this mount can serve:
+		 * else the store would name a current the mount cannot show,
+		 * and the command would say ok while current vanished. */
+		char cur[129], prev[129];
+		const char *target = arg;
+		if (!target && (r = store_pointers(sf->store, cur, prev, &e)) == 0)
+			target = prev;
+		if (r == 0 && *target)
+			r = sf_check_servable(sf, target, &e);
+		if (r < 0) {
+			/* nothing switched */
+		} else if (!strcmp(cmd, "activate")) {
 			r = store_activate(sf->store, arg, &e);
 			snprintf(now, sizeof(now), "%s", arg);
 		} else {

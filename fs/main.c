@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -21,6 +22,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fdcache.h"
+#include "index.h"
 #include "options.h"
 #include "stellafs.h"
 #include "util.h"
@@ -296,6 +299,42 @@ static void detach_done(int *fd, int code, const char *msg)
 	*fd = -1;
 }
 
+/* Descriptors the daemon keeps besides its two budgets below: stdio,
+ * /dev/fuse (one more per worker with clone_fd: counted apart), syslog,
+ * inotify and its pipe, the store (five directories, store.db, its WAL and
+ * shm, its lock), one import's kit, temporaries and index writer, a
+ * direct mount's kit, a trust store being read. */
+#define FD_RESERVE 64
+#define FD_CONNS_MAX 64     /* index connections: 8 per busy snapshot */
+#define FD_FILES_MAX 1024   /* blobs and trees: what open files read */
+
+/* The daemon's descriptors are bounded by configuration, not by the store's
+ * history or by how many files users hold open: index connections and
+ * store files are two budgets (core/index.c, core/fdcache.c) sized from
+ * RLIMIT_NOFILE, whose soft limit is first raised to the hard one (as
+ * systemd advises: no select(2) here).  docs/hardening.md, "Resource
+ * budgets". */
+static void fd_budgets(unsigned threads, char *said, size_t n)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rlim_t soft = rl.rlim_cur;
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			rl.rlim_cur = soft;
+	}
+	uint64_t lim = rl.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t)rl.rlim_cur;
+	uint64_t avail = lim > FD_RESERVE + threads ? lim - FD_RESERVE - threads : 0;
+	unsigned conns = (unsigned)MIN(MAX(avail / 4, 4), FD_CONNS_MAX);
+	unsigned files = (unsigned)MIN(MAX(avail - MIN(avail, conns), 8), FD_FILES_MAX);
+	index_set_conn_budget(conns);
+	fdcache_set_max(files);
+	snprintf(said, n, "descriptors: limit %llu, index connections <= %u, store files <= %u",
+		 (unsigned long long)lim, conns, files);
+}
+
 static void log_line(int prio, const char *line)
 {
 	if (daemonized)
@@ -445,6 +484,8 @@ int main(int argc, char **argv)
 	}
 	sf.trust_ok = true;
 	sf.mounted_at = (int64_t)time(NULL);
+	char budgets[160] = "";
+	fd_budgets(cl.max_threads >= 2 && cl.max_threads <= 256 ? cl.max_threads : 16, budgets, sizeof(budgets));
 	sf.base_nice = sf_nice();
 
 	if (store_mode) {
@@ -527,6 +568,8 @@ int main(int argc, char **argv)
 	else
 		stella_log(LOG_INFO, "mounted %s %s on %s%s", sf.slots[0].s->identity->kit_id, sf.current,
 			   cl.mountpoint, sf.slots[0].s->index_cached ? " (cached index)" : "");
+	if (budgets[0])
+		stella_log(LOG_INFO, "%s", budgets);
 	/* The watcher starts after daemonizing: threads do not survive fork. */
 	if ((r = sf_start_watch(&sf, &e)) < 0)
 		stella_log(LOG_ERR, "%s", stella_err_text(&e, r));

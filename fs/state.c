@@ -19,6 +19,7 @@
 #include <syslog.h>
 #include <unistd.h>
 
+#include "fdcache.h"
 #include "stellafs.h"
 #include "util.h"
 
@@ -405,7 +406,7 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 
 	pthread_mutex_lock(&sf->lock);
 	/* drop what the store no longer has */
-	size_t k = 0;
+	size_t k = 0, dropped = 0;
 	for (size_t i = 0; i < sf->nslots; i++) {
 		bool listed = false;
 		for (size_t j = 0; j < n && !listed; j++)
@@ -415,6 +416,7 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 		} else {
 			inval_push(sf, INO_SNAPSHOTS, sf->slots[i].version, 0);
 			snapshot_unref(sf->slots[i].s);
+			dropped++;
 		}
 	}
 	sf->nslots = k;
@@ -440,6 +442,10 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 	if (switched)
 		sf_switched(sf);
 	pthread_mutex_unlock(&sf->refresh_lock);
+	/* Another mount removed snapshots and may delete their blobs: cached
+	 * descriptors of those would keep the space. */
+	if (dropped)
+		fdcache_flush();
 	free(opened);
 	free(list);
 	return 0;
@@ -469,6 +475,57 @@ int sf_changed(struct stellafs *sf, struct stella_err *e)
 			stella_fail(e, r, "%s", stella_err_text(&te, r));
 	}
 	return r;
+}
+
+/* Whether the store has a row for version (-errno: it cannot say). */
+static int store_has(struct stellafs *sf, const char *version, struct stella_err *e)
+{
+	struct store_snapshot *list = NULL;
+	size_t n = 0;
+	int r = store_list(sf->store, &list, &n, e);
+	for (size_t i = 0; r == 0 && i < n; i++)
+		if (!strcmp(list[i].version, version))
+			r = 1;
+	free(list);
+	return r;
+}
+
+/* The snapshot of version answers (its index reads: its connections may
+ * have been closed for others' and must open again). */
+static int slot_answers(struct stellafs *sf, const char *version, struct stella_err *e)
+{
+	uint64_t id;
+	struct snapshot *s = sf_by_version(sf, version, &id);
+	if (!s)
+		return -ENOENT;
+	struct index_node *n = malloc(sizeof(*n));
+	int r = n ? snapshot_getattr(s, INDEX_ROOT_INO, n) : -ENOMEM;
+	free(n);
+	snapshot_unref(s);
+	return r < 0 ? stella_fail(e, r == -ENOENT ? -EIO : r, "snapshot %s: its index cannot be read", version) : 0;
+}
+
+int sf_check_servable(struct stellafs *sf, const char *version, struct stella_err *e)
+{
+	int r = store_has(sf, version, e);
+	if (r <= 0)
+		return r; /* not in the store: the switch itself says so */
+	if ((r = slot_answers(sf, version, e)) != -ENOENT)
+		return r;
+	/* not served yet (imported meanwhile), or it did not open */
+	sf_changed(sf, e);
+	if ((r = slot_answers(sf, version, e)) != -ENOENT)
+		return r;
+	/* Open it here to say why the table could not. */
+	char *path = store_index_path(sf->store, version);
+	struct snapshot *x = NULL;
+	r = path ? snapshot_open_store(path, store_blob_dirfd(sf->store), store_tree_dirfd(sf->store), version, &x, e) :
+		   -ENOMEM;
+	free(path);
+	snapshot_unref(x);
+	if (r < 0)
+		return r;
+	return stella_fail(e, -EIO, "snapshot %s is not served by this mount (see the system log)", version);
 }
 
 /* ---- import, shared by the control file and the incoming watcher ---- */
@@ -528,10 +585,15 @@ int sf_import(struct stellafs *sf, const char *path, bool activate, char *res, s
 	struct trust *t = sf->trust;
 	pthread_mutex_unlock(&sf->lock);
 	struct store_import_opts o = { .trust = t, .threshold = sf->threshold, .now = sf_now(sf),
-				       .allow_expired = sf->allow_expired, .activate = activate };
-	int r = store_lock(sf->store, &e);
+				       .allow_expired = sf->allow_expired };
+	/* Made current (auto_activate) as `activate` does it: only once this
+	 * mount can serve it, so a second transaction. */
+	struct stella_err ae = { 0 };
+	int r = store_lock(sf->store, &e), ar = 0;
 	if (r == 0) {
 		r = store_import(sf->store, path, &o, version, &e);
+		if (r == 0 && activate && (ar = sf_check_servable(sf, version, &ae)) == 0)
+			ar = store_activate(sf->store, version, &ae);
 		store_unlock(sf->store);
 	}
 	if (r < 0) {
@@ -540,6 +602,10 @@ int sf_import(struct stellafs *sf, const char *path, bool activate, char *res, s
 		return r;
 	}
 	sf_changed(sf, &e);
+	if (ar < 0) {
+		snprintf(res, rl, "%s: imported as %s, not made current: %s", path, version, stella_err_text(&ae, ar));
+		return ar;
+	}
 	snprintf(res, rl, "%s: imported as %s%s", path, version, activate ? ", now current" : "");
 	return 0;
 }

@@ -155,6 +155,10 @@ int sf_add_direct(struct stellafs *sf, struct snapshot *s);
 int sf_refresh(struct stellafs *sf, struct stella_err *e);
 /* After this process changed the store. */
 int sf_changed(struct stellafs *sf, struct stella_err *e);
+/* Store mode, before a switch to version commits (store lock held): 0 when
+ * this mount serves it and its index answers, or when the store has no
+ * such version (the switch says so); else why it cannot be made current. */
+int sf_check_servable(struct stellafs *sf, const char *version, struct stella_err *e);
 /* After the current snapshot changed: tell the kernel (queued). */
 void sf_switched(struct stellafs *sf);
 int sf_start_inval(struct stellafs *sf);

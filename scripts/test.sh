@@ -77,7 +77,7 @@ run_tsan() {
 	echo "=== tsan: pytest -k \"$TSAN_TESTS\""
 	TSAN_OPTIONS=$tsan_opts STELLA_BUILD="$top/build-tsan" STELLAKIT="$top/build-tsan/tools/stellakit" \
 		STELLAFS="$top/build-tsan/fs/stellafs" "${norand[@]}" "$PY" -m pytest -q -p no:cacheprovider \
-		--junitxml="$results/tsan-pytest.xml" -k "$TSAN_TESTS" tests/test_store.py tests/test_mount.py || rc=$?
+		--junitxml="$results/tsan-pytest.xml" -k "$TSAN_TESTS" tests/test_store.py tests/test_mount.py tests/test_resources.py || rc=$?
 	[ $rc -ne 0 ] && status=1
 	[ $rc -eq 5 ] && echo "tsan-selection failed" >>"$results/tsan.count" # nothing matched -k
 	if ls "$dir"/* >/dev/null 2>&1; then
