@@ -30,6 +30,10 @@ struct health_input {
 	const char *last_failure;      /* "path: block N", or NULL */
 	int store_usage_pct;           /* -1: not applicable */
 	uint64_t switches;
+	/* store mode: snapshots the mount refuses to serve, one line each
+	 * ("V refused, not served: why"), each a CRITICAL check "snapshot" */
+	const char *const *problems;
+	size_t nproblems;
 };
 
 /* Render; each returns a malloc'ed NUL-terminated text. */

@@ -209,6 +209,7 @@ int main(int argc, char **argv)
 	pthread_mutex_init(&sf.cmd_lock, NULL);
 	pthread_mutex_init(&sf.inval_lock, NULL);
 	pthread_mutex_init(&sf.refresh_lock, NULL);
+	pthread_rwlock_init(&sf.trust_lock, NULL);
 	pthread_cond_init(&sf.inval_cond, NULL);
 	stella_log_set(log_line);
 
