@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <syslog.h>
+#include <time.h>
 
 #include "hasher.h"
 #include "index.h"
@@ -886,9 +887,9 @@ static int place_kept(struct import *im, struct stella_err *e)
 
 /* The commit.  Every statement must run: a prepare that failed is a
  * failed import, not a skipped row (a current pointer to a snapshot
- * without its row, a ratchet that did not move).  A repair adds no row:
- * it only tells other processes (their data_version) that the store
- * changed, so that a mount re-opens what it refused. */
+ * without its row, a ratchet that did not move).  A repair adds no row
+ * (its journal line, after, tells other processes' data_version that the
+ * store changed, so that a mount opens again what it refused). */
 static int commit_row(struct import *im, const struct manifest *m, const char *mhex, uint64_t files, uint64_t bytes,
 		      struct stella_err *e)
 {
@@ -897,19 +898,17 @@ static int commit_row(struct import *im, const struct manifest *m, const char *m
 	pthread_mutex_lock(&st->lock);
 	int r = exec(st, "BEGIN IMMEDIATE", e);
 	bool began = r == 0;
-	const char *add = im->repair ? "UPDATE snapshot SET files=files WHERE version=?1" :
-		"INSERT INTO snapshot VALUES(?1,?2,?3,?4,strftime('%s','now'),?5,?6)";
-	if (r == 0 && sqlite3_prepare_v2(st->db, add, -1, &s, NULL) != SQLITE_OK) {
+	if (r == 0 && !im->repair &&
+	    sqlite3_prepare_v2(st->db, "INSERT INTO snapshot VALUES(?1,?2,?3,?4,strftime('%s','now'),?5,?6)", -1, &s,
+			       NULL) != SQLITE_OK) {
 		r = db_err(st, e, "add snapshot");
-	} else if (r == 0) {
+	} else if (r == 0 && !im->repair) {
 		sqlite3_bind_text(s, 1, m->version, -1, SQLITE_STATIC);
-		if (!im->repair) {
-			sqlite3_bind_text(s, 2, m->kit_id, -1, SQLITE_STATIC);
-			sqlite3_bind_int64(s, 3, m->sequence);
-			sqlite3_bind_text(s, 4, mhex, -1, SQLITE_STATIC);
-			sqlite3_bind_int64(s, 5, (sqlite3_int64)files);
-			sqlite3_bind_int64(s, 6, (sqlite3_int64)bytes);
-		}
+		sqlite3_bind_text(s, 2, m->kit_id, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(s, 3, m->sequence);
+		sqlite3_bind_text(s, 4, mhex, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(s, 5, (sqlite3_int64)files);
+		sqlite3_bind_int64(s, 6, (sqlite3_int64)bytes);
 		if (sqlite3_step(s) != SQLITE_DONE)
 			r = db_err(st, e, "add snapshot");
 		sqlite3_finalize(s);
@@ -1068,6 +1067,13 @@ static int finish_import(struct import *im, const struct kitverify_result *res, 
 	}
 	free(final);
 	snprintf(version, 129, "%s", m->version);
+	if (im->repair) {
+		char cmd[300], line[200];
+		snprintf(cmd, sizeof(cmd), "import --repair %.270s", im->kit);
+		snprintf(line, sizeof(line), "%s checked, %llu damaged stored file(s) replaced", m->version,
+			 (unsigned long long)im->repaired);
+		store_journal_add(st, (int64_t)time(NULL), (unsigned)getuid(), cmd, 0, line);
+	}
 	if (im->o->report) {
 		im->o->report->existed = im->repair;
 		im->o->report->repaired = im->repaired;

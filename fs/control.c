@@ -103,11 +103,13 @@ char *vfile_content(struct stellafs *sf, fuse_ino_t ino, size_t *len)
 	size_t nprob = sf->nrefused;
 	char (*prob)[600] = nprob ? calloc(nprob, sizeof(*prob)) : NULL;
 	const char **probs = nprob ? calloc(nprob, sizeof(*probs)) : NULL;
+	enum health_level *plev = nprob ? calloc(nprob, sizeof(*plev)) : NULL;
 	bool cur_untrusted = false;
-	for (size_t i = 0; prob && probs && i < nprob; i++) {
+	for (size_t i = 0; prob && probs && plev && i < nprob; i++) {
 		const struct refusal *x = &sf->refused[i];
 		snprintf(prob[i], sizeof(prob[i]), "%.128s refused, not served: %s", x->version, x->why);
 		probs[i] = prob[i];
+		plev[i] = x->err == -EKEYREJECTED ? HEALTH_WARNING : HEALTH_CRITICAL;
 		if (!strcmp(x->version, sf->current) && x->err == -EKEYREJECTED) {
 			cur_untrusted = true;
 			snprintf(trust_detail, sizeof(trust_detail), "current snapshot %.128s: %s", x->version, x->why);
@@ -130,7 +132,8 @@ char *vfile_content(struct stellafs *sf, fuse_ino_t ino, size_t *len)
 		.store_usage_pct = sf->store ? store_usage_pct(sf->store) : -1,
 		.switches = atomic_load(&sf->switches),
 		.problems = probs,
-		.nproblems = prob && probs ? nprob : 0,
+		.problem_levels = plev,
+		.nproblems = prob && probs && plev ? nprob : 0,
 	};
 	pthread_mutex_unlock(&sf->lock);
 	char *out = NULL;
@@ -145,6 +148,7 @@ char *vfile_content(struct stellafs *sf, fuse_ino_t ino, size_t *len)
 	free(slots);
 	free(prob);
 	free(probs);
+	free(plev);
 	if (out)
 		*len = strlen(out);
 	return out;
@@ -329,12 +333,14 @@ static uint64_t locked_sweep(struct stellafs *sf)
 static int remove_one(struct stellafs *sf, const char *version, char *res, size_t rl, bool *open)
 {
 	uint64_t id;
+	struct refusal ref;
 	struct snapshot *s = sf_by_version(sf, version, &id);
-	if (!s) {
+	/* one the mount refuses to serve has no open files: it may go */
+	if (!s && !sf_refused(sf, version, &ref)) {
 		snprintf(res, rl, "no snapshot \"%s\"", version);
 		return -ENOENT;
 	}
-	bool busy = in_use(s);
+	bool busy = s && in_use(s);
 	snapshot_unref(s);
 	if (open)
 		*open = busy;
