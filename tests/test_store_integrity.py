@@ -420,3 +420,21 @@ def test_reload_after_a_key_is_retired(mounts, tmp_path, ikits, trust, keys):
     m.control_ok("reload")
     assert m.snapshots() == ["v1", "w1"]
     assert m.health() == "HEALTHY", "\n".join(health_lines(m))
+
+
+# --------------------------------------------------------------------------- gc
+
+def test_gc_keeps_the_newest_of_each_kit_id(mounts, tmp_path, ikits, keys):
+    """Sequences of two kitIds are not comparable: keep=1 keeps one of each."""
+    tdir = tmp_path / "trust"
+    tdir.mkdir()
+    shutil.copy(keys["ed25519"].pub, tdir / "a.pub")
+    shutil.copy(keys["ecdsa"].pub, tdir / "b.pub")
+    s = tmp_path / "store"
+    for v in ("v1", "v2", "w1", "w2"):
+        import_ok(s, tdir, ikits[v])
+    import_ok(s, tdir, ikits["v3"], "--activate")
+    m = mounts.mount(s, tdir)
+    assert m.snapshots() == ["v1", "v2", "v3", "w1", "w2"]
+    m.control_ok("gc keep=1")
+    assert m.snapshots() == ["v3", "w2"], m.log_line("gc keep=1")
