@@ -63,14 +63,19 @@ static int read_kept(struct store *st, const char *hex, char **json, size_t *jle
 	return r;
 }
 
-static void judge_signatures(const struct trust *t, unsigned threshold, const char *json, size_t jlen,
-			     const char *sig, size_t slen, struct storecheck *c)
+/* 0 with the verdict in c, or a failure that is no verdict (memory,
+ * OpenSSL), to be tried again. */
+static int judge_signatures(const struct trust *t, unsigned threshold, const char *json, size_t jlen,
+			    const char *sig, size_t slen, struct storecheck *c, struct stella_err *e)
 {
 	struct stella_err se = { 0 };
 	c->signers = 0;
 	int r = sig_check(t, threshold, (const uint8_t *)json, jlen, sig, slen, &c->signers, &se);
+	if (r < 0 && r != -EKEYREJECTED)
+		return stella_fail(e, r, "%s", stella_err_text(&se, r));
 	c->trusted = r == 0;
 	snprintf(c->why, sizeof(c->why), "%s", r == 0 ? "" : stella_err_text(&se, r));
+	return 0;
 }
 
 /* ---- the index against the manifest ---- */
@@ -204,7 +209,9 @@ static int compare_index(struct snapshot *s, const struct manifest *m, const cha
 	c->version = version;
 	c->dir_ino = INDEX_ROOT_INO;
 	int r = index_get(s->ix, INDEX_ROOT_INO, &c->n);
-	if (r < 0 || c->n.type != ARTIFACT_DIR || c->n.mode != 0755)
+	if (r < 0)
+		r = stella_fail_errno(e, r, "snapshot %s: index", version);
+	else if (c->n.type != ARTIFACT_DIR || c->n.mode != 0755)
 		r = mismatch(e, c, "/", "the root is not a 0755 directory");
 	for (size_t i = 0; r == 0 && i < m->nartifacts; i++)
 		r = compare_entry(c, &m->artifacts[i], e);
@@ -232,7 +239,7 @@ static int check_open(struct store *st, const struct store_snapshot *row, const 
 {
 	char hex[65];
 	hex_encode(s->manifest_sha256, 32, hex);
-	if (strcmp(hex, row->manifest_sha256))
+	if (strcmp(hex, row->manifest_sha256) || strcmp(s->version, row->version))
 		return stella_fail(e, -EBADMSG, "snapshot %s: its index and store.db name different manifests", row->version);
 	char *json = NULL, *sig = NULL;
 	size_t jlen = 0, slen = 0;
@@ -250,7 +257,7 @@ static int check_open(struct store *st, const struct store_snapshot *row, const 
 		r = stella_fail(e, -EBADMSG, "snapshot %s: store.db's row is not the kept manifest's (%s %s, sequence %lld)",
 				row->version, m->kit_id, m->version, (long long)m->sequence);
 	if (r == 0)
-		judge_signatures(t, threshold, json, jlen, sig, slen, c);
+		r = judge_signatures(t, threshold, json, jlen, sig, slen, c, e);
 	free(json);
 	free(sig);
 	if (r == 0)
@@ -284,9 +291,10 @@ int storecheck_open(struct store *st, const char *version, const struct trust *t
 	char *path = store_index_path(st, version);
 	if (!path)
 		return -ENOMEM;
+	/* its own failures are no verdict (as before these checks): retried */
 	r = snapshot_open_store(path, store_blob_dirfd(st), store_tree_dirfd(st), version, &s, e);
-	if (r == 0)
-		r = check_open(st, &row, path, s, t, threshold ? threshold : 1, c, e);
+	if (r == 0 && (r = check_open(st, &row, path, s, t, threshold ? threshold : 1, c, e)) == -EBADMSG)
+		c->forged = true;
 	free(path);
 	if (r < 0) {
 		snapshot_unref(s);
@@ -305,10 +313,12 @@ int storecheck_signatures(struct store *st, const struct snapshot *s, const stru
 	memset(c, 0, sizeof(*c));
 	struct stella_err ke = { 0 };
 	int r = read_kept(st, hex, &json, &jlen, &sig, &slen, &ke);
-	if (r < 0)
+	if (r < 0) {
+		c->forged = r == -EBADMSG;
 		return stella_fail(e, r, "snapshot %s: %s", s->version, stella_err_text(&ke, r));
-	judge_signatures(t, threshold ? threshold : 1, json, jlen, sig, slen, c);
+	}
+	r = judge_signatures(t, threshold ? threshold : 1, json, jlen, sig, slen, c, e);
 	free(json);
 	free(sig);
-	return 0;
+	return r;
 }

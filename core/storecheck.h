@@ -22,11 +22,15 @@ struct storecheck {
 	unsigned signers;          /* distinct trusted keys that sign the kept manifest */
 	bool trusted;              /* signers reach the threshold */
 	char why[320];             /* when not trusted: the signature check's one line */
+	bool forged;               /* -EBADMSG was a verdict: never serve it (other
+				    * failures, and -EBADMSG without it, are of the
+				    * moment: memory, I/O; try again) */
 };
 
-/* Open snapshot version of st.  -EBADMSG: the index, store.db's row or the
- * kept manifest disagree (forged or damaged), or no manifest is kept (a
- * snapshot imported by an older stellakit): it must not be served.  0:
+/* Open snapshot version of st.  -EBADMSG with c->forged: the index,
+ * store.db's row or the kept manifest disagree (forged or damaged), or no
+ * manifest is kept (a snapshot imported by an older stellakit): it must
+ * not be served.  0:
  * *out is open and matches its kept manifest; c says whether that manifest
  * carries threshold trusted signatures under t (the caller refuses it, or
  * flags it, when not).  The manifest is read and parsed whole (as an
@@ -35,7 +39,7 @@ int storecheck_open(struct store *st, const char *version, const struct trust *t
 		    struct snapshot **out, struct storecheck *c, struct stella_err *e);
 
 /* Count again the trusted signatures over an open snapshot's kept
- * manifest (a reload changed the trust store).  -EBADMSG when the kept
- * manifest is gone or no longer the snapshot's. */
+ * manifest (a reload changed the trust store).  -EBADMSG with c->forged
+ * when the kept manifest is gone or no longer the snapshot's. */
 int storecheck_signatures(struct store *st, const struct snapshot *s, const struct trust *t, unsigned threshold,
 			  struct storecheck *c, struct stella_err *e);

@@ -202,7 +202,7 @@ static int reload_store(struct stellafs *sf, char *res, size_t rl)
 	snprintf(cur, sizeof(cur), "%s", sf->current);
 	size_t nref = sf->nrefused;
 	pthread_mutex_unlock(&sf->lock);
-	if (*cur && sf_refused(sf, cur, &ref)) {
+	if (*cur && sf_refused(sf, cur, &ref) && ref.err == -EKEYREJECTED) {
 		snprintf(res, rl, "trust store %.100s reloaded, but the current snapshot %.128s is not served: %.200s", sf->trust_path,
 			 cur, ref.why);
 		return ref.err;
@@ -383,20 +383,9 @@ static int cmd_gc(struct stellafs *sf, uint64_t keep, char *res, size_t rl)
 	pthread_mutex_lock(&sf->lock);
 	snprintf(cur, sizeof(cur), "%s", sf->current);
 	pthread_mutex_unlock(&sf->lock);
-	/* slots are in sequence order, and sequences compare only within a
-	 * kitId: of each kitId the newest keep stay, never current */
-	char (*kit)[129] = n ? calloc(n, sizeof(*kit)) : NULL;
-	for (size_t i = 0; kit && i < n; i++) {
-		struct snapshot *x = sf_snapshot(sf, slots[i].id);
-		if (x)
-			snprintf(kit[i], sizeof(kit[i]), "%s", x->identity->kit_id);
-		snapshot_unref(x);
-	}
-	for (size_t i = 0; kit && i < n; i++) {
-		uint64_t newer = 0;
-		for (size_t j = i + 1; j < n; j++)
-			newer += !strcmp(kit[i], kit[j]);
-		if (newer < keep || !strcmp(slots[i].version, cur))
+	/* slots are in sequence order: the oldest n - keep go, never current */
+	for (size_t i = 0; i + keep < n; i++) {
+		if (!strcmp(slots[i].version, cur))
 			continue;
 		char r1[256];
 		bool open = false;
@@ -413,7 +402,6 @@ static int cmd_gc(struct stellafs *sf, uint64_t keep, char *res, size_t rl)
 		}
 	}
 	free(slots);
-	free(kit);
 	uint64_t swept = locked_sweep(sf);
 	int n1 = snprintf(res, rl, "%zu snapshot(s) removed, %zu kept because they are open, %llu unreferenced file(s) deleted",
 			  removed, skipped, (unsigned long long)swept);

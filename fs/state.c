@@ -379,7 +379,7 @@ static bool open_checked(struct stellafs *sf, const struct store_snapshot *row, 
 		*out = NULL;
 		r = -EKEYREJECTED;
 		snprintf(ref->why, sizeof(ref->why), "not enough trusted signatures under %s: %s", sf->trust_path, c.why);
-	} else if (r == -EBADMSG) {
+	} else if (r < 0 && c.forged) {
 		snprintf(ref->why, sizeof(ref->why), "%s", stella_err_text(&oe, r));
 	} else if (r < 0) {
 		stella_log(LOG_ERR, "store %s: snapshot %s: %s", sf->source, row->version, stella_err_text(&oe, r));
@@ -407,6 +407,12 @@ size_t sf_retrust(struct stellafs *sf)
 		struct storecheck c;
 		struct stella_err e = { 0 };
 		int r = storecheck_signatures(sf->store, s, sf->trust, sf->threshold, &c, &e);
+		if (r < 0 && !c.forged) {
+			/* no verdict (memory): it stays as it was judged */
+			stella_log(LOG_ERR, "store %s: snapshot %s: %s", sf->source, s->version, stella_err_text(&e, r));
+			snapshot_unref(s);
+			continue;
+		}
 		pthread_mutex_lock(&sf->lock);
 		for (size_t j = 0; j < sf->nslots; j++) {
 			if (sf->slots[j].id != slots[i].id)

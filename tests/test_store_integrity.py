@@ -422,19 +422,18 @@ def test_reload_after_a_key_is_retired(mounts, tmp_path, ikits, trust, keys):
     assert m.health() == "HEALTHY", "\n".join(health_lines(m))
 
 
-# --------------------------------------------------------------------------- gc
+# --------------------------------------------------------------------------- status -s -t
 
-def test_gc_keeps_the_newest_of_each_kit_id(mounts, tmp_path, ikits, keys):
-    """Sequences of two kitIds are not comparable: keep=1 keeps one of each."""
-    tdir = tmp_path / "trust"
-    tdir.mkdir()
-    shutil.copy(keys["ed25519"].pub, tdir / "a.pub")
-    shutil.copy(keys["ecdsa"].pub, tdir / "b.pub")
+def test_status_of_a_store_with_a_trust_store(tmp_path, ikits, trust, keys):
     s = tmp_path / "store"
-    for v in ("v1", "v2", "w1", "w2"):
-        import_ok(s, tdir, ikits[v])
-    import_ok(s, tdir, ikits["v3"], "--activate")
-    m = mounts.mount(s, tdir)
-    assert m.snapshots() == ["v1", "v2", "v3", "w1", "w2"]
-    m.control_ok("gc keep=1")
-    assert m.snapshots() == ["v3", "w2"], m.log_line("gc keep=1")
+    import_ok(s, trust, ikits["v1"])
+    cp = kitlib.run("status", "-s", s, "-t", trust)
+    assert cp.returncode == 0, describe(cp)
+    cp = kitlib.run("status", "-s", s, "-t", keys["ecdsa"].pub)
+    assert cp.returncode == 2 and re.search(r"CRITICAL +signature", cp.stdout), describe(cp)
+    cp = kitlib.run("status", "-s", s, "-t", trust, "--threshold", "2")
+    assert cp.returncode == 2, describe(cp)
+    forge_row(s, "v1", "feeds/db.json", b"forged\n")
+    cp = kitlib.run("status", "-s", s, "-t", trust)
+    assert cp.returncode == 2 and "does not match its signed manifest" in cp.stdout + cp.stderr, \
+        describe(cp)
