@@ -392,7 +392,7 @@ static bool open_checked(struct stellafs *sf, const struct store_snapshot *row, 
 	/* never served: a forged or damaged index, no kept manifest, or a
 	 * manifest no (or too few) trusted keys sign */
 	stella_log(LOG_ERR, "store %s: snapshot %s refused, not served: %s%s", sf->source, row->version, ref->why,
-		   r == -EBADMSG ? " (re-import its kit to repair it: docs/runbook.md)" : "");
+		   r == -EBADMSG ? " (stellakit import --repair with its kit rebuilds it: docs/runbook.md)" : "");
 	return true;
 }
 
