@@ -394,6 +394,7 @@ int main(int argc, char **argv)
 			snprintf(fail_msg, sizeof(fail_msg), "%s", stella_err_text(&e, r));
 			goto out;
 		}
+		malloc_trim(0); /* the manifests the first fill checked */
 	}
 	if ((r = sf_start_inval(&sf)) < 0) {
 		snprintf(fail_msg, sizeof(fail_msg), "cannot start the invalidation thread: %s", strerror(-r));
