@@ -437,3 +437,26 @@ def test_status_of_a_store_with_a_trust_store(tmp_path, ikits, trust, keys):
     cp = kitlib.run("status", "-s", s, "-t", trust)
     assert cp.returncode == 2 and "does not match its signed manifest" in cp.stdout + cp.stderr, \
         describe(cp)
+
+
+def test_extra_row_in_the_index_is_never_served(mounts, tmp_path, ikits, trust):
+    """A file the manifest does not list, added to V.db with its blob: refused."""
+    s = tmp_path / "store"
+    import_ok(s, trust, ikits["v1"])
+    import_ok(s, trust, ikits["v2"])
+    forged = b"not signed by anyone\n"
+    sha = hashlib.sha256(forged).hexdigest()
+    b = blob_path(s, sha)
+    b.parent.mkdir(exist_ok=True)
+    b.write_bytes(forged)
+    con = sqlite3.connect(s / "snapshots" / "v2.db")
+    feeds = con.execute("select ino from node where name = ? and parent = 1",
+                        (b"feeds",)).fetchone()[0]
+    con.execute("insert into node values((select max(ino) + 1 from node), ?, ?, 0, 420, ?, 0, -1,"
+                " ?, ?, NULL)", (feeds, b"evil", len(forged), bytes.fromhex(sha),
+                                 bytes.fromhex(fsv_hex(forged))))
+    con.commit()
+    con.close()
+    m = mounts.mount(s, trust)
+    assert_refused(m, "v2", "entries")
+    assert not (m / "snapshots/v1/feeds/evil").exists()
