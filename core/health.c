@@ -93,6 +93,8 @@ static void evaluate(const struct health_input *in, struct report *r)
 		add(r, "signature", HEALTH_OK, "%u trusted signature(s), threshold %u", in->signers, in->threshold);
 	else
 		add(r, "signature", HEALTH_CRITICAL, "%s", in->trust_detail ? in->trust_detail : "trust store invalid");
+	for (size_t i = 0; i < in->nproblems; i++)
+		add(r, "snapshot", in->problem_levels ? in->problem_levels[i] : HEALTH_CRITICAL, "%s", in->problems[i]);
 	if (in->failures)
 		add(r, "integrity", HEALTH_CRITICAL, "%llu block(s) failed verification; last: %s",
 		    (unsigned long long)in->failures, in->last_failure ? in->last_failure : "?");

@@ -30,6 +30,13 @@ struct health_input {
 	const char *last_failure;      /* "path: block N", or NULL */
 	int store_usage_pct;           /* -1: not applicable */
 	uint64_t switches;
+	/* store mode: snapshots the mount refuses to serve, one line each
+	 * ("V refused, not served: why"), each a check "snapshot" of its
+	 * level (CRITICAL for a forged or damaged one, WARNING for one too few
+	 * trusted keys sign; the current one also fails "signature") */
+	const char *const *problems;
+	const enum health_level *problem_levels;
+	size_t nproblems;
 };
 
 /* Render; each returns a malloc'ed NUL-terminated text. */

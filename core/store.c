@@ -8,7 +8,10 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <syslog.h>
+#include <time.h>
 
+#include "hasher.h"
 #include "index.h"
 #include "kitverify.h"
 #include "snapshot.h"
@@ -17,6 +20,7 @@
 struct store {
 	char *dir;
 	int dirfd, blobfd, treefd, tmpfd, lockfd;
+	int manfd;                 /* manifests/: each snapshot's signed manifest and .sig */
 	bool locked;
 	sqlite3 *db;
 	pthread_mutex_t lock;      /* the connection is shared by the daemon's threads */
@@ -100,7 +104,7 @@ static void empty_dir(int fd)
 static int fresh_dir(const char *dir, int dirfd, struct stella_err *e)
 {
 	static const char *const own[] = {
-		".", "..", "blobs", "trees", "tmp", "snapshots", "quarantine", "lock",
+		".", "..", "blobs", "trees", "tmp", "snapshots", "quarantine", "lock", "manifests",
 		"store.db-journal", "store.db-wal", "store.db-shm", "lost+found",
 	};
 	DIR *d = dir_stream(dirfd);
@@ -126,7 +130,7 @@ void store_close(struct store *st)
 		return;
 	if (st->db)
 		sqlite3_close(st->db);
-	int fds[] = { st->dirfd, st->blobfd, st->treefd, st->tmpfd, st->lockfd };
+	int fds[] = { st->dirfd, st->blobfd, st->treefd, st->tmpfd, st->lockfd, st->manfd };
 	for (size_t i = 0; i < ARRAY_SIZE(fds); i++)
 		if (fds[i] >= 0)
 			close(fds[i]);
@@ -155,7 +159,7 @@ int store_open(const char *dir, bool create, struct store **out, struct stella_e
 	int r;
 	if (!st)
 		return -ENOMEM;
-	st->dirfd = st->blobfd = st->treefd = st->tmpfd = st->lockfd = -1;
+	st->dirfd = st->blobfd = st->treefd = st->tmpfd = st->lockfd = st->manfd = -1;
 	pthread_mutex_init(&st->lock, NULL);
 	if (!(st->dir = realpath(dir, NULL))) {
 		if (!create || errno != ENOENT || mkdir_p(dir) < 0 || !(st->dir = realpath(dir, NULL))) {
@@ -179,6 +183,7 @@ int store_open(const char *dir, bool create, struct store **out, struct stella_e
 	if ((r = open_sub(st->dirfd, "blobs", true, &st->blobfd)) < 0 ||
 	    (r = open_sub(st->dirfd, "trees", true, &st->treefd)) < 0 ||
 	    (r = open_sub(st->dirfd, "tmp", true, &st->tmpfd)) < 0 ||
+	    (r = open_sub(st->dirfd, "manifests", true, &st->manfd)) < 0 ||
 	    (r = open_sub(st->dirfd, "snapshots", true, &snapfd)) < 0 ||
 	    (r = open_sub(st->dirfd, "quarantine", true, &qfd)) < 0) {
 		r = stella_fail_errno(e, r, "store %s", st->dir);
@@ -431,12 +436,63 @@ int store_rollback(struct store *st, const char *version, char now_current[129],
 	return r;
 }
 
+/* A snapshot's kept manifest: manifests/<its SHA-256>.json and .sig. */
+static void manifest_names(const char *sha, char json[72], char sig[72])
+{
+	snprintf(json, 72, "%.64s.json", sha);
+	snprintf(sig, 72, "%.64s.sig", sha);
+}
+
+static void unlink_manifest(struct store *st, const char *sha)
+{
+	char j[72], g[72];
+	if (strlen(sha) != 64)
+		return;
+	manifest_names(sha, j, g);
+	unlinkat(st->manfd, j, 0);
+	unlinkat(st->manfd, g, 0);
+}
+
+int store_manifest_dirfd(const struct store *st) { return st->manfd; }
+
+int store_row(struct store *st, const char *version, struct store_snapshot *row, struct stella_err *e)
+{
+	sqlite3_stmt *s;
+	int r = 0;
+	pthread_mutex_lock(&st->lock);
+	if (sqlite3_prepare_v2(st->db, "SELECT version,kit_id,sequence,manifest_sha256,imported_at,files,bytes "
+			       "FROM snapshot WHERE version=?1", -1, &s, NULL) != SQLITE_OK) {
+		r = db_err(st, e, "read snapshots");
+	} else {
+		sqlite3_bind_text(s, 1, version, -1, SQLITE_STATIC);
+		int rc = sqlite3_step(s);
+		if (rc == SQLITE_ROW) {
+			memset(row, 0, sizeof(*row));
+			snprintf(row->version, sizeof(row->version), "%s", (const char *)sqlite3_column_text(s, 0));
+			snprintf(row->kit_id, sizeof(row->kit_id), "%s", (const char *)sqlite3_column_text(s, 1));
+			row->sequence = sqlite3_column_int64(s, 2);
+			snprintf(row->manifest_sha256, sizeof(row->manifest_sha256), "%s",
+				 (const char *)sqlite3_column_text(s, 3));
+			row->imported_at = sqlite3_column_int64(s, 4);
+			row->files = (uint64_t)sqlite3_column_int64(s, 5);
+			row->bytes = (uint64_t)sqlite3_column_int64(s, 6);
+		} else if (rc == SQLITE_DONE) {
+			r = stella_fail(e, -ENOENT, "no snapshot \"%s\" in the store", version);
+		} else {
+			r = db_err(st, e, "read snapshots");
+		}
+		sqlite3_finalize(s);
+	}
+	pthread_mutex_unlock(&st->lock);
+	return r;
+}
+
 int store_remove(struct store *st, const char *version, struct stella_err *e)
 {
-	char cur[129], prev[129];
+	char cur[129], prev[129], sha[65] = "";
 	pthread_mutex_lock(&st->lock);
 	int r = get_pointers(st, cur, prev, e);
-	if (r == 0 && (r = has_snapshot(st, version, NULL, e)) == 0)
+	if (r == 0 && (r = has_snapshot(st, version, sha, e)) == 0)
 		r = stella_fail(e, -ENOENT, "no snapshot \"%s\" in the store", version);
 	if (r > 0 && !strcmp(cur, version))
 		r = stella_fail(e, -EBUSY, "%s is current", version);
@@ -459,6 +515,7 @@ int store_remove(struct store *st, const char *version, struct stella_err *e)
 			if (p)
 				unlink(p);
 			free(p);
+			unlink_manifest(st, sha);
 		}
 	}
 	pthread_mutex_unlock(&st->lock);
@@ -473,6 +530,13 @@ struct pending {
 	bool tree;
 	bool placed;       /* renamed into blobs/ or trees/ by this import */
 	bool made_dir;     /* and its ab/ directory made by it */
+};
+
+/* The kept manifest's two files, written to tmp/ and renamed into manifests/. */
+struct kept {
+	char tmp[32];
+	char final[72];
+	bool placed;       /* new in manifests/ (a failed import takes it back) */
 };
 
 struct import {
@@ -490,7 +554,30 @@ struct import {
 	uint8_t *seen;            /* per artifact of the new manifest */
 	size_t nseen;
 	const struct manifest *m;
+	const char *kit;
+	char *mjson, *sig;        /* the signed manifest and its .sig, as in the kit */
+	size_t mlen, slen;
+	bool repair;              /* the same kit is in the store: check and mend it */
+	struct hasher *hasher;    /* for the blobs a delta kit reuses */
+	uint64_t repaired;        /* stored files found damaged and replaced */
+	struct kept kept[2];
 };
+
+/* The manifest and signature members again, to keep them in the store: the
+ * bytes must be the ones kit_verify checked (same digest), and the
+ * signatures must still carry the threshold (the .sig is read twice). */
+static int imp_head(struct import *im, const uint8_t sha[32], struct stella_err *e)
+{
+	uint8_t got[32];
+	int r = kit_read_head(im->kit, &im->mjson, &im->mlen, &im->sig, &im->slen, e);
+	if (r == 0 && (r = sha256_once(im->mjson, im->mlen, got)) == 0 && memcmp(got, sha, 32))
+		r = stella_fail(e, -EBADMSG, "%s: the kit changed while it was being imported", im->kit);
+	unsigned signers = 0;
+	if (r == 0)
+		r = sig_check(im->o->trust, im->o->threshold, (const uint8_t *)im->mjson, im->mlen, im->sig, im->slen,
+			      &signers, e);
+	return r;
+}
 
 static int imp_check(void *ctx, const struct manifest *m, const uint8_t sha[32], struct stella_err *e)
 {
@@ -522,12 +609,19 @@ static int imp_check(void *ctx, const struct manifest *m, const uint8_t sha[32],
 	pthread_mutex_unlock(&st->lock);
 	if (r < 0)
 		return r;
-	if (ratchet >= 0 && m->sequence <= ratchet)
+	char mhex[65];
+	hex_encode(sha, 32, mhex);
+	/* With o->repair, the very kit a snapshot was made from: not a new
+	 * snapshot (no row, no ratchet), but a check of everything it stored,
+	 * mending what is damaged, and its manifest kept if an older
+	 * stellakit did not.  Without, it is refused as before (ESTALE). */
+	im->repair = im->o->repair && exists && !strcmp(have, mhex);
+	if (!im->repair && ratchet >= 0 && m->sequence <= ratchet)
 		return stella_fail(e, -ESTALE, "kit %s %s: sequence %lld is not newer than %lld, already trusted for %s",
 				   m->kit_id, m->version, (long long)m->sequence, (long long)ratchet, m->kit_id);
-	if (exists)
+	if (!im->repair && exists)
 		return stella_fail(e, -EEXIST, "kit %s: version %s is already in the store", m->kit_id, m->version);
-	if (m->has_base) {
+	if (m->has_base && !im->repair) {
 		char want[65];
 		hex_encode(m->base_manifest_sha256, 32, want);
 		if (!base_ok)
@@ -536,9 +630,14 @@ static int imp_check(void *ctx, const struct manifest *m, const uint8_t sha[32],
 		if (strcmp(want, base_sha))
 			return stella_fail(e, -EBADMSG, "delta kit %s: the store's %s has another manifest than its base",
 					   m->version, m->base_version);
-		char *p = store_index_path(st, m->base_version);
+	}
+	if (m->has_base) {
+		/* what the delta leaves out is compared with its base, or, for
+		 * the same delta kit again, with the snapshot it made */
+		const char *bv = im->repair ? m->version : m->base_version;
+		char *p = store_index_path(st, bv);
 		struct snapshot *bs = NULL;
-		r = p ? snapshot_open_store(p, st->blobfd, st->treefd, m->base_version, &bs, e) : -ENOMEM;
+		r = p ? snapshot_open_store(p, st->blobfd, st->treefd, bv, &bs, e) : -ENOMEM;
 		free(p);
 		if (r < 0)
 			return r;
@@ -548,7 +647,8 @@ static int imp_check(void *ctx, const struct manifest *m, const uint8_t sha[32],
 		bs->ix = NULL;
 		snapshot_unref(bs);
 	}
-	(void)sha;
+	if ((r = imp_head(im, sha, e)) < 0)
+		return r;
 	snprintf(im->ix_tmp, sizeof(im->ix_tmp), "%s/tmp/index.%d.db", st->dir, (int)getpid());
 	if (m->nartifacts && !(im->seen = calloc(m->nartifacts, 1)))
 		return -ENOMEM;
@@ -653,6 +753,191 @@ static int index_find_path(struct index *ix, const char *name, struct index_node
 	return 0;
 }
 
+/* 1 when the stored file dfd/name holds exactly the bytes of tmp/tmpname,
+ * 0 when it does not (or cannot be read: damaged too), <0 for our own
+ * failure (memory, or tmp unreadable). */
+static int same_bytes(int dfd, const char *name, int tmpfd, const char *tmpname)
+{
+	_cleanup_(closep) int a = openat(dfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	_cleanup_(closep) int b = openat(tmpfd, tmpname, O_RDONLY | O_CLOEXEC);
+	struct stat sa, sb;
+	if (b < 0 || fstat(b, &sb) < 0)
+		return -errno;
+	if (a < 0 || fstat(a, &sa) < 0 || !S_ISREG(sa.st_mode) || sa.st_size != sb.st_size)
+		return 0;
+	const size_t chunk = 1 << 20;
+	_cleanup_(freep) uint8_t *x = malloc(2 * chunk);
+	if (!x)
+		return -ENOMEM;
+	for (uint64_t off = 0; off < (uint64_t)sb.st_size;) {
+		size_t n = (size_t)MIN((uint64_t)sb.st_size - off, (uint64_t)chunk);
+		int r = pread_full(b, x + chunk, n, off);
+		if (r < 0)
+			return r;
+		if (pread_full(a, x, n, off) < 0 || memcmp(x, x + chunk, n))
+			return 0;
+		off += n;
+	}
+	return 1;
+}
+
+/* A stored file this import needs is already there: keep it if it holds
+ * the verified bytes in tmp/, else replace it with them (the rename is
+ * atomic: a reader sees the damaged file or the good one).  Nothing else
+ * ever mends a damaged blob: re-importing a good kit that carries the
+ * file is the remedy (docs/runbook.md). */
+static int keep_or_mend(struct import *im, struct pending *p, int dfd, struct stella_err *e)
+{
+	struct store *st = im->st;
+	int same = same_bytes(dfd, p->final, st->tmpfd, p->tmp);
+	if (same < 0)
+		return stella_fail_errno(e, same, "store %s: checking a stored file", st->dir);
+	if (same) {
+		unlinkat(st->tmpfd, p->tmp, 0);
+		return 0;
+	}
+	if (renameat(st->tmpfd, p->tmp, dfd, p->final) < 0)
+		return stella_fail_errno(e, -errno, "store %s: replacing the damaged %s/%s", st->dir,
+					 p->tree ? "trees" : "blobs", p->final);
+	im->repaired++;
+	stella_log(LOG_WARNING, "store %s: %s/%s was damaged; replaced by the verified bytes of %s", st->dir,
+		   p->tree ? "trees" : "blobs", p->final, im->kit);
+	return 0;
+}
+
+/* A file a delta kit leaves to its base: its stored blob must still be the
+ * signed content (there is no copy in this kit to mend it with), and its
+ * tree is rebuilt from it into tmp/ (kept or mended like a carried one). */
+static int check_reused(struct import *im, const struct artifact *a, struct stella_err *e)
+{
+	struct store *st = im->st;
+	char name[68];
+	snapshot_blob_name(a->sha256, name);
+	_cleanup_(closep) int fd = openat(st->blobfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	int r = 0;
+	if (!im->hasher && (r = hasher_new(&im->hasher, 0)) < 0)
+		return r;
+	struct hasher_result h;
+	bool good = fd >= 0 && hasher_begin(im->hasher, a->size) == 0;
+	for (uint64_t off = 0; good && off < a->size;) {
+		size_t n = (size_t)MIN(a->size - off, (uint64_t)HASHER_CHUNK);
+		uint8_t *buf = hasher_buf(im->hasher);
+		good = pread_full(fd, buf, n, off) == 0;
+		hasher_put(im->hasher, good ? n : 0);
+		off += n;
+	}
+	if (fd >= 0 && !good)
+		hasher_end(im->hasher, &h); /* back to idle */
+	else if (good)
+		good = hasher_end(im->hasher, &h) == 0 && !memcmp(h.sha256, a->sha256, 32) &&
+		       !memcmp(h.fsverity, a->fsverity, 32);
+	if (!good)
+		return stella_fail(e, -EUCLEAN, "delta kit %s: the store's copy of \"%.300s\" (from its base) is damaged "
+				   "or missing: import a full kit that carries it", im->m->version, a->name);
+	if (!h.geom.levels)
+		return 0;
+	char tmp[32];
+	snprintf(tmp, sizeof(tmp), "tree.%u", im->counter++);
+	_cleanup_(closep) int tfd = openat(st->tmpfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0444);
+	if (tfd < 0)
+		return stella_fail_errno(e, -errno, "store %s/tmp", st->dir);
+	if ((r = write_full(tfd, h.tree, merkle_tree_size(&h.geom))) < 0)
+		return stella_fail_errno(e, r, "store %s: writing a tree", st->dir);
+	snapshot_blob_name(a->fsverity, name);
+	return add_pending(im, tmp, name, true);
+}
+
+/* The signed manifest and its .sig into tmp/, to be renamed into
+ * manifests/ with the blobs (durable before the row). */
+static int write_kept(struct import *im, const char *mhex, struct stella_err *e)
+{
+	struct store *st = im->st;
+	const char *data[2] = { im->mjson, im->sig };
+	size_t len[2] = { im->mlen, im->slen };
+	char json[72], sig[72];
+	manifest_names(mhex, json, sig);
+	for (int i = 0; i < 2; i++) {
+		struct kept *k = &im->kept[i];
+		snprintf(k->tmp, sizeof(k->tmp), "manifest.%u", im->counter++);
+		snprintf(k->final, sizeof(k->final), "%s", i ? sig : json);
+		int fd = openat(st->tmpfd, k->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0444);
+		if (fd < 0)
+			return stella_fail_errno(e, -errno, "store %s/tmp", st->dir);
+		int r = write_full(fd, data[i], len[i]);
+		if (close(fd) < 0 && r == 0)
+			r = -errno;
+		if (r < 0)
+			return stella_fail_errno(e, r, "store %s: writing the manifest", st->dir);
+	}
+	return 0;
+}
+
+static int place_kept(struct import *im, struct stella_err *e)
+{
+	struct store *st = im->st;
+	for (int i = 0; i < 2; i++) {
+		struct kept *k = &im->kept[i];
+		bool had = faccessat(st->manfd, k->final, F_OK, AT_SYMLINK_NOFOLLOW) == 0;
+		if (renameat(st->tmpfd, k->tmp, st->manfd, k->final) < 0)
+			return stella_fail_errno(e, -errno, "store %s: manifests/%s", st->dir, k->final);
+		k->placed = !had;
+	}
+	return 0;
+}
+
+/* The commit.  Every statement must run: a prepare that failed is a
+ * failed import, not a skipped row (a current pointer to a snapshot
+ * without its row, a ratchet that did not move).  A repair adds no row
+ * (its journal line, after, tells other processes' data_version that the
+ * store changed, so that a mount opens again what it refused). */
+static int commit_row(struct import *im, const struct manifest *m, const char *mhex, uint64_t files, uint64_t bytes,
+		      struct stella_err *e)
+{
+	struct store *st = im->st;
+	sqlite3_stmt *s = NULL;
+	pthread_mutex_lock(&st->lock);
+	int r = exec(st, "BEGIN IMMEDIATE", e);
+	bool began = r == 0;
+	if (r == 0 && !im->repair &&
+	    sqlite3_prepare_v2(st->db, "INSERT INTO snapshot VALUES(?1,?2,?3,?4,strftime('%s','now'),?5,?6)", -1, &s,
+			       NULL) != SQLITE_OK) {
+		r = db_err(st, e, "add snapshot");
+	} else if (r == 0 && !im->repair) {
+		sqlite3_bind_text(s, 1, m->version, -1, SQLITE_STATIC);
+		sqlite3_bind_text(s, 2, m->kit_id, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(s, 3, m->sequence);
+		sqlite3_bind_text(s, 4, mhex, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(s, 5, (sqlite3_int64)files);
+		sqlite3_bind_int64(s, 6, (sqlite3_int64)bytes);
+		if (sqlite3_step(s) != SQLITE_DONE)
+			r = db_err(st, e, "add snapshot");
+		sqlite3_finalize(s);
+	}
+	if (r == 0 && !im->repair &&
+	    sqlite3_prepare_v2(st->db, "INSERT OR REPLACE INTO ratchet VALUES(?1,?2)", -1, &s, NULL) != SQLITE_OK) {
+		r = db_err(st, e, "ratchet");
+	} else if (r == 0 && !im->repair) {
+		sqlite3_bind_text(s, 1, m->kit_id, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(s, 2, m->sequence);
+		if (sqlite3_step(s) != SQLITE_DONE)
+			r = db_err(st, e, "ratchet");
+		sqlite3_finalize(s);
+	}
+	char cur[129];
+	if (r == 0)
+		r = get_pointer(st, "current", cur, e);
+	if (r == 0 && (im->o->activate || !*cur) && strcmp(cur, m->version)) {
+		if (*cur)
+			r = set_pointer(st, "previous", cur, e);
+		if (r == 0)
+			r = set_pointer(st, "current", m->version, e);
+	}
+	if (began)
+		r = end_transaction(st, r, e);
+	pthread_mutex_unlock(&st->lock);
+	return r;
+}
+
 static int finish_import(struct import *im, const struct kitverify_result *res, char version[129],
 			 struct stella_err *e)
 {
@@ -670,6 +955,8 @@ static int finish_import(struct import *im, const struct kitverify_result *res, 
 						m->version, a->name, m->base_version);
 				break;
 			}
+			if (a->type == ARTIFACT_FILE && a->size > 0 && (r = check_reused(im, a, e)) < 0)
+				break;
 		}
 		if (r == 0)
 			r = index_add(im->ix, a, 0, -1, e);
@@ -692,6 +979,8 @@ static int finish_import(struct import *im, const struct kitverify_result *res, 
 		return r;
 	hex_encode(res->manifest_sha256, 32, mhex);
 	r = index_set_meta(im->ix, "identity", json, jlen, e);
+	if (r == 0)
+		r = write_kept(im, mhex, e);
 	free(json);
 	snprintf(num, sizeof(num), "%llu", (unsigned long long)files);
 	if (r == 0)
@@ -732,8 +1021,8 @@ static int finish_import(struct import *im, const struct kitverify_result *res, 
 			r = stella_fail_errno(e, -errno, "store %s: %s/%s", st->dir, p->tree ? "trees" : "blobs", dir);
 			break;
 		}
-		if (faccessat(dfd, p->final, F_OK, 0) == 0) {
-			unlinkat(st->tmpfd, p->tmp, 0); /* already stored */
+		if (faccessat(dfd, p->final, F_OK, AT_SYMLINK_NOFOLLOW) == 0) {
+			r = keep_or_mend(im, p, dfd, e); /* already stored: if intact */
 			continue;
 		}
 		if (renameat(st->tmpfd, p->tmp, dfd, p->final) < 0)
@@ -741,6 +1030,8 @@ static int finish_import(struct import *im, const struct kitverify_result *res, 
 		else
 			p->placed = true;
 	}
+	if (r == 0)
+		r = place_kept(im, e);
 	char *final = r == 0 ? store_index_path(st, m->version) : NULL;
 	if (r == 0 && !final)
 		r = stella_fail_errno(e, -ENOMEM, "store %s: snapshot index", st->dir);
@@ -751,56 +1042,18 @@ static int finish_import(struct import *im, const struct kitverify_result *res, 
 	if (r == 0 && syncfs(st->dirfd) < 0)
 		r = stella_fail_errno(e, -errno, "store %s: sync", st->dir);
 
-	/* The commit.  Every statement must run: a prepare that failed is a
-	 * failed import, not a skipped row (a current pointer to a snapshot
-	 * without its row, a ratchet that did not move). */
-	sqlite3_stmt *s = NULL;
-	pthread_mutex_lock(&st->lock);
 	if (r == 0)
-		r = exec(st, "BEGIN IMMEDIATE", e);
-	bool began = r == 0;
-	if (r == 0 && sqlite3_prepare_v2(st->db, "INSERT INTO snapshot VALUES(?1,?2,?3,?4,strftime('%s','now'),?5,?6)",
-					 -1, &s, NULL) != SQLITE_OK) {
-		r = db_err(st, e, "add snapshot");
-	} else if (r == 0) {
-		sqlite3_bind_text(s, 1, m->version, -1, SQLITE_STATIC);
-		sqlite3_bind_text(s, 2, m->kit_id, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(s, 3, m->sequence);
-		sqlite3_bind_text(s, 4, mhex, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(s, 5, (sqlite3_int64)files);
-		sqlite3_bind_int64(s, 6, (sqlite3_int64)bytes);
-		if (sqlite3_step(s) != SQLITE_DONE)
-			r = db_err(st, e, "add snapshot");
-		sqlite3_finalize(s);
-	}
-	if (r == 0 && sqlite3_prepare_v2(st->db, "INSERT OR REPLACE INTO ratchet VALUES(?1,?2)", -1, &s, NULL) != SQLITE_OK) {
-		r = db_err(st, e, "ratchet");
-	} else if (r == 0) {
-		sqlite3_bind_text(s, 1, m->kit_id, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(s, 2, m->sequence);
-		if (sqlite3_step(s) != SQLITE_DONE)
-			r = db_err(st, e, "ratchet");
-		sqlite3_finalize(s);
-	}
-	char cur[129];
-	if (r == 0)
-		r = get_pointer(st, "current", cur, e);
-	if (r == 0 && (im->o->activate || !*cur)) {
-		if (*cur)
-			r = set_pointer(st, "previous", cur, e);
-		if (r == 0)
-			r = set_pointer(st, "current", m->version, e);
-	}
-	if (began)
-		r = end_transaction(st, r, e);
-	pthread_mutex_unlock(&st->lock);
+		r = commit_row(im, m, mhex, files, bytes, e);
 	if (r < 0) {
 		/* No row names them: take back what this import put in place, so
 		 * that a failed import leaves the store as it found it.  Only what
 		 * it placed: a blob that was there before belongs to another
 		 * snapshot. */
-		if (index_placed)
-			unlink(final);
+		if (index_placed && !im->repair)
+			unlink(final); /* (a repair's index replaced a good one: it stays) */
+		for (int i = 0; i < 2; i++)
+			if (im->kept[i].placed && !im->repair)
+				unlinkat(st->manfd, im->kept[i].final, 0);
 		for (size_t i = 0; i < im->npend; i++)
 			if (im->pend[i].placed)
 				unlinkat(im->pend[i].tree ? st->treefd : st->blobfd, im->pend[i].final, 0);
@@ -814,13 +1067,24 @@ static int finish_import(struct import *im, const struct kitverify_result *res, 
 	}
 	free(final);
 	snprintf(version, 129, "%s", m->version);
+	if (im->repair) {
+		char cmd[300], line[200];
+		snprintf(cmd, sizeof(cmd), "import --repair %.270s", im->kit);
+		snprintf(line, sizeof(line), "%s checked, %llu damaged stored file(s) replaced", m->version,
+			 (unsigned long long)im->repaired);
+		store_journal_add(st, (int64_t)time(NULL), (unsigned)getuid(), cmd, 0, line);
+	}
+	if (im->o->report) {
+		im->o->report->existed = im->repair;
+		im->o->report->repaired = im->repaired;
+	}
 	return 0;
 }
 
 int store_import(struct store *st, const char *kit, const struct store_import_opts *o, char version[129],
 		 struct stella_err *e)
 {
-	struct import im = { .st = st, .o = o, .blob_fd = -1 };
+	struct import im = { .st = st, .o = o, .blob_fd = -1, .kit = kit };
 	struct kitverify_opts vo = {
 		.trust = o->trust, .threshold = o->threshold, .now = o->now, .allow_expired = o->allow_expired,
 		.check_expiry = true, .content = true,
@@ -841,6 +1105,9 @@ int store_import(struct store *st, const char *kit, const struct store_import_op
 	}
 	free(im.pend);
 	free(im.seen);
+	free(im.mjson);
+	free(im.sig);
+	hasher_free(im.hasher);
 	kitverify_result_free(&res);
 	return r;
 }
@@ -983,6 +1250,31 @@ static uint64_t sweep_dir(int dirfd0, const struct digests *d)
 	return removed;
 }
 
+/* Kept manifests no row names (removed snapshots, an import that died
+ * before its commit). */
+static void sweep_manifests(struct store *st, const struct store_snapshot *snaps, size_t n)
+{
+	DIR *d = dir_stream(st->manfd);
+	struct dirent *de;
+	while (d && (de = readdir(d))) {
+		size_t l = strlen(de->d_name);
+		uint8_t sha[32];
+		bool json = l == 69 && !strcmp(de->d_name + 64, ".json");
+		bool sig = l == 68 && !strcmp(de->d_name + 64, ".sig");
+		char hx[65];
+		snprintf(hx, sizeof(hx), "%.64s", de->d_name);
+		if ((!json && !sig) || hex_decode(hx, sha, 32) < 0)
+			continue;
+		bool live = false;
+		for (size_t i = 0; i < n && !live; i++)
+			live = !strncmp(snaps[i].manifest_sha256, de->d_name, 64);
+		if (!live)
+			unlinkat(st->manfd, de->d_name, 0);
+	}
+	if (d)
+		closedir(d);
+}
+
 int store_sweep(struct store *st, uint64_t *removed, struct stella_err *e)
 {
 	struct store_snapshot *snaps = NULL;
@@ -1001,9 +1293,12 @@ int store_sweep(struct store *st, uint64_t *removed, struct stella_err *e)
 			sqlite3_close(db);
 		free(p);
 	}
-	free(snaps);
-	if (r < 0)
+	if (r < 0) {
+		free(snaps);
 		goto out; /* never sweep on a partial view */
+	}
+	sweep_manifests(st, snaps, n);
+	free(snaps);
 	if (blobs.n)
 		qsort(blobs.v, blobs.n, 32, cmp32);
 	if (trees.n)

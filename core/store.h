@@ -53,16 +53,28 @@ int store_pointers(struct store *st, char current[129], char previous[129], stru
 int64_t store_data_version(struct store *st);
 int store_usage_pct(struct store *st);
 
+struct store_import_report {
+	bool existed;              /* the same kit (same manifest) was in the store: checked, mended */
+	uint64_t repaired;         /* stored files found damaged and replaced by the kit's verified bytes */
+};
+
 struct store_import_opts {
 	const struct trust *trust;
 	unsigned threshold;
 	int64_t now;
 	bool allow_expired;
 	bool activate;
+	bool repair;               /* the kit of a snapshot already here: check and mend it */
+	struct store_import_report *report;   /* optional, filled on success */
 };
 /* Verify a kit completely and add it (the writer lock must be held).
  * -ESTALE when its sequence is not above the ratchet for its kitId,
- * -EEXIST when a different kit already has that version. */
+ * -EEXIST when a different kit already has that version.  Every stored
+ * blob and tree it needs is checked; one that does not hold the verified
+ * bytes is replaced by them.  With o->repair, the kit a snapshot was made
+ * from (same version, same manifest) adds nothing but does that check and
+ * mend, rebuilds its index and keeps its signed manifest in manifests/
+ * (report->existed); without, it is refused like any other stale kit. */
 int store_import(struct store *st, const char *kit, const struct store_import_opts *o, char version[129],
 		 struct stella_err *e);
 int store_activate(struct store *st, const char *version, struct stella_err *e);
@@ -76,6 +88,13 @@ int store_journal_add(struct store *st, int64_t when, unsigned uid, const char *
  * the journal cannot be read (store.db locked past its timeout, no memory). */
 char *store_journal_text(struct store *st, unsigned n);
 
-/* Drop blobs no snapshot references, and indexes no row names; returns how
- * many blobs.  The writer lock must be held. */
+/* Drop blobs no snapshot references, and indexes and kept manifests no row
+ * names; returns how many blobs.  The writer lock must be held. */
 int store_sweep(struct store *st, uint64_t *removed, struct stella_err *e);
+
+/* One snapshot's row; -ENOENT when the store has none. */
+int store_row(struct store *st, const char *version, struct store_snapshot *row, struct stella_err *e);
+/* STORE/manifests: each snapshot's signed manifest and its signatures, as
+ * <manifest sha256>.json and .sig, kept by import and swept with the
+ * snapshot (core/storecheck.h checks a snapshot's index against them). */
+int store_manifest_dirfd(const struct store *st);

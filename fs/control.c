@@ -96,9 +96,26 @@ char *vfile_content(struct stellafs *sf, fuse_ino_t ino, size_t *len)
 		snapshot_unref(x);
 	}
 	/* copied under the lock: a reload rewrites it */
-	char trust_detail[sizeof(sf->trust_detail)];
+	char trust_detail[sizeof(sf->trust_detail) + sizeof(struct refusal)];
 	pthread_mutex_lock(&sf->lock);
 	snprintf(trust_detail, sizeof(trust_detail), "%s", sf->trust_detail);
+	/* store mode: the snapshots not served, each a CRITICAL check; a
+	 * current one refused for its signatures fails the signature check */
+	size_t nprob = sf->nrefused;
+	char (*prob)[600] = nprob ? calloc(nprob, sizeof(*prob)) : NULL;
+	const char **probs = nprob ? calloc(nprob, sizeof(*probs)) : NULL;
+	enum health_level *plev = nprob ? calloc(nprob, sizeof(*plev)) : NULL;
+	bool cur_untrusted = false;
+	for (size_t i = 0; prob && probs && plev && i < nprob; i++) {
+		const struct refusal *x = &sf->refused[i];
+		snprintf(prob[i], sizeof(prob[i]), "%.128s refused, not served: %s", x->version, x->why);
+		probs[i] = prob[i];
+		plev[i] = x->err == -EKEYREJECTED ? HEALTH_WARNING : HEALTH_CRITICAL;
+		if (!strcmp(x->version, sf->current) && x->err == -EKEYREJECTED) {
+			cur_untrusted = true;
+			snprintf(trust_detail, sizeof(trust_detail), "current snapshot %.128s: %s", x->version, x->why);
+		}
+	}
 	struct health_input in = {
 		.mode = sf->store ? "store" : "direct",
 		.source = sf->source,
@@ -106,7 +123,7 @@ char *vfile_content(struct stellafs *sf, fuse_ino_t ino, size_t *len)
 		.snapshots = names,
 		.nsnapshots = names ? n : 0,
 		.now = sf_now(sf),
-		.trust_ok = sf->trust_ok,
+		.trust_ok = sf->trust_ok && !cur_untrusted,
 		.trust_detail = trust_detail,
 		.signers = sf->store ? (s ? s->signers : 0) : sf->signers,
 		.threshold = sf->threshold,
@@ -115,6 +132,9 @@ char *vfile_content(struct stellafs *sf, fuse_ino_t ino, size_t *len)
 		.last_failure = last,
 		.store_usage_pct = sf->store ? store_usage_pct(sf->store) : -1,
 		.switches = atomic_load(&sf->switches),
+		.problems = probs,
+		.problem_levels = plev,
+		.nproblems = prob && probs && plev ? nprob : 0,
 	};
 	pthread_mutex_unlock(&sf->lock);
 	char *out = NULL;
@@ -127,6 +147,9 @@ char *vfile_content(struct stellafs *sf, fuse_ino_t ino, size_t *len)
 	snapshot_unref(s);
 	free(names);
 	free(slots);
+	free(prob);
+	free(probs);
+	free(plev);
 	if (out)
 		*len = strlen(out);
 	return out;
@@ -166,9 +189,33 @@ void control_journal(struct stellafs *sf, uid_t uid, const char *cmd, int err, c
 	pthread_mutex_unlock(&sf->lock);
 }
 
+/* Store mode, after a reload: every served snapshot's kept manifest is
+ * judged again under the new trust; one that falls short is no longer
+ * served (docs/store.md, "Trust").  EKEYREJECTED when that is current. */
+static int reload_store(struct stellafs *sf, char *res, size_t rl)
+{
+	size_t dropped = sf_retrust(sf);
+	struct stella_err e = { 0 };
+	sf_changed(sf, &e);
+	char cur[129];
+	struct refusal ref;
+	pthread_mutex_lock(&sf->lock);
+	snprintf(cur, sizeof(cur), "%s", sf->current);
+	size_t nref = sf->nrefused;
+	pthread_mutex_unlock(&sf->lock);
+	if (*cur && sf_refused(sf, cur, &ref) && ref.err == -EKEYREJECTED) {
+		snprintf(res, rl, "trust store %.100s reloaded, but the current snapshot %.128s is not served: %.200s", sf->trust_path,
+			 cur, ref.why);
+		return ref.err;
+	}
+	snprintf(res, rl, "trust store %s reloaded: %zu snapshot(s) no longer served, %zu refused in all", sf->trust_path,
+		 dropped, nref);
+	return 0;
+}
+
 /* Re-read the trust store.  Direct mode also asks it again whether it
- * vouches for the mounted kit; store mode uses it for the imports to come
- * (its snapshots were checked when they were imported). */
+ * vouches for the mounted kit; store mode asks it about every snapshot
+ * (reload_store). */
 static int cmd_reload(struct stellafs *sf, char *res, size_t rl)
 {
 	struct stella_err e = { 0 };
@@ -183,11 +230,12 @@ static int cmd_reload(struct stellafs *sf, char *res, size_t rl)
 		r = sig_check(t, sf->threshold, (const uint8_t *)mjson, mlen, sig, slen, &signers, &e);
 	free(mjson);
 	free(sig);
+	pthread_rwlock_wrlock(&sf->trust_lock);
 	pthread_mutex_lock(&sf->lock);
 	if (t) {
 		/* imports and the mounted kit's signers judged by the new keys;
 		 * the old trust is freed once nobody can be using it: commands
-		 * (the only users) hold cmd_lock, as we do */
+		 * hold cmd_lock, as we do, and a refresh the read lock */
 		trust_free(sf->trust);
 		sf->trust = t;
 		t = NULL;
@@ -197,13 +245,14 @@ static int cmd_reload(struct stellafs *sf, char *res, size_t rl)
 		sf->signers = signers;
 	snprintf(sf->trust_detail, sizeof(sf->trust_detail), "%s", r == 0 ? "" : stella_err_text(&e, r));
 	pthread_mutex_unlock(&sf->lock);
+	pthread_rwlock_unlock(&sf->trust_lock);
 	trust_free(t);
 	if (r < 0) {
 		snprintf(res, rl, "%s", stella_err_text(&e, r));
 		return r == -EINVAL ? -EKEYREJECTED : r;
 	}
 	if (sf->store)
-		snprintf(res, rl, "trust store %s reloaded", sf->trust_path);
+		return reload_store(sf, res, rl);
 	else
 		snprintf(res, rl, "trust store %s reloaded: %u trusted signature(s), threshold %u", sf->trust_path,
 			 signers, sf->threshold);
@@ -218,8 +267,11 @@ static int verify_one(struct stellafs *sf, uint64_t id, char *res, size_t rl, si
 	struct stella_err e = { 0 };
 	uint64_t files = 0, bytes = 0;
 	int r = snapshot_verify_all(s, &files, &bytes, &e);
+	/* the remedy with the failure: nothing mends a damaged blob but an
+	 * import of a good kit that carries the file (docs/runbook.md) */
 	if (r < 0)
-		*used += (size_t)snprintf(res + *used, rl - MIN(*used, rl), "%s: %s; ", s->version, stella_err_text(&e, r));
+		*used += (size_t)snprintf(res + *used, rl - MIN(*used, rl), "%s: %s%s; ", s->version, stella_err_text(&e, r),
+					  sf->store && r == -EIO ? " (repair: import a known-good kit that carries this file)" : "");
 	else
 		*used += (size_t)snprintf(res + *used, rl - MIN(*used, rl), "%s: %llu files, %llu bytes ok; ", s->version,
 					  (unsigned long long)files, (unsigned long long)bytes);
@@ -285,12 +337,14 @@ static uint64_t locked_sweep(struct stellafs *sf)
 static int remove_one(struct stellafs *sf, const char *version, char *res, size_t rl, bool *open)
 {
 	uint64_t id;
+	struct refusal ref;
 	struct snapshot *s = sf_by_version(sf, version, &id);
-	if (!s) {
+	/* one the mount refuses to serve has no open files: it may go */
+	if (!s && !sf_refused(sf, version, &ref)) {
 		snprintf(res, rl, "no snapshot \"%s\"", version);
 		return -ENOENT;
 	}
-	bool busy = in_use(s);
+	bool busy = s && in_use(s);
 	snapshot_unref(s);
 	if (open)
 		*open = busy;
@@ -361,11 +415,32 @@ static int cmd_gc(struct stellafs *sf, uint64_t keep, char *res, size_t rl)
 	return failed ? first_err : 0;
 }
 
+/* A switch to a snapshot the mount refuses to serve is refused with its
+ * reason (EKEYREJECTED: too few trusted signatures; EBADMSG: its index
+ * does not match its signed manifest). */
+static int switch_target_refused(struct stellafs *sf, const char *cmd, const char *arg, char *res, size_t rl)
+{
+	struct stella_err e = { 0 };
+	char cur[129], prev[129];
+	sf_refresh(sf, &e);
+	const char *target = arg;
+	if (!target && strcmp(cmd, "activate") && store_pointers(sf->store, cur, prev, NULL) == 0)
+		target = prev;
+	struct refusal ref;
+	if (!target || !*target || !sf_refused(sf, target, &ref))
+		return 0;
+	snprintf(res, rl, "%.128s is not served: %.300s", target, ref.why);
+	return ref.err;
+}
+
 static int store_switch(struct stellafs *sf, const char *cmd, const char *arg, char *res, size_t rl)
 {
 	struct stella_err e = { 0 };
 	char now[129] = "";
-	int r = store_lock(sf->store, &e);
+	int r = switch_target_refused(sf, cmd, arg, res, rl);
+	if (r < 0)
+		return r;
+	r = store_lock(sf->store, &e);
 	if (r == 0) {
 		/* The switch commits only to a snapshot this mount can serve:
 		 * else the store would name a current the mount cannot show,

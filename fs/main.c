@@ -370,6 +370,7 @@ int main(int argc, char **argv)
 	pthread_mutex_init(&sf.cmd_lock, NULL);
 	pthread_mutex_init(&sf.inval_lock, NULL);
 	pthread_mutex_init(&sf.refresh_lock, NULL);
+	pthread_rwlock_init(&sf.trust_lock, NULL);
 	pthread_cond_init(&sf.inval_cond, NULL);
 	stella_log_set(log_line);
 
@@ -557,6 +558,7 @@ int main(int argc, char **argv)
 			snprintf(fail_msg, sizeof(fail_msg), "%s", stella_err_text(&e, r));
 			goto out;
 		}
+		malloc_trim(0); /* the manifests the first fill checked */
 	}
 	if ((r = sf_start_inval(&sf)) < 0) {
 		snprintf(fail_msg, sizeof(fail_msg), "cannot start the invalidation thread: %s", strerror(-r));

@@ -21,6 +21,7 @@
 
 #include "fdcache.h"
 #include "stellafs.h"
+#include "storecheck.h"
 #include "util.h"
 
 static struct slot *find_version(struct stellafs *sf, const char *version)
@@ -150,6 +151,22 @@ void sf_free_slots(struct stellafs *sf)
 	free(sf->slots);
 	sf->slots = NULL;
 	sf->nslots = 0;
+	free(sf->refused);
+	sf->refused = NULL;
+	sf->nrefused = 0;
+}
+
+bool sf_refused(struct stellafs *sf, const char *version, struct refusal *out)
+{
+	bool found = false;
+	pthread_mutex_lock(&sf->lock);
+	for (size_t i = 0; i < sf->nrefused && !found; i++)
+		if (!strcmp(sf->refused[i].version, version)) {
+			*out = sf->refused[i];
+			found = true;
+		}
+	pthread_mutex_unlock(&sf->lock);
+	return found;
 }
 
 /* ---- telling the kernel ----
@@ -347,6 +364,81 @@ void sf_switched(struct stellafs *sf)
 	inval_push(sf, 0, NULL, INO_CURRENT); /* its cached target */
 }
 
+/* Open a row's snapshot for serving, checked against its kept signed
+ * manifest under the mount's trust (trust_lock held).  Returns true when
+ * it is refused (*ref filled, logged); false with *out open, or NULL
+ * after a failure of the moment (retried). */
+static bool open_checked(struct stellafs *sf, const struct store_snapshot *row, struct snapshot **out,
+			 struct refusal *ref)
+{
+	struct stella_err oe = { 0 };
+	struct storecheck c;
+	*out = NULL;
+	int r = storecheck_open(sf->store, row->version, sf->trust, sf->threshold, out, &c, &oe);
+	if (r == 0 && !c.trusted) {
+		snapshot_unref(*out);
+		*out = NULL;
+		r = -EKEYREJECTED;
+		snprintf(ref->why, sizeof(ref->why), "not enough trusted signatures under %s: %s", sf->trust_path, c.why);
+	} else if (r < 0 && c.forged) {
+		snprintf(ref->why, sizeof(ref->why), "%s", stella_err_text(&oe, r));
+	} else if (r < 0) {
+		stella_log(LOG_ERR, "store %s: snapshot %s: %s", sf->source, row->version, stella_err_text(&oe, r));
+		return false;
+	}
+	if (r == 0)
+		return false;
+	snprintf(ref->version, sizeof(ref->version), "%s", row->version);
+	ref->err = r;
+	/* never served: a forged or damaged index, no kept manifest, or a
+	 * manifest no (or too few) trusted keys sign */
+	stella_log(LOG_ERR, "store %s: snapshot %s refused, not served: %s%s", sf->source, row->version, ref->why,
+		   r == -EBADMSG ? " (stellakit import --repair with its kit rebuilds it: docs/runbook.md)" : "");
+	return true;
+}
+
+size_t sf_retrust(struct stellafs *sf)
+{
+	struct slot *slots = NULL;
+	size_t n = sf_list(sf, &slots), dropped = 0;
+	for (size_t i = 0; i < n; i++) {
+		struct snapshot *s = sf_snapshot(sf, slots[i].id);
+		if (!s)
+			continue;
+		struct storecheck c;
+		struct stella_err e = { 0 };
+		int r = storecheck_signatures(sf->store, s, sf->trust, sf->threshold, &c, &e);
+		if (r < 0 && !c.forged) {
+			/* no verdict (memory): it stays as it was judged */
+			stella_log(LOG_ERR, "store %s: snapshot %s: %s", sf->source, s->version, stella_err_text(&e, r));
+			snapshot_unref(s);
+			continue;
+		}
+		pthread_mutex_lock(&sf->lock);
+		for (size_t j = 0; j < sf->nslots; j++) {
+			if (sf->slots[j].id != slots[i].id)
+				continue;
+			if (r == 0 && c.trusted) {
+				s->signers = c.signers; /* read under the lock too */
+				break;
+			}
+			/* the next refresh finds its row unserved, and refuses it
+			 * again with the reason */
+			inval_push(sf, INO_SNAPSHOTS, sf->slots[j].version, 0);
+			snapshot_unref(sf->slots[j].s);
+			sf->slots[j] = sf->slots[--sf->nslots];
+			dropped++;
+			break;
+		}
+		if (sf->nslots > 1)
+			qsort(sf->slots, sf->nslots, sizeof(*sf->slots), slot_seq_cmp);
+		pthread_mutex_unlock(&sf->lock);
+		snapshot_unref(s);
+	}
+	free(slots);
+	return dropped;
+}
+
 int sf_refresh(struct stellafs *sf, struct stella_err *e)
 {
 	if (!sf->store)
@@ -386,23 +478,21 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 
 	/* Open what is new outside the lock (an index open reads files). */
 	struct snapshot **opened = n ? calloc(n, sizeof(*opened)) : NULL;
-	if (n && !opened)
+	struct refusal *refused = n ? calloc(n, sizeof(*refused)) : NULL;
+	size_t nrefused = 0;
+	if (n && (!opened || !refused))
 		complete = false;
-	for (size_t i = 0; i < n; i++) {
+	pthread_rwlock_rdlock(&sf->trust_lock);
+	for (size_t i = 0; i < n && opened && refused; i++) {
 		pthread_mutex_lock(&sf->lock);
 		bool known = find_row(sf, &list[i]) != NULL;
 		pthread_mutex_unlock(&sf->lock);
-		if (known || !opened)
-			continue;
-		char *path = store_index_path(sf->store, list[i].version);
-		struct stella_err oe = { 0 };
-		if (!path || snapshot_open_store(path, store_blob_dirfd(sf->store), store_tree_dirfd(sf->store), list[i].version, &opened[i], &oe) < 0) {
-			stella_log(LOG_ERR, "store %s: snapshot %s: %s", sf->source, list[i].version,
-				   stella_err_text(&oe, -EIO));
+		if (!known && open_checked(sf, &list[i], &opened[i], &refused[nrefused]))
+			nrefused++;
+		else if (!known && !opened[i])
 			complete = false;
-		}
-		free(path);
 	}
+	pthread_rwlock_unlock(&sf->trust_lock);
 
 	pthread_mutex_lock(&sf->lock);
 	/* drop what the store no longer has */
@@ -430,6 +520,12 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 		}
 	if (sf->nslots > 1)
 		qsort(sf->slots, sf->nslots, sizeof(*sf->slots), slot_seq_cmp);
+	if (refused || !n) {
+		free(sf->refused);
+		sf->refused = refused;
+		sf->nrefused = nrefused;
+		refused = NULL;
+	}
 	bool switched = strcmp(sf->current, cur) != 0 && sf->store_version != -2;
 	snprintf(sf->current, sizeof(sf->current), "%s", cur);
 	sf->store_version = v;
@@ -447,6 +543,7 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 	if (dropped)
 		fdcache_flush();
 	free(opened);
+	free(refused);
 	free(list);
 	return 0;
 }

@@ -70,6 +70,15 @@ struct slot {
 	struct snapshot *s;
 };
 
+/* Store mode: a snapshot of the store the mount does not serve (docs/store.md,
+ * "Reads"): its index does not match its kept signed manifest, no manifest is
+ * kept, or too few trusted keys sign it. */
+struct refusal {
+	char version[129];
+	int err;                   /* -EBADMSG, -EKEYREJECTED */
+	char why[400];
+};
+
 struct inval {
 	fuse_ino_t parent;         /* inval_entry(parent, name) ... */
 	char name[130];
@@ -109,6 +118,11 @@ struct stellafs {
 	uint64_t next_slot;
 	char current[129];         /* version, "" when none */
 	struct trust *trust;
+	/* sf->trust is read outside commands (the refresh's checks) under
+	 * its read lock; reload swaps it under the write lock */
+	pthread_rwlock_t trust_lock;
+	struct refusal *refused;   /* store mode, under lock: rebuilt by each refresh */
+	size_t nrefused;
 	bool trust_ok;
 	char trust_detail[256];
 	unsigned signers;
@@ -159,6 +173,12 @@ int sf_changed(struct stellafs *sf, struct stella_err *e);
  * this mount serves it and its index answers, or when the store has no
  * such version (the switch says so); else why it cannot be made current. */
 int sf_check_servable(struct stellafs *sf, const char *version, struct stella_err *e);
+/* Reload: drop the snapshots whose kept manifest no longer carries the
+ * threshold under the new trust (cmd_lock held, trust already swapped);
+ * returns how many. */
+size_t sf_retrust(struct stellafs *sf);
+/* The refusal of version, copied into *out; false when it is served or unknown. */
+bool sf_refused(struct stellafs *sf, const char *version, struct refusal *out);
 /* After the current snapshot changed: tell the kernel (queued). */
 void sf_switched(struct stellafs *sf);
 int sf_start_inval(struct stellafs *sf);

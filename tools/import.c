@@ -10,13 +10,16 @@
 
 static const char help[] =
 	"Usage: " PROG " import -s STORE -t TRUST [--threshold N] [--now TIME] [--allow-expired]\n"
-	"                       [--activate] KIT\n"
+	"                       [--activate] [--repair] KIT\n"
 	"\n"
 	"Verify KIT completely and add it to STORE as a snapshot: its files are\n"
 	"stored once by content, its index beside them.  Nothing changes in the\n"
 	"store unless every check passes.  The first snapshot of a store becomes\n"
 	"current; with --activate the new one does.  A mounted store shows the new\n"
 	"snapshot as soon as the import has finished.  STORE is created if needed.\n"
+	"Every stored file the kit carries is checked, and replaced by the kit's\n"
+	"verified bytes when damaged: importing a known-good kit that carries a\n"
+	"file repairs it, in every snapshot that has it.\n"
 	"\n"
 	"  -s, --store STORE     the store directory\n"
 	"  -t, --trust TRUST     PEM public key file, or a directory of *.pub/*.pem\n"
@@ -24,12 +27,16 @@ static const char help[] =
 	"      --now TIME        judge expiry at TIME instead of now (RFC 3339)\n"
 	"      --allow-expired   accept a kit whose expiresAt is past\n"
 	"      --activate        make the imported snapshot current\n"
+	"      --repair          KIT made a snapshot of STORE already (same version and\n"
+	"                        manifest): check that snapshot's stored files, replace\n"
+	"                        the damaged ones, rebuild its index and keep its signed\n"
+	"                        manifest, instead of refusing the kit as not newer\n"
 	"  -h, --help            show this help\n"
 	"\n"
 	"Exit codes as verify, plus 7: the kit's sequence is not newer than the one\n"
 	"the store already trusts for its kitId.\n";
 
-enum { OPT_THRESHOLD = 256, OPT_NOW, OPT_ALLOW_EXPIRED, OPT_ACTIVATE };
+enum { OPT_THRESHOLD = 256, OPT_NOW, OPT_ALLOW_EXPIRED, OPT_ACTIVATE, OPT_REPAIR };
 
 int cmd_import(int argc, char **argv)
 {
@@ -40,12 +47,13 @@ int cmd_import(int argc, char **argv)
 		{ "now", required_argument, NULL, OPT_NOW },
 		{ "allow-expired", no_argument, NULL, OPT_ALLOW_EXPIRED },
 		{ "activate", no_argument, NULL, OPT_ACTIVATE },
+		{ "repair", no_argument, NULL, OPT_REPAIR },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
 	const char *store_path = NULL, *trust_path = NULL, *now_arg = NULL;
 	unsigned threshold = 1;
-	bool allow_expired = false, activate = false;
+	bool allow_expired = false, activate = false, repair = false;
 	int c, r;
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, "+s:t:h", opts, NULL)) != -1) {
@@ -60,6 +68,7 @@ int cmd_import(int argc, char **argv)
 		case OPT_NOW: now_arg = optarg; break;
 		case OPT_ALLOW_EXPIRED: allow_expired = true; break;
 		case OPT_ACTIVATE: activate = true; break;
+		case OPT_REPAIR: repair = true; break;
 		case 'h': fputs(help, stdout); return 0;
 		default: return usage_error("import", "unknown or incomplete option '%s'", argv[optind - 1]);
 		}
@@ -85,8 +94,10 @@ int cmd_import(int argc, char **argv)
 		store_close(st);
 		return report(&e, r);
 	}
+	struct store_import_report rep = { 0 };
 	struct store_import_opts o = { .trust = trust, .threshold = threshold, .now = now,
-				       .allow_expired = allow_expired, .activate = activate };
+				       .allow_expired = allow_expired, .activate = activate, .repair = repair,
+				       .report = &rep };
 	r = store_import(st, argv[optind], &o, version, &e);
 	char cur[129], prev[129];
 	store_pointers(st, cur, prev, NULL);
@@ -95,7 +106,13 @@ int cmd_import(int argc, char **argv)
 	trust_free(trust);
 	if (r < 0)
 		return report(&e, r);
-	printf("imported %s into %s as snapshot %s%s\n", argv[optind], store_path, version,
-	       !strcmp(cur, version) ? " (current)" : "");
+	if (rep.existed)
+		printf("%s is snapshot %s of %s already: its stored files checked, %llu damaged one(s) replaced%s\n",
+		       argv[optind], version, store_path, (unsigned long long)rep.repaired,
+		       !strcmp(cur, version) ? " (current)" : "");
+	else
+		printf("imported %s into %s as snapshot %s%s%s\n", argv[optind], store_path, version,
+		       !strcmp(cur, version) ? " (current)" : "",
+		       rep.repaired ? "; damaged stored files replaced by its verified bytes" : "");
 	return 0;
 }

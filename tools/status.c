@@ -9,10 +9,11 @@
 #include "health.h"
 #include "snapshot.h"
 #include "store.h"
+#include "storecheck.h"
 #include "util.h"
 
 static const char help[] =
-	"Usage: " PROG " status [MOUNTPOINT | -s STORE] [--json]\n"
+	"Usage: " PROG " status [MOUNTPOINT | -s STORE [-t TRUST [--threshold N]]] [--json]\n"
 	"\n"
 	"Show the health of a mounted kit (default MOUNTPOINT /stella), or of a\n"
 	"store's current snapshot: its status text, or status.json with --json.\n"
@@ -22,6 +23,9 @@ static const char help[] =
 	"\n"
 	"  --json       print status.json as the daemon wrote it\n"
 	"  -s STORE     a store directory, read directly: no mount needed\n"
+	"  -t TRUST     with -s: check the current snapshot as a mount does (its index\n"
+	"               against its kept signed manifest, signed by N keys of TRUST)\n"
+	"  --threshold N  distinct trusted keys required with -t (default 1)\n"
 	"  -h, --help   show this help\n";
 
 #define STATUS_UNKNOWN 3
@@ -73,9 +77,33 @@ static bool stellafs_mounted(const char *dir)
 	return found;
 }
 
+/* The current snapshot: with a trust store, opened as a mount opens it
+ * (core/storecheck.h); without, as the import left it. */
+static int open_current(struct store *st, const char *cur, const struct trust *t, unsigned threshold,
+			struct snapshot **s, bool *trusted, char *why, size_t wl, struct stella_err *e)
+{
+	*trusted = true;
+	if (!t) {
+		char *p = store_index_path(st, cur);
+		int r = p ? snapshot_open_store(p, store_blob_dirfd(st), store_tree_dirfd(st), cur, s, e) : -ENOMEM;
+		free(p);
+		return r;
+	}
+	struct storecheck c;
+	int r = storecheck_open(st, cur, t, threshold, s, &c, e);
+	if (r == 0 && !c.trusted) {
+		*trusted = false;
+		snprintf(why, wl, "current snapshot %.128s: %.300s", cur, c.why);
+	} else if (r < 0) {
+		*trusted = false;
+		snprintf(why, wl, "%.500s", stella_err_text(e, r));
+	}
+	return r;
+}
+
 /* A store read directly: its current snapshot judged now.  Signatures were
- * checked when each snapshot was imported. */
-static int store_status(const char *dir, bool json)
+ * checked when each snapshot was imported, and again here with -t. */
+static int store_status(const char *dir, const struct trust *t, unsigned threshold, bool json)
 {
 	struct stella_err e = { 0 };
 	struct store *st = NULL;
@@ -95,19 +123,18 @@ static int store_status(const char *dir, bool json)
 		store_close(st);
 		return STATUS_UNKNOWN;
 	}
-	if (*cur) {
-		char *p = store_index_path(st, cur);
-		if (!p || (r = snapshot_open_store(p, store_blob_dirfd(st), store_tree_dirfd(st), cur, &s, &e)) < 0)
-			fprintf(stderr, PROG ": status: %s: snapshot %s: %s\n", dir, cur, stella_err_text(&e, r));
-		free(p);
-	}
+	bool trusted = true;
+	char why[640] = "";
+	if (*cur && (r = open_current(st, cur, t, threshold, &s, &trusted, why, sizeof(why), &e)) < 0)
+		fprintf(stderr, PROG ": status: %s: snapshot %s: %s\n", dir, cur, stella_err_text(&e, r));
 	const char **names = calloc(n ? n : 1, sizeof(*names));
 	for (size_t i = 0; names && i < n; i++)
 		names[i] = list[i].version;
 	struct health_input in = {
 		.mode = "store", .source = store_dir(st), .kit = s ? s->identity : NULL,
 		.snapshots = names, .nsnapshots = names ? n : 0, .now = (int64_t)time(NULL),
-		.trust_ok = true, .signers = s ? s->signers : 0, .threshold = 1,
+		.trust_ok = trusted, .trust_detail = why, .signers = s ? s->signers : 0,
+		.threshold = t ? threshold : 1,
 		.store_usage_pct = store_usage_pct(st),
 	};
 	char *out = json ? health_render_json(&in) : health_render_status(&in);
@@ -127,17 +154,27 @@ int cmd_status(int argc, char **argv)
 	static const struct option opts[] = {
 		{ "json", no_argument, NULL, 'j' },
 		{ "store", required_argument, NULL, 's' },
+		{ "trust", required_argument, NULL, 't' },
+		{ "threshold", required_argument, NULL, 'T' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
 	bool json = false;
-	const char *store = NULL;
+	const char *store = NULL, *trust_path = NULL;
+	uint64_t threshold = 1;
 	int c;
 	opterr = 0;
-	while ((c = getopt_long(argc, argv, "+s:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "+s:t:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'j': json = true; break;
 		case 's': store = optarg; break;
+		case 't': trust_path = optarg; break;
+		case 'T':
+			if (parse_u64(optarg, &threshold) < 0 || threshold < 1 || threshold > 256) {
+				usage_error("status", "--threshold '%s': a number from 1 to 256", optarg);
+				return STATUS_UNKNOWN;
+			}
+			break;
 		case 'h': fputs(help, stdout); return 0;
 		default:
 			/* a monitoring check must not read a usage error as CRITICAL (2) */
@@ -157,8 +194,22 @@ int cmd_status(int argc, char **argv)
 			return STATUS_UNKNOWN;
 		}
 	}
-	if (store)
-		return store_status(store, json);
+	if (trust_path && !store) {
+		usage_error("status", "-t TRUST goes with -s STORE");
+		return STATUS_UNKNOWN;
+	}
+	if (store) {
+		struct trust *t = NULL;
+		struct stella_err e = { 0 };
+		int r = trust_path ? trust_load(trust_path, &t, &e) : 0;
+		if (r < 0) {
+			fprintf(stderr, PROG ": status: %s\n", stella_err_text(&e, r));
+			return STATUS_UNKNOWN;
+		}
+		int rc = store_status(store, t, (unsigned)threshold, json);
+		trust_free(t);
+		return rc;
+	}
 	if (!mnt)
 		mnt = "/stella";
 	if (!stellafs_mounted(mnt)) {
