@@ -496,7 +496,7 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 
 	pthread_mutex_lock(&sf->lock);
 	/* drop what the store no longer has */
-	size_t k = 0, dropped = 0;
+	size_t k = 0;
 	for (size_t i = 0; i < sf->nslots; i++) {
 		bool listed = false;
 		for (size_t j = 0; j < n && !listed; j++)
@@ -506,7 +506,6 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 		} else {
 			inval_push(sf, INO_SNAPSHOTS, sf->slots[i].version, 0);
 			snapshot_unref(sf->slots[i].s);
-			dropped++;
 		}
 	}
 	sf->nslots = k;
@@ -538,10 +537,12 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 	if (switched)
 		sf_switched(sf);
 	pthread_mutex_unlock(&sf->refresh_lock);
-	/* Another mount removed snapshots and may delete their blobs: cached
-	 * descriptors of those would keep the space. */
-	if (dropped)
-		fdcache_flush();
+	/* The store changed.  Another mount may have removed snapshots and
+	 * deleted their blobs (cached descriptors would keep the space), or
+	 * an import may have mended a damaged blob by renaming a good copy
+	 * over it (cached descriptors would keep serving the damaged inode:
+	 * EIO where the store now holds good bytes). */
+	fdcache_flush();
 	free(opened);
 	free(refused);
 	free(list);
