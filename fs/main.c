@@ -285,18 +285,24 @@ static int detach(void)
 	return p[1];
 }
 
-/* Tell the waiting parent: rc 0 (serving) or the failure's code and line. */
-static void detach_done(int *fd, int code, const char *msg)
+/* Tell the waiting parent: rc 0 (serving) or the failure's code and line.
+ * When "serving" cannot be written, the descriptor stays open and the
+ * error is returned: the caller stops and tells the failure instead. */
+static int detach_done(int *fd, int code, const char *msg)
 {
 	if (*fd < 0)
-		return;
+		return 0;
 	char buf[600];
 	int n = snprintf(buf, sizeof(buf), "%c%s", '0' + (code >= 0 && code <= 9 ? code : 1), code ? msg : "");
 	if (write(*fd, buf, (size_t)MIN(n, (int)sizeof(buf) - 1)) < 0) {
-		/* the parent is gone: nobody to tell */
+		int r = -errno;
+		/* kept open for a failure's line (see main) */
+		if (code == 0)
+			return r;
 	}
 	close(*fd);
 	*fd = -1;
+	return 0;
 }
 
 /* Descriptors the daemon keeps besides its two budgets below: stdio,
@@ -581,7 +587,16 @@ int main(int argc, char **argv)
 		snprintf(fail_msg, sizeof(fail_msg), "%s", strerror(ENOMEM));
 		goto out;
 	}
-	detach_done(&status_fd, 0, "");
+	/* A parent that was not told we serve waits for us to end (it saw
+	 * only EOF): serving on would hang it, and whatever started it, for
+	 * as long as the mount lives.  Such a start failed. */
+	if ((r = detach_done(&status_fd, 0, "")) < 0) {
+		snprintf(fail_msg, sizeof(fail_msg), "%s: cannot tell the starting process that it is mounted: %s",
+			 cl.mountpoint, strerror(-r));
+		stella_log(LOG_ERR, "%s", fail_msg);
+		fuse_loop_cfg_destroy(lc);
+		goto out;
+	}
 	sd_notify_send("READY=1\n");
 	status_start(&sn, &sf);
 	fuse_loop_cfg_set_clone_fd(lc, cl.clone_fd);
