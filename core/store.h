@@ -53,12 +53,17 @@ int store_pointers(struct store *st, char current[129], char previous[129], stru
 int64_t store_data_version(struct store *st);
 int store_usage_pct(struct store *st);
 
+struct source;
 struct store_import_opts {
 	const struct trust *trust;
 	unsigned threshold;
 	int64_t now;
 	bool allow_expired;
 	bool activate;
+	/* The kit already open (borrowed, its stream not yet read): the
+	 * daemon opens it itself, as the writer of the command; kit then only
+	 * names it in messages.  NULL: kit is opened here. */
+	struct source *source;
 };
 /* Verify a kit completely and add it (the writer lock must be held).
  * -ESTALE when its sequence is not above the ratchet for its kitId,
