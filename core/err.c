@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "util.h"
+
 static void __attribute__((format(printf, 3, 0))) vset(struct stella_err *e, int rc, const char *fmt, va_list ap)
 {
 	if (!e || e->code)
@@ -83,13 +85,12 @@ void stella_log_set(void (*fn)(int prio, const char *line))
 
 void stella_log(int prio, const char *fmt, ...)
 {
-	char line[1024];
+	char raw[1024], line[1024];
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(line, sizeof(line), fmt, ap);
+	vsnprintf(raw, sizeof(raw), fmt, ap);
 	va_end(ap);
-	for (char *p = line; *p; p++)
-		if (*p == '\n' || *p == '\r')
-			*p = ' ';
+	/* one line, whatever a file name or manifest field in it holds */
+	text_escape(raw, line, sizeof(line));
 	log_fn(prio, line);
 }

@@ -314,3 +314,21 @@ void *thread_scratch(unsigned slot, size_t need)
 	}
 	return sc->p[slot];
 }
+
+void text_escape(const char *in, char *out, size_t n)
+{
+	size_t o = 0;
+	for (; *in; in++) {
+		unsigned char c = (unsigned char)*in;
+		bool ctl = c < 0x20 || c == 0x7f;
+		if (o + (ctl ? 4 : 1) >= n)
+			break;
+		if (ctl) {
+			snprintf(out + o, 5, "\\x%02x", c);
+			o += 4;
+		} else {
+			out[o++] = (char)c;
+		}
+	}
+	out[o] = 0;
+}

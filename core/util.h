@@ -53,3 +53,10 @@ int parse_u64(const char *s, uint64_t *out);
  * Years 1970 to 9999 only, so that every time read can be written again. */
 int time_parse(const char *s, int64_t *out);
 void time_format(int64_t t, char out[32]);
+
+/* IN as one line of text that cannot pass for more: every control
+ * character (a newline, a carriage return, a terminal escape, DEL) written
+ * as \xNN, the rest as is.  For untrusted text (file names, manifest
+ * fields, paths) where it enters a journal, a log or a reason file.  OUT
+ * (N bytes, N > 0) is always terminated; cut short when too small. */
+void text_escape(const char *in, char *out, size_t n);
