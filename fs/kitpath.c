@@ -101,8 +101,10 @@ static void cred_restore(struct saved_cred *c)
 static int cred_switch(const struct writer *w, struct saved_cred *c, const char *path, struct stella_err *e)
 {
 	c->switched = false;
-	if (!w || (w->uid == geteuid() && w->uid == 0))
-		return 0; /* root asked: root's rights are the writer's */
+	/* root asked, or the daemon's own user (a daemon not run as root
+	 * cannot take another's credentials, nor has it more than its own) */
+	if (!w || w->uid == 0 || w->uid == geteuid())
+		return 0;
 	c->fsuid = (uid_t)setfsuid((uid_t)-1);
 	c->fsgid = (gid_t)setfsgid((gid_t)-1);
 	c->ngroups = getgroups(WRITER_GROUPS_MAX, c->groups);
