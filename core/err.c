@@ -4,6 +4,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "escape.h"
+#include "util.h"
+
 static void __attribute__((format(printf, 3, 0))) vset(struct stella_err *e, int rc, const char *fmt, va_list ap)
 {
 	if (!e || e->code)
@@ -83,14 +86,14 @@ void stella_log_set(void (*fn)(int prio, const char *line))
 
 void stella_log(int prio, const char *fmt, ...)
 {
-	char line[1024];
+	char raw[1024], line[1024];
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(line, sizeof(line), fmt, ap);
+	vsnprintf(raw, sizeof(raw), fmt, ap);
 	va_end(ap);
-	/* lines quote file names from kits: an ESC or a tab in one must not
-	 * reach a terminal (stellafs -f) or split a log line */
-	stella_one_line(line);
+	/* one line, whatever a file name or manifest field in it holds, and
+	 * nothing a terminal (stellafs -f) would take for an escape sequence */
+	escape(raw, ESCAPE_TEXT, line, sizeof(line));
 	log_fn(prio, line);
 }
 

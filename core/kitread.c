@@ -37,6 +37,55 @@ static int over_limit(struct kitread *kr, struct archive *a, uint64_t more)
 	return -1;
 }
 
+/* The tar header checksum (POSIX: the unsigned sum of the header's bytes,
+ * its checksum field counted as blanks; some old writers summed signed
+ * bytes, which libarchive accepts too). */
+static bool tar_header_ok(const uint8_t *h)
+{
+	uint64_t want = 0;
+	size_t i = 148;
+	while (i < 156 && h[i] == ' ')
+		i++;
+	if (i == 156 || h[i] < '0' || h[i] > '7')
+		return false;
+	for (; i < 156 && h[i] >= '0' && h[i] <= '7'; i++)
+		want = want * 8 + (uint64_t)(h[i] - '0');
+	int64_t usum = 0, ssum = 0;
+	for (i = 0; i < 512; i++) {
+		uint8_t c = i >= 148 && i < 156 ? ' ' : h[i];
+		usum += c;
+		ssum += (int8_t)c;
+	}
+	return (int64_t)want == usum || (int64_t)want == ssum;
+}
+
+/* The stream's first block decides at once what no later byte can mend:
+ * zeros (the end-of-archive marker, or no archive at all) mean there is no
+ * manifest, and anything but a tar header means no tar.  Without this,
+ * libarchive, told to read past end markers, would read a sparse file of
+ * zeros to its end (terabytes) before saying so, holding the daemon's
+ * command lock all the while.  A compressed kit's decoded head likewise. */
+static int check_first_block(struct kitread *kr, struct archive *a, const uint8_t *b, size_t n)
+{
+	if (n < 512)
+		return 0; /* shorter than a block: libarchive says truncated */
+	bool zero = true;
+	for (size_t i = 0; i < 512 && zero; i++)
+		zero = b[i] == 0;
+	if (zero)
+		kr->src_rc = stella_fail(&kr->src_err, -EBADMSG,
+					 "%s: not a kit archive: the tar stream starts with a block of zeros (an end-of-archive marker), so it holds no manifest",
+					 source_path(kr->src));
+	else if (!tar_header_ok(b))
+		kr->src_rc = stella_fail(&kr->src_err, -EBADMSG,
+					 "%s: not a kit archive: its first 512 bytes are not a tar header (bad checksum)",
+					 source_path(kr->src));
+	else
+		return 0;
+	archive_set_error(a, EILSEQ, "%s", kr->src_err.msg);
+	return -1;
+}
+
 static ssize_t read_cb(struct archive *a, void *data, const void **out)
 {
 	struct kitread *kr = data;
@@ -46,6 +95,8 @@ static ssize_t read_cb(struct archive *a, void *data, const void **out)
 		archive_set_error(a, EILSEQ, "%s", stella_err_text(&kr->src_err, (int)n));
 		return -1;
 	}
+	if (kr->consumed == 0 && check_first_block(kr, a, kr->buf, (size_t)n) < 0)
+		return -1;
 	if (over_limit(kr, a, (uint64_t)n) < 0)
 		return -1;
 	kr->consumed += (uint64_t)n;
@@ -153,6 +204,7 @@ void kitread_close(struct kitread *kr)
 }
 
 enum kit_compression kitread_compression(const struct kitread *kr) { return source_compression(kr->src); }
+struct source *kitread_source(const struct kitread *kr) { return kr->src; }
 
 int kitread_next(struct kitread *kr, struct kit_member *m, struct stella_err *e)
 {

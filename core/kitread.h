@@ -36,6 +36,7 @@ int kitread_open(const char *path, struct kitread **out, struct stella_err *e);
 int kitread_open_source(struct source *src, struct kitread **out, struct stella_err *e);
 void kitread_close(struct kitread *kr);
 enum kit_compression kitread_compression(const struct kitread *kr);
+struct source *kitread_source(const struct kitread *kr);
 
 /* The next member: 1 when there is one, 0 at the end of the archive (after
  * checking that nothing but zero padding follows), or a negative errno. */

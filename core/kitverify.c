@@ -339,15 +339,28 @@ static int check_member(struct walk *w, const struct kit_member *m, const char *
 int kit_read_head(const char *path, char **manifest, size_t *mlen, char **sig, size_t *slen,
 		  struct stella_err *e)
 {
-	struct kitread *kr;
-	struct kit_member m;
-	int r = kitread_open(path, &kr, e);
+	struct source *src;
+	int r = source_open(path, &src, e);
 	if (r < 0)
 		return r;
-	/* the bomb bound of kit_verify before its manifest: room for the
-	 * manifest, its signature and their headers */
-	if (kitread_compression(kr) != KIT_COMPRESS_NONE)
-		kitread_set_limit(kr, HEAD_STREAM_MAX);
+	r = kit_read_head_source(src, manifest, mlen, sig, slen, e);
+	source_close(src);
+	return r;
+}
+
+int kit_read_head_source(struct source *src, char **manifest, size_t *mlen, char **sig, size_t *slen,
+			 struct stella_err *e)
+{
+	const char *path = source_path(src);
+	struct kitread *kr;
+	struct kit_member m;
+	int r = kitread_open_source(src, &kr, e);
+	if (r < 0)
+		return r;
+	/* the bound of kit_verify before its manifest: room for the manifest,
+	 * its signature and their headers (zero blocks between them would
+	 * otherwise be skipped without end) */
+	kitread_set_limit(kr, HEAD_STREAM_MAX);
 	*manifest = *sig = NULL;
 	r = kitread_next(kr, &m, e);
 	if (r == 1 && (strcmp(m.name, KIT_MANIFEST_NAME) || m.type != ARTIFACT_FILE))
@@ -409,16 +422,24 @@ int kit_verify(const char *path, const struct kitverify_opts *o, struct kitverif
 	r = o->source ? kitread_open_source(o->source, &w.kr, e) : kitread_open(path, &w.kr, e);
 	if (r < 0)
 		return r;
-	/* A compressed kit's stream is bounded by what its manifest accounts
-	 * for (before the manifest: room for it, its signature and their
-	 * headers).  An uncompressed one is bounded by its file. */
-	bool compressed = kitread_compression(w.kr) != KIT_COMPRESS_NONE;
-	if (compressed)
-		kitread_set_limit(w.kr, HEAD_STREAM_MAX);
+	/* A kit's tar stream is bounded by what its manifest accounts for
+	 * (before the manifest: room for it, its signature and their headers),
+	 * or a daemon's import would read a file of zeros, or a compressed
+	 * bomb, for as long as it goes on, holding the command lock.  An
+	 * uncompressed kit file longer than that is refused at once; a block
+	 * device is as long as the device, and is read up to the bound. */
+	kitread_set_limit(w.kr, HEAD_STREAM_MAX);
 	if ((r = read_head(&w, e)) < 0)
 		goto out;
-	if (compressed)
-		kitread_set_limit(w.kr, stream_bound(&w));
+	uint64_t bound = stream_bound(&w);
+	struct source *src = kitread_source(w.kr);
+	if (kitread_compression(w.kr) == KIT_COMPRESS_NONE && !source_is_blockdev(src) && source_file_size(src) > bound) {
+		r = stella_fail(e, -EBADMSG,
+				"%s: %llu bytes, more than the %llu its manifest accounts for (padding or appended data)", path,
+				(unsigned long long)source_file_size(src), (unsigned long long)bound);
+		goto out;
+	}
+	kitread_set_limit(w.kr, bound);
 	res->compression = kitread_compression(w.kr);
 	free(w.manifest_json);
 	w.manifest_json = NULL;

@@ -73,6 +73,10 @@ struct kitverify_result {
 int kit_read_head(const char *path, char **manifest, size_t *mlen, char **sig, size_t *slen,
 		  struct stella_err *e);
 
+/* The same from an open source whose stream has not been read (borrowed). */
+int kit_read_head_source(struct source *src, char **manifest, size_t *mlen, char **sig, size_t *slen,
+			 struct stella_err *e);
+
 int kit_verify(const char *path, const struct kitverify_opts *o, struct kitverify_result *res,
 	       struct stella_err *e);
 void kitverify_result_free(struct kitverify_result *res);

@@ -62,6 +62,7 @@ struct source {
 	char *path;
 	int fd;
 	uint64_t file_size;
+	bool blockdev;
 	enum kit_compression comp;
 
 	pthread_mutex_t lock;
@@ -95,6 +96,7 @@ const char *kit_compression_name(enum kit_compression c)
 const char *source_path(const struct source *s) { return s->path; }
 enum kit_compression source_compression(const struct source *s) { return s->comp; }
 uint64_t source_file_size(const struct source *s) { return s->file_size; }
+bool source_is_blockdev(const struct source *s) { return s->blockdev; }
 uint64_t source_stream_size(const struct source *s) { return s->comp == KIT_COMPRESS_NONE ? s->file_size : s->stream_size; }
 
 size_t source_points(const struct source *s, const struct source_point **pts)
@@ -166,16 +168,21 @@ int source_open_kit_fd(const char *path, struct stat *st, struct stella_err *e)
 	 * kit is read at offsets, so only regular files and block devices
 	 * qualify; the flag is cleared again for them. */
 	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-	if (fd < 0)
-		return stella_fail_errno(e, -errno, "%s", path);
+	if (fd < 0) {
+		/* A socket cannot be opened at all (ENXIO), nor can a device
+		 * node without a driver: name what it is, as for a FIFO, rather
+		 * than report a runtime error about a path that is not a kit. */
+		int err = errno;
+		if (err == ENXIO && stat(path, st) == 0 && !S_ISREG(st->st_mode) && !S_ISBLK(st->st_mode))
+			return source_check_type(path, st, e);
+		return stella_fail_errno(e, -err, "%s", path);
+	}
 	int r = 0;
 	if (fstat(fd, st) < 0)
 		r = stella_fail_errno(e, -errno, "%s", path);
-	else if (S_ISDIR(st->st_mode))
-		r = stella_fail(e, -EINVAL, "%s: a directory, not a kit file", path);
-	else if (!S_ISREG(st->st_mode) && !S_ISBLK(st->st_mode))
-		r = stella_fail(e, -EINVAL, "%s: not a regular file or block device, so not a kit file", path);
-	else if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0)
+	else
+		r = source_check_type(path, st, e);
+	if (r == 0 && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0)
 		r = stella_fail_errno(e, -errno, "%s", path);
 	if (r < 0) {
 		close(fd);
@@ -184,13 +191,35 @@ int source_open_kit_fd(const char *path, struct stat *st, struct stella_err *e)
 	return fd;
 }
 
+int source_check_type(const char *path, const struct stat *st, struct stella_err *e)
+{
+	if (S_ISDIR(st->st_mode))
+		return stella_fail(e, -EINVAL, "%s: a directory, not a kit file", path);
+	if (S_ISSOCK(st->st_mode))
+		return stella_fail(e, -EINVAL, "%s: a socket, not a regular file or block device, so not a kit file", path);
+	if (!S_ISREG(st->st_mode) && !S_ISBLK(st->st_mode))
+		return stella_fail(e, -EINVAL, "%s: not a regular file or block device, so not a kit file", path);
+	return 0;
+}
+
 int source_open(const char *path, struct source **out, struct stella_err *e)
+{
+	struct stat st;
+	int fd = source_open_kit_fd(path, &st, e);
+	if (fd < 0)
+		return fd;
+	return source_open_fd(fd, path, out, e);
+}
+
+int source_open_fd(int fd, const char *path, struct source **out, struct stella_err *e)
 {
 	struct source *s = calloc(1, sizeof(*s));
 	int r;
-	if (!s)
+	if (!s) {
+		close(fd);
 		return -ENOMEM;
-	s->fd = -1;
+	}
+	s->fd = fd;
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->cond, NULL);
 	pthread_cond_init(&s->prefetch_cond, NULL);
@@ -199,12 +228,14 @@ int source_open(const char *path, struct source **out, struct stella_err *e)
 		goto fail;
 	}
 	struct stat st;
-	if ((s->fd = source_open_kit_fd(path, &st, e)) < 0) {
-		r = s->fd;
-		s->fd = -1;
+	if (fstat(fd, &st) < 0) {
+		r = stella_fail_errno(e, -errno, "%s", path);
 		goto fail;
 	}
+	if ((r = source_check_type(path, &st, e)) < 0)
+		goto fail;
 	s->file_size = (uint64_t)st.st_size;
+	s->blockdev = S_ISBLK(st.st_mode);
 	if (S_ISBLK(st.st_mode) && ioctl(s->fd, BLKGETSIZE64, &s->file_size) < 0) {
 		r = stella_fail_errno(e, -errno, "%s: device size", path);
 		goto fail;
@@ -239,6 +270,16 @@ int source_open(const char *path, struct source **out, struct stella_err *e)
 fail:
 	source_close(s);
 	return r;
+}
+
+int source_dup(const struct source *s, struct source **out, struct stella_err *e)
+{
+	/* a descriptor of its own: reads are preads, so it shares nothing
+	 * with s but the open file, the one s reads */
+	int fd = fcntl(s->fd, F_DUPFD_CLOEXEC, 0);
+	if (fd < 0)
+		return stella_fail_errno(e, -errno, "%s", s->path);
+	return source_open_fd(fd, s->path, out, e);
 }
 
 static void point_add(struct source *s, uint64_t out, uint64_t in, uint8_t bits, const uint8_t *window)

@@ -10,6 +10,7 @@
  * kits are read with pread at the member's own offset: no copy, no index. */
 #pragma once
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -21,11 +22,21 @@ const char *kit_compression_name(enum kit_compression c);
 
 struct source;
 
+/* A block device: its size is the device's, larger than the kit on it. */
+bool source_is_blockdev(const struct source *s);
 int source_open(const char *path, struct source **out, struct stella_err *e);
 /* Open the kit file PATH for reading, never blocking in open(2), and fstat
  * it into *st: the descriptor, or a negative errno with the reason in *e
  * (-EINVAL for a directory or anything but a regular file or block device). */
 int source_open_kit_fd(const char *path, struct stat *st, struct stella_err *e);
+/* -EINVAL, with the reason, unless ST is a regular file or block device. */
+int source_check_type(const char *path, const struct stat *st, struct stella_err *e);
+/* The kit already open on FD (blocking mode; as source_open_kit_fd leaves
+ * it), taken over whatever the outcome; PATH names it in messages. */
+int source_open_fd(int fd, const char *path, struct source **out, struct stella_err *e);
+/* A new source on the file S has open (not on its path, which may name
+ * another file by now), with cursors of its own: S may be in use. */
+int source_dup(const struct source *s, struct source **out, struct stella_err *e);
 void source_close(struct source *s);
 const char *source_path(const struct source *s);
 enum kit_compression source_compression(const struct source *s);

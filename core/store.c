@@ -1089,6 +1089,7 @@ int store_import(struct store *st, const char *kit, const struct store_import_op
 		.trust = o->trust, .threshold = o->threshold, .now = o->now, .allow_expired = o->allow_expired,
 		.check_expiry = true, .content = true,
 		.visit = imp_visit, .visit_ctx = &im, .check_manifest = imp_check, .data = imp_data,
+		.source = o->source,
 	};
 	struct kitverify_result res = { 0 };
 	int r = kit_verify(kit, &vo, &res, e);

@@ -58,6 +58,7 @@ struct store_import_report {
 	uint64_t repaired;         /* stored files found damaged and replaced by the kit's verified bytes */
 };
 
+struct source;
 struct store_import_opts {
 	const struct trust *trust;
 	unsigned threshold;
@@ -66,6 +67,10 @@ struct store_import_opts {
 	bool activate;
 	bool repair;               /* the kit of a snapshot already here: check and mend it */
 	struct store_import_report *report;   /* optional, filled on success */
+	/* The kit already open (borrowed, its stream not yet read): the
+	 * daemon opens it itself, as the writer of the command; kit then only
+	 * names it in messages.  NULL: kit is opened here. */
+	struct source *source;
 };
 /* Verify a kit completely and add it (the writer lock must be held).
  * -ESTALE when its sequence is not above the ratchet for its kitId,

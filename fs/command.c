@@ -9,7 +9,7 @@
 #include "util.h"
 
 const char command_usage[] = "bad command: expected activate VERSION | rollback [VERSION] | import PATH | "
-			     "verify [VERSION|all] | remove VERSION | gc [keep=N] | reload";
+			     "verify [all|VERSION|-- VERSION] | remove VERSION | gc [keep=N] | reload";
 
 int command_check_text(const char *buf, size_t len)
 {
@@ -44,22 +44,60 @@ static const struct {
 	{ "reload", CMD_RELOAD },
 };
 
+/* The rest of the line after the command word, leading blanks skipped
+ * (command_each_line already cut the trailing ones): import's path, which
+ * may hold blanks ("kit-v1 (1).tar.zst" as a copier names a second copy). */
+static char *rest_of_line(char *p)
+{
+	while (*p == ' ' || *p == '\t')
+		p++;
+	return *p ? p : NULL;
+}
+
 int command_parse(char *line, struct command *c, char *res, size_t rl)
 {
 	char *save = NULL;
-	char *cmd = strtok_r(line, " \t", &save);
-	char *arg = strtok_r(NULL, " \t", &save);
-	char *extra = strtok_r(NULL, " \t", &save);
+	while (*line == ' ' || *line == '\t')
+		line++;
+	/* the command word cut by hand: what follows it stays whole for import */
+	char *cmd = line, *after = line + strcspn(line, " \t");
+	if (*after)
+		*after++ = 0;
 	size_t i;
 
-	if (!cmd || extra)
+	if (!*cmd)
 		return -EINVAL;
 	for (i = 0; i < sizeof(words) / sizeof(words[0]); i++)
 		if (!strcmp(cmd, words[i].name))
 			break;
 	if (i == sizeof(words) / sizeof(words[0]))
 		return -EINVAL;
-	*c = (struct command){ .kind = words[i].kind, .name = words[i].name, .arg = arg, .keep = 2 };
+	*c = (struct command){ .kind = words[i].kind, .name = words[i].name, .keep = 2 };
+	if (c->kind == CMD_IMPORT) {
+		char *arg = rest_of_line(after);
+		if (!arg)
+			return -EINVAL;
+		if (arg[0] != '/') {
+			/* the daemon's directory is /, not the writer's */
+			if (rl)
+				snprintf(res, rl, "import needs an absolute path, not \"%.200s\"", arg);
+			return -EINVAL;
+		}
+		c->arg = arg;
+		return 0;
+	}
+	char *arg = strtok_r(after, " \t", &save);
+	if (c->kind == CMD_VERIFY && arg && !strcmp(arg, "--")) {
+		/* "verify -- all": the snapshot whose version is "all" */
+		arg = strtok_r(NULL, " \t", &save);
+		if (!arg)
+			return -EINVAL;
+	} else if (c->kind == CMD_VERIFY && arg && !strcmp(arg, "all")) {
+		c->all = true;
+	}
+	if (strtok_r(NULL, " \t", &save))
+		return -EINVAL; /* one argument too many */
+	c->arg = arg;
 	switch (c->kind) {
 	case CMD_VERIFY:
 	case CMD_ROLLBACK:
@@ -71,18 +109,10 @@ int command_parse(char *line, struct command *c, char *res, size_t rl)
 		if (arg && (strncmp(arg, "keep=", 5) || parse_u64(arg + 5, &c->keep) < 0 || c->keep == 0))
 			return -EINVAL;
 		return 0;
-	case CMD_IMPORT:
-		if (!arg)
-			return -EINVAL;
-		if (arg[0] != '/') {
-			/* the daemon's directory is /, not the writer's */
-			if (rl)
-				snprintf(res, rl, "import needs an absolute path, not \"%.200s\"", arg);
-			return -EINVAL;
-		}
-		return 0;
 	case CMD_RELOAD:
 		return arg ? -EINVAL : 0;
+	case CMD_IMPORT:
+		break; /* above */
 	}
 	return -EINVAL;
 }

@@ -5,18 +5,19 @@
  * tests/fuzz/fuzz_control.c drives them directly. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #define COMMAND_TEXT_MAX 4096   /* bytes of one write to control */
 
 enum command_kind {
-	CMD_VERIFY,     /* verify [VERSION|all] */
+	CMD_VERIFY,     /* verify [all|VERSION|-- VERSION] */
 	CMD_ACTIVATE,   /* activate VERSION */
 	CMD_ROLLBACK,   /* rollback [VERSION] */
 	CMD_REMOVE,     /* remove VERSION */
 	CMD_GC,         /* gc [keep=N] */
-	CMD_IMPORT,     /* import /ABSOLUTE/PATH */
+	CMD_IMPORT,     /* import /ABSOLUTE/PATH (the rest of the line) */
 	CMD_RELOAD,     /* reload */
 };
 
@@ -25,6 +26,8 @@ struct command {
 	const char *name;   /* the command word as written ("activate") */
 	const char *arg;    /* the argument, NULL when none (points into the line) */
 	uint64_t keep;      /* gc: snapshots kept (default 2, never 0) */
+	bool all;           /* verify all: every snapshot ("verify -- all" is the
+			     * one snapshot named "all") */
 };
 
 /* The one-line usage that a refused command answers with. */
@@ -44,7 +47,8 @@ int command_each_line(char *text, int (*cb)(void *ctx, char *line), void *ctx);
 /* Parse one line (modified in place; c's strings point into it).  Returns
  * 0, or -EINVAL for a malformed command: no command, one argument too many,
  * an unknown command, a missing or extra argument, a bad gc keep=N, an
- * import path that is not absolute.  res (rl bytes, may be 0) gets the
+ * import path that is not absolute.  import takes the rest of the line as
+ * its path, blanks included (only trailing blanks are lost).  res (rl bytes, may be 0) gets the
  * reason when there is one worth more than command_usage; else it is left
  * untouched. */
 int command_parse(char *line, struct command *c, char *res, size_t rl);

@@ -16,6 +16,7 @@
 #include "fdcache.h"
 #include "kitverify.h"
 #include "store.h"
+#include "escape.h"
 #include "stellafs.h"
 #include "util.h"
 
@@ -25,7 +26,7 @@ int64_t sf_now(struct stellafs *sf)
 }
 
 static const char journal_head[] =
-	"# commands: activate VERSION | rollback [VERSION] | import PATH | verify [VERSION|all]\n"
+	"# commands: activate VERSION | rollback [VERSION] | import PATH | verify [all|VERSION|-- VERSION]\n"
 	"#           remove VERSION | gc [keep=N] | reload\n"
 	"# time uid command -> result, oldest first\n";
 
@@ -172,8 +173,15 @@ bool control_allowed(struct stellafs *sf, fuse_req_t req)
 	return false;
 }
 
-void control_journal(struct stellafs *sf, uid_t uid, const char *cmd, int err, const char *result)
+void control_journal(struct stellafs *sf, uid_t uid, const char *raw_cmd, int err, const char *raw_result)
 {
+	/* Escaped here, where every line enters: a command or result holds
+	 * untrusted text (a dropped kit's file name, a manifest's version, a
+	 * path), and a newline in it would add a forged line to what everyone
+	 * reads.  The store's journal gets the same escaped text. */
+	char cmd[sizeof(sf->journal[0].cmd)], result[sizeof(sf->journal[0].result)];
+	escape(raw_cmd, ESCAPE_TEXT, cmd, sizeof(cmd));
+	escape(raw_result, ESCAPE_TEXT, result, sizeof(result));
 	bool unsaved = sf->store && store_journal_add(sf->store, sf_now(sf), (unsigned)uid, cmd, err, result) < 0;
 	pthread_mutex_lock(&sf->lock);
 	struct journal_entry *j = &sf->journal[sf->journal_next];
@@ -213,6 +221,34 @@ static int reload_store(struct stellafs *sf, char *res, size_t rl)
 	return 0;
 }
 
+/* Direct mode: how many keys of T sign the manifest this mount serves.
+ * Read from the kit file the mount has open, not from SOURCE's path: that
+ * may name another file by now (a kit signed by another key put in its
+ * place), and vouching for it would say nothing of what is served.  The
+ * manifest must still be the one the mount checked when it opened it. */
+static int served_signers(struct stellafs *sf, const struct trust *t, unsigned *signers, struct stella_err *e)
+{
+	struct snapshot *s = sf_current(sf, NULL);
+	struct source *src = NULL;
+	char *mjson = NULL, *sig = NULL;
+	size_t mlen = 0, slen = 0;
+	uint8_t sha[32];
+	int r = s && s->src ? source_dup(s->src, &src, e) : stella_fail(e, -EIO, "%s: no kit open", sf->source);
+	if (r == 0)
+		r = kit_read_head_source(src, &mjson, &mlen, &sig, &slen, e);
+	if (r == 0 && (r = sha256_once(mjson, mlen, sha)) < 0)
+		stella_fail_errno(e, r, "manifest: SHA-256");
+	if (r == 0 && memcmp(sha, s->manifest_sha256, 32))
+		r = stella_fail(e, -EBADMSG, "%s: the manifest of the kit this mount serves changed under it", sf->source);
+	if (r == 0)
+		r = sig_check(t, sf->threshold, (const uint8_t *)mjson, mlen, sig, slen, signers, e);
+	free(mjson);
+	free(sig);
+	source_close(src);
+	snapshot_unref(s);
+	return r;
+}
+
 /* Re-read the trust store.  Direct mode also asks it again whether it
  * vouches for the mounted kit; store mode asks it about every snapshot
  * (reload_store). */
@@ -220,16 +256,10 @@ static int cmd_reload(struct stellafs *sf, char *res, size_t rl)
 {
 	struct stella_err e = { 0 };
 	struct trust *t = NULL;
-	char *mjson = NULL, *sig = NULL;
-	size_t mlen, slen;
 	unsigned signers = 0;
 	int r = trust_load(sf->trust_path, &t, &e);
 	if (r == 0 && !sf->store)
-		r = kit_read_head(sf->source, &mjson, &mlen, &sig, &slen, &e);
-	if (r == 0 && !sf->store)
-		r = sig_check(t, sf->threshold, (const uint8_t *)mjson, mlen, sig, slen, &signers, &e);
-	free(mjson);
-	free(sig);
+		r = served_signers(sf, t, &signers, &e);
 	pthread_rwlock_wrlock(&sf->trust_lock);
 	pthread_mutex_lock(&sf->lock);
 	if (t) {
@@ -279,7 +309,9 @@ static int verify_one(struct stellafs *sf, uint64_t id, char *res, size_t rl, si
 	return r;
 }
 
-static int cmd_verify(struct stellafs *sf, const char *arg, char *res, size_t rl)
+/* all: every snapshot; else ARG, or current without one ("verify -- all"
+ * reaches a snapshot whose version is "all"). */
+static int cmd_verify(struct stellafs *sf, bool all, const char *arg, char *res, size_t rl)
 {
 	struct slot *slots = NULL;
 	size_t n = sf_list(sf, &slots), used = 0;
@@ -291,7 +323,7 @@ static int cmd_verify(struct stellafs *sf, const char *arg, char *res, size_t rl
 	pthread_mutex_unlock(&sf->lock);
 	const char *want = !arg ? cur : arg;
 	for (size_t i = 0; i < n; i++) {
-		if (strcmp(want, "all") && strcmp(want, slots[i].version))
+		if (!all && strcmp(want, slots[i].version))
 			continue;
 		any = true;
 		r = verify_one(sf, slots[i].id, res, rl, &used);
@@ -475,7 +507,7 @@ static const char *direct_only(struct stellafs *sf)
 	return sf->store ? NULL : sf->current;
 }
 
-static int run_command(struct stellafs *sf, char *line, char *res, size_t rl)
+static int run_command(struct stellafs *sf, const struct writer *w, char *line, char *res, size_t rl)
 {
 	const char *single = direct_only(sf); /* the one version of direct mode */
 	struct command c;
@@ -484,7 +516,7 @@ static int run_command(struct stellafs *sf, char *line, char *res, size_t rl)
 	if (r < 0) {
 		/* malformed: nothing to run */
 	} else if (c.kind == CMD_VERIFY) {
-		r = cmd_verify(sf, c.arg, res, rl);
+		r = cmd_verify(sf, c.all, c.arg, res, rl);
 	} else if (c.kind == CMD_ACTIVATE || c.kind == CMD_ROLLBACK) {
 		if (sf->store)
 			r = store_switch(sf, c.name, c.arg, res, rl);
@@ -507,7 +539,7 @@ static int run_command(struct stellafs *sf, char *line, char *res, size_t rl)
 			snprintf(res, rl, "nothing to collect: one snapshot (%s)", single), r = 0;
 	} else if (c.kind == CMD_IMPORT) {
 		if (sf->store)
-			r = sf_import(sf, c.arg, sf->auto_activate, res, rl);
+			r = sf_import(sf, c.arg, w, sf->auto_activate, res, rl);
 		else
 			snprintf(res, rl, "import needs a store: this mount serves one kit file (%s)", sf->source),
 				r = -EOPNOTSUPP;
@@ -528,6 +560,7 @@ static int run_command(struct stellafs *sf, char *line, char *res, size_t rl)
 
 struct control_run {
 	struct stellafs *sf;
+	const struct writer *w;
 	uid_t uid;
 };
 
@@ -536,7 +569,7 @@ static int control_line(void *ctx, char *line)
 	struct control_run *run = ctx;
 	char shown[256], res[512] = "";
 	command_shown(line, SIZE_MAX, shown, sizeof(shown));
-	int r = run_command(run->sf, line, res, sizeof(res));
+	int r = run_command(run->sf, run->w, line, res, sizeof(res));
 	/* the kernel has forgotten the old current before echo returns */
 	sf_inval_wait(run->sf);
 	control_journal(run->sf, run->uid, shown, -r, res);
@@ -545,8 +578,9 @@ static int control_line(void *ctx, char *line)
 	return r;
 }
 
-int control_write(struct stellafs *sf, uid_t uid, const char *buf, size_t len)
+int control_write(struct stellafs *sf, const struct writer *w, const char *buf, size_t len)
 {
+	uid_t uid = w->uid;
 	if (command_check_text(buf, len) < 0)
 		return -EINVAL;
 	char text[COMMAND_TEXT_MAX + 1];
@@ -559,7 +593,7 @@ int control_write(struct stellafs *sf, uid_t uid, const char *buf, size_t len)
 		control_journal(sf, uid, shown, EBUSY, "another command is running");
 		return -EBUSY;
 	}
-	struct control_run run = { .sf = sf, .uid = uid };
+	struct control_run run = { .sf = sf, .w = w, .uid = uid };
 	int r = command_each_line(text, control_line, &run);
 	pthread_mutex_unlock(&sf->cmd_lock);
 	return r;

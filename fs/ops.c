@@ -572,7 +572,11 @@ static void sf_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		return;
 	}
 	worker_boost(req);
-	int r = control_write(SF(req), fuse_req_ctx(req)->uid, buf, size);
+	/* the writer's credentials: an import opens its path as the writer */
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	struct writer w = { .uid = ctx->uid, .gid = ctx->gid };
+	w.ngroups = fuse_req_getgroups(req, WRITER_GROUPS_MAX, w.groups);
+	int r = control_write(SF(req), &w, buf, size);
 	if (r < 0)
 		fuse_reply_err(req, -r);
 	else

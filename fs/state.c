@@ -16,10 +16,14 @@
 #include <sys/inotify.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <syslog.h>
 #include <unistd.h>
 
 #include "fdcache.h"
+#include "kitpath.h"
+#include "source.h"
+#include "escape.h"
 #include "stellafs.h"
 #include "storecheck.h"
 #include "util.h"
@@ -240,35 +244,9 @@ void sf_readahead(struct stellafs *sf)
 	if (gzip)
 		return;
 	/* Our mount's device number, from mountinfo: a stat() of the mount
-	 * point would be a request to ourselves.  The last matching line is
-	 * the mount on top. */
-	FILE *f = fopen("/proc/self/mountinfo", "re");
-	if (!f)
-		return;
-	char *line = NULL, dev[64] = "";
-	size_t cap = 0;
-	while (getline(&line, &cap, f) > 0) {
-		char mm[64];
-		int at = 0;
-		if (sscanf(line, "%*u %*u %63s %*s %n", mm, &at) != 1 || !at || !strstr(line, " - fuse"))
-			continue;
-		/* the mount point, \ooo escapes decoded, compared as we go */
-		const char *p = line + at, *want = sf->mountpoint;
-		for (; *p && *p != ' ' && *want; want++) {
-			char c = *p++;
-			if (c == '\\' && p[0] >= '0' && p[0] <= '7' && p[1] >= '0' && p[1] <= '7' && p[2] >= '0' && p[2] <= '7') {
-				c = (char)((p[0] - '0') << 6 | (p[1] - '0') << 3 | (p[2] - '0'));
-				p += 3;
-			}
-			if (c != *want)
-				break;
-		}
-		if (!*want && (*p == ' ' || !*p))
-			snprintf(dev, sizeof(dev), "%s", mm);
-	}
-	free(line);
-	fclose(f);
-	if (!dev[0])
+	 * point would be a request to ourselves. */
+	char dev[64];
+	if (mount_devname(sf->mountpoint, dev) < 0)
 		return;
 	char path[128], val[16];
 	snprintf(path, sizeof(path), "/sys/class/bdi/%s/read_ahead_kb", dev);
@@ -663,15 +641,26 @@ static int path_fold(const char *p, char *out, size_t n)
 	return 0;
 }
 
-int sf_import(struct stellafs *sf, const char *path, bool activate, char *res, size_t rl)
+/* Our mount's device number, 0 when it cannot be told (not mounted). */
+static dev_t self_dev(struct stellafs *sf)
+{
+	char dev[64];
+	unsigned maj, min;
+	if (!sf->mountpoint || mount_devname(sf->mountpoint, dev) < 0 || sscanf(dev, "%u:%u", &maj, &min) != 2)
+		return 0;
+	return makedev(maj, min);
+}
+
+int sf_import(struct stellafs *sf, const char *path, const struct writer *w, bool activate, char *res, size_t rl)
 {
 	struct stella_err e = { 0 };
 	char version[129];
 	/* Reading a kit through this mount would send the command's own
 	 * thread requests to itself: with -s (one thread) it never returns.
-	 * Compared as text, "//", "." and ".." folded (libfuse gave us the
-	 * mount point through realpath); a symbolic link into the mount is
-	 * not seen, which only -s makes a hang. */
+	 * First by text, "//", "." and ".." folded (libfuse gave us the mount
+	 * point through realpath), then by device at every step of the walk
+	 * that opens it (kitpath.c), before any lookup inside the mount:
+	 * symbolic links and /proc/self/root included. */
 	char norm[4096];
 	size_t ml = sf->mountpoint ? strlen(sf->mountpoint) : 0;
 	if (ml && path_fold(path, norm, sizeof(norm)) == 0 && !strncmp(norm, sf->mountpoint, ml) &&
@@ -679,21 +668,31 @@ int sf_import(struct stellafs *sf, const char *path, bool activate, char *res, s
 		snprintf(res, rl, "%s: inside this mount (%s): copy the kit out of it first", path, sf->mountpoint);
 		return -EINVAL;
 	}
+	struct source *src = NULL;
+	int r = kitpath_open(path, self_dev(sf), w, &e);
+	if (r >= 0)
+		r = source_open_fd(r, path, &src, &e);
+	if (r < 0) {
+		snprintf(res, rl, "%s", stella_err_text(&e, r));
+		return r;
+	}
 	pthread_mutex_lock(&sf->lock);
 	struct trust *t = sf->trust;
 	pthread_mutex_unlock(&sf->lock);
 	struct store_import_opts o = { .trust = t, .threshold = sf->threshold, .now = sf_now(sf),
-				       .allow_expired = sf->allow_expired };
+				       .allow_expired = sf->allow_expired, .source = src };
 	/* Made current (auto_activate) as `activate` does it: only once this
 	 * mount can serve it, so a second transaction. */
 	struct stella_err ae = { 0 };
-	int r = store_lock(sf->store, &e), ar = 0;
+	int ar = 0;
+	r = store_lock(sf->store, &e);
 	if (r == 0) {
 		r = store_import(sf->store, path, &o, version, &e);
 		if (r == 0 && activate && (ar = sf_check_servable(sf, version, &ae)) == 0)
 			ar = store_activate(sf->store, version, &ae);
 		store_unlock(sf->store);
 	}
+	source_close(src);
 	if (r < 0) {
 		stella_err_hint(&e, r, -EKEYEXPIRED, SF_EXPIRED_HINT);
 		snprintf(res, rl, "%s", stella_err_text(&e, r));
@@ -737,7 +736,8 @@ static void quarantine(struct stellafs *sf, const char *name, const char *reason
 	char rpath[4300];
 	snprintf(rpath, sizeof(rpath), "%s.reason", dst);
 	char line[700];
-	snprintf(line, sizeof(line), "%s\n", reason);
+	escape(reason, ESCAPE_TEXT, line, sizeof(line) - 1); /* one line, whatever the name holds */
+	strcat(line, "\n");
 	write_file_atomic(rpath, line, strlen(line), 0644);
 }
 
@@ -815,7 +815,7 @@ static void handle_incoming(struct stellafs *sf, const char *name)
 		return;
 	}
 	pthread_mutex_lock(&sf->cmd_lock); /* wait our turn: this one cannot say EBUSY */
-	int r = sf_import(sf, path, sf->auto_activate, res, sizeof(res));
+	int r = sf_import(sf, path, NULL, sf->auto_activate, res, sizeof(res));
 	pthread_mutex_unlock(&sf->cmd_lock);
 	char cmd[300];
 	snprintf(cmd, sizeof(cmd), "import %.270s (incoming)", path);

@@ -5,6 +5,8 @@
  * metrics, control and its commands). */
 #pragma once
 
+#include "kitpath.h"
+
 #define FUSE_USE_VERSION 312
 #include <fuse_lowlevel.h>
 #include <pthread.h>
@@ -216,12 +218,13 @@ void sf_free_slots(struct stellafs *sf);
 int sf_start_watch(struct stellafs *sf, struct stella_err *e);
 void sf_stop_watch(struct stellafs *sf);
 /* Import a kit into the store, as the control file and the incoming
- * watcher do (cmd_lock held by the caller). */
-int sf_import(struct stellafs *sf, const char *path, bool activate, char *res, size_t rl);
+ * watcher do (cmd_lock held by the caller).  The kit is opened with W's
+ * credentials (NULL: the daemon's own, for incoming=DIR). */
+int sf_import(struct stellafs *sf, const char *path, const struct writer *w, bool activate, char *res, size_t rl);
 
 /* Virtual files: their current content (malloc'ed) by inode. */
 char *vfile_content(struct stellafs *sf, fuse_ino_t ino, size_t *len);
 /* Run the command lines in buf; returns 0 or a negative errno. */
-int control_write(struct stellafs *sf, uid_t uid, const char *buf, size_t len);
+int control_write(struct stellafs *sf, const struct writer *w, const char *buf, size_t len);
 bool control_allowed(struct stellafs *sf, fuse_req_t req);
 void control_journal(struct stellafs *sf, uid_t uid, const char *cmd, int err, const char *result);

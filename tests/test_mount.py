@@ -906,9 +906,9 @@ os.write(fd, b"verify\\n"); os.close(fd); print("ok")
 
 def test_reload_of_a_hostile_replacement(small_tree, keys, mounter, tmp_path):
     """The kit file replaced (renamed over) by a gzip bomb whose first member carries a
-    200 MiB pax header: `reload` re-reads the head of the new file, fails with an errno
-    and one logged line, the daemon stays small and alive, and the mounted snapshot keeps
-    serving from the file it opened."""
+    200 MiB pax header: `reload` judges the kit the mount has open, not what the path
+    names now, so it succeeds without reading a byte of the bomb; the daemon stays small
+    and alive, and the mounted snapshot keeps serving from the file it opened."""
     kit = tmp_path / "small.tar.gz"
     assert_ok(kitlib.pack(small_tree, kit, [keys["ecdsa"]], compress="gzip"))
     m = mounter.mount(kit, keys["ecdsa"].pub)
@@ -924,8 +924,8 @@ def test_reload_of_a_hostile_replacement(small_tree, keys, mounter, tmp_path):
     del buf
     os.replace(bomb, kit)
     r = m.control("reload")
-    assert r in (errno.EBADMSG, errno.EKEYREJECTED), f"reload of a bomb: {errno.errorcode.get(r, r)}"
-    assert "reload -> " in _log_lines(m)[-1] and "-> ok" not in _log_lines(m)[-1]
+    assert r == 0, f"reload after the path was replaced: {errno.errorcode.get(r, r)}"
+    assert "reload -> ok" in _log_lines(m)[-1] and "1 trusted signature" in _log_lines(m)[-1]
     assert (m.snap(VERSION) / "notes.txt").read_bytes() == want
     pid = storelib.daemon_pids(m.path)[0]
     rss = int(re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{pid}/status").read_text())[1])

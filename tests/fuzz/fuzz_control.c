@@ -8,8 +8,9 @@
  *     first refused one, as control_write does;
  *   - a parsed command satisfies its own rules (an argument where one is
  *     required and none where none is allowed, import paths absolute, gc
- *     keep >= 1, no blanks inside an argument), and printing it back and
- *     parsing that gives the same command;
+ *     keep >= 1, no blanks inside an argument but import's path, which is
+ *     the rest of the line), and printing it back and parsing that gives
+ *     the same command ("verify -- V" printed back with its "--");
  *   - a refusal is -EINVAL, with a NUL-terminated reason that fits;
  *   - a journal line has no control characters. */
 #include <errno.h>
@@ -57,8 +58,13 @@ static void check_command(const struct command *c, const char *line)
 		fail("argument missing", line);
 	if (c->kind == CMD_RELOAD && c->arg)
 		fail("reload with an argument", line);
-	if (c->arg && (!*c->arg || strpbrk(c->arg, " \t\n")))
+	if (c->arg && (!*c->arg || strchr(c->arg, '\n') ||
+		       (c->kind != CMD_IMPORT && strpbrk(c->arg, " \t"))))
 		fail("argument empty or with a blank", line);
+	if (c->kind == CMD_IMPORT && (strchr(" \t", c->arg[strlen(c->arg) - 1])))
+		fail("import path with a trailing blank", line);
+	if (c->all != (c->kind == CMD_VERIFY && c->arg && !strcmp(c->arg, "all") && !strstr(line, "--")))
+		fail("verify all not told from verify -- all", line);
 	if (c->kind == CMD_IMPORT && c->arg[0] != '/')
 		fail("relative import path", line);
 	if (c->keep == 0)
@@ -70,12 +76,13 @@ static void check_command(const struct command *c, const char *line)
 
 	/* Printed back, it parses to the same command. */
 	char again[4200], res[512] = "";
-	snprintf(again, sizeof again, "%s%s%s", c->name, c->arg ? " " : "", c->arg ? c->arg : "");
+	snprintf(again, sizeof again, "%s%s%s%s", c->name, c->kind == CMD_VERIFY && c->arg && !c->all ? " --" : "",
+		 c->arg ? " " : "", c->arg ? c->arg : "");
 	struct command d;
 	if (command_parse(again, &d, res, sizeof res) != 0)
 		fail("printed back, it does not parse", line);
 	if (d.kind != c->kind || strcmp(d.name, c->name) || !d.arg != !c->arg || (c->arg && strcmp(d.arg, c->arg)) ||
-	    d.keep != c->keep)
+	    d.keep != c->keep || d.all != c->all)
 		fail("printed back, it parses to another command", line);
 }
 
