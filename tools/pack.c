@@ -296,7 +296,9 @@ static int build_identity(struct pack_args *a, struct manifest *m, const char *o
 	return 0;
 }
 
-int cmd_pack(int argc, char **argv)
+/* The command line into a; returns -1 to go on, else the exit code (help
+ * printed, or a usage error). */
+static int parse_args(int argc, char **argv, struct pack_args *a)
 {
 	static const struct option opts[] = {
 		{ "key", required_argument, NULL, 'k' },
@@ -314,39 +316,84 @@ int cmd_pack(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
-	struct pack_args a = { 0 };
 	int c;
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, "+k:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'k':
-			if (a.nkeys == ARRAY_SIZE(a.keys))
-				return usage_error("pack", "at most %zu keys", ARRAY_SIZE(a.keys));
-			a.keys[a.nkeys++] = optarg;
+			if (a->nkeys == ARRAY_SIZE(a->keys))
+				return usage_error("pack", "at most %zu keys", ARRAY_SIZE(a->keys));
+			a->keys[a->nkeys++] = optarg;
 			break;
-		case OPT_TEMPLATE: a.template_path = optarg; break;
-		case OPT_KIT_ID: a.kit_id = optarg; break;
-		case OPT_VERSION: a.version = optarg; break;
-		case OPT_SEQUENCE: a.sequence = optarg; break;
-		case OPT_CHANNEL: a.channel = optarg; break;
-		case OPT_CREATED_AT: a.created_at = optarg; break;
-		case OPT_EXPIRES_AT: a.expires_at = optarg; break;
-		case OPT_EXPIRES_IN: a.expires_in = optarg; break;
+		case OPT_TEMPLATE: a->template_path = optarg; break;
+		case OPT_KIT_ID: a->kit_id = optarg; break;
+		case OPT_VERSION: a->version = optarg; break;
+		case OPT_SEQUENCE: a->sequence = optarg; break;
+		case OPT_CHANNEL: a->channel = optarg; break;
+		case OPT_CREATED_AT: a->created_at = optarg; break;
+		case OPT_EXPIRES_AT: a->expires_at = optarg; break;
+		case OPT_EXPIRES_IN: a->expires_in = optarg; break;
 		case OPT_COMPONENT:
-			if (a.ncomponents == ARRAY_SIZE(a.components))
+			if (a->ncomponents == ARRAY_SIZE(a->components))
 				return usage_error("pack", "too many --component options");
-			a.components[a.ncomponents++] = optarg;
+			a->components[a->ncomponents++] = optarg;
 			break;
-		case OPT_COMPRESS: a.compress = optarg; break;
-		case OPT_BASE: a.base = optarg; break;
+		case OPT_COMPRESS: a->compress = optarg; break;
+		case OPT_BASE: a->base = optarg; break;
 		case 'h': fputs(help, stdout); return 0;
 		default: return usage_error("pack", "unknown or incomplete option '%s'", argv[optind - 1]);
 		}
 	}
-	if (a.nkeys == 0)
+	if (a->nkeys == 0)
 		return usage_error("pack", "at least one -k KEY is required");
 	if (argc - optind != 2)
 		return usage_error("pack", "expected SRC_DIR and OUT_KIT");
+	return -1;
+}
+
+/* --base: the base kit's manifest, for its identity and digests (its
+ * signature was checked when it was received), tied into m.  Returns -1 to
+ * go on (*base set), else the exit code. */
+static int load_base(const char *path, struct manifest *m, struct manifest **base)
+{
+	struct stella_err e = { 0 };
+	struct kitverify_opts vo = { 0 };
+	struct kitverify_result vr;
+	int r = kit_verify(path, &vo, &vr, &e);
+	if (r < 0)
+		return report(&e, r);
+	*base = vr.manifest;
+	m->has_base = true;
+	if (!(m->base_version = strdup(vr.manifest->version)))
+		return report(&e, -ENOMEM);
+	memcpy(m->base_manifest_sha256, vr.manifest_sha256, 32);
+	if (strcmp(vr.manifest->kit_id, m->kit_id))
+		return usage_error("pack", "--base %s belongs to kit '%s', not '%s'", path, vr.manifest->kit_id, m->kit_id);
+	if (vr.manifest->sequence >= m->sequence)
+		return usage_error("pack", "--sequence %lld must be greater than the base's %lld", (long long)m->sequence,
+				   (long long)vr.manifest->sequence);
+	return -1;
+}
+
+static void print_result(const char *out, const struct manifest *m, const struct manifest *base,
+			 enum kit_compression comp, const struct kitwrite_result *wr)
+{
+	char hex[65];
+	hex_encode(wr->kit_sha256, 32, hex);
+	printf("wrote %s: %s %s (sequence %lld), %llu files, %llu bytes of content, %s, %llu bytes, sha256 %s\n",
+	       out, m->kit_id, m->version, (long long)m->sequence, (unsigned long long)wr->files,
+	       (unsigned long long)wr->bytes, kit_compression_name(comp), (unsigned long long)wr->kit_size, hex);
+	if (base)
+		printf("delta on %s: %llu artifacts carried, %llu left to the base\n", base->version,
+		       (unsigned long long)wr->carried, (unsigned long long)wr->from_base);
+}
+
+int cmd_pack(int argc, char **argv)
+{
+	struct pack_args a = { 0 };
+	int rc = parse_args(argc, argv, &a), r;
+	if (rc >= 0)
+		return rc;
 	const char *src = argv[optind], *out = argv[optind + 1];
 
 	struct stella_err e = { 0 };
@@ -354,7 +401,6 @@ int cmd_pack(int argc, char **argv)
 	struct manifest *base = NULL;
 	EVP_PKEY *keys[ARRAY_SIZE(a.keys)] = { 0 };
 	enum kit_compression comp = KIT_COMPRESS_NONE;
-	int rc, r;
 	if (!m)
 		return report(&e, -ENOMEM);
 	if ((rc = build_identity(&a, m, out, &comp)) != 0) {
@@ -367,32 +413,8 @@ int cmd_pack(int argc, char **argv)
 			rc = report(&e, r);
 			goto done;
 		}
-	if (a.base) {
-		/* The base's manifest is read for its identity and digests; its
-		 * signature was checked when it was received. */
-		struct kitverify_opts vo = { 0 };
-		struct kitverify_result vr;
-		if ((r = kit_verify(a.base, &vo, &vr, &e)) < 0) {
-			rc = report(&e, r);
-			goto done;
-		}
-		base = vr.manifest;
-		m->has_base = true;
-		if (!(m->base_version = strdup(base->version))) {
-			rc = report(&e, -ENOMEM);
-			goto done;
-		}
-		memcpy(m->base_manifest_sha256, vr.manifest_sha256, 32);
-		if (strcmp(base->kit_id, m->kit_id)) {
-			rc = usage_error("pack", "--base %s belongs to kit '%s', not '%s'", a.base, base->kit_id, m->kit_id);
-			goto done;
-		}
-		if (base->sequence >= m->sequence) {
-			rc = usage_error("pack", "--sequence %lld must be greater than the base's %lld",
-					 (long long)m->sequence, (long long)base->sequence);
-			goto done;
-		}
-	}
+	if (a.base && (rc = load_base(a.base, m, &base)) >= 0)
+		goto done;
 
 	struct kitwrite_opts wo = {
 		.src_dir = src, .out_path = out, .keys = keys, .nkeys = a.nkeys, .manifest = m,
@@ -404,14 +426,7 @@ int cmd_pack(int argc, char **argv)
 		goto done;
 	}
 	progress_done();
-	char hex[65];
-	hex_encode(wr.kit_sha256, 32, hex);
-	printf("wrote %s: %s %s (sequence %lld), %llu files, %llu bytes of content, %s, %llu bytes, sha256 %s\n",
-	       out, m->kit_id, m->version, (long long)m->sequence, (unsigned long long)wr.files,
-	       (unsigned long long)wr.bytes, kit_compression_name(comp), (unsigned long long)wr.kit_size, hex);
-	if (base)
-		printf("delta on %s: %llu artifacts carried, %llu left to the base\n", base->version,
-		       (unsigned long long)wr.carried, (unsigned long long)wr.from_base);
+	print_result(out, m, base, comp, &wr);
 	rc = 0;
 done:
 	for (size_t i = 0; i < a.nkeys; i++)
