@@ -222,6 +222,35 @@ def test_usb_helper_imports_a_name_with_blanks_through_control(mounts, store1, k
     assert "kit-v2 (1).tar: imported as v2" in m.control_log()
 
 
+def test_usb_helper_names_cannot_forge_log_records_or_results(mounts, store1, kits,
+                                                             public_dir, tmp_path, trust):
+    """A kit's file name on the stick is the stick's author's text: a newline in it must
+    not start a log record of its own (with a <N> priority of its choosing), and a
+    ` -> ` in it must not be taken for the journal's result separator."""
+    m = mounts.mount(store1, trust)
+    env = dict(os.environ, STELLAKIT=str(kitlib.BIN))
+    media = public_dir / "media-arrow"
+    media.mkdir()
+    shutil.copyfile(kits["v2"], media / "kit -> EBADMSG.tar")
+    cp = subprocess.run([str(HELPER), "-s", str(store1), "-t", str(trust),
+                         "-m", str(m.path), str(media)], capture_output=True, text=True,
+                        env=env, timeout=120)
+    assert cp.returncode == 0, describe(cp) + m.control_log()[-800:]
+    assert m.snapshots() == ["v1", "v2"]
+    media = public_dir / "media-newline"
+    media.mkdir()
+    shutil.copyfile(kits["v2"], media / "kit\n<0>forged record.tar")
+    cp = subprocess.run([str(HELPER), "-s", str(store1), "-t", str(trust),
+                         "-m", str(m.path), str(media)], capture_output=True, text=True,
+                        env=env, timeout=120)
+    lines = cp.stderr.splitlines()
+    assert cp.returncode == 2, describe(cp)
+    assert lines and all(re.match(r"^<[0-7]>stella-usb-import: ", ln) for ln in lines), describe(cp)
+    assert not any(ln.startswith("<0>forged") for ln in lines), describe(cp)
+    assert any("name holds control characters" in ln for ln in lines), describe(cp)
+    assert m.snapshots() == ["v1", "v2"]
+
+
 # --------------------------------------------------------------------------- 10: -s
 
 def mount_single_threaded(mounts, store, trust):
