@@ -59,6 +59,16 @@ class Notify:
         self.sock.close()
 
 
+def end_foreground(p, mnt):
+    """Whatever a test left: the daemon killed, the mount gone, the mount point removed."""
+    if p.poll() is None:
+        p.kill()
+        p.wait(timeout=10)
+    if is_mounted(mnt):
+        subprocess.run(["umount", "-l", str(mnt)], timeout=30)
+    mnt.rmdir()
+
+
 def control(mnt, cmd):
     with open(os.path.join(mnt, "control"), "w") as f:
         f.write(cmd + "\n")
@@ -87,13 +97,8 @@ def test_status_follows_health_and_sigterm_exits_0(fuse_ok, mnt_base, tmp_path, 
         n.wait_for(lambda m: "STOPPING=1" in m.splitlines(), "STOPPING=1")
         assert not is_mounted(mnt)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait(timeout=10)
-        if is_mounted(mnt):
-            subprocess.run(["umount", "-l", str(mnt)], timeout=30)
         n.close()
-        mnt.rmdir()
+        end_foreground(p, mnt)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
@@ -112,9 +117,4 @@ def test_other_stop_signals_exit_0(fuse_ok, mnt_base, store2, trust, sig):
         assert p.returncode == 0, f"exit {p.returncode} on {sig.name}:\n{out}"
         assert not is_mounted(mnt)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait(timeout=10)
-        if is_mounted(mnt):
-            subprocess.run(["umount", "-l", str(mnt)], timeout=30)
-        mnt.rmdir()
+        end_foreground(p, mnt)

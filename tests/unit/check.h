@@ -2,6 +2,7 @@
  * shows every broken expectation; main() returns non-zero if any failed. */
 #pragma once
 
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -27,3 +28,15 @@ static int check_failures;
 	} while (0)
 
 #define CHECK_DONE() (check_failures ? (fprintf(stderr, "%d check(s) failed\n", check_failures), 1) : 0)
+
+/* Descriptors this process has open now (for tests of descriptor budgets). */
+static inline int count_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	int n = 0;
+	for (struct dirent *de; d && (de = readdir(d));)
+		n += de->d_name[0] != '.';
+	if (d)
+		closedir(d);
+	return n - 1; /* the listing's own */
+}

@@ -19,16 +19,6 @@
 static struct index *ix[NIX];
 static char names[NIX][16];
 
-static int count_fds(void)
-{
-	DIR *d = opendir("/proc/self/fd");
-	int n = 0;
-	for (struct dirent *de; d && (de = readdir(d));)
-		n += de->d_name[0] != '.';
-	if (d)
-		closedir(d);
-	return n - 1;
-}
 
 /* index i has one file, "f<i>" */
 static int lookup_ok(int i)
