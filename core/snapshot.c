@@ -395,7 +395,7 @@ out:
  * digests reads are checked against.  Use it only when it is ours and
  * nobody else can write it; otherwise index in a private temporary
  * directory (slower remounts, same guarantees). */
-static bool cache_usable(const char *dir)
+bool snapshot_cache_usable(const char *dir)
 {
 	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
 		return false;
@@ -496,7 +496,7 @@ int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, stru
 		goto fail;
 	}
 	const char *dir = o->cache_dir;
-	if (!dir || !cache_usable(dir)) {
+	if (!dir || !snapshot_cache_usable(dir)) {
 		if (!mkdtemp(tmpdir)) {
 			r = stella_fail_errno(e, -errno, "temporary index directory");
 			goto fail;
@@ -547,9 +547,11 @@ int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, stru
 			goto fail;
 	}
 	if (own_tmpdir) {
-		/* The pool holds the file open; nothing else needs its name. */
-		unlink(final);
-		rmdir(tmpdir);
+		/* Connections open the file by name as reads need them (and
+		 * again after the budget closed one): it stays until the last
+		 * unref. */
+		s->tmp_index = final;
+		final = NULL;
 		own_tmpdir = false;
 	}
 	if (!(s->version = strdup(s->identity->version))) {
@@ -640,6 +642,15 @@ void snapshot_unref(struct snapshot *s)
 	if (s->files_map) {
 		pthread_mutex_destroy(&s->files_map->lock);
 		free(s->files_map);
+	}
+	if (s->tmp_index) {
+		unlink(s->tmp_index);
+		char *slash = strrchr(s->tmp_index, '/');
+		if (slash) {
+			*slash = 0;
+			rmdir(s->tmp_index);
+		}
+		free(s->tmp_index);
 	}
 	free(s->version);
 	free(s->kit_path);

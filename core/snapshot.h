@@ -53,9 +53,18 @@ struct snapshot {
 	struct fdcache_dir trees;     /* STORE/trees, Merkle trees by fs-verity digest */
 	struct index *ix;
 	struct snap_files *files_map;
-	struct seal *seal;            /* direct mode: the index file's digest, to tell
-				       * a damaged index from a damaged kit */
+	struct seal *seal;            /* the index file's digest, to tell a damaged
+				       * index from a damaged kit */
+	char *tmp_index;              /* an index built in a temporary directory of
+				       * its own: removed, with the directory, at
+				       * the last unref (connections open it by name
+				       * as they need one, so it must stay till then) */
 };
+
+/* Is dir fit to hold indexes: ours, and nobody else can write it (made,
+ * 0700, when missing)?  An index names the digests reads are checked
+ * against, so it is trusted as far as its directory is. */
+bool snapshot_cache_usable(const char *dir);
 
 int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, struct stella_err *e);
 /* A snapshot of a store: its index, its files' bytes in the store's blobs.

@@ -4,11 +4,13 @@
 #include <sqlite3.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "bounds.h"
 #include "index.h"
 #include "merkle.h"
 #include "path.h"
+#include "seal.h"
 #include "util.h"
 
 /* Read manifests/<name> whole (at most max bytes), refusing anything but a
@@ -284,7 +286,8 @@ static void drop_artifacts(struct manifest *m)
 }
 
 static int check_open(struct store *st, const struct store_snapshot *row, const char *path, struct snapshot *s,
-		      const struct trust *t, unsigned threshold, struct storecheck *c, struct stella_err *e)
+		      const struct trust *t, unsigned threshold, struct storecheck *c, struct manifest **mout,
+		      struct stella_err *e)
 {
 	char hex[65];
 	hex_encode(s->manifest_sha256, 32, hex);
@@ -311,28 +314,162 @@ static int check_open(struct store *st, const struct store_snapshot *row, const 
 	free(sig);
 	if (r == 0)
 		r = compare_index(s, m, row->version, path, e);
-	if (r == 0) {
-		s->files = s->bytes = 0;
-		for (size_t i = 0; i < m->nartifacts; i++)
-			if (m->artifacts[i].type == ARTIFACT_FILE) {
-				s->files++;
-				s->bytes += m->artifacts[i].size;
-			}
-		s->signers = c->signers;
-		drop_artifacts(m);
-		manifest_free(s->identity);
-		s->identity = m;
-		m = NULL;
+	if (r < 0) {
+		manifest_free(m);
+		return r;
 	}
-	manifest_free(m);
+	*mout = m;
+	return 0;
+}
+
+/* ---- the index this mount serves ---- */
+
+/* The directory for the indexes built from a store's kept manifests:
+ * cache_dir/store-DEV-INO/ (one per store: a prune sees only its own), or,
+ * when cache_dir is not private to us, a temporary one (*own). */
+static int private_dir(struct store *st, const char *cache_dir, char *dir, size_t n, bool *own, struct stella_err *e)
+{
+	struct stat sb;
+	*own = false;
+	if (cache_dir && snapshot_cache_usable(cache_dir) && fstat(store_manifest_dirfd(st), &sb) == 0) {
+		snprintf(dir, n, "%s/store-%llx-%llx", cache_dir, (unsigned long long)sb.st_dev,
+			 (unsigned long long)sb.st_ino);
+		if (snapshot_cache_usable(dir))
+			return 0;
+	}
+	snprintf(dir, n, "/var/tmp/stellafs-store-index.XXXXXX");
+	if (!mkdtemp(dir))
+		return stella_fail_errno(e, -errno, "temporary index directory");
+	*own = true;
+	return 0;
+}
+
+static int put_meta(struct index *ix, const char *key, unsigned long long v, struct stella_err *e)
+{
+	char num[32];
+	snprintf(num, sizeof(num), "%llu", v);
+	return index_set_meta(ix, key, num, strlen(num), e);
+}
+
+/* Build at path the index of m (its artifacts, in the order manifest_parse
+ * sorted them), with what load_identity reads back. */
+static int build_private(const char *path, struct manifest *m, const char *hex, unsigned signers,
+			 struct stella_err *e)
+{
+	struct index *ix = NULL;
+	uint64_t files = 0, bytes = 0;
+	int r = index_create(path, &ix, e);
+	for (size_t i = 0; r == 0 && i < m->nartifacts; i++) {
+		const struct artifact *a = &m->artifacts[i];
+		if (a->type == ARTIFACT_FILE) {
+			files++;
+			bytes += a->size;
+		}
+		r = index_add(ix, a, 0, -1, e);
+	}
+	char *json = NULL;
+	size_t jlen = 0, na = m->nartifacts;
+	m->nartifacts = 0; /* the identity: the manifest without its artifacts */
+	if (r == 0)
+		r = manifest_write(m, &json, &jlen);
+	m->nartifacts = na;
+	if (r == 0)
+		r = index_set_meta(ix, "identity", json, jlen, e);
+	free(json);
+	if (r == 0)
+		r = put_meta(ix, "files", files, e);
+	if (r == 0)
+		r = put_meta(ix, "bytes", bytes, e);
+	if (r == 0)
+		r = put_meta(ix, "signers", signers, e);
+	if (r == 0)
+		r = index_set_meta(ix, "manifestSha256", hex, 64, e);
+	if (r == 0)
+		r = put_meta(ix, "schema", INDEX_SCHEMA, e);
+	if (r == 0)
+		r = index_set_meta(ix, "complete", "1", 1, e);
+	if (r == 0)
+		r = index_finish(ix, e);
+	index_close(ix);
 	return r;
 }
 
+/* The snapshot this mount serves: its index built here from the verified
+ * kept manifest m, never the store's own.  snapshots/V.db lies on the disk
+ * the store does not trust, and compare_index can only tell that it was
+ * tampered with when it was looked at: served, a schema trick (a view that
+ * answers the comparison's connection and the serving ones differently) or
+ * a write while mounted would change names, modes and symlink targets,
+ * which no block check covers.  Built once per manifest in a private
+ * directory and sealed there (a remount reuses it when its bytes are the
+ * sealed ones, else builds it again), or in a temporary one. */
+static int open_private(struct store *st, struct manifest *m, const char *hex, unsigned signers,
+			const char *cache_dir, const char *version, struct snapshot **out, struct stella_err *e)
+{
+	char dir[4096], final[4200], tmp[4300];
+	bool own;
+	int r = private_dir(st, cache_dir, dir, sizeof(dir), &own, e);
+	if (r < 0)
+		return r;
+	snprintf(final, sizeof(final), "%s/%s.db", dir, hex);
+	snprintf(tmp, sizeof(tmp), "%s.%d.tmp", final, (int)getpid());
+	struct seal *seal = NULL;
+	struct snapshot *s = NULL;
+	struct stella_err se = { 0 };
+	if (own || seal_open(final, &seal, &se) < 0) {
+		seal_free(seal);
+		seal = NULL;
+		r = build_private(tmp, m, hex, signers, e);
+		if (r == 0 && !own)
+			r = seal_create(tmp, final, &seal, e);
+		if (r == 0 && rename(tmp, final) < 0)
+			r = stella_fail_errno(e, -errno, "%s", final);
+		if (r < 0)
+			unlink(tmp);
+	}
+	if (r == 0)
+		r = snapshot_open_store(final, store_blob_dirfd(st), store_tree_dirfd(st), version, &s, e);
+	if (r == 0 && own && !(s->tmp_index = strdup(final)))
+		r = -ENOMEM;
+	if (r < 0) {
+		seal_free(seal);
+		snapshot_unref(s);
+		if (own) {
+			unlink(final);
+			rmdir(dir);
+		}
+		return r;
+	}
+	/* Checked when opened or sealed when built, and not kept: a seal
+	 * holds its file open, and one per snapshot would make the daemon's
+	 * descriptors grow with the store's history again. */
+	seal_free(seal);
+	*out = s;
+	return 0;
+}
+
+/* What the snapshot shows as its identity (status, expiry, freshness)
+ * comes from the signed bytes. */
+static void adopt_identity(struct snapshot *s, struct manifest *m, unsigned signers)
+{
+	s->files = s->bytes = 0;
+	for (size_t i = 0; i < m->nartifacts; i++)
+		if (m->artifacts[i].type == ARTIFACT_FILE) {
+			s->files++;
+			s->bytes += m->artifacts[i].size;
+		}
+	s->signers = signers;
+	drop_artifacts(m);
+	manifest_free(s->identity);
+	s->identity = m;
+}
+
 int storecheck_open(struct store *st, const char *version, const struct trust *t, unsigned threshold,
-		    struct snapshot **out, struct storecheck *c, struct stella_err *e)
+		    const char *cache_dir, struct snapshot **out, struct storecheck *c, struct stella_err *e)
 {
 	struct store_snapshot row;
-	struct snapshot *s = NULL;
+	struct snapshot *disk = NULL, *s = NULL;
+	struct manifest *m = NULL;
 	memset(c, 0, sizeof(*c));
 	int r = store_row(st, version, &row, e);
 	if (r < 0)
@@ -341,14 +478,18 @@ int storecheck_open(struct store *st, const char *version, const struct trust *t
 	if (!path)
 		return -ENOMEM;
 	/* its own failures are no verdict (as before these checks): retried */
-	r = snapshot_open_store(path, store_blob_dirfd(st), store_tree_dirfd(st), version, &s, e);
-	if (r == 0 && (r = check_open(st, &row, path, s, t, threshold ? threshold : 1, c, e)) == -EBADMSG)
+	r = snapshot_open_store(path, store_blob_dirfd(st), store_tree_dirfd(st), version, &disk, e);
+	if (r == 0 && (r = check_open(st, &row, path, disk, t, threshold ? threshold : 1, c, &m, e)) == -EBADMSG)
 		c->forged = true;
 	free(path);
+	snapshot_unref(disk);
+	if (r == 0)
+		r = open_private(st, m, row.manifest_sha256, c->signers, cache_dir, version, &s, e);
 	if (r < 0) {
-		snapshot_unref(s);
+		manifest_free(m);
 		return r;
 	}
+	adopt_identity(s, m, c->signers);
 	*out = s;
 	return 0;
 }

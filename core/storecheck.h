@@ -8,7 +8,14 @@
  * the mount's threshold under the mount's trust store, and the index must
  * say, entry by entry, what it says (names, types, modes, sizes, SHA-256,
  * fs-verity digests, symlink targets, and no entry more).  Then every read
- * checked against the index is checked against what a trusted key signed. */
+ * checked against the index is checked against what a trusted key signed.
+ *
+ * The index served is not the store's own: it is built from the verified
+ * kept manifest in a directory private to the daemon (cache_dir, when it
+ * is ours alone, sealed and reused by later mounts; else a temporary one),
+ * so that nothing written to the store's disk later, and no trick of its
+ * database file, changes what is served.  The store's index is still
+ * compared, to refuse a snapshot whose store was tampered with. */
 #pragma once
 
 #include <stdbool.h>
@@ -31,12 +38,12 @@ struct storecheck {
  * store.db's row or the kept manifest disagree (forged or damaged), or no
  * manifest is kept (a snapshot imported by an older stellakit): it must
  * not be served.  0:
- * *out is open and matches its kept manifest; c says whether that manifest
+ * *out is open, served from the private index of its kept manifest; c says whether that manifest
  * carries threshold trusted signatures under t (the caller refuses it, or
  * flags it, when not).  The manifest is read and parsed whole (as an
  * import reads it); the index is compared one entry at a time. */
 int storecheck_open(struct store *st, const char *version, const struct trust *t, unsigned threshold,
-		    struct snapshot **out, struct storecheck *c, struct stella_err *e);
+		    const char *cache_dir, struct snapshot **out, struct storecheck *c, struct stella_err *e);
 
 /* Count again the trusted signatures over an open snapshot's kept
  * manifest (a reload changed the trust store).  -EBADMSG with c->forged

@@ -352,7 +352,7 @@ static bool open_checked(struct stellafs *sf, const struct store_snapshot *row, 
 	struct stella_err oe = { 0 };
 	struct storecheck c;
 	*out = NULL;
-	int r = storecheck_open(sf->store, row->version, sf->trust, sf->threshold, out, &c, &oe);
+	int r = storecheck_open(sf->store, row->version, sf->trust, sf->threshold, sf->cache_dir, out, &c, &oe);
 	if (r == 0 && !c.trusted) {
 		snapshot_unref(*out);
 		*out = NULL;

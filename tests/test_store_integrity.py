@@ -266,6 +266,66 @@ def test_forged_row_in_the_current_snapshot_is_never_served(mounts, tmp_path, ik
         (m / "current" / "feeds/check/f0").read_bytes()
 
 
+def tree_listing(root) -> dict:
+    """Every entry under ROOT: its type and mode, a symlink's target, a file's SHA-256."""
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        for n in dirs + files:
+            p = Path(dirpath) / n
+            st = os.lstat(p)
+            rel = str(p.relative_to(root))
+            if os.path.islink(p):
+                out[rel] = ("l", os.readlink(p))
+            elif p.is_dir():
+                out[rel] = ("d", oct(st.st_mode & 0o7777))
+            else:
+                out[rel] = ("f", oct(st.st_mode & 0o7777), sha256sum(p))
+    return out
+
+
+def test_index_that_answers_the_check_and_the_reads_differently_is_not_served(
+        mounts, tmp_path, ikits, trust):
+    """snapshots/V.db is a file on the disk the store does not trust, and SQLite lets it
+    carry its own schema: a view that shows the genuine rows to a connection configured
+    as the check's and forged ones (a setuid mode, an extra entry) to the serving
+    connections passed every comparison.  The mount serves an index it built itself
+    from the kept, signed manifest: the tree is the kit's, whatever V.db says."""
+    s = tmp_path / "store"
+    import_ok(s, trust, ikits["v1"], "--activate")
+    db = Path(s) / "snapshots" / "v1.db"
+    con = sqlite3.connect(db)
+    con.executescript("""
+        ALTER TABLE node RENAME TO node_real;
+        CREATE TABLE node_forged AS SELECT * FROM node_real;
+        UPDATE node_forged SET mode = 2541 WHERE name = CAST('db.json' AS BLOB);
+        INSERT INTO node_forged SELECT 999999, parent, CAST('evil' AS BLOB), type, 2541, size,
+            data_off, tree_off, sha256, fsverity, target
+            FROM node_real WHERE name = CAST('db.json' AS BLOB);
+        CREATE VIEW node AS
+            SELECT * FROM node_real WHERE (SELECT cache_size FROM pragma_cache_size) <> -512
+            UNION ALL
+            SELECT * FROM node_forged WHERE (SELECT cache_size FROM pragma_cache_size) = -512;
+    """)
+    con.close()
+    m = mounts.mount(s, trust)
+    served = tree_listing(m / "snapshots" / "v1")
+    assert served == tree_listing(ikits["trees"]["v1"])
+    assert not (m / "snapshots/v1/feeds/evil").exists()
+
+    # a write to V.db while mounted changes nothing served either
+    con = sqlite3.connect(db)
+    con.executescript("""
+        DROP VIEW node;
+        INSERT INTO node_real SELECT 999998, parent, CAST('evil2' AS BLOB), type, 2541, size,
+            data_off, tree_off, sha256, fsverity, target
+            FROM node_real WHERE name = CAST('db.json' AS BLOB);
+        ALTER TABLE node_real RENAME TO node;
+    """)
+    con.close()
+    assert tree_listing(m / "snapshots" / "v1") == served
+    assert not (m / "snapshots/v1/feeds/evil2").exists()
+
+
 def test_tampered_kept_manifest_is_refused(mounts, tmp_path, ikits, trust):
     s = tmp_path / "store"
     import_ok(s, trust, ikits["v1"])

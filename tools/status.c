@@ -90,7 +90,7 @@ static int open_current(struct store *st, const char *cur, const struct trust *t
 		return r;
 	}
 	struct storecheck c;
-	int r = storecheck_open(st, cur, t, threshold, s, &c, e);
+	int r = storecheck_open(st, cur, t, threshold, NULL, s, &c, e);
 	if (r == 0 && !c.trusted) {
 		*trusted = false;
 		snprintf(why, wl, "current snapshot %.128s: %.300s", cur, c.why);
