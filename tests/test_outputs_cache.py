@@ -125,6 +125,29 @@ def test_intact_cache_is_reused(many_kit, keys, mounter, tmp_path):
     assert db.stat().st_ino == ino, "an intact cached index was built again"
 
 
+def test_index_in_a_temporary_directory_serves_concurrent_readers(many_kit, keys, mounter,
+                                                                  tmp_path):
+    """A cache directory others may write is not used: the index is built in a private
+    temporary directory.  It used to be unlinked at once ("the pool holds it open"),
+    but connections open on demand, so concurrent readers got EIO.  8 threads read
+    every file, each must get the source's bytes."""
+    from concurrent.futures import ThreadPoolExecutor
+    kit, src = many_kit
+    cache = tmp_path / "public-cache"
+    cache.mkdir(mode=0o777)
+    os.chmod(cache, 0o777)
+    m = mounter.mount(kit, keys["ed25519"].pub, cache=cache)
+    files = sorted(p.relative_to(src) for p in src.rglob("*") if p.is_file())
+
+    def check(rel):
+        return (m.path / "current" / rel).read_bytes() == (src / rel).read_bytes()
+    kitlib.drop_caches()
+    with ThreadPoolExecutor(8) as ex:
+        ok = list(ex.map(check, files * 2))
+    assert all(ok)
+    assert not list(cache.iterdir()), "an index was kept in a directory others can write"
+
+
 def test_cache_damaged_while_mounted_is_not_blamed_on_the_kit(many_kit, keys, mounter,
                                                               tmp_path):
     """The cached index changes under a running mount, in rows that still look right
