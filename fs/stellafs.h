@@ -181,6 +181,10 @@ int sf_check_servable(struct stellafs *sf, const char *version, struct stella_er
 size_t sf_retrust(struct stellafs *sf);
 /* The refusal of version, copied into *out; false when it is served or unknown. */
 bool sf_refused(struct stellafs *sf, const char *version, struct refusal *out);
+/* inval.c */
+/* Queue a notification: inval_entry(parent, name), or with ino set
+ * inval_inode(ino).  Safe under sf->lock (inval_lock is taken last). */
+void inval_push(struct stellafs *sf, fuse_ino_t parent, const char *name, fuse_ino_t ino);
 /* After the current snapshot changed: tell the kernel (queued). */
 void sf_switched(struct stellafs *sf);
 int sf_start_inval(struct stellafs *sf);
