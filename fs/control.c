@@ -20,11 +20,6 @@
 #include "stellafs.h"
 #include "util.h"
 
-int64_t sf_now(struct stellafs *sf)
-{
-	return sf->fixed_now ? sf->fixed_now : (int64_t)time(NULL);
-}
-
 static const char journal_head[] =
 	"# commands: activate VERSION | rollback [VERSION] | import PATH | verify [all|VERSION|-- VERSION]\n"
 	"#           remove VERSION | gc [keep=N] | reload\n"

@@ -13,6 +13,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "health.h"
 #include "sig.h"
@@ -152,7 +153,19 @@ struct stellafs {
 
 extern const struct fuse_lowlevel_ops stellafs_ops;
 
-int64_t sf_now(struct stellafs *sf);
+/* The time expiry and freshness are judged at: now=, else the clock. */
+static inline int64_t sf_now(const struct stellafs *sf)
+{
+	return sf->fixed_now ? sf->fixed_now : (int64_t)time(NULL);
+}
+
+/* CLOCK_MONOTONIC seconds, for retries and backoffs. */
+static inline int64_t mono_now(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec;
+}
 /* state.c */
 /* Take a reference to the snapshot in slot (NULL if none). */
 struct snapshot *sf_snapshot(struct stellafs *sf, uint64_t slot);
