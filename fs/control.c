@@ -9,12 +9,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sysmacros.h>
 #include <syslog.h>
 #include <time.h>
 
 #include "command.h"
 #include "fdcache.h"
+#include "kitpath.h"
 #include "kitverify.h"
+#include "source.h"
 #include "store.h"
 #include "escape.h"
 #include "stellafs.h"
@@ -190,6 +193,109 @@ void control_journal(struct stellafs *sf, uid_t uid, const char *raw_cmd, int er
 	if (sf->journal_n < JOURNAL_LEN)
 		sf->journal_n++;
 	pthread_mutex_unlock(&sf->lock);
+}
+
+/* ---- import, shared by the control file and the incoming watcher ---- */
+
+/* The absolute path P with "//", "/./" and "/../" folded by text into OUT
+ * (no symbolic link followed: nothing here may reach into the mount). */
+static int path_fold(const char *p, char *out, size_t n)
+{
+	size_t len = 0;
+	if (p[0] != '/' || n < 2)
+		return -EINVAL;
+	out[0] = 0;
+	while (*p) {
+		while (*p == '/')
+			p++;
+		size_t c = strcspn(p, "/");
+		if (c == 0 || (c == 1 && p[0] == '.')) {
+			/* nothing */
+		} else if (c == 2 && p[0] == '.' && p[1] == '.') {
+			while (len > 0 && out[len - 1] != '/')
+				len--;
+			if (len > 0)
+				len--;
+			out[len] = 0;
+		} else {
+			if (len + 1 + c + 1 > n)
+				return -ENAMETOOLONG;
+			out[len++] = '/';
+			memcpy(out + len, p, c);
+			len += c;
+			out[len] = 0;
+		}
+		p += c;
+	}
+	if (len == 0)
+		strcpy(out, "/");
+	return 0;
+}
+
+/* Our mount's device number, 0 when it cannot be told (not mounted). */
+static dev_t self_dev(struct stellafs *sf)
+{
+	char dev[64];
+	unsigned maj, min;
+	if (!sf->mountpoint || mount_devname(sf->mountpoint, dev) < 0 || sscanf(dev, "%u:%u", &maj, &min) != 2)
+		return 0;
+	return makedev(maj, min);
+}
+
+int sf_import(struct stellafs *sf, const char *path, const struct writer *w, bool activate, char *res, size_t rl)
+{
+	struct stella_err e = { 0 };
+	char version[129];
+	/* Reading a kit through this mount would send the command's own
+	 * thread requests to itself: with -s (one thread) it never returns.
+	 * First by text, "//", "." and ".." folded (libfuse gave us the mount
+	 * point through realpath), then by device at every step of the walk
+	 * that opens it (kitpath.c), before any lookup inside the mount:
+	 * symbolic links and /proc/self/root included. */
+	char norm[4096];
+	size_t ml = sf->mountpoint ? strlen(sf->mountpoint) : 0;
+	if (ml && path_fold(path, norm, sizeof(norm)) == 0 && !strncmp(norm, sf->mountpoint, ml) &&
+	    (norm[ml] == '/' || !norm[ml] || ml == 1)) {
+		snprintf(res, rl, "%s: inside this mount (%s): copy the kit out of it first", path, sf->mountpoint);
+		return -EINVAL;
+	}
+	struct source *src = NULL;
+	int r = kitpath_open(path, self_dev(sf), w, &e);
+	if (r >= 0)
+		r = source_open_fd(r, path, &src, &e);
+	if (r < 0) {
+		snprintf(res, rl, "%s", stella_err_text(&e, r));
+		return r;
+	}
+	pthread_mutex_lock(&sf->lock);
+	struct trust *t = sf->trust;
+	pthread_mutex_unlock(&sf->lock);
+	struct store_import_opts o = { .trust = t, .threshold = sf->threshold, .now = sf_now(sf),
+				       .allow_expired = sf->allow_expired, .source = src };
+	/* Made current (auto_activate) as `activate` does it: only once this
+	 * mount can serve it, so a second transaction. */
+	struct stella_err ae = { 0 };
+	int ar = 0;
+	r = store_lock(sf->store, &e);
+	if (r == 0) {
+		r = store_import(sf->store, path, &o, version, &e);
+		if (r == 0 && activate && (ar = sf_check_servable(sf, version, &ae)) == 0)
+			ar = store_activate(sf->store, version, &ae);
+		store_unlock(sf->store);
+	}
+	source_close(src);
+	if (r < 0) {
+		stella_err_hint(&e, r, -EKEYEXPIRED, SF_EXPIRED_HINT);
+		snprintf(res, rl, "%s", stella_err_text(&e, r));
+		return r;
+	}
+	sf_changed(sf, &e);
+	if (ar < 0) {
+		snprintf(res, rl, "%s: imported as %s, not made current: %s", path, version, stella_err_text(&ae, ar));
+		return ar;
+	}
+	snprintf(res, rl, "%s: imported as %s%s", path, version, activate ? ", now current" : "");
+	return 0;
 }
 
 /* Store mode, after a reload: every served snapshot's kept manifest is
