@@ -23,137 +23,6 @@
 #include "stellafs.h"
 #include "util.h"
 
-static const char journal_head[] =
-	"# commands: activate VERSION | rollback [VERSION] | import PATH | verify [all|VERSION|-- VERSION]\n"
-	"#           remove VERSION | gc [keep=N] | reload\n"
-	"# time uid command -> result, oldest first\n";
-
-/* Store mode: the store's journal (every mount's commands, kept across
- * remounts), then this mount's lines the store could not take (store.db
- * locked past its busy timeout, a full disk), or all of them when the
- * store's journal cannot be read: a result is never lost from what an
- * operator reads.  Direct mode: this mount's ring. */
-static char *journal_text(struct stellafs *sf, size_t *len)
-{
-	char *stored = sf->store ? store_journal_text(sf->store, JOURNAL_LEN) : NULL;
-	size_t sl = stored ? strlen(stored) : 0;
-	size_t cap = sizeof(journal_head) + sl + JOURNAL_LEN * 900;
-	char *out = malloc(cap);
-	if (!out) {
-		free(stored);
-		return NULL;
-	}
-	size_t n = sizeof(journal_head) - 1;
-	memcpy(out, journal_head, n);
-	memcpy(out + n, stored ? stored : "", sl + 1);
-	n += sl;
-	pthread_mutex_lock(&sf->lock);
-	for (unsigned i = 0; i < sf->journal_n; i++) {
-		const struct journal_entry *j = &sf->journal[(sf->journal_next + JOURNAL_LEN - sf->journal_n + i) % JOURNAL_LEN];
-		if (stored && !j->unsaved)
-			continue;
-		char t[32];
-		time_format(j->when, t);
-		n += (size_t)snprintf(out + n, cap - n, "%s uid=%u %s -> %s%s%s\n", t, (unsigned)j->uid, j->cmd,
-				      j->err ? strerrorname_np(j->err) : "ok", j->result[0] ? ": " : "", j->result);
-		if (n >= cap)
-			n = cap - 1;
-	}
-	pthread_mutex_unlock(&sf->lock);
-	free(stored);
-	*len = n;
-	return out;
-}
-
-char *vfile_content(struct stellafs *sf, fuse_ino_t ino, size_t *len)
-{
-	if (ino == INO_CONTROL)
-		return journal_text(sf, len);
-	struct stella_err e = { 0 };
-	sf_refresh(sf, &e);
-	struct snapshot *s = sf_current(sf, NULL);
-	struct slot *slots = NULL;
-	size_t n = sf_list(sf, &slots);
-	const char **names = calloc(n ? n : 1, sizeof(*names));
-	for (size_t i = 0; names && i < n; i++)
-		names[i] = slots[i].version;
-	/* Counters are per snapshot; the mount's totals are their sum. */
-	uint64_t verified = 0, failures = 0;
-	char last[700] = "";
-	for (size_t i = 0; i < n; i++) {
-		struct snapshot *x = sf_snapshot(sf, slots[i].id);
-		if (!x)
-			continue;
-		verified += atomic_load(&x->verified_bytes);
-		uint64_t f = atomic_load(&x->failures);
-		if (f) {
-			failures += f;
-			char lf[sizeof(x->last_failure)];
-			snapshot_last_failure(x, lf, sizeof(lf));
-			snprintf(last, sizeof(last), "%.128s: %.511s", x->version, lf);
-		}
-		snapshot_unref(x);
-	}
-	/* copied under the lock: a reload rewrites it */
-	char trust_detail[sizeof(sf->trust_detail) + sizeof(struct refusal)];
-	pthread_mutex_lock(&sf->lock);
-	snprintf(trust_detail, sizeof(trust_detail), "%s", sf->trust_detail);
-	/* store mode: the snapshots not served, each a CRITICAL check; a
-	 * current one refused for its signatures fails the signature check */
-	size_t nprob = sf->nrefused;
-	char (*prob)[600] = nprob ? calloc(nprob, sizeof(*prob)) : NULL;
-	const char **probs = nprob ? calloc(nprob, sizeof(*probs)) : NULL;
-	enum health_level *plev = nprob ? calloc(nprob, sizeof(*plev)) : NULL;
-	bool cur_untrusted = false;
-	for (size_t i = 0; prob && probs && plev && i < nprob; i++) {
-		const struct refusal *x = &sf->refused[i];
-		snprintf(prob[i], sizeof(prob[i]), "%.128s refused, not served: %s", x->version, x->why);
-		probs[i] = prob[i];
-		plev[i] = x->err == -EKEYREJECTED ? HEALTH_WARNING : HEALTH_CRITICAL;
-		if (!strcmp(x->version, sf->current) && x->err == -EKEYREJECTED) {
-			cur_untrusted = true;
-			snprintf(trust_detail, sizeof(trust_detail), "current snapshot %.128s: %s", x->version, x->why);
-		}
-	}
-	struct health_input in = {
-		.mode = sf->store ? "store" : "direct",
-		.source = sf->source,
-		.kit = s ? s->identity : NULL,
-		.snapshots = names,
-		.nsnapshots = names ? n : 0,
-		.now = sf_now(sf),
-		.trust_ok = sf->trust_ok && !cur_untrusted,
-		.trust_detail = trust_detail,
-		.signers = sf->store ? (s ? s->signers : 0) : sf->signers,
-		.threshold = sf->threshold,
-		.verified_bytes = verified,
-		.failures = failures,
-		.last_failure = last,
-		.store_usage_pct = sf->store ? store_usage_pct(sf->store) : -1,
-		.switches = atomic_load(&sf->switches),
-		.problems = probs,
-		.problem_levels = plev,
-		.nproblems = prob && probs && plev ? nprob : 0,
-	};
-	pthread_mutex_unlock(&sf->lock);
-	char *out = NULL;
-	switch (ino) {
-	case INO_STATUS: out = health_render_status(&in); break;
-	case INO_STATUS_JSON: out = health_render_json(&in); break;
-	case INO_HEALTH: out = health_render_health(&in); break;
-	case INO_METRICS: out = health_render_metrics(&in); break;
-	}
-	snapshot_unref(s);
-	free(names);
-	free(slots);
-	free(prob);
-	free(probs);
-	free(plev);
-	if (out)
-		*len = strlen(out);
-	return out;
-}
-
 bool control_allowed(struct stellafs *sf, fuse_req_t req)
 {
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
@@ -169,30 +38,6 @@ bool control_allowed(struct stellafs *sf, fuse_req_t req)
 		if (groups[i] == sf->admin_gid)
 			return true;
 	return false;
-}
-
-void control_journal(struct stellafs *sf, uid_t uid, const char *raw_cmd, int err, const char *raw_result)
-{
-	/* Escaped here, where every line enters: a command or result holds
-	 * untrusted text (a dropped kit's file name, a manifest's version, a
-	 * path), and a newline in it would add a forged line to what everyone
-	 * reads.  The store's journal gets the same escaped text. */
-	char cmd[sizeof(sf->journal[0].cmd)], result[sizeof(sf->journal[0].result)];
-	escape(raw_cmd, ESCAPE_TEXT, cmd, sizeof(cmd));
-	escape(raw_result, ESCAPE_TEXT, result, sizeof(result));
-	bool unsaved = sf->store && store_journal_add(sf->store, sf_now(sf), (unsigned)uid, cmd, err, result) < 0;
-	pthread_mutex_lock(&sf->lock);
-	struct journal_entry *j = &sf->journal[sf->journal_next];
-	j->unsaved = unsaved;
-	j->when = sf_now(sf);
-	j->uid = uid;
-	snprintf(j->cmd, sizeof(j->cmd), "%s", cmd);
-	j->err = err;
-	snprintf(j->result, sizeof(j->result), "%s", result);
-	sf->journal_next = (sf->journal_next + 1) % JOURNAL_LEN;
-	if (sf->journal_n < JOURNAL_LEN)
-		sf->journal_n++;
-	pthread_mutex_unlock(&sf->lock);
 }
 
 /* ---- import, shared by the control file and the incoming watcher ---- */
@@ -673,7 +518,7 @@ static int control_line(void *ctx, char *line)
 	int r = run_command(run->sf, run->w, line, res, sizeof(res));
 	/* the kernel has forgotten the old current before echo returns */
 	sf_inval_wait(run->sf);
-	control_journal(run->sf, run->uid, shown, -r, res);
+	journal_add(run->sf, run->uid, shown, -r, res);
 	stella_log(r ? LOG_WARNING : LOG_INFO, "control: uid %u: %s: %s%s%s", (unsigned)run->uid, shown,
 		   r ? strerror(-r) : "ok", res[0] ? ": " : "", res);
 	return r;
@@ -691,7 +536,7 @@ int control_write(struct stellafs *sf, const struct writer *w, const char *buf, 
 		/* refused, and said so in the journal an operator reads */
 		char shown[256];
 		command_shown(text, strcspn(text, "\n"), shown, sizeof(shown));
-		control_journal(sf, uid, shown, EBUSY, "another command is running");
+		journal_add(sf, uid, shown, EBUSY, "another command is running");
 		return -EBUSY;
 	}
 	struct control_run run = { .sf = sf, .w = w, .uid = uid };

@@ -129,7 +129,7 @@ static void handle_incoming(struct stellafs *sf, const char *name)
 	pthread_mutex_unlock(&sf->cmd_lock);
 	char cmd[300];
 	snprintf(cmd, sizeof(cmd), "import %.270s (incoming)", path);
-	control_journal(sf, 0, cmd, -r, res);
+	journal_add(sf, 0, cmd, -r, res);
 	if (r < 0 && kit_verdict(r)) {
 		quarantine(sf, name, res);
 		stella_log(LOG_WARNING, "incoming %s refused: %s", path, res);

@@ -244,4 +244,9 @@ char *vfile_content(struct stellafs *sf, fuse_ino_t ino, size_t *len);
 /* Run the command lines in buf; returns 0 or a negative errno. */
 int control_write(struct stellafs *sf, const struct writer *w, const char *buf, size_t len);
 bool control_allowed(struct stellafs *sf, fuse_req_t req);
-void control_journal(struct stellafs *sf, uid_t uid, const char *cmd, int err, const char *result);
+/* journal.c */
+/* One line into the journal (escaped here: cmd and result hold untrusted
+ * text); err is 0 or a positive errno. */
+void journal_add(struct stellafs *sf, uid_t uid, const char *cmd, int err, const char *result);
+/* The control file's content: the journal's text (malloc'ed). */
+char *journal_text(struct stellafs *sf, size_t *len);
