@@ -23,23 +23,6 @@
 #include "stellafs.h"
 #include "util.h"
 
-bool control_allowed(struct stellafs *sf, fuse_req_t req)
-{
-	const struct fuse_ctx *ctx = fuse_req_ctx(req);
-	if (ctx->uid == 0)
-		return true;
-	if (!sf->has_admin_gid)
-		return false;
-	if (ctx->gid == sf->admin_gid)
-		return true;
-	gid_t groups[256];
-	int n = fuse_req_getgroups(req, 256, groups);
-	for (int i = 0; i < n && i < 256; i++)
-		if (groups[i] == sf->admin_gid)
-			return true;
-	return false;
-}
-
 /* ---- import, shared by the control file and the incoming watcher ---- */
 
 /* The absolute path P with "//", "/./" and "/../" folded by text into OUT
@@ -82,12 +65,12 @@ static dev_t self_dev(struct stellafs *sf)
 {
 	char dev[64];
 	unsigned maj, min;
-	if (!sf->mountpoint || mount_devname(sf->mountpoint, dev) < 0 || sscanf(dev, "%u:%u", &maj, &min) != 2)
+	if (!sf->opt.mountpoint || mount_devname(sf->opt.mountpoint, dev) < 0 || sscanf(dev, "%u:%u", &maj, &min) != 2)
 		return 0;
 	return makedev(maj, min);
 }
 
-int sf_import(struct stellafs *sf, const char *path, const struct writer *w, bool activate, char *res, size_t rl)
+int control_import(struct stellafs *sf, const char *path, const struct writer *w, bool activate, char *res, size_t rl)
 {
 	struct stella_err e = { 0 };
 	char version[129];
@@ -98,10 +81,10 @@ int sf_import(struct stellafs *sf, const char *path, const struct writer *w, boo
 	 * that opens it (kitpath.c), before any lookup inside the mount:
 	 * symbolic links and /proc/self/root included. */
 	char norm[4096];
-	size_t ml = sf->mountpoint ? strlen(sf->mountpoint) : 0;
-	if (ml && path_fold(path, norm, sizeof(norm)) == 0 && !strncmp(norm, sf->mountpoint, ml) &&
+	size_t ml = sf->opt.mountpoint ? strlen(sf->opt.mountpoint) : 0;
+	if (ml && path_fold(path, norm, sizeof(norm)) == 0 && !strncmp(norm, sf->opt.mountpoint, ml) &&
 	    (norm[ml] == '/' || !norm[ml] || ml == 1)) {
-		snprintf(res, rl, "%s: inside this mount (%s): copy the kit out of it first", path, sf->mountpoint);
+		snprintf(res, rl, "%s: inside this mount (%s): copy the kit out of it first", path, sf->opt.mountpoint);
 		return -EINVAL;
 	}
 	struct source *src = NULL;
@@ -113,10 +96,10 @@ int sf_import(struct stellafs *sf, const char *path, const struct writer *w, boo
 		return r;
 	}
 	pthread_mutex_lock(&sf->lock);
-	struct trust *t = sf->trust;
+	struct trust *t = sf->trust.keys;
 	pthread_mutex_unlock(&sf->lock);
-	struct store_import_opts o = { .trust = t, .threshold = sf->threshold, .now = sf_now(sf),
-				       .allow_expired = sf->allow_expired, .source = src };
+	struct store_import_opts o = { .trust = t, .threshold = sf->opt.threshold, .now = sf_now(sf),
+				       .allow_expired = sf->opt.allow_expired, .source = src };
 	/* Made current (auto_activate) as `activate` does it: only once this
 	 * mount can serve it, so a second transaction. */
 	struct stella_err ae = { 0 };
@@ -154,15 +137,15 @@ static int reload_store(struct stellafs *sf, char *res, size_t rl)
 	char cur[129];
 	struct refusal ref;
 	pthread_mutex_lock(&sf->lock);
-	snprintf(cur, sizeof(cur), "%s", sf->current);
-	size_t nref = sf->nrefused;
+	snprintf(cur, sizeof(cur), "%s", sf->tab.current);
+	size_t nref = sf->tab.nrefused;
 	pthread_mutex_unlock(&sf->lock);
 	if (*cur && sf_refused(sf, cur, &ref) && ref.err == -EKEYREJECTED) {
-		snprintf(res, rl, "trust store %.100s reloaded, but the current snapshot %.128s is not served: %.200s", sf->trust_path,
+		snprintf(res, rl, "trust store %.100s reloaded, but the current snapshot %.128s is not served: %.200s", sf->opt.trust_path,
 			 cur, ref.why);
 		return ref.err;
 	}
-	snprintf(res, rl, "trust store %s reloaded: %zu snapshot(s) no longer served, %zu refused in all", sf->trust_path,
+	snprintf(res, rl, "trust store %s reloaded: %zu snapshot(s) no longer served, %zu refused in all", sf->opt.trust_path,
 		 dropped, nref);
 	return 0;
 }
@@ -179,15 +162,15 @@ static int served_signers(struct stellafs *sf, const struct trust *t, unsigned *
 	char *mjson = NULL, *sig = NULL;
 	size_t mlen = 0, slen = 0;
 	uint8_t sha[32];
-	int r = s && s->src ? source_dup(s->src, &src, e) : stella_fail(e, -EIO, "%s: no kit open", sf->source);
+	int r = s && s->src ? source_dup(s->src, &src, e) : stella_fail(e, -EIO, "%s: no kit open", sf->opt.source);
 	if (r == 0)
 		r = kit_read_head_source(src, &mjson, &mlen, &sig, &slen, e);
 	if (r == 0 && (r = sha256_once(mjson, mlen, sha)) < 0)
 		stella_fail_errno(e, r, "manifest: SHA-256");
 	if (r == 0 && memcmp(sha, s->manifest_sha256, 32))
-		r = stella_fail(e, -EBADMSG, "%s: the manifest of the kit this mount serves changed under it", sf->source);
+		r = stella_fail(e, -EBADMSG, "%s: the manifest of the kit this mount serves changed under it", sf->opt.source);
 	if (r == 0)
-		r = sig_check(t, sf->threshold, (const uint8_t *)mjson, mlen, sig, slen, signers, e);
+		r = sig_check(t, sf->opt.threshold, (const uint8_t *)mjson, mlen, sig, slen, signers, e);
 	free(mjson);
 	free(sig);
 	source_close(src);
@@ -203,7 +186,7 @@ static int cmd_reload(struct stellafs *sf, char *res, size_t rl)
 	struct stella_err e = { 0 };
 	struct trust *t = NULL;
 	unsigned signers = 0;
-	int r = trust_load(sf->trust_path, &t, &e);
+	int r = trust_load(sf->opt.trust_path, &t, &e);
 	if (r == 0 && !sf->store)
 		r = served_signers(sf, t, &signers, &e);
 	pthread_rwlock_wrlock(&sf->trust_lock);
@@ -212,14 +195,14 @@ static int cmd_reload(struct stellafs *sf, char *res, size_t rl)
 		/* imports and the mounted kit's signers judged by the new keys;
 		 * the old trust is freed once nobody can be using it: commands
 		 * hold cmd_lock, as we do, and a refresh the read lock */
-		trust_free(sf->trust);
-		sf->trust = t;
+		trust_free(sf->trust.keys);
+		sf->trust.keys = t;
 		t = NULL;
 	}
-	sf->trust_ok = r == 0;
+	sf->trust.ok = r == 0;
 	if (!sf->store)
-		sf->signers = signers;
-	snprintf(sf->trust_detail, sizeof(sf->trust_detail), "%s", r == 0 ? "" : stella_err_text(&e, r));
+		sf->trust.signers = signers;
+	snprintf(sf->trust.detail, sizeof(sf->trust.detail), "%s", r == 0 ? "" : stella_err_text(&e, r));
 	pthread_mutex_unlock(&sf->lock);
 	pthread_rwlock_unlock(&sf->trust_lock);
 	trust_free(t);
@@ -230,8 +213,8 @@ static int cmd_reload(struct stellafs *sf, char *res, size_t rl)
 	if (sf->store)
 		return reload_store(sf, res, rl);
 	else
-		snprintf(res, rl, "trust store %s reloaded: %u trusted signature(s), threshold %u", sf->trust_path,
-			 signers, sf->threshold);
+		snprintf(res, rl, "trust store %s reloaded: %u trusted signature(s), threshold %u", sf->opt.trust_path,
+			 signers, sf->opt.threshold);
 	return 0;
 }
 
@@ -265,7 +248,7 @@ static int cmd_verify(struct stellafs *sf, bool all, const char *arg, char *res,
 	bool any = false;
 	char cur[129];
 	pthread_mutex_lock(&sf->lock);
-	snprintf(cur, sizeof(cur), "%s", sf->current);
+	snprintf(cur, sizeof(cur), "%s", sf->tab.current);
 	pthread_mutex_unlock(&sf->lock);
 	const char *want = !arg ? cur : arg;
 	for (size_t i = 0; i < n; i++) {
@@ -363,7 +346,7 @@ static int cmd_gc(struct stellafs *sf, uint64_t keep, char *res, size_t rl)
 	char first_msg[256] = "";
 	char cur[129];
 	pthread_mutex_lock(&sf->lock);
-	snprintf(cur, sizeof(cur), "%s", sf->current);
+	snprintf(cur, sizeof(cur), "%s", sf->tab.current);
 	pthread_mutex_unlock(&sf->lock);
 	/* slots are in sequence order: the oldest n - keep go, never current */
 	for (size_t i = 0; i + keep < n; i++) {
@@ -450,7 +433,7 @@ static int store_switch(struct stellafs *sf, const char *cmd, const char *arg, c
 
 static const char *direct_only(struct stellafs *sf)
 {
-	return sf->store ? NULL : sf->current;
+	return sf->store ? NULL : sf->tab.current;
 }
 
 static int run_command(struct stellafs *sf, const struct writer *w, char *line, char *res, size_t rl)
@@ -485,9 +468,9 @@ static int run_command(struct stellafs *sf, const struct writer *w, char *line, 
 			snprintf(res, rl, "nothing to collect: one snapshot (%s)", single), r = 0;
 	} else if (c.kind == CMD_IMPORT) {
 		if (sf->store)
-			r = sf_import(sf, c.arg, w, sf->auto_activate, res, rl);
+			r = control_import(sf, c.arg, w, sf->opt.auto_activate, res, rl);
 		else
-			snprintf(res, rl, "import needs a store: this mount serves one kit file (%s)", sf->source),
+			snprintf(res, rl, "import needs a store: this mount serves one kit file (%s)", sf->opt.source),
 				r = -EOPNOTSUPP;
 	} else {
 		r = cmd_reload(sf, res, rl);
@@ -517,7 +500,7 @@ static int control_line(void *ctx, char *line)
 	command_shown(line, SIZE_MAX, shown, sizeof(shown));
 	int r = run_command(run->sf, run->w, line, res, sizeof(res));
 	/* the kernel has forgotten the old current before echo returns */
-	sf_inval_wait(run->sf);
+	inval_wait(run->sf);
 	journal_add(run->sf, run->uid, shown, -r, res);
 	stella_log(r ? LOG_WARNING : LOG_INFO, "control: uid %u: %s: %s%s%s", (unsigned)run->uid, shown,
 		   r ? strerror(-r) : "ok", res[0] ? ": " : "", res);

@@ -36,12 +36,12 @@ static bool kit_name(const char *n)
 static void quarantine(struct stellafs *sf, const char *name, const char *reason)
 {
 	char src[4200], dst[4200];
-	snprintf(src, sizeof(src), "%s/%s", sf->incoming, name);
+	snprintf(src, sizeof(src), "%s/%s", sf->opt.incoming, name);
 	snprintf(dst, sizeof(dst), "%s/quarantine/%s", store_dir(sf->store), name);
 	if (rename(src, dst) < 0) {
 		/* another filesystem: copy is not worth the risk; leave it, and
 		 * say why beside it */
-		snprintf(dst, sizeof(dst), "%s/%s", sf->incoming, name);
+		snprintf(dst, sizeof(dst), "%s/%s", sf->opt.incoming, name);
 	}
 	char rpath[4300];
 	snprintf(rpath, sizeof(rpath), "%s.reason", dst);
@@ -74,9 +74,9 @@ static bool kit_verdict(int r)
 
 static struct incoming_retry *retry_find(struct stellafs *sf, const char *name)
 {
-	for (size_t i = 0; i < sf->nretry; i++)
-		if (!strcmp(sf->retry[i].name, name))
-			return &sf->retry[i];
+	for (size_t i = 0; i < sf->watch.nretry; i++)
+		if (!strcmp(sf->watch.retry[i].name, name))
+			return &sf->watch.retry[i];
 	return NULL;
 }
 
@@ -84,7 +84,7 @@ static void retry_drop(struct stellafs *sf, const char *name)
 {
 	struct incoming_retry *x = retry_find(sf, name);
 	if (x)
-		*x = sf->retry[--sf->nretry];
+		*x = sf->watch.retry[--sf->watch.nretry];
 }
 
 /* The kit NAME failed for a reason of the moment: try it, and only it,
@@ -93,11 +93,11 @@ static void retry_drop(struct stellafs *sf, const char *name)
 static int retry_later(struct stellafs *sf, const char *name)
 {
 	struct incoming_retry *x = retry_find(sf, name);
-	if (!x && sf->nretry < INCOMING_RETRY_KITS && strlen(name) < sizeof(x->name)) {
-		struct incoming_retry *p = realloc(sf->retry, (sf->nretry + 1) * sizeof(*p));
+	if (!x && sf->watch.nretry < INCOMING_RETRY_KITS && strlen(name) < sizeof(x->name)) {
+		struct incoming_retry *p = realloc(sf->watch.retry, (sf->watch.nretry + 1) * sizeof(*p));
 		if (p) {
-			sf->retry = p;
-			x = &p[sf->nretry++];
+			sf->watch.retry = p;
+			x = &p[sf->watch.nretry++];
 			snprintf(x->name, sizeof(x->name), "%s", name);
 			x->backoff = INCOMING_RETRY_FIRST;
 		}
@@ -115,7 +115,7 @@ static void handle_incoming(struct stellafs *sf, const char *name)
 	if (!kit_name(name))
 		return;
 	char path[4200], res[640], reason[4300];
-	snprintf(path, sizeof(path), "%s/%s", sf->incoming, name);
+	snprintf(path, sizeof(path), "%s/%s", sf->opt.incoming, name);
 	snprintf(reason, sizeof(reason), "%s.reason", path);
 	struct stat st;
 	/* gone, not a file, or refused already (left here with its reason
@@ -125,7 +125,7 @@ static void handle_incoming(struct stellafs *sf, const char *name)
 		return;
 	}
 	pthread_mutex_lock(&sf->cmd_lock); /* wait our turn: this one cannot say EBUSY */
-	int r = sf_import(sf, path, NULL, sf->auto_activate, res, sizeof(res));
+	int r = control_import(sf, path, NULL, sf->opt.auto_activate, res, sizeof(res));
 	pthread_mutex_unlock(&sf->cmd_lock);
 	char cmd[300];
 	snprintf(cmd, sizeof(cmd), "import %.270s (incoming)", path);
@@ -156,14 +156,14 @@ static void handle_incoming(struct stellafs *sf, const char *name)
 static void retry_due(struct stellafs *sf)
 {
 	int64_t now = mono_now();
-	for (size_t i = 0; i < sf->nretry;) {
-		if (sf->retry[i].at > now) {
+	for (size_t i = 0; i < sf->watch.nretry;) {
+		if (sf->watch.retry[i].at > now) {
 			i++;
 			continue;
 		}
 		char name[256];
-		snprintf(name, sizeof(name), "%s", sf->retry[i].name);
-		sf->retry[i].at = INT64_MAX; /* not again in this walk */
+		snprintf(name, sizeof(name), "%s", sf->watch.retry[i].name);
+		sf->watch.retry[i].at = INT64_MAX; /* not again in this walk */
 		handle_incoming(sf, name);
 		i = 0;
 		now = mono_now();
@@ -172,7 +172,7 @@ static void retry_due(struct stellafs *sf)
 
 static void scan_incoming(struct stellafs *sf)
 {
-	DIR *d = opendir(sf->incoming);
+	DIR *d = opendir(sf->opt.incoming);
 	struct dirent *de;
 	while (d && (de = readdir(d)))
 		handle_incoming(sf, de->d_name);
@@ -191,21 +191,21 @@ static void *watch_main(void *arg)
 	int in_wd = -1, st_wd = -1;
 	if (fd >= 0) {
 		st_wd = inotify_add_watch(fd, store_dir(sf->store), IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO);
-		if (sf->incoming && (in_wd = inotify_add_watch(fd, sf->incoming, IN_CLOSE_WRITE | IN_MOVED_TO)) < 0)
-			stella_log(LOG_ERR, "incoming %s: inotify: %s", sf->incoming, strerror(errno));
+		if (sf->opt.incoming && (in_wd = inotify_add_watch(fd, sf->opt.incoming, IN_CLOSE_WRITE | IN_MOVED_TO)) < 0)
+			stella_log(LOG_ERR, "incoming %s: inotify: %s", sf->opt.incoming, strerror(errno));
 	}
-	if (sf->incoming)
+	if (sf->opt.incoming)
 		scan_incoming(sf); /* kits already waiting: complete, their writer is gone */
 	char buf[16384] __attribute__((aligned(__alignof__(struct inotify_event))));
 	for (;;) {
-		struct pollfd p[2] = { { .fd = fd, .events = POLLIN }, { .fd = sf->watch_stop[0], .events = POLLIN } };
+		struct pollfd p[2] = { { .fd = fd, .events = POLLIN }, { .fd = sf->watch.stop[0], .events = POLLIN } };
 		int n = poll(p, 2, 1000);
 		if (n < 0 && errno != EINTR)
 			break;
-		if (p[1].revents || atomic_load(&sf->watch_quit))
+		if (p[1].revents || atomic_load(&sf->watch.quit))
 			break;
 		bool store_changed = n == 0; /* the tick */
-		if (sf->nretry)
+		if (sf->watch.nretry)
 			retry_due(sf);
 		if (fd >= 0 && (p[0].revents & POLLIN)) {
 			ssize_t len = read(fd, buf, sizeof(buf));
@@ -232,33 +232,33 @@ static void *watch_main(void *arg)
 	return NULL;
 }
 
-int sf_start_watch(struct stellafs *sf, struct stella_err *e)
+int incoming_start(struct stellafs *sf, struct stella_err *e)
 {
 	if (!sf->store)
 		return 0;
-	if (pipe2(sf->watch_stop, O_CLOEXEC) < 0)
+	if (pipe2(sf->watch.stop, O_CLOEXEC) < 0)
 		return stella_fail_errno(e, -errno, "watcher");
-	if (pthread_create(&sf->watch_thread, NULL, watch_main, sf) != 0)
+	if (pthread_create(&sf->watch.thread, NULL, watch_main, sf) != 0)
 		return stella_fail(e, -EAGAIN, "watcher: cannot start its thread");
-	sf->watch_running = true;
+	sf->watch.running = true;
 	return 0;
 }
 
-void sf_stop_watch(struct stellafs *sf)
+void incoming_stop(struct stellafs *sf)
 {
-	if (!sf->watch_running)
+	if (!sf->watch.running)
 		return;
 	/* the flag, in case the wake-up cannot be written: the thread's
 	 * one-second tick sees it */
-	atomic_store(&sf->watch_quit, true);
-	if (write(sf->watch_stop[1], "x", 1) < 0) {
+	atomic_store(&sf->watch.quit, true);
+	if (write(sf->watch.stop[1], "x", 1) < 0) {
 		/* the tick will do */
 	}
-	pthread_join(sf->watch_thread, NULL);
-	close(sf->watch_stop[0]);
-	close(sf->watch_stop[1]);
-	sf->watch_running = false;
-	free(sf->retry);
-	sf->retry = NULL;
-	sf->nretry = 0;
+	pthread_join(sf->watch.thread, NULL);
+	close(sf->watch.stop[0]);
+	close(sf->watch.stop[1]);
+	sf->watch.running = false;
+	free(sf->watch.retry);
+	sf->watch.retry = NULL;
+	sf->watch.nretry = 0;
 }

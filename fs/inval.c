@@ -18,31 +18,31 @@
 
 void inval_push(struct stellafs *sf, fuse_ino_t parent, const char *name, fuse_ino_t ino)
 {
-	pthread_mutex_lock(&sf->inval_lock);
+	pthread_mutex_lock(&sf->inval.lock);
 	/* Grown, not bounded: each removed version needs its own entry
 	 * notification (forgetting snapshots/'s pages does not drop its
 	 * children's dentries, cached for a day). */
-	if (sf->ninval == sf->inval_cap) {
-		size_t cap = sf->inval_cap ? 2 * sf->inval_cap : 16;
-		struct inval *p = realloc(sf->inval, cap * sizeof(*p));
+	if (sf->inval.n == sf->inval.cap) {
+		size_t cap = sf->inval.cap ? 2 * sf->inval.cap : 16;
+		struct inval *p = realloc(sf->inval.q, cap * sizeof(*p));
 		if (p) {
-			sf->inval = p;
-			sf->inval_cap = cap;
+			sf->inval.q = p;
+			sf->inval.cap = cap;
 		}
 	}
-	if (sf->ninval < sf->inval_cap) {
-		struct inval *q = &sf->inval[sf->ninval++];
+	if (sf->inval.n < sf->inval.cap) {
+		struct inval *q = &sf->inval.q[sf->inval.n++];
 		q->parent = parent;
 		q->ino = ino;
 		snprintf(q->name, sizeof(q->name), "%s", name ? name : "");
 	} else {
 		/* out of memory: forget what is left to forget without a name,
 		 * current's target and snapshots/ (not its children's entries) */
-		sf->inval_overflow = true;
+		sf->inval.overflow = true;
 	}
-	sf->inval_queued++;
-	pthread_cond_broadcast(&sf->inval_cond);
-	pthread_mutex_unlock(&sf->inval_lock);
+	sf->inval.queued++;
+	pthread_cond_broadcast(&sf->inval.cond);
+	pthread_mutex_unlock(&sf->inval.lock);
 }
 
 static void *inval_main(void *arg)
@@ -50,21 +50,21 @@ static void *inval_main(void *arg)
 	struct stellafs *sf = arg;
 	/* A switch returns once this thread told the kernel: it must not wait
 	 * behind the readers' threads for a CPU. */
-	sf_boost(sf->base_nice + SF_BOOST_NICE);
-	pthread_mutex_lock(&sf->inval_lock);
-	while (!sf->inval_stop) {
-		if (sf->ninval == 0 && !sf->inval_overflow) {
-			pthread_cond_wait(&sf->inval_cond, &sf->inval_lock);
+	tune_boost(sf->opt.base_nice + SF_BOOST_NICE);
+	pthread_mutex_lock(&sf->inval.lock);
+	while (!sf->inval.stop) {
+		if (sf->inval.n == 0 && !sf->inval.overflow) {
+			pthread_cond_wait(&sf->inval.cond, &sf->inval.lock);
 			continue;
 		}
-		struct inval *q = sf->inval; /* ours now; the next push starts a new one */
-		size_t n = sf->ninval;
-		bool all = sf->inval_overflow;
-		uint64_t upto = sf->inval_queued;
-		sf->inval = NULL;
-		sf->ninval = sf->inval_cap = 0;
-		sf->inval_overflow = false;
-		pthread_mutex_unlock(&sf->inval_lock);
+		struct inval *q = sf->inval.q; /* ours now; the next push starts a new one */
+		size_t n = sf->inval.n;
+		bool all = sf->inval.overflow;
+		uint64_t upto = sf->inval.queued;
+		sf->inval.q = NULL;
+		sf->inval.n = sf->inval.cap = 0;
+		sf->inval.overflow = false;
+		pthread_mutex_unlock(&sf->inval.lock);
 		for (size_t i = 0; sf->se && i < n; i++) {
 			if (q[i].ino)
 				fuse_lowlevel_notify_inval_inode(sf->se, q[i].ino, 0, 0);
@@ -76,53 +76,47 @@ static void *inval_main(void *arg)
 			fuse_lowlevel_notify_inval_inode(sf->se, INO_SNAPSHOTS, 0, 0);
 		}
 		free(q);
-		pthread_mutex_lock(&sf->inval_lock);
-		sf->inval_done = upto;
-		pthread_cond_broadcast(&sf->inval_cond);
+		pthread_mutex_lock(&sf->inval.lock);
+		sf->inval.done = upto;
+		pthread_cond_broadcast(&sf->inval.cond);
 	}
-	pthread_mutex_unlock(&sf->inval_lock);
+	pthread_mutex_unlock(&sf->inval.lock);
 	return NULL;
 }
 
-int sf_start_inval(struct stellafs *sf)
+int inval_start(struct stellafs *sf)
 {
-	if (pthread_create(&sf->inval_thread, NULL, inval_main, sf) != 0)
+	if (pthread_create(&sf->inval.thread, NULL, inval_main, sf) != 0)
 		return -EAGAIN;
-	sf->inval_running = true;
+	sf->inval.running = true;
 	return 0;
 }
 
-void sf_stop_inval(struct stellafs *sf)
+void inval_stop(struct stellafs *sf)
 {
-	if (!sf->inval_running)
+	if (!sf->inval.running)
 		goto out;
-	pthread_mutex_lock(&sf->inval_lock);
-	sf->inval_stop = true;
-	pthread_cond_broadcast(&sf->inval_cond);
-	pthread_mutex_unlock(&sf->inval_lock);
-	pthread_join(sf->inval_thread, NULL);
-	sf->inval_running = false;
+	pthread_mutex_lock(&sf->inval.lock);
+	sf->inval.stop = true;
+	pthread_cond_broadcast(&sf->inval.cond);
+	pthread_mutex_unlock(&sf->inval.lock);
+	pthread_join(sf->inval.thread, NULL);
+	sf->inval.running = false;
 out:
-	free(sf->inval); /* what nobody was left to send */
-	sf->inval = NULL;
-	sf->ninval = sf->inval_cap = 0;
+	free(sf->inval.q); /* what nobody was left to send */
+	sf->inval.q = NULL;
+	sf->inval.n = sf->inval.cap = 0;
 }
 
-void sf_inval_wait(struct stellafs *sf)
+void inval_wait(struct stellafs *sf)
 {
 	struct timespec until;
 	clock_gettime(CLOCK_REALTIME, &until);
 	until.tv_sec += 2; /* never hang a command on the kernel */
-	pthread_mutex_lock(&sf->inval_lock);
-	uint64_t want = sf->inval_queued;
-	while (sf->inval_running && sf->inval_done < want &&
-	       pthread_cond_timedwait(&sf->inval_cond, &sf->inval_lock, &until) == 0)
+	pthread_mutex_lock(&sf->inval.lock);
+	uint64_t want = sf->inval.queued;
+	while (sf->inval.running && sf->inval.done < want &&
+	       pthread_cond_timedwait(&sf->inval.cond, &sf->inval.lock, &until) == 0)
 		;
-	pthread_mutex_unlock(&sf->inval_lock);
-}
-
-void sf_switched(struct stellafs *sf)
-{
-	atomic_fetch_add(&sf->switches, 1);
-	inval_push(sf, 0, NULL, INO_CURRENT); /* its cached target */
+	pthread_mutex_unlock(&sf->inval.lock);
 }

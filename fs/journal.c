@@ -35,9 +35,9 @@ char *journal_text(struct stellafs *sf, size_t *len)
 	memcpy(out, journal_head, n);
 	memcpy(out + n, stored ? stored : "", sl + 1);
 	n += sl;
-	pthread_mutex_lock(&sf->lock);
-	for (unsigned i = 0; i < sf->journal_n; i++) {
-		const struct journal_entry *j = &sf->journal[(sf->journal_next + JOURNAL_LEN - sf->journal_n + i) % JOURNAL_LEN];
+	pthread_mutex_lock(&sf->journal.lock);
+	for (unsigned i = 0; i < sf->journal.n; i++) {
+		const struct journal_entry *j = &sf->journal.ring[(sf->journal.next + JOURNAL_LEN - sf->journal.n + i) % JOURNAL_LEN];
 		if (stored && !j->unsaved)
 			continue;
 		char t[32];
@@ -47,7 +47,7 @@ char *journal_text(struct stellafs *sf, size_t *len)
 		if (n >= cap)
 			n = cap - 1;
 	}
-	pthread_mutex_unlock(&sf->lock);
+	pthread_mutex_unlock(&sf->journal.lock);
 	free(stored);
 	*len = n;
 	return out;
@@ -59,20 +59,20 @@ void journal_add(struct stellafs *sf, uid_t uid, const char *raw_cmd, int err, c
 	 * untrusted text (a dropped kit's file name, a manifest's version, a
 	 * path), and a newline in it would add a forged line to what everyone
 	 * reads.  The store's journal gets the same escaped text. */
-	char cmd[sizeof(sf->journal[0].cmd)], result[sizeof(sf->journal[0].result)];
+	char cmd[sizeof(sf->journal.ring[0].cmd)], result[sizeof(sf->journal.ring[0].result)];
 	escape(raw_cmd, ESCAPE_TEXT, cmd, sizeof(cmd));
 	escape(raw_result, ESCAPE_TEXT, result, sizeof(result));
 	bool unsaved = sf->store && store_journal_add(sf->store, sf_now(sf), (unsigned)uid, cmd, err, result) < 0;
-	pthread_mutex_lock(&sf->lock);
-	struct journal_entry *j = &sf->journal[sf->journal_next];
+	pthread_mutex_lock(&sf->journal.lock);
+	struct journal_entry *j = &sf->journal.ring[sf->journal.next];
 	j->unsaved = unsaved;
 	j->when = sf_now(sf);
 	j->uid = uid;
 	snprintf(j->cmd, sizeof(j->cmd), "%s", cmd);
 	j->err = err;
 	snprintf(j->result, sizeof(j->result), "%s", result);
-	sf->journal_next = (sf->journal_next + 1) % JOURNAL_LEN;
-	if (sf->journal_n < JOURNAL_LEN)
-		sf->journal_n++;
-	pthread_mutex_unlock(&sf->lock);
+	sf->journal.next = (sf->journal.next + 1) % JOURNAL_LEN;
+	if (sf->journal.n < JOURNAL_LEN)
+		sf->journal.n++;
+	pthread_mutex_unlock(&sf->journal.lock);
 }

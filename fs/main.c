@@ -358,7 +358,7 @@ int main(int argc, char **argv)
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct opts o = { 0 };
 	struct fuse_cmdline_opts cl = { 0 };
-	struct stellafs sf = { .threshold = 1 };
+	struct stellafs sf = { .opt.threshold = 1 };
 	struct fuse_session *se = NULL;
 	struct stella_err e = { 0 };
 	int rc = STELLA_EXIT_RUNTIME, r, status_fd = -1;
@@ -374,10 +374,12 @@ int main(int argc, char **argv)
 	mallopt(M_TRIM_THRESHOLD, 256 << 20);
 	pthread_mutex_init(&sf.lock, NULL);
 	pthread_mutex_init(&sf.cmd_lock, NULL);
-	pthread_mutex_init(&sf.inval_lock, NULL);
+	pthread_mutex_init(&sf.inval.lock, NULL);
+	pthread_mutex_init(&sf.journal.lock, NULL);
+	pthread_mutex_init(&sf.ops.lock, NULL);
 	pthread_mutex_init(&sf.refresh_lock, NULL);
 	pthread_rwlock_init(&sf.trust_lock, NULL);
-	pthread_cond_init(&sf.inval_cond, NULL);
+	pthread_cond_init(&sf.inval.cond, NULL);
 	stella_log_set(log_line);
 
 	if (options_parse(&args, &o) != 0) {
@@ -437,10 +439,10 @@ int main(int argc, char **argv)
 		free(o.trust);
 		o.trust = abs_trust;
 	}
-	sf.source = o.source;
-	sf.trust_path = o.trust ? o.trust : (char *)DEFAULT_TRUST;
-	sf.cache_dir = o.cache ? o.cache : (char *)DEFAULT_CACHE;
-	sf.allow_expired = o.allow_expired;
+	sf.opt.source = o.source;
+	sf.opt.trust_path = o.trust ? o.trust : (char *)DEFAULT_TRUST;
+	sf.opt.cache_dir = o.cache ? o.cache : (char *)DEFAULT_CACHE;
+	sf.opt.allow_expired = o.allow_expired;
 	struct opt_values ov;
 	char *bad = NULL;
 	if (options_check(&o, &ov, &bad) < 0) {
@@ -448,10 +450,10 @@ int main(int argc, char **argv)
 		free(bad);
 		goto out;
 	}
-	sf.threshold = ov.threshold;
-	sf.fixed_now = ov.fixed_now;
-	sf.has_admin_gid = ov.has_admin_gid;
-	sf.admin_gid = ov.admin_gid;
+	sf.opt.threshold = ov.threshold;
+	sf.opt.fixed_now = ov.fixed_now;
+	sf.opt.has_admin_gid = ov.has_admin_gid;
+	sf.opt.admin_gid = ov.admin_gid;
 	struct stat st;
 	if (stat(o.source, &st) < 0) {
 		rc = fail_usage("%s: %s", o.source, strerror(errno));
@@ -462,7 +464,7 @@ int main(int argc, char **argv)
 		if (abs_cache) {
 			free(o.cache);
 			o.cache = abs_cache;
-			sf.cache_dir = o.cache;
+			sf.opt.cache_dir = o.cache;
 		}
 	}
 	bool store_mode = S_ISDIR(st.st_mode);
@@ -482,18 +484,18 @@ int main(int argc, char **argv)
 		free(o.incoming);
 		o.incoming = abs_in;
 	}
-	sf.incoming = o.incoming;
-	sf.auto_activate = o.auto_activate;
-	if ((r = trust_load(sf.trust_path, &sf.trust, &e)) < 0) {
+	sf.opt.incoming = o.incoming;
+	sf.opt.auto_activate = o.auto_activate;
+	if ((r = trust_load(sf.opt.trust_path, &sf.trust.keys, &e)) < 0) {
 		rc = stella_exit_code(r);
 		fprintf(stderr, PROG ": %s\n", stella_err_text(&e, r));
 		goto out;
 	}
-	sf.trust_ok = true;
-	sf.mounted_at = (int64_t)time(NULL);
+	sf.trust.ok = true;
+	sf.opt.mounted_at = (int64_t)time(NULL);
 	char budgets[160] = "";
 	fd_budgets(cl.max_threads >= 2 && cl.max_threads <= 256 ? cl.max_threads : 16, budgets, sizeof(budgets));
-	sf.base_nice = sf_nice();
+	sf.opt.base_nice = tune_nice();
 
 	if (store_mode) {
 		/* The store: its snapshots were verified when imported.  Opened
@@ -511,8 +513,8 @@ int main(int argc, char **argv)
 	} else {
 		/* The kit: signature, expiry, structure, index; refused before mounting. */
 		struct snapshot_opts so = {
-			.kit = o.source, .trust = sf.trust, .threshold = sf.threshold, .now = sf_now(&sf),
-			.allow_expired = sf.allow_expired, .cache_dir = sf.cache_dir,
+			.kit = o.source, .trust = sf.trust.keys, .threshold = sf.opt.threshold, .now = sf_now(&sf),
+			.allow_expired = sf.opt.allow_expired, .cache_dir = sf.opt.cache_dir,
 		};
 		struct snapshot *snap = NULL;
 		if ((r = snapshot_open_kit(&so, &snap, &e)) < 0) {
@@ -521,7 +523,7 @@ int main(int argc, char **argv)
 			fprintf(stderr, PROG ": %s\n", stella_err_text(&e, r));
 			goto out;
 		}
-		sf.signers = snap->signers;
+		sf.trust.signers = snap->signers;
 		malloc_trim(0);
 		if ((r = sf_add_direct(&sf, snap)) < 0) {
 			snapshot_unref(snap);
@@ -547,7 +549,7 @@ int main(int argc, char **argv)
 	}
 	mounted = true;
 	sf.se = se;
-	sf.mountpoint = cl.mountpoint;
+	sf.opt.mountpoint = cl.mountpoint;
 	if (!cl.foreground) {
 		if ((status_fd = detach()) < 0) {
 			fprintf(stderr, PROG ": cannot detach: %s\n", strerror(-status_fd));
@@ -557,7 +559,7 @@ int main(int argc, char **argv)
 		daemonized = true;
 	}
 	if (store_mode) {
-		sf.store_version = -2; /* the first fill is not a switch */
+		sf.tab.store_version = -2; /* the first fill is not a switch */
 		if ((r = store_open(o.source, false, &sf.store, &e)) < 0 || (r = sf_changed(&sf, &e)) < 0) {
 			rc = stella_exit_code(r);
 			stella_log(LOG_ERR, "%s", stella_err_text(&e, r));
@@ -566,20 +568,20 @@ int main(int argc, char **argv)
 		}
 		malloc_trim(0); /* the manifests the first fill checked */
 	}
-	if ((r = sf_start_inval(&sf)) < 0) {
+	if ((r = inval_start(&sf)) < 0) {
 		snprintf(fail_msg, sizeof(fail_msg), "cannot start the invalidation thread: %s", strerror(-r));
 		goto out;
 	}
 	if (sf.store)
 		stella_log(LOG_INFO, "mounted store %s on %s: %zu snapshot(s), current %s", o.source, cl.mountpoint,
-			   sf.nslots, *sf.current ? sf.current : "none");
+			   sf.tab.nslots, *sf.tab.current ? sf.tab.current : "none");
 	else
-		stella_log(LOG_INFO, "mounted %s %s on %s%s", sf.slots[0].s->identity->kit_id, sf.current,
-			   cl.mountpoint, sf.slots[0].s->index_cached ? " (cached index)" : "");
+		stella_log(LOG_INFO, "mounted %s %s on %s%s", sf.tab.slots[0].s->identity->kit_id, sf.tab.current,
+			   cl.mountpoint, sf.tab.slots[0].s->index_cached ? " (cached index)" : "");
 	if (budgets[0])
 		stella_log(LOG_INFO, "%s", budgets);
 	/* The watcher starts after daemonizing: threads do not survive fork. */
-	if ((r = sf_start_watch(&sf, &e)) < 0)
+	if ((r = incoming_start(&sf, &e)) < 0)
 		stella_log(LOG_ERR, "%s", stella_err_text(&e, r));
 
 	struct fuse_loop_config *lc = fuse_loop_cfg_create();
@@ -612,19 +614,19 @@ int main(int argc, char **argv)
 	sd_notify_send("STOPPING=1\nSTATUS=stopping\n");
 out:
 	status_stop(&sn); /* it reads the snapshots freed below */
-	sf_stop_watch(&sf); /* nothing queues notifications after this */
+	incoming_stop(&sf); /* nothing queues notifications after this */
 	if (se) {
 		if (mounted)
 			fuse_session_unmount(se); /* a send blocked in the kernel returns */
 		fuse_remove_signal_handlers(se);
 	}
-	sf_stop_inval(&sf); /* before the session it sends on is freed */
+	inval_stop(&sf); /* before the session it sends on is freed */
 	if (se)
 		fuse_session_destroy(se);
-	sf_free_vbufs(&sf);
+	ops_free_vbufs(&sf);
 	sf_free_slots(&sf);
 	store_close(sf.store);
-	trust_free(sf.trust);
+	trust_free(sf.trust.keys);
 	free(cl.mountpoint);
 	fuse_opt_free_args(&args);
 	options_free(&o);

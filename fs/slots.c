@@ -18,9 +18,9 @@
 
 static struct slot *find_version(struct stellafs *sf, const char *version)
 {
-	for (size_t i = 0; i < sf->nslots; i++)
-		if (!strcmp(sf->slots[i].version, version))
-			return &sf->slots[i];
+	for (size_t i = 0; i < sf->tab.nslots; i++)
+		if (!strcmp(sf->tab.slots[i].version, version))
+			return &sf->tab.slots[i];
 	return NULL;
 }
 
@@ -36,9 +36,9 @@ static bool slot_is_row(const struct slot *sl, const struct store_snapshot *row)
 
 static struct slot *find_row(struct stellafs *sf, const struct store_snapshot *row)
 {
-	for (size_t i = 0; i < sf->nslots; i++)
-		if (slot_is_row(&sf->slots[i], row))
-			return &sf->slots[i];
+	for (size_t i = 0; i < sf->tab.nslots; i++)
+		if (slot_is_row(&sf->tab.slots[i], row))
+			return &sf->tab.slots[i];
 	return NULL;
 }
 
@@ -55,9 +55,9 @@ struct snapshot *sf_snapshot(struct stellafs *sf, uint64_t id)
 {
 	struct snapshot *s = NULL;
 	pthread_mutex_lock(&sf->lock);
-	for (size_t i = 0; i < sf->nslots; i++)
-		if (sf->slots[i].id == id) {
-			s = snapshot_ref(sf->slots[i].s);
+	for (size_t i = 0; i < sf->tab.nslots; i++)
+		if (sf->tab.slots[i].id == id) {
+			s = snapshot_ref(sf->tab.slots[i].s);
 			break;
 		}
 	pthread_mutex_unlock(&sf->lock);
@@ -81,7 +81,7 @@ struct snapshot *sf_current(struct stellafs *sf, uint64_t *id)
 {
 	struct snapshot *s = NULL;
 	pthread_mutex_lock(&sf->lock);
-	struct slot *sl = *sf->current ? find_version(sf, sf->current) : NULL;
+	struct slot *sl = *sf->tab.current ? find_version(sf, sf->tab.current) : NULL;
 	if (sl) {
 		s = snapshot_ref(sl->s);
 		if (id)
@@ -94,10 +94,10 @@ struct snapshot *sf_current(struct stellafs *sf, uint64_t *id)
 size_t sf_list(struct stellafs *sf, struct slot **out)
 {
 	pthread_mutex_lock(&sf->lock);
-	size_t n = sf->nslots;
+	size_t n = sf->tab.nslots;
 	*out = n ? malloc(n * sizeof(**out)) : NULL;
 	if (*out)
-		memcpy(*out, sf->slots, n * sizeof(**out));
+		memcpy(*out, sf->tab.slots, n * sizeof(**out));
 	else
 		n = 0;
 	pthread_mutex_unlock(&sf->lock);
@@ -106,13 +106,13 @@ size_t sf_list(struct stellafs *sf, struct slot **out)
 
 static int add_slot(struct stellafs *sf, const char *version, int64_t sequence, struct snapshot *s)
 {
-	struct slot *p = realloc(sf->slots, (sf->nslots + 1) * sizeof(*p));
+	struct slot *p = realloc(sf->tab.slots, (sf->tab.nslots + 1) * sizeof(*p));
 	if (!p)
 		return -ENOMEM;
-	sf->slots = p;
-	struct slot *sl = &p[sf->nslots++];
+	sf->tab.slots = p;
+	struct slot *sl = &p[sf->tab.nslots++];
 	memset(sl, 0, sizeof(*sl));
-	sl->id = ++sf->next_slot;
+	sl->id = ++sf->tab.next_slot;
 	snprintf(sl->version, sizeof(sl->version), "%s", version);
 	sl->sequence = sequence;
 	sl->s = s;
@@ -124,34 +124,41 @@ int sf_add_direct(struct stellafs *sf, struct snapshot *s)
 	pthread_mutex_lock(&sf->lock);
 	int r = add_slot(sf, s->version, s->identity->sequence, s);
 	if (r == 0)
-		snprintf(sf->current, sizeof(sf->current), "%s", s->version);
+		snprintf(sf->tab.current, sizeof(sf->tab.current), "%s", s->version);
 	pthread_mutex_unlock(&sf->lock);
 	return r;
 }
 
 void sf_free_slots(struct stellafs *sf)
 {
-	for (size_t i = 0; i < sf->nslots; i++)
-		snapshot_unref(sf->slots[i].s);
-	free(sf->slots);
-	sf->slots = NULL;
-	sf->nslots = 0;
-	free(sf->refused);
-	sf->refused = NULL;
-	sf->nrefused = 0;
+	for (size_t i = 0; i < sf->tab.nslots; i++)
+		snapshot_unref(sf->tab.slots[i].s);
+	free(sf->tab.slots);
+	sf->tab.slots = NULL;
+	sf->tab.nslots = 0;
+	free(sf->tab.refused);
+	sf->tab.refused = NULL;
+	sf->tab.nrefused = 0;
 }
 
 bool sf_refused(struct stellafs *sf, const char *version, struct refusal *out)
 {
 	bool found = false;
 	pthread_mutex_lock(&sf->lock);
-	for (size_t i = 0; i < sf->nrefused && !found; i++)
-		if (!strcmp(sf->refused[i].version, version)) {
-			*out = sf->refused[i];
+	for (size_t i = 0; i < sf->tab.nrefused && !found; i++)
+		if (!strcmp(sf->tab.refused[i].version, version)) {
+			*out = sf->tab.refused[i];
 			found = true;
 		}
 	pthread_mutex_unlock(&sf->lock);
 	return found;
+}
+
+/* After the current snapshot changed: tell the kernel (queued). */
+static void tell_switched(struct stellafs *sf)
+{
+	atomic_fetch_add(&sf->tab.switches, 1);
+	inval_push(sf, 0, NULL, INO_CURRENT); /* its cached target */
 }
 
 /* Open a row's snapshot for serving, checked against its kept signed
@@ -164,16 +171,16 @@ static bool open_checked(struct stellafs *sf, const struct store_snapshot *row, 
 	struct stella_err oe = { 0 };
 	struct storecheck c;
 	*out = NULL;
-	int r = storecheck_open(sf->store, row->version, sf->trust, sf->threshold, out, &c, &oe);
+	int r = storecheck_open(sf->store, row->version, sf->trust.keys, sf->opt.threshold, out, &c, &oe);
 	if (r == 0 && !c.trusted) {
 		snapshot_unref(*out);
 		*out = NULL;
 		r = -EKEYREJECTED;
-		snprintf(ref->why, sizeof(ref->why), "not enough trusted signatures under %s: %s", sf->trust_path, c.why);
+		snprintf(ref->why, sizeof(ref->why), "not enough trusted signatures under %s: %s", sf->opt.trust_path, c.why);
 	} else if (r < 0 && c.forged) {
 		snprintf(ref->why, sizeof(ref->why), "%s", stella_err_text(&oe, r));
 	} else if (r < 0) {
-		stella_log(LOG_ERR, "store %s: snapshot %s: %s", sf->source, row->version, stella_err_text(&oe, r));
+		stella_log(LOG_ERR, "store %s: snapshot %s: %s", sf->opt.source, row->version, stella_err_text(&oe, r));
 		return false;
 	}
 	if (r == 0)
@@ -182,7 +189,7 @@ static bool open_checked(struct stellafs *sf, const struct store_snapshot *row, 
 	ref->err = r;
 	/* never served: a forged or damaged index, no kept manifest, or a
 	 * manifest no (or too few) trusted keys sign */
-	stella_log(LOG_ERR, "store %s: snapshot %s refused, not served: %s%s", sf->source, row->version, ref->why,
+	stella_log(LOG_ERR, "store %s: snapshot %s refused, not served: %s%s", sf->opt.source, row->version, ref->why,
 		   r == -EBADMSG ? " (stellakit import --repair with its kit rebuilds it: docs/runbook.md)" : "");
 	return true;
 }
@@ -197,16 +204,16 @@ size_t sf_retrust(struct stellafs *sf)
 			continue;
 		struct storecheck c;
 		struct stella_err e = { 0 };
-		int r = storecheck_signatures(sf->store, s, sf->trust, sf->threshold, &c, &e);
+		int r = storecheck_signatures(sf->store, s, sf->trust.keys, sf->opt.threshold, &c, &e);
 		if (r < 0 && !c.forged) {
 			/* no verdict (memory): it stays as it was judged */
-			stella_log(LOG_ERR, "store %s: snapshot %s: %s", sf->source, s->version, stella_err_text(&e, r));
+			stella_log(LOG_ERR, "store %s: snapshot %s: %s", sf->opt.source, s->version, stella_err_text(&e, r));
 			snapshot_unref(s);
 			continue;
 		}
 		pthread_mutex_lock(&sf->lock);
-		for (size_t j = 0; j < sf->nslots; j++) {
-			if (sf->slots[j].id != slots[i].id)
+		for (size_t j = 0; j < sf->tab.nslots; j++) {
+			if (sf->tab.slots[j].id != slots[i].id)
 				continue;
 			if (r == 0 && c.trusted) {
 				s->signers = c.signers; /* read under the lock too */
@@ -214,14 +221,14 @@ size_t sf_retrust(struct stellafs *sf)
 			}
 			/* the next refresh finds its row unserved, and refuses it
 			 * again with the reason */
-			inval_push(sf, INO_SNAPSHOTS, sf->slots[j].version, 0);
-			snapshot_unref(sf->slots[j].s);
-			sf->slots[j] = sf->slots[--sf->nslots];
+			inval_push(sf, INO_SNAPSHOTS, sf->tab.slots[j].version, 0);
+			snapshot_unref(sf->tab.slots[j].s);
+			sf->tab.slots[j] = sf->tab.slots[--sf->tab.nslots];
 			dropped++;
 			break;
 		}
-		if (sf->nslots > 1)
-			qsort(sf->slots, sf->nslots, sizeof(*sf->slots), slot_seq_cmp);
+		if (sf->tab.nslots > 1)
+			qsort(sf->tab.slots, sf->tab.nslots, sizeof(*sf->tab.slots), slot_seq_cmp);
 		pthread_mutex_unlock(&sf->lock);
 		snapshot_unref(s);
 	}
@@ -242,9 +249,9 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 	int64_t now = mono_now();
 	/* a snapshot that did not open is retried after 10 s (store_retry_at),
 	 * not at every tick and lookup */
-	bool retry = sf->store_incomplete && now >= sf->store_retry_at;
-	bool same = v == sf->store_version && v >= 0 && !sf->store_dirty && !retry;
-	sf->store_dirty = false;
+	bool retry = sf->tab.store_incomplete && now >= sf->tab.store_retry_at;
+	bool same = v == sf->tab.store_version && v >= 0 && !sf->tab.store_dirty && !retry;
+	sf->tab.store_dirty = false;
 	pthread_mutex_unlock(&sf->lock);
 	if (same) {
 		pthread_mutex_unlock(&sf->refresh_lock);
@@ -259,7 +266,7 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 	if (r < 0) {
 		/* nothing published: the next lookup or tick tries again */
 		pthread_mutex_lock(&sf->lock);
-		sf->store_dirty = true;
+		sf->tab.store_dirty = true;
 		pthread_mutex_unlock(&sf->lock);
 		pthread_mutex_unlock(&sf->refresh_lock);
 		return r;
@@ -287,18 +294,18 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 	pthread_mutex_lock(&sf->lock);
 	/* drop what the store no longer has */
 	size_t k = 0;
-	for (size_t i = 0; i < sf->nslots; i++) {
+	for (size_t i = 0; i < sf->tab.nslots; i++) {
 		bool listed = false;
 		for (size_t j = 0; j < n && !listed; j++)
-			listed = slot_is_row(&sf->slots[i], &list[j]);
+			listed = slot_is_row(&sf->tab.slots[i], &list[j]);
 		if (listed) {
-			sf->slots[k++] = sf->slots[i];
+			sf->tab.slots[k++] = sf->tab.slots[i];
 		} else {
-			inval_push(sf, INO_SNAPSHOTS, sf->slots[i].version, 0);
-			snapshot_unref(sf->slots[i].s);
+			inval_push(sf, INO_SNAPSHOTS, sf->tab.slots[i].version, 0);
+			snapshot_unref(sf->tab.slots[i].s);
 		}
 	}
-	sf->nslots = k;
+	sf->tab.nslots = k;
 	for (size_t i = 0; i < n; i++)
 		if (opened && opened[i]) {
 			if (add_slot(sf, list[i].version, list[i].sequence, opened[i]) < 0) {
@@ -307,25 +314,25 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 			}
 			opened[i] = NULL;
 		}
-	if (sf->nslots > 1)
-		qsort(sf->slots, sf->nslots, sizeof(*sf->slots), slot_seq_cmp);
+	if (sf->tab.nslots > 1)
+		qsort(sf->tab.slots, sf->tab.nslots, sizeof(*sf->tab.slots), slot_seq_cmp);
 	if (refused || !n) {
-		free(sf->refused);
-		sf->refused = refused;
-		sf->nrefused = nrefused;
+		free(sf->tab.refused);
+		sf->tab.refused = refused;
+		sf->tab.nrefused = nrefused;
 		refused = NULL;
 	}
-	bool switched = strcmp(sf->current, cur) != 0 && sf->store_version != -2;
-	snprintf(sf->current, sizeof(sf->current), "%s", cur);
-	sf->store_version = v;
-	sf->store_incomplete = !complete;
-	sf->store_retry_at = now + 10;
+	bool switched = strcmp(sf->tab.current, cur) != 0 && sf->tab.store_version != -2;
+	snprintf(sf->tab.current, sizeof(sf->tab.current), "%s", cur);
+	sf->tab.store_version = v;
+	sf->tab.store_incomplete = !complete;
+	sf->tab.store_retry_at = now + 10;
 	pthread_mutex_unlock(&sf->lock);
 	/* queued before the refresh lock goes: a command whose own refresh
 	 * found nothing left to do must still find this notification queued
 	 * when it waits for delivery */
 	if (switched)
-		sf_switched(sf);
+		tell_switched(sf);
 	pthread_mutex_unlock(&sf->refresh_lock);
 	/* The store changed.  Another mount may have removed snapshots and
 	 * deleted their blobs (cached descriptors would keep the space), or
@@ -350,12 +357,12 @@ int sf_changed(struct stellafs *sf, struct stella_err *e)
 	int r = 0;
 	for (int i = 0; i < 3; i++) {
 		pthread_mutex_lock(&sf->lock);
-		sf->store_dirty = true;
+		sf->tab.store_dirty = true;
 		pthread_mutex_unlock(&sf->lock);
 		struct stella_err te = { 0 };
 		r = sf_refresh(sf, &te);
 		pthread_mutex_lock(&sf->lock);
-		bool incomplete = sf->store_incomplete;
+		bool incomplete = sf->tab.store_incomplete;
 		pthread_mutex_unlock(&sf->lock);
 		if (r == 0 && !incomplete)
 			break;
