@@ -5,8 +5,8 @@
  * may be cached by the kernel for as long as it likes (long timeouts,
  * keep_cache); every page it caches was verified when it was read.  The top
  * of the tree is cached too, entries and current's target alike, because
- * every path a scanner opens goes through it; state.c tells the kernel to
- * forget when current moves or a snapshot goes.  Only the attributes of
+ * every path a scanner opens goes through it; slots.c has inval.c tell the
+ * kernel to forget when current moves or a snapshot goes.  Only the attributes of
  * the status files and of current (their sizes change) are never cached. */
 #include <errno.h>
 #include <fcntl.h>
@@ -406,6 +406,70 @@ static int slot_id_cmp(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+/* The root and snapshots/: small fixed lists, then the versions. */
+static void readdir_top(struct stellafs *sf, struct dirbuf *d, fuse_ino_t ino, off_t off)
+{
+	/* small fixed lists: offset i+1 for entry i */
+	const char *names[16] = { 0 };
+	fuse_ino_t inos[16] = { 0 };
+	mode_t types[16];
+	size_t n = 0;
+	names[n] = ".", inos[n] = ino, types[n++] = S_IFDIR;
+	names[n] = "..", inos[n] = INO_ROOT, types[n++] = S_IFDIR;
+	struct slot *slots = NULL;
+	size_t ns = 0;
+	if (ino == INO_SNAPSHOTS) {
+		struct stella_err e = { 0 };
+		sf_refresh(sf, &e);
+		ns = sf_list(sf, &slots);
+	}
+	if (ino == INO_ROOT) {
+		bool links = top_present(sf, INO_CURRENT);
+		for (size_t i = 0; i < ARRAY_SIZE(top); i++) {
+			if (!links && (top[i].ino == INO_CURRENT || top[i].ino == INO_FEEDS))
+				continue;
+			names[n] = top[i].name;
+			inos[n] = top[i].ino;
+			types[n++] = top[i].type;
+		}
+	}
+	/* The fixed entries have offsets 1..n; a version has n + its slot
+	 * id.  Ids are never reused and grow with each snapshot added, so
+	 * a listing taken in several calls while snapshots come and go
+	 * resumes after the last entry it returned: a position in the
+	 * list would shift under a removal and skip a version. */
+	if (ns)
+		qsort(slots, ns, sizeof(*slots), slot_id_cmp);
+	bool full = false;
+	for (size_t i = (size_t)off; i < n && !full; i++)
+		full = !dir_add(d, names[i], inos[i], types[i], (off_t)(i + 1));
+	for (size_t i = 0; i < ns && !full; i++) {
+		uint64_t cookie = n + slots[i].id;
+		if (cookie <= (uint64_t)off)
+			continue;
+		full = !dir_add(d, slots[i].version, MAKE_INO(slots[i].id, INDEX_ROOT_INO), S_IFDIR, (off_t)cookie);
+	}
+	free(slots);
+}
+
+/* A directory inside snapshot s: ".", "..", then its children. */
+static int readdir_snapshot(struct snapshot *s, struct dirbuf *d, fuse_ino_t ino, off_t off)
+{
+	d->slot = SLOT_OF(ino);
+	uint64_t local = LOCAL_OF(ino);
+	struct index_node parent;
+	if (off < 1 && !dir_add(d, ".", ino, S_IFDIR, 1))
+		return 0;
+	if (off < 2) {
+		fuse_ino_t up = INO_SNAPSHOTS;
+		if (local != INDEX_ROOT_INO && snapshot_getattr(s, local, &parent) == 0)
+			up = MAKE_INO(d->slot, parent.parent);
+		if (!dir_add(d, "..", up, S_IFDIR, 2))
+			return 0;
+	}
+	return snapshot_readdir(s, local, off > 2 ? (uint64_t)off - 2 : 0, dir_child, d);
+}
+
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	(void)fi;
@@ -417,69 +481,14 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
 	}
 	int r = 0;
 	struct snapshot *s = NULL;
-	if (ino == INO_ROOT || ino == INO_SNAPSHOTS) {
-		/* small fixed lists: offset i+1 for entry i */
-		const char *names[16] = { 0 };
-		fuse_ino_t inos[16] = { 0 };
-		mode_t types[16];
-		size_t n = 0;
-		names[n] = ".", inos[n] = ino, types[n++] = S_IFDIR;
-		names[n] = "..", inos[n] = INO_ROOT, types[n++] = S_IFDIR;
-		struct slot *slots = NULL;
-		size_t ns = 0;
-		if (ino == INO_SNAPSHOTS) {
-			struct stella_err e = { 0 };
-			sf_refresh(sf, &e);
-			ns = sf_list(sf, &slots);
-		}
-		if (ino == INO_ROOT) {
-			bool links = top_present(sf, INO_CURRENT);
-			for (size_t i = 0; i < ARRAY_SIZE(top); i++) {
-				if (!links && (top[i].ino == INO_CURRENT || top[i].ino == INO_FEEDS))
-					continue;
-				names[n] = top[i].name;
-				inos[n] = top[i].ino;
-				types[n++] = top[i].type;
-			}
-		}
-		/* The fixed entries have offsets 1..n; a version has n + its slot
-		 * id.  Ids are never reused and grow with each snapshot added, so
-		 * a listing taken in several calls while snapshots come and go
-		 * resumes after the last entry it returned: a position in the
-		 * list would shift under a removal and skip a version. */
-		if (ns)
-			qsort(slots, ns, sizeof(*slots), slot_id_cmp);
-		bool full = false;
-		for (size_t i = (size_t)off; i < n && !full; i++)
-			full = !dir_add(&d, names[i], inos[i], types[i], (off_t)(i + 1));
-		for (size_t i = 0; i < ns && !full; i++) {
-			uint64_t cookie = n + slots[i].id;
-			if (cookie <= (uint64_t)off)
-				continue;
-			full = !dir_add(&d, slots[i].version, MAKE_INO(slots[i].id, INDEX_ROOT_INO), S_IFDIR,
-					(off_t)cookie);
-		}
-		free(slots);
-	} else if (is_fixed(ino)) {
+	if (ino == INO_ROOT || ino == INO_SNAPSHOTS)
+		readdir_top(sf, &d, ino, off);
+	else if (is_fixed(ino))
 		r = -ENOTDIR;
-	} else if (!(s = sf_snapshot(sf, SLOT_OF(ino)))) {
+	else if (!(s = sf_snapshot(sf, SLOT_OF(ino))))
 		r = -ESTALE;
-	} else {
-		d.slot = SLOT_OF(ino);
-		uint64_t local = LOCAL_OF(ino);
-		struct index_node parent;
-		if (off < 1 && !dir_add(&d, ".", ino, S_IFDIR, 1))
-			goto done;
-		if (off < 2) {
-			fuse_ino_t up = INO_SNAPSHOTS;
-			if (local != INDEX_ROOT_INO && snapshot_getattr(s, local, &parent) == 0)
-				up = MAKE_INO(d.slot, parent.parent);
-			if (!dir_add(&d, "..", up, S_IFDIR, 2))
-				goto done;
-		}
-		r = snapshot_readdir(s, local, off > 2 ? (uint64_t)off - 2 : 0, dir_child, &d);
-	}
-done:
+	else
+		r = readdir_snapshot(s, &d, ino, off);
 	if (r < 0)
 		fuse_reply_err(req, -r);
 	else
@@ -753,7 +762,7 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	conn->max_readahead = conn->max_readahead ? conn->max_readahead : (1u << 20);
 	if (conn->capable & FUSE_CAP_ASYNC_READ)
 		conn->want |= FUSE_CAP_ASYNC_READ;
-	/* current's target may be cached: state.c invalidates it on a switch */
+	/* current's target may be cached: slots.c has it invalidated on a switch */
 	if (conn->capable & FUSE_CAP_CACHE_SYMLINKS)
 		conn->want |= FUSE_CAP_CACHE_SYMLINKS;
 	conn->want &= ~(unsigned)FUSE_CAP_WRITEBACK_CACHE;

@@ -236,6 +236,100 @@ size_t sf_retrust(struct stellafs *sf)
 	return dropped;
 }
 
+/* One refresh's reading of the store, owned by sf_refresh. */
+struct refresh {
+	int64_t version;            /* store.db's data_version when read */
+	int64_t now;
+	struct store_snapshot *list;
+	size_t n;
+	char cur[129];
+	struct snapshot **opened;   /* [n]: the rows newly opened */
+	struct refusal *refused;    /* the rows refused, nrefused of them */
+	size_t nrefused;
+	bool complete;              /* every listed snapshot is open */
+};
+
+/* Whether the store moved since the last refresh (sf->lock). */
+static bool refresh_needed(struct stellafs *sf, struct refresh *rf)
+{
+	rf->version = store_data_version(sf->store);
+	pthread_mutex_lock(&sf->lock);
+	rf->now = mono_now();
+	/* a snapshot that did not open is retried after 10 s (store_retry_at),
+	 * not at every tick and lookup */
+	bool retry = sf->tab.store_incomplete && rf->now >= sf->tab.store_retry_at;
+	bool same = rf->version == sf->tab.store_version && rf->version >= 0 && !sf->tab.store_dirty && !retry;
+	sf->tab.store_dirty = false;
+	pthread_mutex_unlock(&sf->lock);
+	return !same;
+}
+
+/* Open the rows the table does not serve yet, outside the lock (an index
+ * open reads files), each checked under the trust read lock. */
+static void refresh_open_new(struct stellafs *sf, struct refresh *rf)
+{
+	size_t n = rf->n;
+	rf->complete = true;
+	rf->opened = n ? calloc(n, sizeof(*rf->opened)) : NULL;
+	rf->refused = n ? calloc(n, sizeof(*rf->refused)) : NULL;
+	if (n && (!rf->opened || !rf->refused))
+		rf->complete = false;
+	pthread_rwlock_rdlock(&sf->trust_lock);
+	for (size_t i = 0; i < n && rf->opened && rf->refused; i++) {
+		pthread_mutex_lock(&sf->lock);
+		bool known = find_row(sf, &rf->list[i]) != NULL;
+		pthread_mutex_unlock(&sf->lock);
+		if (!known && open_checked(sf, &rf->list[i], &rf->opened[i], &rf->refused[rf->nrefused]))
+			rf->nrefused++;
+		else if (!known && !rf->opened[i])
+			rf->complete = false;
+	}
+	pthread_rwlock_unlock(&sf->trust_lock);
+}
+
+/* Make the table what the store listed (sf->lock held); returns whether
+ * current moved. */
+static bool refresh_publish(struct stellafs *sf, struct refresh *rf)
+{
+	struct slot_table *tab = &sf->tab;
+	/* drop what the store no longer has */
+	size_t k = 0;
+	for (size_t i = 0; i < tab->nslots; i++) {
+		bool listed = false;
+		for (size_t j = 0; j < rf->n && !listed; j++)
+			listed = slot_is_row(&tab->slots[i], &rf->list[j]);
+		if (listed) {
+			tab->slots[k++] = tab->slots[i];
+		} else {
+			inval_push(sf, INO_SNAPSHOTS, tab->slots[i].version, 0);
+			snapshot_unref(tab->slots[i].s);
+		}
+	}
+	tab->nslots = k;
+	for (size_t i = 0; i < rf->n; i++)
+		if (rf->opened && rf->opened[i]) {
+			if (add_slot(sf, rf->list[i].version, rf->list[i].sequence, rf->opened[i]) < 0) {
+				snapshot_unref(rf->opened[i]);
+				rf->complete = false;
+			}
+			rf->opened[i] = NULL;
+		}
+	if (tab->nslots > 1)
+		qsort(tab->slots, tab->nslots, sizeof(*tab->slots), slot_seq_cmp);
+	if (rf->refused || !rf->n) {
+		free(tab->refused);
+		tab->refused = rf->refused;
+		tab->nrefused = rf->nrefused;
+		rf->refused = NULL;
+	}
+	bool switched = strcmp(tab->current, rf->cur) != 0 && tab->store_version != -2;
+	snprintf(tab->current, sizeof(tab->current), "%s", rf->cur);
+	tab->store_version = rf->version;
+	tab->store_incomplete = !rf->complete;
+	tab->store_retry_at = rf->now + 10;
+	return switched;
+}
+
 int sf_refresh(struct stellafs *sf, struct stella_err *e)
 {
 	if (!sf->store)
@@ -244,25 +338,15 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 	 * changed the store must not return while another refresh that read
 	 * the store before that change is still to publish what it read. */
 	pthread_mutex_lock(&sf->refresh_lock);
-	int64_t v = store_data_version(sf->store);
-	pthread_mutex_lock(&sf->lock);
-	int64_t now = mono_now();
-	/* a snapshot that did not open is retried after 10 s (store_retry_at),
-	 * not at every tick and lookup */
-	bool retry = sf->tab.store_incomplete && now >= sf->tab.store_retry_at;
-	bool same = v == sf->tab.store_version && v >= 0 && !sf->tab.store_dirty && !retry;
-	sf->tab.store_dirty = false;
-	pthread_mutex_unlock(&sf->lock);
-	if (same) {
+	struct refresh rf = { 0 };
+	if (!refresh_needed(sf, &rf)) {
 		pthread_mutex_unlock(&sf->refresh_lock);
 		return 0;
 	}
-	struct store_snapshot *list = NULL;
-	size_t n = 0;
-	char cur[129], prev[129];
-	int r = store_list(sf->store, &list, &n, e);
-	if (r == 0 && (r = store_pointers(sf->store, cur, prev, e)) < 0)
-		free(list);
+	char prev[129];
+	int r = store_list(sf->store, &rf.list, &rf.n, e);
+	if (r == 0 && (r = store_pointers(sf->store, rf.cur, prev, e)) < 0)
+		free(rf.list);
 	if (r < 0) {
 		/* nothing published: the next lookup or tick tries again */
 		pthread_mutex_lock(&sf->lock);
@@ -271,62 +355,9 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 		pthread_mutex_unlock(&sf->refresh_lock);
 		return r;
 	}
-	bool complete = true;   /* every listed snapshot is open */
-
-	/* Open what is new outside the lock (an index open reads files). */
-	struct snapshot **opened = n ? calloc(n, sizeof(*opened)) : NULL;
-	struct refusal *refused = n ? calloc(n, sizeof(*refused)) : NULL;
-	size_t nrefused = 0;
-	if (n && (!opened || !refused))
-		complete = false;
-	pthread_rwlock_rdlock(&sf->trust_lock);
-	for (size_t i = 0; i < n && opened && refused; i++) {
-		pthread_mutex_lock(&sf->lock);
-		bool known = find_row(sf, &list[i]) != NULL;
-		pthread_mutex_unlock(&sf->lock);
-		if (!known && open_checked(sf, &list[i], &opened[i], &refused[nrefused]))
-			nrefused++;
-		else if (!known && !opened[i])
-			complete = false;
-	}
-	pthread_rwlock_unlock(&sf->trust_lock);
-
+	refresh_open_new(sf, &rf);
 	pthread_mutex_lock(&sf->lock);
-	/* drop what the store no longer has */
-	size_t k = 0;
-	for (size_t i = 0; i < sf->tab.nslots; i++) {
-		bool listed = false;
-		for (size_t j = 0; j < n && !listed; j++)
-			listed = slot_is_row(&sf->tab.slots[i], &list[j]);
-		if (listed) {
-			sf->tab.slots[k++] = sf->tab.slots[i];
-		} else {
-			inval_push(sf, INO_SNAPSHOTS, sf->tab.slots[i].version, 0);
-			snapshot_unref(sf->tab.slots[i].s);
-		}
-	}
-	sf->tab.nslots = k;
-	for (size_t i = 0; i < n; i++)
-		if (opened && opened[i]) {
-			if (add_slot(sf, list[i].version, list[i].sequence, opened[i]) < 0) {
-				snapshot_unref(opened[i]);
-				complete = false;
-			}
-			opened[i] = NULL;
-		}
-	if (sf->tab.nslots > 1)
-		qsort(sf->tab.slots, sf->tab.nslots, sizeof(*sf->tab.slots), slot_seq_cmp);
-	if (refused || !n) {
-		free(sf->tab.refused);
-		sf->tab.refused = refused;
-		sf->tab.nrefused = nrefused;
-		refused = NULL;
-	}
-	bool switched = strcmp(sf->tab.current, cur) != 0 && sf->tab.store_version != -2;
-	snprintf(sf->tab.current, sizeof(sf->tab.current), "%s", cur);
-	sf->tab.store_version = v;
-	sf->tab.store_incomplete = !complete;
-	sf->tab.store_retry_at = now + 10;
+	bool switched = refresh_publish(sf, &rf);
 	pthread_mutex_unlock(&sf->lock);
 	/* queued before the refresh lock goes: a command whose own refresh
 	 * found nothing left to do must still find this notification queued
@@ -340,9 +371,9 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 	 * over it (cached descriptors would keep serving the damaged inode:
 	 * EIO where the store now holds good bytes). */
 	fdcache_flush();
-	free(opened);
-	free(refused);
-	free(list);
+	free(rf.opened);
+	free(rf.refused);
+	free(rf.list);
 	return 0;
 }
 
