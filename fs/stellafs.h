@@ -35,7 +35,7 @@
  *
  * journal.lock and ops.lock are leaves: held briefly, nothing taken under
  * them.  Every other lock is held briefly and never while taking another
- * (docs/mount.md, section 8, has the table with core/'s locks). */
+ * (docs/mount.md, section 7, has the table with core/'s locks). */
 #pragma once
 
 #include "kitpath.h"

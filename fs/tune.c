@@ -1,5 +1,5 @@
 /* Thread priorities: a switch must not wait for a time slice behind busy
- * readers (docs/mount.md, section 8).  No daemon state here. */
+ * readers (docs/mount.md, section 7).  No daemon state here. */
 #include <errno.h>
 #include <sys/resource.h>
 #include <unistd.h>
