@@ -94,15 +94,14 @@ int inval_start(struct stellafs *sf)
 
 void inval_stop(struct stellafs *sf)
 {
-	if (!sf->inval.running)
-		goto out;
-	pthread_mutex_lock(&sf->inval.lock);
-	sf->inval.stop = true;
-	pthread_cond_broadcast(&sf->inval.cond);
-	pthread_mutex_unlock(&sf->inval.lock);
-	pthread_join(sf->inval.thread, NULL);
-	sf->inval.running = false;
-out:
+	if (sf->inval.running) {
+		pthread_mutex_lock(&sf->inval.lock);
+		sf->inval.stop = true;
+		pthread_cond_broadcast(&sf->inval.cond);
+		pthread_mutex_unlock(&sf->inval.lock);
+		pthread_join(sf->inval.thread, NULL);
+		sf->inval.running = false;
+	}
 	free(sf->inval.q); /* what nobody was left to send */
 	sf->inval.q = NULL;
 	sf->inval.n = sf->inval.cap = 0;
