@@ -5,6 +5,9 @@
  *   STORE/blobs/ab/<sha256>     verified file contents, one per distinct file
  *   STORE/trees/ab/<fsverity>   their Merkle trees (files over one block)
  *   STORE/snapshots/<v>.db      each snapshot's index (as a mount's index)
+ *   STORE/manifests/<sha256>.json, .sig
+ *                               each snapshot's signed manifest, kept as imported
+ *   STORE/quarantine/           kits refused from incoming=DIR, each with a .reason
  *   STORE/tmp/                  work in progress, emptied when opened
  *   STORE/lock                  flock: one writer at a time, any process
  *

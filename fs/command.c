@@ -8,8 +8,7 @@
 
 #include "util.h"
 
-const char command_usage[] = "bad command: expected activate VERSION | rollback [VERSION] | import PATH | "
-			     "verify [all|VERSION|-- VERSION] | remove VERSION | gc [keep=N] | reload";
+const char command_usage[] = "bad command: expected " COMMAND_SYNOPSIS_1 " | " COMMAND_SYNOPSIS_2;
 
 int command_check_text(const char *buf, size_t len)
 {

@@ -30,6 +30,11 @@ struct command {
 			     * one snapshot named "all") */
 };
 
+/* The commands, written once: the usage line and the control file's
+ * journal header both say them. */
+#define COMMAND_SYNOPSIS_1 "activate VERSION | rollback [VERSION] | import PATH | verify [all|VERSION|-- VERSION]"
+#define COMMAND_SYNOPSIS_2 "remove VERSION | gc [keep=N] | reload"
+
 /* The one-line usage that a refused command answers with. */
 extern const char command_usage[];
 

@@ -9,192 +9,121 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sysmacros.h>
 #include <syslog.h>
 #include <time.h>
 
 #include "command.h"
 #include "fdcache.h"
+#include "kitpath.h"
 #include "kitverify.h"
+#include "source.h"
 #include "store.h"
 #include "escape.h"
 #include "stellafs.h"
 #include "util.h"
 
-int64_t sf_now(struct stellafs *sf)
+/* ---- import, shared by the control file and the incoming watcher ---- */
+
+/* The absolute path P with "//", "/./" and "/../" folded by text into OUT
+ * (no symbolic link followed: nothing here may reach into the mount). */
+static int path_fold(const char *p, char *out, size_t n)
 {
-	return sf->fixed_now ? sf->fixed_now : (int64_t)time(NULL);
+	size_t len = 0;
+	if (p[0] != '/' || n < 2)
+		return -EINVAL;
+	out[0] = 0;
+	while (*p) {
+		while (*p == '/')
+			p++;
+		size_t c = strcspn(p, "/");
+		if (c == 0 || (c == 1 && p[0] == '.')) {
+			/* nothing */
+		} else if (c == 2 && p[0] == '.' && p[1] == '.') {
+			while (len > 0 && out[len - 1] != '/')
+				len--;
+			if (len > 0)
+				len--;
+			out[len] = 0;
+		} else {
+			if (len + 1 + c + 1 > n)
+				return -ENAMETOOLONG;
+			out[len++] = '/';
+			memcpy(out + len, p, c);
+			len += c;
+			out[len] = 0;
+		}
+		p += c;
+	}
+	if (len == 0)
+		strcpy(out, "/");
+	return 0;
 }
 
-static const char journal_head[] =
-	"# commands: activate VERSION | rollback [VERSION] | import PATH | verify [all|VERSION|-- VERSION]\n"
-	"#           remove VERSION | gc [keep=N] | reload\n"
-	"# time uid command -> result, oldest first\n";
-
-/* Store mode: the store's journal (every mount's commands, kept across
- * remounts), then this mount's lines the store could not take (store.db
- * locked past its busy timeout, a full disk), or all of them when the
- * store's journal cannot be read: a result is never lost from what an
- * operator reads.  Direct mode: this mount's ring. */
-static char *journal_text(struct stellafs *sf, size_t *len)
+/* Our mount's device number, 0 when it cannot be told (not mounted). */
+static dev_t self_dev(struct stellafs *sf)
 {
-	char *stored = sf->store ? store_journal_text(sf->store, JOURNAL_LEN) : NULL;
-	size_t sl = stored ? strlen(stored) : 0;
-	size_t cap = sizeof(journal_head) + sl + JOURNAL_LEN * 900;
-	char *out = malloc(cap);
-	if (!out) {
-		free(stored);
-		return NULL;
-	}
-	size_t n = sizeof(journal_head) - 1;
-	memcpy(out, journal_head, n);
-	memcpy(out + n, stored ? stored : "", sl + 1);
-	n += sl;
-	pthread_mutex_lock(&sf->lock);
-	for (unsigned i = 0; i < sf->journal_n; i++) {
-		const struct journal_entry *j = &sf->journal[(sf->journal_next + JOURNAL_LEN - sf->journal_n + i) % JOURNAL_LEN];
-		if (stored && !j->unsaved)
-			continue;
-		char t[32];
-		time_format(j->when, t);
-		n += (size_t)snprintf(out + n, cap - n, "%s uid=%u %s -> %s%s%s\n", t, (unsigned)j->uid, j->cmd,
-				      j->err ? strerrorname_np(j->err) : "ok", j->result[0] ? ": " : "", j->result);
-		if (n >= cap)
-			n = cap - 1;
-	}
-	pthread_mutex_unlock(&sf->lock);
-	free(stored);
-	*len = n;
-	return out;
+	char dev[64];
+	unsigned maj, min;
+	if (!sf->opt.mountpoint || mount_devname(sf->opt.mountpoint, dev) < 0 || sscanf(dev, "%u:%u", &maj, &min) != 2)
+		return 0;
+	return makedev(maj, min);
 }
 
-char *vfile_content(struct stellafs *sf, fuse_ino_t ino, size_t *len)
+int control_import(struct stellafs *sf, const char *path, const struct writer *w, bool activate, char *res, size_t rl)
 {
-	if (ino == INO_CONTROL)
-		return journal_text(sf, len);
 	struct stella_err e = { 0 };
-	sf_refresh(sf, &e);
-	struct snapshot *s = sf_current(sf, NULL);
-	struct slot *slots = NULL;
-	size_t n = sf_list(sf, &slots);
-	const char **names = calloc(n ? n : 1, sizeof(*names));
-	for (size_t i = 0; names && i < n; i++)
-		names[i] = slots[i].version;
-	/* Counters are per snapshot; the mount's totals are their sum. */
-	uint64_t verified = 0, failures = 0;
-	char last[700] = "";
-	for (size_t i = 0; i < n; i++) {
-		struct snapshot *x = sf_snapshot(sf, slots[i].id);
-		if (!x)
-			continue;
-		verified += atomic_load(&x->verified_bytes);
-		uint64_t f = atomic_load(&x->failures);
-		if (f) {
-			failures += f;
-			char lf[sizeof(x->last_failure)];
-			snapshot_last_failure(x, lf, sizeof(lf));
-			snprintf(last, sizeof(last), "%.128s: %.511s", x->version, lf);
-		}
-		snapshot_unref(x);
+	char version[129];
+	/* Reading a kit through this mount would send the command's own
+	 * thread requests to itself: with -s (one thread) it never returns.
+	 * First by text, "//", "." and ".." folded (libfuse gave us the mount
+	 * point through realpath), then by device at every step of the walk
+	 * that opens it (kitpath.c), before any lookup inside the mount:
+	 * symbolic links and /proc/self/root included. */
+	char norm[4096];
+	size_t ml = sf->opt.mountpoint ? strlen(sf->opt.mountpoint) : 0;
+	if (ml && path_fold(path, norm, sizeof(norm)) == 0 && !strncmp(norm, sf->opt.mountpoint, ml) &&
+	    (norm[ml] == '/' || !norm[ml] || ml == 1)) {
+		snprintf(res, rl, "%s: inside this mount (%s): copy the kit out of it first", path, sf->opt.mountpoint);
+		return -EINVAL;
 	}
-	/* copied under the lock: a reload rewrites it */
-	char trust_detail[sizeof(sf->trust_detail) + sizeof(struct refusal)];
+	struct source *src = NULL;
+	int r = kitpath_open(path, self_dev(sf), w, &e);
+	if (r >= 0)
+		r = source_open_fd(r, path, &src, &e);
+	if (r < 0) {
+		snprintf(res, rl, "%s", stella_err_text(&e, r));
+		return r;
+	}
 	pthread_mutex_lock(&sf->lock);
-	snprintf(trust_detail, sizeof(trust_detail), "%s", sf->trust_detail);
-	/* store mode: the snapshots not served, each a CRITICAL check; a
-	 * current one refused for its signatures fails the signature check */
-	size_t nprob = sf->nrefused;
-	char (*prob)[600] = nprob ? calloc(nprob, sizeof(*prob)) : NULL;
-	const char **probs = nprob ? calloc(nprob, sizeof(*probs)) : NULL;
-	enum health_level *plev = nprob ? calloc(nprob, sizeof(*plev)) : NULL;
-	bool cur_untrusted = false;
-	for (size_t i = 0; prob && probs && plev && i < nprob; i++) {
-		const struct refusal *x = &sf->refused[i];
-		snprintf(prob[i], sizeof(prob[i]), "%.128s refused, not served: %s", x->version, x->why);
-		probs[i] = prob[i];
-		plev[i] = x->err == -EKEYREJECTED ? HEALTH_WARNING : HEALTH_CRITICAL;
-		if (!strcmp(x->version, sf->current) && x->err == -EKEYREJECTED) {
-			cur_untrusted = true;
-			snprintf(trust_detail, sizeof(trust_detail), "current snapshot %.128s: %s", x->version, x->why);
-		}
-	}
-	struct health_input in = {
-		.mode = sf->store ? "store" : "direct",
-		.source = sf->source,
-		.kit = s ? s->identity : NULL,
-		.snapshots = names,
-		.nsnapshots = names ? n : 0,
-		.now = sf_now(sf),
-		.trust_ok = sf->trust_ok && !cur_untrusted,
-		.trust_detail = trust_detail,
-		.signers = sf->store ? (s ? s->signers : 0) : sf->signers,
-		.threshold = sf->threshold,
-		.verified_bytes = verified,
-		.failures = failures,
-		.last_failure = last,
-		.store_usage_pct = sf->store ? store_usage_pct(sf->store) : -1,
-		.switches = atomic_load(&sf->switches),
-		.problems = probs,
-		.problem_levels = plev,
-		.nproblems = prob && probs && plev ? nprob : 0,
-	};
+	struct trust *t = sf->trust.keys;
 	pthread_mutex_unlock(&sf->lock);
-	char *out = NULL;
-	switch (ino) {
-	case INO_STATUS: out = health_render_status(&in); break;
-	case INO_STATUS_JSON: out = health_render_json(&in); break;
-	case INO_HEALTH: out = health_render_health(&in); break;
-	case INO_METRICS: out = health_render_metrics(&in); break;
+	struct store_import_opts o = { .trust = t, .threshold = sf->opt.threshold, .now = sf_now(sf),
+				       .allow_expired = sf->opt.allow_expired, .source = src };
+	/* Made current (auto_activate) as `activate` does it: only once this
+	 * mount can serve it, so a second transaction. */
+	struct stella_err ae = { 0 };
+	int ar = 0;
+	r = store_lock(sf->store, &e);
+	if (r == 0) {
+		r = store_import(sf->store, path, &o, version, &e);
+		if (r == 0 && activate && (ar = sf_check_servable(sf, version, &ae)) == 0)
+			ar = store_activate(sf->store, version, &ae);
+		store_unlock(sf->store);
 	}
-	snapshot_unref(s);
-	free(names);
-	free(slots);
-	free(prob);
-	free(probs);
-	free(plev);
-	if (out)
-		*len = strlen(out);
-	return out;
-}
-
-bool control_allowed(struct stellafs *sf, fuse_req_t req)
-{
-	const struct fuse_ctx *ctx = fuse_req_ctx(req);
-	if (ctx->uid == 0)
-		return true;
-	if (!sf->has_admin_gid)
-		return false;
-	if (ctx->gid == sf->admin_gid)
-		return true;
-	gid_t groups[256];
-	int n = fuse_req_getgroups(req, 256, groups);
-	for (int i = 0; i < n && i < 256; i++)
-		if (groups[i] == sf->admin_gid)
-			return true;
-	return false;
-}
-
-void control_journal(struct stellafs *sf, uid_t uid, const char *raw_cmd, int err, const char *raw_result)
-{
-	/* Escaped here, where every line enters: a command or result holds
-	 * untrusted text (a dropped kit's file name, a manifest's version, a
-	 * path), and a newline in it would add a forged line to what everyone
-	 * reads.  The store's journal gets the same escaped text. */
-	char cmd[sizeof(sf->journal[0].cmd)], result[sizeof(sf->journal[0].result)];
-	escape(raw_cmd, ESCAPE_TEXT, cmd, sizeof(cmd));
-	escape(raw_result, ESCAPE_TEXT, result, sizeof(result));
-	bool unsaved = sf->store && store_journal_add(sf->store, sf_now(sf), (unsigned)uid, cmd, err, result) < 0;
-	pthread_mutex_lock(&sf->lock);
-	struct journal_entry *j = &sf->journal[sf->journal_next];
-	j->unsaved = unsaved;
-	j->when = sf_now(sf);
-	j->uid = uid;
-	snprintf(j->cmd, sizeof(j->cmd), "%s", cmd);
-	j->err = err;
-	snprintf(j->result, sizeof(j->result), "%s", result);
-	sf->journal_next = (sf->journal_next + 1) % JOURNAL_LEN;
-	if (sf->journal_n < JOURNAL_LEN)
-		sf->journal_n++;
-	pthread_mutex_unlock(&sf->lock);
+	source_close(src);
+	if (r < 0) {
+		stella_err_hint(&e, r, -EKEYEXPIRED, SF_EXPIRED_HINT);
+		snprintf(res, rl, "%s", stella_err_text(&e, r));
+		return r;
+	}
+	sf_changed(sf, &e);
+	if (ar < 0) {
+		snprintf(res, rl, "%s: imported as %s, not made current: %s", path, version, stella_err_text(&ae, ar));
+		return ar;
+	}
+	snprintf(res, rl, "%s: imported as %s%s", path, version, activate ? ", now current" : "");
+	return 0;
 }
 
 /* Store mode, after a reload: every served snapshot's kept manifest is
@@ -208,15 +137,15 @@ static int reload_store(struct stellafs *sf, char *res, size_t rl)
 	char cur[129];
 	struct refusal ref;
 	pthread_mutex_lock(&sf->lock);
-	snprintf(cur, sizeof(cur), "%s", sf->current);
-	size_t nref = sf->nrefused;
+	snprintf(cur, sizeof(cur), "%s", sf->tab.current);
+	size_t nref = sf->tab.nrefused;
 	pthread_mutex_unlock(&sf->lock);
 	if (*cur && sf_refused(sf, cur, &ref) && ref.err == -EKEYREJECTED) {
-		snprintf(res, rl, "trust store %.100s reloaded, but the current snapshot %.128s is not served: %.200s", sf->trust_path,
+		snprintf(res, rl, "trust store %.100s reloaded, but the current snapshot %.128s is not served: %.200s", sf->opt.trust_path,
 			 cur, ref.why);
 		return ref.err;
 	}
-	snprintf(res, rl, "trust store %s reloaded: %zu snapshot(s) no longer served, %zu refused in all", sf->trust_path,
+	snprintf(res, rl, "trust store %s reloaded: %zu snapshot(s) no longer served, %zu refused in all", sf->opt.trust_path,
 		 dropped, nref);
 	return 0;
 }
@@ -233,15 +162,15 @@ static int served_signers(struct stellafs *sf, const struct trust *t, unsigned *
 	char *mjson = NULL, *sig = NULL;
 	size_t mlen = 0, slen = 0;
 	uint8_t sha[32];
-	int r = s && s->src ? source_dup(s->src, &src, e) : stella_fail(e, -EIO, "%s: no kit open", sf->source);
+	int r = s && s->src ? source_dup(s->src, &src, e) : stella_fail(e, -EIO, "%s: no kit open", sf->opt.source);
 	if (r == 0)
 		r = kit_read_head_source(src, &mjson, &mlen, &sig, &slen, e);
 	if (r == 0 && (r = sha256_once(mjson, mlen, sha)) < 0)
 		stella_fail_errno(e, r, "manifest: SHA-256");
 	if (r == 0 && memcmp(sha, s->manifest_sha256, 32))
-		r = stella_fail(e, -EBADMSG, "%s: the manifest of the kit this mount serves changed under it", sf->source);
+		r = stella_fail(e, -EBADMSG, "%s: the manifest of the kit this mount serves changed under it", sf->opt.source);
 	if (r == 0)
-		r = sig_check(t, sf->threshold, (const uint8_t *)mjson, mlen, sig, slen, signers, e);
+		r = sig_check(t, sf->opt.threshold, (const uint8_t *)mjson, mlen, sig, slen, signers, e);
 	free(mjson);
 	free(sig);
 	source_close(src);
@@ -257,7 +186,7 @@ static int cmd_reload(struct stellafs *sf, char *res, size_t rl)
 	struct stella_err e = { 0 };
 	struct trust *t = NULL;
 	unsigned signers = 0;
-	int r = trust_load(sf->trust_path, &t, &e);
+	int r = trust_load(sf->opt.trust_path, &t, &e);
 	if (r == 0 && !sf->store)
 		r = served_signers(sf, t, &signers, &e);
 	pthread_rwlock_wrlock(&sf->trust_lock);
@@ -266,14 +195,14 @@ static int cmd_reload(struct stellafs *sf, char *res, size_t rl)
 		/* imports and the mounted kit's signers judged by the new keys;
 		 * the old trust is freed once nobody can be using it: commands
 		 * hold cmd_lock, as we do, and a refresh the read lock */
-		trust_free(sf->trust);
-		sf->trust = t;
+		trust_free(sf->trust.keys);
+		sf->trust.keys = t;
 		t = NULL;
 	}
-	sf->trust_ok = r == 0;
+	sf->trust.ok = r == 0;
 	if (!sf->store)
-		sf->signers = signers;
-	snprintf(sf->trust_detail, sizeof(sf->trust_detail), "%s", r == 0 ? "" : stella_err_text(&e, r));
+		sf->trust.signers = signers;
+	snprintf(sf->trust.detail, sizeof(sf->trust.detail), "%s", r == 0 ? "" : stella_err_text(&e, r));
 	pthread_mutex_unlock(&sf->lock);
 	pthread_rwlock_unlock(&sf->trust_lock);
 	trust_free(t);
@@ -284,8 +213,8 @@ static int cmd_reload(struct stellafs *sf, char *res, size_t rl)
 	if (sf->store)
 		return reload_store(sf, res, rl);
 	else
-		snprintf(res, rl, "trust store %s reloaded: %u trusted signature(s), threshold %u", sf->trust_path,
-			 signers, sf->threshold);
+		snprintf(res, rl, "trust store %s reloaded: %u trusted signature(s), threshold %u", sf->opt.trust_path,
+			 signers, sf->opt.threshold);
 	return 0;
 }
 
@@ -319,7 +248,7 @@ static int cmd_verify(struct stellafs *sf, bool all, const char *arg, char *res,
 	bool any = false;
 	char cur[129];
 	pthread_mutex_lock(&sf->lock);
-	snprintf(cur, sizeof(cur), "%s", sf->current);
+	snprintf(cur, sizeof(cur), "%s", sf->tab.current);
 	pthread_mutex_unlock(&sf->lock);
 	const char *want = !arg ? cur : arg;
 	for (size_t i = 0; i < n; i++) {
@@ -417,7 +346,7 @@ static int cmd_gc(struct stellafs *sf, uint64_t keep, char *res, size_t rl)
 	char first_msg[256] = "";
 	char cur[129];
 	pthread_mutex_lock(&sf->lock);
-	snprintf(cur, sizeof(cur), "%s", sf->current);
+	snprintf(cur, sizeof(cur), "%s", sf->tab.current);
 	pthread_mutex_unlock(&sf->lock);
 	/* slots are in sequence order: the oldest n - keep go, never current */
 	for (size_t i = 0; i + keep < n; i++) {
@@ -504,7 +433,7 @@ static int store_switch(struct stellafs *sf, const char *cmd, const char *arg, c
 
 static const char *direct_only(struct stellafs *sf)
 {
-	return sf->store ? NULL : sf->current;
+	return sf->store ? NULL : sf->tab.current;
 }
 
 static int run_command(struct stellafs *sf, const struct writer *w, char *line, char *res, size_t rl)
@@ -539,9 +468,9 @@ static int run_command(struct stellafs *sf, const struct writer *w, char *line, 
 			snprintf(res, rl, "nothing to collect: one snapshot (%s)", single), r = 0;
 	} else if (c.kind == CMD_IMPORT) {
 		if (sf->store)
-			r = sf_import(sf, c.arg, w, sf->auto_activate, res, rl);
+			r = control_import(sf, c.arg, w, sf->opt.auto_activate, res, rl);
 		else
-			snprintf(res, rl, "import needs a store: this mount serves one kit file (%s)", sf->source),
+			snprintf(res, rl, "import needs a store: this mount serves one kit file (%s)", sf->opt.source),
 				r = -EOPNOTSUPP;
 	} else {
 		r = cmd_reload(sf, res, rl);
@@ -571,8 +500,8 @@ static int control_line(void *ctx, char *line)
 	command_shown(line, SIZE_MAX, shown, sizeof(shown));
 	int r = run_command(run->sf, run->w, line, res, sizeof(res));
 	/* the kernel has forgotten the old current before echo returns */
-	sf_inval_wait(run->sf);
-	control_journal(run->sf, run->uid, shown, -r, res);
+	inval_wait(run->sf);
+	journal_add(run->sf, run->uid, shown, -r, res);
 	stella_log(r ? LOG_WARNING : LOG_INFO, "control: uid %u: %s: %s%s%s", (unsigned)run->uid, shown,
 		   r ? strerror(-r) : "ok", res[0] ? ": " : "", res);
 	return r;
@@ -590,7 +519,7 @@ int control_write(struct stellafs *sf, const struct writer *w, const char *buf, 
 		/* refused, and said so in the journal an operator reads */
 		char shown[256];
 		command_shown(text, strcspn(text, "\n"), shown, sizeof(shown));
-		control_journal(sf, uid, shown, EBUSY, "another command is running");
+		journal_add(sf, uid, shown, EBUSY, "another command is running");
 		return -EBUSY;
 	}
 	struct control_run run = { .sf = sf, .w = w, .uid = uid };

@@ -349,287 +349,362 @@ static void log_line(int prio, const char *line)
 		fprintf(stderr, PROG ": %s\n", line);
 }
 
-int main(int argc, char **argv)
+/* Everything main owns, from the command line to the unmount: each phase
+ * below fills a part of it, and daemon_end undoes all of it.  A phase
+ * returns true to go on; false with rc set (and fail_msg for a failure
+ * after the fork) to stop. */
+struct daemon {
+	struct fuse_args args;
+	struct opts o;
+	struct fuse_cmdline_opts cl;
+	struct stellafs sf;
+	struct fuse_session *se;
+	struct status_notifier sn;
+	int rc;
+	int status_fd;            /* detached: the pipe to the waiting parent */
+	bool mounted;
+	bool store_mode;
+	char budgets[160];
+	char fail_msg[512];
+};
+
+static void daemon_init(struct daemon *d, int argc, char **argv)
 {
 	setlocale(LC_ALL, "");
 	if (strcmp(nl_langinfo(CODESET), "UTF-8"))
 		setlocale(LC_CTYPE, "C.UTF-8");
-
-	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
-	struct opts o = { 0 };
-	struct fuse_cmdline_opts cl = { 0 };
-	struct stellafs sf = { .threshold = 1 };
-	struct fuse_session *se = NULL;
-	struct stella_err e = { 0 };
-	int rc = STELLA_EXIT_RUNTIME, r, status_fd = -1;
-	char fail_msg[512] = "";
-	bool mounted = false;
-	struct status_notifier sn = { 0 };
-
+	d->args = (struct fuse_args)FUSE_ARGS_INIT(argc, argv);
+	d->sf.opt.threshold = 1;
+	d->rc = STELLA_EXIT_RUNTIME;
+	d->status_fd = -1;
 	/* A first mount reads a manifest of tens of MiB more than once; from
 	 * the heap the second read reuses the pages the first faulted in,
 	 * from mmap (glibc's default above 128 KiB) each faults them anew.
 	 * What is kept is given back once the index is built. */
 	mallopt(M_MMAP_THRESHOLD, 256 << 20);
 	mallopt(M_TRIM_THRESHOLD, 256 << 20);
-	pthread_mutex_init(&sf.lock, NULL);
-	pthread_mutex_init(&sf.cmd_lock, NULL);
-	pthread_mutex_init(&sf.inval_lock, NULL);
-	pthread_mutex_init(&sf.refresh_lock, NULL);
-	pthread_rwlock_init(&sf.trust_lock, NULL);
-	pthread_cond_init(&sf.inval_cond, NULL);
+	struct stellafs *sf = &d->sf;
+	pthread_mutex_init(&sf->lock, NULL);
+	pthread_mutex_init(&sf->cmd_lock, NULL);
+	pthread_mutex_init(&sf->inval.lock, NULL);
+	pthread_mutex_init(&sf->journal.lock, NULL);
+	pthread_mutex_init(&sf->ops.lock, NULL);
+	pthread_mutex_init(&sf->refresh_lock, NULL);
+	pthread_rwlock_init(&sf->trust_lock, NULL);
+	pthread_cond_init(&sf->inval.cond, NULL);
 	stella_log_set(log_line);
+}
 
-	if (options_parse(&args, &o) != 0) {
-		if (o.nomem)
+/* The command line: --help, --version, SOURCE and MOUNTPOINT. */
+static bool parse_command_line(struct daemon *d)
+{
+	struct opts *o = &d->o;
+	if (options_parse(&d->args, o) != 0) {
+		if (o->nomem)
 			fprintf(stderr, PROG ": %s\n", strerror(ENOMEM));
 		else
-			rc = fail_usage("bad options");
-		goto out;
+			d->rc = fail_usage("bad options");
+		return false;
 	}
-	if (o.help) {
+	if (o->help) {
 		fputs(usage, stdout);
 		printf("\nFUSE options:\n");
 		fflush(stdout);
 		fuse_lowlevel_help();
-		rc = 0;
-		goto out;
+		d->rc = 0;
+		return false;
 	}
-	if (o.version) {
+	if (o->version) {
 		printf(PROG " " STELLA_VERSION " (FUSE %s)\n", fuse_pkgversion());
-		rc = 0;
-		goto out;
+		d->rc = 0;
+		return false;
 	}
 	/* libfuse's own complaint about a mount point is two lines and says
 	 * "bad command line": check it first, in our words. */
 	struct stat mst;
-	if (o.mountpoint) {
-		const char *why = stat(o.mountpoint, &mst) < 0 ? strerror(errno) :
+	if (o->mountpoint) {
+		const char *why = stat(o->mountpoint, &mst) < 0 ? strerror(errno) :
 				  !S_ISDIR(mst.st_mode) ? "not a directory" : NULL;
 		if (why) {
-			rc = fail_usage("mount point %s: %s", o.mountpoint, why);
-			goto out;
+			d->rc = fail_usage("mount point %s: %s", o->mountpoint, why);
+			return false;
 		}
 	}
-	if (fuse_parse_cmdline(&args, &cl) != 0) {
-		rc = fail_usage("bad command line");
-		goto out;
+	if (fuse_parse_cmdline(&d->args, &d->cl) != 0) {
+		d->rc = fail_usage("bad command line");
+		return false;
 	}
-	if (!o.source || !cl.mountpoint) {
-		rc = fail_usage("expected SOURCE and MOUNTPOINT");
-		goto out;
+	if (!o->source || !d->cl.mountpoint) {
+		d->rc = fail_usage("expected SOURCE and MOUNTPOINT");
+		return false;
 	}
+	return true;
+}
 
-	/* Options: every one checked before the kit is touched.  Paths are made
-	 * absolute: the daemon runs in / once detached, and reload re-reads
-	 * the kit and the trust store by name. */
-	char *abs_source = realpath(o.source, NULL), *abs_trust = NULL;
+/* Options: every one checked before the kit is touched.  Paths are made
+ * absolute: the daemon runs in / once detached, and reload re-reads the
+ * kit and the trust store by name. */
+static bool check_options(struct daemon *d)
+{
+	struct opts *o = &d->o;
+	struct stellafs *sf = &d->sf;
+	char *abs_source = realpath(o->source, NULL), *abs_trust = NULL;
 	if (!abs_source) {
 		if (errno == ENOMEM) /* ours, not the operator's: exit 1 */
-			fprintf(stderr, PROG ": %s: %s\n", o.source, strerror(errno));
+			fprintf(stderr, PROG ": %s: %s\n", o->source, strerror(errno));
 		else
-			rc = fail_usage("%s: %s", o.source, strerror(errno));
-		goto out;
+			d->rc = fail_usage("%s: %s", o->source, strerror(errno));
+		return false;
 	}
-	free(o.source);
-	o.source = abs_source;
-	if (o.trust && (abs_trust = realpath(o.trust, NULL))) {
-		free(o.trust);
-		o.trust = abs_trust;
+	free(o->source);
+	o->source = abs_source;
+	if (o->trust && (abs_trust = realpath(o->trust, NULL))) {
+		free(o->trust);
+		o->trust = abs_trust;
 	}
-	sf.source = o.source;
-	sf.trust_path = o.trust ? o.trust : (char *)DEFAULT_TRUST;
-	sf.cache_dir = o.cache ? o.cache : (char *)DEFAULT_CACHE;
-	sf.allow_expired = o.allow_expired;
+	sf->opt.source = o->source;
+	sf->opt.trust_path = o->trust ? o->trust : (char *)DEFAULT_TRUST;
+	sf->opt.cache_dir = o->cache ? o->cache : (char *)DEFAULT_CACHE;
+	sf->opt.allow_expired = o->allow_expired;
 	struct opt_values ov;
 	char *bad = NULL;
-	if (options_check(&o, &ov, &bad) < 0) {
-		rc = fail_usage("%s", bad ? bad : strerror(ENOMEM));
+	if (options_check(o, &ov, &bad) < 0) {
+		d->rc = fail_usage("%s", bad ? bad : strerror(ENOMEM));
 		free(bad);
-		goto out;
+		return false;
 	}
-	sf.threshold = ov.threshold;
-	sf.fixed_now = ov.fixed_now;
-	sf.has_admin_gid = ov.has_admin_gid;
-	sf.admin_gid = ov.admin_gid;
+	sf->opt.threshold = ov.threshold;
+	sf->opt.fixed_now = ov.fixed_now;
+	sf->opt.has_admin_gid = ov.has_admin_gid;
+	sf->opt.admin_gid = ov.admin_gid;
 	struct stat st;
-	if (stat(o.source, &st) < 0) {
-		rc = fail_usage("%s: %s", o.source, strerror(errno));
-		goto out;
+	if (stat(o->source, &st) < 0) {
+		d->rc = fail_usage("%s: %s", o->source, strerror(errno));
+		return false;
 	}
-	if (o.cache) {
-		char *abs_cache = realpath(o.cache, NULL);
+	if (o->cache) {
+		char *abs_cache = realpath(o->cache, NULL);
 		if (abs_cache) {
-			free(o.cache);
-			o.cache = abs_cache;
-			sf.cache_dir = o.cache;
+			free(o->cache);
+			o->cache = abs_cache;
+			sf->opt.cache_dir = o->cache;
 		}
 	}
-	bool store_mode = S_ISDIR(st.st_mode);
-	if (options_check_mode(&o, store_mode, &bad) < 0) {
-		rc = fail_usage("%s", bad ? bad : strerror(ENOMEM));
+	d->store_mode = S_ISDIR(st.st_mode);
+	if (options_check_mode(o, d->store_mode, &bad) < 0) {
+		d->rc = fail_usage("%s", bad ? bad : strerror(ENOMEM));
 		free(bad);
-		goto out;
+		return false;
 	}
-	if (o.incoming) {
-		char *abs_in = realpath(o.incoming, NULL);
+	if (o->incoming) {
+		char *abs_in = realpath(o->incoming, NULL);
 		struct stat ist;
 		if (!abs_in || stat(abs_in, &ist) < 0 || !S_ISDIR(ist.st_mode)) {
-			rc = fail_usage("incoming=%s: not a directory", o.incoming);
+			d->rc = fail_usage("incoming=%s: not a directory", o->incoming);
 			free(abs_in);
-			goto out;
+			return false;
 		}
-		free(o.incoming);
-		o.incoming = abs_in;
+		free(o->incoming);
+		o->incoming = abs_in;
 	}
-	sf.incoming = o.incoming;
-	sf.auto_activate = o.auto_activate;
-	if ((r = trust_load(sf.trust_path, &sf.trust, &e)) < 0) {
-		rc = stella_exit_code(r);
-		fprintf(stderr, PROG ": %s\n", stella_err_text(&e, r));
-		goto out;
-	}
-	sf.trust_ok = true;
-	sf.mounted_at = (int64_t)time(NULL);
-	char budgets[160] = "";
-	fd_budgets(cl.max_threads >= 2 && cl.max_threads <= 256 ? cl.max_threads : 16, budgets, sizeof(budgets));
-	sf.base_nice = sf_nice();
+	sf->opt.incoming = o->incoming;
+	sf->opt.auto_activate = o->auto_activate;
+	return true;
+}
 
-	if (store_mode) {
+/* The worker count libfuse will use: -o max_threads, within its bounds. */
+static unsigned max_threads(const struct fuse_cmdline_opts *cl)
+{
+	return cl->max_threads >= 2 && cl->max_threads <= 256 ? cl->max_threads : 16;
+}
+
+/* The trust store, then the source: a refused kit or store exits with its
+ * code before anything is mounted. */
+static bool check_source(struct daemon *d)
+{
+	struct stellafs *sf = &d->sf;
+	struct stella_err e = { 0 };
+	int r;
+	if ((r = trust_load(sf->opt.trust_path, &sf->trust.keys, &e)) < 0) {
+		d->rc = stella_exit_code(r);
+		fprintf(stderr, PROG ": %s\n", stella_err_text(&e, r));
+		return false;
+	}
+	sf->trust.ok = true;
+	sf->opt.mounted_at = (int64_t)time(NULL);
+	fd_budgets(max_threads(&d->cl), d->budgets, sizeof(d->budgets));
+	sf->opt.base_nice = tune_nice();
+	if (d->store_mode) {
 		/* The store: its snapshots were verified when imported.  Opened
 		 * here to refuse a bad one before mounting, then closed: SQLite's
 		 * POSIX locks do not survive the fork into the background, and a
 		 * connection without them makes other processes delete the WAL
 		 * under it.  It is opened again for good after daemonizing. */
 		struct store *probe = NULL;
-		if ((r = store_open(o.source, true, &probe, &e)) < 0) {
-			rc = stella_exit_code(r);
+		if ((r = store_open(d->o.source, true, &probe, &e)) < 0) {
+			d->rc = stella_exit_code(r);
 			fprintf(stderr, PROG ": %s\n", stella_err_text(&e, r));
-			goto out;
+			return false;
 		}
 		store_close(probe);
-	} else {
-		/* The kit: signature, expiry, structure, index; refused before mounting. */
-		struct snapshot_opts so = {
-			.kit = o.source, .trust = sf.trust, .threshold = sf.threshold, .now = sf_now(&sf),
-			.allow_expired = sf.allow_expired, .cache_dir = sf.cache_dir,
-		};
-		struct snapshot *snap = NULL;
-		if ((r = snapshot_open_kit(&so, &snap, &e)) < 0) {
-			rc = stella_exit_code(r);
-			stella_err_hint(&e, r, -EKEYEXPIRED, SF_EXPIRED_HINT);
-			fprintf(stderr, PROG ": %s\n", stella_err_text(&e, r));
-			goto out;
-		}
-		sf.signers = snap->signers;
-		malloc_trim(0);
-		if ((r = sf_add_direct(&sf, snap)) < 0) {
-			snapshot_unref(snap);
-			goto out;
-		}
+		return true;
 	}
+	/* The kit: signature, expiry, structure, index; refused before mounting. */
+	struct snapshot_opts so = {
+		.kit = d->o.source, .trust = sf->trust.keys, .threshold = sf->opt.threshold, .now = sf_now(sf),
+		.allow_expired = sf->opt.allow_expired, .cache_dir = sf->opt.cache_dir,
+	};
+	struct snapshot *snap = NULL;
+	if ((r = snapshot_open_kit(&so, &snap, &e)) < 0) {
+		d->rc = stella_exit_code(r);
+		stella_err_hint(&e, r, -EKEYEXPIRED, SF_EXPIRED_HINT);
+		fprintf(stderr, PROG ": %s\n", stella_err_text(&e, r));
+		return false;
+	}
+	sf->trust.signers = snap->signers;
+	malloc_trim(0);
+	if ((r = sf_add_direct(sf, snap)) < 0) {
+		snapshot_unref(snap);
+		return false;
+	}
+	return true;
+}
 
+/* The FUSE session, mounted; then, without -f, into the background. */
+static bool mount_session(struct daemon *d)
+{
 	/* Defaults a read-only, many-reader filesystem wants. */
-	if (options_fuse_defaults(&args, getuid() == 0) < 0)
-		goto out;
-
-	se = fuse_session_new(&args, &stellafs_ops, sizeof(stellafs_ops), &sf);
-	if (!se) {
+	if (options_fuse_defaults(&d->args, getuid() == 0) < 0)
+		return false;
+	d->se = fuse_session_new(&d->args, &stellafs_ops, sizeof(stellafs_ops), &d->sf);
+	if (!d->se) {
 		fprintf(stderr, PROG ": bad FUSE options\n");
-		rc = STELLA_EXIT_USAGE;
-		goto out;
+		d->rc = STELLA_EXIT_USAGE;
+		return false;
 	}
-	if (fuse_set_signal_handlers(se) != 0)
-		goto out;
-	if (fuse_session_mount(se, cl.mountpoint) != 0) {
-		fprintf(stderr, PROG ": mounting on %s failed\n", cl.mountpoint);
-		goto out;
+	if (fuse_set_signal_handlers(d->se) != 0)
+		return false;
+	if (fuse_session_mount(d->se, d->cl.mountpoint) != 0) {
+		fprintf(stderr, PROG ": mounting on %s failed\n", d->cl.mountpoint);
+		return false;
 	}
-	mounted = true;
-	sf.se = se;
-	sf.mountpoint = cl.mountpoint;
-	if (!cl.foreground) {
-		if ((status_fd = detach()) < 0) {
-			fprintf(stderr, PROG ": cannot detach: %s\n", strerror(-status_fd));
-			goto out;
+	d->mounted = true;
+	d->sf.se = d->se;
+	d->sf.opt.mountpoint = d->cl.mountpoint;
+	if (!d->cl.foreground) {
+		if ((d->status_fd = detach()) < 0) {
+			fprintf(stderr, PROG ": cannot detach: %s\n", strerror(-d->status_fd));
+			return false;
 		}
 		openlog(PROG, LOG_PID, LOG_DAEMON);
 		daemonized = true;
 	}
-	if (store_mode) {
-		sf.store_version = -2; /* the first fill is not a switch */
-		if ((r = store_open(o.source, false, &sf.store, &e)) < 0 || (r = sf_changed(&sf, &e)) < 0) {
-			rc = stella_exit_code(r);
+	return true;
+}
+
+/* After the fork: the store opened for good and read, the threads. */
+static bool start_daemon(struct daemon *d)
+{
+	struct stellafs *sf = &d->sf;
+	struct stella_err e = { 0 };
+	int r;
+	if (d->store_mode) {
+		sf->tab.store_version = -2; /* the first fill is not a switch */
+		if ((r = store_open(d->o.source, false, &sf->store, &e)) < 0 || (r = sf_changed(sf, &e)) < 0) {
+			d->rc = stella_exit_code(r);
 			stella_log(LOG_ERR, "%s", stella_err_text(&e, r));
-			snprintf(fail_msg, sizeof(fail_msg), "%s", stella_err_text(&e, r));
-			goto out;
+			snprintf(d->fail_msg, sizeof(d->fail_msg), "%s", stella_err_text(&e, r));
+			return false;
 		}
 		malloc_trim(0); /* the manifests the first fill checked */
 	}
-	if ((r = sf_start_inval(&sf)) < 0) {
-		snprintf(fail_msg, sizeof(fail_msg), "cannot start the invalidation thread: %s", strerror(-r));
-		goto out;
+	if ((r = inval_start(sf)) < 0) {
+		snprintf(d->fail_msg, sizeof(d->fail_msg), "cannot start the invalidation thread: %s", strerror(-r));
+		return false;
 	}
-	if (sf.store)
-		stella_log(LOG_INFO, "mounted store %s on %s: %zu snapshot(s), current %s", o.source, cl.mountpoint,
-			   sf.nslots, *sf.current ? sf.current : "none");
+	if (sf->store)
+		stella_log(LOG_INFO, "mounted store %s on %s: %zu snapshot(s), current %s", d->o.source, d->cl.mountpoint,
+			   sf->tab.nslots, *sf->tab.current ? sf->tab.current : "none");
 	else
-		stella_log(LOG_INFO, "mounted %s %s on %s%s", sf.slots[0].s->identity->kit_id, sf.current,
-			   cl.mountpoint, sf.slots[0].s->index_cached ? " (cached index)" : "");
-	if (budgets[0])
-		stella_log(LOG_INFO, "%s", budgets);
+		stella_log(LOG_INFO, "mounted %s %s on %s%s", sf->tab.slots[0].s->identity->kit_id, sf->tab.current,
+			   d->cl.mountpoint, sf->tab.slots[0].s->index_cached ? " (cached index)" : "");
+	if (d->budgets[0])
+		stella_log(LOG_INFO, "%s", d->budgets);
 	/* The watcher starts after daemonizing: threads do not survive fork. */
-	if ((r = sf_start_watch(&sf, &e)) < 0)
+	if ((r = incoming_start(sf, &e)) < 0)
 		stella_log(LOG_ERR, "%s", stella_err_text(&e, r));
+	return true;
+}
 
+/* Tell the parent and systemd, then serve until unmounted or signalled. */
+static bool serve(struct daemon *d)
+{
 	struct fuse_loop_config *lc = fuse_loop_cfg_create();
 	if (!lc) {
-		snprintf(fail_msg, sizeof(fail_msg), "%s", strerror(ENOMEM));
-		goto out;
+		snprintf(d->fail_msg, sizeof(d->fail_msg), "%s", strerror(ENOMEM));
+		return false;
 	}
 	/* A parent that was not told we serve waits for us to end (it saw
 	 * only EOF): serving on would hang it, and whatever started it, for
 	 * as long as the mount lives.  Such a start failed. */
-	if ((r = detach_done(&status_fd, 0, "")) < 0) {
-		snprintf(fail_msg, sizeof(fail_msg), "%s: cannot tell the starting process that it is mounted: %s",
-			 cl.mountpoint, strerror(-r));
-		stella_log(LOG_ERR, "%s", fail_msg);
+	int r = detach_done(&d->status_fd, 0, "");
+	if (r < 0) {
+		snprintf(d->fail_msg, sizeof(d->fail_msg), "%s: cannot tell the starting process that it is mounted: %s",
+			 d->cl.mountpoint, strerror(-r));
+		stella_log(LOG_ERR, "%s", d->fail_msg);
 		fuse_loop_cfg_destroy(lc);
-		goto out;
+		return false;
 	}
 	sd_notify_send("READY=1\n");
-	status_start(&sn, &sf);
-	fuse_loop_cfg_set_clone_fd(lc, cl.clone_fd);
-	fuse_loop_cfg_set_idle_threads(lc, cl.max_idle_threads <= 100 ? cl.max_idle_threads : 10);
-	fuse_loop_cfg_set_max_threads(lc, cl.max_threads >= 2 && cl.max_threads <= 256 ? cl.max_threads : 16);
-	r = cl.singlethread ? fuse_session_loop(se) : fuse_session_loop_mt(se, lc);
+	status_start(&d->sn, &d->sf);
+	fuse_loop_cfg_set_clone_fd(lc, d->cl.clone_fd);
+	fuse_loop_cfg_set_idle_threads(lc, d->cl.max_idle_threads <= 100 ? d->cl.max_idle_threads : 10);
+	fuse_loop_cfg_set_max_threads(lc, max_threads(&d->cl));
+	r = d->cl.singlethread ? fuse_session_loop(d->se) : fuse_session_loop_mt(d->se, lc);
 	fuse_loop_cfg_destroy(lc);
 	/* libfuse's handlers end the loop on SIGTERM, SIGINT and SIGHUP and it
 	 * returns that signal's number: a stop that was asked for (systemctl
 	 * stop), not a failure.  Only a negative errno is one. */
-	rc = r >= 0 ? 0 : STELLA_EXIT_RUNTIME;
-	status_stop(&sn);
+	d->rc = r >= 0 ? 0 : STELLA_EXIT_RUNTIME;
+	status_stop(&d->sn);
 	sd_notify_send("STOPPING=1\nSTATUS=stopping\n");
-out:
-	status_stop(&sn); /* it reads the snapshots freed below */
-	sf_stop_watch(&sf); /* nothing queues notifications after this */
-	if (se) {
-		if (mounted)
-			fuse_session_unmount(se); /* a send blocked in the kernel returns */
-		fuse_remove_signal_handlers(se);
+	return true;
+}
+
+/* Whatever the phases got to, undone in reverse; returns the exit code. */
+static int daemon_end(struct daemon *d)
+{
+	struct stellafs *sf = &d->sf;
+	status_stop(&d->sn); /* it reads the snapshots freed below */
+	incoming_stop(sf); /* nothing queues notifications after this */
+	if (d->se) {
+		if (d->mounted)
+			fuse_session_unmount(d->se); /* a send blocked in the kernel returns */
+		fuse_remove_signal_handlers(d->se);
 	}
-	sf_stop_inval(&sf); /* before the session it sends on is freed */
-	if (se)
-		fuse_session_destroy(se);
-	sf_free_vbufs(&sf);
-	sf_free_slots(&sf);
-	store_close(sf.store);
-	trust_free(sf.trust);
-	free(cl.mountpoint);
-	fuse_opt_free_args(&args);
-	options_free(&o);
+	inval_stop(sf); /* before the session it sends on is freed */
+	if (d->se)
+		fuse_session_destroy(d->se);
+	ops_free_vbufs(sf);
+	sf_free_slots(sf);
+	store_close(sf->store);
+	trust_free(sf->trust.keys);
+	free(d->cl.mountpoint);
+	fuse_opt_free_args(&d->args);
+	options_free(&d->o);
 	/* a daemon that failed before serving: its parent says why, once
 	 * everything here is undone (nothing stays mounted) */
-	detach_done(&status_fd, rc ? rc : STELLA_EXIT_RUNTIME, fail_msg[0] ? fail_msg : "cannot start serving (see the system log)");
+	int rc = d->rc;
+	detach_done(&d->status_fd, rc ? rc : STELLA_EXIT_RUNTIME,
+		    d->fail_msg[0] ? d->fail_msg : "cannot start serving (see the system log)");
 	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	static struct daemon d; /* zeroed; its address is the sessions' userdata */
+	daemon_init(&d, argc, argv);
+	if (parse_command_line(&d) && check_options(&d) && check_source(&d) && mount_session(&d) && start_daemon(&d))
+		serve(&d);
+	return daemon_end(&d);
 }

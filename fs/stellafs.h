@@ -1,8 +1,41 @@
-/* The daemon's shared state and the pieces of fs/: main.c (options, mount,
- * daemon), ops.c (FUSE requests mapped onto core/snapshot), state.c (the
- * snapshots being served and the current one, in both modes; the store's
- * incoming directory), control.c (the virtual files: status, health,
- * metrics, control and its commands). */
+/* The daemon's shared state and its rooms.  Each fs/ file has one concern
+ * and owns one sub-struct of struct stellafs (below, each with the lock
+ * that guards it):
+ *
+ *   main.c      options -> checks -> mount -> daemon; signals, sd_notify
+ *   options.c   the command line and -o options (pure)
+ *   ops.c       the FUSE requests (op_*), thin: inode arithmetic, replies
+ *   slots.c     the served snapshots and current; refresh from the store,
+ *               refusals, retrust (the state API: sf_*)
+ *   inval.c     kernel notifications: the queue and its thread
+ *   incoming.c  the watcher thread: others' store changes, incoming=DIR,
+ *               retries, quarantine
+ *   control.c   the control commands (and import), cmd_lock
+ *   command.c   the control file's language (pure parsing)
+ *   journal.c   the command journal: this mount's ring + the store's
+ *   vfiles.c    status, status.json, health, metrics: gathered + rendered
+ *   kitpath.c   opening an import's path as its writer, never in the mount
+ *   tune.c      thread priorities
+ *
+ * Calls go one way (an arrow: "calls into"; no cycle):
+ *
+ *   main ----> ops, incoming, slots, inval, vfiles, tune, options
+ *   ops -----> control, vfiles, slots, tune, kitpath
+ *   incoming > control, journal, slots
+ *   control -> command, kitpath, journal, slots, inval
+ *   vfiles --> journal, slots
+ *   journal -> command (its list of commands)
+ *   slots ---> inval
+ *   inval ---> tune
+ *
+ * Lock order (take left before right; never the other way):
+ *
+ *   cmd_lock -> store writer lock (core/store.c) -> refresh_lock
+ *            -> trust_lock -> lock -> inval.lock
+ *
+ * journal.lock and ops.lock are leaves: held briefly, nothing taken under
+ * them.  Every other lock is held briefly and never while taking another
+ * (docs/mount.md, section 7, has the table with core/'s locks). */
 #pragma once
 
 #include "kitpath.h"
@@ -13,6 +46,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "health.h"
 #include "sig.h"
@@ -88,72 +122,119 @@ struct inval {
 };
 
 struct stellafs {
-	/* options */
-	char *source;
-	const char *mountpoint;
-	atomic_bool readahead_done;
-	char *trust_path;
-	char *cache_dir;
-	char *incoming;
-	struct incoming_retry *retry; /* kits to try again (watcher thread only) */
-	size_t nretry;
-	bool auto_activate;
-	unsigned threshold;
-	int64_t fixed_now;         /* now= for tests and replays; 0: the clock */
-	bool allow_expired;
-	bool has_admin_gid;
-	gid_t admin_gid;
-	int64_t mounted_at;
-	int base_nice;            /* the daemon's nice at start: boosts are relative to it */
-	struct fuse_session *se;
+	/* Set by main before any thread starts; read-only after (no lock). */
+	struct sf_options {
+		char *source;
+		const char *mountpoint;
+		char *trust_path;
+		char *cache_dir;
+		char *incoming;
+		bool auto_activate;
+		unsigned threshold;
+		int64_t fixed_now;         /* now= for tests and replays; 0: the clock */
+		bool allow_expired;
+		bool has_admin_gid;
+		gid_t admin_gid;
+		int64_t mounted_at;
+		int base_nice;             /* the daemon's nice at start: boosts are relative to it */
+	} opt;
+	struct fuse_session *se;   /* set before inval.c's thread starts */
+	struct store *store;       /* store mode; NULL in direct mode; set before the threads */
 
-	struct store *store;       /* store mode; NULL in direct mode */
-	int64_t store_version;     /* store.db's data_version last seen */
-	bool store_dirty;          /* we changed it ourselves: re-read */
-	pthread_mutex_t refresh_lock;
-
-	/* lock guards the slot table, the pointers, trust and the journal */
+	/* slots.c: the served snapshots and current.  Guarded by lock, except
+	 * switches (atomic).  refresh_lock: one refresh from the store at a
+	 * time (taken before trust_lock and lock). */
 	pthread_mutex_t lock;
-	struct vbuf *vbufs;       /* open virtual files' contents (ops.c), under lock */
-	struct slot *slots;
-	size_t nslots;
-	uint64_t next_slot;
-	char current[129];         /* version, "" when none */
-	struct trust *trust;
-	/* sf->trust is read outside commands (the refresh's checks) under
-	 * its read lock; reload swaps it under the write lock */
-	pthread_rwlock_t trust_lock;
-	struct refusal *refused;   /* store mode, under lock: rebuilt by each refresh */
-	size_t nrefused;
-	bool trust_ok;
-	char trust_detail[256];
-	unsigned signers;
-	atomic_uint_fast64_t switches;
-	pthread_mutex_t cmd_lock;  /* one control command at a time */
-	struct journal_entry journal[JOURNAL_LEN];
-	unsigned journal_next, journal_n;
-	pthread_t watch_thread;
-	bool watch_running;
-	atomic_bool watch_quit;
-	bool store_incomplete;      /* a listed snapshot failed to open ... */
-	int64_t store_retry_at;     /* ... and is retried from then (CLOCK_MONOTONIC s) */     /* sf_stop_watch asked it to end */
-	int watch_stop[2];         /* a pipe: written to stop the watcher */
+	pthread_mutex_t refresh_lock;
+	struct slot_table {
+		struct slot *slots;        /* in sequence order */
+		size_t nslots;
+		uint64_t next_slot;
+		char current[129];         /* version, "" when none */
+		struct refusal *refused;   /* store mode: rebuilt by each refresh */
+		size_t nrefused;
+		int64_t store_version;     /* store.db's data_version last seen */
+		bool store_dirty;          /* we changed it ourselves: re-read */
+		bool store_incomplete;     /* a listed snapshot failed to open ... */
+		int64_t store_retry_at;    /* ... and is retried from then (CLOCK_MONOTONIC s) */
+		atomic_uint_fast64_t switches;
+	} tab;
 
-	/* kernel notifications, sent by their own thread (state.c) */
-	pthread_mutex_t inval_lock;
-	pthread_cond_t inval_cond;
-	struct inval *inval;      /* queued notifications, grown as needed */
-	size_t ninval, inval_cap;
-	bool inval_overflow, inval_stop, inval_running;
-	uint64_t inval_queued, inval_done;
-	pthread_t inval_thread;
-	atomic_uint_fast64_t control_lookups;  /* see ops.c: one inode per open of control */
+	/* The trust store.  keys: read by a refresh under trust_lock (read),
+	 * by an import under lock; swapped by reload under trust_lock (write)
+	 * and lock, with cmd_lock held.  ok, detail, signers: under lock. */
+	pthread_rwlock_t trust_lock;
+	struct sf_trust {
+		struct trust *keys;
+		bool ok;
+		char detail[256];
+		unsigned signers;          /* direct mode: of the served kit */
+	} trust;
+
+	/* control.c: one control command at a time (the watcher's imports too) */
+	pthread_mutex_t cmd_lock;
+
+	/* journal.c: guarded by journal.lock (independent of lock: no field
+	 * of the ring is read with the table's) */
+	struct sf_journal {
+		pthread_mutex_t lock;
+		struct journal_entry ring[JOURNAL_LEN];
+		unsigned next, n;
+	} journal;
+
+	/* incoming.c: the watcher thread.  retry is the thread's own (no
+	 * lock); the rest is set by start/stop on main's thread. */
+	struct sf_watch {
+		pthread_t thread;
+		bool running;
+		atomic_bool quit;          /* incoming_stop asked it to end */
+		int stop[2];               /* a pipe: written to stop the watcher */
+		struct incoming_retry *retry; /* kits to try again */
+		size_t nretry;
+	} watch;
+
+	/* inval.c: kernel notifications, guarded by inval.lock (taken last:
+	 * pushed under lock) */
+	struct sf_inval {
+		pthread_mutex_t lock;
+		pthread_cond_t cond;
+		struct inval *q;           /* queued notifications, grown as needed */
+		size_t n, cap;
+		bool overflow, stop, running;
+		uint64_t queued, done;
+		pthread_t thread;
+	} inval;
+
+	/* ops.c: vbufs under ops.lock (independent of lock: only ops.c's
+	 * open and release touch the list); the rest atomic */
+	struct sf_ops {
+		pthread_mutex_t lock;
+		struct vbuf *vbufs;        /* open virtual files' contents */
+		atomic_uint_fast64_t control_lookups; /* one inode per open of control */
+		atomic_bool readahead_done;
+	} ops;
 };
 
-extern const struct fuse_lowlevel_ops stellafs_ops;
+/* The time expiry and freshness are judged at: now=, else the clock. */
+static inline int64_t sf_now(const struct stellafs *sf)
+{
+	return sf->opt.fixed_now ? sf->opt.fixed_now : (int64_t)time(NULL);
+}
 
-int64_t sf_now(struct stellafs *sf);
-/* state.c */
+/* CLOCK_MONOTONIC seconds, for retries and backoffs. */
+static inline int64_t mono_now(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec;
+}
+
+/* ---- ops.c: the FUSE requests (op_*) ---- */
+extern const struct fuse_lowlevel_ops stellafs_ops;
+/* At exit: the contents of virtual files whose RELEASE never came. */
+void ops_free_vbufs(struct stellafs *sf);
+
+/* ---- slots.c: the served snapshots and current (the state API, sf_*) ---- */
 /* Take a reference to the snapshot in slot (NULL if none). */
 struct snapshot *sf_snapshot(struct stellafs *sf, uint64_t slot);
 /* The current snapshot and its slot (NULL if none). */
@@ -162,8 +243,6 @@ struct snapshot *sf_current(struct stellafs *sf, uint64_t *slot);
 struct snapshot *sf_by_version(struct stellafs *sf, const char *version, uint64_t *slot);
 /* Every served version with its slot, in sequence order (malloc'ed). */
 size_t sf_list(struct stellafs *sf, struct slot **out);
-/* At exit: the contents of virtual files whose RELEASE never came. */
-void sf_free_vbufs(struct stellafs *sf);
 /* Direct mode: serve this one snapshot. */
 int sf_add_direct(struct stellafs *sf, struct snapshot *s);
 /* Store mode: bring the table up to date with the store (another process
@@ -181,28 +260,19 @@ int sf_check_servable(struct stellafs *sf, const char *version, struct stella_er
 size_t sf_retrust(struct stellafs *sf);
 /* The refusal of version, copied into *out; false when it is served or unknown. */
 bool sf_refused(struct stellafs *sf, const char *version, struct refusal *out);
-/* After the current snapshot changed: tell the kernel (queued). */
-void sf_switched(struct stellafs *sf);
-int sf_start_inval(struct stellafs *sf);
-void sf_stop_inval(struct stellafs *sf);
-/* Wait (at most 2 s) until every queued notification was delivered. */
-void sf_inval_wait(struct stellafs *sf);
-/* Set the calling thread's nice value; returns the one it had.  Control
- * commands and the invalidator run boosted: under readers that keep every
- * CPU busy, a switch should wait for the disk, not for a time slice. */
-#define SF_BOOST_NICE (-10)
-int sf_boost(int nice);
-int sf_nice(void); /* the calling thread's nice value */
-/* Widen the kernel's readahead on our mount, once, at the first open of a
- * file (after the kernel applied our INIT reply, which would undo it): the
- * mount's bdi starts at 128 KiB, so a sequential reader's requests were
- * 128 KiB each and one or two in flight.  With 4 MiB, requests are as
- * large as FUSE allows and several are hashed at once while the medium
- * reads ahead (cold sequential read: about 1.4x on the test machine).
- * Not for gzip kits (their cursors prefer fewer requests in flight).
- * Best effort: root only, silent otherwise. */
-#define SF_READAHEAD_KIB 4096
+/* At exit, once no thread is left. */
+void sf_free_slots(struct stellafs *sf);
 
+/* ---- inval.c: kernel notifications ---- */
+/* Queue a notification: inval_entry(parent, name), or with ino set
+ * inval_inode(ino).  Safe under sf->lock (inval.lock is taken last). */
+void inval_push(struct stellafs *sf, fuse_ino_t parent, const char *name, fuse_ino_t ino);
+int inval_start(struct stellafs *sf);
+void inval_stop(struct stellafs *sf);
+/* Wait (at most 2 s) until every queued notification was delivered. */
+void inval_wait(struct stellafs *sf);
+
+/* ---- incoming.c: the watcher thread ---- */
 /* A kit in incoming=DIR whose import failed for a reason not its own (the
  * store locked by another import, ENOSPC, EIO, ENOMEM) stays there and is
  * tried again, that kit alone, after this many seconds, doubled at each
@@ -211,20 +281,35 @@ int sf_nice(void); /* the calling thread's nice value */
 #define INCOMING_RETRY_FIRST 5
 #define INCOMING_RETRY_MAX 300
 #define INCOMING_RETRY_KITS 256
-void sf_readahead(struct stellafs *sf);
-void sf_free_slots(struct stellafs *sf);
-/* The watcher thread: the store's own changes by other processes, and the
- * incoming directory when there is one. */
-int sf_start_watch(struct stellafs *sf, struct stella_err *e);
-void sf_stop_watch(struct stellafs *sf);
+/* The store's own changes by other processes, and the incoming directory
+ * when there is one.  Store mode only; started after the fork. */
+int incoming_start(struct stellafs *sf, struct stella_err *e);
+void incoming_stop(struct stellafs *sf);
+
+/* ---- control.c: the commands ---- */
+/* Run the command lines in buf (cmd_lock: EBUSY when another runs);
+ * returns 0 or a negative errno. */
+int control_write(struct stellafs *sf, const struct writer *w, const char *buf, size_t len);
 /* Import a kit into the store, as the control file and the incoming
  * watcher do (cmd_lock held by the caller).  The kit is opened with W's
  * credentials (NULL: the daemon's own, for incoming=DIR). */
-int sf_import(struct stellafs *sf, const char *path, const struct writer *w, bool activate, char *res, size_t rl);
+int control_import(struct stellafs *sf, const char *path, const struct writer *w, bool activate, char *res, size_t rl);
 
-/* Virtual files: their current content (malloc'ed) by inode. */
+/* ---- journal.c: what the commands did ---- */
+/* One line into the journal (escaped here: cmd and result hold untrusted
+ * text); err is 0 or a positive errno. */
+void journal_add(struct stellafs *sf, uid_t uid, const char *cmd, int err, const char *result);
+/* The control file's content: the journal's text (malloc'ed). */
+char *journal_text(struct stellafs *sf, size_t *len);
+
+/* ---- vfiles.c: status, status.json, health, metrics, control ---- */
+/* Their current content (malloc'ed) by inode. */
 char *vfile_content(struct stellafs *sf, fuse_ino_t ino, size_t *len);
-/* Run the command lines in buf; returns 0 or a negative errno. */
-int control_write(struct stellafs *sf, const struct writer *w, const char *buf, size_t len);
-bool control_allowed(struct stellafs *sf, fuse_req_t req);
-void control_journal(struct stellafs *sf, uid_t uid, const char *cmd, int err, const char *result);
+
+/* ---- tune.c: thread priorities ---- */
+/* Set the calling thread's nice value; returns the one it had.  Control
+ * commands and the invalidator run boosted: under readers that keep every
+ * CPU busy, a switch should wait for the disk, not for a time slice. */
+#define SF_BOOST_NICE (-10)
+int tune_boost(int nice);
+int tune_nice(void); /* the calling thread's nice value */
