@@ -60,16 +60,6 @@ static int path_fold(const char *p, char *out, size_t n)
 	return 0;
 }
 
-/* Our mount's device number, 0 when it cannot be told (not mounted). */
-static dev_t self_dev(struct stellafs *sf)
-{
-	char dev[64];
-	unsigned maj, min;
-	if (!sf->opt.mountpoint || mount_devname(sf->opt.mountpoint, dev) < 0 || sscanf(dev, "%u:%u", &maj, &min) != 2)
-		return 0;
-	return makedev(maj, min);
-}
-
 int control_import(struct stellafs *sf, const char *path, const struct writer *w, bool activate, char *res, size_t rl)
 {
 	struct stella_err e = { 0 };
@@ -87,8 +77,15 @@ int control_import(struct stellafs *sf, const char *path, const struct writer *w
 		snprintf(res, rl, "%s: inside this mount (%s): copy the kit out of it first", path, sf->opt.mountpoint);
 		return -EINVAL;
 	}
+	/* Without our device the walk could not stop at our mount: refuse
+	 * (with -s, reading through it would hang the whole mount). */
+	if (!sf->opt.self_dev) {
+		snprintf(res, rl, "%s: this mount's device is not known, so a path through it cannot be refused: "
+			 "import with stellakit import -s STORE", path);
+		return -EIO;
+	}
 	struct source *src = NULL;
-	int r = kitpath_open(path, self_dev(sf), w, &e);
+	int r = kitpath_open(path, sf->opt.self_dev, w, &e);
 	if (r >= 0)
 		r = source_open_fd(r, path, &src, &e);
 	if (r < 0) {

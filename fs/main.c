@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/sysmacros.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -24,6 +25,7 @@
 
 #include "fdcache.h"
 #include "index.h"
+#include "kitpath.h"
 #include "options.h"
 #include "stellafs.h"
 #include "util.h"
@@ -591,6 +593,13 @@ static bool mount_session(struct daemon *d)
 	d->mounted = true;
 	d->sf.se = d->se;
 	d->sf.opt.mountpoint = d->cl.mountpoint;
+	/* Once, now: looked up by the mount point's name later, a rename of a
+	 * directory above it would lose it, and with it the check that keeps
+	 * an import from reading through this mount (fs/kitpath.c). */
+	char dev[64];
+	unsigned maj, min;
+	if (mount_devname(d->cl.mountpoint, dev) == 0 && sscanf(dev, "%u:%u", &maj, &min) == 2)
+		d->sf.opt.self_dev = makedev(maj, min);
 	if (!d->cl.foreground) {
 		if ((d->status_fd = detach()) < 0) {
 			fprintf(stderr, PROG ": cannot detach: %s\n", strerror(-d->status_fd));

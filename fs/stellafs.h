@@ -137,6 +137,9 @@ struct stellafs {
 		gid_t admin_gid;
 		int64_t mounted_at;
 		int base_nice;             /* the daemon's nice at start: boosts are relative to it */
+		dev_t self_dev;            /* our mount's device, read from mountinfo right
+					    * after mounting (no request to ourselves); 0:
+					    * unknown, and imports are refused (kitpath.c) */
 	} opt;
 	struct fuse_session *se;   /* set before inval.c's thread starts */
 	struct store *store;       /* store mode; NULL in direct mode; set before the threads */

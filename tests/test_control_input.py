@@ -282,6 +282,32 @@ def test_single_threaded_import_through_links_into_the_mount(mounts, store1, pub
     m.control_ok("verify all")     # the mount still answers
 
 
+def test_single_threaded_import_after_the_mount_point_moved(mounts, store1, trust):
+    """The daemon tells its own mount by device, read once when it mounted: looked up by
+    the mount point's name at each import, a rename of a directory above the mount point
+    lost it, the check was skipped, and `-s` hung on a path through the mount."""
+    outer = mounts.new_mountpoint()
+    mnt = outer / "inner"
+    mnt.mkdir()
+    cp = subprocess.run([str(FS), "-s", "-o", f"trust={trust}", str(store1), str(mnt)],
+                        capture_output=True, text=True, timeout=60)
+    pids = daemon_pids(mnt)
+    m = Mounted(mounts, store1, mnt, ("-s",), pids)
+    if cp.returncode == 0 or pids or is_mounted(mnt):
+        mounts.active.append(m)
+    assert cp.returncode == 0 and is_mounted(mnt), describe(cp)
+    moved = outer.with_name(outer.name + "-moved")
+    os.rename(outer, moved)
+    try:
+        there = Mounted(mounts, store1, moved / "inner", ("-s",), pids)
+        p = moved / "inner" / "current" / "feeds" / "db.json"
+        r = control_in_thread(there, f"import {p}")
+        assert r == errno.EINVAL, f"import {p}: {errname(r)}, want EINVAL"
+        there.control_ok("verify all")     # the mount still answers
+    finally:
+        os.rename(moved, outer)
+
+
 # --------------------------------------------------------------------------- 11: sizes
 
 def sparse_zeros(path, size):
