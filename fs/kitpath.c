@@ -38,6 +38,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <syslog.h>
 #include <unistd.h>
 
 #include "source.h"
@@ -88,13 +89,21 @@ struct saved_cred {
 	gid_t groups[WRITER_GROUPS_MAX];
 };
 
+/* A worker thread left with a writer's credentials would serve every
+ * later request, and open every later import, as that writer: when they
+ * cannot be put back (the kernel could not allocate new credentials), the
+ * daemon stops rather than go on as someone else. */
 static void cred_restore(struct saved_cred *c)
 {
 	if (!c->switched)
 		return;
 	setfsuid(c->fsuid);
 	setfsgid(c->fsgid);
-	syscall(SYS_setgroups, (size_t)c->ngroups, c->groups);
+	long g = syscall(SYS_setgroups, (size_t)c->ngroups, c->groups);
+	if (g < 0 || (uid_t)setfsuid((uid_t)-1) != c->fsuid || (gid_t)setfsgid((gid_t)-1) != c->fsgid) {
+		stella_log(LOG_CRIT, "cannot take back the daemon's credentials after an import: stopping");
+		abort();
+	}
 	c->switched = false;
 }
 
@@ -105,13 +114,18 @@ static int cred_switch(const struct writer *w, struct saved_cred *c, const char 
 	 * cannot take another's credentials, nor has it more than its own) */
 	if (!w || w->uid == 0 || w->uid == geteuid())
 		return 0;
+	/* Groups can deny as well as grant (a file 0604 of a group the writer
+	 * is in): without all of them, the open would not be the writer's. */
+	if (w->ngroups < 0 || w->ngroups > WRITER_GROUPS_MAX)
+		return stella_fail(e, -EACCES, "%s: the writer's groups cannot be read (none, or more than %d)", path,
+				   WRITER_GROUPS_MAX);
 	c->fsuid = (uid_t)setfsuid((uid_t)-1);
 	c->fsgid = (gid_t)setfsgid((gid_t)-1);
 	c->ngroups = getgroups(WRITER_GROUPS_MAX, c->groups);
 	if (c->ngroups < 0)
 		return stella_fail_errno(e, -errno, "%s: cannot take the writer's credentials", path);
 	c->switched = true;
-	size_t ng = w->ngroups > 0 ? (size_t)MIN(w->ngroups, WRITER_GROUPS_MAX) : 0;
+	size_t ng = (size_t)w->ngroups;
 	if (syscall(SYS_setgroups, ng, w->groups) < 0) {
 		int err = errno;
 		cred_restore(c);

@@ -9,7 +9,8 @@
 #include "err.h"
 
 /* Who wrote a command to the control file: the FUSE request's credentials
- * and supplementary groups (ngroups < 0: unknown, then none are used). */
+ * and supplementary groups (ngroups < 0: unknown; more than the maximum:
+ * not all read.  Either way an import as that writer is refused). */
 #define WRITER_GROUPS_MAX 256
 struct writer {
 	uid_t uid;
