@@ -21,6 +21,8 @@ struct entry {
 	int fd;                 /* -1 while being opened, or free */
 	bool ready;             /* fd is open (else a thread is opening it, pinned) */
 	unsigned pins;          /* reads using fd now: never closed while > 0 */
+	bool doomed;            /* flushed while pinned: out of the hash, closed
+				 * and freed at the last put */
 	uint64_t gen;           /* new at each use of the entry: stale hints miss */
 	uint32_t prev, next;    /* the LRU of unpinned ready entries */
 	uint32_t hnext;         /* hash chain */
@@ -198,7 +200,7 @@ int fdcache_get(const struct fdcache_dir *d, const char *name, struct fdcache_hi
 		i = hint->slot;
 		/* the common case: this file's entry is where it was (the name
 		 * compared too: a hint is only a hint) */
-		if (i < C.max && C.e[i].gen == hint->gen && C.e[i].ready && C.e[i].dev == d->dev &&
+		if (i < C.max && C.e[i].gen == hint->gen && C.e[i].ready && !C.e[i].doomed && C.e[i].dev == d->dev &&
 		    C.e[i].ino == d->ino && !strcmp(C.e[i].name, name))
 			break;
 		i = find(d, name);
@@ -236,8 +238,10 @@ fill:;
 	r = fd < 0 ? -errno : 0;
 	pthread_mutex_lock(&C.lock);
 	if (r < 0) {
-		unhash(i);
+		if (!x->doomed)
+			unhash(i);
 		x->pins = 0;
+		x->doomed = false;
 		x->gen = ++C.gen;
 		C.freel[C.nfree++] = i;
 	} else {
@@ -255,8 +259,18 @@ fill:;
 void fdcache_put(uint32_t pin)
 {
 	pthread_mutex_lock(&C.lock);
-	if (--C.e[pin].pins == 0) {
-		lru_push(pin);
+	struct entry *x = &C.e[pin];
+	if (--x->pins == 0) {
+		if (x->doomed) {
+			close(x->fd);
+			x->fd = -1;
+			x->ready = false;
+			x->doomed = false;
+			x->gen = ++C.gen;
+			C.freel[C.nfree++] = pin;
+		} else {
+			lru_push(pin);
+		}
 		pthread_cond_broadcast(&C.cond);
 	}
 	pthread_mutex_unlock(&C.lock);
@@ -275,6 +289,16 @@ void fdcache_flush(void)
 		C.e[i].gen = ++C.gen;
 		C.freel[C.nfree++] = i;
 	}
+	/* Entries in use (or being opened) are taken out of the hash: the
+	 * next get of the name opens it again (a repair renamed a good file
+	 * over a damaged one: the damaged inode must not be served on), and
+	 * the last put closes them. */
+	for (uint32_t i = 0; C.e && i < C.max; i++)
+		if (C.e[i].pins && !C.e[i].doomed) {
+			unhash(i);
+			C.e[i].doomed = true;
+			C.e[i].gen = ++C.gen;
+		}
 	if (C.e)
 		pthread_cond_broadcast(&C.cond);
 	pthread_mutex_unlock(&C.lock);

@@ -115,7 +115,23 @@ int main(void)
 	uint32_t pf;
 	int f = fdcache_get(&dir, names[5], &h[5], &pf);
 	CHECK(f >= 0 && content(f) == 'f');
+
+	/* a flush while the entry is in use (a repair renamed a good file over
+	 * the one a read has open): the reader keeps its descriptor, the next
+	 * get opens the new file, and the last put closes the old one */
+	int nfd = openat(dfd, "f5.new", O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+	CHECK(nfd >= 0 && write(nfd, "F", 1) == 1);
+	close(nfd);
+	CHECK(renameat(dfd, "f5.new", dfd, names[5]) == 0);
+	fdcache_flush();
+	CHECK(content(f) == 'f');
+	uint32_t pg;
+	struct fdcache_hint h5 = h[5];
+	int g = fdcache_get(&dir, names[5], &h5, &pg);
+	CHECK(g >= 0 && g != f && content(g) == 'F');
 	fdcache_put(pf);
+	fdcache_put(pg);
+	CHECK(fdcache_open_count() == 1);
 
 	for (int i = 0; i < NAMES; i++)
 		unlinkat(dfd, names[i], 0);
