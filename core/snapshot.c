@@ -7,6 +7,7 @@
 #include <syslog.h>
 
 #include "bounds.h"
+#include "bytes.h"
 #include "kitverify.h"
 #include "merkle.h"
 #include "seal.h"
@@ -183,8 +184,9 @@ static int cmp_id(const void *a, const void *b)
 
 /* What ties a cached index to one kit file without reading the kit: the
  * file's size, the digest of its first 64 KiB (the manifest's tar header
- * and start: a repacked kit differs there), its inode and times (any
- * rewrite of the file changes its ctime), and the trust store and
+ * and start: a repacked kit differs there), the identity its bytes give
+ * (bytes.h: for a local file its inode and times, and any rewrite of the
+ * file changes its ctime), and the trust store and
  * threshold it was verified under.  The cache file is named after the
  * first two; the rest is checked inside.  A kit that changes behind
  * these facts (a USB stick rewritten elsewhere with forged times) still
@@ -199,31 +201,30 @@ struct kit_facts {
 	char trust[80];
 };
 
-static int kit_facts(const char *kit, const struct snapshot_opts *o, struct kit_facts *f,
+static int kit_facts(struct bytes *kit, const struct snapshot_opts *o, struct kit_facts *f,
 		     struct stella_err *e)
 {
-	struct stat st;
-	_cleanup_(closep) int fd = source_open_kit_fd(kit, &st, e);
-	if (fd < 0)
-		return fd;
+	/* A block device's size here is 0, as fstat has always given it for
+	 * one: keys of indexes already cached stay what they were. */
+	uint64_t size = bytes_is_device(kit) ? 0 : bytes_size(kit);
 	_cleanup_(freep) uint8_t *buf = malloc(HEAD_BYTES + 8);
 	if (!buf)
 		return -ENOMEM;
-	size_t n = (size_t)MIN((uint64_t)st.st_size, (uint64_t)HEAD_BYTES);
-	int r = pread_full(fd, buf, n, 0);
+	size_t n = (size_t)MIN(size, (uint64_t)HEAD_BYTES);
+	int r = bytes_read_full(kit, buf, n, 0);
 	if (r < 0)
 		return r;
 	uint8_t h[32];
 	if ((r = sha256_once(buf, n, h)) < 0)
 		return r;
 	hex_encode(h, 32, f->head);
-	snprintf(f->size, sizeof(f->size), "%llu", (unsigned long long)st.st_size);
-	memcpy(buf + n, &st.st_size, 8);
+	snprintf(f->size, sizeof(f->size), "%llu", (unsigned long long)size);
+	int64_t ssize = (int64_t)size; /* hashed as fstat's off_t was */
+	memcpy(buf + n, &ssize, 8);
 	if ((r = sha256_once(buf, n + 8, h)) < 0)
 		return r;
 	hex_encode(h, 32, f->name);
-	snprintf(f->stat, sizeof(f->stat), "%llu:%lld.%09ld:%lld.%09ld", (unsigned long long)st.st_ino,
-		 (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec, (long long)st.st_ctim.tv_sec, st.st_ctim.tv_nsec);
+	snprintf(f->stat, sizeof(f->stat), "%s", bytes_identity(kit));
 
 	/* the trust store: its keys' ids, sorted, and the threshold */
 	size_t nk = o->trust ? o->trust->n : 0;
@@ -491,7 +492,12 @@ int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, stru
 	}
 	pthread_mutex_init(&s->files_map->lock, NULL);
 
-	if ((r = kit_facts(o->kit, o, &f, e)) < 0) {
+	/* The facts come from the bytes the snapshot reads, not from a
+	 * second open that could find another file at the path. */
+	if ((r = source_open(o->kit, &s->src, e)) < 0)
+		goto fail;
+	s->compression = source_compression(s->src);
+	if ((r = kit_facts(source_bytes(s->src), o, &f, e)) < 0) {
 		r = stella_fail_errno(e, r, "%s", o->kit);
 		goto fail;
 	}
@@ -511,9 +517,6 @@ int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, stru
 	}
 	snprintf(final, pl, "%s/%s.db", dir, f.name);
 	snprintf(tmp, pl, "%s/%s.db.%d.tmp", dir, f.name, (int)getpid());
-	if ((r = source_open(o->kit, &s->src, e)) < 0)
-		goto fail;
-	s->compression = source_compression(s->src);
 
 	bool cached = false;
 	if (cache_sealed(s, final, o->kit) && index_open(final, &s->ix, NULL) == 0 && index_matches(s->ix, &f)) {
