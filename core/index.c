@@ -561,6 +561,32 @@ int index_lookup(struct index *ix, uint64_t parent, const char *name, struct ind
 	return one_node(ix, Q_LOOKUP, parent, name, n);
 }
 
+int index_lookup_path(struct index *ix, const char *path, struct index_node *n)
+{
+	char buf[4097];
+	if (snprintf(buf, sizeof(buf), "%s", path) >= (int)sizeof(buf))
+		return -ENAMETOOLONG;
+	uint64_t ino = INDEX_ROOT_INO;
+	char *save = NULL, *c = strtok_r(buf, "/", &save);
+	if (!c)
+		return index_get(ix, ino, n); /* the root */
+	for (; c; c = strtok_r(NULL, "/", &save)) {
+		int r = index_lookup(ix, ino, c, n);
+		if (r < 0)
+			return r;
+		ino = n->ino;
+	}
+	return 0;
+}
+
+void index_node_artifact(const struct index_node *n, struct artifact *a)
+{
+	*a = (struct artifact){ .name = (char *)n->name, .type = n->type, .size = n->size, .mode = n->mode,
+				.target = (char *)n->target };
+	memcpy(a->sha256, n->sha256, 32);
+	memcpy(a->fsverity, n->fsverity, 32);
+}
+
 int index_readdir(struct index *ix, uint64_t dir, uint64_t after,
 		  int (*cb)(void *ctx, const struct index_node *n), void *ctx)
 {

@@ -413,6 +413,17 @@ ssize_t manifest_index(const struct manifest *m, const char *name)
 	return -1;
 }
 
+bool artifact_same(const struct artifact *a, const struct artifact *b)
+{
+	if (a->type != b->type || a->mode != b->mode)
+		return false;
+	if (a->type == ARTIFACT_FILE)
+		return a->size == b->size && !memcmp(a->sha256, b->sha256, 32) && !memcmp(a->fsverity, b->fsverity, 32);
+	if (a->type == ARTIFACT_SYMLINK)
+		return !strcmp(a->target, b->target);
+	return true;
+}
+
 const struct artifact *manifest_find(const struct manifest *m, const char *name)
 {
 	ssize_t i = manifest_index(m, name);

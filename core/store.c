@@ -725,34 +725,6 @@ static int imp_visit(void *ctx, size_t i, const struct kit_member *m, const stru
 	return add_pending(im, tmp, final, true);
 }
 
-static bool same_as(const struct artifact *a, const struct index_node *b)
-{
-	if (a->type != b->type)
-		return false;
-	if (a->type == ARTIFACT_SYMLINK)
-		return !strcmp(a->target, b->target);
-	if (a->mode != b->mode)
-		return false;
-	return a->type != ARTIFACT_FILE ||
-	       (a->size == b->size && !memcmp(a->sha256, b->sha256, 32) && !memcmp(a->fsverity, b->fsverity, 32));
-}
-
-/* Find name (a full path) in an index. */
-static int index_find_path(struct index *ix, const char *name, struct index_node *n)
-{
-	uint64_t ino = INDEX_ROOT_INO;
-	char buf[4097];
-	snprintf(buf, sizeof(buf), "%s", name);
-	char *save = NULL;
-	for (char *c = strtok_r(buf, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
-		int r = index_lookup(ix, ino, c, n);
-		if (r < 0)
-			return r;
-		ino = n->ino;
-	}
-	return 0;
-}
-
 /* 1 when the stored file dfd/name holds exactly the bytes of tmp/tmpname,
  * 0 when it does not (or cannot be read: damaged too), <0 for our own
  * failure (memory, or tmp unreadable). */
@@ -950,7 +922,13 @@ static int finish_import(struct import *im, const struct kitverify_result *res, 
 		const struct artifact *a = &m->artifacts[i];
 		if (!im->seen[i]) {
 			/* left to the base by a delta kit: it must be the same there */
-			if (!im->base_ix || index_find_path(im->base_ix, a->name, bn) < 0 || !same_as(a, bn)) {
+			bool same = im->base_ix && index_lookup_path(im->base_ix, a->name, bn) == 0;
+			struct artifact ba;
+			if (same) {
+				index_node_artifact(bn, &ba);
+				same = artifact_same(a, &ba);
+			}
+			if (!same) {
 				r = stella_fail(e, -EBADMSG, "delta kit %s: \"%.300s\" is neither carried nor the same in base %s",
 						m->version, a->name, m->base_version);
 				break;
