@@ -14,6 +14,7 @@
 #include "hasher.h"
 #include "index.h"
 #include "kitverify.h"
+#include "merkle.h"
 #include "snapshot.h"
 #include "util.h"
 
@@ -1169,29 +1170,36 @@ struct digests {
 	size_t n, cap;
 };
 
-static int collect(sqlite3 *db, const char *sql, struct digests *d)
+static int digest_add(struct digests *d, const uint8_t *sha)
 {
-	sqlite3_stmt *s = NULL;
-	if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) != SQLITE_OK)
-		return -EIO;
-	int r = 0, rc;
-	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-		if (sqlite3_column_bytes(s, 0) != 32)
-			continue;
-		if (d->n == d->cap) {
-			d->cap = d->cap ? 2 * d->cap : 1024;
-			void *np = realloc(d->v, d->cap * 32);
-			if (!np) {
-				r = -ENOMEM;
-				break;
-			}
-			d->v = np;
-		}
-		memcpy(d->v[d->n++], sqlite3_column_blob(s, 0), 32);
+	if (d->n == d->cap) {
+		size_t cap = d->cap ? 2 * d->cap : 1024;
+		void *np = realloc(d->v, cap * 32);
+		if (!np)
+			return -ENOMEM;
+		d->v = np;
+		d->cap = cap;
 	}
-	if (r == 0 && rc != SQLITE_DONE)
-		r = -EIO; /* a partial list would sweep live blobs */
-	sqlite3_finalize(s);
+	memcpy(d->v[d->n++], sha, 32);
+	return 0;
+}
+
+/* What a stored file keeps alive: its blob (named by its SHA-256) unless
+ * empty, and its tree (named by its fs-verity digest) if it has levels. */
+struct live {
+	struct digests blobs, trees;
+};
+
+static int live_file(void *ctx, uint64_t size, const uint8_t *sha256, const uint8_t *fsverity)
+{
+	struct live *l = ctx;
+	int r = 0;
+	if (size > 0 && sha256)
+		r = digest_add(&l->blobs, sha256);
+	struct merkle_geom g;
+	merkle_geom_init(&g, size);
+	if (r == 0 && g.levels && fsverity)
+		r = digest_add(&l->trees, fsverity);
 	return r;
 }
 
@@ -1257,19 +1265,14 @@ static void sweep_manifests(struct store *st, const struct store_snapshot *snaps
 int store_sweep(struct store *st, uint64_t *removed, struct stella_err *e)
 {
 	struct store_snapshot *snaps = NULL;
-	struct digests blobs = { 0 }, trees = { 0 };
+	struct live keep = { 0 };
 	size_t n = 0;
 	int r = store_list(st, &snaps, &n, e);
 	*removed = 0;
 	for (size_t i = 0; r == 0 && i < n; i++) {
 		char *p = store_index_path(st, snaps[i].version);
-		sqlite3 *db = NULL;
-		if (!p || sqlite3_open_v2(p, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
-		    collect(db, "SELECT sha256 FROM node WHERE type=0 AND size>0", &blobs) < 0 ||
-		    collect(db, "SELECT fsverity FROM node WHERE type=0 AND size>4096", &trees) < 0)
+		if (!p || index_each_file(p, live_file, &keep) < 0)
 			r = stella_fail(e, -EIO, "store %s: cannot read the index of %s", st->dir, snaps[i].version);
-		if (db)
-			sqlite3_close(db);
 		free(p);
 	}
 	if (r < 0) {
@@ -1278,10 +1281,10 @@ int store_sweep(struct store *st, uint64_t *removed, struct stella_err *e)
 	}
 	sweep_manifests(st, snaps, n);
 	free(snaps);
-	if (blobs.n)
-		qsort(blobs.v, blobs.n, 32, cmp32);
-	if (trees.n)
-		qsort(trees.v, trees.n, 32, cmp32);
+	if (keep.blobs.n)
+		qsort(keep.blobs.v, keep.blobs.n, 32, cmp32);
+	if (keep.trees.n)
+		qsort(keep.trees.v, keep.trees.n, 32, cmp32);
 	/* indexes no row names: left by an import that died before its commit */
 	char sdir[4200];
 	snprintf(sdir, sizeof(sdir), "%s/snapshots", st->dir);
@@ -1301,10 +1304,10 @@ int store_sweep(struct store *st, uint64_t *removed, struct stella_err *e)
 	}
 	if (sd)
 		closedir(sd);
-	*removed = sweep_dir(st->blobfd, &blobs);
-	sweep_dir(st->treefd, &trees);
+	*removed = sweep_dir(st->blobfd, &keep.blobs);
+	sweep_dir(st->treefd, &keep.trees);
 out:
-	free(blobs.v);
-	free(trees.v);
+	free(keep.blobs.v);
+	free(keep.trees.v);
 	return r;
 }

@@ -2,11 +2,12 @@
  * answers lookups, getattr and readdir for what was added (implied
  * directories included, with mode 0755), keeps trees, seek points and
  * meta; reopened from its file it answers the same; readdir resumes after
- * a given ino; a full path is looked up from the root, and a node read
+ * a given ino; every file is listed with its digests; a full path is looked up from the root, and a node read
  * back is the artifact added; a name that is not there is -ENOENT; a row damaged in the
  * file (a child moved under the wrong parent, an ino past the bound) is
  * -EIO, never another row. */
 #include <sqlite3.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -190,6 +191,35 @@ static void check_damage(const char *path)
 	free(n);
 }
 
+struct files {
+	size_t n;
+	uint64_t size_sum;
+	bool digests_ok;
+};
+
+static int each_file(void *ctx, uint64_t size, const uint8_t *sha256, const uint8_t *fsverity)
+{
+	struct files *f = ctx;
+	f->n++;
+	f->size_sum += size;
+	/* art() filled the SHA-256 with one byte and the fs-verity digest with its complement */
+	if (!sha256 || !fsverity)
+		f->digests_ok = false;
+	else if (sha256[0] != sha256[31] || (fsverity[0] ^ sha256[0]) != 0xff)
+		f->digests_ok = false;
+	return f->n == 99 ? -ECANCELED : 0;
+}
+
+static void check_each_file(const char *path, const char *junk)
+{
+	struct files f = { .digests_ok = true };
+	CHECK(index_each_file(path, each_file, &f) == 0);
+	CHECK(f.n == 4); /* files only: not the directories or the symlink */
+	CHECK(f.size_sum == 10 + 5000 + 0 + 77);
+	CHECK(f.digests_ok);
+	CHECK(index_each_file(junk, each_file, &f) == -EIO);
+}
+
 int main(void)
 {
 	if (!mkdtemp(dir)) {
@@ -222,6 +252,7 @@ int main(void)
 		index_close(bad);
 	}
 
+	check_each_file(path, junk);
 	check_damage(path);
 
 	unlink(path);
