@@ -669,6 +669,11 @@ int snapshot_lookup(struct snapshot *s, uint64_t parent, const char *name, struc
 	return index_said(s, index_lookup(s->ix, parent, name, n));
 }
 
+int snapshot_lookup_path(struct snapshot *s, const char *path, struct index_node *n)
+{
+	return index_said(s, index_lookup_path(s->ix, path, n));
+}
+
 int snapshot_readdir(struct snapshot *s, uint64_t dir, uint64_t after,
 		     int (*cb)(void *ctx, const struct index_node *n), void *ctx)
 {

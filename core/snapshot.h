@@ -72,6 +72,8 @@ void snapshot_unref(struct snapshot *s);
 
 int snapshot_getattr(struct snapshot *s, uint64_t ino, struct index_node *n);
 int snapshot_lookup(struct snapshot *s, uint64_t parent, const char *name, struct index_node *n);
+/* The node of PATH, a full name as the manifest lists it (index_lookup_path). */
+int snapshot_lookup_path(struct snapshot *s, const char *path, struct index_node *n);
 int snapshot_readdir(struct snapshot *s, uint64_t dir, uint64_t after,
 		     int (*cb)(void *ctx, const struct index_node *n), void *ctx);
 

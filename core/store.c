@@ -59,6 +59,14 @@ char *store_index_path(const struct store *st, const char *version)
 	return p;
 }
 
+int store_open_snapshot(struct store *st, const char *version, struct snapshot **out, struct stella_err *e)
+{
+	char *p = store_index_path(st, version);
+	int r = p ? snapshot_open_store(p, st->blobfd, st->treefd, version, out, e) : -ENOMEM;
+	free(p);
+	return r;
+}
+
 static int open_sub(int dirfd, const char *name, bool create, int *out)
 {
 	if (create && mkdirat(dirfd, name, 0755) < 0 && errno != EEXIST)
@@ -545,8 +553,7 @@ struct import {
 	const struct store_import_opts *o;
 	struct index *ix;
 	char ix_tmp[4200];
-	struct manifest *base;
-	struct index *base_ix;
+	struct snapshot *base;     /* a delta kit's: what it leaves out is there */
 	int blob_fd;              /* the member being received */
 	char blob_tmp[32];
 	unsigned counter;
@@ -636,17 +643,8 @@ static int imp_check(void *ctx, const struct manifest *m, const uint8_t sha[32],
 		/* what the delta leaves out is compared with its base, or, for
 		 * the same delta kit again, with the snapshot it made */
 		const char *bv = im->repair ? m->version : m->base_version;
-		char *p = store_index_path(st, bv);
-		struct snapshot *bs = NULL;
-		r = p ? snapshot_open_store(p, st->blobfd, st->treefd, bv, &bs, e) : -ENOMEM;
-		free(p);
-		if (r < 0)
+		if ((r = store_open_snapshot(st, bv, &im->base, e)) < 0)
 			return r;
-		/* keep the base's index open for its trees; its identity alone
-		 * has no artifacts, which are read through the index */
-		im->base_ix = bs->ix;
-		bs->ix = NULL;
-		snapshot_unref(bs);
 	}
 	if ((r = imp_head(im, sha, e)) < 0)
 		return r;
@@ -923,7 +921,7 @@ static int finish_import(struct import *im, const struct kitverify_result *res, 
 		const struct artifact *a = &m->artifacts[i];
 		if (!im->seen[i]) {
 			/* left to the base by a delta kit: it must be the same there */
-			bool same = im->base_ix && index_lookup_path(im->base_ix, a->name, bn) == 0;
+			bool same = im->base && snapshot_lookup_path(im->base, a->name, bn) == 0;
 			struct artifact ba;
 			if (same) {
 				index_node_artifact(bn, &ba);
@@ -1077,7 +1075,7 @@ int store_import(struct store *st, const char *kit, const struct store_import_op
 	if (im.blob_fd >= 0)
 		close(im.blob_fd);
 	index_close(im.ix);
-	index_close(im.base_ix);
+	snapshot_unref(im.base);
 	if (r < 0) {
 		/* nothing visible changed; take back what was half made */
 		unlink(im.ix_tmp);

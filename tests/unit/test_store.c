@@ -103,11 +103,9 @@ static void pointers(struct store *st, const char *cur, const char *prev)
 /* The snapshot's file at path reads back as text. */
 static void reads_back(struct store *st, const char *version, const char *path, const char *text)
 {
-	char *ix = store_index_path(st, version);
 	struct snapshot *s = NULL;
 	struct stella_err e = { 0 };
-	CHECK(snapshot_open_store(ix, store_blob_dirfd(st), store_tree_dirfd(st), version, &s, &e) == 0);
-	free(ix);
+	CHECK(store_open_snapshot(st, version, &s, &e) == 0);
 	if (!s) {
 		fprintf(stderr, "  open %s: %s\n", version, e.msg);
 		return;
