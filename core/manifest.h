@@ -66,6 +66,9 @@ int manifest_validate(struct manifest *m, struct stella_err *e);
 
 /* Canonical JSON, NUL-terminated, ends with a newline. */
 int manifest_write(const struct manifest *m, char **out, size_t *len);
+/* The same with an empty artifact list: what an index keeps as the
+ * snapshot's identity (its artifacts are the index's nodes). */
+int manifest_write_identity(const struct manifest *m, char **out, size_t *len);
 
 /* Emit the manifest's fields into an open yajl_gen map (for documents that
  * embed a manifest, like `stellakit inspect --json`). */

@@ -263,6 +263,35 @@ static int set_meta_str(struct index *ix, const char *k, const char *v, struct s
 	return index_set_meta(ix, k, v, strlen(v), e);
 }
 
+int snapshot_write_facts(struct index *ix, const struct manifest *m, const struct snapshot_facts *f,
+			 struct stella_err *e)
+{
+	char *json = NULL, num[32];
+	size_t jlen;
+	int r = manifest_write_identity(m, &json, &jlen);
+	if (r < 0)
+		return r;
+	r = index_set_meta(ix, "identity", json, jlen, e);
+	free(json);
+	snprintf(num, sizeof(num), "%llu", (unsigned long long)f->files);
+	if (r == 0)
+		r = set_meta_str(ix, "files", num, e);
+	snprintf(num, sizeof(num), "%llu", (unsigned long long)f->bytes);
+	if (r == 0)
+		r = set_meta_str(ix, "bytes", num, e);
+	snprintf(num, sizeof(num), "%u", f->signers);
+	if (r == 0)
+		r = set_meta_str(ix, "signers", num, e);
+	char mhex[65];
+	hex_encode(f->manifest_sha256, 32, mhex);
+	if (r == 0)
+		r = set_meta_str(ix, "manifestSha256", mhex, e);
+	snprintf(num, sizeof(num), "%d", INDEX_SCHEMA);
+	if (r == 0)
+		r = set_meta_str(ix, "schema", num, e);
+	return r;
+}
+
 static int load_identity(struct snapshot *s, struct stella_err *e)
 {
 	char *json = NULL, *v = NULL;
@@ -320,34 +349,11 @@ static int build_index(struct snapshot *s, const struct snapshot_opts *o, const 
 		if ((r = index_add_points(ix, pts, n, source_stream_size(s->src), e)) < 0)
 			goto out;
 	}
-	/* The identity: the manifest without its artifacts (those are the
-	 * nodes), re-read at every mount from the index. */
-	size_t na = m->nartifacts;
-	m->nartifacts = 0;
-	char *json = NULL, num[32];
-	size_t jlen;
-	r = manifest_write(m, &json, &jlen);
-	m->nartifacts = na;
-	if (r < 0)
-		goto out;
-	r = index_set_meta(ix, "identity", json, jlen, e);
-	free(json);
-	snprintf(num, sizeof(num), "%llu", (unsigned long long)s->files);
-	if (r == 0)
-		r = set_meta_str(ix, "files", num, e);
-	snprintf(num, sizeof(num), "%llu", (unsigned long long)s->bytes);
-	if (r == 0)
-		r = set_meta_str(ix, "bytes", num, e);
-	snprintf(num, sizeof(num), "%u", s->signers);
-	if (r == 0)
-		r = set_meta_str(ix, "signers", num, e);
-	char schema[8];
-	snprintf(schema, sizeof(schema), "%d", INDEX_SCHEMA);
-	if (r == 0)
-		r = set_meta_str(ix, "schema", schema, e);
-	char mhex[65];
-	hex_encode(res.manifest_sha256, 32, mhex);
+	/* re-read at every mount from the index */
+	struct snapshot_facts sf = { .files = s->files, .bytes = s->bytes, .signers = s->signers };
+	memcpy(sf.manifest_sha256, res.manifest_sha256, 32);
 	memcpy(s->manifest_sha256, res.manifest_sha256, 32);
+	r = snapshot_write_facts(ix, m, &sf, e);
 	if (r == 0)
 		r = set_meta_str(ix, "kitSize", f->size, e);
 	if (r == 0)
@@ -356,8 +362,6 @@ static int build_index(struct snapshot *s, const struct snapshot_opts *o, const 
 		r = set_meta_str(ix, "kitStat", f->stat, e);
 	if (r == 0)
 		r = set_meta_str(ix, "trust", f->trust, e);
-	if (r == 0)
-		r = set_meta_str(ix, "manifestSha256", mhex, e);
 	if (r == 0)
 		r = set_meta_str(ix, "complete", "1", e);
 	if (r == 0)

@@ -64,6 +64,17 @@ int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, stru
  * of a store shares them) and must stay open until the snapshot is freed. */
 int snapshot_open_store(const char *index_path, int blob_dirfd, int tree_dirfd, const char *label,
 			struct snapshot **out, struct stella_err *e);
+/* What an index being built says about its snapshot, read back by every
+ * open: the identity (the manifest without its artifacts, which are the
+ * nodes), the totals, the signers, the manifest's digest and the index
+ * schema.  Written once here for kit and store indexes alike. */
+struct snapshot_facts {
+	uint64_t files, bytes;
+	unsigned signers;
+	uint8_t manifest_sha256[32];
+};
+int snapshot_write_facts(struct index *ix, const struct manifest *m, const struct snapshot_facts *f,
+			 struct stella_err *e);
 /* Where a store keeps a file's content (by its sha256) or its tree (by its
  * fs-verity digest): "ab/abcdef..." (65+3 bytes). */
 void snapshot_blob_name(const uint8_t digest[32], char out[68]);

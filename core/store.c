@@ -946,34 +946,13 @@ static int finish_import(struct import *im, const struct kitverify_result *res, 
 	if (r < 0)
 		return r;
 
-	size_t na = ((struct manifest *)m)->nartifacts;
-	((struct manifest *)m)->nartifacts = 0;
-	char *json = NULL, num[32], mhex[65];
-	size_t jlen;
-	r = manifest_write(m, &json, &jlen);
-	((struct manifest *)m)->nartifacts = na;
-	if (r < 0)
-		return r;
+	char mhex[65];
 	hex_encode(res->manifest_sha256, 32, mhex);
-	r = index_set_meta(im->ix, "identity", json, jlen, e);
+	struct snapshot_facts sf = { .files = files, .bytes = bytes, .signers = res->signers };
+	memcpy(sf.manifest_sha256, res->manifest_sha256, 32);
+	r = snapshot_write_facts(im->ix, m, &sf, e);
 	if (r == 0)
 		r = write_kept(im, mhex, e);
-	free(json);
-	snprintf(num, sizeof(num), "%llu", (unsigned long long)files);
-	if (r == 0)
-		r = index_set_meta(im->ix, "files", num, strlen(num), e);
-	snprintf(num, sizeof(num), "%llu", (unsigned long long)bytes);
-	if (r == 0)
-		r = index_set_meta(im->ix, "bytes", num, strlen(num), e);
-	snprintf(num, sizeof(num), "%u", res->signers);
-	if (r == 0)
-		r = index_set_meta(im->ix, "signers", num, strlen(num), e);
-	char schema_num[8];
-	snprintf(schema_num, sizeof(schema_num), "%d", INDEX_SCHEMA);
-	if (r == 0)
-		r = index_set_meta(im->ix, "manifestSha256", mhex, 64, e);
-	if (r == 0)
-		r = index_set_meta(im->ix, "schema", schema_num, strlen(schema_num), e);
 	if (r == 0)
 		r = index_set_meta(im->ix, "complete", "1", 1, e);
 	if (r == 0)
