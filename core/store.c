@@ -569,6 +569,11 @@ struct import {
 	struct hasher *hasher;    /* for the blobs a delta kit reuses */
 	uint64_t repaired;        /* stored files found damaged and replaced */
 	struct kept kept[2];
+	/* finish_import's phases */
+	uint64_t files, bytes;    /* the snapshot's totals (add_nodes) */
+	char mhex[65];            /* the manifest's digest (write_index) */
+	char *final;              /* the index's place (place_all) */
+	bool index_placed;        /* renamed there by this import */
 };
 
 /* The manifest and signature members again, to keep them in the store: the
@@ -909,131 +914,174 @@ static int commit_row(struct import *im, const struct manifest *m, const char *m
 	return r;
 }
 
-static int finish_import(struct import *im, const struct kitverify_result *res, char version[129],
-			 struct stella_err *e)
+/* ---- finishing an import, in phases over struct import ----
+ *
+ * Once the kit has been walked (every carried member in tmp/): the nodes
+ * of its index, checking what a delta kit left to its base (add_nodes);
+ * the index's facts and the kept manifest (write_index); the files, the
+ * manifest and the index renamed into place, durable (place_all); the row
+ * that makes the snapshot real (commit_row); on any failure, what this
+ * import placed taken back (take_back). */
+
+/* A delta kit's artifact A it did not carry: the same in its base (one
+ * rule: artifact_same), and a file's stored blob still intact. */
+static int check_left_out(struct import *im, const struct artifact *a, struct index_node *bn, struct stella_err *e)
 {
-	struct store *st = im->st;
-	const struct manifest *m = res->manifest;
+	const struct manifest *m = im->m;
+	bool same = im->base && snapshot_lookup_path(im->base, a->name, bn) == 0;
+	struct artifact ba;
+	if (same) {
+		index_node_artifact(bn, &ba);
+		same = artifact_same(a, &ba);
+	}
+	if (!same)
+		return stella_fail(e, -EBADMSG, "delta kit %s: \"%.300s\" is neither carried nor the same in base %s",
+				   m->version, a->name, m->base_version);
+	if (a->type == ARTIFACT_FILE && a->size > 0)
+		return check_reused(im, a, e);
+	return 0;
+}
+
+static int add_nodes(struct import *im, struct stella_err *e)
+{
+	const struct manifest *m = im->m;
 	struct index_node *bn = malloc(sizeof(*bn));
-	uint64_t files = 0, bytes = 0;
 	int r = bn ? 0 : -ENOMEM;
 	for (size_t i = 0; r == 0 && i < m->nartifacts; i++) {
 		const struct artifact *a = &m->artifacts[i];
-		if (!im->seen[i]) {
-			/* left to the base by a delta kit: it must be the same there */
-			bool same = im->base && snapshot_lookup_path(im->base, a->name, bn) == 0;
-			struct artifact ba;
-			if (same) {
-				index_node_artifact(bn, &ba);
-				same = artifact_same(a, &ba);
-			}
-			if (!same) {
-				r = stella_fail(e, -EBADMSG, "delta kit %s: \"%.300s\" is neither carried nor the same in base %s",
-						m->version, a->name, m->base_version);
-				break;
-			}
-			if (a->type == ARTIFACT_FILE && a->size > 0 && (r = check_reused(im, a, e)) < 0)
-				break;
-		}
-		if (r == 0)
-			r = index_add(im->ix, a, 0, -1, e);
+		if (!im->seen[i] && (r = check_left_out(im, a, bn, e)) < 0)
+			break;
+		r = index_add(im->ix, a, 0, -1, e);
 		if (a->type == ARTIFACT_FILE) {
-			files++;
-			bytes += a->size;
+			im->files++;
+			im->bytes += a->size;
 		}
 	}
 	free(bn);
-	if (r < 0)
-		return r;
+	return r;
+}
 
-	char mhex[65];
-	hex_encode(res->manifest_sha256, 32, mhex);
-	struct snapshot_facts sf = { .files = files, .bytes = bytes, .signers = res->signers };
+static int write_index(struct import *im, const struct kitverify_result *res, struct stella_err *e)
+{
+	hex_encode(res->manifest_sha256, 32, im->mhex);
+	struct snapshot_facts sf = { .files = im->files, .bytes = im->bytes, .signers = res->signers };
 	memcpy(sf.manifest_sha256, res->manifest_sha256, 32);
-	r = snapshot_write_facts(im->ix, m, &sf, e);
+	int r = snapshot_write_facts(im->ix, im->m, &sf, e);
 	if (r == 0)
-		r = write_kept(im, mhex, e);
+		r = write_kept(im, im->mhex, e);
 	if (r == 0)
 		r = index_set_meta(im->ix, "complete", "1", 1, e);
 	if (r == 0)
 		r = index_finish(im->ix, e);
 	index_close(im->ix);
 	im->ix = NULL;
-	if (r < 0)
-		return r;
+	return r;
+}
 
-	/* Durable before visible: blob data and the index reach the disk,
-	 * then the renames, then (again durable) the row that makes it real. */
-	if (syncfs(st->dirfd) < 0)
-		return stella_fail_errno(e, -errno, "store %s: sync", st->dir);
-	bool index_placed = false;
-	for (size_t i = 0; r == 0 && i < im->npend; i++) {
+/* Each blob and tree from tmp/ into its ab/ directory (one already there
+ * is kept if intact, else mended). */
+static int place_files(struct import *im, struct stella_err *e)
+{
+	struct store *st = im->st;
+	for (size_t i = 0; i < im->npend; i++) {
 		struct pending *p = &im->pend[i];
 		int dfd = p->tree ? st->treefd : st->blobfd;
 		char dir[3] = { p->final[0], p->final[1], 0 };
 		if (mkdirat(dfd, dir, 0755) == 0)
 			p->made_dir = true;
-		else if (errno != EEXIST) {
-			r = stella_fail_errno(e, -errno, "store %s: %s/%s", st->dir, p->tree ? "trees" : "blobs", dir);
-			break;
-		}
-		if (faccessat(dfd, p->final, F_OK, AT_SYMLINK_NOFOLLOW) == 0) {
+		else if (errno != EEXIST)
+			return stella_fail_errno(e, -errno, "store %s: %s/%s", st->dir, p->tree ? "trees" : "blobs", dir);
+		int r = 0;
+		if (faccessat(dfd, p->final, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
 			r = keep_or_mend(im, p, dfd, e); /* already stored: if intact */
-			continue;
-		}
-		if (renameat(st->tmpfd, p->tmp, dfd, p->final) < 0)
+		else if (renameat(st->tmpfd, p->tmp, dfd, p->final) < 0)
 			r = stella_fail_errno(e, -errno, "store %s: storing a file", st->dir);
 		else
 			p->placed = true;
+		if (r < 0)
+			return r;
 	}
+	return 0;
+}
+
+/* Durable before visible: blob data and the index reach the disk, then
+ * the renames, then (again durable, by commit_row) the row that makes it
+ * real. */
+static int place_all(struct import *im, struct stella_err *e)
+{
+	struct store *st = im->st;
+	if (syncfs(st->dirfd) < 0)
+		return stella_fail_errno(e, -errno, "store %s: sync", st->dir);
+	int r = place_files(im, e);
 	if (r == 0)
 		r = place_kept(im, e);
-	char *final = r == 0 ? store_index_path(st, m->version) : NULL;
-	if (r == 0 && !final)
-		r = stella_fail_errno(e, -ENOMEM, "store %s: snapshot index", st->dir);
-	if (r == 0 && rename(im->ix_tmp, final) < 0)
-		r = stella_fail_errno(e, -errno, "store %s: snapshot index", st->dir);
-	else if (r == 0)
-		index_placed = true;
-	if (r == 0 && syncfs(st->dirfd) < 0)
-		r = stella_fail_errno(e, -errno, "store %s: sync", st->dir);
-
-	if (r == 0)
-		r = commit_row(im, m, mhex, files, bytes, e);
-	if (r < 0) {
-		/* No row names them: take back what this import put in place, so
-		 * that a failed import leaves the store as it found it.  Only what
-		 * it placed: a blob that was there before belongs to another
-		 * snapshot. */
-		if (index_placed && !im->repair)
-			unlink(final); /* (a repair's index replaced a good one: it stays) */
-		for (int i = 0; i < 2; i++)
-			if (im->kept[i].placed && !im->repair)
-				unlinkat(st->manfd, im->kept[i].final, 0);
-		for (size_t i = 0; i < im->npend; i++)
-			if (im->pend[i].placed)
-				unlinkat(im->pend[i].tree ? st->treefd : st->blobfd, im->pend[i].final, 0);
-		for (size_t i = 0; i < im->npend; i++)
-			if (im->pend[i].made_dir) {
-				char dir[3] = { im->pend[i].final[0], im->pend[i].final[1], 0 };
-				unlinkat(im->pend[i].tree ? st->treefd : st->blobfd, dir, AT_REMOVEDIR);
-			}
-		free(final);
+	if (r < 0)
 		return r;
-	}
-	free(final);
-	snprintf(version, 129, "%s", m->version);
+	if (!(im->final = store_index_path(st, im->m->version)))
+		return stella_fail_errno(e, -ENOMEM, "store %s: snapshot index", st->dir);
+	if (rename(im->ix_tmp, im->final) < 0)
+		return stella_fail_errno(e, -errno, "store %s: snapshot index", st->dir);
+	im->index_placed = true;
+	if (syncfs(st->dirfd) < 0)
+		return stella_fail_errno(e, -errno, "store %s: sync", st->dir);
+	return 0;
+}
+
+/* No row names them: take back what this import put in place, so that a
+ * failed import leaves the store as it found it.  Only what it placed: a
+ * blob that was there before belongs to another snapshot. */
+static void take_back(struct import *im)
+{
+	struct store *st = im->st;
+	if (im->index_placed && !im->repair)
+		unlink(im->final); /* (a repair's index replaced a good one: it stays) */
+	for (int i = 0; i < 2; i++)
+		if (im->kept[i].placed && !im->repair)
+			unlinkat(st->manfd, im->kept[i].final, 0);
+	for (size_t i = 0; i < im->npend; i++)
+		if (im->pend[i].placed)
+			unlinkat(im->pend[i].tree ? st->treefd : st->blobfd, im->pend[i].final, 0);
+	for (size_t i = 0; i < im->npend; i++)
+		if (im->pend[i].made_dir) {
+			char dir[3] = { im->pend[i].final[0], im->pend[i].final[1], 0 };
+			unlinkat(im->pend[i].tree ? st->treefd : st->blobfd, dir, AT_REMOVEDIR);
+		}
+}
+
+/* A repair is journalled as the command it was; the caller's report. */
+static void report_done(struct import *im)
+{
 	if (im->repair) {
 		char cmd[300], line[200];
 		snprintf(cmd, sizeof(cmd), "import --repair %.270s", im->kit);
-		snprintf(line, sizeof(line), "%s checked, %llu damaged stored file(s) replaced", m->version,
+		snprintf(line, sizeof(line), "%s checked, %llu damaged stored file(s) replaced", im->m->version,
 			 (unsigned long long)im->repaired);
-		store_journal_add(st, (int64_t)time(NULL), (unsigned)getuid(), cmd, 0, line);
+		store_journal_add(im->st, (int64_t)time(NULL), (unsigned)getuid(), cmd, 0, line);
 	}
 	if (im->o->report) {
 		im->o->report->existed = im->repair;
 		im->o->report->repaired = im->repaired;
 	}
+}
+
+static int finish_import(struct import *im, const struct kitverify_result *res, char version[129],
+			 struct stella_err *e)
+{
+	im->m = res->manifest;
+	int r = add_nodes(im, e);
+	if (r == 0)
+		r = write_index(im, res, e);
+	if (r < 0)
+		return r; /* nothing placed yet */
+	r = place_all(im, e);
+	if (r == 0)
+		r = commit_row(im, im->m, im->mhex, im->files, im->bytes, e);
+	if (r < 0) {
+		take_back(im);
+		return r;
+	}
+	snprintf(version, 129, "%s", im->m->version);
+	report_done(im);
 	return 0;
 }
 
@@ -1060,6 +1108,7 @@ int store_import(struct store *st, const char *kit, const struct store_import_op
 		unlink(im.ix_tmp);
 		empty_dir(st->tmpfd);
 	}
+	free(im.final);
 	free(im.pend);
 	free(im.seen);
 	free(im.mjson);
