@@ -11,6 +11,7 @@
 #include "kitverify.h"
 #include "merkle.h"
 #include "seal.h"
+#include "store.h"
 #include "util.h"
 
 #define HEAD_BYTES (64u << 10)
@@ -579,12 +580,6 @@ fail:
 	return r;
 }
 
-void snapshot_blob_name(const uint8_t digest[32], char out[68])
-{
-	char hex[65];
-	hex_encode(digest, 32, hex);
-	snprintf(out, 68, "%.2s/%s", hex, hex);
-}
 
 int snapshot_open_store(const char *index_path, int blob_dirfd, int tree_dirfd, const char *label,
 			struct snapshot **out, struct stella_err *e)
@@ -735,7 +730,7 @@ static struct snap_file *file_new(struct snapshot *s, const struct index_node *n
 		struct stat st;
 		uint32_t pin;
 		f->blob = true;
-		snapshot_blob_name(n->sha256, f->blob_name);
+		store_blob_name(n->sha256, f->blob_name);
 		int fd = fdcache_get(&s->blobs, f->blob_name, &f->blob_hint, &pin);
 		if (fd < 0 || fstat(fd, &st) < 0)
 			*rc = stella_fail_errno(e, fd < 0 ? fd : -errno, "blob %s", f->blob_name);
@@ -760,7 +755,7 @@ static struct snap_file *file_new(struct snapshot *s, const struct index_node *n
 		} else if (s->trees.fd >= 0) {
 			uint32_t pin;
 			f->tree_file = true;
-			snapshot_blob_name(f->fsverity, f->tree_name);
+			store_blob_name(f->fsverity, f->tree_name);
 			int fd = fdcache_get(&s->trees, f->tree_name, &f->tree_hint, &pin);
 			if (fd < 0)
 				*rc = stella_fail_errno(e, fd, "tree %s", f->tree_name);

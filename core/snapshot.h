@@ -60,6 +60,7 @@ struct snapshot {
 int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, struct stella_err *e);
 /* A snapshot of a store: its index, its files' bytes in the store's blobs.
  * Signature and expiry were checked at import; reads are checked the same.
+ * Files are found in the two directories by store_blob_name.
  * blob_dirfd and tree_dirfd stay the caller's (the store's: every snapshot
  * of a store shares them) and must stay open until the snapshot is freed. */
 int snapshot_open_store(const char *index_path, int blob_dirfd, int tree_dirfd, const char *label,
@@ -75,9 +76,6 @@ struct snapshot_facts {
 };
 int snapshot_write_facts(struct index *ix, const struct manifest *m, const struct snapshot_facts *f,
 			 struct stella_err *e);
-/* Where a store keeps a file's content (by its sha256) or its tree (by its
- * fs-verity digest): "ab/abcdef..." (65+3 bytes). */
-void snapshot_blob_name(const uint8_t digest[32], char out[68]);
 struct snapshot *snapshot_ref(struct snapshot *s);
 void snapshot_unref(struct snapshot *s);
 

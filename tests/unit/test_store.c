@@ -131,8 +131,20 @@ static void reads_back(struct store *st, const char *version, const char *path, 
 	snapshot_unref(s);
 }
 
+/* The store's names for blobs and trees: two hex digits, then all 64. */
+static void test_blob_name(void)
+{
+	uint8_t d[32];
+	for (int i = 0; i < 32; i++)
+		d[i] = (uint8_t)(0xa0 + i);
+	char name[68];
+	store_blob_name(d, name);
+	CHECK_STR(name, "a0/a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf");
+}
+
 int main(void)
 {
+	test_blob_name();
 	if (!mkdtemp(dir)) {
 		perror("mkdtemp");
 		return 1;
