@@ -585,11 +585,19 @@ struct import {
 
 /* The manifest and signature members again, to keep them in the store: the
  * bytes must be the ones kit_verify checked (same digest), and the
- * signatures must still carry the threshold (the .sig is read twice). */
+ * signatures must still carry the threshold (the .sig is read twice).
+ * A kit the caller opened is read again through that open file (a second
+ * source on its bytes: the walk is using the first), never by its name,
+ * which may name another file by now, or none that this process may
+ * open. */
 static int imp_head(struct import *im, const uint8_t sha[32], struct stella_err *e)
 {
 	uint8_t got[32];
-	int r = kit_read_head(im->kit, &im->mjson, &im->mlen, &im->sig, &im->slen, e);
+	struct source *src = NULL;
+	int r = im->o->source ? source_dup(im->o->source, &src, e) : source_open(im->kit, &src, e);
+	if (r == 0)
+		r = kit_read_head_source(src, &im->mjson, &im->mlen, &im->sig, &im->slen, e);
+	source_close(src);
 	if (r == 0 && (r = sha256_once(im->mjson, im->mlen, got)) == 0 && memcmp(got, sha, 32))
 		r = stella_fail(e, -EBADMSG, "%s: the kit changed while it was being imported", im->kit);
 	unsigned signers = 0;

@@ -1,5 +1,5 @@
 /* kitverify.c: a kit packed by kitwrite verifies (its manifest digest is
- * the SHA-256 of the manifest member, as kit_read_head gives it); a byte
+ * the SHA-256 of the manifest member, as kit_read_head_source gives it); a byte
  * changed in a file's data is a content mismatch (-EUCLEAN), a trust
  * store without the signer is -EKEYREJECTED, a kit past its expiry is
  * -EKEYEXPIRED unless allowed, a truncated kit is -EBADMSG. */
@@ -40,7 +40,10 @@ int main(void)
 
 	char *mj = NULL, *sig = NULL;
 	size_t ml = 0, sl = 0;
-	CHECK(kit_read_head(kit, &mj, &ml, &sig, &sl, &e) == 0);
+	struct source *src = NULL;
+	CHECK(source_open(kit, &src, &e) == 0);
+	CHECK(src && kit_read_head_source(src, &mj, &ml, &sig, &sl, &e) == 0);
+	source_close(src);
 	uint8_t d[32];
 	if (mj) {
 		SHA256((const uint8_t *)mj, ml, d);

@@ -6,7 +6,8 @@
  * pointers; the current snapshot cannot be removed; a removed snapshot's
  * blobs are swept once nothing references them; a second writer gets
  * -EBUSY; the journal keeps what it was given, one line each; an imported
- * snapshot opens and reads back its files. */
+ * snapshot opens and reads back its files; a kit handed over open is
+ * imported from that open file even when its name now names another. */
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -17,6 +18,7 @@
 #include "kitwrite.h"
 #include "sig.h"
 #include "snapshot.h"
+#include "source.h"
 #include "store.h"
 
 #define T0 INT64_C(1736899200)
@@ -230,6 +232,27 @@ int main(void)
 		lines += *p == '\n';
 	CHECK(lines == 2);
 	free(j);
+
+	/* A kit handed over open (as the daemon does) is read through that
+	 * file only: its name now naming another kit changes nothing. */
+	char k3[512], k4[512];
+	pack("a", "kit", "v3", 30, k3);
+	pack("b", "kit", "v4", 40, k4);
+	struct source *src = NULL;
+	CHECK(source_open(k3, &src, &e) == 0);
+	CHECK(rename(k4, k3) == 0);
+	if (src) {
+		struct store_import_opts o = { .trust = trust, .threshold = 1, .now = T0 + 60, .source = src };
+		memset(&e, 0, sizeof(e));
+		CHECK(store_lock(st, &e) == 0);
+		CHECK(store_import(st, k3, &o, v, &e) == 0);
+		if (e.msg[0])
+			fprintf(stderr, "  import of an open kit: %s\n", e.msg);
+		CHECK_STR(v, "v3");
+		store_unlock(st);
+		source_close(src);
+		reads_back(st, "v3", "feeds/a.json", "{\"v\": 1}\n");
+	}
 	store_close(st);
 
 	/* reopened: the same truth */
