@@ -1,11 +1,8 @@
 #include "source.h"
 
-#include <fcntl.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
-#include <sys/stat.h>
-#include <linux/fs.h>
 #include <zlib.h>
 #include <zstd.h>
 
