@@ -561,6 +561,56 @@ int index_lookup(struct index *ix, uint64_t parent, const char *name, struct ind
 	return one_node(ix, Q_LOOKUP, parent, name, n);
 }
 
+int index_lookup_path(struct index *ix, const char *path, struct index_node *n)
+{
+	char buf[4097];
+	if (snprintf(buf, sizeof(buf), "%s", path) >= (int)sizeof(buf))
+		return -ENAMETOOLONG;
+	uint64_t ino = INDEX_ROOT_INO;
+	char *save = NULL, *c = strtok_r(buf, "/", &save);
+	if (!c)
+		return index_get(ix, ino, n); /* the root */
+	for (; c; c = strtok_r(NULL, "/", &save)) {
+		int r = index_lookup(ix, ino, c, n);
+		if (r < 0)
+			return r;
+		ino = n->ino;
+	}
+	return 0;
+}
+
+int index_each_file(const char *path,
+		    int (*cb)(void *ctx, uint64_t size, const uint8_t *sha256, const uint8_t *fsverity),
+		    void *ctx)
+{
+	sqlite3 *db = NULL;
+	sqlite3_stmt *s = NULL;
+	int r = 0, rc = SQLITE_ERROR;
+	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(db, "SELECT size,sha256,fsverity FROM node WHERE type=?1", -1, &s, NULL) != SQLITE_OK)
+		r = -EIO;
+	else
+		sqlite3_bind_int(s, 1, ARTIFACT_FILE);
+	while (r == 0 && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+		const uint8_t *sha = sqlite3_column_bytes(s, 1) == 32 ? sqlite3_column_blob(s, 1) : NULL;
+		const uint8_t *fsv = sqlite3_column_bytes(s, 2) == 32 ? sqlite3_column_blob(s, 2) : NULL;
+		r = cb(ctx, (uint64_t)sqlite3_column_int64(s, 0), sha, fsv);
+	}
+	if (r == 0 && rc != SQLITE_DONE)
+		r = -EIO;
+	sqlite3_finalize(s);
+	sqlite3_close(db);
+	return r;
+}
+
+void index_node_artifact(const struct index_node *n, struct artifact *a)
+{
+	*a = (struct artifact){ .name = (char *)n->name, .type = n->type, .size = n->size, .mode = n->mode,
+				.target = (char *)n->target };
+	memcpy(a->sha256, n->sha256, 32);
+	memcpy(a->fsverity, n->fsverity, 32);
+}
+
 int index_readdir(struct index *ix, uint64_t dir, uint64_t after,
 		  int (*cb)(void *ctx, const struct index_node *n), void *ctx)
 {

@@ -71,6 +71,20 @@ void index_close(struct index *ix);
 int index_get_meta(struct index *ix, const char *key, char **val, size_t *len);
 int index_get(struct index *ix, uint64_t ino, struct index_node *n);
 int index_lookup(struct index *ix, uint64_t parent, const char *name, struct index_node *n);
+/* The node of PATH, a full name as a manifest lists it ("a/b/c"), looked
+ * up component by component from the root: -ENOENT if absent. */
+int index_lookup_path(struct index *ix, const char *path, struct index_node *n);
+/* Every file listed in the index at PATH, read on a connection of its
+ * own (the store's sweep reads indexes nobody serves): cb(ctx, size,
+ * sha256, fsverity) for each, a digest NULL where the row holds no 32
+ * bytes; cb's negative return stops the walk and is returned.  -EIO when
+ * the list cannot be read to its end: a partial one must not be used. */
+int index_each_file(const char *path,
+		    int (*cb)(void *ctx, uint64_t size, const uint8_t *sha256, const uint8_t *fsverity),
+		    void *ctx);
+/* N as the manifest entry it was added from (name: its last component;
+ * target points into N). */
+void index_node_artifact(const struct index_node *n, struct artifact *a);
 /* Children of dir with ino > after, in ino order; cb returns non-zero to stop. */
 int index_readdir(struct index *ix, uint64_t dir, uint64_t after,
 		  int (*cb)(void *ctx, const struct index_node *n), void *ctx);

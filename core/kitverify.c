@@ -336,18 +336,6 @@ static int check_member(struct walk *w, const struct kit_member *m, const char *
 /* The most tar stream there can be before the manifest is known. */
 #define HEAD_STREAM_MAX ((uint64_t)STELLA_MANIFEST_MAX + STELLA_SIG_MAX + (4u << 20))
 
-int kit_read_head(const char *path, char **manifest, size_t *mlen, char **sig, size_t *slen,
-		  struct stella_err *e)
-{
-	struct source *src;
-	int r = source_open(path, &src, e);
-	if (r < 0)
-		return r;
-	r = kit_read_head_source(src, manifest, mlen, sig, slen, e);
-	source_close(src);
-	return r;
-}
-
 int kit_read_head_source(struct source *src, char **manifest, size_t *mlen, char **sig, size_t *slen,
 			 struct stella_err *e)
 {

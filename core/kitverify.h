@@ -68,12 +68,10 @@ struct kitverify_result {
 	struct merklefile_index merkle;
 };
 
-/* The manifest and signature members only, as bytes (for a mount that
- * already has an index of this kit: the signature is still checked). */
-int kit_read_head(const char *path, char **manifest, size_t *mlen, char **sig, size_t *slen,
-		  struct stella_err *e);
-
-/* The same from an open source whose stream has not been read (borrowed). */
+/* The manifest and signature members only, as bytes, from an open source
+ * whose stream has not been read (borrowed): a reload's check of the
+ * served kit, an import keeping them.  The caller opens the kit (by path,
+ * from a descriptor, or a second source on one in use: source_dup). */
 int kit_read_head_source(struct source *src, char **manifest, size_t *mlen, char **sig, size_t *slen,
 			 struct stella_err *e);
 

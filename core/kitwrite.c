@@ -466,18 +466,6 @@ static int write_member_file(struct archive *ar, struct out *out, const char *ou
 	return r;
 }
 
-static bool same_artifact(const struct artifact *x, const struct artifact *y)
-{
-	if (x->type != y->type || x->mode != y->mode)
-		return false;
-	if (x->type == ARTIFACT_FILE)
-		return x->size == y->size && !memcmp(x->sha256, y->sha256, 32) &&
-		       !memcmp(x->fsverity, y->fsverity, 32);
-	if (x->type == ARTIFACT_SYMLINK)
-		return !strcmp(x->target, y->target);
-	return true;
-}
-
 /* ---- sidecars ---- */
 
 static int write_metadata(const char *path, const struct manifest *m, const struct kitwrite_result *res)
@@ -816,7 +804,7 @@ static int pack_write_artifacts(struct pack *p)
 		const struct artifact *a = &m->artifacts[i];
 		if (p->o->base) {
 			const struct artifact *b = manifest_find(p->o->base, a->name);
-			if (b && same_artifact(a, b)) {
+			if (b && artifact_same(a, b)) {
 				p->res->from_base++;
 				continue;
 			}

@@ -413,6 +413,17 @@ ssize_t manifest_index(const struct manifest *m, const char *name)
 	return -1;
 }
 
+bool artifact_same(const struct artifact *a, const struct artifact *b)
+{
+	if (a->type != b->type || a->mode != b->mode)
+		return false;
+	if (a->type == ARTIFACT_FILE)
+		return a->size == b->size && !memcmp(a->sha256, b->sha256, 32) && !memcmp(a->fsverity, b->fsverity, 32);
+	if (a->type == ARTIFACT_SYMLINK)
+		return !strcmp(a->target, b->target);
+	return true;
+}
+
 const struct artifact *manifest_find(const struct manifest *m, const char *name)
 {
 	ssize_t i = manifest_index(m, name);
@@ -581,9 +592,15 @@ static yajl_gen_status gtime(yajl_gen g, int64_t t)
 	return gstr(g, buf);
 }
 
+static int gen_fields(yajl_gen g, const struct manifest *m, bool artifacts);
+
 int manifest_gen_fields(void *gen, const struct manifest *m)
 {
-	yajl_gen g = gen;
+	return gen_fields(gen, m, true);
+}
+
+static int gen_fields(yajl_gen g, const struct manifest *m, bool artifacts)
+{
 	char hex[65], fsv[80];
 
 	G(gstr(g, "schemaVersion")); G(yajl_gen_integer(g, m->schema_version));
@@ -619,7 +636,7 @@ int manifest_gen_fields(void *gen, const struct manifest *m)
 	G(yajl_gen_map_close(g));
 	G(gstr(g, "artifacts"));
 	G(yajl_gen_array_open(g));
-	for (size_t i = 0; i < m->nartifacts; i++) {
+	for (size_t i = 0; artifacts && i < m->nartifacts; i++) {
 		const struct artifact *a = &m->artifacts[i];
 		G(yajl_gen_map_open(g));
 		G(gstr(g, "name")); G(gstr(g, a->name));
@@ -650,7 +667,19 @@ fail:
 	return -ENOMEM;
 }
 
+static int write_doc(const struct manifest *m, bool artifacts, char **out, size_t *len);
+
 int manifest_write(const struct manifest *m, char **out, size_t *len)
+{
+	return write_doc(m, true, out, len);
+}
+
+int manifest_write_identity(const struct manifest *m, char **out, size_t *len)
+{
+	return write_doc(m, false, out, len);
+}
+
+static int write_doc(const struct manifest *m, bool artifacts, char **out, size_t *len)
 {
 	yajl_gen g = yajl_gen_alloc(NULL);
 	if (!g)
@@ -658,7 +687,7 @@ int manifest_write(const struct manifest *m, char **out, size_t *len)
 	yajl_gen_config(g, yajl_gen_beautify, 1);
 	yajl_gen_config(g, yajl_gen_indent_string, "  ");
 	G(yajl_gen_map_open(g));
-	if (manifest_gen_fields(g, m) < 0)
+	if (gen_fields(g, m, artifacts) < 0)
 		goto fail;
 	G(yajl_gen_map_close(g));
 

@@ -66,12 +66,22 @@ int manifest_validate(struct manifest *m, struct stella_err *e);
 
 /* Canonical JSON, NUL-terminated, ends with a newline. */
 int manifest_write(const struct manifest *m, char **out, size_t *len);
+/* The same with an empty artifact list: what an index keeps as the
+ * snapshot's identity (its artifacts are the index's nodes). */
+int manifest_write_identity(const struct manifest *m, char **out, size_t *len);
 
 /* Emit the manifest's fields into an open yajl_gen map (for documents that
  * embed a manifest, like `stellakit inspect --json`). */
 int manifest_gen_fields(void *yajl_gen, const struct manifest *m);
 
 const struct artifact *manifest_find(const struct manifest *m, const char *name);
+/* Whether a delta kit may leave A out because its base lists B, the one
+ * rule for the packer (what to carry) and the importer (what to accept),
+ * docs/kit-format.md section 9: the same type and mode (a symlink's mode
+ * too, though it has no effect: the format says "same mode" for every
+ * entry), for files the same size, SHA-256 and fs-verity digest, for
+ * symlinks the same target.  Names are not compared. */
+bool artifact_same(const struct artifact *a, const struct artifact *b);
 /* Index of name in m->artifacts or -1. */
 ssize_t manifest_index(const struct manifest *m, const char *name);
 

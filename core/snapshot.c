@@ -7,9 +7,11 @@
 #include <syslog.h>
 
 #include "bounds.h"
+#include "bytes.h"
 #include "kitverify.h"
 #include "merkle.h"
 #include "seal.h"
+#include "store.h"
 #include "util.h"
 
 #define HEAD_BYTES (64u << 10)
@@ -183,8 +185,9 @@ static int cmp_id(const void *a, const void *b)
 
 /* What ties a cached index to one kit file without reading the kit: the
  * file's size, the digest of its first 64 KiB (the manifest's tar header
- * and start: a repacked kit differs there), its inode and times (any
- * rewrite of the file changes its ctime), and the trust store and
+ * and start: a repacked kit differs there), the identity its bytes give
+ * (bytes.h: for a local file its inode and times, and any rewrite of the
+ * file changes its ctime), and the trust store and
  * threshold it was verified under.  The cache file is named after the
  * first two; the rest is checked inside.  A kit that changes behind
  * these facts (a USB stick rewritten elsewhere with forged times) still
@@ -199,31 +202,30 @@ struct kit_facts {
 	char trust[80];
 };
 
-static int kit_facts(const char *kit, const struct snapshot_opts *o, struct kit_facts *f,
+static int kit_facts(struct bytes *kit, const struct snapshot_opts *o, struct kit_facts *f,
 		     struct stella_err *e)
 {
-	struct stat st;
-	_cleanup_(closep) int fd = source_open_kit_fd(kit, &st, e);
-	if (fd < 0)
-		return fd;
+	/* A block device's size here is 0, as fstat has always given it for
+	 * one: keys of indexes already cached stay what they were. */
+	uint64_t size = bytes_is_device(kit) ? 0 : bytes_size(kit);
 	_cleanup_(freep) uint8_t *buf = malloc(HEAD_BYTES + 8);
 	if (!buf)
 		return -ENOMEM;
-	size_t n = (size_t)MIN((uint64_t)st.st_size, (uint64_t)HEAD_BYTES);
-	int r = pread_full(fd, buf, n, 0);
+	size_t n = (size_t)MIN(size, (uint64_t)HEAD_BYTES);
+	int r = bytes_read_full(kit, buf, n, 0);
 	if (r < 0)
 		return r;
 	uint8_t h[32];
 	if ((r = sha256_once(buf, n, h)) < 0)
 		return r;
 	hex_encode(h, 32, f->head);
-	snprintf(f->size, sizeof(f->size), "%llu", (unsigned long long)st.st_size);
-	memcpy(buf + n, &st.st_size, 8);
+	snprintf(f->size, sizeof(f->size), "%llu", (unsigned long long)size);
+	int64_t ssize = (int64_t)size; /* hashed as fstat's off_t was */
+	memcpy(buf + n, &ssize, 8);
 	if ((r = sha256_once(buf, n + 8, h)) < 0)
 		return r;
 	hex_encode(h, 32, f->name);
-	snprintf(f->stat, sizeof(f->stat), "%llu:%lld.%09ld:%lld.%09ld", (unsigned long long)st.st_ino,
-		 (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec, (long long)st.st_ctim.tv_sec, st.st_ctim.tv_nsec);
+	snprintf(f->stat, sizeof(f->stat), "%s", bytes_identity(kit));
 
 	/* the trust store: its keys' ids, sorted, and the threshold */
 	size_t nk = o->trust ? o->trust->n : 0;
@@ -260,6 +262,35 @@ static bool index_matches(struct index *ix, const struct kit_facts *f)
 static int set_meta_str(struct index *ix, const char *k, const char *v, struct stella_err *e)
 {
 	return index_set_meta(ix, k, v, strlen(v), e);
+}
+
+int snapshot_write_facts(struct index *ix, const struct manifest *m, const struct snapshot_facts *f,
+			 struct stella_err *e)
+{
+	char *json = NULL, num[32];
+	size_t jlen;
+	int r = manifest_write_identity(m, &json, &jlen);
+	if (r < 0)
+		return r;
+	r = index_set_meta(ix, "identity", json, jlen, e);
+	free(json);
+	snprintf(num, sizeof(num), "%llu", (unsigned long long)f->files);
+	if (r == 0)
+		r = set_meta_str(ix, "files", num, e);
+	snprintf(num, sizeof(num), "%llu", (unsigned long long)f->bytes);
+	if (r == 0)
+		r = set_meta_str(ix, "bytes", num, e);
+	snprintf(num, sizeof(num), "%u", f->signers);
+	if (r == 0)
+		r = set_meta_str(ix, "signers", num, e);
+	char mhex[65];
+	hex_encode(f->manifest_sha256, 32, mhex);
+	if (r == 0)
+		r = set_meta_str(ix, "manifestSha256", mhex, e);
+	snprintf(num, sizeof(num), "%d", INDEX_SCHEMA);
+	if (r == 0)
+		r = set_meta_str(ix, "schema", num, e);
+	return r;
 }
 
 static int load_identity(struct snapshot *s, struct stella_err *e)
@@ -319,34 +350,11 @@ static int build_index(struct snapshot *s, const struct snapshot_opts *o, const 
 		if ((r = index_add_points(ix, pts, n, source_stream_size(s->src), e)) < 0)
 			goto out;
 	}
-	/* The identity: the manifest without its artifacts (those are the
-	 * nodes), re-read at every mount from the index. */
-	size_t na = m->nartifacts;
-	m->nartifacts = 0;
-	char *json = NULL, num[32];
-	size_t jlen;
-	r = manifest_write(m, &json, &jlen);
-	m->nartifacts = na;
-	if (r < 0)
-		goto out;
-	r = index_set_meta(ix, "identity", json, jlen, e);
-	free(json);
-	snprintf(num, sizeof(num), "%llu", (unsigned long long)s->files);
-	if (r == 0)
-		r = set_meta_str(ix, "files", num, e);
-	snprintf(num, sizeof(num), "%llu", (unsigned long long)s->bytes);
-	if (r == 0)
-		r = set_meta_str(ix, "bytes", num, e);
-	snprintf(num, sizeof(num), "%u", s->signers);
-	if (r == 0)
-		r = set_meta_str(ix, "signers", num, e);
-	char schema[8];
-	snprintf(schema, sizeof(schema), "%d", INDEX_SCHEMA);
-	if (r == 0)
-		r = set_meta_str(ix, "schema", schema, e);
-	char mhex[65];
-	hex_encode(res.manifest_sha256, 32, mhex);
+	/* re-read at every mount from the index */
+	struct snapshot_facts sf = { .files = s->files, .bytes = s->bytes, .signers = s->signers };
+	memcpy(sf.manifest_sha256, res.manifest_sha256, 32);
 	memcpy(s->manifest_sha256, res.manifest_sha256, 32);
+	r = snapshot_write_facts(ix, m, &sf, e);
 	if (r == 0)
 		r = set_meta_str(ix, "kitSize", f->size, e);
 	if (r == 0)
@@ -355,8 +363,6 @@ static int build_index(struct snapshot *s, const struct snapshot_opts *o, const 
 		r = set_meta_str(ix, "kitStat", f->stat, e);
 	if (r == 0)
 		r = set_meta_str(ix, "trust", f->trust, e);
-	if (r == 0)
-		r = set_meta_str(ix, "manifestSha256", mhex, e);
 	if (r == 0)
 		r = set_meta_str(ix, "complete", "1", e);
 	if (r == 0)
@@ -491,7 +497,12 @@ int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, stru
 	}
 	pthread_mutex_init(&s->files_map->lock, NULL);
 
-	if ((r = kit_facts(o->kit, o, &f, e)) < 0) {
+	/* The facts come from the bytes the snapshot reads, not from a
+	 * second open that could find another file at the path. */
+	if ((r = source_open(o->kit, &s->src, e)) < 0)
+		goto fail;
+	s->compression = source_compression(s->src);
+	if ((r = kit_facts(source_bytes(s->src), o, &f, e)) < 0) {
 		r = stella_fail_errno(e, r, "%s", o->kit);
 		goto fail;
 	}
@@ -511,9 +522,6 @@ int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, stru
 	}
 	snprintf(final, pl, "%s/%s.db", dir, f.name);
 	snprintf(tmp, pl, "%s/%s.db.%d.tmp", dir, f.name, (int)getpid());
-	if ((r = source_open(o->kit, &s->src, e)) < 0)
-		goto fail;
-	s->compression = source_compression(s->src);
 
 	bool cached = false;
 	if (cache_sealed(s, final, o->kit) && index_open(final, &s->ix, NULL) == 0 && index_matches(s->ix, &f)) {
@@ -574,12 +582,6 @@ fail:
 	return r;
 }
 
-void snapshot_blob_name(const uint8_t digest[32], char out[68])
-{
-	char hex[65];
-	hex_encode(digest, 32, hex);
-	snprintf(out, 68, "%.2s/%s", hex, hex);
-}
 
 int snapshot_open_store(const char *index_path, int blob_dirfd, int tree_dirfd, const char *label,
 			struct snapshot **out, struct stella_err *e)
@@ -677,6 +679,11 @@ int snapshot_lookup(struct snapshot *s, uint64_t parent, const char *name, struc
 	return index_said(s, index_lookup(s->ix, parent, name, n));
 }
 
+int snapshot_lookup_path(struct snapshot *s, const char *path, struct index_node *n)
+{
+	return index_said(s, index_lookup_path(s->ix, path, n));
+}
+
 int snapshot_readdir(struct snapshot *s, uint64_t dir, uint64_t after,
 		     int (*cb)(void *ctx, const struct index_node *n), void *ctx)
 {
@@ -734,7 +741,7 @@ static struct snap_file *file_new(struct snapshot *s, const struct index_node *n
 		struct stat st;
 		uint32_t pin;
 		f->blob = true;
-		snapshot_blob_name(n->sha256, f->blob_name);
+		store_blob_name(n->sha256, f->blob_name);
 		int fd = fdcache_get(&s->blobs, f->blob_name, &f->blob_hint, &pin);
 		if (fd < 0 || fstat(fd, &st) < 0)
 			*rc = stella_fail_errno(e, fd < 0 ? fd : -errno, "blob %s", f->blob_name);
@@ -759,7 +766,7 @@ static struct snap_file *file_new(struct snapshot *s, const struct index_node *n
 		} else if (s->trees.fd >= 0) {
 			uint32_t pin;
 			f->tree_file = true;
-			snapshot_blob_name(f->fsverity, f->tree_name);
+			store_blob_name(f->fsverity, f->tree_name);
 			int fd = fdcache_get(&s->trees, f->tree_name, &f->tree_hint, &pin);
 			if (fd < 0)
 				*rc = stella_fail_errno(e, fd, "tree %s", f->tree_name);

@@ -69,18 +69,29 @@ bool snapshot_cache_usable(const char *dir);
 int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, struct stella_err *e);
 /* A snapshot of a store: its index, its files' bytes in the store's blobs.
  * Signature and expiry were checked at import; reads are checked the same.
+ * Files are found in the two directories by store_blob_name.
  * blob_dirfd and tree_dirfd stay the caller's (the store's: every snapshot
  * of a store shares them) and must stay open until the snapshot is freed. */
 int snapshot_open_store(const char *index_path, int blob_dirfd, int tree_dirfd, const char *label,
 			struct snapshot **out, struct stella_err *e);
-/* Where a store keeps a file's content (by its sha256) or its tree (by its
- * fs-verity digest): "ab/abcdef..." (65+3 bytes). */
-void snapshot_blob_name(const uint8_t digest[32], char out[68]);
+/* What an index being built says about its snapshot, read back by every
+ * open: the identity (the manifest without its artifacts, which are the
+ * nodes), the totals, the signers, the manifest's digest and the index
+ * schema.  Written once here for kit and store indexes alike. */
+struct snapshot_facts {
+	uint64_t files, bytes;
+	unsigned signers;
+	uint8_t manifest_sha256[32];
+};
+int snapshot_write_facts(struct index *ix, const struct manifest *m, const struct snapshot_facts *f,
+			 struct stella_err *e);
 struct snapshot *snapshot_ref(struct snapshot *s);
 void snapshot_unref(struct snapshot *s);
 
 int snapshot_getattr(struct snapshot *s, uint64_t ino, struct index_node *n);
 int snapshot_lookup(struct snapshot *s, uint64_t parent, const char *name, struct index_node *n);
+/* The node of PATH, a full name as the manifest lists it (index_lookup_path). */
+int snapshot_lookup_path(struct snapshot *s, const char *path, struct index_node *n);
 int snapshot_readdir(struct snapshot *s, uint64_t dir, uint64_t after,
 		     int (*cb)(void *ctx, const struct index_node *n), void *ctx);
 

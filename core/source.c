@@ -1,14 +1,12 @@
 #include "source.h"
 
-#include <fcntl.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
-#include <sys/stat.h>
-#include <linux/fs.h>
 #include <zlib.h>
 #include <zstd.h>
 
+#include "bytes.h"
 #include "util.h"
 
 #define IN_CHUNK   (256u << 10)
@@ -59,10 +57,9 @@ struct frame {
 };
 
 struct source {
-	char *path;
-	int fd;
+	struct bytes *b;        /* every byte of the kit is read through it */
+	const char *path;       /* b's name, for messages */
 	uint64_t file_size;
-	bool blockdev;
 	enum kit_compression comp;
 
 	pthread_mutex_t lock;
@@ -96,7 +93,8 @@ const char *kit_compression_name(enum kit_compression c)
 const char *source_path(const struct source *s) { return s->path; }
 enum kit_compression source_compression(const struct source *s) { return s->comp; }
 uint64_t source_file_size(const struct source *s) { return s->file_size; }
-bool source_is_blockdev(const struct source *s) { return s->blockdev; }
+bool source_is_blockdev(const struct source *s) { return bytes_is_device(s->b); }
+struct bytes *source_bytes(const struct source *s) { return s->b; }
 uint64_t source_stream_size(const struct source *s) { return s->comp == KIT_COMPRESS_NONE ? s->file_size : s->stream_size; }
 
 size_t source_points(const struct source *s, const struct source_point **pts)
@@ -152,97 +150,43 @@ void source_close(struct source *s)
 	for (size_t i = 0; i < s->npts; i++)
 		free(s->pts[i].window);
 	free(s->pts);
-	if (s->fd >= 0)
-		close(s->fd);
+	bytes_close(s->b);
 	pthread_mutex_destroy(&s->lock);
 	pthread_cond_destroy(&s->cond);
-	free(s->path);
 	free(s);
-}
-
-int source_open_kit_fd(const char *path, struct stat *st, struct stella_err *e)
-{
-	/* O_NONBLOCK: a FIFO (or a device whose open waits) named where a kit
-	 * is expected would block open(2) until a writer came, and in the
-	 * daemon an `import` of it would hold the command lock for good.  A
-	 * kit is read at offsets, so only regular files and block devices
-	 * qualify; the flag is cleared again for them. */
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-	if (fd < 0) {
-		/* A socket cannot be opened at all (ENXIO), nor can a device
-		 * node without a driver: name what it is, as for a FIFO, rather
-		 * than report a runtime error about a path that is not a kit. */
-		int err = errno;
-		if (err == ENXIO && stat(path, st) == 0 && !S_ISREG(st->st_mode) && !S_ISBLK(st->st_mode))
-			return source_check_type(path, st, e);
-		return stella_fail_errno(e, -err, "%s", path);
-	}
-	int r = 0;
-	if (fstat(fd, st) < 0)
-		r = stella_fail_errno(e, -errno, "%s", path);
-	else
-		r = source_check_type(path, st, e);
-	if (r == 0 && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0)
-		r = stella_fail_errno(e, -errno, "%s", path);
-	if (r < 0) {
-		close(fd);
-		return r;
-	}
-	return fd;
-}
-
-int source_check_type(const char *path, const struct stat *st, struct stella_err *e)
-{
-	if (S_ISDIR(st->st_mode))
-		return stella_fail(e, -EINVAL, "%s: a directory, not a kit file", path);
-	if (S_ISSOCK(st->st_mode))
-		return stella_fail(e, -EINVAL, "%s: a socket, not a regular file or block device, so not a kit file", path);
-	if (!S_ISREG(st->st_mode) && !S_ISBLK(st->st_mode))
-		return stella_fail(e, -EINVAL, "%s: not a regular file or block device, so not a kit file", path);
-	return 0;
 }
 
 int source_open(const char *path, struct source **out, struct stella_err *e)
 {
-	struct stat st;
-	int fd = source_open_kit_fd(path, &st, e);
-	if (fd < 0)
-		return fd;
-	return source_open_fd(fd, path, out, e);
+	struct bytes *b;
+	int r = bytes_open_path(path, &b, e);
+	return r < 0 ? r : source_open_bytes(b, out, e);
 }
 
 int source_open_fd(int fd, const char *path, struct source **out, struct stella_err *e)
 {
+	struct bytes *b;
+	int r = bytes_open_fd(fd, path, &b, e);
+	return r < 0 ? r : source_open_bytes(b, out, e);
+}
+
+int source_open_bytes(struct bytes *b, struct source **out, struct stella_err *e)
+{
 	struct source *s = calloc(1, sizeof(*s));
 	int r;
 	if (!s) {
-		close(fd);
+		bytes_close(b);
 		return -ENOMEM;
 	}
-	s->fd = fd;
+	s->b = b;
+	s->path = bytes_name(b);
+	s->file_size = bytes_size(b);
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->cond, NULL);
 	pthread_cond_init(&s->prefetch_cond, NULL);
-	if (!(s->path = strdup(path))) {
-		r = -ENOMEM;
-		goto fail;
-	}
-	struct stat st;
-	if (fstat(fd, &st) < 0) {
-		r = stella_fail_errno(e, -errno, "%s", path);
-		goto fail;
-	}
-	if ((r = source_check_type(path, &st, e)) < 0)
-		goto fail;
-	s->file_size = (uint64_t)st.st_size;
-	s->blockdev = S_ISBLK(st.st_mode);
-	if (S_ISBLK(st.st_mode) && ioctl(s->fd, BLKGETSIZE64, &s->file_size) < 0) {
-		r = stella_fail_errno(e, -errno, "%s: device size", path);
-		goto fail;
-	}
 	uint8_t magic[4] = { 0 };
-	if (s->file_size >= 4 && (r = pread_full(s->fd, magic, 4, 0)) < 0) {
-		r = stella_fail_errno(e, r, "%s", path);
+	if (s->file_size >= 4 && (r = bytes_read_full(s->b, magic, 4, 0)) < 0) {
+		r = stella_fail_errno(e, r, "%s", s->path);
 		goto fail;
 	}
 	if (magic[0] == 0x1f && magic[1] == 0x8b)
@@ -264,7 +208,7 @@ int source_open_fd(int fd, const char *path, struct source **out, struct stella_
 		}
 		s->npts = s->cap = 1;
 	}
-	posix_fadvise(s->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+	bytes_advise_sequential(s->b);
 	*out = s;
 	return 0;
 fail:
@@ -272,14 +216,16 @@ fail:
 	return r;
 }
 
+int source_check_type(const char *path, const struct stat *st, struct stella_err *e)
+{
+	return bytes_check_type(path, st, e);
+}
+
 int source_dup(const struct source *s, struct source **out, struct stella_err *e)
 {
-	/* a descriptor of its own: reads are preads, so it shares nothing
-	 * with s but the open file, the one s reads */
-	int fd = fcntl(s->fd, F_DUPFD_CLOEXEC, 0);
-	if (fd < 0)
-		return stella_fail_errno(e, -errno, "%s", s->path);
-	return source_open_fd(fd, s->path, out, e);
+	struct bytes *b;
+	int r = bytes_dup(s->b, &b, e);
+	return r < 0 ? r : source_open_bytes(b, out, e);
 }
 
 static void point_add(struct source *s, uint64_t out, uint64_t in, uint8_t bits, const uint8_t *window)
@@ -326,7 +272,7 @@ static int cursor_start(struct source *s, struct cursor *c, const struct source_
 		if (c->raw) {
 			if (p->bits) {
 				uint8_t byte;
-				int r = pread_full(s->fd, &byte, 1, p->in - 1);
+				int r = bytes_read_full(s->b, &byte, 1, p->in - 1);
 				if (r < 0)
 					return r;
 				inflatePrime(&c->z, p->bits, byte >> (8 - p->bits));
@@ -347,12 +293,9 @@ static int refill(struct source *s, struct cursor *c, const uint8_t **next, size
 	size_t want = (size_t)MIN((uint64_t)IN_CHUNK, s->file_size - c->file_pos);
 	if (want == 0)
 		return 0;
-	ssize_t n;
-	do
-		n = pread(s->fd, c->inbuf, want, (off_t)c->file_pos);
-	while (n < 0 && errno == EINTR);
+	ssize_t n = bytes_read_at(s->b, c->inbuf, want, c->file_pos);
 	if (n < 0)
-		return -errno;
+		return (int)n;
 	if (n == 0)
 		return -EIO;
 	c->file_pos += (uint64_t)n;
@@ -478,7 +421,7 @@ static ssize_t zstd_step(struct source *s, struct cursor *c, uint8_t *buf, size_
 			}
 			/* A skippable frame is data no decoder shows: hidden bytes. */
 			uint8_t magic[4];
-			if (pread_full(s->fd, magic, 4, in_pos) == 0 && (magic[0] & 0xf0) == 0x50 &&
+			if (bytes_read_full(s->b, magic, 4, in_pos) == 0 && (magic[0] & 0xf0) == 0x50 &&
 			    magic[1] == 0x2a && magic[2] == 0x4d && magic[3] == 0x18)
 				return stella_fail(e, -EBADMSG, "%s: trailing garbage: a zstd skippable frame at byte %llu",
 						   s->path, (unsigned long long)in_pos);
@@ -500,12 +443,9 @@ ssize_t source_stream_read(struct source *s, void *buf, size_t len, struct stell
 {
 	struct cursor *c = &s->stream;
 	if (s->comp == KIT_COMPRESS_NONE) {
-		ssize_t n;
-		do
-			n = pread(s->fd, buf, len, (off_t)c->out);
-		while (n < 0 && errno == EINTR);
+		ssize_t n = bytes_read_at(s->b, buf, len, c->out);
 		if (n < 0)
-			return stella_fail_errno(e, -errno, "%s: reading", s->path);
+			return stella_fail_errno(e, (int)n, "%s: reading", s->path);
 		c->out += (uint64_t)n;
 		return n;
 	}
@@ -660,7 +600,7 @@ static int frame_decode(struct source *s, struct frame *f, struct stella_err *e)
 		f->buf = b;
 		f->cap = (size_t)f->len;
 	}
-	int r = pread_full(s->fd, src, clen, in);
+	int r = bytes_read_full(s->b, src, clen, in);
 	if (r < 0)
 		return stella_fail_errno(e, r, "%s: reading at %llu", s->path, (unsigned long long)in);
 	ZSTD_DCtx *dc = thread_dctx();
@@ -796,7 +736,7 @@ static int frame_read(struct source *s, uint8_t *buf, size_t len, uint64_t off, 
 int source_pread(struct source *s, void *buf, size_t len, uint64_t off, struct stella_err *e)
 {
 	if (s->comp == KIT_COMPRESS_NONE) {
-		int r = pread_full(s->fd, buf, len, off);
+		int r = bytes_read_full(s->b, buf, len, off);
 		if (r == -EIO)
 			return stella_fail(e, -EIO, "%s: short read at %llu: the kit file shrank", s->path,
 					   (unsigned long long)off);

@@ -7,7 +7,8 @@
  * deflate block boundary, with the 32 KiB window; at zstd frame
  * boundaries), so that source_pread later starts near any offset instead of
  * at the beginning, without ever holding the decompressed kit.  Uncompressed
- * kits are read with pread at the member's own offset: no copy, no index. */
+ * kits are read at the member's own offset straight from the kit's bytes
+ * (bytes.h: one call down to pread): no copy, no index. */
 #pragma once
 
 #include <stdbool.h>
@@ -21,22 +22,25 @@ enum kit_compression { KIT_COMPRESS_NONE, KIT_COMPRESS_GZIP, KIT_COMPRESS_ZSTD }
 const char *kit_compression_name(enum kit_compression c);
 
 struct source;
+struct bytes;
 
 /* A block device: its size is the device's, larger than the kit on it. */
 bool source_is_blockdev(const struct source *s);
+/* The kit whose bytes B holds (bytes.h), taken over whatever the outcome. */
+int source_open_bytes(struct bytes *b, struct source **out, struct stella_err *e);
+/* The local kit file PATH (bytes_open_path). */
 int source_open(const char *path, struct source **out, struct stella_err *e);
-/* Open the kit file PATH for reading, never blocking in open(2), and fstat
- * it into *st: the descriptor, or a negative errno with the reason in *e
- * (-EINVAL for a directory or anything but a regular file or block device). */
-int source_open_kit_fd(const char *path, struct stat *st, struct stella_err *e);
-/* -EINVAL, with the reason, unless ST is a regular file or block device. */
-int source_check_type(const char *path, const struct stat *st, struct stella_err *e);
-/* The kit already open on FD (blocking mode; as source_open_kit_fd leaves
- * it), taken over whatever the outcome; PATH names it in messages. */
+/* The kit already open on FD (blocking mode), taken over whatever the
+ * outcome; PATH names it in messages (bytes_open_fd). */
 int source_open_fd(int fd, const char *path, struct source **out, struct stella_err *e);
-/* A new source on the file S has open (not on its path, which may name
+/* -EINVAL, with the reason, unless ST is a regular file or block device
+ * (bytes_check_type; the name fs/kitpath.c calls it by). */
+int source_check_type(const char *path, const struct stat *st, struct stella_err *e);
+/* A new source on the bytes S reads (not on its path, which may name
  * another file by now), with cursors of its own: S may be in use. */
 int source_dup(const struct source *s, struct source **out, struct stella_err *e);
+/* The bytes S reads: their identity ties a cached index to the kit. */
+struct bytes *source_bytes(const struct source *s);
 void source_close(struct source *s);
 const char *source_path(const struct source *s);
 enum kit_compression source_compression(const struct source *s);

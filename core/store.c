@@ -14,6 +14,7 @@
 #include "hasher.h"
 #include "index.h"
 #include "kitverify.h"
+#include "merkle.h"
 #include "snapshot.h"
 #include "util.h"
 
@@ -56,6 +57,21 @@ char *store_index_path(const struct store *st, const char *version)
 	if (p)
 		snprintf(p, n, "%s/snapshots/%s.db", st->dir, version);
 	return p;
+}
+
+void store_blob_name(const uint8_t digest[32], char out[68])
+{
+	char hex[65];
+	hex_encode(digest, 32, hex);
+	snprintf(out, 68, "%.2s/%s", hex, hex);
+}
+
+int store_open_snapshot(struct store *st, const char *version, struct snapshot **out, struct stella_err *e)
+{
+	char *p = store_index_path(st, version);
+	int r = p ? snapshot_open_store(p, st->blobfd, st->treefd, version, out, e) : -ENOMEM;
+	free(p);
+	return r;
 }
 
 static int open_sub(int dirfd, const char *name, bool create, int *out)
@@ -544,8 +560,7 @@ struct import {
 	const struct store_import_opts *o;
 	struct index *ix;
 	char ix_tmp[4200];
-	struct manifest *base;
-	struct index *base_ix;
+	struct snapshot *base;     /* a delta kit's: what it leaves out is there */
 	int blob_fd;              /* the member being received */
 	char blob_tmp[32];
 	unsigned counter;
@@ -561,15 +576,28 @@ struct import {
 	struct hasher *hasher;    /* for the blobs a delta kit reuses */
 	uint64_t repaired;        /* stored files found damaged and replaced */
 	struct kept kept[2];
+	/* finish_import's phases */
+	uint64_t files, bytes;    /* the snapshot's totals (add_nodes) */
+	char mhex[65];            /* the manifest's digest (write_index) */
+	char *final;              /* the index's place (place_all) */
+	bool index_placed;        /* renamed there by this import */
 };
 
 /* The manifest and signature members again, to keep them in the store: the
  * bytes must be the ones kit_verify checked (same digest), and the
- * signatures must still carry the threshold (the .sig is read twice). */
+ * signatures must still carry the threshold (the .sig is read twice).
+ * A kit the caller opened is read again through that open file (a second
+ * source on its bytes: the walk is using the first), never by its name,
+ * which may name another file by now, or none that this process may
+ * open. */
 static int imp_head(struct import *im, const uint8_t sha[32], struct stella_err *e)
 {
 	uint8_t got[32];
-	int r = kit_read_head(im->kit, &im->mjson, &im->mlen, &im->sig, &im->slen, e);
+	struct source *src = NULL;
+	int r = im->o->source ? source_dup(im->o->source, &src, e) : source_open(im->kit, &src, e);
+	if (r == 0)
+		r = kit_read_head_source(src, &im->mjson, &im->mlen, &im->sig, &im->slen, e);
+	source_close(src);
 	if (r == 0 && (r = sha256_once(im->mjson, im->mlen, got)) == 0 && memcmp(got, sha, 32))
 		r = stella_fail(e, -EBADMSG, "%s: the kit changed while it was being imported", im->kit);
 	unsigned signers = 0;
@@ -635,17 +663,8 @@ static int imp_check(void *ctx, const struct manifest *m, const uint8_t sha[32],
 		/* what the delta leaves out is compared with its base, or, for
 		 * the same delta kit again, with the snapshot it made */
 		const char *bv = im->repair ? m->version : m->base_version;
-		char *p = store_index_path(st, bv);
-		struct snapshot *bs = NULL;
-		r = p ? snapshot_open_store(p, st->blobfd, st->treefd, bv, &bs, e) : -ENOMEM;
-		free(p);
-		if (r < 0)
+		if ((r = store_open_snapshot(st, bv, &im->base, e)) < 0)
 			return r;
-		/* keep the base's index open for its trees; its identity alone
-		 * has no artifacts, which are read through the index */
-		im->base_ix = bs->ix;
-		bs->ix = NULL;
-		snapshot_unref(bs);
 	}
 	if ((r = imp_head(im, sha, e)) < 0)
 		return r;
@@ -704,7 +723,7 @@ static int imp_visit(void *ctx, size_t i, const struct kit_member *m, const stru
 	}
 	char final[68];
 	int r;
-	snapshot_blob_name(h->sha256, final);
+	store_blob_name(h->sha256, final);
 	if (h->geom.data_size > 0 && (r = add_pending(im, im->blob_tmp, final, false)) < 0)
 		return r;
 	if (!h->geom.levels)
@@ -721,36 +740,8 @@ static int imp_visit(void *ctx, size_t i, const struct kit_member *m, const stru
 		r = -errno;
 	if (r < 0)
 		return stella_fail_errno(e, r, "store %s: writing a tree", im->st->dir);
-	snapshot_blob_name(h->fsverity, final);
+	store_blob_name(h->fsverity, final);
 	return add_pending(im, tmp, final, true);
-}
-
-static bool same_as(const struct artifact *a, const struct index_node *b)
-{
-	if (a->type != b->type)
-		return false;
-	if (a->type == ARTIFACT_SYMLINK)
-		return !strcmp(a->target, b->target);
-	if (a->mode != b->mode)
-		return false;
-	return a->type != ARTIFACT_FILE ||
-	       (a->size == b->size && !memcmp(a->sha256, b->sha256, 32) && !memcmp(a->fsverity, b->fsverity, 32));
-}
-
-/* Find name (a full path) in an index. */
-static int index_find_path(struct index *ix, const char *name, struct index_node *n)
-{
-	uint64_t ino = INDEX_ROOT_INO;
-	char buf[4097];
-	snprintf(buf, sizeof(buf), "%s", name);
-	char *save = NULL;
-	for (char *c = strtok_r(buf, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
-		int r = index_lookup(ix, ino, c, n);
-		if (r < 0)
-			return r;
-		ino = n->ino;
-	}
-	return 0;
 }
 
 /* 1 when the stored file dfd/name holds exactly the bytes of tmp/tmpname,
@@ -812,7 +803,7 @@ static int check_reused(struct import *im, const struct artifact *a, struct stel
 {
 	struct store *st = im->st;
 	char name[68];
-	snapshot_blob_name(a->sha256, name);
+	store_blob_name(a->sha256, name);
 	_cleanup_(closep) int fd = openat(st->blobfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	int r = 0;
 	if (!im->hasher && (r = hasher_new(&im->hasher, 0)) < 0)
@@ -843,7 +834,7 @@ static int check_reused(struct import *im, const struct artifact *a, struct stel
 		return stella_fail_errno(e, -errno, "store %s/tmp", st->dir);
 	if ((r = write_full(tfd, h.tree, merkle_tree_size(&h.geom))) < 0)
 		return stella_fail_errno(e, r, "store %s: writing a tree", st->dir);
-	snapshot_blob_name(a->fsverity, name);
+	store_blob_name(a->fsverity, name);
 	return add_pending(im, tmp, name, true);
 }
 
@@ -938,146 +929,174 @@ static int commit_row(struct import *im, const struct manifest *m, const char *m
 	return r;
 }
 
-static int finish_import(struct import *im, const struct kitverify_result *res, char version[129],
-			 struct stella_err *e)
+/* ---- finishing an import, in phases over struct import ----
+ *
+ * Once the kit has been walked (every carried member in tmp/): the nodes
+ * of its index, checking what a delta kit left to its base (add_nodes);
+ * the index's facts and the kept manifest (write_index); the files, the
+ * manifest and the index renamed into place, durable (place_all); the row
+ * that makes the snapshot real (commit_row); on any failure, what this
+ * import placed taken back (take_back). */
+
+/* A delta kit's artifact A it did not carry: the same in its base (one
+ * rule: artifact_same), and a file's stored blob still intact. */
+static int check_left_out(struct import *im, const struct artifact *a, struct index_node *bn, struct stella_err *e)
 {
-	struct store *st = im->st;
-	const struct manifest *m = res->manifest;
+	const struct manifest *m = im->m;
+	bool same = im->base && snapshot_lookup_path(im->base, a->name, bn) == 0;
+	struct artifact ba;
+	if (same) {
+		index_node_artifact(bn, &ba);
+		same = artifact_same(a, &ba);
+	}
+	if (!same)
+		return stella_fail(e, -EBADMSG, "delta kit %s: \"%.300s\" is neither carried nor the same in base %s",
+				   m->version, a->name, m->base_version);
+	if (a->type == ARTIFACT_FILE && a->size > 0)
+		return check_reused(im, a, e);
+	return 0;
+}
+
+static int add_nodes(struct import *im, struct stella_err *e)
+{
+	const struct manifest *m = im->m;
 	struct index_node *bn = malloc(sizeof(*bn));
-	uint64_t files = 0, bytes = 0;
 	int r = bn ? 0 : -ENOMEM;
 	for (size_t i = 0; r == 0 && i < m->nartifacts; i++) {
 		const struct artifact *a = &m->artifacts[i];
-		if (!im->seen[i]) {
-			/* left to the base by a delta kit: it must be the same there */
-			if (!im->base_ix || index_find_path(im->base_ix, a->name, bn) < 0 || !same_as(a, bn)) {
-				r = stella_fail(e, -EBADMSG, "delta kit %s: \"%.300s\" is neither carried nor the same in base %s",
-						m->version, a->name, m->base_version);
-				break;
-			}
-			if (a->type == ARTIFACT_FILE && a->size > 0 && (r = check_reused(im, a, e)) < 0)
-				break;
-		}
-		if (r == 0)
-			r = index_add(im->ix, a, 0, -1, e);
+		if (!im->seen[i] && (r = check_left_out(im, a, bn, e)) < 0)
+			break;
+		r = index_add(im->ix, a, 0, -1, e);
 		if (a->type == ARTIFACT_FILE) {
-			files++;
-			bytes += a->size;
+			im->files++;
+			im->bytes += a->size;
 		}
 	}
 	free(bn);
-	if (r < 0)
-		return r;
+	return r;
+}
 
-	size_t na = ((struct manifest *)m)->nartifacts;
-	((struct manifest *)m)->nartifacts = 0;
-	char *json = NULL, num[32], mhex[65];
-	size_t jlen;
-	r = manifest_write(m, &json, &jlen);
-	((struct manifest *)m)->nartifacts = na;
-	if (r < 0)
-		return r;
-	hex_encode(res->manifest_sha256, 32, mhex);
-	r = index_set_meta(im->ix, "identity", json, jlen, e);
+static int write_index(struct import *im, const struct kitverify_result *res, struct stella_err *e)
+{
+	hex_encode(res->manifest_sha256, 32, im->mhex);
+	struct snapshot_facts sf = { .files = im->files, .bytes = im->bytes, .signers = res->signers };
+	memcpy(sf.manifest_sha256, res->manifest_sha256, 32);
+	int r = snapshot_write_facts(im->ix, im->m, &sf, e);
 	if (r == 0)
-		r = write_kept(im, mhex, e);
-	free(json);
-	snprintf(num, sizeof(num), "%llu", (unsigned long long)files);
-	if (r == 0)
-		r = index_set_meta(im->ix, "files", num, strlen(num), e);
-	snprintf(num, sizeof(num), "%llu", (unsigned long long)bytes);
-	if (r == 0)
-		r = index_set_meta(im->ix, "bytes", num, strlen(num), e);
-	snprintf(num, sizeof(num), "%u", res->signers);
-	if (r == 0)
-		r = index_set_meta(im->ix, "signers", num, strlen(num), e);
-	char schema_num[8];
-	snprintf(schema_num, sizeof(schema_num), "%d", INDEX_SCHEMA);
-	if (r == 0)
-		r = index_set_meta(im->ix, "manifestSha256", mhex, 64, e);
-	if (r == 0)
-		r = index_set_meta(im->ix, "schema", schema_num, strlen(schema_num), e);
+		r = write_kept(im, im->mhex, e);
 	if (r == 0)
 		r = index_set_meta(im->ix, "complete", "1", 1, e);
 	if (r == 0)
 		r = index_finish(im->ix, e);
 	index_close(im->ix);
 	im->ix = NULL;
-	if (r < 0)
-		return r;
+	return r;
+}
 
-	/* Durable before visible: blob data and the index reach the disk,
-	 * then the renames, then (again durable) the row that makes it real. */
-	if (syncfs(st->dirfd) < 0)
-		return stella_fail_errno(e, -errno, "store %s: sync", st->dir);
-	bool index_placed = false;
-	for (size_t i = 0; r == 0 && i < im->npend; i++) {
+/* Each blob and tree from tmp/ into its ab/ directory (one already there
+ * is kept if intact, else mended). */
+static int place_files(struct import *im, struct stella_err *e)
+{
+	struct store *st = im->st;
+	for (size_t i = 0; i < im->npend; i++) {
 		struct pending *p = &im->pend[i];
 		int dfd = p->tree ? st->treefd : st->blobfd;
 		char dir[3] = { p->final[0], p->final[1], 0 };
 		if (mkdirat(dfd, dir, 0755) == 0)
 			p->made_dir = true;
-		else if (errno != EEXIST) {
-			r = stella_fail_errno(e, -errno, "store %s: %s/%s", st->dir, p->tree ? "trees" : "blobs", dir);
-			break;
-		}
-		if (faccessat(dfd, p->final, F_OK, AT_SYMLINK_NOFOLLOW) == 0) {
+		else if (errno != EEXIST)
+			return stella_fail_errno(e, -errno, "store %s: %s/%s", st->dir, p->tree ? "trees" : "blobs", dir);
+		int r = 0;
+		if (faccessat(dfd, p->final, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
 			r = keep_or_mend(im, p, dfd, e); /* already stored: if intact */
-			continue;
-		}
-		if (renameat(st->tmpfd, p->tmp, dfd, p->final) < 0)
+		else if (renameat(st->tmpfd, p->tmp, dfd, p->final) < 0)
 			r = stella_fail_errno(e, -errno, "store %s: storing a file", st->dir);
 		else
 			p->placed = true;
+		if (r < 0)
+			return r;
 	}
+	return 0;
+}
+
+/* Durable before visible: blob data and the index reach the disk, then
+ * the renames, then (again durable, by commit_row) the row that makes it
+ * real. */
+static int place_all(struct import *im, struct stella_err *e)
+{
+	struct store *st = im->st;
+	if (syncfs(st->dirfd) < 0)
+		return stella_fail_errno(e, -errno, "store %s: sync", st->dir);
+	int r = place_files(im, e);
 	if (r == 0)
 		r = place_kept(im, e);
-	char *final = r == 0 ? store_index_path(st, m->version) : NULL;
-	if (r == 0 && !final)
-		r = stella_fail_errno(e, -ENOMEM, "store %s: snapshot index", st->dir);
-	if (r == 0 && rename(im->ix_tmp, final) < 0)
-		r = stella_fail_errno(e, -errno, "store %s: snapshot index", st->dir);
-	else if (r == 0)
-		index_placed = true;
-	if (r == 0 && syncfs(st->dirfd) < 0)
-		r = stella_fail_errno(e, -errno, "store %s: sync", st->dir);
-
-	if (r == 0)
-		r = commit_row(im, m, mhex, files, bytes, e);
-	if (r < 0) {
-		/* No row names them: take back what this import put in place, so
-		 * that a failed import leaves the store as it found it.  Only what
-		 * it placed: a blob that was there before belongs to another
-		 * snapshot. */
-		if (index_placed && !im->repair)
-			unlink(final); /* (a repair's index replaced a good one: it stays) */
-		for (int i = 0; i < 2; i++)
-			if (im->kept[i].placed && !im->repair)
-				unlinkat(st->manfd, im->kept[i].final, 0);
-		for (size_t i = 0; i < im->npend; i++)
-			if (im->pend[i].placed)
-				unlinkat(im->pend[i].tree ? st->treefd : st->blobfd, im->pend[i].final, 0);
-		for (size_t i = 0; i < im->npend; i++)
-			if (im->pend[i].made_dir) {
-				char dir[3] = { im->pend[i].final[0], im->pend[i].final[1], 0 };
-				unlinkat(im->pend[i].tree ? st->treefd : st->blobfd, dir, AT_REMOVEDIR);
-			}
-		free(final);
+	if (r < 0)
 		return r;
-	}
-	free(final);
-	snprintf(version, 129, "%s", m->version);
+	if (!(im->final = store_index_path(st, im->m->version)))
+		return stella_fail_errno(e, -ENOMEM, "store %s: snapshot index", st->dir);
+	if (rename(im->ix_tmp, im->final) < 0)
+		return stella_fail_errno(e, -errno, "store %s: snapshot index", st->dir);
+	im->index_placed = true;
+	if (syncfs(st->dirfd) < 0)
+		return stella_fail_errno(e, -errno, "store %s: sync", st->dir);
+	return 0;
+}
+
+/* No row names them: take back what this import put in place, so that a
+ * failed import leaves the store as it found it.  Only what it placed: a
+ * blob that was there before belongs to another snapshot. */
+static void take_back(struct import *im)
+{
+	struct store *st = im->st;
+	if (im->index_placed && !im->repair)
+		unlink(im->final); /* (a repair's index replaced a good one: it stays) */
+	for (int i = 0; i < 2; i++)
+		if (im->kept[i].placed && !im->repair)
+			unlinkat(st->manfd, im->kept[i].final, 0);
+	for (size_t i = 0; i < im->npend; i++)
+		if (im->pend[i].placed)
+			unlinkat(im->pend[i].tree ? st->treefd : st->blobfd, im->pend[i].final, 0);
+	for (size_t i = 0; i < im->npend; i++)
+		if (im->pend[i].made_dir) {
+			char dir[3] = { im->pend[i].final[0], im->pend[i].final[1], 0 };
+			unlinkat(im->pend[i].tree ? st->treefd : st->blobfd, dir, AT_REMOVEDIR);
+		}
+}
+
+/* A repair is journalled as the command it was; the caller's report. */
+static void report_done(struct import *im)
+{
 	if (im->repair) {
 		char cmd[300], line[200];
 		snprintf(cmd, sizeof(cmd), "import --repair %.270s", im->kit);
-		snprintf(line, sizeof(line), "%s checked, %llu damaged stored file(s) replaced", m->version,
+		snprintf(line, sizeof(line), "%s checked, %llu damaged stored file(s) replaced", im->m->version,
 			 (unsigned long long)im->repaired);
-		store_journal_add(st, (int64_t)time(NULL), (unsigned)getuid(), cmd, 0, line);
+		store_journal_add(im->st, (int64_t)time(NULL), (unsigned)getuid(), cmd, 0, line);
 	}
 	if (im->o->report) {
 		im->o->report->existed = im->repair;
 		im->o->report->repaired = im->repaired;
 	}
+}
+
+static int finish_import(struct import *im, const struct kitverify_result *res, char version[129],
+			 struct stella_err *e)
+{
+	im->m = res->manifest;
+	int r = add_nodes(im, e);
+	if (r == 0)
+		r = write_index(im, res, e);
+	if (r < 0)
+		return r; /* nothing placed yet */
+	r = place_all(im, e);
+	if (r == 0)
+		r = commit_row(im, im->m, im->mhex, im->files, im->bytes, e);
+	if (r < 0) {
+		take_back(im);
+		return r;
+	}
+	snprintf(version, 129, "%s", im->m->version);
+	report_done(im);
 	return 0;
 }
 
@@ -1098,12 +1117,13 @@ int store_import(struct store *st, const char *kit, const struct store_import_op
 	if (im.blob_fd >= 0)
 		close(im.blob_fd);
 	index_close(im.ix);
-	index_close(im.base_ix);
+	snapshot_unref(im.base);
 	if (r < 0) {
 		/* nothing visible changed; take back what was half made */
 		unlink(im.ix_tmp);
 		empty_dir(st->tmpfd);
 	}
+	free(im.final);
 	free(im.pend);
 	free(im.seen);
 	free(im.mjson);
@@ -1191,29 +1211,36 @@ struct digests {
 	size_t n, cap;
 };
 
-static int collect(sqlite3 *db, const char *sql, struct digests *d)
+static int digest_add(struct digests *d, const uint8_t *sha)
 {
-	sqlite3_stmt *s = NULL;
-	if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) != SQLITE_OK)
-		return -EIO;
-	int r = 0, rc;
-	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-		if (sqlite3_column_bytes(s, 0) != 32)
-			continue;
-		if (d->n == d->cap) {
-			d->cap = d->cap ? 2 * d->cap : 1024;
-			void *np = realloc(d->v, d->cap * 32);
-			if (!np) {
-				r = -ENOMEM;
-				break;
-			}
-			d->v = np;
-		}
-		memcpy(d->v[d->n++], sqlite3_column_blob(s, 0), 32);
+	if (d->n == d->cap) {
+		size_t cap = d->cap ? 2 * d->cap : 1024;
+		void *np = realloc(d->v, cap * 32);
+		if (!np)
+			return -ENOMEM;
+		d->v = np;
+		d->cap = cap;
 	}
-	if (r == 0 && rc != SQLITE_DONE)
-		r = -EIO; /* a partial list would sweep live blobs */
-	sqlite3_finalize(s);
+	memcpy(d->v[d->n++], sha, 32);
+	return 0;
+}
+
+/* What a stored file keeps alive: its blob (named by its SHA-256) unless
+ * empty, and its tree (named by its fs-verity digest) if it has levels. */
+struct live {
+	struct digests blobs, trees;
+};
+
+static int live_file(void *ctx, uint64_t size, const uint8_t *sha256, const uint8_t *fsverity)
+{
+	struct live *l = ctx;
+	int r = 0;
+	if (size > 0 && sha256)
+		r = digest_add(&l->blobs, sha256);
+	struct merkle_geom g;
+	merkle_geom_init(&g, size);
+	if (r == 0 && g.levels && fsverity)
+		r = digest_add(&l->trees, fsverity);
 	return r;
 }
 
@@ -1279,19 +1306,14 @@ static void sweep_manifests(struct store *st, const struct store_snapshot *snaps
 int store_sweep(struct store *st, uint64_t *removed, struct stella_err *e)
 {
 	struct store_snapshot *snaps = NULL;
-	struct digests blobs = { 0 }, trees = { 0 };
+	struct live keep = { 0 };
 	size_t n = 0;
 	int r = store_list(st, &snaps, &n, e);
 	*removed = 0;
 	for (size_t i = 0; r == 0 && i < n; i++) {
 		char *p = store_index_path(st, snaps[i].version);
-		sqlite3 *db = NULL;
-		if (!p || sqlite3_open_v2(p, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
-		    collect(db, "SELECT sha256 FROM node WHERE type=0 AND size>0", &blobs) < 0 ||
-		    collect(db, "SELECT fsverity FROM node WHERE type=0 AND size>4096", &trees) < 0)
+		if (!p || index_each_file(p, live_file, &keep) < 0)
 			r = stella_fail(e, -EIO, "store %s: cannot read the index of %s", st->dir, snaps[i].version);
-		if (db)
-			sqlite3_close(db);
 		free(p);
 	}
 	if (r < 0) {
@@ -1300,10 +1322,10 @@ int store_sweep(struct store *st, uint64_t *removed, struct stella_err *e)
 	}
 	sweep_manifests(st, snaps, n);
 	free(snaps);
-	if (blobs.n)
-		qsort(blobs.v, blobs.n, 32, cmp32);
-	if (trees.n)
-		qsort(trees.v, trees.n, 32, cmp32);
+	if (keep.blobs.n)
+		qsort(keep.blobs.v, keep.blobs.n, 32, cmp32);
+	if (keep.trees.n)
+		qsort(keep.trees.v, keep.trees.n, 32, cmp32);
 	/* indexes no row names: left by an import that died before its commit */
 	char sdir[4200];
 	snprintf(sdir, sizeof(sdir), "%s/snapshots", st->dir);
@@ -1323,10 +1345,10 @@ int store_sweep(struct store *st, uint64_t *removed, struct stella_err *e)
 	}
 	if (sd)
 		closedir(sd);
-	*removed = sweep_dir(st->blobfd, &blobs);
-	sweep_dir(st->treefd, &trees);
+	*removed = sweep_dir(st->blobfd, &keep.blobs);
+	sweep_dir(st->treefd, &keep.trees);
 out:
-	free(blobs.v);
-	free(trees.v);
+	free(keep.blobs.v);
+	free(keep.trees.v);
 	return r;
 }

@@ -41,8 +41,17 @@ void store_close(struct store *st);
 const char *store_dir(const struct store *st);
 int store_blob_dirfd(const struct store *st);
 int store_tree_dirfd(const struct store *st);
+/* Where the store keeps a file's content (under blobs/, by its SHA-256)
+ * or its tree (under trees/, by its fs-verity digest): "ab/abcdef..."
+ * (65+3 bytes).  The sweep reads these names back. */
+void store_blob_name(const uint8_t digest[32], char out[68]);
 /* The path of a snapshot's index (malloc'ed). */
 char *store_index_path(const struct store *st, const char *version);
+struct snapshot;
+/* Snapshot VERSION as the import left it, reading the store's blobs and
+ * trees (snapshot_open_store); not checked against its kept manifest:
+ * storecheck_open does that. */
+int store_open_snapshot(struct store *st, const char *version, struct snapshot **out, struct stella_err *e);
 
 /* Take the writer lock; -EBUSY when another writer holds it. */
 int store_lock(struct store *st, struct stella_err *e);

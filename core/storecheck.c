@@ -478,7 +478,7 @@ int storecheck_open(struct store *st, const char *version, const struct trust *t
 	if (!path)
 		return -ENOMEM;
 	/* its own failures are no verdict (as before these checks): retried */
-	r = snapshot_open_store(path, store_blob_dirfd(st), store_tree_dirfd(st), version, &disk, e);
+	r = store_open_snapshot(st, version, &disk, e);
 	if (r == 0 && (r = check_open(st, &row, path, disk, t, threshold ? threshold : 1, c, &m, e)) == -EBADMSG)
 		c->forged = true;
 	free(path);

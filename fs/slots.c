@@ -443,11 +443,8 @@ int sf_check_servable(struct stellafs *sf, const char *version, struct stella_er
 	if ((r = slot_answers(sf, version, e)) != -ENOENT)
 		return r;
 	/* Open it here to say why the table could not. */
-	char *path = store_index_path(sf->store, version);
 	struct snapshot *x = NULL;
-	r = path ? snapshot_open_store(path, store_blob_dirfd(sf->store), store_tree_dirfd(sf->store), version, &x, e) :
-		   -ENOMEM;
-	free(path);
+	r = store_open_snapshot(sf->store, version, &x, e);
 	snapshot_unref(x);
 	if (r < 0)
 		return r;

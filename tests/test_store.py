@@ -1005,6 +1005,37 @@ def test_delta_kit_import(mounts, store1, kits, trust, tmp_path):
     assert_store_unchanged(other, before, "by a delta kit without its base")
 
 
+def test_delta_leaving_out_changed_symlink_mode(tmp_path, trust, signer):
+    """A delta kit may leave out only what is the same in its base, by the one rule the
+    packer carries by (docs/kit-format.md section 9): a symlink whose mode changed is
+    not the same, though its mode has no effect, and the importer refuses it left out."""
+    items = kitlib.basic_items()
+    base = tmp_path / "base.tar"
+    kitlib.kit_from_items(base, items, [signer],
+                          manifest_fields={"version": "b1", "sequence": 1})
+    store = tmp_path / "store"
+    import_ok(store, trust, base)
+    mbytes, _ = kitlib.kit_manifest(base)
+    delta_base = {"version": "b1", "manifestSha256": hashlib.sha256(mbytes).hexdigest()}
+
+    def delta(name, seq, link_mode):
+        arts = []
+        for it in items:
+            e = dict(it.entry)
+            if e["name"] == "dir/link" and link_mode is not None:
+                e["mode"] = link_mode
+            arts.append(e)
+        m = kitlib.make_manifest(arts, version=name, sequence=seq, base=delta_base)
+        return kitlib.signed_kit(tmp_path / f"{name}.tar", m, [], [signer])
+
+    before = store_state(store)
+    cp = import_kit(store, trust, delta("d-mode", 2, 0o700))
+    assert_fail(cp, (1, 2, 3, 4, 5, 6, 7), "neither carried nor the same", names=("dir/link",))
+    assert_store_unchanged(store, before, "by a delta kit that left out a changed symlink")
+    # the control: the same delta with the symlink's mode unchanged is accepted
+    import_ok(store, trust, delta("d-same", 3, 0o777))
+
+
 def test_dedupe_one_new_blob(store12, kits, trust):
     b0 = blobs(store12)
     import_ok(store12, trust, kits.k3)

@@ -84,10 +84,7 @@ static int open_current(struct store *st, const char *cur, const struct trust *t
 {
 	*trusted = true;
 	if (!t) {
-		char *p = store_index_path(st, cur);
-		int r = p ? snapshot_open_store(p, store_blob_dirfd(st), store_tree_dirfd(st), cur, s, e) : -ENOMEM;
-		free(p);
-		return r;
+		return store_open_snapshot(st, cur, s, e);
 	}
 	struct storecheck c;
 	int r = storecheck_open(st, cur, t, threshold, NULL, s, &c, e);

@@ -2,10 +2,12 @@
  * answers lookups, getattr and readdir for what was added (implied
  * directories included, with mode 0755), keeps trees, seek points and
  * meta; reopened from its file it answers the same; readdir resumes after
- * a given ino; a name that is not there is -ENOENT; a row damaged in the
+ * a given ino; every file is listed with its digests; a full path is looked up from the root, and a node read
+ * back is the artifact added; a name that is not there is -ENOENT; a row damaged in the
  * file (a child moved under the wrong parent, an ino past the bound) is
  * -EIO, never another row. */
 #include <sqlite3.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -27,15 +29,7 @@ static struct artifact art(const char *name, enum artifact_type t, uint64_t size
 
 static uint64_t walk(struct index *ix, const char *path, struct index_node *n)
 {
-	uint64_t ino = INDEX_ROOT_INO;
-	char buf[256];
-	snprintf(buf, sizeof(buf), "%s", path);
-	for (char *save = NULL, *c = strtok_r(buf, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
-		if (index_lookup(ix, ino, c, n) < 0)
-			return 0;
-		ino = n->ino;
-	}
-	return ino;
+	return index_lookup_path(ix, path, n) == 0 ? n->ino : 0;
 }
 
 struct names {
@@ -97,6 +91,17 @@ static void check_tree(struct index *ix)
 	CHECK_STR(n->target, "vuln-db");
 	CHECK(walk(ix, "tools/scan", n) && n->mode == 0755);
 	CHECK(index_lookup(ix, INDEX_ROOT_INO, "nope", n) == -ENOENT);
+	CHECK(index_lookup_path(ix, "feeds/nope/b.json", n) == -ENOENT);
+	CHECK(index_lookup_path(ix, "feeds/vuln-db/b.json/x", n) == -ENOENT);
+	CHECK(index_lookup_path(ix, "", n) == 0 && n->ino == INDEX_ROOT_INO);
+	struct artifact want = art("feeds/vuln-db/b.json", ARTIFACT_FILE, 5000, 2), got;
+	CHECK(index_lookup_path(ix, want.name, n) == 0);
+	index_node_artifact(n, &got);
+	CHECK(artifact_same(&got, &want) && !strcmp(got.name, "b.json"));
+	want = art("feeds/latest", ARTIFACT_SYMLINK, 0, 0);
+	CHECK(index_lookup_path(ix, want.name, n) == 0);
+	index_node_artifact(n, &got);
+	CHECK(artifact_same(&got, &want));
 	CHECK(index_lookup(ix, vdb, "a.json", n) == 0 && n->parent == vdb);
 	CHECK(index_get(ix, f, n) == 0 && !strcmp(n->name, "b.json"));
 	CHECK(index_get(ix, 999999, n) == -ENOENT);
@@ -186,6 +191,35 @@ static void check_damage(const char *path)
 	free(n);
 }
 
+struct files {
+	size_t n;
+	uint64_t size_sum;
+	bool digests_ok;
+};
+
+static int each_file(void *ctx, uint64_t size, const uint8_t *sha256, const uint8_t *fsverity)
+{
+	struct files *f = ctx;
+	f->n++;
+	f->size_sum += size;
+	/* art() filled the SHA-256 with one byte and the fs-verity digest with its complement */
+	if (!sha256 || !fsverity)
+		f->digests_ok = false;
+	else if (sha256[0] != sha256[31] || (fsverity[0] ^ sha256[0]) != 0xff)
+		f->digests_ok = false;
+	return f->n == 99 ? -ECANCELED : 0;
+}
+
+static void check_each_file(const char *path, const char *junk)
+{
+	struct files f = { .digests_ok = true };
+	CHECK(index_each_file(path, each_file, &f) == 0);
+	CHECK(f.n == 4); /* files only: not the directories or the symlink */
+	CHECK(f.size_sum == 10 + 5000 + 0 + 77);
+	CHECK(f.digests_ok);
+	CHECK(index_each_file(junk, each_file, &f) == -EIO);
+}
+
 int main(void)
 {
 	if (!mkdtemp(dir)) {
@@ -218,6 +252,7 @@ int main(void)
 		index_close(bad);
 	}
 
+	check_each_file(path, junk);
 	check_damage(path);
 
 	unlink(path);

@@ -30,8 +30,54 @@ static void refused(const char *json, const char *needle)
 	manifest_free(m);
 }
 
+/* The one rule for "the same in its base" (delta kits, docs/kit-format.md
+ * section 9), for the packer and the importer alike. */
+static void test_artifact_same(void)
+{
+	struct artifact f = { .name = (char *)"a", .type = ARTIFACT_FILE, .size = 3, .mode = 0644 };
+	memset(f.sha256, 1, 32);
+	memset(f.fsverity, 2, 32);
+	struct artifact g = f;
+	g.name = (char *)"elsewhere/b"; /* names are not compared */
+	CHECK(artifact_same(&f, &g));
+	g.mode = 0600;
+	CHECK(!artifact_same(&f, &g));
+	g = f;
+	g.size = 4;
+	CHECK(!artifact_same(&f, &g));
+	g = f;
+	g.sha256[31] ^= 1;
+	CHECK(!artifact_same(&f, &g));
+	g = f;
+	g.fsverity[0] ^= 1;  /* the fs-verity digest too, not only SHA-256 */
+	CHECK(!artifact_same(&f, &g));
+	g = f;
+	g.type = ARTIFACT_DIR;
+	CHECK(!artifact_same(&f, &g));
+
+	struct artifact l = { .name = (char *)"l", .type = ARTIFACT_SYMLINK, .mode = 0777, .target = (char *)"a" };
+	struct artifact k = l;
+	k.size = 99; /* no meaning for a symlink */
+	CHECK(artifact_same(&l, &k));
+	k.target = (char *)"b";
+	CHECK(!artifact_same(&l, &k));
+	/* A symlink's mode has no effect, but the format's rule names the
+	 * mode of every entry: a delta kit carries a symlink whose mode
+	 * changed, and an importer does not accept it left out. */
+	k = l;
+	k.mode = 0700;
+	CHECK(!artifact_same(&l, &k));
+
+	struct artifact d = { .name = (char *)"d", .type = ARTIFACT_DIR, .mode = 0755 };
+	struct artifact d2 = d;
+	CHECK(artifact_same(&d, &d2));
+	d2.mode = 0700;
+	CHECK(!artifact_same(&d, &d2));
+}
+
 int main(void)
 {
+	test_artifact_same();
 	struct manifest *m;
 	struct stella_err e;
 	const char *good = HEAD "\"components\":{\"db\":{\"path\":\"feeds\",\"records\":5}},"

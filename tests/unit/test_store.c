@@ -6,7 +6,8 @@
  * pointers; the current snapshot cannot be removed; a removed snapshot's
  * blobs are swept once nothing references them; a second writer gets
  * -EBUSY; the journal keeps what it was given, one line each; an imported
- * snapshot opens and reads back its files. */
+ * snapshot opens and reads back its files; a kit handed over open is
+ * imported from that open file even when its name now names another. */
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -17,6 +18,7 @@
 #include "kitwrite.h"
 #include "sig.h"
 #include "snapshot.h"
+#include "source.h"
 #include "store.h"
 
 #define T0 INT64_C(1736899200)
@@ -103,11 +105,9 @@ static void pointers(struct store *st, const char *cur, const char *prev)
 /* The snapshot's file at path reads back as text. */
 static void reads_back(struct store *st, const char *version, const char *path, const char *text)
 {
-	char *ix = store_index_path(st, version);
 	struct snapshot *s = NULL;
 	struct stella_err e = { 0 };
-	CHECK(snapshot_open_store(ix, store_blob_dirfd(st), store_tree_dirfd(st), version, &s, &e) == 0);
-	free(ix);
+	CHECK(store_open_snapshot(st, version, &s, &e) == 0);
 	if (!s) {
 		fprintf(stderr, "  open %s: %s\n", version, e.msg);
 		return;
@@ -133,8 +133,20 @@ static void reads_back(struct store *st, const char *version, const char *path, 
 	snapshot_unref(s);
 }
 
+/* The store's names for blobs and trees: two hex digits, then all 64. */
+static void test_blob_name(void)
+{
+	uint8_t d[32];
+	for (int i = 0; i < 32; i++)
+		d[i] = (uint8_t)(0xa0 + i);
+	char name[68];
+	store_blob_name(d, name);
+	CHECK_STR(name, "a0/a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf");
+}
+
 int main(void)
 {
+	test_blob_name();
 	if (!mkdtemp(dir)) {
 		perror("mkdtemp");
 		return 1;
@@ -220,6 +232,27 @@ int main(void)
 		lines += *p == '\n';
 	CHECK(lines == 2);
 	free(j);
+
+	/* A kit handed over open (as the daemon does) is read through that
+	 * file only: its name now naming another kit changes nothing. */
+	char k3[512], k4[512];
+	pack("a", "kit", "v3", 30, k3);
+	pack("b", "kit", "v4", 40, k4);
+	struct source *src = NULL;
+	CHECK(source_open(k3, &src, &e) == 0);
+	CHECK(rename(k4, k3) == 0);
+	if (src) {
+		struct store_import_opts o = { .trust = trust, .threshold = 1, .now = T0 + 60, .source = src };
+		memset(&e, 0, sizeof(e));
+		CHECK(store_lock(st, &e) == 0);
+		CHECK(store_import(st, k3, &o, v, &e) == 0);
+		if (e.msg[0])
+			fprintf(stderr, "  import of an open kit: %s\n", e.msg);
+		CHECK_STR(v, "v3");
+		store_unlock(st);
+		source_close(src);
+		reads_back(st, "v3", "feeds/a.json", "{\"v\": 1}\n");
+	}
 	store_close(st);
 
 	/* reopened: the same truth */
