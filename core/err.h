@@ -2,7 +2,7 @@
  * also describes the failure, once, in a struct stella_err the caller passed
  * down; the edge (a tool's stderr, the control file, the log) prints it.
  *
- * A few errno values double as the classes of SPEC's exit-code table, so a
+ * A few errno values double as the classes of the exit-code table (docs/kit-format.md, section 12), so a
  * tool can map any failure to its exit code with one lookup
  * (stella_exit_code()):
  *
@@ -61,7 +61,7 @@ void stella_one_line(char *s);
  * --allow-expired, -o allow_expired). */
 void stella_err_hint(struct stella_err *e, int rc, int when, const char *hint);
 
-/* Map a negative errno to SPEC's exit code. */
+/* Map a negative errno to its exit code (docs/kit-format.md, section 12). */
 int stella_exit_code(int rc);
 
 /* The message to show for rc: e->msg if set, else strerror(-rc). */

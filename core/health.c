@@ -420,7 +420,7 @@ char *health_render_metrics(const struct health_input *in)
 	struct sb b = { 0 };
 	const struct manifest *k = in->kit;
 	enum health_level overall = health_overall(in);
-	/* SPEC promises these names in every metrics file: with no current
+	/* stellafs(8) promises these names in every metrics file: with no current
 	 * kit (an empty store) they are NaN, and feed_freshness_days is
 	 * declared with no samples, rather than missing. */
 	if (!k) {

@@ -1,4 +1,4 @@
-/* Artifact names: the rules of SPEC ("Names are relative paths...") in one
+/* Artifact names: the rules of docs/kit-format.md, section 3, in one
  * place, for the manifest, the kit reader and the packer alike. */
 #pragma once
 

@@ -1,4 +1,4 @@
-/* The control file's language (SPEC, "The control file"): the text written
+/* The control file's language (stellafs(8), THE CONTROL FILE): the text written
  * to /stella/control checked, cut into command lines, and each line parsed
  * into a command with every argument validated.  Pure functions, no FUSE
  * and no daemon state: control.c runs what they return, and the fuzz target

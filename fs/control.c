@@ -1,5 +1,5 @@
 /* The virtual files of the mount: status, status.json, health, metrics, and
- * control, the one writable file, with the commands of SPEC's control-file
+ * control, the one writable file, with the commands of stellafs(8)'s control-file
  * section.  In store mode they act on the store; in direct mode there is
  * one snapshot, so the commands that move between snapshots answer as an
  * operator would expect from a single kit. */
@@ -474,7 +474,7 @@ static int run_command(struct stellafs *sf, const struct writer *w, char *line, 
 	}
 	if (r == -EINVAL && !res[0])
 		snprintf(res, rl, "%s", command_usage);
-	/* The errno SPEC gives each class: an expired kit is stale (ESTALE);
+	/* The errno stellafs(8) gives each class: an expired kit is stale (ESTALE);
 	 * a kit whose content contradicts its manifest is as bad a message as
 	 * a malformed one (EBADMSG). */
 	if (r == -EKEYEXPIRED)

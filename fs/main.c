@@ -1,6 +1,6 @@
 /* stellafs: mount a signed offline kit as a verified read-only tree (see
  * stellafs(8)).  Everything is checked before anything is mounted: a
- * refused kit exits with SPEC's code and one line, and the mount point is
+ * refused kit exits with the code docs/kit-format.md section 12 gives, and one line, and the mount point is
  * left as it was. */
 #include <errno.h>
 #include <langinfo.h>

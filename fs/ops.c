@@ -77,7 +77,7 @@ void ops_free_vbufs(struct stellafs *sf)
 /* Each lookup of "control" gets an inode of its own.  The kernel serializes
  * writes to one inode, so with a single inode a second `echo` would wait
  * for the first instead of reaching us, and could never be told EBUSY as
- * SPEC wants. */
+ * stellafs(8), THE CONTROL FILE, promises. */
 #define CONTROL_BASE (UINT64_C(1) << 39)
 
 static bool is_control(fuse_ino_t ino)

@@ -1,4 +1,4 @@
-"""Helpers for the black-box tests of `stellakit` (SPEC.md, "Kit format, version 1").
+"""Helpers for the black-box tests of `stellakit` (docs/kit-format.md, stellakit(1)).
 
 Everything here is an independent oracle: kits are assembled with Python's tarfile,
 keys are made and signatures computed with the openssl CLI, digests come from hashlib

@@ -1,4 +1,4 @@
-"""Helpers for the black-box tests of stellafs' store mode (SPEC.md, "The mounted tree",
+"""Helpers for the black-box tests of stellafs' store mode (stellafs(8): THE MOUNTED TREE,
 "The control file", "Programs"; docs/store.md).
 
 Builds on kitlib (keys, pack(), kit assembly); adds: self-checking versioned files,

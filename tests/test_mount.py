@@ -1,4 +1,4 @@
-"""Black-box tests of the mounted tree (SPEC.md, "The mounted tree", "The control file",
+"""Black-box tests of the mounted tree (stellafs(8): "The mounted tree", "The control file",
 "Programs"): kits are mounted with the real daemon (build/fs/stellafs) and what the
 kernel hands back is compared with independent oracles: GNU tar's extraction of the same
 kit, hashlib, `fsverity digest`, the sqlite3 CLI.
@@ -860,7 +860,7 @@ def test_control_hostile_lines(small_mount):
 
 @pytest.mark.parametrize("cmd", [b"verify\0all", f"activate {VERSION}\0junk".encode()])
 def test_control_line_with_nul_is_refused(cmd, small_mount):
-    """A command line with a NUL byte is malformed (SPEC "Bad input"): EINVAL, not the
+    """A command line with a NUL byte is malformed (docs/mount.md section 9): EINVAL, not the
     command cut at the NUL."""
     m = small_mount
     assert m.control(cmd) == errno.EINVAL, _log_lines(m)[-1:]

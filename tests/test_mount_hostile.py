@@ -1,5 +1,5 @@
-"""Black-box tests of stellafs against bad input (SPEC.md "Bad input", "Programs", "The
-mounted tree"): refused kits never get mounted and exit with SPEC's code and one line;
+"""Black-box tests of stellafs against bad input (docs/kit-format.md sections 12-13, stellafs(8): "The
+mounted tree"): refused kits never get mounted and exit with the code of docs/kit-format.md section 12 and one line;
 a kit tampered with after mounting returns EIO for the bad blocks, never wrong data;
 the index cache cannot be used to smuggle in anything the signed manifest does not say.
 

@@ -182,7 +182,7 @@ def test_man_pages_render_without_warnings(prefix):
         assert "EXIT STATUS" in cp.stdout and len(cp.stdout.splitlines()) > 100
 
 
-# SPEC.md, "Programs"
+# stellakit(1), stellafs(8): the programs' command lines
 STELLAFS_HELP = ["-f", "-o", "trust=", "threshold=", "now=", "allow_expired", "incoming=",
                  "auto_activate", "admin_gid=", "allow_other", "SOURCE", "MOUNTPOINT"]
 STELLAKIT_CMDS = {

@@ -1,4 +1,4 @@
-"""Black-box tests of stellafs' store mode and `stellakit import` (SPEC.md: "The mounted
+"""Black-box tests of stellafs' store mode and `stellakit import` (docs/store.md, stellafs(8): "The mounted
 tree", "The control file", "Programs", "Bad input"; docs/store.md).
 
 Every test builds its own store in tmp_path, mounts it through the `mounts` fixture
@@ -199,7 +199,7 @@ def test_non_empty_directory_is_not_made_a_store(mounts, tmp_path, kits, trust):
 
 def test_empty_store_metrics_keep_spec_names(mounts, tmp_path, trust):
     """A store with no snapshot yet is CRITICAL, and its metrics still hold every name
-    SPEC lists: the kit's ages as NaN, feed_freshness_days declared with no sample."""
+    stellafs(8) lists: the kit's ages as NaN, feed_freshness_days declared with no sample."""
     (tmp_path / "new-store").mkdir()
     m = mounts.mount(tmp_path / "new-store", trust)
     try:

@@ -1,4 +1,4 @@
-"""Crash tests of the store (SPEC.md "Bad input": no partial snapshot, no half-switched
+"""Crash tests of the store (docs/store.md: no partial snapshot, no half-switched
 state; docs/store.md "Import: whole or not at all", "Switching"):
 
 - `stellakit import` of a ~50 MiB kit killed with SIGKILL at 20 random moments: each

@@ -1,4 +1,4 @@
-/* SPEC's name rules. */
+/* The name rules of docs/kit-format.md, section 3. */
 #include "check.h"
 #include "path.h"
 
