@@ -1,9 +1,11 @@
 #include "storecheck.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sqlite3.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <syslog.h>
 #include <unistd.h>
 
 #include "bounds.h"
@@ -324,24 +326,67 @@ static int check_open(struct store *st, const struct store_snapshot *row, const 
 
 /* ---- the index this mount serves ---- */
 
+/* dir for st under cache_dir, without making it; false when there is none. */
+static bool private_dir_name(struct store *st, const char *cache_dir, char *dir, size_t n)
+{
+	struct stat sb;
+	if (!cache_dir || fstat(store_manifest_dirfd(st), &sb) < 0)
+		return false;
+	snprintf(dir, n, "%s/store-%llx-%llx", cache_dir, (unsigned long long)sb.st_dev, (unsigned long long)sb.st_ino);
+	return true;
+}
+
 /* The directory for the indexes built from a store's kept manifests:
  * cache_dir/store-DEV-INO/ (one per store: a prune sees only its own), or,
  * when cache_dir is not private to us, a temporary one (*own). */
 static int private_dir(struct store *st, const char *cache_dir, char *dir, size_t n, bool *own, struct stella_err *e)
 {
-	struct stat sb;
 	*own = false;
-	if (cache_dir && snapshot_cache_usable(cache_dir) && fstat(store_manifest_dirfd(st), &sb) == 0) {
-		snprintf(dir, n, "%s/store-%llx-%llx", cache_dir, (unsigned long long)sb.st_dev,
-			 (unsigned long long)sb.st_ino);
-		if (snapshot_cache_usable(dir))
-			return 0;
-	}
+	if (cache_dir && snapshot_cache_usable(cache_dir) && private_dir_name(st, cache_dir, dir, n) &&
+	    snapshot_cache_usable(dir))
+		return 0;
 	snprintf(dir, n, "/var/tmp/stellafs-store-index.XXXXXX");
 	if (!mkdtemp(dir))
 		return stella_fail_errno(e, -errno, "temporary index directory");
 	*own = true;
 	return 0;
+}
+
+
+/* "<64 hex>.db", "<64 hex>.db.sum", or a builder's leftover
+ * "<64 hex>.db.<pid>.tmp": the manifest digest it belongs to in hex. */
+static bool index_file_of(const char *name, char hex[65])
+{
+	size_t i = 0;
+	for (; i < 64 && ((name[i] >= '0' && name[i] <= '9') || (name[i] >= 'a' && name[i] <= 'f')); i++)
+		hex[i] = name[i];
+	hex[i] = 0;
+	return i == 64 && !strncmp(name + 64, ".db", 3);
+}
+
+void storecheck_prune(struct store *st, const char *cache_dir, const struct store_snapshot *rows, size_t n)
+{
+	char dir[4096];
+	if (!private_dir_name(st, cache_dir, dir, sizeof(dir)))
+		return;
+	_cleanup_(closep) int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+	DIR *d = dfd >= 0 ? fdopendir(dup(dfd)) : NULL;
+	if (!d)
+		return;
+	unsigned removed = 0;
+	for (struct dirent *de; (de = readdir(d));) {
+		char hex[65];
+		if (!index_file_of(de->d_name, hex))
+			continue;
+		bool listed = false;
+		for (size_t i = 0; i < n && !listed; i++)
+			listed = !strcmp(rows[i].manifest_sha256, hex);
+		if (!listed && unlinkat(dfd, de->d_name, 0) == 0)
+			removed++;
+	}
+	closedir(d);
+	if (removed)
+		stella_log(LOG_INFO, "%s: removed %u file(s) of indexes of snapshots no longer in the store", dir, removed);
 }
 
 static int put_meta(struct index *ix, const char *key, unsigned long long v, struct stella_err *e)

@@ -50,3 +50,9 @@ int storecheck_open(struct store *st, const char *version, const struct trust *t
  * when the kept manifest is gone or no longer the snapshot's. */
 int storecheck_signatures(struct store *st, const struct snapshot *s, const struct trust *t, unsigned threshold,
 			  struct storecheck *c, struct stella_err *e);
+
+/* Remove from cache_dir the indexes storecheck_open built for snapshots of
+ * st that are not among rows (removed from the store since).  Call it
+ * when no snapshot of st not in rows can be in use (at a mount's start):
+ * a snapshot's index is opened by name as its reads need connections. */
+void storecheck_prune(struct store *st, const char *cache_dir, const struct store_snapshot *rows, size_t n);

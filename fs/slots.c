@@ -356,6 +356,13 @@ int sf_refresh(struct stellafs *sf, struct stella_err *e)
 		return r;
 	}
 	refresh_open_new(sf, &rf);
+	/* Only at the first refresh: later, a snapshot removed from the store
+	 * may still be read through files open on it, and its index is opened
+	 * by name as reads need connections. */
+	if (!sf->pruned) {
+		storecheck_prune(sf->store, sf->opt.cache_dir, rf.list, rf.n);
+		sf->pruned = true;
+	}
 	pthread_mutex_lock(&sf->lock);
 	bool switched = refresh_publish(sf, &rf);
 	pthread_mutex_unlock(&sf->lock);

@@ -149,6 +149,8 @@ struct stellafs {
 	 * time (taken before trust_lock and lock). */
 	pthread_mutex_t lock;
 	pthread_mutex_t refresh_lock;
+	bool pruned;               /* under refresh_lock: the first refresh pruned
+				    * cache=DIR's store indexes (storecheck_prune) */
 	struct slot_table {
 		struct slot *slots;        /* in sequence order */
 		size_t nslots;

@@ -2,7 +2,9 @@
  * kept signed manifest (trusted under the signer's key, not trusted under
  * another's: the caller decides); a kept manifest changed by one byte, or
  * gone, is a verdict (-EBADMSG, forged): never served. */
+#include <errno.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 
 #include "kit_fixture.h"
 #include "storecheck.h"
@@ -37,6 +39,34 @@ int main(void)
 	CHECK(storecheck_open(st, "v1", trust, 1, NULL, &s, &c, &e) == 0);
 	CHECK(s && c.trusted && c.signers == 1 && !c.forged);
 	snapshot_unref(s);
+
+	/* with a private cache: served from an index built there from the kept
+	 * manifest (and sealed), not from the store's; reused by the next
+	 * open; pruned once the store no longer lists the snapshot */
+	char cache[600], built[800];
+	snprintf(cache, sizeof(cache), "%s/cache", fx_dir);
+	s = NULL;
+	CHECK(storecheck_open(st, "v1", trust, 1, cache, &s, &c, &e) == 0 && s);
+	hex_encode(wr.manifest_sha256, 32, hex);
+	struct stat sb, sb2;
+	int mfd = store_manifest_dirfd(st);
+	CHECK(fstat(mfd, &sb) == 0);
+	snprintf(built, sizeof(built), "%s/store-%llx-%llx/%s.db", cache, (unsigned long long)sb.st_dev,
+		 (unsigned long long)sb.st_ino, hex);
+	CHECK(stat(built, &sb) == 0);
+	snapshot_unref(s);
+	s = NULL;
+	CHECK(storecheck_open(st, "v1", trust, 1, cache, &s, &c, &e) == 0 && s);
+	CHECK(stat(built, &sb2) == 0 && sb2.st_ino == sb.st_ino); /* reused, not built again */
+	snapshot_unref(s);
+	struct store_snapshot *rows = NULL;
+	size_t nrows = 0;
+	CHECK(store_list(st, &rows, &nrows, &e) == 0 && nrows == 1);
+	storecheck_prune(st, cache, rows, nrows);
+	CHECK(stat(built, &sb2) == 0);               /* listed: kept */
+	storecheck_prune(st, cache, rows, 0);
+	CHECK(stat(built, &sb2) < 0 && errno == ENOENT); /* not listed: gone */
+	free(rows);
 
 	/* another trust store: opened, matching, but not trusted */
 	struct trust *other = NULL;
