@@ -253,8 +253,8 @@ def test_usb_helper_names_cannot_forge_log_records_or_results(mounts, store1, ki
 
 # --------------------------------------------------------------------------- 10: -s
 
-def mount_single_threaded(mounts, store, trust):
-    mnt = mounts.new_mountpoint()
+def mount_single_threaded(mounts, store, trust, mnt=None):
+    mnt = mnt or mounts.new_mountpoint()
     cp = subprocess.run([str(FS), "-s", "-o", f"trust={trust}", str(store), str(mnt)],
                         capture_output=True, text=True, timeout=60)
     pids = daemon_pids(mnt)
@@ -287,15 +287,9 @@ def test_single_threaded_import_after_the_mount_point_moved(mounts, store1, trus
     the mount point's name at each import, a rename of a directory above the mount point
     lost it, the check was skipped, and `-s` hung on a path through the mount."""
     outer = mounts.new_mountpoint()
-    mnt = outer / "inner"
-    mnt.mkdir()
-    cp = subprocess.run([str(FS), "-s", "-o", f"trust={trust}", str(store1), str(mnt)],
-                        capture_output=True, text=True, timeout=60)
-    pids = daemon_pids(mnt)
-    m = Mounted(mounts, store1, mnt, ("-s",), pids)
-    if cp.returncode == 0 or pids or is_mounted(mnt):
-        mounts.active.append(m)
-    assert cp.returncode == 0 and is_mounted(mnt), describe(cp)
+    (outer / "inner").mkdir()
+    m = mount_single_threaded(mounts, store1, trust, outer / "inner")
+    pids = m.pids
     moved = outer.with_name(outer.name + "-moved")
     os.rename(outer, moved)
     try:
