@@ -363,27 +363,50 @@ struct dirbuf {
 	char *buf;
 	size_t size, len;
 	uint64_t slot;
+	struct snapshot *s;        /* the listed directory's snapshot */
+	bool plus;                 /* READDIRPLUS: entries and attributes too */
 	bool full;
 };
 
-static bool dir_add(struct dirbuf *d, const char *name, fuse_ino_t ino, mode_t type, off_t next)
+/* One entry; with plus, e may carry the entry itself (e->ino != 0), which
+ * spares the kernel a LOOKUP per name when a scanner walks the tree. */
+static bool dir_add_entry(struct dirbuf *d, const char *name, const struct fuse_entry_param *e, off_t next)
 {
-	struct stat st = { .st_ino = ino, .st_mode = type };
-	size_t need = fuse_add_direntry(d->req, NULL, 0, name, NULL, 0);
+	size_t need = d->plus ? fuse_add_direntry_plus(d->req, NULL, 0, name, NULL, 0) :
+				fuse_add_direntry(d->req, NULL, 0, name, NULL, 0);
 	if (d->len + need > d->size) {
 		d->full = true;
 		return false;
 	}
-	fuse_add_direntry(d->req, d->buf + d->len, d->size - d->len, name, &st, next);
+	if (d->plus)
+		fuse_add_direntry_plus(d->req, d->buf + d->len, d->size - d->len, name, e, next);
+	else
+		fuse_add_direntry(d->req, d->buf + d->len, d->size - d->len, name, &e->attr, next);
 	d->len += need;
 	return true;
+}
+
+/* An entry by its inode and type only: with plus, ino 0 tells the kernel
+ * we give no entry for it (".", "..", the top of the tree, whose entries
+ * and attributes have timeouts of their own). */
+static bool dir_add(struct dirbuf *d, const char *name, fuse_ino_t ino, mode_t type, off_t next)
+{
+	struct fuse_entry_param e = { .attr = { .st_ino = ino, .st_mode = type } };
+	return dir_add_entry(d, name, &e, next);
 }
 
 static int dir_child(void *ctx, const struct index_node *n)
 {
 	struct dirbuf *d = ctx;
+	struct fuse_entry_param e = { .attr = { .st_ino = MAKE_INO(d->slot, n->ino), .st_mode = node_type(n) } };
+	if (d->plus) {
+		/* what op_lookup would answer: a snapshot never changes */
+		e.ino = MAKE_INO(d->slot, n->ino);
+		e.attr_timeout = e.entry_timeout = SNAP_TIMEOUT;
+		node_attr(d->s, d->slot, n, &e.attr);
+	}
 	/* offset = child's local ino + 2: "." and ".." take 1 and 2 */
-	return !dir_add(d, n->name, MAKE_INO(d->slot, n->ino), node_type(n), (off_t)(n->ino + 2));
+	return !dir_add_entry(d, n->name, &e, (off_t)(n->ino + 2));
 }
 
 /* A snapshot's directories never change: the kernel may keep their
@@ -456,6 +479,7 @@ static void readdir_top(struct stellafs *sf, struct dirbuf *d, fuse_ino_t ino, o
 static int readdir_snapshot(struct snapshot *s, struct dirbuf *d, fuse_ino_t ino, off_t off)
 {
 	d->slot = SLOT_OF(ino);
+	d->s = s;
 	uint64_t local = LOCAL_OF(ino);
 	struct index_node parent;
 	if (off < 1 && !dir_add(d, ".", ino, S_IFDIR, 1))
@@ -470,11 +494,10 @@ static int readdir_snapshot(struct snapshot *s, struct dirbuf *d, fuse_ino_t ino
 	return snapshot_readdir(s, local, off > 2 ? (uint64_t)off - 2 : 0, dir_child, d);
 }
 
-static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+static void list_dir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus)
 {
-	(void)fi;
 	struct stellafs *sf = SF(req);
-	struct dirbuf d = { .req = req, .size = MIN(size, (size_t)1 << 20) };
+	struct dirbuf d = { .req = req, .size = MIN(size, (size_t)1 << 20), .plus = plus };
 	if (!(d.buf = malloc(d.size))) {
 		fuse_reply_err(req, ENOMEM);
 		return;
@@ -495,6 +518,20 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
 		fuse_reply_buf(req, d.buf, d.len);
 	free(d.buf);
 	snapshot_unref(s);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	(void)fi;
+	list_dir(req, ino, size, off, false);
+}
+
+/* The first walk of a tree after a mount (find, a scanner's recursion)
+ * would otherwise be a READDIR and then a LOOKUP for every name. */
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	(void)fi;
+	list_dir(req, ino, size, off, true);
 }
 
 /* ---- files ---- */
@@ -818,6 +855,7 @@ const struct fuse_lowlevel_ops stellafs_ops = {
 	.readlink = op_readlink,
 	.opendir = op_opendir,
 	.readdir = op_readdir,
+	.readdirplus = op_readdirplus,
 	.open = op_open,
 	.read = op_read,
 	.write = op_write,

@@ -93,6 +93,36 @@ def test_tree_equals_source_tree(mounted_packed, src_tree):
     assert kitlib.tree_listing(m.snap(VERSION)) == kitlib.tree_listing(src_tree)
 
 
+def test_first_walk_after_mount_equals_source(tmp_path, keys, mounter):
+    """The first walk after a mount, caches dropped, is answered from READDIRPLUS (entries
+    and attributes with each listing, no LOOKUP per name): find's sizes, modes and types,
+    and stat's inode numbers afterwards, are the source's and the mount's own."""
+    src = tmp_path / "src"
+    for d in range(12):
+        for i in range(60):
+            p = src / f"d{d:02d}" / f"f{i:03d}.json"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(os.urandom((d * 61 + i * 17) % 3000))
+            if i % 7 == 0:
+                os.chmod(p, 0o600)
+    (src / "d00" / "link").symlink_to("f001.json")
+    kit = tmp_path / "kit.tar"
+    kitlib.assert_ok(kitlib.pack(src, kit, [keys["ed25519"]]))
+    m = mounter.mount(kit, keys["ed25519"].pub)
+    kitlib.drop_caches()
+    fmt = "%y %m %s %p\n"
+    walk = lambda root: sorted(subprocess.run(
+        ["find", ".", "-mindepth", "1", "-printf", fmt], cwd=root, capture_output=True,
+        text=True, check=True, timeout=60).stdout.splitlines())
+    got = [ln for ln in walk(m.snap(VERSION)) if not ln.startswith("d ")]
+    assert got == [ln for ln in walk(src) if not ln.startswith("d ")]
+    inos = subprocess.run(["find", ".", "-printf", "%i %p\n"], cwd=m.snap(VERSION),
+                          capture_output=True, text=True, check=True, timeout=60).stdout
+    for line in inos.splitlines()[1:50]:
+        ino, rel = line.split(" ", 1)
+        assert os.lstat(m.snap(VERSION) / rel).st_ino == int(ino), rel
+
+
 def test_top_level_layout(mounted_packed):
     pk, m = mounted_packed("none")
     assert set(os.listdir(m.path)) == ROOT_NAMES
