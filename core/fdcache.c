@@ -10,6 +10,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "util.h"
+
 #define NONE UINT32_MAX
 #define NAME_LEN 68
 
@@ -51,6 +53,13 @@ int fdcache_dir_init(struct fdcache_dir *d, int fd)
 	d->dev = st.st_dev;
 	d->ino = st.st_ino;
 	return 0;
+}
+
+void fdcache_digest_name(const uint8_t digest[32], char out[68])
+{
+	char hex[65];
+	hex_encode(digest, 32, hex);
+	snprintf(out, 68, "%.2s/%s", hex, hex);
 }
 
 void fdcache_set_max(unsigned max)

@@ -18,6 +18,10 @@
 
 #define FDCACHE_DEFAULT 64
 
+/* The name a store gives a file kept by its digest (a blob by its SHA-256,
+ * a tree by its fs-verity digest): "ab/abcdef..." (65+3 bytes). */
+void fdcache_digest_name(const uint8_t digest[32], char out[68]);
+
 /* A directory the cache opens names in, and its identity (its descriptor
  * number may be reused by another directory once closed). */
 struct fdcache_dir {

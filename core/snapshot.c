@@ -11,7 +11,6 @@
 #include "kitverify.h"
 #include "merkle.h"
 #include "seal.h"
-#include "store.h"
 #include "util.h"
 
 #define HEAD_BYTES (64u << 10)
@@ -741,7 +740,7 @@ static struct snap_file *file_new(struct snapshot *s, const struct index_node *n
 		struct stat st;
 		uint32_t pin;
 		f->blob = true;
-		store_blob_name(n->sha256, f->blob_name);
+		fdcache_digest_name(n->sha256, f->blob_name);
 		int fd = fdcache_get(&s->blobs, f->blob_name, &f->blob_hint, &pin);
 		if (fd < 0 || fstat(fd, &st) < 0)
 			*rc = stella_fail_errno(e, fd < 0 ? fd : -errno, "blob %s", f->blob_name);
@@ -766,7 +765,7 @@ static struct snap_file *file_new(struct snapshot *s, const struct index_node *n
 		} else if (s->trees.fd >= 0) {
 			uint32_t pin;
 			f->tree_file = true;
-			store_blob_name(f->fsverity, f->tree_name);
+			fdcache_digest_name(f->fsverity, f->tree_name);
 			int fd = fdcache_get(&s->trees, f->tree_name, &f->tree_hint, &pin);
 			if (fd < 0)
 				*rc = stella_fail_errno(e, fd, "tree %s", f->tree_name);

@@ -69,7 +69,7 @@ bool snapshot_cache_usable(const char *dir);
 int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, struct stella_err *e);
 /* A snapshot of a store: its index, its files' bytes in the store's blobs.
  * Signature and expiry were checked at import; reads are checked the same.
- * Files are found in the two directories by store_blob_name.
+ * Files are found in the two directories by fdcache_digest_name.
  * blob_dirfd and tree_dirfd stay the caller's (the store's: every snapshot
  * of a store shares them) and must stay open until the snapshot is freed. */
 int snapshot_open_store(const char *index_path, int blob_dirfd, int tree_dirfd, const char *label,

@@ -11,6 +11,7 @@
 #include <syslog.h>
 #include <time.h>
 
+#include "fdcache.h"
 #include "hasher.h"
 #include "index.h"
 #include "kitverify.h"
@@ -57,13 +58,6 @@ char *store_index_path(const struct store *st, const char *version)
 	if (p)
 		snprintf(p, n, "%s/snapshots/%s.db", st->dir, version);
 	return p;
-}
-
-void store_blob_name(const uint8_t digest[32], char out[68])
-{
-	char hex[65];
-	hex_encode(digest, 32, hex);
-	snprintf(out, 68, "%.2s/%s", hex, hex);
 }
 
 int store_open_snapshot(struct store *st, const char *version, struct snapshot **out, struct stella_err *e)
@@ -723,7 +717,7 @@ static int imp_visit(void *ctx, size_t i, const struct kit_member *m, const stru
 	}
 	char final[68];
 	int r;
-	store_blob_name(h->sha256, final);
+	fdcache_digest_name(h->sha256, final);
 	if (h->geom.data_size > 0 && (r = add_pending(im, im->blob_tmp, final, false)) < 0)
 		return r;
 	if (!h->geom.levels)
@@ -740,7 +734,7 @@ static int imp_visit(void *ctx, size_t i, const struct kit_member *m, const stru
 		r = -errno;
 	if (r < 0)
 		return stella_fail_errno(e, r, "store %s: writing a tree", im->st->dir);
-	store_blob_name(h->fsverity, final);
+	fdcache_digest_name(h->fsverity, final);
 	return add_pending(im, tmp, final, true);
 }
 
@@ -803,7 +797,7 @@ static int check_reused(struct import *im, const struct artifact *a, struct stel
 {
 	struct store *st = im->st;
 	char name[68];
-	store_blob_name(a->sha256, name);
+	fdcache_digest_name(a->sha256, name);
 	_cleanup_(closep) int fd = openat(st->blobfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	int r = 0;
 	if (!im->hasher && (r = hasher_new(&im->hasher, 0)) < 0)
@@ -834,7 +828,7 @@ static int check_reused(struct import *im, const struct artifact *a, struct stel
 		return stella_fail_errno(e, -errno, "store %s/tmp", st->dir);
 	if ((r = write_full(tfd, h.tree, merkle_tree_size(&h.geom))) < 0)
 		return stella_fail_errno(e, r, "store %s: writing a tree", st->dir);
-	store_blob_name(a->fsverity, name);
+	fdcache_digest_name(a->fsverity, name);
 	return add_pending(im, tmp, name, true);
 }
 

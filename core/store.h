@@ -41,10 +41,10 @@ void store_close(struct store *st);
 const char *store_dir(const struct store *st);
 int store_blob_dirfd(const struct store *st);
 int store_tree_dirfd(const struct store *st);
-/* Where the store keeps a file's content (under blobs/, by its SHA-256)
- * or its tree (under trees/, by its fs-verity digest): "ab/abcdef..."
- * (65+3 bytes).  The sweep reads these names back. */
-void store_blob_name(const uint8_t digest[32], char out[68]);
+/* A file's content lives under blobs/ by its SHA-256, its tree under
+ * trees/ by its fs-verity digest, named by fdcache_digest_name (core/
+ * fdcache.h: snapshot.c reads them through the descriptor cache, below
+ * this module).  The sweep reads these names back. */
 /* The path of a snapshot's index (malloc'ed). */
 char *store_index_path(const struct store *st, const char *version);
 struct snapshot;

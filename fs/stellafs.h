@@ -19,7 +19,7 @@
  *
  * Calls go one way (an arrow: "calls into"; no cycle):
  *
- *   main ----> ops, incoming, slots, inval, vfiles, tune, options
+ *   main ----> ops, incoming, slots, inval, vfiles, tune, options, kitpath
  *   ops -----> control, vfiles, slots, tune, kitpath
  *   incoming > control, journal, slots
  *   control -> command, kitpath, journal, slots, inval

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "fdcache.h"
 #include "kitwrite.h"
 #include "sig.h"
 #include "snapshot.h"
@@ -140,7 +141,7 @@ static void test_blob_name(void)
 	for (int i = 0; i < 32; i++)
 		d[i] = (uint8_t)(0xa0 + i);
 	char name[68];
-	store_blob_name(d, name);
+	fdcache_digest_name(d, name);
 	CHECK_STR(name, "a0/a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf");
 }
 
