@@ -52,7 +52,7 @@ static const char usage[] =
 	"  -o threshold=N          distinct trusted signatures required (default 1)\n"
 	"  -o now=TIME             judge expiry and freshness at TIME (RFC 3339), not the clock\n"
 	"  -o allow_expired        mount a kit whose expiresAt is past (health stays CRITICAL)\n"
-	"  -o cache=DIR            where kit indexes persist (default " DEFAULT_CACHE ")\n"
+	"  -o cache=DIR            where kit and store-snapshot indexes persist (default " DEFAULT_CACHE ")\n"
 	"  -o admin_gid=GID        members of GID may write the control file (root always may)\n"
 	"  -o incoming=DIR         store mode: import kits written (closed) or moved into DIR;\n"
 	"                          a refused one goes to STORE/quarantine with a .reason\n"
