@@ -7,7 +7,8 @@ set -euo pipefail
 
 pkgs=(gcc pkg-config meson ninja-build
       libfuse3-dev fuse3 libarchive-dev libssl-dev libsqlite3-dev libyajl-dev
-      zlib1g-dev libzstd-dev
+      zlib1g-dev libzstd-dev libcurl4-openssl-dev
+      nginx-light squid docker-registry skopeo curl   # site-mirror and registry tests: real servers on 127.0.0.1
       python3 python3-pytest fsverity tar openssl sqlite3 zstd gzip coreutils
       dosfstools mtools fusefat util-linux
       clang libclang-rt-dev   # test.sh's TSan and fuzz stages (compiler-rt: TSan, libFuzzer)
