@@ -1,0 +1,102 @@
+/* Kit bytes fetched from site mirrors: HTTP(S) range requests behind the
+ * struct bytes seam (bytes.h), with failover between mirrors, a bounded
+ * crash-safe disk cache and a hard time bound per read.  docs/mirrors.md
+ * says what an operator sees; this file is the contract inside.
+ *
+ * Every byte still goes through the same verification as a local kit's:
+ * this layer never decides that bytes are good, it only fetches them, and
+ * hears back (bytes_report_bad) when the layer above found them bad. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "bytes.h"
+#include "err.h"
+
+#define REMOTE_CACHE_SIZE_DEFAULT (UINT64_C(1) << 30)
+#define REMOTE_TIMEOUT_DEFAULT_MS 30000u
+#define REMOTE_MAX_ENDPOINTS 16
+
+/* What a mount or a stellakit run was told about fetching. */
+struct remote_opts {
+	const char *cache_dir;     /* cache=: NULL keeps nothing on disk */
+	uint64_t cache_size;       /* bound on cached file data (the pinned head comes on top) */
+	unsigned timeout_ms;       /* no read waits longer (as its caller sees it) */
+	const char *cacert;        /* NULL: the system store or SSL_CERT_FILE */
+	const char *proxy;         /* NULL: http_proxy / https_proxy / no_proxy */
+};
+
+/* How requests to one endpoint are authorised (a registry's bearer token,
+ * core/oci.c); NULL for plain URLs, whose user:password@ or ~/.netrc
+ * libcurl applies itself.  Credentials only ever go to the endpoint's own
+ * scheme, host and port, never to where a redirect leads. */
+struct remote_auth_ops {
+	/* The Authorization header's value into buf (""
+	 * for none); 0 or a negative errno. */
+	int (*authorize)(void *ctx, char *buf, size_t len, struct stella_err *e);
+	/* A 401 came with this WWW-Authenticate: get fresh credentials.  0:
+	 * retry the request once; negative: the endpoint refuses us. */
+	int (*challenge)(void *ctx, const char *www_authenticate, struct stella_err *e);
+	void (*free)(void *ctx);
+};
+
+/* One location of the kit's bytes. */
+struct remote_endpoint {
+	const char *url;           /* http:// or https://: what is fetched */
+	const char *label;         /* what status shows (the URL the operator wrote) */
+	const struct remote_auth_ops *auth;  /* may be NULL */
+	void *auth_ctx;            /* taken over by remote_open (auth->free) */
+	uint64_t size;             /* the size a registry's descriptor states, 0 unknown */
+};
+
+/* The kit at EPS[0], with EPS[1..n-1] as mirrors of the same bytes, tried
+ * in order.  Fetches what it needs to learn the size, nothing more.  When
+ * no endpoint answers, a cache under o->cache_dir that holds this URL's
+ * kit serves (offline remount).  Exit class of a failure: runtime (-EIO,
+ * -ETIMEDOUT, -EACCES for refused credentials). */
+int remote_open(const struct remote_endpoint *eps, size_t n, const struct remote_opts *o,
+		struct bytes **out, struct stella_err *e);
+
+/* True for bytes remote_open made. */
+bool bytes_is_remote(const struct bytes *b);
+
+/* After the kit's head ([0, head_len): manifest, signatures, index,
+ * merkle.bin) was verified: key the disk cache by KEY (the signed
+ * manifest's sha256, hex), so every mirror of one kit shares it, and pin
+ * the head there so that a remount with every mirror down still mounts.
+ * Also sets b's identity to "remote:KEY".  No-op for local bytes. */
+int remote_bind(struct bytes *b, const char *key, uint64_t head_len, struct stella_err *e);
+
+enum remote_result {
+	REMOTE_OK, REMOTE_HTTP_ERROR, REMOTE_TIMEOUT, REMOTE_SHORT, REMOTE_BAD_BYTES, REMOTE_REFUSED,
+	REMOTE_RESULTS
+};
+const char *remote_result_name(enum remote_result r);  /* "ok", "http_error", ... */
+
+struct remote_mirror_stat {
+	char url[512];             /* as the operator wrote it (label) */
+	char origin[160];          /* scheme://host:port, the metrics label */
+	const char *state;         /* "ok", "failing", "untried" */
+	uint64_t failures;
+	char last_error[256];
+	uint64_t bytes;
+	uint64_t requests[REMOTE_RESULTS];
+};
+
+struct remote_stats {
+	size_t n;
+	struct remote_mirror_stat m[REMOTE_MAX_ENDPOINTS];
+	uint64_t cache_bytes, cache_hits;
+	/* reads whose bytes failed verification and no mirror could serve good ones */
+	uint64_t unserved;
+};
+/* -EINVAL if B is not remote. */
+int remote_stats(struct bytes *b, struct remote_stats *st);
+
+/* Has the kit at URL changed since VALIDATOR (an ETag or Last-Modified
+ * this returned before, "" the first time)?  1 changed (new validator in
+ * out), 0 unchanged, negative errno.  For store mode's follow=. */
+int remote_probe(const char *url, const struct remote_opts *o, const char *validator,
+		 char out[256], struct stella_err *e);
