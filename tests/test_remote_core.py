@@ -137,7 +137,7 @@ def test_mid_read_fault_fails_in_one_line(packed, keys):
         fs.status = 503
         fs.fail_after = 1
         cp = verify(fs.url("kit.tar"), keys, "--timeout", "5")
-        assert_fail(cp, 1, ("input/output", "i/o"))
+        assert_fail(cp, 1, "no mirror could serve")
         assert fs.requests[0].status == 206 and fs.count >= 2
 
 
@@ -154,7 +154,7 @@ def test_hanging_mirror_times_out(packed, keys):
         fs.fail_after = 1
         t0 = time.monotonic()
         cp = verify(fs.url("kit.tar"), keys, "--timeout", "2", timeout=30)
-        assert_fail(cp, 1, ("input/output", "i/o"))
+        assert_fail(cp, 1, "no mirror could serve")
         assert time.monotonic() - t0 < 10
 
 
