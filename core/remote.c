@@ -490,14 +490,14 @@ static ssize_t remote_read_at(struct bytes *b, void *buf, size_t len, uint64_t o
 		return 0;
 	int64_t deadline = deadline_after(s->o.timeout_ms);
 	uint64_t first = off / REMOTE_CHUNK, last = (off + len - 1) / REMOTE_CHUNK;
-	/* handles are not shared between threads: the streak is this reader's */
+	/* a handle may be read from several threads at once: its streak is
+	 * kept under the lock (a guess either way, never a correctness matter) */
+	pthread_mutex_lock(&s->mu);
 	rb->streak = off == rb->next_off ? rb->streak + 1 : 0;
 	rb->next_off = off + len;
-	if (rb->sequential || rb->streak >= 2) {
-		pthread_mutex_lock(&s->mu);
+	if (rb->sequential || rb->streak >= 2)
 		readahead_locked(s, last);
-		pthread_mutex_unlock(&s->mu);
-	}
+	pthread_mutex_unlock(&s->mu);
 	size_t done = 0;
 	for (uint64_t idx = first; idx <= last; idx++) {
 		struct chunk *c;
