@@ -917,6 +917,8 @@ int remote_probe(const char *url, const struct remote_opts *o, const char *valid
 	int r = http_get(&rq, &rs);
 	if (r < 0 && rs.status == 304)
 		return 0;
+	if (r < 0 && rs.status == 200)
+		r = 0;   /* a server that ignores Range: its headers are all a probe needs */
 	if (r < 0)
 		return stella_fail(e, r, "%s: %s", url, rs.error);
 	const char *v = rs.etag[0] ? rs.etag : rs.last_modified;

@@ -238,7 +238,7 @@ REMOTECTL = BUILD / "tests" / "remote" / "remotectl"
 MiB = 1024 * 1024
 
 
-def remotectl(urls, *cmds, cache=None, cache_size=None, timeout_ms=None, wait=120):
+def remotectl(urls, *cmds, cache=None, cache_size=None, timeout_ms=None, wait=120, proxy=""):
     if not REMOTECTL.is_file():
         pytest.fail(f"{REMOTECTL} missing: build it with meson (or set STELLA_BUILD)", pytrace=False)
     args = [str(REMOTECTL)]
@@ -250,7 +250,8 @@ def remotectl(urls, *cmds, cache=None, cache_size=None, timeout_ms=None, wait=12
         args += ["--timeout", str(timeout_ms)]
     args += list(urls) + ["--"] + [str(c) for c in cmds]
     cp = subprocess.run(args, capture_output=True, text=True, timeout=wait,
-                        env={**os.environ, "http_proxy": "", "https_proxy": ""})
+                        env={**os.environ, "http_proxy": proxy, "https_proxy": proxy,
+                             "no_proxy": ""})
     return cp.stdout.splitlines()
 
 
@@ -425,3 +426,31 @@ def test_cache_bound_with_pinned_head(tmp_path, blob):
         assert "c0" in entries and "c1" in entries
         assert data <= 3 * MiB
         assert c["bytes"] == sum(p.stat().st_size - 64 for p in d.iterdir() if p.name.startswith("c"))
+
+
+def test_many_readers_through_one_squid_fetch_the_kit_about_once(tmp_path, blob):
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "kit.tar").write_bytes(blob)
+    with serverlib.Nginx(tmp_path / "ng", tmp_path / "www") as ng, \
+            serverlib.Squid(tmp_path / "sq") as sq:
+        for i in range(4):
+            out = remotectl([ng.url("kit.tar")], "seq", proxy=sq.proxy)
+            assert out[0] == "ok " + digest(blob)
+        served = ng.bytes_served("kit.tar")
+        assert len(blob) <= served <= 1.5 * len(blob), (served, sq.log())
+
+
+def test_probe_conditional(blob):
+    with serverlib.FaultServer({"/k": blob}) as fs:
+        fs.etag = '"v1"'
+        out = remotectl([fs.url("k")], "probe", "", "probe", '"v1"')
+        assert out == ['changed "v1"', "unchanged"]
+        assert fs.requests[-1].headers.get("If-None-Match") == '"v1"'
+        fs.etag = '"v2"'
+        assert remotectl([fs.url("k")], "probe", '"v1"') == ['changed "v2"']
+        # Last-Modified only
+        fs.etag = ""
+        lm = "Wed, 15 Jan 2025 00:00:00 GMT"
+        out = remotectl([fs.url("k")], "probe", lm)
+        assert out == ["unchanged"]
+        assert fs.requests[-1].headers.get("If-Modified-Since") == lm

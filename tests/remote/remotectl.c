@@ -15,6 +15,8 @@
  *                        bytes=N ok=N http_error=N timeout=N short=N
  *                        bad_bytes=N refused=N", then "cache bytes=N hits=N
  *                        unserved=N"
+ *   probe VALIDATOR      remote_probe of the first URL: "changed NEW" or
+ *                        "unchanged" or "error ..." ("" for none)
  *   sleep MS
  *
  *   remotectl [--cache DIR] [--cache-size BYTES] [--timeout MS] [--cacert FILE]
@@ -203,6 +205,13 @@ int main(int argc, char **argv)
 			print_stats(b);
 		} else if (!strcmp(c, "identity")) {
 			printf("%s\n", bytes_identity(b));
+		} else if (!strcmp(c, "probe") && i + 1 < argc) {
+			char v[256];
+			r = remote_probe(eps[0].url, &o, argv[++i], v, &e);
+			if (r < 0)
+				printf("error %s\n", e.msg);
+			else
+				printf(r ? "changed %s\n" : "unchanged\n", v);
 		} else if (!strcmp(c, "sleep") && i + 1 < argc) {
 			usleep((useconds_t)strtoul(argv[++i], NULL, 10) * 1000);
 			printf("ok\n");
