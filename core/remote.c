@@ -29,6 +29,7 @@
 #define MEM_CHUNKS 32          /* chunks kept in memory (not counting those in use) */
 #define READAHEAD 4            /* chunks fetched ahead of a sequential reader */
 #define WORKERS 2              /* threads fetching ahead */
+#define POOL 8                 /* spare chunk buffers kept */
 #define BACKOFF_FIRST_MS 1000
 #define BACKOFF_MAX_MS 60000
 #define ATTEMPT_MIN_MS 1000    /* a mirror's share of a read's time, at least */
@@ -76,6 +77,8 @@ struct shared {
 	uint64_t head_len;
 	uint64_t unserved, mem_hits;
 	char last_error[400];       /* the latest failure of any mirror */
+	uint8_t *pool[POOL];        /* spare chunk buffers */
+	size_t npool;
 	uint64_t queue[2 * READAHEAD * WORKERS];
 	size_t qn;
 	pthread_t workers[WORKERS];
@@ -136,16 +139,33 @@ static struct chunk *tab_find(struct shared *s, uint64_t idx)
 	return NULL;
 }
 
-static void chunk_free(struct chunk *c)
+/* Under s->mu: a chunk's buffer back to the pool.  Fresh 1 MiB buffers
+ * come from mmap and fault in page by page, which costs a sequential
+ * reader more than the copy into them. */
+static void buf_release(struct shared *s, uint8_t *p)
 {
-	free(c->data);
+	if (p && s->npool < POOL)
+		s->pool[s->npool++] = p;
+	else
+		free(p);
+}
+
+/* Under s->mu: a REMOTE_CHUNK buffer, or NULL. */
+static uint8_t *buf_take(struct shared *s)
+{
+	return s->npool ? s->pool[--s->npool] : malloc(REMOTE_CHUNK);
+}
+
+static void chunk_free(struct shared *s, struct chunk *c)
+{
+	buf_release(s, c->data);
 	free(c);
 }
 
-static void chunk_put_locked(struct chunk *c)
+static void chunk_put_locked(struct shared *s, struct chunk *c)
 {
 	if (--c->refs == 0)
-		chunk_free(c);
+		chunk_free(s, c);
 }
 
 /* Out of the table, without putting the table's reference: true if it
@@ -165,7 +185,7 @@ static bool tab_unlink(struct shared *s, struct chunk *c)
 static void tab_remove(struct shared *s, struct chunk *c)
 {
 	if (tab_unlink(s, c))
-		chunk_put_locked(c);
+		chunk_put_locked(s, c);
 }
 
 /* Keep the table near MEM_CHUNKS: evict the least recently used ready
@@ -379,11 +399,11 @@ static int get_chunk(struct shared *s, uint64_t idx, int64_t deadline, struct ch
 	}
 	struct chunk *c = calloc(1, sizeof(*c));
 	size_t len = chunk_len(s, idx);
-	uint8_t *data = malloc(len);
+	uint8_t *data = buf_take(s);
 	if (!c || !data || tab_add(s, c) < 0) {
+		buf_release(s, data);
 		pthread_mutex_unlock(&s->mu);
 		free(c);
-		free(data);
 		return -ENOMEM;
 	}
 	c->idx = idx;
@@ -409,11 +429,11 @@ static int get_chunk(struct shared *s, uint64_t idx, int64_t deadline, struct ch
 		c->used = ++s->tick;
 		*out = c;
 	} else {
-		free(data);
+		buf_release(s, data);
 		/* ours, and the table's if it still holds it */
 		c->refs -= tab_unlink(s, c) ? 2 : 1;
 		if (c->refs == 0)
-			chunk_free(c);
+			chunk_free(s, c);
 	}
 	pthread_cond_broadcast(&s->cv);
 	pthread_mutex_unlock(&s->mu);
@@ -423,7 +443,7 @@ static int get_chunk(struct shared *s, uint64_t idx, int64_t deadline, struct ch
 static void chunk_put(struct shared *s, struct chunk *c)
 {
 	pthread_mutex_lock(&s->mu);
-	chunk_put_locked(c);
+	chunk_put_locked(s, c);
 	pthread_mutex_unlock(&s->mu);
 }
 
@@ -561,8 +581,10 @@ static void shared_free(struct shared *s)
 	for (int i = 0; i < s->nworkers; i++)
 		pthread_join(s->workers[i], NULL);
 	for (size_t i = 0; i < s->ntab; i++)
-		chunk_put_locked(s->tab[i]);
+		chunk_put_locked(s, s->tab[i]);
 	free(s->tab);
+	while (s->npool)
+		free(s->pool[--s->npool]);
 	for (size_t i = 0; i < s->n; i++) {
 		struct endpoint *ep = &s->ep[i];
 		if (ep->auth && ep->auth->free)

@@ -9,6 +9,7 @@
  *                        read the same, else the first error
  *   seq                  the whole kit read front to back in 128 KiB reads
  *                        (advise_sequential): "ok SHA256"
+ *   drain                as seq, without the digest (a timing): "ok BYTES"
  *   bad OFF LEN          bytes_report_bad: "ok" (retry) or "error EIO"
  *   bind KEY HEADLEN     remote_bind
  *   stats                one line per mirror: "mirror URL STATE failures=N
@@ -193,6 +194,24 @@ int main(int argc, char **argv)
 			for (int k = 0; k < 32; k++)
 				sprintf(d + 2 * k, "%02x", h[k]);
 			printf(r ? "error %s\n" : "ok %s\n", r ? errname(r) : d);
+		} else if (!strcmp(c, "drain")) {
+			bytes_advise_sequential(b);
+			uint8_t *buf = malloc(128 << 10);
+			uint64_t off = 0;
+			r = 0;
+			while (off < bytes_size(b)) {
+				ssize_t got = bytes_read_at(b, buf, 128 << 10, off);
+				if (got <= 0) {
+					r = got < 0 ? (int)got : -EIO;
+					break;
+				}
+				off += (uint64_t)got;
+			}
+			free(buf);
+			if (r)
+				printf("error %s\n", errname(r));
+			else
+				printf("ok %" PRIu64 "\n", off);
 		} else if (!strcmp(c, "bad") && i + 2 < argc) {
 			r = bytes_report_bad(b, strtoull(argv[i + 1], NULL, 10), strtoull(argv[i + 2], NULL, 10));
 			i += 2;
