@@ -401,6 +401,8 @@ class FaultServer:
       redirect       a URL prefix: answer 302 to redirect + path (another server)
       redirect_loop  answer 302 to itself, for ever
       auth           (user, password): 401 unless the request carries them (basic)
+      bearer         a token: 401 (WWW-Authenticate: Bearer ...) unless the request
+                     carries "Authorization: Bearer TOKEN"
       fail_first     misbehave (status/reset/hang...) for only this many requests
       fail_after     misbehave only from this many requests on (the first answered)
       delay_per_mib  seconds of sleep per MiB sent (a slow mirror)
@@ -411,7 +413,7 @@ class FaultServer:
     """
 
     FAULTS = dict(ignore_range=False, truncate=None, reset=False, reset_after=None, status=None,
-                  hang=0.0, flip=None, redirect=None, redirect_loop=False, auth=None,
+                  hang=0.0, flip=None, redirect=None, redirect_loop=False, auth=None, bearer=None,
                   fail_first=None, fail_after=None, delay_per_mib=0.0, etag=None, last_modified=None)
 
     def __init__(self, files: dict | None = None):
@@ -534,6 +536,11 @@ class FaultServer:
                         req.status = 401
                         return self._send(401, [("WWW-Authenticate", 'Basic realm="stella"'),
                                                 ("Content-Length", "0")], head=head, req=req)
+                if fs.bearer is not None and self.headers.get("Authorization") != "Bearer " + fs.bearer:
+                    req.status = 401
+                    return self._send(401, [("WWW-Authenticate",
+                                             f'Bearer realm="{fs.origin}/token",service="stella"'),
+                                            ("Content-Length", "0")], head=head, req=req)
                 if fs.status is not None and faulty:
                     req.status = fs.status
                     body = f"{fs.status} fault\n".encode()

@@ -238,7 +238,8 @@ REMOTECTL = BUILD / "tests" / "remote" / "remotectl"
 MiB = 1024 * 1024
 
 
-def remotectl(urls, *cmds, cache=None, cache_size=None, timeout_ms=None, wait=120, proxy=""):
+def remotectl(urls, *cmds, cache=None, cache_size=None, timeout_ms=None, wait=120, proxy="",
+              bearer=None):
     if not REMOTECTL.is_file():
         pytest.fail(f"{REMOTECTL} missing: build it with meson (or set STELLA_BUILD)", pytrace=False)
     args = [str(REMOTECTL)]
@@ -248,6 +249,8 @@ def remotectl(urls, *cmds, cache=None, cache_size=None, timeout_ms=None, wait=12
         args += ["--cache-size", str(cache_size)]
     if timeout_ms:
         args += ["--timeout", str(timeout_ms)]
+    if bearer:
+        args += ["--bearer", bearer]
     args += list(urls) + ["--"] + [str(c) for c in cmds]
     cp = subprocess.run(args, capture_output=True, text=True, timeout=wait,
                         env={**os.environ, "http_proxy": proxy, "https_proxy": proxy,
@@ -454,3 +457,22 @@ def test_probe_conditional(blob):
         out = remotectl([fs.url("k")], "probe", lm)
         assert out == ["unchanged"]
         assert fs.requests[-1].headers.get("If-Modified-Since") == lm
+
+
+def test_authorization_header_stays_with_its_origin(blob):
+    """Auth ops (a registry's token): sent to the endpoint, renewed once on a 401
+    challenge, and never sent where a redirect leads (another port of the same host)."""
+    with serverlib.FaultServer({"/k": blob}) as storage, serverlib.FaultServer({"/k": blob}) as reg:
+        reg.bearer = "fresh"
+        reg.redirect = storage.origin
+        out = remotectl([reg.url("k")], "read", 3 * MiB, 10, bearer="stale,fresh")
+        assert out[0] == "ok " + digest(blob[3 * MiB:3 * MiB + 10])
+        assert out[-1] == "challenges=1"
+        # the registry saw the stale token, then the fresh one; storage neither
+        assert [r.headers.get("Authorization") for r in reg.requests][:2] == ["Bearer stale", "Bearer fresh"]
+        assert storage.count >= 2
+        assert not any("Authorization" in r.headers for r in storage.requests)
+        # a token the challenge cannot renew: refused, in one result
+        reg.bearer = "other"
+        out = remotectl([reg.url("k")], bearer="stale,fresh")
+        assert out[0].startswith("open error EACCES"), out

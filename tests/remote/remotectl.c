@@ -21,7 +21,11 @@
  *   sleep MS
  *
  *   remotectl [--cache DIR] [--cache-size BYTES] [--timeout MS] [--cacert FILE]
- *             URL [MIRROR...] -- COMMAND...
+ *             [--bearer STALE,FRESH] URL [MIRROR...] -- COMMAND...
+ *
+ * --bearer gives the first URL auth ops (remote.h) that authorize with
+ * "Bearer STALE" until a challenge, then with "Bearer FRESH"; "challenges=N"
+ * is printed at the end.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -90,6 +94,40 @@ static void *job_main(void *arg)
 	return NULL;
 }
 
+struct bearer {
+	char token[128];
+	const char *fresh;
+	int challenges;
+};
+
+static int bearer_authorize(void *ctx, char *buf, size_t len, struct stella_err *e)
+{
+	(void)e;
+	snprintf(buf, len, "Bearer %s", ((struct bearer *)ctx)->token);
+	return 0;
+}
+
+static int bearer_challenge(void *ctx, const char *www, struct stella_err *e)
+{
+	struct bearer *t = ctx;
+	t->challenges++;
+	if (strncmp(www, "Bearer ", 7) || !strcmp(t->token, t->fresh))
+		return stella_fail(e, -EACCES, "refused");
+	snprintf(t->token, sizeof(t->token), "%s", t->fresh);
+	return 0;
+}
+
+static int bearer_challenges;
+static void bearer_free(void *ctx)
+{
+	bearer_challenges = ((struct bearer *)ctx)->challenges;
+	free(ctx);
+}
+
+static const struct remote_auth_ops bearer_ops = {
+	.authorize = bearer_authorize, .challenge = bearer_challenge, .free = bearer_free,
+};
+
 static void print_stats(struct bytes *b)
 {
 	struct remote_stats st;
@@ -111,6 +149,7 @@ static void print_stats(struct bytes *b)
 int main(int argc, char **argv)
 {
 	struct remote_opts o = { 0 };
+	struct bearer *bearer = NULL;
 	int i = 1;
 	for (; i + 1 < argc && argv[i][0] == '-' && argv[i][1] == '-' && argv[i][2]; i += 2) {
 		if (!strcmp(argv[i], "--cache"))
@@ -121,6 +160,12 @@ int main(int argc, char **argv)
 			o.timeout_ms = (unsigned)strtoul(argv[i + 1], NULL, 10);
 		else if (!strcmp(argv[i], "--cacert"))
 			o.cacert = argv[i + 1];
+		else if (!strcmp(argv[i], "--bearer") && strchr(argv[i + 1], ',')) {
+			bearer = calloc(1, sizeof(*bearer));
+			snprintf(bearer->token, sizeof(bearer->token), "%.*s",
+				 (int)(strchr(argv[i + 1], ',') - argv[i + 1]), argv[i + 1]);
+			bearer->fresh = strchr(argv[i + 1], ',') + 1;
+		}
 		else
 			return fprintf(stderr, "remotectl: unknown option %s\n", argv[i]), 2;
 	}
@@ -132,6 +177,10 @@ int main(int argc, char **argv)
 	}
 	if (i < argc)
 		i++;
+	if (bearer) {
+		eps[0].auth = &bearer_ops;
+		eps[0].auth_ctx = bearer;
+	}
 	struct bytes *b;
 	struct stella_err e = { 0 };
 	int r = remote_open(eps, n, &o, &b, &e);
@@ -239,5 +288,7 @@ int main(int argc, char **argv)
 		}
 	}
 	bytes_close(b);
+	if (bearer)
+		printf("challenges=%d\n", bearer_challenges);
 	return 0;
 }
