@@ -21,6 +21,7 @@
  *   sleep MS
  *
  *   remotectl [--cache DIR] [--cache-size BYTES] [--timeout MS] [--cacert FILE]
+ *             [--proxy URL] [--client-cert FILE] [--client-key FILE]
  *             [--bearer STALE,FRESH] URL [MIRROR...] -- COMMAND...
  *
  * --bearer gives the first URL auth ops (remote.h) that authorize with
@@ -160,6 +161,12 @@ int main(int argc, char **argv)
 			o.timeout_ms = (unsigned)strtoul(argv[i + 1], NULL, 10);
 		else if (!strcmp(argv[i], "--cacert"))
 			o.cacert = argv[i + 1];
+		else if (!strcmp(argv[i], "--proxy"))
+			o.proxy = argv[i + 1];
+		else if (!strcmp(argv[i], "--client-cert"))
+			o.client_cert = argv[i + 1];
+		else if (!strcmp(argv[i], "--client-key"))
+			o.client_key = argv[i + 1];
 		else if (!strcmp(argv[i], "--bearer") && strchr(argv[i + 1], ',')) {
 			bearer = calloc(1, sizeof(*bearer));
 			snprintf(bearer->token, sizeof(bearer->token), "%.*s",
