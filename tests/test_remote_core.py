@@ -336,6 +336,27 @@ def test_bad_bytes_fail_over_and_are_never_trusted_again(blob):
         assert any(r.range == f"bytes={5 * MiB}-{6 * MiB - 1}" for r in bad.requests)
 
 
+def test_bad_bytes_distrust_only_their_range(blob):
+    """One mirror, one bad block: that block fails (EUCLEAN below the verification
+    layer: nowhere to get it right), and the blocks beside it in the same 1 MiB chunk
+    still read."""
+    with serverlib.FaultServer({"/k": blob}) as fs:
+        fs.flip = (2 * MiB + 4096 + 7, 1)
+        out = remotectl([fs.url("k")],
+                        "read", 2 * MiB + 4096, 4096,   # wrong bytes
+                        "bad", 2 * MiB + 4096, 4096,    # no other mirror
+                        "read", 2 * MiB, 4096,          # the block before: fetched again, good
+                        "read", 2 * MiB + 8192, 4096,   # the block after
+                        "read", 2 * MiB + 4096, 4096,   # never asked of it again
+                        "stats")
+        assert out[1] == "error EIO"
+        assert out[2] == "ok " + digest(blob[2 * MiB:2 * MiB + 4096])
+        assert out[3] == "ok " + digest(blob[2 * MiB + 8192:2 * MiB + 12288])
+        assert out[4] == "error EUCLEAN"
+        m, c = stats(out[5:])
+        assert m[fs.url("k")]["bad_bytes"] == 1 and c["unserved"] == 1
+
+
 def test_failing_mirror_backs_off(blob):
     with serverlib.FaultServer({"/k": blob}) as bad, serverlib.FaultServer({"/k": blob}) as good:
         bad.status = 503

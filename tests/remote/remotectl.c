@@ -57,6 +57,7 @@ static const char *errname(int r)
 	case ETIMEDOUT: return "ETIMEDOUT";
 	case ENOMEM: return "ENOMEM";
 	case EACCES: return "EACCES";
+	case EUCLEAN: return "EUCLEAN";
 	default: return "EOTHER";
 	}
 }
