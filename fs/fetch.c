@@ -24,6 +24,12 @@
  * reader (one per reading thread, plus max_background readahead), so the
  * bound is a guard; past it a read fails at once with EIO (logged).
  *
+ * Once per caller: when a read fails, the kernel asks again at once for
+ * the one page its reader wanted (the first request was its readahead),
+ * and the reader would wait twice timeout=.  So a read that failed is
+ * remembered for FETCH_FAILED_NS: the same process asking again for bytes
+ * of it, on the same open file, gets EIO at once.
+ *
  * Lock: sf->fetch.lock guards the job list and the counters; it is a leaf,
  * and no fuse_reply_* or fuse_req_* call is made under it (libfuse calls
  * the interrupt callback with the request's own lock held). */
@@ -49,6 +55,7 @@ struct fetch_file {
 struct fetch_job {
 	struct fetch_job *prev, *next;  /* sf->fetch: arrival order, which is deadline order */
 	fuse_req_t req;
+	pid_t pid;                      /* the caller's */
 	struct fetch_file *ff;
 	size_t size;
 	uint64_t off;
@@ -145,6 +152,25 @@ static void log_timeout(struct stellafs *sf, const struct fetch_job *j)
 		   (unsigned long long)sf->fetch.timeouts);
 }
 
+/* ---- once per caller (fetch.lock held) ---- */
+
+static void failed_note(struct sf_fetch *q, const struct fetch_job *j, int64_t now)
+{
+	q->failed[q->failed_next++ % FETCH_FAILED_KEEP] =
+		(struct fetch_failed){ .file = j->ff, .off = j->off, .end = j->off + j->size, .pid = j->pid, .at = now };
+}
+
+static bool failed_just_now(const struct sf_fetch *q, const struct fetch_job *j, int64_t now)
+{
+	for (unsigned i = 0; i < FETCH_FAILED_KEEP; i++) {
+		const struct fetch_failed *f = &q->failed[i];
+		if (f->file == j->ff && f->pid == j->pid && now - f->at < FETCH_FAILED_NS && j->off < f->end &&
+		    f->off < j->off + j->size)
+			return true;
+	}
+	return false;
+}
+
 /* ---- the fetch threads ---- */
 
 static struct fetch_job *next_job(struct sf_fetch *q, struct fetch_job **reap)
@@ -188,6 +214,8 @@ static void run_job(struct stellafs *sf, struct fetch_job *j)
 	job_unlink(&sf->fetch, j);
 	if (mine && n >= 0)
 		sf->fetch.served++;
+	if (mine && n < 0)
+		failed_note(&sf->fetch, j, mono_ns());
 	pthread_mutex_unlock(&sf->fetch.lock);
 	if (mine) {
 		fuse_req_interrupt_func(req, NULL, NULL);
@@ -249,6 +277,7 @@ static void *watch_main(void *arg)
 			}
 			atomic_store(&j->replied, true);
 			late[nlate++] = j->req;
+			failed_note(q, j, now);
 			q->timeouts++;
 			log_timeout(sf, j);
 			if (!j->running) {
@@ -290,14 +319,17 @@ void fetch_read(struct stellafs *sf, fuse_req_t req, struct fetch_file *ff, size
 	j->ff = ff;
 	j->size = size;
 	j->off = off;
-	j->deadline = mono_ns() + (int64_t)sf->opt.timeout_ms * 1000000;
+	j->pid = fuse_req_ctx(req)->pid;
+	int64_t now = mono_ns();
+	j->deadline = now + (int64_t)sf->opt.timeout_ms * 1000000;
 	atomic_init(&j->replied, false);
 	atomic_fetch_add(&ff->refs, 1);
 	/* Before the job is visible to a thread that could answer it and
 	 * free it: an interrupt already pending calls back right here. */
 	fuse_req_interrupt_func(req, on_interrupt, j);
 	pthread_mutex_lock(&q->lock);
-	bool full = q->n >= FETCH_QUEUE_MAX || q->stop;
+	bool again = failed_just_now(q, j, now);
+	bool full = q->n >= FETCH_QUEUE_MAX || q->stop || again;
 	if (!full && !atomic_load(&j->replied)) {
 		job_link(q, j);
 		if (q->n > q->peak)
@@ -306,7 +338,7 @@ void fetch_read(struct stellafs *sf, fuse_req_t req, struct fetch_file *ff, size
 		if (q->n == 1)
 			pthread_cond_signal(&q->wake);
 		j = NULL;
-	} else if (full) {
+	} else if (full && !again) {
 		q->refused++;
 	}
 	pthread_mutex_unlock(&q->lock);
@@ -315,7 +347,9 @@ void fetch_read(struct stellafs *sf, fuse_req_t req, struct fetch_file *ff, size
 	/* not queued: refused, or answered EINTR by the callback already
 	 * (then req is gone: not touched) */
 	if (full && !atomic_exchange(&j->replied, true)) {
-		stella_log(LOG_WARNING, "%s: %d reads already wait for mirrors: EIO", sf->opt.source, FETCH_QUEUE_MAX);
+		if (!again)
+			stella_log(LOG_WARNING, "%s: %d reads already wait for mirrors: EIO", sf->opt.source,
+				   FETCH_QUEUE_MAX);
 		reply_claimed_err(req, EIO);
 	}
 	job_free(j);

@@ -81,6 +81,9 @@ enum {
 _Static_assert(INDEX_MAX_INO < (UINT64_C(1) << SLOT_SHIFT), "an index ino must fit below the slot bits");
 
 #define JOURNAL_LEN 32
+/* fetch.c: failed reads remembered, and for how long (see there) */
+#define FETCH_FAILED_KEEP 16
+#define FETCH_FAILED_NS (2 * INT64_C(1000000000))
 /* What a refusal of an expired kit tells the operator of the daemon (its
  * option, not stellakit's --allow-expired). */
 #define SF_EXPIRED_HINT "mount with -o allow_expired to accept it"
@@ -239,6 +242,14 @@ struct stellafs {
 		pthread_t watchdog;
 		uint64_t served, timeouts, refused;
 		int64_t logged_at;         /* the last timeout line (mono s) */
+		/* reads that just failed (fetch.c, "once per caller") */
+		struct fetch_failed {
+			const void *file;
+			uint64_t off, end;
+			pid_t pid;
+			int64_t at;        /* mono ns */
+		} failed[FETCH_FAILED_KEEP];
+		unsigned failed_next;
 	} fetch;
 
 	/* follow.c: the polling thread; state under follow.lock (a leaf) */
