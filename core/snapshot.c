@@ -10,6 +10,7 @@
 #include "bytes.h"
 #include "kitverify.h"
 #include "merkle.h"
+#include "remote.h"
 #include "seal.h"
 #include "util.h"
 
@@ -224,7 +225,11 @@ static int kit_facts(struct bytes *kit, const struct snapshot_opts *o, struct ki
 	if ((r = sha256_once(buf, n + 8, h)) < 0)
 		return r;
 	hex_encode(h, 32, f->name);
-	snprintf(f->stat, sizeof(f->stat), "%s", bytes_identity(kit));
+	/* A kit on a mirror has no inode or ctime, and its identity changes
+	 * once the cache is bound to its manifest (remote_bind): the head
+	 * and the size say which kit it is (and every block read is checked
+	 * against the trees the index was built with, whatever it is). */
+	snprintf(f->stat, sizeof(f->stat), "%s", bytes_is_remote(kit) ? "remote" : bytes_identity(kit));
 
 	/* the trust store: its keys' ids, sorted, and the threshold */
 	size_t nk = o->trust ? o->trust->n : 0;
@@ -1130,6 +1135,15 @@ ssize_t snapshot_read(struct snap_file *f, void *buf, size_t len, uint64_t off)
 	}
 	if (r == -ENOMEM)
 		return r; /* ours, not the kit's: no verdict on its data */
+	if (r < 0 && !f->blob && bytes_is_remote(source_bytes(f->s->src))) {
+		/* A kit on mirrors that none served in time (or at all): EIO for
+		 * this read, but no verdict on the kit's bytes; the mirrors'
+		 * states and counters say what happened (health WARNING), and
+		 * bytes that came and failed their check are counted below. */
+		stella_log(LOG_WARNING, "%s %s: block %llu of inode %llu not served: %s", f->s->kit_path, f->s->version,
+			   (unsigned long long)b0, (unsigned long long)f->ino, stella_err_text(&e, r));
+		return -EIO;
+	}
 	if (r < 0) {
 		/* The medium failed us, or a compressed stream does not decode:
 		 * for the reader the same as a block that does not match, and

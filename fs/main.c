@@ -25,10 +25,12 @@
 
 #include "fdcache.h"
 #include "index.h"
+#include "kithead.h"
 #include "kitpath.h"
 #include "location.h"
 #include "options.h"
 #include "stellafs.h"
+#include "source.h"
 #include "util.h"
 
 #define PROG "stellafs"
@@ -577,6 +579,21 @@ static unsigned max_threads(const struct fuse_cmdline_opts *cl)
 	return cl->max_threads >= 2 && cl->max_threads <= 256 ? cl->max_threads : 16;
 }
 
+/* A kit on a mirror, verified: its fetched bytes are kept under cache=
+ * by its signed manifest's digest, the head pinned (core/remote.h), so
+ * that every mirror of it shares them and a remount with every mirror
+ * down still mounts. */
+static int bind_cache(struct snapshot *s, struct stella_err *e)
+{
+	uint64_t head_len = 0;
+	char key[65];
+	int r = kit_head_extent(s->src, &head_len, e);
+	if (r < 0)
+		return r;
+	hex_encode(s->manifest_sha256, 32, key);
+	return remote_bind(source_bytes(s->src), key, head_len, e);
+}
+
 /* The kit SOURCE names, opened and checked as a snapshot: a local file
  * by its path; a kit on a mirror through core/location.h, fetching its
  * head only (docs/mirrors.md). */
@@ -595,7 +612,12 @@ static int open_kit(struct daemon *d, struct snapshot **out, struct stella_err *
 		if (r < 0)
 			return r;
 	}
-	return snapshot_open_kit(&so, out, e);
+	int r = snapshot_open_kit(&so, out, e);
+	if (r == 0 && d->remote && (r = bind_cache(*out, e)) < 0) {
+		snapshot_unref(*out);
+		*out = NULL;
+	}
+	return r;
 }
 
 /* The trust store, then the source: a refused kit or store exits with its

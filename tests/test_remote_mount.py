@@ -73,6 +73,23 @@ def mount_remote(mounter, url, trust, *opts, cache=None):
     return mounter.mount(url, trust, NOW, *opts, cache=cache)
 
 
+def pread_errno(path: Path, off: int) -> int:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        os.pread(fd, BLOCK, off)
+        return 0
+    except OSError as e:
+        return e.errno
+    finally:
+        os.close(fd)
+
+
+def daemon_pid(mnt: Path) -> int | None:
+    out = subprocess.run(["pgrep", "-f", "-n", f"stellafs.*{mnt}"], capture_output=True, text=True).stdout.split()
+    return int(out[0]) if out else None
+
+
 def mirrors_of(m) -> list:
     return m.status()["mirrors"]
 
@@ -297,28 +314,33 @@ def test_failover_to_second_mirror(cls, tmp_path, mounter, keys, kitdir, src_tre
 
 # --------------------------------------------------------------------------- offline
 
-def test_offline_remount_serves_from_cache(tmp_path, mounter, keys, kitdir, src_tree):
+def test_offline_remount_serves_from_cache(tmp_path, mounter, keys, bigkit):
+    """Every mirror gone: a remount comes up from the cache (the head is pinned there),
+    cached files read, uncached bytes give EIO within timeout=, status still answers."""
+    kits, big = bigkit
     cache = tmp_path / "cache"
     cache.mkdir(mode=0o700)
     root = tmp_path / "served"
     root.mkdir()
-    shutil.copy(kitdir / "kit.tar", root / "kit.tar")
+    shutil.copy(kits / "big.tar", root / "big.tar")
     os.chmod(root, 0o755)
+    warm = "data/f5.bin"
     with serverlib.Nginx(tmp_path / "ng", root=root) as ng:
-        url = ng.url("kit.tar")
-        m = mount_remote(mounter, url, keys["ed25519"].pub, "timeout=5", cache=cache)
-        warm = "feeds/vuln-db/index.bin"
-        assert read_all(m.path / "current" / warm) == (src_tree / warm).read_bytes()
+        url = ng.url("big.tar")
+        m = mount_remote(mounter, url, keys["ed25519"].pub, "timeout=5", "cache_size=8M", cache=cache)
+        assert read_all(m.path / "current" / warm) == (big / warm).read_bytes()
         mounter.umount(m.path)
-    # every mirror gone (nginx stopped): the remount comes up from the cache
-    m = mount_remote(mounter, url, keys["ed25519"].pub, "timeout=3", cache=cache)
-    assert read_all(m.path / "current" / warm) == (src_tree / warm).read_bytes()
+    # nginx stopped: nothing answers on its port
+    m = mount_remote(mounter, url, keys["ed25519"].pub, "timeout=3", "cache_size=8M", cache=cache)
+    assert read_all(m.path / "current" / warm) == (big / warm).read_bytes()
     t0 = time.monotonic()
-    assert read_errno(m.path / "current" / "feeds/vuln-db/vuln.db") == errno.EIO
-    assert time.monotonic() - t0 < 3 + 5
-    # status and health still answer, and say the mirror fails
+    assert pread_errno(m.path / "current" / "data/big.bin", 20 * 1024 * 1024) == errno.EIO
+    assert time.monotonic() - t0 < 3 + 2
     st = m.status()
-    assert st["mirrors"][0]["state"] == "failing"
+    assert st["mirrors"][0]["state"] == "failing", st["mirrors"]
+    assert st["cache"]["bytes"] > 0
+    h = (m.path / "health").read_text()
+    assert h.splitlines()[0] == "WARNING", h
 
 
 def test_cache_bound(tmp_path, mounter, keys, bigkit):
@@ -372,23 +394,6 @@ def test_kill9_during_reads_then_damaged_cache_never_wrong_bytes(tmp_path, mount
 
 
 # --------------------------------------------------------------------------- time bounds
-
-def pread_errno(path: Path, off: int) -> int:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-        os.pread(fd, BLOCK, off)
-        return 0
-    except OSError as e:
-        return e.errno
-    finally:
-        os.close(fd)
-
-
-def daemon_pid(mnt: Path) -> int | None:
-    out = subprocess.run(["pgrep", "-f", "-n", f"stellafs.*{mnt}"], capture_output=True, text=True).stdout.split()
-    return int(out[0]) if out else None
-
 
 def test_hanging_server_read_times_out_mount_answers(tmp_path, mounter, keys, bigkit):
     """A mirror that hangs after the mount: a read gets EIO within timeout= (+ slack);
