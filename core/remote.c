@@ -75,6 +75,7 @@ struct shared {
 	char key[65];
 	uint64_t head_len;
 	uint64_t unserved, mem_hits;
+	char last_error[400];       /* the latest failure of any mirror */
 	uint64_t queue[2 * READAHEAD * WORKERS];
 	size_t qn;
 	pthread_t workers[WORKERS];
@@ -236,7 +237,7 @@ static void ep_failed(struct shared *s, struct endpoint *ep, enum remote_result 
 		ep->backoff_ms = BACKOFF_MAX_MS;
 	ep->retry_at = http_now_ms() + ep->backoff_ms;
 	snprintf(ep->last_error, sizeof(ep->last_error), "%s", msg);
-	(void)s;
+	snprintf(s->last_error, sizeof(s->last_error), "%s: %s", ep->label, msg);
 }
 
 static void ep_served(struct endpoint *ep, uint64_t bytes)
@@ -489,14 +490,14 @@ static ssize_t remote_read_at(struct bytes *b, void *buf, size_t len, uint64_t o
 		return 0;
 	int64_t deadline = deadline_after(s->o.timeout_ms);
 	uint64_t first = off / REMOTE_CHUNK, last = (off + len - 1) / REMOTE_CHUNK;
-	/* handles are not shared between threads: the streak is this reader's */
+	/* a handle may be read from several threads at once: its streak is
+	 * kept under the lock (a guess either way, never a correctness matter) */
+	pthread_mutex_lock(&s->mu);
 	rb->streak = off == rb->next_off ? rb->streak + 1 : 0;
 	rb->next_off = off + len;
-	if (rb->sequential || rb->streak >= 2) {
-		pthread_mutex_lock(&s->mu);
+	if (rb->sequential || rb->streak >= 2)
 		readahead_locked(s, last);
-		pthread_mutex_unlock(&s->mu);
-	}
+	pthread_mutex_unlock(&s->mu);
 	size_t done = 0;
 	for (uint64_t idx = first; idx <= last; idx++) {
 		struct chunk *c;
@@ -504,7 +505,7 @@ static ssize_t remote_read_at(struct bytes *b, void *buf, size_t len, uint64_t o
 		if (r < 0) {
 			stella_log(LOG_NOTICE, "%s: bytes %" PRIu64 "+%zu: %s", b->name, off, len,
 				   r == -ETIMEDOUT ? "no mirror answered in time" : "no mirror could serve them");
-			return r == -ENOMEM ? -ENOMEM : -EIO;
+			return r == -ENOMEM ? -ENOMEM : -REMOTE_EUNSERVED;
 		}
 		uint64_t cstart = idx * REMOTE_CHUNK;
 		uint64_t from = off + done - cstart;
@@ -882,6 +883,19 @@ int remote_stats(struct bytes *b, struct remote_stats *st)
 		rcache_counts(rc, &st->cache_bytes, &st->cache_hits);
 	pthread_mutex_unlock(&s->mu);
 	return 0;
+}
+
+void remote_last_error(struct bytes *b, char *out, size_t len)
+{
+	if (len == 0)
+		return;
+	out[0] = 0;
+	if (!bytes_is_remote(b))
+		return;
+	struct shared *s = ((struct rbytes *)b)->s;
+	pthread_mutex_lock(&s->mu);
+	snprintf(out, len, "%s", s->last_error);
+	pthread_mutex_unlock(&s->mu);
 }
 
 /* ------------------------------------------------------------ probe */

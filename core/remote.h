@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <errno.h>
 #include <stdint.h>
 
 #include "bytes.h"
@@ -52,6 +53,12 @@ struct remote_endpoint {
 	void *auth_ctx;            /* taken over by remote_open (auth->free) */
 	uint64_t size;             /* the size a registry's descriptor states, 0 unknown */
 };
+
+/* What read_at returns when no mirror could serve the bytes in time (each
+ * failed, or the read's timeout passed): a transport failure, no verdict
+ * on the kit's bytes (health: the mirrors' state says it).  Reads whose
+ * bytes were served fail otherwise (-ENOMEM) or not at all. */
+#define REMOTE_EUNSERVED EHOSTDOWN
 
 /* The kit at EPS[0], with EPS[1..n-1] as mirrors of the same bytes, tried
  * in order.  Fetches what it needs to learn the size, nothing more.  When
@@ -96,6 +103,9 @@ struct remote_stats {
 };
 /* -EINVAL if B is not remote. */
 int remote_stats(struct bytes *b, struct remote_stats *st);
+/* The latest failure of any mirror of B, "LABEL: what" (one line), for the
+ * message of a read that failed with -REMOTE_EUNSERVED; "" if none. */
+void remote_last_error(struct bytes *b, char *out, size_t len);
 
 /* Has the kit at URL changed since VALIDATOR (an ETag or Last-Modified
  * this returned before, "" the first time)?  1 changed (new validator in
