@@ -50,7 +50,10 @@
 struct fetch_file {
 	struct snap_file *f;
 	atomic_uint refs;
+	uint64_t id;         /* never reused (an address is, once freed) */
 };
+
+static atomic_uint_fast64_t next_file_id = 1;
 
 struct fetch_job {
 	struct fetch_job *prev, *next;  /* sf->fetch: arrival order, which is deadline order */
@@ -78,6 +81,7 @@ struct fetch_file *fetch_file_new(struct snap_file *f)
 		return NULL;
 	ff->f = f;
 	atomic_init(&ff->refs, 1);
+	ff->id = atomic_fetch_add(&next_file_id, 1);
 	return ff;
 }
 
@@ -157,14 +161,14 @@ static void log_timeout(struct stellafs *sf, const struct fetch_job *j)
 static void failed_note(struct sf_fetch *q, const struct fetch_job *j, int64_t now)
 {
 	q->failed[q->failed_next++ % FETCH_FAILED_KEEP] =
-		(struct fetch_failed){ .file = j->ff, .off = j->off, .end = j->off + j->size, .pid = j->pid, .at = now };
+		(struct fetch_failed){ .file = j->ff->id, .off = j->off, .end = j->off + j->size, .pid = j->pid, .at = now };
 }
 
 static bool failed_just_now(const struct sf_fetch *q, const struct fetch_job *j, int64_t now)
 {
 	for (unsigned i = 0; i < FETCH_FAILED_KEEP; i++) {
 		const struct fetch_failed *f = &q->failed[i];
-		if (f->file == j->ff && f->pid == j->pid && now - f->at < FETCH_FAILED_NS && j->off < f->end &&
+		if (f->file == j->ff->id && f->pid == j->pid && now - f->at < FETCH_FAILED_NS && j->off < f->end &&
 		    f->off < j->off + j->size)
 			return true;
 	}

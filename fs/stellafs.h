@@ -244,7 +244,7 @@ struct stellafs {
 		int64_t logged_at;         /* the last timeout line (mono s) */
 		/* reads that just failed (fetch.c, "once per caller") */
 		struct fetch_failed {
-			const void *file;
+			uint64_t file;     /* the open file's id */
 			uint64_t off, end;
 			pid_t pid;
 			int64_t at;        /* mono ns */
