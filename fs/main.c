@@ -68,6 +68,8 @@ static const char usage[] =
 	"  -o timeout=SECONDS      a read no mirror serves in time fails with EIO; a mount\n"
 	"                          that cannot fetch the kit's head in time fails (default 30)\n"
 	"  -o cacert=FILE          CA bundle for https (default: the system store)\n"
+	"  -o client_cert=FILE     https client certificate (PEM); client_key=FILE its key\n"
+	"                          (default: in the same file)\n"
 	"  -o proxy=URL            HTTP proxy (default: http_proxy/https_proxy/no_proxy)\n"
 	"  -o follow=URL           store mode: poll this kit (http(s):// or oci://) and\n"
 	"                          import, then activate, each newer one published there\n"
@@ -474,16 +476,23 @@ static bool check_remote_options(struct daemon *d, const struct opt_values *ov)
 {
 	struct opts *o = &d->o;
 	struct stellafs *sf = &d->sf;
-	if (o->cacert) {
-		char *abs = realpath(o->cacert, NULL);
+	struct { const char *name; char **val; } files[] = {
+		{ "cacert", &o->cacert }, { "client_cert", &o->client_cert }, { "client_key", &o->client_key },
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(files); i++) {
+		char *v = *files[i].val;
+		if (!v)
+			continue;
+		errno = 0;
+		char *abs = realpath(v, NULL);
 		struct stat st;
 		if (!abs || stat(abs, &st) < 0 || !S_ISREG(st.st_mode) || access(abs, R_OK) < 0) {
-			d->rc = fail_usage("cacert=%s: %s", o->cacert, !abs || errno ? strerror(errno) : "not a readable file");
+			d->rc = fail_usage("%s=%s: %s", files[i].name, v, errno ? strerror(errno) : "not a readable file");
 			free(abs);
 			return false;
 		}
-		free(o->cacert);
-		o->cacert = abs;
+		free(v);
+		*files[i].val = abs;
 	}
 	sf->opt.mirrors = (const char *const *)o->mirrors;
 	sf->opt.nmirrors = o->nmirrors;
@@ -492,6 +501,7 @@ static bool check_remote_options(struct daemon *d, const struct opt_values *ov)
 	sf->opt.timeout_ms = ov->timeout_ms;
 	sf->opt.remote = (struct remote_opts){
 		.cache_size = ov->cache_size, .timeout_ms = ov->timeout_ms, .cacert = o->cacert, .proxy = o->proxy,
+		.client_cert = o->client_cert, .client_key = o->client_key,
 	};
 	return true;
 }

@@ -176,6 +176,59 @@ def test_mounted_tree_equals_source(name, nginx, mounter, keys, src_tree, kitdir
     assert metric_sum(m, "stellafs_remote_requests_total", mirror=nginx.origin, result="ok") > 0
 
 
+def test_https_with_cacert_and_client_certificate(tmp_path, mounter, keys, kitdir, src_tree):
+    """https: the mirror's certificate checked against cacert= (refused without it), and a
+    client certificate given with client_cert=/client_key= where nginx demands one."""
+    tls = serverlib.make_ca(tmp_path / "ca", client=True)
+    with serverlib.Nginx(tmp_path / "ng", root=kitdir, tls=tls, client_cert=True) as ng:
+        url = ng.url("kit.tar.zst")
+        cp, mnt = mounter.try_mount(url, keys["ed25519"].pub, NOW, "timeout=5",
+                                    f"client_cert={tls.client_cert}", f"client_key={tls.client_key}")
+        assert cp.returncode == 1 and len(cp.stderr.strip().splitlines()) == 1, cp.stderr
+        assert not kitlib.is_mounted(mnt)
+        cp, mnt = mounter.try_mount(url, keys["ed25519"].pub, NOW, "timeout=5", f"cacert={tls.ca}")
+        assert cp.returncode == 1, cp.stderr  # no client certificate: nginx refuses
+        m = mount_remote(mounter, url, keys["ed25519"].pub, "timeout=20", f"cacert={tls.ca}",
+                         f"client_cert={tls.client_cert}", f"client_key={tls.client_key}")
+        assert sha256sum_tree(m.path / "current") == sha256sum_tree(src_tree)
+        assert m.status()["mirrors"][0]["url"].startswith("https://")
+
+
+def test_signalled_reader_never_hangs(tmp_path, mounter, keys, bigkit):
+    """A reader blocked on a hanging mirror: SIGKILL ends it at once (the page-cache wait
+    is killable); SIGINT (caught by dd) ends it by timeout= at the latest (page-cache reads
+    are sent as readahead, which the kernel does not interrupt); the mount answers on,
+    and once the mirror is back a read is served."""
+    kits, big = bigkit
+    data = (kits / "big.tar").read_bytes()
+    with serverlib.FaultServer({"/big.tar": data}) as fs:
+        m = mount_remote(mounter, fs.url("big.tar"), keys["ed25519"].pub, "timeout=5")
+        fs.hang = 60.0
+        target = m.path / "current" / "data" / "big.bin"
+        for sig, bound in ((signal.SIGKILL, 2), (signal.SIGINT, 5 + 3)):
+            p = subprocess.Popen(["dd", f"if={target}", "of=/dev/null", "bs=4096", "count=1",
+                                  f"skip={(20 << 20) // 4096 + 300 * int(sig)}"], stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
+            assert p.poll() is None, "the read should be waiting for the hanging mirror"
+            t0 = time.monotonic()
+            p.send_signal(sig)
+            p.wait(timeout=15)
+            assert time.monotonic() - t0 < bound, f"{sig!r}: the reader took {time.monotonic() - t0:.1f} s to go"
+            t0 = time.monotonic()
+            (m.path / "status").read_text()
+            os.stat(target)
+            assert time.monotonic() - t0 < 1
+        # the mirror is back: a read is served
+        fs.hang = 0.0
+        time.sleep(2.5)  # past the remembered failure of this reader
+        off = 30 << 20
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            assert os.pread(fd, BLOCK, off) == (big / "data" / "big.bin").read_bytes()[off:off + BLOCK]
+        finally:
+            os.close(fd)
+
+
 def test_remote_mount_options_refused(mounter, keys, tmp_path):
     """Nonsense remote options are refused with one line naming the option, exit 2."""
     url = "http://127.0.0.1:9/kit.tar"
@@ -183,6 +236,7 @@ def test_remote_mount_options_refused(mounter, keys, tmp_path):
                       ("timeout=0", "timeout="), ("timeout=abc", "timeout="),
                       ("mirror=ftp://x/kit.tar", "mirror="), ("interval=10", "interval="),
                       ("proxy=nothing", "proxy="), ("cacert=/nonexistent/ca.pem", "cacert="),
+                      ("client_key=/etc/hostname", "client_key="),
                       ("follow=http://127.0.0.1:9/k.tar", "follow=")):
         cp, mnt = mounter.try_mount(url, keys["ed25519"].pub, opt)
         assert cp.returncode == 2, (opt, cp.stderr)
