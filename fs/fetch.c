@@ -339,8 +339,9 @@ void fetch_read(struct stellafs *sf, fuse_req_t req, struct fetch_file *ff, size
 		if (q->n > q->peak)
 			q->peak = q->n;
 		pthread_cond_signal(&q->work);
-		if (q->n == 1)
-			pthread_cond_signal(&q->wake);
+		/* always: the watchdog may sleep without a deadline while the
+		 * list holds only reads answered already (stuck fetches') */
+		pthread_cond_signal(&q->wake);
 		j = NULL;
 	} else if (full && !again) {
 		q->refused++;
