@@ -225,7 +225,11 @@ static int kit_facts(struct bytes *kit, const struct snapshot_opts *o, struct ki
 	if ((r = sha256_once(buf, n + 8, h)) < 0)
 		return r;
 	hex_encode(h, 32, f->name);
-	snprintf(f->stat, sizeof(f->stat), "%s", bytes_identity(kit));
+	/* A kit on a mirror has no inode or ctime, and its identity changes
+	 * once the cache is bound to its manifest (remote_bind): the head
+	 * and the size say which kit it is (and every block read is checked
+	 * against the trees the index was built with, whatever it is). */
+	snprintf(f->stat, sizeof(f->stat), "%s", bytes_is_remote(kit) ? "remote" : bytes_identity(kit));
 
 	/* the trust store: its keys' ids, sorted, and the threshold */
 	size_t nk = o->trust ? o->trust->n : 0;
@@ -485,13 +489,17 @@ int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, stru
 	char tmpdir[] = "/tmp/stellafs-index.XXXXXX";
 	bool own_tmpdir = false;
 	struct kit_facts f;
+	struct bytes *given = o->bytes; /* ours until source_open_bytes takes it */
 	int r;
-	if (!s)
+	if (!s) {
+		bytes_close(given);
 		return -ENOMEM;
+	}
 	atomic_init(&s->refs, 1);
 	atomic_init(&s->open_files, 0);
 	s->blobs.fd = s->trees.fd = -1;
 	if (!(s->kit_path = strdup(o->kit)) || !(s->files_map = calloc(1, sizeof(*s->files_map)))) {
+		bytes_close(given);
 		r = -ENOMEM;
 		goto fail;
 	}
@@ -499,7 +507,8 @@ int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, stru
 
 	/* The facts come from the bytes the snapshot reads, not from a
 	 * second open that could find another file at the path. */
-	if ((r = source_open(o->kit, &s->src, e)) < 0)
+	r = given ? source_open_bytes(given, &s->src, e) : source_open(o->kit, &s->src, e);
+	if (r < 0)
 		goto fail;
 	s->compression = source_compression(s->src);
 	if ((r = kit_facts(source_bytes(s->src), o, &f, e)) < 0) {
