@@ -1,0 +1,248 @@
+"""Kits in OCI registries (docs/mirrors.md, "OCI registries"): `stellakit push` against
+Debian's docker-registry (CNCF distribution), plain and with TLS plus htpasswd, checked
+with skopeo as the independent client; pulling by tag and digest (verify, import,
+mount); tampering in the registry's storage; and, against a small registry of our own
+(ocilib.FakeRegistry), what distribution cannot show: bearer tokens and their expiry,
+blob redirects to storage and presigned URLs that expire, refused multi-range requests,
+and manifests that lie.  Every server is started here on 127.0.0.1 and stopped by PID;
+one that cannot start fails the test."""
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import kitlib
+import ocilib
+import serverlib
+from kitlib import assert_fail, assert_ok, run, sh
+
+SKOPEO = "/usr/bin/skopeo"
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    with ocilib.Registry(tmp_path_factory.mktemp("registry")) as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def tls_registry(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tls-registry")
+    tls = serverlib.make_ca(d / "ca")
+    with ocilib.Registry(d / "reg", tls=tls, users={"alice": "s3cret"}) as r:
+        r.ca = tls.ca
+        yield r
+
+
+@pytest.fixture
+def kit(packed):
+    return packed("none").path
+
+
+@pytest.fixture
+def isolated_env(tmp_path):
+    """No credentials from the machine: HOME and the auth file point into tmp."""
+    home = tmp_path / "home"
+    home.mkdir()
+    return {"HOME": home, "REGISTRY_AUTH_FILE": None, "DOCKER_CONFIG": None, "SSL_CERT_FILE": None}
+
+
+def push(kit, ref, *extra, env=None):
+    return run("push", *extra, kit, ref, env=env, timeout=120)
+
+
+def skopeo(*args, timeout=120):
+    if not os.access(SKOPEO, os.X_OK):
+        pytest.fail("skopeo is missing (scripts/deps.sh installs it)", pytrace=False)
+    return sh(SKOPEO, *args, timeout=timeout)
+
+
+def pushed_digest(cp):
+    assert_ok(cp)
+    out = cp.stdout.strip()
+    assert out.startswith("sha256:") and len(out) == 71, cp.stdout
+    return out
+
+
+# --------------------------------------------------------------------------- push
+
+def test_push_is_the_artifact_skopeo_sees(registry, kit, isolated_env, tmp_path):
+    ref = registry.ref("stella/kits:2025.01.15")
+    digest = pushed_digest(push(kit, ref, env=isolated_env))
+    raw = skopeo("inspect", "--raw", "--tls-verify=false",
+                 f"docker://{registry.host}/stella/kits:2025.01.15").stdout.encode()
+    assert ocilib.sha256_digest(raw) == digest
+    m = json.loads(raw)
+    assert m["schemaVersion"] == 2 and m["mediaType"] == ocilib.MANIFEST_TYPE
+    assert m["artifactType"] == "application/vnd.stellaops.offline-kit.v1"
+    assert m["config"] == {"mediaType": "application/vnd.oci.empty.v1+json",
+                           "digest": ocilib.EMPTY_DIGEST, "size": 2}
+    assert len(m["layers"]) == 1
+    layer = m["layers"][0]
+    data = Path(kit).read_bytes()
+    assert layer["mediaType"] == "application/vnd.stellaops.offline-kit.v1.tar"
+    assert layer["digest"] == "sha256:" + sh("sha256sum", kit).stdout.split()[0]
+    assert layer["size"] == len(data)
+    assert layer["annotations"] == {"org.opencontainers.image.title": Path(kit).name}
+    km = json.loads(kitlib.kit_manifest(kit)[0])
+    assert m["annotations"] == {
+        "org.opencontainers.image.version": km["version"],
+        "org.opencontainers.image.created": km["createdAt"],
+        "io.stellaops.kit.id": km["kitId"],
+        "io.stellaops.kit.sequence": str(km["sequence"]),
+        "io.stellaops.kit.expires": km["expiresAt"],
+    }
+    # skopeo copies the artifact to an OCI layout: the layer blob is the kit's bytes
+    lay = tmp_path / "layout"
+    skopeo("copy", "--src-tls-verify=false", f"docker://{registry.host}/stella/kits:2025.01.15",
+           f"oci:{lay}:k")
+    blob = lay / "blobs" / "sha256" / layer["digest"].split(":")[1]
+    assert sh("sha256sum", blob).stdout.split()[0] == sh("sha256sum", kit).stdout.split()[0]
+    # by digest, the same manifest
+    raw2 = skopeo("inspect", "--raw", "--tls-verify=false",
+                  f"docker://{registry.host}/stella/kits@{digest}").stdout.encode()
+    assert raw2 == raw
+
+
+@pytest.mark.parametrize("compress", ["gzip", "zstd"])
+def test_push_compressed_kit_media_type(registry, packed, compress, isolated_env):
+    k = packed(compress).path
+    pushed_digest(push(k, registry.ref(f"stella/c-{compress}:1"), env=isolated_env))
+    m = json.loads(skopeo("inspect", "--raw", "--tls-verify=false",
+                          f"docker://{registry.host}/stella/c-{compress}:1").stdout)
+    assert m["layers"][0]["mediaType"] == f"application/vnd.stellaops.offline-kit.v1.tar+{compress}"
+
+
+def test_push_chunked_gives_the_same_blob(registry, kit, isolated_env, tmp_path):
+    ref = registry.ref("stella/chunked:1")
+    pushed_digest(push(kit, ref, "--chunk-size", "4K", env=isolated_env))
+    lay = tmp_path / "layout"
+    skopeo("copy", "--src-tls-verify=false", f"docker://{registry.host}/stella/chunked:1", f"oci:{lay}:k")
+    m = json.loads(skopeo("inspect", "--raw", "--tls-verify=false",
+                          f"docker://{registry.host}/stella/chunked:1").stdout)
+    blob = lay / "blobs" / "sha256" / m["layers"][0]["digest"].split(":")[1]
+    assert blob.read_bytes() == Path(kit).read_bytes()
+
+
+def test_push_chunks_and_skips_present_blobs(kit, isolated_env):
+    """Against our own registry, which logs every request: chunked PATCHes of the asked
+    size, then a second push of the same kit sends no blob again."""
+    with ocilib.FakeRegistry() as fr:
+        size = Path(kit).stat().st_size
+        pushed_digest(push(kit, fr.ref("s/k:1"), "--chunk-size", "8K", env=isolated_env))
+        patches = [e for e in fr.log if e[0] == "PATCH"]
+        assert len(patches) == (size + 8191) // 8192
+        assert fr.blobs[ocilib.sha256_digest(Path(kit).read_bytes())] == Path(kit).read_bytes()
+        fr.log.clear()
+        pushed_digest(push(kit, fr.ref("s/k:2"), env=isolated_env))
+        methods = [e[0] for e in fr.log]
+        assert "POST" not in methods and "PATCH" not in methods, fr.log
+        assert [e[1] for e in fr.log if e[0] == "PUT"] == ["/v2/s/k/manifests/2"]
+
+
+def test_push_refuses_a_bad_kit_and_pushes_nothing(registry, kit, tmp_path, isolated_env):
+    bad = tmp_path / "bad.tar"
+    data = bytearray(Path(kit).read_bytes())
+    data[-3000] ^= 0xFF    # inside the last artifact's bytes
+    bad.write_bytes(bytes(data))
+    cp = push(bad, registry.ref("stella/bad:1"), env=isolated_env)
+    assert cp.returncode in (3, 4), kitlib.describe(cp)
+    assert len(cp.stderr.strip().splitlines()) == 1
+    insp = subprocess.run([SKOPEO, "inspect", "--raw", "--tls-verify=false",
+                           f"docker://{registry.host}/stella/bad:1"], capture_output=True, timeout=60)
+    assert insp.returncode != 0
+
+
+@pytest.mark.parametrize("ref", ["oci://127.0.0.1:5000/s/k@sha256:" + "0" * 64, "oci://127.0.0.1:5000/S/k:1",
+                                 "oci://127.0.0.1:5000/s/k", "http://127.0.0.1:5000/s/k:1",
+                                 "oci://127.0.0.1:5000/s/../k:1"])
+def test_push_usage(kit, ref):
+    assert_fail(run("push", kit, ref), 2)
+
+
+def test_push_help():
+    cp = assert_ok(run("push", "--help"))
+    assert "oci://REGISTRY/REPOSITORY:TAG" in cp.stdout and "--cacert" in cp.stdout
+
+
+def test_push_unreachable_registry_exit_1(kit, isolated_env):
+    port = serverlib.free_port()
+    assert_fail(push(kit, f"oci://127.0.0.1:{port}/s/k:1", env=isolated_env), 1, "127.0.0.1")
+
+
+# --------------------------------------------------------------------------- TLS and htpasswd
+
+def test_push_tls_basic_auth(tls_registry, kit, tmp_path, isolated_env):
+    r = tls_registry
+    ref = r.ref("stella/kits:1")
+    authf = ocilib.auth_file(tmp_path / "auth.json", r.host, "alice", "s3cret")
+    env = dict(isolated_env, REGISTRY_AUTH_FILE=authf)
+    digest = pushed_digest(push(kit, ref, "--cacert", r.ca, env=env))
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    shutil.copy(r.ca, certs / "ca.crt")
+    raw = skopeo("inspect", "--raw", "--cert-dir", certs, "--creds", "alice:s3cret",
+                 f"docker://{r.host}/stella/kits:1").stdout.encode()
+    assert ocilib.sha256_digest(raw) == digest
+    # SSL_CERT_FILE instead of --cacert
+    pushed_digest(push(kit, ref, env=dict(env, SSL_CERT_FILE=r.ca)))
+    # ~/.docker/config.json when REGISTRY_AUTH_FILE is not set
+    (isolated_env["HOME"] / ".docker").mkdir()
+    ocilib.auth_file(isolated_env["HOME"] / ".docker" / "config.json", r.host, "alice", "s3cret")
+    pushed_digest(push(kit, ref, "--cacert", r.ca, env=isolated_env))
+
+
+def test_push_tls_refusals(tls_registry, kit, tmp_path, isolated_env):
+    r = tls_registry
+    ref = r.ref("stella/kits:2")
+    authf = ocilib.auth_file(tmp_path / "auth.json", r.host, "alice", "s3cret")
+    # the certificate is not trusted: no fallback to plain http, even on loopback
+    assert_fail(push(kit, ref, env=dict(isolated_env, REGISTRY_AUTH_FILE=authf)), 1,
+                ("certificate", "SSL"))
+    # no credentials for it
+    assert_fail(push(kit, ref, "--cacert", r.ca, env=isolated_env), 1, "credentials")
+    # wrong password
+    bad = ocilib.auth_file(tmp_path / "bad.json", r.host, "alice", "wrong")
+    assert_fail(push(kit, ref, "--cacert", r.ca, env=dict(isolated_env, REGISTRY_AUTH_FILE=bad)), 1,
+                "refused")
+    # credentials for another registry only
+    other = ocilib.auth_file(tmp_path / "other.json", "registry.example:5000", "alice", "s3cret")
+    assert_fail(push(kit, ref, "--cacert", r.ca, env=dict(isolated_env, REGISTRY_AUTH_FILE=other)), 1,
+                "credentials")
+    # a malformed auth file is said, not ignored
+    junk = tmp_path / "junk.json"
+    junk.write_text("{not json")
+    assert_fail(push(kit, ref, "--cacert", r.ca, env=dict(isolated_env, REGISTRY_AUTH_FILE=junk)), 1,
+                "credentials")
+
+
+# --------------------------------------------------------------------------- bearer tokens (push)
+
+def test_push_bearer_token_with_basic_credentials(kit, tmp_path, isolated_env):
+    with ocilib.FakeRegistry(auth="bearer", users={"bob": "pw"}) as fr:
+        authf = ocilib.auth_file(tmp_path / "auth.json", fr.host, "bob", "pw")
+        env = dict(isolated_env, REGISTRY_AUTH_FILE=authf)
+        pushed_digest(push(kit, fr.ref("team/kits:1"), env=env))
+        assert fr.token_requests, "no token was asked for"
+        want = "Basic " + base64.b64encode(b"bob:pw").decode()
+        assert all(a == want for a, _ in fr.token_requests)
+        assert any(q.get("scope") == ["repository:team/kits:pull,push"] for _, q in fr.token_requests)
+        assert all(q.get("service") == ["fake-registry"] for _, q in fr.token_requests)
+        # every registry request but the first ping carried the token
+        assert all(a.startswith("Bearer ") for m, p, a, _ in fr.log[1:] if p != "/token")
+        bad = ocilib.auth_file(tmp_path / "bad.json", fr.host, "bob", "nope")
+        assert_fail(push(kit, fr.ref("team/kits:2"), env=dict(isolated_env, REGISTRY_AUTH_FILE=bad)), 1,
+                    "refused")
+        assert ("team/kits", "2") not in fr.manifests
+
+
+def test_push_401_without_challenge(kit, isolated_env):
+    with ocilib.FakeRegistry(auth="nochallenge") as fr:
+        assert_fail(push(kit, fr.ref("s/k:1"), env=isolated_env), 1, "401", "challenge")
