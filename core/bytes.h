@@ -33,6 +33,12 @@ struct bytes_ops {
 	 * name names by now), independent of b's lifetime. */
 	int (*dup)(const struct bytes *b, struct bytes **out, struct stella_err *e);
 	void (*close)(struct bytes *b);
+	/* Optional: the layer above found bytes [off, off+len) bad (they
+	 * failed verification).  Forget them wherever they are kept, never
+	 * trust where they came from for that range again, and say whether
+	 * a retry may get good ones: 0 (another mirror may serve them: read
+	 * again) or -EIO (nothing else to try). */
+	int (*report_bad)(struct bytes *b, uint64_t off, uint64_t len);
 };
 
 /* Implementations embed this first and fill it in. */
@@ -79,6 +85,14 @@ static inline int bytes_dup(const struct bytes *b, struct bytes **out, struct st
 	if (!b->ops->dup)
 		return stella_fail(e, -EOPNOTSUPP, "%s: cannot be opened twice", b->name);
 	return b->ops->dup(b, out, e);
+}
+
+/* -EIO for bytes with nowhere else to get them from (a local file). */
+static inline int bytes_report_bad(struct bytes *b, uint64_t off, uint64_t len)
+{
+	if (!b->ops->report_bad)
+		return -EIO;
+	return b->ops->report_bad(b, off, len);
 }
 
 static inline const char *bytes_name(const struct bytes *b) { return b->name; }

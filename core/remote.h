@@ -26,6 +26,8 @@ struct remote_opts {
 	unsigned timeout_ms;       /* no read waits longer (as its caller sees it) */
 	const char *cacert;        /* NULL: the system store or SSL_CERT_FILE */
 	const char *proxy;         /* NULL: http_proxy / https_proxy / no_proxy */
+	const char *client_cert;   /* https client certificate (PEM), NULL for none */
+	const char *client_key;    /* its private key (PEM), NULL: in client_cert */
 };
 
 /* How requests to one endpoint are authorised (a registry's bearer token,

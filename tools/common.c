@@ -1,4 +1,6 @@
 #include "common.h"
+#include "location.h"
+#include "source.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -77,4 +79,15 @@ const char *text_name(const char *s)
 	char *b = buf[next++ % 4];
 	escape(s, ESCAPE_TEXT, b, sizeof(buf[0]));
 	return b;
+}
+
+int open_location(const char *kit, const char *cacert, struct source **out, struct stella_err *e)
+{
+	*out = NULL;
+	if (!location_is_remote(kit))
+		return 0;
+	struct remote_opts o = { .cacert = cacert };
+	struct bytes *b;
+	int r = location_open(kit, NULL, 0, &o, &b, e);
+	return r < 0 ? r : source_open_bytes(b, out, e);
 }

@@ -26,6 +26,13 @@ const char *text_name(const char *s);
 void progress_cb(void *ctx, const char *name, uint64_t done, uint64_t total);
 void progress_done(void);
 
+struct source;
+/* KIT as an operator typed it: a local path (*out NULL: the callee opens
+ * it, as ever) or an http(s):// / oci:// location (docs/mirrors.md),
+ * opened here with CACERT (NULL: the system store).  0 or a negative errno
+ * with e filled. */
+int open_location(const char *kit, const char *cacert, struct source **out, struct stella_err *e);
+
 int cmd_keygen(int argc, char **argv);
 int cmd_pack(int argc, char **argv);
 int cmd_verify(int argc, char **argv);

@@ -5,18 +5,20 @@
 #include "bounds.h"
 #include "common.h"
 #include "sig.h"
+#include "source.h"
 #include "store.h"
 #include "util.h"
 
 static const char help[] =
 	"Usage: " PROG " import -s STORE -t TRUST [--threshold N] [--now TIME] [--allow-expired]\n"
-	"                       [--activate] [--repair] KIT\n"
+	"                       [--activate] [--repair] [--cacert FILE] KIT|URL\n"
 	"\n"
 	"Verify KIT completely and add it to STORE as a snapshot: its files are\n"
 	"stored once by content, its index beside them.  Nothing changes in the\n"
 	"store unless every check passes.  The first snapshot of a store becomes\n"
 	"current; with --activate the new one does.  A mounted store shows the new\n"
 	"snapshot as soon as the import has finished.  STORE is created if needed.\n"
+	"KIT may be an http:// or https:// URL, as for verify.\n"
 	"Every stored file the kit carries is checked, and replaced by the kit's\n"
 	"verified bytes when damaged: importing a known-good kit that carries a\n"
 	"file repairs it, in every snapshot that has it.\n"
@@ -26,6 +28,7 @@ static const char help[] =
 	"      --threshold N     distinct trusted keys required (default 1)\n"
 	"      --now TIME        judge expiry at TIME instead of now (RFC 3339)\n"
 	"      --allow-expired   accept a kit whose expiresAt is past\n"
+"      --cacert FILE     CA bundle for an https:// KIT (default: the system store)\n"
 	"      --activate        make the imported snapshot current\n"
 	"      --repair          KIT made a snapshot of STORE already (same version and\n"
 	"                        manifest): check that snapshot's stored files, replace\n"
@@ -36,7 +39,7 @@ static const char help[] =
 	"Exit codes as verify, plus 7: the kit's sequence is not newer than the one\n"
 	"the store already trusts for its kitId.\n";
 
-enum { OPT_THRESHOLD = 256, OPT_NOW, OPT_ALLOW_EXPIRED, OPT_ACTIVATE, OPT_REPAIR };
+enum { OPT_THRESHOLD = 256, OPT_NOW, OPT_ALLOW_EXPIRED, OPT_ACTIVATE, OPT_REPAIR, OPT_CACERT };
 
 int cmd_import(int argc, char **argv)
 {
@@ -48,10 +51,11 @@ int cmd_import(int argc, char **argv)
 		{ "allow-expired", no_argument, NULL, OPT_ALLOW_EXPIRED },
 		{ "activate", no_argument, NULL, OPT_ACTIVATE },
 		{ "repair", no_argument, NULL, OPT_REPAIR },
+		{ "cacert", required_argument, NULL, OPT_CACERT },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
-	const char *store_path = NULL, *trust_path = NULL, *now_arg = NULL;
+	const char *store_path = NULL, *trust_path = NULL, *now_arg = NULL, *cacert = NULL;
 	unsigned threshold = 1;
 	bool allow_expired = false, activate = false, repair = false;
 	int c, r;
@@ -66,6 +70,7 @@ int cmd_import(int argc, char **argv)
 						   STELLA_TRUST_KEYS_MAX);
 			break;
 		case OPT_NOW: now_arg = optarg; break;
+		case OPT_CACERT: cacert = optarg; break;
 		case OPT_ALLOW_EXPIRED: allow_expired = true; break;
 		case OPT_ACTIVATE: activate = true; break;
 		case OPT_REPAIR: repair = true; break;
@@ -94,11 +99,16 @@ int cmd_import(int argc, char **argv)
 		store_close(st);
 		return report(&e, r);
 	}
+	struct source *src = NULL;
 	struct store_import_report rep = { 0 };
 	struct store_import_opts o = { .trust = trust, .threshold = threshold, .now = now,
 				       .allow_expired = allow_expired, .activate = activate, .repair = repair,
 				       .report = &rep };
-	r = store_import(st, argv[optind], &o, version, &e);
+	r = open_location(argv[optind], cacert, &src, &e);
+	o.source = src;
+	if (r == 0)
+		r = store_import(st, argv[optind], &o, version, &e);
+	source_close(src);
 	char cur[129], prev[129];
 	store_pointers(st, cur, prev, NULL);
 	store_unlock(st);

@@ -2,6 +2,7 @@
 #include <langinfo.h>
 #include <locale.h>
 #include <stdio.h>
+#include <syslog.h>
 #include <string.h>
 
 #include "common.h"
@@ -45,8 +46,18 @@ static const char usage[] =
 	"\n"
 	"'" PROG " COMMAND --help' describes one command; see stellakit(1).\n";
 
+/* A mirror that failed and another that then served (core/remote.c logs
+ * those at LOG_NOTICE) is the daemon's log's business, not a one-shot
+ * run's: its one line on failure says what counts. */
+static void log_quiet_notices(int prio, const char *line)
+{
+	if (prio < LOG_NOTICE)
+		fprintf(stderr, "%s\n", line);
+}
+
 int main(int argc, char **argv)
 {
+	stella_log_set(log_quiet_notices);
 	/* Names in kits are UTF-8; libarchive converts names through the
 	 * locale, so make sure it is a UTF-8 one whatever the environment. */
 	setlocale(LC_ALL, "");

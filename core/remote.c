@@ -1,0 +1,913 @@
+/* Kit bytes from site mirrors (remote.h): a struct bytes whose reads are
+ * served from aligned chunks of REMOTE_CHUNK bytes, each fetched once with
+ * an HTTP range request (http.c) from the first mirror that can, kept in a
+ * small memory table and in the disk cache (rcache.c) once the kit is
+ * bound to its manifest.
+ *
+ * One struct shared holds the mirrors, the chunk table and the cache; every
+ * handle (remote_open, dup) points at it.  s->mu guards all of its mutable
+ * state; it is never held across a network wait or a disk write.  A chunk
+ * being fetched sits in the table in state FETCHING: readers that want it
+ * wait on s->cv (bounded by their deadline) instead of fetching it again. */
+#include "remote.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+#include <time.h>
+
+#include <openssl/evp.h>
+
+#include "http.h"
+#include "rcache.h"
+
+#define REMOTE_CHUNK (1u << 20)
+#define MEM_CHUNKS 32          /* chunks kept in memory (not counting those in use) */
+#define READAHEAD 4            /* chunks fetched ahead of a sequential reader */
+#define WORKERS 2              /* threads fetching ahead */
+#define BACKOFF_FIRST_MS 1000
+#define BACKOFF_MAX_MS 60000
+#define ATTEMPT_MIN_MS 1000    /* a mirror's share of a read's time, at least */
+
+enum { CH_FETCHING, CH_READY };
+
+struct chunk {
+	uint64_t idx;
+	int state;
+	uint8_t *data;
+	size_t len;
+	int src;                /* the endpoint that served it; -1 the disk cache */
+	unsigned refs;          /* readers copying from it, and the table's own */
+	uint64_t used;          /* LRU tick */
+	bool dropped;           /* out of the table: the last put frees it */
+};
+
+struct endpoint {
+	char *url, *label;
+	const struct remote_auth_ops *auth;
+	void *auth_ctx;
+	pthread_mutex_t auth_mu;    /* authorize and challenge, one at a time */
+	char origin[160];
+	bool tried, failing;
+	int64_t retry_at, backoff_ms;
+	uint64_t failures, bytes, requests[REMOTE_RESULTS];
+	char last_error[256];
+	uint64_t *bad;              /* chunks it served wrong bytes for */
+	size_t nbad, capbad;
+};
+
+struct shared {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;          /* a chunk left FETCHING; the readahead queue */
+	unsigned refs;
+	struct remote_opts o;       /* strings owned */
+	struct endpoint ep[REMOTE_MAX_ENDPOINTS];
+	size_t n;
+	uint64_t size;
+	struct chunk **tab;
+	size_t ntab, captab;
+	uint64_t tick;
+	struct rcache *rc;
+	char key[65];
+	uint64_t head_len;
+	uint64_t unserved, mem_hits;
+	uint64_t queue[2 * READAHEAD * WORKERS];
+	size_t qn;
+	pthread_t workers[WORKERS];
+	int nworkers;
+	bool stopping;
+};
+
+struct rbytes {
+	struct bytes b;
+	struct shared *s;
+	uint64_t next_off;      /* where the last read ended */
+	unsigned streak;        /* reads in a row that began where the last ended */
+	bool sequential;        /* advised */
+};
+
+static const struct bytes_ops remote_ops;
+
+const char *remote_result_name(enum remote_result r)
+{
+	static const char *const names[REMOTE_RESULTS] = {
+		"ok", "http_error", "timeout", "short", "bad_bytes", "refused",
+	};
+	return (unsigned)r < REMOTE_RESULTS ? names[r] : "?";
+}
+
+bool bytes_is_remote(const struct bytes *b)
+{
+	return b && b->ops == &remote_ops;
+}
+
+static void sha256_hex(const void *p, size_t n, char out[65])
+{
+	unsigned char md[32];
+	unsigned len = 0;
+	EVP_Digest(p, n, md, &len, EVP_sha256(), NULL);
+	for (int i = 0; i < 32; i++)
+		snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+static int64_t deadline_after(unsigned ms)
+{
+	return http_now_ms() + (int64_t)ms;
+}
+
+/* ------------------------------------------------------------ chunks */
+
+static uint64_t chunk_len(const struct shared *s, uint64_t idx)
+{
+	uint64_t off = idx * REMOTE_CHUNK;
+	return s->size - off < REMOTE_CHUNK ? s->size - off : REMOTE_CHUNK;
+}
+
+static struct chunk *tab_find(struct shared *s, uint64_t idx)
+{
+	for (size_t i = 0; i < s->ntab; i++)
+		if (s->tab[i]->idx == idx)
+			return s->tab[i];
+	return NULL;
+}
+
+static void chunk_free(struct chunk *c)
+{
+	free(c->data);
+	free(c);
+}
+
+static void chunk_put_locked(struct chunk *c)
+{
+	if (--c->refs == 0)
+		chunk_free(c);
+}
+
+/* Out of the table, without putting the table's reference: true if it
+ * was there. */
+static bool tab_unlink(struct shared *s, struct chunk *c)
+{
+	for (size_t i = 0; i < s->ntab; i++) {
+		if (s->tab[i] == c) {
+			s->tab[i] = s->tab[--s->ntab];
+			c->dropped = true;
+			return true;
+		}
+	}
+	return false;
+}
+
+static void tab_remove(struct shared *s, struct chunk *c)
+{
+	if (tab_unlink(s, c))
+		chunk_put_locked(c);
+}
+
+/* Keep the table near MEM_CHUNKS: evict the least recently used ready
+ * chunks nobody is copying from. */
+static void tab_trim(struct shared *s)
+{
+	while (s->ntab > MEM_CHUNKS) {
+		struct chunk *lru = NULL;
+		for (size_t i = 0; i < s->ntab; i++) {
+			struct chunk *c = s->tab[i];
+			if (c->state == CH_READY && c->refs == 1 && (!lru || c->used < lru->used))
+				lru = c;
+		}
+		if (!lru)
+			return;
+		tab_remove(s, lru);
+	}
+}
+
+static int tab_add(struct shared *s, struct chunk *c)
+{
+	if (s->ntab == s->captab) {
+		size_t cap = s->captab ? 2 * s->captab : 2 * MEM_CHUNKS;
+		struct chunk **t = realloc(s->tab, cap * sizeof(*t));
+		if (!t)
+			return -ENOMEM;
+		s->tab = t;
+		s->captab = cap;
+	}
+	s->tab[s->ntab++] = c;
+	c->refs++;
+	tab_trim(s);
+	return 0;
+}
+
+/* ------------------------------------------------------------ mirrors */
+
+static bool ep_bad_for(const struct endpoint *ep, uint64_t idx)
+{
+	for (size_t i = 0; i < ep->nbad; i++)
+		if (ep->bad[i] == idx)
+			return true;
+	return false;
+}
+
+static void ep_mark_bad(struct endpoint *ep, uint64_t idx)
+{
+	if (ep_bad_for(ep, idx))
+		return;
+	if (ep->nbad == ep->capbad) {
+		size_t cap = ep->capbad ? 2 * ep->capbad : 16;
+		uint64_t *b = realloc(ep->bad, cap * sizeof(*b));
+		if (!b)
+			return;   /* it will be tried again, and found bad again */
+		ep->bad = b;
+		ep->capbad = cap;
+	}
+	ep->bad[ep->nbad++] = idx;
+}
+
+static void ep_failed(struct shared *s, struct endpoint *ep, enum remote_result r, const char *msg)
+{
+	ep->tried = true;
+	ep->failing = true;
+	ep->failures++;
+	ep->requests[r]++;
+	ep->backoff_ms = ep->backoff_ms ? ep->backoff_ms * 2 : BACKOFF_FIRST_MS;
+	if (ep->backoff_ms > BACKOFF_MAX_MS)
+		ep->backoff_ms = BACKOFF_MAX_MS;
+	ep->retry_at = http_now_ms() + ep->backoff_ms;
+	snprintf(ep->last_error, sizeof(ep->last_error), "%s", msg);
+	(void)s;
+}
+
+static void ep_served(struct endpoint *ep, uint64_t bytes)
+{
+	ep->tried = true;
+	ep->failing = false;
+	ep->backoff_ms = 0;
+	ep->retry_at = 0;
+	ep->requests[REMOTE_OK]++;
+	ep->bytes += bytes;
+}
+
+/* One range request to EP, with its credentials (one retry after a
+ * challenge).  Outside s->mu. */
+static int ep_get(struct shared *s, struct endpoint *ep, uint64_t off, void *buf, size_t len,
+		  int64_t deadline, struct http_resp *rs)
+{
+	char authz[4096] = "";
+	struct http_req rq = {
+		.url = ep->url, .off = off, .len = len, .buf = buf,
+		.deadline_ms = deadline, .o = &s->o,
+	};
+	for (int attempt = 0; ; attempt++) {
+		if (ep->auth && ep->auth->authorize) {
+			struct stella_err e = { 0 };
+			pthread_mutex_lock(&ep->auth_mu);
+			int r = ep->auth->authorize(ep->auth_ctx, authz, sizeof(authz), &e);
+			pthread_mutex_unlock(&ep->auth_mu);
+			if (r < 0) {
+				memset(rs, 0, sizeof(*rs));
+				rs->result = REMOTE_REFUSED;
+				snprintf(rs->error, sizeof(rs->error), "%s", stella_err_text(&e, r));
+				return r;
+			}
+			rq.authorization = authz;
+		}
+		int r = http_get(&rq, rs);
+		if (r == -EACCES && attempt == 0 && rs->status == 401 && ep->auth && ep->auth->challenge) {
+			struct stella_err e = { 0 };
+			pthread_mutex_lock(&ep->auth_mu);
+			int c = ep->auth->challenge(ep->auth_ctx, rs->www_authenticate, &e);
+			pthread_mutex_unlock(&ep->auth_mu);
+			if (c == 0)
+				continue;
+		}
+		return r;
+	}
+}
+
+/* Chunk IDX from the mirrors, in order, skipping those in backoff (unless
+ * nothing else is left) and those that served wrong bytes for it.  BUF
+ * holds the chunk's LEN bytes on success; *src the endpoint. */
+static int fetch_chunk(struct shared *s, uint64_t idx, uint8_t *buf, size_t len, int64_t deadline,
+		       int *src)
+{
+	bool done[REMOTE_MAX_ENDPOINTS] = { false };
+	int last = -EIO;
+	char why[512] = "";
+	for (int pass = 0; pass < 2; pass++) {
+		for (size_t i = 0; i < s->n; i++) {
+			struct endpoint *ep = &s->ep[i];
+			pthread_mutex_lock(&s->mu);
+			int64_t now = http_now_ms();
+			bool skip = done[i] || ep_bad_for(ep, idx) || (pass == 0 && ep->retry_at > now);
+			size_t left_eps = 0;
+			for (size_t j = 0; j < s->n; j++)
+				left_eps += !done[j] && !ep_bad_for(&s->ep[j], idx);
+			pthread_mutex_unlock(&s->mu);
+			if (skip)
+				continue;
+			int64_t left = deadline - now;
+			if (left <= 0)
+				return -ETIMEDOUT;
+			/* a hanging mirror gets its share of the time, not all of it */
+			int64_t share = left / (int64_t)(left_eps ? left_eps : 1);
+			if (share < ATTEMPT_MIN_MS)
+				share = left < ATTEMPT_MIN_MS ? left : ATTEMPT_MIN_MS;
+			done[i] = true;
+			struct http_resp rs;
+			int r = ep_get(s, ep, idx * REMOTE_CHUNK, buf, len, now + share, &rs);
+			if (r == 0 && rs.range.total != s->size) {
+				rs.result = REMOTE_HTTP_ERROR;
+				snprintf(rs.error, sizeof(rs.error), "the file there is %" PRIu64 " bytes, not %" PRIu64,
+					 rs.range.total, s->size);
+				r = -EIO;
+			}
+			pthread_mutex_lock(&s->mu);
+			if (r == 0)
+				ep_served(ep, rs.got);
+			else
+				ep_failed(s, ep, rs.result, rs.error);
+			pthread_mutex_unlock(&s->mu);
+			if (r == 0) {
+				*src = (int)i;
+				return 0;
+			}
+			stella_log(LOG_NOTICE, "%s: bytes %" PRIu64 "+%zu: %s (%s)", ep->label,
+				   idx * REMOTE_CHUNK, len, rs.error, remote_result_name(rs.result));
+			snprintf(why, sizeof(why), "%s", rs.error);
+			last = r;
+		}
+	}
+	(void)why;
+	return last == -ENOMEM ? -ENOMEM : last == -ETIMEDOUT ? -ETIMEDOUT : -EIO;
+}
+
+/* Chunk IDX, ready, with a reference the caller puts back (chunk_put).
+ * Waits at most until DEADLINE. */
+static int get_chunk(struct shared *s, uint64_t idx, int64_t deadline, struct chunk **out)
+{
+	pthread_mutex_lock(&s->mu);
+	for (;;) {
+		struct chunk *c = tab_find(s, idx);
+		if (c && c->state == CH_READY) {
+			c->refs++;
+			c->used = ++s->tick;
+			s->mem_hits++;
+			pthread_mutex_unlock(&s->mu);
+			*out = c;
+			return 0;
+		}
+		if (!c)
+			break;
+		/* another thread fetches it: wait for that, not for a second copy */
+		int64_t left = deadline - http_now_ms();
+		if (left <= 0) {
+			pthread_mutex_unlock(&s->mu);
+			return -ETIMEDOUT;
+		}
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_sec += left / 1000;
+		ts.tv_nsec += (left % 1000) * 1000000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+	}
+	struct chunk *c = calloc(1, sizeof(*c));
+	size_t len = chunk_len(s, idx);
+	uint8_t *data = malloc(len);
+	if (!c || !data || tab_add(s, c) < 0) {
+		pthread_mutex_unlock(&s->mu);
+		free(c);
+		free(data);
+		return -ENOMEM;
+	}
+	c->idx = idx;
+	c->state = CH_FETCHING;
+	c->refs++;   /* ours */
+	struct rcache *rc = s->rc;
+	pthread_mutex_unlock(&s->mu);
+
+	int src = -1;
+	int r = rc && rcache_get(rc, idx, data, len) == 0 ? 0 : -ENOENT;
+	if (r < 0) {
+		r = fetch_chunk(s, idx, data, len, deadline, &src);
+		if (r == 0 && rc)
+			rcache_put(rc, idx, data, len);
+	}
+
+	pthread_mutex_lock(&s->mu);
+	if (r == 0) {
+		c->data = data;
+		c->len = len;
+		c->src = src;
+		c->state = CH_READY;
+		c->used = ++s->tick;
+		*out = c;
+	} else {
+		free(data);
+		/* ours, and the table's if it still holds it */
+		c->refs -= tab_unlink(s, c) ? 2 : 1;
+		if (c->refs == 0)
+			chunk_free(c);
+	}
+	pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+	return r;
+}
+
+static void chunk_put(struct shared *s, struct chunk *c)
+{
+	pthread_mutex_lock(&s->mu);
+	chunk_put_locked(c);
+	pthread_mutex_unlock(&s->mu);
+}
+
+/* ------------------------------------------------------------ readahead */
+
+static void *worker_main(void *arg)
+{
+	struct shared *s = arg;
+	pthread_mutex_lock(&s->mu);
+	for (;;) {
+		while (!s->stopping && s->qn == 0)
+			pthread_cond_wait(&s->cv, &s->mu);
+		if (s->stopping)
+			break;
+		uint64_t idx = s->queue[0];
+		memmove(s->queue, s->queue + 1, --s->qn * sizeof(s->queue[0]));
+		bool have = tab_find(s, idx) != NULL;
+		unsigned ms = s->o.timeout_ms;
+		pthread_mutex_unlock(&s->mu);
+		struct chunk *c;
+		if (!have && get_chunk(s, idx, deadline_after(ms), &c) == 0)
+			chunk_put(s, c);
+		pthread_mutex_lock(&s->mu);
+	}
+	pthread_mutex_unlock(&s->mu);
+	return NULL;
+}
+
+/* Under s->mu: queue chunks after LAST for the workers. */
+static void readahead_locked(struct shared *s, uint64_t last)
+{
+	uint64_t nchunks = (s->size + REMOTE_CHUNK - 1) / REMOTE_CHUNK;
+	while (s->nworkers < WORKERS &&
+	       pthread_create(&s->workers[s->nworkers], NULL, worker_main, s) == 0)
+		s->nworkers++;
+	if (s->nworkers == 0)
+		return;
+	for (uint64_t i = last + 1; i <= last + READAHEAD && i < nchunks; i++) {
+		if (tab_find(s, i))
+			continue;
+		bool queued = false;
+		for (size_t q = 0; q < s->qn; q++)
+			queued |= s->queue[q] == i;
+		if (queued)
+			continue;
+		if (s->qn == sizeof(s->queue) / sizeof(s->queue[0]))
+			break;
+		s->queue[s->qn++] = i;
+	}
+	pthread_cond_broadcast(&s->cv);
+}
+
+/* ------------------------------------------------------------ bytes ops */
+
+static ssize_t remote_read_at(struct bytes *b, void *buf, size_t len, uint64_t off)
+{
+	struct rbytes *rb = (struct rbytes *)b;
+	struct shared *s = rb->s;
+	if (off >= s->size)
+		return 0;
+	if (len > s->size - off)
+		len = (size_t)(s->size - off);
+	if (len == 0)
+		return 0;
+	int64_t deadline = deadline_after(s->o.timeout_ms);
+	uint64_t first = off / REMOTE_CHUNK, last = (off + len - 1) / REMOTE_CHUNK;
+	/* handles are not shared between threads: the streak is this reader's */
+	rb->streak = off == rb->next_off ? rb->streak + 1 : 0;
+	rb->next_off = off + len;
+	if (rb->sequential || rb->streak >= 2) {
+		pthread_mutex_lock(&s->mu);
+		readahead_locked(s, last);
+		pthread_mutex_unlock(&s->mu);
+	}
+	size_t done = 0;
+	for (uint64_t idx = first; idx <= last; idx++) {
+		struct chunk *c;
+		int r = get_chunk(s, idx, deadline, &c);
+		if (r < 0) {
+			stella_log(LOG_NOTICE, "%s: bytes %" PRIu64 "+%zu: %s", b->name, off, len,
+				   r == -ETIMEDOUT ? "no mirror answered in time" : "no mirror could serve them");
+			return r == -ENOMEM ? -ENOMEM : -EIO;
+		}
+		uint64_t cstart = idx * REMOTE_CHUNK;
+		uint64_t from = off + done - cstart;
+		size_t n = (size_t)(c->len - from);
+		if (n > len - done)
+			n = len - done;
+		memcpy((uint8_t *)buf + done, c->data + from, n);
+		done += n;
+		chunk_put(s, c);
+	}
+	return (ssize_t)done;
+}
+
+static void remote_advise_sequential(struct bytes *b)
+{
+	((struct rbytes *)b)->sequential = true;
+}
+
+static int new_handle(struct shared *s, const char *name, struct bytes **out)
+{
+	struct rbytes *rb = calloc(1, sizeof(*rb));
+	if (!rb || !(rb->b.name = strdup(name))) {
+		free(rb);
+		return -ENOMEM;
+	}
+	rb->b.ops = &remote_ops;
+	rb->b.size = s->size;
+	rb->s = s;
+	rb->next_off = UINT64_MAX;
+	*out = &rb->b;
+	return 0;
+}
+
+static int remote_dup(const struct bytes *b, struct bytes **out, struct stella_err *e)
+{
+	struct shared *s = ((const struct rbytes *)b)->s;
+	int r = new_handle(s, b->name, out);
+	if (r < 0)
+		return stella_fail_errno(e, r, "%s", b->name);
+	memcpy((*out)->identity, b->identity, sizeof(b->identity));
+	pthread_mutex_lock(&s->mu);
+	s->refs++;
+	pthread_mutex_unlock(&s->mu);
+	return 0;
+}
+
+static void shared_free(struct shared *s)
+{
+	pthread_mutex_lock(&s->mu);
+	s->stopping = true;
+	pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+	for (int i = 0; i < s->nworkers; i++)
+		pthread_join(s->workers[i], NULL);
+	for (size_t i = 0; i < s->ntab; i++)
+		chunk_put_locked(s->tab[i]);
+	free(s->tab);
+	for (size_t i = 0; i < s->n; i++) {
+		struct endpoint *ep = &s->ep[i];
+		if (ep->auth && ep->auth->free)
+			ep->auth->free(ep->auth_ctx);
+		pthread_mutex_destroy(&ep->auth_mu);
+		free(ep->url);
+		free(ep->label);
+		free(ep->bad);
+	}
+	if (s->rc)
+		rcache_close(s->rc);
+	free((char *)s->o.cache_dir);
+	free((char *)s->o.cacert);
+	free((char *)s->o.proxy);
+	free((char *)s->o.client_cert);
+	free((char *)s->o.client_key);
+	pthread_cond_destroy(&s->cv);
+	pthread_mutex_destroy(&s->mu);
+	free(s);
+}
+
+static void remote_close(struct bytes *b)
+{
+	struct rbytes *rb = (struct rbytes *)b;
+	struct shared *s = rb->s;
+	pthread_mutex_lock(&s->mu);
+	bool last = --s->refs == 0;
+	pthread_mutex_unlock(&s->mu);
+	if (last)
+		shared_free(s);
+	free(b->name);
+	free(rb);
+}
+
+/* bytes.h: [off, off+len) failed verification above. */
+static int remote_report_bad(struct bytes *b, uint64_t off, uint64_t len)
+{
+	struct shared *s = ((struct rbytes *)b)->s;
+	if (len == 0 || off >= s->size)
+		return -EIO;
+	uint64_t first = off / REMOTE_CHUNK, last = (off + len - 1) / REMOTE_CHUNK;
+	bool more = true;
+	pthread_mutex_lock(&s->mu);
+	for (uint64_t idx = first; idx <= last; idx++) {
+		struct chunk *c = tab_find(s, idx);
+		if (c && c->state == CH_READY) {
+			if (c->src >= 0) {
+				struct endpoint *ep = &s->ep[c->src];
+				ep_mark_bad(ep, idx);
+				ep->requests[REMOTE_BAD_BYTES]++;
+				ep->failures++;
+				ep->failing = true;
+				snprintf(ep->last_error, sizeof(ep->last_error),
+					 "bytes %" PRIu64 "+%" PRIu64 " failed verification", off, len);
+				stella_log(LOG_ERR, "%s: bytes %" PRIu64 "+%" PRIu64 " failed verification; "
+					   "never trusted for them again", ep->label, off, len);
+			}
+			tab_remove(s, c);
+		}
+		if (s->rc)
+			rcache_drop(s->rc, idx);
+		bool any = false;
+		for (size_t i = 0; i < s->n; i++)
+			any |= !ep_bad_for(&s->ep[i], idx);
+		more &= any;
+	}
+	if (!more)
+		s->unserved++;
+	pthread_mutex_unlock(&s->mu);
+	return more ? 0 : -EIO;
+}
+
+static const struct bytes_ops remote_ops = {
+	.read_at = remote_read_at,
+	.advise_sequential = remote_advise_sequential,
+	.dup = remote_dup,
+	.close = remote_close,
+	.report_bad = remote_report_bad,
+};
+
+/* ------------------------------------------------------------ open */
+
+static int opts_copy(struct remote_opts *d, const struct remote_opts *o)
+{
+	*d = (struct remote_opts){ .cache_size = REMOTE_CACHE_SIZE_DEFAULT,
+				   .timeout_ms = REMOTE_TIMEOUT_DEFAULT_MS };
+	if (!o)
+		return 0;
+	d->cache_size = o->cache_size ? o->cache_size : REMOTE_CACHE_SIZE_DEFAULT;
+	d->timeout_ms = o->timeout_ms ? o->timeout_ms : REMOTE_TIMEOUT_DEFAULT_MS;
+	const char *const src[] = { o->cache_dir, o->cacert, o->proxy, o->client_cert, o->client_key };
+	const char **dst[] = { &d->cache_dir, &d->cacert, &d->proxy, &d->client_cert, &d->client_key };
+	for (size_t i = 0; i < 5; i++)
+		if (src[i] && !(*dst[i] = strdup(src[i])))
+			return -ENOMEM;
+	return 0;
+}
+
+static void set_url_identity(struct bytes *b, const char *url)
+{
+	char h[65];
+	sha256_hex(url, strlen(url), h);
+	snprintf(b->identity, sizeof(b->identity), "url:%s", h);
+}
+
+/* The first chunk from the first endpoint that answers: the kit's size. */
+static int open_fetch(struct shared *s, int64_t deadline, const struct remote_endpoint *eps,
+		      struct stella_err *e)
+{
+	uint8_t *buf = malloc(REMOTE_CHUNK);
+	if (!buf)
+		return -ENOMEM;
+	int r = -EIO;
+	char why[400] = "";
+	for (size_t i = 0; i < s->n; i++) {
+		struct endpoint *ep = &s->ep[i];
+		struct http_resp rs;
+		int64_t now = http_now_ms(), left = deadline - now;
+		if (left <= 0)
+			break;
+		int64_t share = left / (int64_t)(s->n - i);
+		if (share < ATTEMPT_MIN_MS)
+			share = left;
+		r = ep_get(s, ep, 0, buf, REMOTE_CHUNK, now + share, &rs);
+		if (r == 0 && rs.range.total == UINT64_MAX) {
+			rs.result = REMOTE_HTTP_ERROR;
+			snprintf(rs.error, sizeof(rs.error), "no size in its Content-Range");
+			r = -EIO;
+		}
+		if (r == 0 && eps[i].size && rs.range.total != eps[i].size) {
+			rs.result = REMOTE_HTTP_ERROR;
+			snprintf(rs.error, sizeof(rs.error), "%" PRIu64 " bytes, not the %" PRIu64 " its descriptor states",
+				 rs.range.total, eps[i].size);
+			r = -EIO;
+		}
+		if (r == 0) {
+			ep_served(ep, rs.got);
+			s->size = rs.range.total;
+			struct chunk *c = calloc(1, sizeof(*c));
+			if (!c || tab_add(s, c) < 0) {
+				free(c);
+				free(buf);
+				return -ENOMEM;
+			}
+			c->state = CH_READY;
+			c->data = buf;
+			c->len = (size_t)rs.got;
+			c->src = (int)i;
+			c->used = ++s->tick;
+			return 0;
+		}
+		ep_failed(s, ep, rs.result, rs.error);
+		if (!why[0] || i == 0)
+			snprintf(why, sizeof(why), "%s", rs.error);
+		if (r == -EACCES && s->n == 1)
+			break;
+	}
+	free(buf);
+	if (r == 0)
+		r = -ETIMEDOUT;
+	if (s->n == 1)
+		return stella_fail(e, r, "%s: %s", s->ep[0].label, why[0] ? why : "no time left");
+	return stella_fail(e, r, "%s: no mirror answers (%zu tried; the first: %s)", s->ep[0].label, s->n,
+			   why[0] ? why : "no time left");
+}
+
+/* Every endpoint down: the disk cache of the kit this URL served last. */
+static int open_offline(struct shared *s)
+{
+	if (!s->o.cache_dir)
+		return -ENOENT;
+	for (size_t i = 0; i < s->n; i++) {
+		char key[65];
+		uint64_t size, head;
+		if (rcache_lookup_url(s->o.cache_dir, s->ep[i].url, key, &size, &head) < 0)
+			continue;
+		struct rcache *rc;
+		struct stella_err e = { 0 };
+		if (rcache_open(s->o.cache_dir, key, size, REMOTE_CHUNK, head, s->o.cache_size, &rc, &e) < 0)
+			continue;
+		s->rc = rc;
+		s->size = size;
+		s->head_len = head;
+		memcpy(s->key, key, sizeof(s->key));
+		return 0;
+	}
+	return -ENOENT;
+}
+
+int remote_open(const struct remote_endpoint *eps, size_t n, const struct remote_opts *o,
+		struct bytes **out, struct stella_err *e)
+{
+	if (n == 0 || n > REMOTE_MAX_ENDPOINTS)
+		return stella_fail(e, -EINVAL, "between 1 and %d locations of a kit, not %zu",
+				   REMOTE_MAX_ENDPOINTS, n);
+	struct shared *s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	pthread_mutex_init(&s->mu, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&s->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	s->refs = 1;
+	int r = opts_copy(&s->o, o);
+	for (size_t i = 0; r == 0 && i < n; i++) {
+		struct endpoint *ep = &s->ep[i];
+		pthread_mutex_init(&ep->auth_mu, NULL);
+		s->n = i + 1;
+		ep->auth = eps[i].auth;
+		ep->auth_ctx = eps[i].auth_ctx;
+		const char *label = eps[i].label ? eps[i].label : eps[i].url;
+		if (!(ep->url = strdup(eps[i].url)) || !(ep->label = strdup(label)))
+			r = -ENOMEM;
+		else if (http_origin(eps[i].url, ep->origin, sizeof(ep->origin)) < 0)
+			r = stella_fail(e, -EINVAL, "%s: not a URL", label);
+	}
+	if (r == 0) {
+		r = open_fetch(s, deadline_after(s->o.timeout_ms), eps, e);
+		if (r < 0 && r != -ENOMEM && open_offline(s) == 0) {
+			stella_log(LOG_NOTICE, "%s: no mirror answers; serving from the cache", s->ep[0].label);
+			*e = (struct stella_err){ 0 };
+			r = 0;
+		}
+	}
+	if (r == 0)
+		r = new_handle(s, s->ep[0].label, out);
+	if (r < 0) {
+		shared_free(s);
+		return r == -ENOMEM ? stella_fail_errno(e, r, "%s", eps[0].label ? eps[0].label : eps[0].url) : r;
+	}
+	if (s->key[0])
+		snprintf((*out)->identity, sizeof((*out)->identity), "remote:%s", s->key);
+	else
+		set_url_identity(*out, s->ep[0].url);
+	return 0;
+}
+
+/* ------------------------------------------------------------ bind, stats */
+
+int remote_bind(struct bytes *b, const char *key, uint64_t head_len, struct stella_err *e)
+{
+	if (!bytes_is_remote(b))
+		return 0;
+	struct shared *s = ((struct rbytes *)b)->s;
+	if (strlen(key) != 64)
+		return stella_fail(e, -EINVAL, "%s: not a sha256: %s", b->name, key);
+	snprintf(b->identity, sizeof(b->identity), "remote:%s", key);
+	pthread_mutex_lock(&s->mu);
+	bool same = s->rc && strcmp(s->key, key) == 0;
+	struct rcache *old = same ? NULL : s->rc;
+	if (!same)
+		s->rc = NULL;
+	memcpy(s->key, key, 65);
+	s->head_len = head_len;
+	pthread_mutex_unlock(&s->mu);
+	if (old)
+		rcache_close(old);
+	if (!s->o.cache_dir)
+		return 0;
+	struct rcache *rc = NULL;
+	if (!same) {
+		int r = rcache_open(s->o.cache_dir, key, s->size, REMOTE_CHUNK, head_len, s->o.cache_size, &rc, e);
+		if (r < 0)
+			return r;
+	}
+	for (size_t i = 0; i < s->n; i++)
+		rcache_remember_url(s->o.cache_dir, s->ep[i].url, key, s->size, head_len);
+	pthread_mutex_lock(&s->mu);
+	if (rc)
+		s->rc = rc;
+	rc = s->rc;
+	/* what was fetched before the key was known (the head) goes to disk
+	 * now; copies, so that no chunk is held across the writes */
+	size_t nc = 0;
+	struct chunk **cs = malloc(s->ntab * sizeof(*cs) + 1);
+	for (size_t i = 0; cs && i < s->ntab; i++) {
+		if (s->tab[i]->state == CH_READY) {
+			cs[nc++] = s->tab[i];
+			s->tab[i]->refs++;
+		}
+	}
+	pthread_mutex_unlock(&s->mu);
+	for (size_t i = 0; i < nc; i++) {
+		if (cs[i]->src >= 0)
+			rcache_put(rc, cs[i]->idx, cs[i]->data, cs[i]->len);
+		chunk_put(s, cs[i]);
+	}
+	free(cs);
+	return 0;
+}
+
+int remote_stats(struct bytes *b, struct remote_stats *st)
+{
+	if (!bytes_is_remote(b))
+		return -EINVAL;
+	struct shared *s = ((struct rbytes *)b)->s;
+	memset(st, 0, sizeof(*st));
+	pthread_mutex_lock(&s->mu);
+	st->n = s->n;
+	int64_t now = http_now_ms();
+	for (size_t i = 0; i < s->n; i++) {
+		const struct endpoint *ep = &s->ep[i];
+		struct remote_mirror_stat *m = &st->m[i];
+		snprintf(m->url, sizeof(m->url), "%s", ep->label);
+		snprintf(m->origin, sizeof(m->origin), "%s", ep->origin);
+		m->state = !ep->tried ? "untried" : ep->failing ? "failing" : "ok";
+		m->failures = ep->failures;
+		snprintf(m->last_error, sizeof(m->last_error), "%s", ep->last_error);
+		m->bytes = ep->bytes;
+		memcpy(m->requests, ep->requests, sizeof(m->requests));
+		(void)now;
+	}
+	st->unserved = s->unserved;
+	struct rcache *rc = s->rc;
+	if (rc)
+		rcache_counts(rc, &st->cache_bytes, &st->cache_hits);
+	pthread_mutex_unlock(&s->mu);
+	return 0;
+}
+
+/* ------------------------------------------------------------ probe */
+
+int remote_probe(const char *url, const struct remote_opts *o, const char *validator,
+		 char out[256], struct stella_err *e)
+{
+	unsigned ms = o && o->timeout_ms ? o->timeout_ms : REMOTE_TIMEOUT_DEFAULT_MS;
+	bool is_etag = validator && validator[0] == '"';
+	bool is_weak = validator && strncmp(validator, "W/\"", 3) == 0;
+	uint8_t one;
+	struct http_req rq = {
+		.url = url, .off = 0, .len = 1, .buf = &one,
+		.deadline_ms = deadline_after(ms), .o = o,
+		.if_none_match = (is_etag || is_weak) ? validator : NULL,
+		.if_modified_since = validator && validator[0] && !is_etag && !is_weak ? validator : NULL,
+	};
+	struct http_resp rs;
+	int r = http_get(&rq, &rs);
+	if (r < 0 && rs.status == 304)
+		return 0;
+	if (r < 0)
+		return stella_fail(e, r, "%s: %s", url, rs.error);
+	const char *v = rs.etag[0] ? rs.etag : rs.last_modified;
+	snprintf(out, 256, "%s", v);
+	/* without a validator every probe says "changed": the import that
+	 * follows finds out (the store refuses what it already has) */
+	return !v[0] || !validator || strcmp(v, validator) != 0 ? 1 : 0;
+}
