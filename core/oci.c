@@ -40,6 +40,7 @@ struct oci_auth {
 	char *realm, *service, *scope;
 	char *token;
 	time_t token_expiry;
+	time_t token_margin;
 	char cacert[512];           /* "" for the default store */
 	char proxy[512];
 	long timeout_ms;
@@ -555,6 +556,8 @@ static int fetch_token(struct oci_auth *a, struct stella_err *e)
 	/* docker's default lifetime when the service does not say */
 	int64_t life = exp && exp->type == JSON_INT && exp->u.i > 0 ? exp->u.i : 60;
 	a->token_expiry = time(NULL) + (time_t)life;
+	/* renew a little early, unless the life is too short to */
+	a->token_margin = life > 10 ? 5 : 0;
 	json_doc_free(doc);
 	r = a->token ? 0 : -ENOMEM;
 out:
@@ -615,7 +618,7 @@ static int authorization(struct oci_auth *a, char *buf, size_t len, struct stell
 		snprintf(buf, len, "Basic %s", a->basic);
 	} else if (a->scheme == AUTH_BEARER) {
 		/* expired (or about to): a new one before the request, not a 401 after */
-		if (!a->token || time(NULL) + 5 >= a->token_expiry) {
+		if (!a->token || time(NULL) + a->token_margin >= a->token_expiry) {
 			int r = fetch_token(a, e);
 			if (r < 0)
 				return r;
@@ -674,6 +677,7 @@ static struct oci_auth *auth_copy(const struct oci_auth *a)
 	memcpy(b->proxy, a->proxy, sizeof(b->proxy));
 	b->scheme = a->scheme;
 	b->token_expiry = a->token_expiry;
+	b->token_margin = a->token_margin;
 	b->timeout_ms = a->timeout_ms;
 	pthread_mutex_init(&b->lock, NULL);
 #define DUP(f) if (a->f && !(b->f = strdup(a->f))) goto fail
@@ -838,8 +842,10 @@ int oci_client_new(const struct oci_ref *ref, const struct remote_opts *o, bool 
 		r = ping(c, "http", &cc, &pe);
 	}
 	if (r < 0) {
+		/* name the registry first: the URL is an implementation detail */
 		if (e && !e->code)
-			*e = pe;
+			stella_fail(e, r, "%s: %s%s", ref->registry, r == -EIO || r == -ETIMEDOUT ? "registry unreachable: " : "",
+				    pe.msg);
 		oci_client_free(c);
 		return r;
 	}

@@ -210,11 +210,14 @@ class FakeRegistry:
     digest_header: a Docker-Content-Digest to send instead of the right one."""
 
     def __init__(self, auth=None, users=None, token_ttl=300, storage: Storage | None = None,
-                 presign_ttl=60):
+                 presign_ttl=60, token_uses=None, blob_delay=0.0):
         self.auth, self.users, self.token_ttl = auth, users or {}, token_ttl
+        self.token_uses = token_uses   # a token is refused after this many requests
+        self.blob_delay = blob_delay   # seconds before answering a blob request
         self.storage, self.presign_ttl = storage, presign_ttl
         self.blobs, self.manifests, self.uploads = {}, {}, {}
         self.tokens = {}           # token -> expiry
+        self.uses = {}             # token -> requests it authorised
         self.token_requests = []   # (Authorization header, query)
         self.log = []              # (method, path, Authorization, Range)
         self.refused = 0
@@ -247,8 +250,14 @@ class FakeRegistry:
             return any(a == "Basic " + base64.b64encode(f"{u}:{p}".encode()).decode()
                        for u, p in self.users.items())
         if self.auth == "bearer" and a.startswith("Bearer "):
-            exp = self.tokens.get(a[7:])
-            return exp is not None and exp > time.time()
+            with self.lock:
+                exp = self.tokens.get(a[7:])
+                if exp is None or exp <= time.time():
+                    return False
+                if self.token_uses is not None:
+                    self.uses[a[7:]] = self.uses.get(a[7:], 0) + 1
+                    return self.uses[a[7:]] <= self.token_uses
+                return True
         return False
 
     def _challenge(self, h, scope):
@@ -265,7 +274,8 @@ class FakeRegistry:
     def _token(self, h):
         q = urllib.parse.parse_qs(urllib.parse.urlsplit(h.path).query)
         a = h.headers.get("Authorization", "")
-        self.token_requests.append((a, q))
+        with self.lock:
+            self.token_requests.append((a, q))
         if self.users and not any(a == "Basic " + base64.b64encode(f"{u}:{p}".encode()).decode()
                                   for u, p in self.users.items()):
             return h.send(401, b'{"details":"wrong credentials"}')
@@ -327,6 +337,7 @@ class FakeRegistry:
                     if owner.storage:
                         owner.storage.blobs[sha256_digest(data)] = data
                     return self.send(201)
+                time.sleep(owner.blob_delay)
                 data = owner.blobs.get(ref)
                 if data is None:
                     return self.send(404, b'{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown"}]}')
