@@ -160,7 +160,7 @@ static void evict_locked(struct rcache *c)
 {
 	if (c->unpinned <= c->bound)
 		return;
-	uint64_t low = c->bound / 100 * LOW_WATER_PCT;
+	uint64_t low = c->bound / 100 * LOW_WATER_PCT + c->bound % 100 * LOW_WATER_PCT / 100;
 	while (c->unpinned > low) {
 		struct entry *lru = NULL;
 		for (size_t i = 0; i < c->n; i++)

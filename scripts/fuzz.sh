@@ -30,7 +30,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 secs=${1:-60}
 [ $# -gt 0 ] && shift
-targets=${*:-fuzz_manifest fuzz_sig fuzz_kit fuzz_merkle fuzz_source fuzz_trust fuzz_control fuzz_options fuzz_index fuzz_ociref fuzz_ocimanifest}
+targets=${*:-fuzz_manifest fuzz_sig fuzz_kit fuzz_merkle fuzz_source fuzz_trust fuzz_control fuzz_options fuzz_index fuzz_http fuzz_ociref fuzz_ocimanifest}
 bd=build-fuzz
 
 if [ ! -f "$bd/build.ninja" ]; then
@@ -59,6 +59,7 @@ for t in $targets; do
 	fuzz_kit)      extra="-dict=tests/fuzz/tar.dict -max_len=65536 -rss_limit_mb=2048" ;;
 	fuzz_source)   extra="-max_len=65536 -rss_limit_mb=2048" ;;
 	fuzz_trust)    extra="-dict=tests/fuzz/pem.dict -max_len=16384" ;;
+	fuzz_http)     extra="-max_len=1024" ;;
 	fuzz_control)  extra="-dict=tests/fuzz/control.dict -max_len=8192" ;;
 	fuzz_options)  extra="-dict=tests/fuzz/options.dict -max_len=4096" ;;
 	fuzz_index)    extra="-max_len=65536 -rss_limit_mb=2048" ;;

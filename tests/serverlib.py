@@ -402,6 +402,7 @@ class FaultServer:
       redirect_loop  answer 302 to itself, for ever
       auth           (user, password): 401 unless the request carries them (basic)
       fail_first     misbehave (status/reset/hang...) for only this many requests
+      fail_after     misbehave only from this many requests on (the first answered)
       delay_per_mib  seconds of sleep per MiB sent (a slow mirror)
 
     and read: requests (a list of Request: method, path, range, headers, status, sent),
@@ -410,7 +411,7 @@ class FaultServer:
 
     FAULTS = dict(ignore_range=False, truncate=None, reset=False, reset_after=None, status=None,
                   hang=0.0, flip=None, redirect=None, redirect_loop=False, auth=None,
-                  fail_first=None, delay_per_mib=0.0, etag=None, last_modified=None)
+                  fail_first=None, fail_after=None, delay_per_mib=0.0, etag=None, last_modified=None)
 
     def __init__(self, files: dict | None = None):
         self.files = dict(files or {})
@@ -450,7 +451,8 @@ class FaultServer:
 
     # the fault applies to this request (fail_first counts requests)
     def _faulty(self, nth: int) -> bool:
-        return self.fail_first is None or nth < self.fail_first
+        return ((self.fail_first is None or nth < self.fail_first)
+                and (self.fail_after is None or nth >= self.fail_after))
 
     def start(self) -> "FaultServer":
         fs = self

@@ -81,13 +81,43 @@ const char *text_name(const char *s)
 	return b;
 }
 
-int open_location(const char *kit, const char *cacert, struct source **out, struct stella_err *e)
+int location_arg(const char *cmd, struct location_args *la, int opt, const char *arg)
+{
+	char *end;
+	unsigned long v;
+	switch (opt) {
+	case 'c':
+		la->cacert = arg;
+		return 0;
+	case 'T':
+		errno = 0;
+		v = strtoul(arg, &end, 10);
+		if (errno || end == arg || *end || v < 1 || v > 86400)
+			return usage_error(cmd, "--timeout '%s': seconds, from 1 to 86400", arg);
+		la->timeout_ms = (unsigned)v * 1000u;
+		return 0;
+	case 'm':
+		if (la->nmirrors == sizeof(la->mirrors) / sizeof(la->mirrors[0]))
+			return usage_error(cmd, "at most %zu --mirror", sizeof(la->mirrors) / sizeof(la->mirrors[0]));
+		if (!location_is_remote(arg))
+			return usage_error(cmd, "--mirror '%s': an http:// or https:// URL", arg);
+		la->mirrors[la->nmirrors++] = arg;
+		return 0;
+	}
+	return usage_error(cmd, "unknown option");
+}
+
+int open_location(const char *kit, const struct location_args *la, struct source **out,
+		  struct stella_err *e)
 {
 	*out = NULL;
-	if (!location_is_remote(kit))
+	if (!location_is_remote(kit)) {
+		if (la->nmirrors)
+			return stella_fail(e, -EINVAL, "%s: --mirror is for a KIT given as a URL", kit);
 		return 0;
-	struct remote_opts o = { .cacert = cacert };
+	}
+	struct remote_opts o = { .cacert = la->cacert, .timeout_ms = la->timeout_ms };
 	struct bytes *b;
-	int r = location_open(kit, NULL, 0, &o, &b, e);
+	int r = location_open(kit, la->mirrors, la->nmirrors, &o, &b, e);
 	return r < 0 ? r : source_open_bytes(b, out, e);
 }

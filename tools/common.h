@@ -27,11 +27,21 @@ void progress_cb(void *ctx, const char *name, uint64_t done, uint64_t total);
 void progress_done(void);
 
 struct source;
+/* --cacert, --timeout and --mirror, shared by verify and import. */
+struct location_args {
+	const char *cacert;
+	unsigned timeout_ms;          /* 0: the default */
+	const char *mirrors[15];
+	size_t nmirrors;
+};
+/* One of those options (OPT: 'c' cacert, 'T' timeout, 'm' mirror): 0, or
+ * the usage error's exit code. */
+int location_arg(const char *cmd, struct location_args *la, int opt, const char *arg);
 /* KIT as an operator typed it: a local path (*out NULL: the callee opens
  * it, as ever) or an http(s):// / oci:// location (docs/mirrors.md),
- * opened here with CACERT (NULL: the system store).  0 or a negative errno
- * with e filled. */
-int open_location(const char *kit, const char *cacert, struct source **out, struct stella_err *e);
+ * opened here.  0 or a negative errno with e filled. */
+int open_location(const char *kit, const struct location_args *la, struct source **out,
+		  struct stella_err *e);
 
 int cmd_keygen(int argc, char **argv);
 int cmd_pack(int argc, char **argv);

@@ -11,7 +11,8 @@
 
 static const char help[] =
 	"Usage: " PROG " import -s STORE -t TRUST [--threshold N] [--now TIME] [--allow-expired]\n"
-	"                       [--activate] [--repair] [--cacert FILE] KIT|URL\n"
+	"                       [--activate] [--repair]\n"
+	"                       [--cacert FILE] [--mirror URL]... [--timeout SECONDS] KIT|URL\n"
 	"\n"
 	"Verify KIT completely and add it to STORE as a snapshot: its files are\n"
 	"stored once by content, its index beside them.  Nothing changes in the\n"
@@ -29,6 +30,9 @@ static const char help[] =
 	"      --now TIME        judge expiry at TIME instead of now (RFC 3339)\n"
 	"      --allow-expired   accept a kit whose expiresAt is past\n"
 "      --cacert FILE     CA bundle for an https:// KIT (default: the system store)\n"
+"      --mirror URL      another location of the same kit, tried in order after\n"
+"                        KIT when it fails (repeat for more)\n"
+"      --timeout SECONDS no read of a remote kit waits longer (default 30)\n"
 	"      --activate        make the imported snapshot current\n"
 	"      --repair          KIT made a snapshot of STORE already (same version and\n"
 	"                        manifest): check that snapshot's stored files, replace\n"
@@ -39,7 +43,7 @@ static const char help[] =
 	"Exit codes as verify, plus 7: the kit's sequence is not newer than the one\n"
 	"the store already trusts for its kitId.\n";
 
-enum { OPT_THRESHOLD = 256, OPT_NOW, OPT_ALLOW_EXPIRED, OPT_ACTIVATE, OPT_REPAIR, OPT_CACERT };
+enum { OPT_THRESHOLD = 256, OPT_NOW, OPT_ALLOW_EXPIRED, OPT_ACTIVATE, OPT_REPAIR, OPT_CACERT, OPT_MIRROR, OPT_TIMEOUT };
 
 int cmd_import(int argc, char **argv)
 {
@@ -52,10 +56,13 @@ int cmd_import(int argc, char **argv)
 		{ "activate", no_argument, NULL, OPT_ACTIVATE },
 		{ "repair", no_argument, NULL, OPT_REPAIR },
 		{ "cacert", required_argument, NULL, OPT_CACERT },
+		{ "mirror", required_argument, NULL, OPT_MIRROR },
+		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
-	const char *store_path = NULL, *trust_path = NULL, *now_arg = NULL, *cacert = NULL;
+	const char *store_path = NULL, *trust_path = NULL, *now_arg = NULL;
+	struct location_args la = { 0 };
 	unsigned threshold = 1;
 	bool allow_expired = false, activate = false, repair = false;
 	int c, r;
@@ -70,7 +77,12 @@ int cmd_import(int argc, char **argv)
 						   STELLA_TRUST_KEYS_MAX);
 			break;
 		case OPT_NOW: now_arg = optarg; break;
-		case OPT_CACERT: cacert = optarg; break;
+		case OPT_CACERT:
+		case OPT_MIRROR:
+		case OPT_TIMEOUT:
+			if ((r = location_arg("import", &la, c == OPT_CACERT ? 'c' : c == OPT_MIRROR ? 'm' : 'T', optarg)))
+				return r;
+			break;
 		case OPT_ALLOW_EXPIRED: allow_expired = true; break;
 		case OPT_ACTIVATE: activate = true; break;
 		case OPT_REPAIR: repair = true; break;
@@ -104,7 +116,7 @@ int cmd_import(int argc, char **argv)
 	struct store_import_opts o = { .trust = trust, .threshold = threshold, .now = now,
 				       .allow_expired = allow_expired, .activate = activate, .repair = repair,
 				       .report = &rep };
-	r = open_location(argv[optind], cacert, &src, &e);
+	r = open_location(argv[optind], &la, &src, &e);
 	o.source = src;
 	if (r == 0)
 		r = store_import(st, argv[optind], &o, version, &e);

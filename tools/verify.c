@@ -11,7 +11,8 @@
 
 static const char help[] =
 	"Usage: " PROG " verify -t TRUST [--threshold N] [--now TIME] [--allow-expired]\n"
-	"                       [--cacert FILE] KIT|URL\n"
+	"                       \n"
+	"                       [--cacert FILE] [--mirror URL]... [--timeout SECONDS] KIT|URL\n"
 	"\n"
 	"Check KIT completely: archive structure and names, the manifest, at least\n"
 	"N distinct trusted signatures, expiry, and the size, SHA-256 and fs-verity\n"
@@ -27,9 +28,12 @@ static const char help[] =
 	"      --now TIME        judge expiry at TIME instead of now (RFC 3339)\n"
 	"      --allow-expired   accept a kit whose expiresAt is past\n"
 "      --cacert FILE     CA bundle for an https:// KIT (default: the system store)\n"
+"      --mirror URL      another location of the same kit, tried in order after\n"
+"                        KIT when it fails (repeat for more)\n"
+"      --timeout SECONDS no read of a remote kit waits longer (default 30)\n"
 	"  -h, --help            show this help\n";
 
-enum { OPT_THRESHOLD = 256, OPT_NOW, OPT_ALLOW_EXPIRED, OPT_CACERT };
+enum { OPT_THRESHOLD = 256, OPT_NOW, OPT_ALLOW_EXPIRED, OPT_CACERT, OPT_MIRROR, OPT_TIMEOUT };
 
 int cmd_verify(int argc, char **argv)
 {
@@ -39,10 +43,13 @@ int cmd_verify(int argc, char **argv)
 		{ "now", required_argument, NULL, OPT_NOW },
 		{ "allow-expired", no_argument, NULL, OPT_ALLOW_EXPIRED },
 		{ "cacert", required_argument, NULL, OPT_CACERT },
+		{ "mirror", required_argument, NULL, OPT_MIRROR },
+		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
-	const char *trust_path = NULL, *now_arg = NULL, *cacert = NULL;
+	const char *trust_path = NULL, *now_arg = NULL;
+	struct location_args la = { 0 };
 	unsigned threshold = 1;
 	bool allow_expired = false;
 	int c, r;
@@ -56,7 +63,12 @@ int cmd_verify(int argc, char **argv)
 						   STELLA_TRUST_KEYS_MAX);
 			break;
 		case OPT_NOW: now_arg = optarg; break;
-		case OPT_CACERT: cacert = optarg; break;
+		case OPT_CACERT:
+		case OPT_MIRROR:
+		case OPT_TIMEOUT:
+			if ((r = location_arg("verify", &la, c == OPT_CACERT ? 'c' : c == OPT_MIRROR ? 'm' : 'T', optarg)))
+				return r;
+			break;
 		case OPT_ALLOW_EXPIRED: allow_expired = true; break;
 		case 'h': fputs(help, stdout); return 0;
 		default: return usage_error("verify", "unknown or incomplete option '%s'", argv[optind - 1]);
@@ -75,7 +87,7 @@ int cmd_verify(int argc, char **argv)
 	if ((r = trust_load(trust_path, &trust, &e)) < 0)
 		return report(&e, r);
 	struct source *src = NULL;
-	if ((r = open_location(argv[optind], cacert, &src, &e)) < 0) {
+	if ((r = open_location(argv[optind], &la, &src, &e)) < 0) {
 		trust_free(trust);
 		return report(&e, r);
 	}
