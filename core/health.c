@@ -1,5 +1,6 @@
 #include "health.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -64,6 +65,42 @@ static enum health_level component_level(const struct component *c, int64_t now)
 	       age > (double)c->warn_age_days ? HEALTH_WARNING : HEALTH_OK;
 }
 
+/* "host:port" of "scheme://host:port" */
+static const char *host_port(const char *origin)
+{
+	const char *p = strstr(origin, "://");
+	return p ? p + 3 : origin;
+}
+
+/* A kit on mirrors: WARNING for each mirror that fails (reads go on from
+ * the next one or the cache), CRITICAL only once a read could not be
+ * served because no mirror had bytes that verify.  follow=: WARNING while
+ * its last poll or import failed for a reason of the moment. */
+static void evaluate_remote(const struct health_input *in, struct report *r)
+{
+	if (in->remote) {
+		size_t failing = 0;
+		for (size_t i = 0; i < in->nmirrors; i++) {
+			const struct health_mirror *m = &in->mirrors[i];
+			if (strcmp(m->state, "failing"))
+				continue;
+			failing++;
+			char label[160];
+			snprintf(label, sizeof(label), "mirror:%s", host_port(m->origin));
+			add(r, label, HEALTH_WARNING, "%s failing (%llu failure(s)): %s", host_port(m->origin),
+			    (unsigned long long)m->failures, *m->last_error ? m->last_error : "?");
+		}
+		if (in->unserved)
+			add(r, "mirrors", HEALTH_CRITICAL,
+			    "%llu read(s) not served: bytes failed verification and no mirror had good ones",
+			    (unsigned long long)in->unserved);
+		else if (!failing)
+			add(r, "mirrors", HEALTH_OK, "%zu location(s), none failing", in->nmirrors);
+	}
+	if (in->follow && in->follow_err && in->follow_err != ESTALE && in->follow_err != EEXIST)
+		add(r, "follow", HEALTH_WARNING, "%s: %s", in->follow, in->follow_result ? in->follow_result : "failed");
+}
+
 static void evaluate(const struct health_input *in, struct report *r)
 {
 	memset(r, 0, sizeof(*r));
@@ -100,6 +137,7 @@ static void evaluate(const struct health_input *in, struct report *r)
 		    (unsigned long long)in->failures, in->last_failure ? in->last_failure : "?");
 	else
 		add(r, "integrity", HEALTH_OK, "%llu bytes verified, no failures", (unsigned long long)in->verified_bytes);
+	evaluate_remote(in, r);
 	if (in->store_usage_pct >= 0) {
 		enum health_level l = in->store_usage_pct >= HEALTH_STORE_CRIT_PCT ? HEALTH_CRITICAL :
 				      in->store_usage_pct > HEALTH_STORE_WARN_PCT ? HEALTH_WARNING : HEALTH_OK;
@@ -252,6 +290,38 @@ char *health_render_status(const struct health_input *in)
 	sb_add(&b, "  Mode:        %s (", in->mode);
 	sb_esc(&b, in->source);
 	sb_add(&b, ")\n");
+	if (in->remote) {
+		sb_add(&b, "  Cache:       %llu bytes, %llu hit(s); %llu read(s) timed out\n",
+		       (unsigned long long)in->cache_bytes, (unsigned long long)in->cache_hits,
+		       (unsigned long long)in->read_timeouts);
+		sb_add(&b, "Mirrors:\n");
+		for (size_t i = 0; i < in->nmirrors; i++) {
+			const struct health_mirror *m = &in->mirrors[i];
+			sb_add(&b, "  ");
+			sb_esc(&b, m->url);
+			sb_add(&b, "  %s, %llu failure(s)", m->state, (unsigned long long)m->failures);
+			if (*m->last_error) {
+				sb_add(&b, ", last: ");
+				sb_esc(&b, m->last_error);
+			}
+			sb_add(&b, "\n");
+		}
+	}
+	if (in->follow) {
+		sb_add(&b, "  Follow:      ");
+		sb_esc(&b, in->follow);
+		if (in->follow_last_poll) {
+			time_format(in->follow_last_poll, t1);
+			sb_add(&b, " (polled %s", t1);
+			if (in->follow_result && *in->follow_result) {
+				sb_add(&b, "; ");
+				sb_esc(&b, in->follow_result);
+			}
+			sb_add(&b, ")\n");
+		} else {
+			sb_add(&b, " (not polled yet)\n");
+		}
+	}
 	sb_add(&b, "  Snapshots:  ");
 	for (size_t i = 0; i < in->nsnapshots; i++) {
 		ESC(version, in->snapshots[i]);
@@ -387,6 +457,48 @@ char *health_render_json(const struct health_input *in)
 		yajl_gen_map_close(g);
 	}
 	yajl_gen_array_close(g);
+	if (in->remote) {
+		gs(g, "mirrors");
+		yajl_gen_array_open(g);
+		for (size_t i = 0; i < in->nmirrors; i++) {
+			const struct health_mirror *m = &in->mirrors[i];
+			yajl_gen_map_open(g);
+			gs(g, "url"); gs(g, m->url);
+			gs(g, "state"); gs(g, m->state);
+			gs(g, "failures"); yajl_gen_integer(g, (long long)m->failures);
+			gs(g, "lastError");
+			if (*m->last_error)
+				gs(g, m->last_error);
+			else
+				yajl_gen_null(g);
+			gs(g, "bytes"); yajl_gen_integer(g, (long long)m->bytes);
+			yajl_gen_map_close(g);
+		}
+		yajl_gen_array_close(g);
+		gs(g, "cache");
+		yajl_gen_map_open(g);
+		gs(g, "bytes"); yajl_gen_integer(g, (long long)in->cache_bytes);
+		gs(g, "hits"); yajl_gen_integer(g, (long long)in->cache_hits);
+		yajl_gen_map_close(g);
+		gs(g, "readTimeouts"); yajl_gen_integer(g, (long long)in->read_timeouts);
+	}
+	if (in->follow) {
+		gs(g, "follow");
+		yajl_gen_map_open(g);
+		gs(g, "url"); gs(g, in->follow);
+		gs(g, "lastPoll");
+		if (in->follow_last_poll)
+			gtime(g, in->follow_last_poll);
+		else
+			yajl_gen_null(g);
+		gs(g, "lastError");
+		if (in->follow_err)
+			gs(g, strerror(in->follow_err));
+		else
+			yajl_gen_null(g);
+		gs(g, "lastResult"); gs(g, in->follow_result ? in->follow_result : "");
+		yajl_gen_map_close(g);
+	}
 	gs(g, "snapshotSwitches"); yajl_gen_integer(g, (long long)in->switches);
 	gs(g, "now"); gtime(g, in->now);
 	yajl_gen_map_close(g);
@@ -413,6 +525,64 @@ static void label(struct sb *b, const char *v)
 static void metric(struct sb *b, const char *name, const char *type, const char *help)
 {
 	sb_add(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static const char *const result_names[HEALTH_REMOTE_RESULTS] = {
+	"ok", "http_error", "timeout", "short", "bad_bytes", "refused",
+};
+
+static void mirror_label(struct sb *b, const char *origin)
+{
+	sb_add(b, "mirror=\"");
+	label(b, origin);
+	sb_add(b, "\"");
+}
+
+/* docs/mirrors.md, "Health and metrics": by mirror, labelled by its
+ * scheme://host:port; two mirrors on one origin add up in one series. */
+static void remote_metrics(struct sb *b, const struct health_input *in)
+{
+	metric(b, "stellafs_remote_bytes_total", "counter", "Kit bytes fetched from each mirror since mount.");
+	for (size_t i = 0; i < in->nmirrors; i++) {
+		bool seen = false;
+		for (size_t k = 0; k < i && !seen; k++)
+			seen = !strcmp(in->mirrors[k].origin, in->mirrors[i].origin);
+		if (seen)
+			continue;
+		uint64_t total = 0;
+		for (size_t k = i; k < in->nmirrors; k++)
+			if (!strcmp(in->mirrors[k].origin, in->mirrors[i].origin))
+				total += in->mirrors[k].bytes;
+		sb_add(b, "stellafs_remote_bytes_total{");
+		mirror_label(b, in->mirrors[i].origin);
+		sb_add(b, "} %llu\n", (unsigned long long)total);
+	}
+	metric(b, "stellafs_remote_requests_total", "counter", "Requests to each mirror since mount, by result.");
+	for (size_t i = 0; i < in->nmirrors; i++) {
+		bool seen = false;
+		for (size_t k = 0; k < i && !seen; k++)
+			seen = !strcmp(in->mirrors[k].origin, in->mirrors[i].origin);
+		if (seen)
+			continue;
+		for (size_t res = 0; res < HEALTH_REMOTE_RESULTS; res++) {
+			uint64_t total = 0;
+			for (size_t k = i; k < in->nmirrors; k++)
+				if (!strcmp(in->mirrors[k].origin, in->mirrors[i].origin))
+					total += in->mirrors[k].requests[res];
+			sb_add(b, "stellafs_remote_requests_total{");
+			mirror_label(b, in->mirrors[i].origin);
+			sb_add(b, ",result=\"%s\"} %llu\n", result_names[res], (unsigned long long)total);
+		}
+	}
+	metric(b, "stellafs_cache_bytes", "gauge", "Kit bytes kept in the mirror cache (file data and head).");
+	sb_add(b, "stellafs_cache_bytes %llu\n", (unsigned long long)in->cache_bytes);
+	metric(b, "stellafs_cache_hits_total", "counter", "Reads of kit bytes served from the mirror cache since mount.");
+	sb_add(b, "stellafs_cache_hits_total %llu\n", (unsigned long long)in->cache_hits);
+	metric(b, "stellafs_remote_unserved_total", "counter",
+	       "Reads no mirror could serve with bytes that verify, since mount.");
+	sb_add(b, "stellafs_remote_unserved_total %llu\n", (unsigned long long)in->unserved);
+	metric(b, "stellafs_read_timeouts_total", "counter", "Reads answered EIO at timeout= since mount.");
+	sb_add(b, "stellafs_read_timeouts_total %llu\n", (unsigned long long)in->read_timeouts);
 }
 
 char *health_render_metrics(const struct health_input *in)
@@ -461,5 +631,7 @@ char *health_render_metrics(const struct health_input *in)
 	sb_add(&b, "stellafs_snapshot_switches_total %llu\n", (unsigned long long)in->switches);
 	metric(&b, "stellafs_snapshots", "gauge", "Snapshots available.");
 	sb_add(&b, "stellafs_snapshots %zu\n", in->nsnapshots);
+	if (in->remote)
+		remote_metrics(&b, in);
 	return sb_done(&b);
 }

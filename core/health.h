@@ -16,6 +16,18 @@ const char *health_level_name(enum health_level l);   /* HEALTHY, WARNING, CRITI
 #define HEALTH_STORE_WARN_PCT 80
 #define HEALTH_STORE_CRIT_PCT 95
 
+/* A kit on site mirrors: one mirror as remote_stats (core/remote.h) tells it. */
+#define HEALTH_REMOTE_RESULTS 6    /* ok, http_error, timeout, short, bad_bytes, refused */
+struct health_mirror {
+	const char *url;               /* as the operator wrote it */
+	const char *origin;            /* scheme://host:port, the metrics label */
+	const char *state;             /* "ok", "failing", "untried" */
+	uint64_t failures;
+	const char *last_error;        /* "" when none */
+	uint64_t bytes;
+	uint64_t requests[HEALTH_REMOTE_RESULTS];
+};
+
 struct health_input {
 	const char *mode;              /* "direct" or "store" */
 	const char *source;            /* the kit file or store directory */
@@ -37,6 +49,18 @@ struct health_input {
 	const char *const *problems;
 	const enum health_level *problem_levels;
 	size_t nproblems;
+	/* a kit on mirrors (remote true): its mirrors, in the order tried,
+	 * each failing one a WARNING; reads that no mirror could serve with
+	 * bytes that verify (unserved) are CRITICAL */
+	bool remote;
+	const struct health_mirror *mirrors;
+	size_t nmirrors;
+	uint64_t cache_bytes, cache_hits, unserved, read_timeouts;
+	/* store mode's follow=URL: NULL when not following */
+	const char *follow;
+	int64_t follow_last_poll;      /* 0: not polled yet */
+	int follow_err;                /* 0 or a positive errno of the last poll or import */
+	const char *follow_result;
 };
 
 /* Render; each returns a malloc'ed NUL-terminated text. */

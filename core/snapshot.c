@@ -484,13 +484,17 @@ int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, stru
 	char tmpdir[] = "/tmp/stellafs-index.XXXXXX";
 	bool own_tmpdir = false;
 	struct kit_facts f;
+	struct bytes *given = o->bytes; /* ours until source_open_bytes takes it */
 	int r;
-	if (!s)
+	if (!s) {
+		bytes_close(given);
 		return -ENOMEM;
+	}
 	atomic_init(&s->refs, 1);
 	atomic_init(&s->open_files, 0);
 	s->blobs.fd = s->trees.fd = -1;
 	if (!(s->kit_path = strdup(o->kit)) || !(s->files_map = calloc(1, sizeof(*s->files_map)))) {
+		bytes_close(given);
 		r = -ENOMEM;
 		goto fail;
 	}
@@ -498,7 +502,8 @@ int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, stru
 
 	/* The facts come from the bytes the snapshot reads, not from a
 	 * second open that could find another file at the path. */
-	if ((r = source_open(o->kit, &s->src, e)) < 0)
+	r = given ? source_open_bytes(given, &s->src, e) : source_open(o->kit, &s->src, e);
+	if (r < 0)
 		goto fail;
 	s->compression = source_compression(s->src);
 	if ((r = kit_facts(source_bytes(s->src), o, &f, e)) < 0) {

@@ -22,7 +22,10 @@
 #include "sig.h"
 
 struct snapshot_opts {
-	const char *kit;
+	const char *kit;              /* a path, or what names bytes below in messages */
+	/* The kit's bytes already open (core/location.h: a kit on a mirror),
+	 * taken over whatever the outcome; NULL: kit is a path, opened here. */
+	struct bytes *bytes;
 	const struct trust *trust;
 	unsigned threshold;
 	int64_t now;

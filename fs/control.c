@@ -17,6 +17,7 @@
 #include "fdcache.h"
 #include "kitpath.h"
 #include "kitverify.h"
+#include "location.h"
 #include "source.h"
 #include "store.h"
 #include "escape.h"
@@ -60,10 +61,12 @@ static int path_fold(const char *p, char *out, size_t n)
 	return 0;
 }
 
+static int import_source(struct stellafs *sf, const char *path, struct source *src, bool activate, char *res,
+			 size_t rl);
+
 int control_import(struct stellafs *sf, const char *path, const struct writer *w, bool activate, char *res, size_t rl)
 {
 	struct stella_err e = { 0 };
-	char version[129];
 	/* Reading a kit through this mount would send the command's own
 	 * thread requests to itself: with -s (one thread) it never returns.
 	 * First by text, "//", "." and ".." folded (libfuse gave us the mount
@@ -92,6 +95,35 @@ int control_import(struct stellafs *sf, const char *path, const struct writer *w
 		snprintf(res, rl, "%s", stella_err_text(&e, r));
 		return r;
 	}
+	return import_source(sf, path, src, activate, res, rl);
+}
+
+int control_import_location(struct stellafs *sf, const char *url, bool activate, char *res, size_t rl)
+{
+	struct stella_err e = { 0 };
+	struct bytes *b = NULL;
+	struct source *src = NULL;
+	/* nothing of it is kept on disk but what the store keeps: the import
+	 * reads the kit once, from start to end */
+	struct remote_opts ro = sf->opt.remote;
+	ro.cache_dir = NULL;
+	int r = location_open(url, NULL, 0, &ro, &b, &e);
+	if (r == 0)
+		r = source_open_bytes(b, &src, &e);
+	if (r < 0) {
+		snprintf(res, rl, "%s", stella_err_text(&e, r));
+		return r;
+	}
+	return import_source(sf, url, src, activate, res, rl);
+}
+
+/* Import the kit src reads (taken over), named path in messages. */
+static int import_source(struct stellafs *sf, const char *path, struct source *src, bool activate, char *res,
+			 size_t rl)
+{
+	struct stella_err e = { 0 };
+	char version[129];
+	int r;
 	pthread_mutex_lock(&sf->lock);
 	struct trust *t = sf->trust.keys;
 	pthread_mutex_unlock(&sf->lock);

@@ -26,6 +26,7 @@
 #include "fdcache.h"
 #include "index.h"
 #include "kitpath.h"
+#include "location.h"
 #include "options.h"
 #include "stellafs.h"
 #include "util.h"
@@ -41,8 +42,10 @@ static const char usage[] =
 	"the kit's signed manifest, block by block.\n"
 	"\n"
 	"SOURCE is a kit file (direct mode: that kit is the one snapshot; nothing is\n"
-	"copied) or a store directory (store mode: many snapshots, imports,\n"
-	"switching; created if empty).\n"
+	"copied), a kit on a site mirror (http://HOST[:PORT]/PATH, https://...,\n"
+	"oci://REGISTRY/REPOSITORY:TAG or @sha256:HEX: direct mode, fetched lazily,\n"
+	"every block verified), or a store directory (store mode: many snapshots,\n"
+	"imports, switching; created if empty).\n"
 	"\n"
 	"Options:\n"
 	"  -f                      stay in the foreground (log to stderr)\n"
@@ -56,7 +59,17 @@ static const char usage[] =
 	"  -o admin_gid=GID        members of GID may write the control file (root always may)\n"
 	"  -o incoming=DIR         store mode: import kits written (closed) or moved into DIR;\n"
 	"                          a refused one goes to STORE/quarantine with a .reason\n"
-	"  -o auto_activate        store mode: a successful import becomes current\n"
+	"  -o auto_activate        store mode: a successful import becomes current\n"	"  -o mirror=URL           another location of the same kit, tried in order after\n"
+	"                          SOURCE (repeat for more; a comma in a URL as \\,)\n"
+	"  -o cache_size=SIZE      fetched kit data kept under cache= (K, M, G; default 1G;\n"
+	"                          the kit's head is kept on top of it)\n"
+	"  -o timeout=SECONDS      a read no mirror serves in time fails with EIO; a mount\n"
+	"                          that cannot fetch the kit's head in time fails (default 30)\n"
+	"  -o cacert=FILE          CA bundle for https (default: the system store)\n"
+	"  -o proxy=URL            HTTP proxy (default: http_proxy/https_proxy/no_proxy)\n"
+	"  -o follow=URL           store mode: poll this kit (http(s):// or oci://) and\n"
+	"                          import, then activate, each newer one published there\n"
+	"  -o interval=SECONDS     follow=: seconds between polls (default 300)\n"
 	"  -o allow_other, ...     standard FUSE mount options (allow_other is the default\n"
 	"                          when run as root, so scanners of any user can read)\n"
 	"  -h, --help              show this help\n"
@@ -64,6 +77,7 @@ static const char usage[] =
 	"\n"
 	"Exit codes: 0 mounted, 1 runtime failure (I/O, mount failed), 2 usage,\n"
 	"3 malformed kit, 4 content mismatch, 5 signature, 6 expired.\n"
+	"A kit on a mirror that no mirror serves in time: 1.  See docs/mirrors.md.\n"
 	"Store mode: the snapshots were checked at import; a mount needs a store.\n"
 	"\n"
 	"The tree: current -> snapshots/VERSION, feeds -> current/feeds, snapshots/,\n"
@@ -366,6 +380,7 @@ struct daemon {
 	int status_fd;            /* detached: the pipe to the waiting parent */
 	bool mounted;
 	bool store_mode;
+	bool remote;              /* SOURCE is a kit on a mirror */
 	char budgets[160];
 	char fail_msg[512];
 };
@@ -394,6 +409,14 @@ static void daemon_init(struct daemon *d, int argc, char **argv)
 	pthread_mutex_init(&sf->refresh_lock, NULL);
 	pthread_rwlock_init(&sf->trust_lock, NULL);
 	pthread_cond_init(&sf->inval.cond, NULL);
+	pthread_mutex_init(&sf->fetch.lock, NULL);
+	pthread_mutex_init(&sf->follow.lock, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&sf->follow.cond, &ca);
+	pthread_condattr_destroy(&ca);
+	sf->opt.timeout_ms = REMOTE_TIMEOUT_DEFAULT_MS;
 	stella_log_set(log_line);
 }
 
@@ -443,6 +466,34 @@ static bool parse_command_line(struct daemon *d)
 	return true;
 }
 
+/* The options of kits on mirrors (docs/mirrors.md): cacert= must name a
+ * readable file, made absolute (the daemon runs in /). */
+static bool check_remote_options(struct daemon *d, const struct opt_values *ov)
+{
+	struct opts *o = &d->o;
+	struct stellafs *sf = &d->sf;
+	if (o->cacert) {
+		char *abs = realpath(o->cacert, NULL);
+		struct stat st;
+		if (!abs || stat(abs, &st) < 0 || !S_ISREG(st.st_mode) || access(abs, R_OK) < 0) {
+			d->rc = fail_usage("cacert=%s: %s", o->cacert, !abs || errno ? strerror(errno) : "not a readable file");
+			free(abs);
+			return false;
+		}
+		free(o->cacert);
+		o->cacert = abs;
+	}
+	sf->opt.mirrors = (const char *const *)o->mirrors;
+	sf->opt.nmirrors = o->nmirrors;
+	sf->opt.follow = o->follow;
+	sf->opt.interval = ov->interval;
+	sf->opt.timeout_ms = ov->timeout_ms;
+	sf->opt.remote = (struct remote_opts){
+		.cache_size = ov->cache_size, .timeout_ms = ov->timeout_ms, .cacert = o->cacert, .proxy = o->proxy,
+	};
+	return true;
+}
+
 /* Options: every one checked before the kit is touched.  Paths are made
  * absolute: the daemon runs in / once detached, and reload re-reads the
  * kit and the trust store by name. */
@@ -450,7 +501,8 @@ static bool check_options(struct daemon *d)
 {
 	struct opts *o = &d->o;
 	struct stellafs *sf = &d->sf;
-	char *abs_source = realpath(o->source, NULL), *abs_trust = NULL;
+	d->remote = location_is_remote(o->source);
+	char *abs_source = d->remote ? strdup(o->source) : realpath(o->source, NULL), *abs_trust = NULL;
 	if (!abs_source) {
 		if (errno == ENOMEM) /* ours, not the operator's: exit 1 */
 			fprintf(stderr, PROG ": %s: %s\n", o->source, strerror(errno));
@@ -479,8 +531,10 @@ static bool check_options(struct daemon *d)
 	sf->opt.fixed_now = ov.fixed_now;
 	sf->opt.has_admin_gid = ov.has_admin_gid;
 	sf->opt.admin_gid = ov.admin_gid;
-	struct stat st;
-	if (stat(o->source, &st) < 0) {
+	if (!check_remote_options(d, &ov))
+		return false;
+	struct stat st = { .st_mode = S_IFREG }; /* a kit on a mirror is a kit */
+	if (!d->remote && stat(o->source, &st) < 0) {
 		d->rc = fail_usage("%s: %s", o->source, strerror(errno));
 		return false;
 	}
@@ -492,6 +546,9 @@ static bool check_options(struct daemon *d)
 			sf->opt.cache_dir = o->cache;
 		}
 	}
+	/* fetched bytes are kept beside the indexes, when that directory is
+	 * fit for them (private; else nothing is kept on disk) */
+	sf->opt.remote.cache_dir = sf->opt.cache_dir;
 	d->store_mode = S_ISDIR(st.st_mode);
 	if (options_check_mode(o, d->store_mode, &bad) < 0) {
 		d->rc = fail_usage("%s", bad ? bad : strerror(ENOMEM));
@@ -518,6 +575,27 @@ static bool check_options(struct daemon *d)
 static unsigned max_threads(const struct fuse_cmdline_opts *cl)
 {
 	return cl->max_threads >= 2 && cl->max_threads <= 256 ? cl->max_threads : 16;
+}
+
+/* The kit SOURCE names, opened and checked as a snapshot: a local file
+ * by its path; a kit on a mirror through core/location.h, fetching its
+ * head only (docs/mirrors.md). */
+static int open_kit(struct daemon *d, struct snapshot **out, struct stella_err *e)
+{
+	struct stellafs *sf = &d->sf;
+	struct snapshot_opts so = {
+		.kit = d->o.source, .trust = sf->trust.keys, .threshold = sf->opt.threshold, .now = sf_now(sf),
+		.allow_expired = sf->opt.allow_expired, .cache_dir = sf->opt.cache_dir,
+	};
+	if (d->remote) {
+		struct remote_opts ro = sf->opt.remote;
+		if (!ro.cache_dir || !snapshot_cache_usable(ro.cache_dir))
+			ro.cache_dir = NULL;
+		int r = location_open(d->o.source, sf->opt.mirrors, sf->opt.nmirrors, &ro, &so.bytes, e);
+		if (r < 0)
+			return r;
+	}
+	return snapshot_open_kit(&so, out, e);
 }
 
 /* The trust store, then the source: a refused kit or store exits with its
@@ -552,12 +630,8 @@ static bool check_source(struct daemon *d)
 		return true;
 	}
 	/* The kit: signature, expiry, structure, index; refused before mounting. */
-	struct snapshot_opts so = {
-		.kit = d->o.source, .trust = sf->trust.keys, .threshold = sf->opt.threshold, .now = sf_now(sf),
-		.allow_expired = sf->opt.allow_expired, .cache_dir = sf->opt.cache_dir,
-	};
 	struct snapshot *snap = NULL;
-	if ((r = snapshot_open_kit(&so, &snap, &e)) < 0) {
+	if ((r = open_kit(d, &snap, &e)) < 0) {
 		d->rc = stella_exit_code(r);
 		stella_err_hint(&e, r, -EKEYEXPIRED, SF_EXPIRED_HINT);
 		fprintf(stderr, PROG ": %s\n", stella_err_text(&e, r));
@@ -565,6 +639,14 @@ static bool check_source(struct daemon *d)
 	}
 	sf->trust.signers = snap->signers;
 	malloc_trim(0);
+	if (d->remote && !d->cl.foreground) {
+		/* Checked, and closed again: the transfers' threads and
+		 * connections would not survive the fork into the background.
+		 * Opened again for good after it (start_daemon), from what this
+		 * open left in the cache (the head, the index). */
+		snapshot_unref(snap);
+		return true;
+	}
 	if ((r = sf_add_direct(sf, snap)) < 0) {
 		snapshot_unref(snap);
 		return false;
@@ -627,6 +709,22 @@ static bool start_daemon(struct daemon *d)
 		}
 		malloc_trim(0); /* the manifests the first fill checked */
 	}
+	if (d->remote && !sf->tab.nslots) {
+		/* detached: the kit checked before the fork, opened again */
+		struct snapshot *snap = NULL;
+		if ((r = open_kit(d, &snap, &e)) < 0 || (r = sf_add_direct(sf, snap)) < 0) {
+			snapshot_unref(snap);
+			d->rc = stella_exit_code(r);
+			snprintf(d->fail_msg, sizeof(d->fail_msg), "%s", stella_err_text(&e, r));
+			stella_log(LOG_ERR, "%s", d->fail_msg);
+			return false;
+		}
+		sf->trust.signers = snap->signers;
+	}
+	if (d->remote && (r = fetch_start(sf)) < 0) {
+		snprintf(d->fail_msg, sizeof(d->fail_msg), "cannot start the fetch threads: %s", strerror(-r));
+		return false;
+	}
 	if ((r = inval_start(sf)) < 0) {
 		snprintf(d->fail_msg, sizeof(d->fail_msg), "cannot start the invalidation thread: %s", strerror(-r));
 		return false;
@@ -642,6 +740,8 @@ static bool start_daemon(struct daemon *d)
 	/* The watcher starts after daemonizing: threads do not survive fork. */
 	if ((r = incoming_start(sf, &e)) < 0)
 		stella_log(LOG_ERR, "%s", stella_err_text(&e, r));
+	if (sf->opt.follow && (r = follow_start(sf)) < 0)
+		stella_log(LOG_ERR, "follow=%s: cannot start its thread: %s", sf->opt.follow, strerror(-r));
 	return true;
 }
 
@@ -680,22 +780,50 @@ static bool serve(struct daemon *d)
 	return true;
 }
 
+/* Once unmounted, a daemon that reads a kit over the network must end even
+ * if a mirror hangs under a transfer that the teardown would wait for (an
+ * import by follow=, a connection being closed): past EXIT_GUARD_SECS it
+ * exits at once, with the code it would have exited with. */
+#define EXIT_GUARD_SECS 5
+
+static void *exit_guard_main(void *arg)
+{
+	struct daemon *d = arg;
+	sleep(EXIT_GUARD_SECS);
+	stella_log(LOG_WARNING, "stopping took over %d s (a mirror hangs): exiting now", EXIT_GUARD_SECS);
+	_exit(d->rc);
+}
+
+static void exit_guard_start(struct daemon *d)
+{
+	pthread_t t;
+	if (pthread_create(&t, NULL, exit_guard_main, d) == 0)
+		pthread_detach(t);
+}
+
 /* Whatever the phases got to, undone in reverse; returns the exit code. */
 static int daemon_end(struct daemon *d)
 {
 	struct stellafs *sf = &d->sf;
+	if ((d->remote || sf->opt.follow) && d->mounted && d->status_fd < 0)
+		exit_guard_start(d);
 	status_stop(&d->sn); /* it reads the snapshots freed below */
+	follow_stop(sf); /* at most one poll's time bound */
 	incoming_stop(sf); /* nothing queues notifications after this */
 	if (d->se) {
 		if (d->mounted)
 			fuse_session_unmount(d->se); /* a send blocked in the kernel returns */
 		fuse_remove_signal_handlers(d->se);
 	}
+	/* Fetches that still hang on a mirror are not waited for beyond a
+	 * bounded time (fs/fetch.c); what they hold is left to the exit. */
+	bool fetches_done = fetch_stop(sf);
 	inval_stop(sf); /* before the session it sends on is freed */
 	if (d->se)
 		fuse_session_destroy(d->se);
 	ops_free_vbufs(sf);
-	sf_free_slots(sf);
+	if (fetches_done)
+		sf_free_slots(sf);
 	store_close(sf->store);
 	trust_free(sf->trust.keys);
 	free(d->cl.mountpoint);

@@ -17,7 +17,9 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "bytes.h"
 #include "kitpath.h"
+#include "source.h"
 #include "stellafs.h"
 #include "util.h"
 
@@ -536,6 +538,16 @@ static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 
 /* ---- files ---- */
 
+/* fi->fh of a file whose reads go to fetch.c (a struct fetch_file, tagged
+ * in its lowest bit: malloc's pointers are aligned) rather than being a
+ * struct snap_file read here. */
+#define FH_FETCH ((uintptr_t)1)
+
+static struct fetch_file *fh_fetch(const struct fuse_file_info *fi)
+{
+	return fi->fh & FH_FETCH ? (struct fetch_file *)(uintptr_t)(fi->fh & ~FH_FETCH) : NULL;
+}
+
 /* Widen the kernel's readahead on our mount, once, at the first open of a
  * file (after the kernel applied our INIT reply, which would undo it): the
  * mount's bdi starts at 128 KiB, so a sequential reader's requests were
@@ -622,12 +634,23 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct snap_file *f = NULL;
 	struct stella_err e = { 0 };
 	int r = s ? snapshot_file_open(s, LOCAL_OF(ino), &f, &e) : -ESTALE;
+	bool remote = r == 0 && s->src && bytes_is_remote(source_bytes(s->src));
 	snapshot_unref(s); /* the open file holds its own reference */
 	if (r < 0) {
 		fuse_reply_err(req, -r);
 		return;
 	}
 	fi->fh = (uintptr_t)f;
+	if (remote) {
+		/* its reads may wait for a mirror: they go to fetch.c */
+		struct fetch_file *ff = fetch_file_new(f);
+		if (!ff) {
+			snapshot_file_close(f);
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		fi->fh = (uintptr_t)ff | FH_FETCH;
+	}
 	fi->keep_cache = 1;
 	fi->noflush = 1;
 	fuse_reply_open(req, fi);
@@ -655,6 +678,12 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		if (n)
 			memcpy(buf, v->data + off, n);
 		fuse_reply_buf(req, buf, n);
+		return;
+	}
+	struct fetch_file *ff = fh_fetch(fi);
+	if (ff) {
+		/* never waits here for a mirror */
+		fetch_read(SF(req), req, ff, size, (uint64_t)off);
 		return;
 	}
 	struct snap_file *f = (struct snap_file *)(uintptr_t)fi->fh;
@@ -699,6 +728,8 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	worker_boost(req);
 	if (is_fixed(ino)) {
 		vbuf_free(SF(req), (struct vbuf *)(uintptr_t)fi->fh);
+	} else if (fh_fetch(fi)) {
+		fetch_file_put(fh_fetch(fi)); /* closed once no fetch reads it */
 	} else {
 		snapshot_file_close((struct snap_file *)(uintptr_t)fi->fh);
 	}

@@ -16,12 +16,18 @@
  *   vfiles.c    status, status.json, health, metrics: gathered + rendered
  *   kitpath.c   opening an import's path as its writer, never in the mount
  *   tune.c      thread priorities
+ *   fetch.c     reads of kits on mirrors: the fetch threads, their queue,
+ *               every read's deadline (its watchdog thread)
+ *   follow.c    store mode's follow=URL: the polling thread, imports
  *
  * Calls go one way (an arrow: "calls into"; no cycle):
  *
- *   main ----> ops, incoming, slots, inval, vfiles, tune, options, kitpath
- *   ops -----> control, vfiles, slots, tune, kitpath
+ *   main ----> ops, incoming, follow, fetch, slots, inval, vfiles, tune, options,
+ *              kitpath
+ *   ops -----> control, vfiles, slots, tune, kitpath, fetch
+ *   fetch ---> tune
  *   incoming > control, journal, slots
+ *   follow --> control, journal
  *   control -> command, kitpath, journal, slots, inval
  *   vfiles --> journal, slots
  *   journal -> command (its list of commands)
@@ -33,8 +39,8 @@
  *   cmd_lock -> store writer lock (core/store.c) -> refresh_lock
  *            -> trust_lock -> lock -> inval.lock
  *
- * journal.lock and ops.lock are leaves: held briefly, nothing taken under
- * them.  Every other lock is held briefly and never while taking another
+ * journal.lock, ops.lock, fetch.lock and follow.lock are leaves: held
+ * briefly, nothing taken under them (no fuse_reply_* under fetch.lock).  Every other lock is held briefly and never while taking another
  * (docs/mount.md, section 7, has the table with core/'s locks). */
 #pragma once
 
@@ -49,6 +55,7 @@
 #include <time.h>
 
 #include "health.h"
+#include "remote.h"
 #include "sig.h"
 #include "snapshot.h"
 #include "store.h"
@@ -74,6 +81,9 @@ enum {
 _Static_assert(INDEX_MAX_INO < (UINT64_C(1) << SLOT_SHIFT), "an index ino must fit below the slot bits");
 
 #define JOURNAL_LEN 32
+/* fetch.c: failed reads remembered, and for how long (see there) */
+#define FETCH_FAILED_KEEP 16
+#define FETCH_FAILED_NS (2 * INT64_C(1000000000))
 /* What a refusal of an expired kit tells the operator of the daemon (its
  * option, not stellakit's --allow-expired). */
 #define SF_EXPIRED_HINT "mount with -o allow_expired to accept it"
@@ -140,6 +150,13 @@ struct stellafs {
 		dev_t self_dev;            /* our mount's device, read from mountinfo right
 					    * after mounting (no request to ourselves); 0:
 					    * unknown, and imports are refused (kitpath.c) */
+		/* kits on mirrors (docs/mirrors.md) */
+		const char *const *mirrors;    /* mirror=, in order */
+		size_t nmirrors;
+		struct remote_opts remote;     /* cache_size=, timeout=, cacert=, proxy= */
+		unsigned timeout_ms;           /* each read's bound (fetch.c) */
+		const char *follow;            /* store mode: follow=URL, or NULL */
+		unsigned interval;             /* follow=: seconds between polls */
 	} opt;
 	struct fuse_session *se;   /* set before inval.c's thread starts */
 	struct store *store;       /* store mode; NULL in direct mode; set before the threads */
@@ -209,6 +226,44 @@ struct stellafs {
 		uint64_t queued, done;
 		pthread_t thread;
 	} inval;
+
+	/* fetch.c: reads of a kit on mirrors.  The job list and counters
+	 * under fetch.lock (a leaf); the threads' handles set by start/stop
+	 * on main's thread. */
+	struct sf_fetch {
+		pthread_mutex_t lock;
+		pthread_cond_t work;       /* a job queued, or stop */
+		pthread_cond_t wake;       /* the watchdog: a first job, or stop */
+		pthread_cond_t gone;       /* a fetch thread ended */
+		struct fetch_job *head, *tail;
+		size_t n, peak;
+		unsigned alive;            /* fetch threads running */
+		bool stop, started, watchdog_running;
+		pthread_t watchdog;
+		uint64_t served, timeouts, refused;
+		int64_t logged_at;         /* the last timeout line (mono s) */
+		/* reads that just failed (fetch.c, "once per caller") */
+		struct fetch_failed {
+			const void *file;
+			uint64_t off, end;
+			pid_t pid;
+			int64_t at;        /* mono ns */
+		} failed[FETCH_FAILED_KEEP];
+		unsigned failed_next;
+	} fetch;
+
+	/* follow.c: the polling thread; state under follow.lock (a leaf) */
+	struct sf_follow {
+		pthread_mutex_t lock;
+		pthread_cond_t cond;
+		pthread_t thread;
+		bool running, quit;
+		char validator[256];       /* the last ETag / Last-Modified seen */
+		int64_t last_poll;         /* wall clock of the last poll, 0 none */
+		int last_err;              /* 0 or a positive errno of the last poll/import */
+		char last_result[512];
+		uint64_t polls, imports;
+	} follow;
 
 	/* ops.c: vbufs under ops.lock (independent of lock: only ops.c's
 	 * open and release touch the list); the rest atomic */
@@ -291,6 +346,32 @@ void inval_wait(struct stellafs *sf);
 int incoming_start(struct stellafs *sf, struct stella_err *e);
 void incoming_stop(struct stellafs *sf);
 
+/* ---- fetch.c: reads of kits on mirrors ---- */
+/* Fetch threads, and what may wait for them (docs/mirrors.md). */
+#define FETCH_THREADS 8
+#define FETCH_QUEUE_MAX 1024
+/* At exit, fetches still stuck on a mirror are waited for this long. */
+#define FETCH_STOP_WAIT_MS 1000
+struct fetch_file;
+struct fetch_counters { uint64_t queued, peak, served, timeouts, refused; };
+/* An open file of a remote snapshot (takes f over), shared with its reads. */
+struct fetch_file *fetch_file_new(struct snap_file *f);
+void fetch_file_put(struct fetch_file *ff);
+/* Queue the read; it is answered from a fetch thread, by the deadline
+ * (timeout=) at the latest, or EINTR when the kernel interrupts it. */
+void fetch_read(struct stellafs *sf, fuse_req_t req, struct fetch_file *ff, size_t size, uint64_t off);
+void fetch_counters(struct stellafs *sf, struct fetch_counters *c);
+int fetch_start(struct stellafs *sf);
+/* Answer what waits, end the threads; false when some are still stuck
+ * after FETCH_STOP_WAIT_MS (what they hold must then not be freed). */
+bool fetch_stop(struct stellafs *sf);
+
+/* ---- follow.c: store mode's follow=URL ---- */
+int follow_start(struct stellafs *sf);
+void follow_stop(struct stellafs *sf);
+/* A copy of its state for status (zeroed when not following). */
+void follow_state(struct stellafs *sf, struct sf_follow *out);
+
 /* ---- control.c: the commands ---- */
 /* Run the command lines in buf (cmd_lock: EBUSY when another runs);
  * returns 0 or a negative errno. */
@@ -299,6 +380,9 @@ int control_write(struct stellafs *sf, const struct writer *w, const char *buf, 
  * watcher do (cmd_lock held by the caller).  The kit is opened with W's
  * credentials (NULL: the daemon's own, for incoming=DIR). */
 int control_import(struct stellafs *sf, const char *path, const struct writer *w, bool activate, char *res, size_t rl);
+/* The same for a kit on a mirror (follow=): fetched through
+ * core/location.h (cmd_lock held by the caller). */
+int control_import_location(struct stellafs *sf, const char *url, bool activate, char *res, size_t rl);
 
 /* ---- journal.c: what the commands did ---- */
 /* One line into the journal (escaped here: cmd and result hold untrusted

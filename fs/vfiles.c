@@ -7,7 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bytes.h"
+#include "source.h"
 #include "stellafs.h"
+#include "util.h"
 
 /* What a health_input points at, owned here: freed by gather_free. */
 struct gathered {
@@ -20,6 +23,9 @@ struct gathered {
 	char (*prob)[600];
 	const char **probs;
 	enum health_level *plev;
+	struct remote_stats *rs;       /* a kit on mirrors */
+	struct health_mirror mirrors[REMOTE_MAX_ENDPOINTS];
+	struct sf_follow follow;
 };
 
 static void gather_free(struct gathered *g)
@@ -30,6 +36,37 @@ static void gather_free(struct gathered *g)
 	free(g->prob);
 	free(g->probs);
 	free(g->plev);
+	free(g->rs);
+}
+
+/* Direct mode, a kit on mirrors: each mirror's state and the counters
+ * (remote_stats only copies them: no network wait here). */
+static void gather_remote(struct stellafs *sf, struct gathered *g, struct health_input *in)
+{
+	struct snapshot *s = g->current;
+	if (sf->store || !s || !s->src || !bytes_is_remote(source_bytes(s->src)))
+		return;
+	if (!(g->rs = calloc(1, sizeof(*g->rs))) || remote_stats(source_bytes(s->src), g->rs) < 0)
+		return;
+	const struct remote_stats *st = g->rs;
+	size_t n = MIN(st->n, (size_t)REMOTE_MAX_ENDPOINTS);
+	for (size_t i = 0; i < n; i++) {
+		const struct remote_mirror_stat *m = &st->m[i];
+		struct health_mirror *h = &g->mirrors[i];
+		*h = (struct health_mirror){ .url = m->url, .origin = m->origin, .state = m->state ? m->state : "untried",
+					     .failures = m->failures, .last_error = m->last_error, .bytes = m->bytes };
+		for (size_t k = 0; k < HEALTH_REMOTE_RESULTS && k < REMOTE_RESULTS; k++)
+			h->requests[k] = m->requests[k];
+	}
+	struct fetch_counters fc;
+	fetch_counters(sf, &fc);
+	in->remote = true;
+	in->mirrors = g->mirrors;
+	in->nmirrors = n;
+	in->cache_bytes = st->cache_bytes;
+	in->cache_hits = st->cache_hits;
+	in->unserved = st->unserved;
+	in->read_timeouts = fc.timeouts;
 }
 
 /* Counters are per snapshot; the mount's totals are their sum. */
@@ -103,6 +140,14 @@ static void gather(struct stellafs *sf, struct gathered *g, struct health_input 
 		.trust_detail = g->trust_detail,
 	};
 	gather_counters(sf, g, n, in);
+	gather_remote(sf, g, in);
+	if (sf->opt.follow && sf->store) {
+		follow_state(sf, &g->follow);
+		in->follow = sf->opt.follow;
+		in->follow_last_poll = g->follow.last_poll;
+		in->follow_err = g->follow.last_err;
+		in->follow_result = g->follow.last_result;
+	}
 	pthread_mutex_lock(&sf->lock);
 	snprintf(g->trust_detail, sizeof(g->trust_detail), "%s", sf->trust.detail);
 	bool cur_untrusted = gather_refusals(sf, g, in);
@@ -130,3 +175,4 @@ char *vfile_content(struct stellafs *sf, fuse_ino_t ino, size_t *len)
 		*len = strlen(out);
 	return out;
 }
+_Static_assert(HEALTH_REMOTE_RESULTS == REMOTE_RESULTS, "health.h and remote.h count the same results");

@@ -6,7 +6,8 @@
  * SOURCE, MOUNTPOINT, ...
  *
  * Checked: what options_check accepts is in range (threshold 1..256, a
- * group id below 2^31, a time that formats and parses back to itself) and
+ * group id below 2^31, a time that formats and parses back to itself,
+ * cache_size=, timeout= and interval= within their bounds) and
  * what it refuses comes with a message naming the option; the store-only
  * options are refused for a kit file exactly when given; libfuse's
  * fuse_parse_cmdline and fuse_session_new (the standard FUSE options, with
@@ -20,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "location.h"
 #include "options.h"
 #include "util.h"
 
@@ -53,6 +55,11 @@ static void check_values(const struct opts *o)
 			abort();
 		if (v.has_admin_gid != !!o->admin_gid || v.admin_gid > 0x7fffffff)
 			abort();
+		/* the remote options' values within their documented bounds */
+		if (v.cache_size < OPTS_CACHE_SIZE_MIN || v.cache_size > OPTS_CACHE_SIZE_MAX ||
+		    v.timeout_ms < 1000 || v.timeout_ms > OPTS_TIMEOUT_MAX * 1000u || v.interval < 1 ||
+		    v.interval > OPTS_INTERVAL_MAX || (o->interval && !o->follow) || o->nmirrors > OPTS_MIRRORS_MAX)
+			abort();
 		if (o->now) {
 			/* a time taken is one the daemon can print and read again */
 			char t[32];
@@ -69,7 +76,12 @@ static void check_values(const struct opts *o)
 	} else {
 		if (r != -EINVAL || !why)
 			abort();
-		if (strncmp(why, "threshold=", 10) && strncmp(why, "now=", 4) && strncmp(why, "admin_gid=", 10)) {
+		static const char *const named[] = { "threshold=", "now=", "admin_gid=", "mirror=", "cache_size=",
+						     "timeout=", "interval=", "follow=", "proxy=", "cacert=" };
+		bool ok = false;
+		for (size_t i = 0; i < sizeof(named) / sizeof(named[0]) && !ok; i++)
+			ok = !strncmp(why, named[i], strlen(named[i]));
+		if (!ok) {
 			fprintf(stderr, "refusal names no option: %s\n", why);
 			abort();
 		}
@@ -77,10 +89,20 @@ static void check_values(const struct opts *o)
 	free(why);
 
 	why = NULL;
-	if (options_check_mode(o, true, &why) != 0 || why)
+	r = options_check_mode(o, true, &why);
+	bool remote_src = o->source && location_is_remote(o->source);
+	bool refused = (remote_src && (o->incoming || o->auto_activate || o->follow || o->interval)) ||
+		       (o->nmirrors && !remote_src);
+	if ((r != 0) != refused || (r != 0) != !!why)
 		abort();
+	free(why);
+	/* SOURCE a kit file: the store-only options refused, and mirror= (for
+	 * kits on mirrors only) too */
+	why = NULL;
 	r = options_check_mode(o, false, &why);
-	if ((r != 0) != (o->incoming || o->auto_activate) || (r != 0) != !!why)
+	bool remote = o->source && location_is_remote(o->source);
+	bool store_only = o->incoming || o->auto_activate || o->follow || o->interval;
+	if ((r != 0) != (store_only || (o->nmirrors && !remote)) || (r != 0) != !!why)
 		abort();
 	free(why);
 }

@@ -1,0 +1,90 @@
+"""Store mode's follow=URL,interval=S (docs/mirrors.md, "Following a published kit"): the
+daemon polls a kit published on nginx with conditional requests, imports and activates
+each newer one, and the store's ratchet refuses an older one (ESTALE in the journal,
+current unchanged).  Real nginx on 127.0.0.1; nginx's access log is the oracle for the
+conditional requests (304s).  Every wait is bounded; no skips.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import kitlib
+import serverlib
+import storelib
+
+NOW = "now=2025-01-16T00:00:00Z"
+
+
+def wait_for(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.2)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+def current(mnt: Path) -> str | None:
+    try:
+        return os.readlink(mnt / "current").split("/", 1)[1]
+    except OSError:
+        return None
+
+
+def publish(kit: Path, root: Path):
+    """Replace root/kit.tar as a publisher would: a new file renamed into place."""
+    tmp = root / ".kit.tar.new"
+    shutil.copy(kit, tmp)
+    os.rename(tmp, root / "kit.tar")
+
+
+def test_follow_imports_newer_refuses_older(tmp_path, mounter, keys):
+    key = keys["ed25519"]
+    kits = {}
+    for v, seq in (("v1", 10), ("v2", 20), ("v0", 5)):
+        src = storelib.write_tree(tmp_path / f"src-{v}", {"feeds/version.txt": f"{v}\n".encode(),
+                                                           "feeds/data.bin": os.urandom(200000)})
+        kits[v] = storelib.pack_kit(src, tmp_path / f"{v}.tar", key, v, seq)
+    root = tmp_path / "pub"
+    root.mkdir(mode=0o755)
+    publish(kits["v1"], root)
+    store = tmp_path / "store"
+    store.mkdir()
+    with serverlib.Nginx(tmp_path / "ng", root=root) as ng:
+        url = ng.url("kit.tar")
+        m = mounter.mount(store, key.pub, NOW, f"follow={url}", "interval=1")
+        wait_for(lambda: current(m.path) == "v1", 30, "v1 imported and current")
+        assert (m.path / "current/feeds/version.txt").read_text() == "v1\n"
+        # unchanged: conditional requests answered 304, nothing imported again
+        wait_for(lambda: any(e.status == 304 for e in ng.log()), 15, "a 304 from nginx")
+        st = m.status()
+        assert st["follow"]["url"] == url and st["follow"]["lastPoll"]
+        # a newer kit: imported and made current
+        publish(kits["v2"], root)
+        wait_for(lambda: current(m.path) == "v2", 30, "v2 imported and current")
+        assert (m.path / "current/feeds/version.txt").read_text() == "v2\n"
+        # an older one: refused by the ratchet, ESTALE in the journal, current stays
+        publish(kits["v0"], root)
+        wait_for(lambda: "ESTALE" in (m.path / "control").read_text() or
+                 "Stale" in (m.path / "control").read_text(), 30, "the refusal in the journal")
+        journal = (m.path / "control").read_text()
+        line = [l for l in journal.splitlines() if "follow" in l][-1]
+        assert "ESTALE" in line or "Stale" in line, journal
+        assert current(m.path) == "v2"
+        assert sorted(os.listdir(m.path / "snapshots")) == ["v1", "v2"]
+        # refused once, not fetched again and again: the validator is remembered
+        n = len([e for e in ng.log() if e.status == 200 or e.status == 206])
+        time.sleep(3)
+        assert len([e for e in ng.log() if e.status == 200 or e.status == 206]) == n
+
+
+def test_follow_is_store_mode_only(mounter, keys, tmp_path):
+    kit = tmp_path / "k.tar"
+    kit.write_bytes(b"x")
+    cp, _ = mounter.try_mount(kit, keys["ed25519"].pub, "follow=http://127.0.0.1:9/kit.tar")
+    assert cp.returncode == 2 and "follow=" in cp.stderr and len(cp.stderr.strip().splitlines()) == 1

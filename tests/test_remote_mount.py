@@ -1,0 +1,463 @@
+"""Mounts of kits on site mirrors (docs/mirrors.md, stellafs(8)): the real daemon mounting
+http:// URLs served by real nginx and squid, and by serverlib.FaultServer for what they
+cannot be told to do, all on 127.0.0.1 and started by the tests.  Oracles: the source
+tree (sha256sum), nginx's and squid's own access logs, the fault server's request log.
+
+A test that cannot get FUSE or a server fails (serverlib raises; conftest's stellafs_bin
+fails), it never skips.  Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import kitlib
+import serverlib
+
+BLOCK = 4096
+
+
+# --------------------------------------------------------------------------- helpers
+
+def sha256sum_tree(root: Path) -> dict:
+    """path -> sha256 of every regular file under ROOT, by sha256sum(1)."""
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+    out = {}
+    for i in range(0, len(files), 200):
+        cp = subprocess.run(["sha256sum", "--", *files[i:i + 200]], cwd=root, capture_output=True,
+                            text=True, timeout=120)
+        assert cp.returncode == 0, cp.stderr
+        for line in cp.stdout.splitlines():
+            digest, name = line.split(None, 1)
+            out[name.lstrip("*")] = digest
+    return out
+
+
+def member_offsets(kit: Path) -> dict:
+    """name -> (data offset in the tar file, size), for an uncompressed kit (Python's tarfile,
+    independent of stellakit)."""
+    with tarfile.open(kit, "r:") as t:
+        return {m.name: (m.offset_data, m.size) for m in t.getmembers() if m.isfile()}
+
+
+def read_all(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def read_errno(path: Path) -> int:
+    """0 if the whole file reads, else the errno of the failing read."""
+    try:
+        read_all(path)
+        return 0
+    except OSError as e:
+        return e.errno
+
+
+# the sample kit's components were captured at its creation: judged the day after
+NOW = "now=2025-01-16T00:00:00Z"
+
+
+def mount_remote(mounter, url, trust, *opts, cache=None):
+    return mounter.mount(url, trust, NOW, *opts, cache=cache)
+
+
+def mirrors_of(m) -> list:
+    return m.status()["mirrors"]
+
+
+def metrics_lines(m) -> list:
+    return (m.path / "metrics").read_text().splitlines()
+
+
+def metric_sum(m, name: str, **labels) -> float:
+    """Sum of the samples of NAME whose labels include LABELS (parsed by hand: the
+    format is Prometheus text 0.0.4)."""
+    total = 0.0
+    for line in metrics_lines(m):
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, val = line.rpartition(" ")
+        if head != name and not head.startswith(name + "{"):
+            continue
+        lab = {}
+        if "{" in head:
+            body = head[head.index("{") + 1:head.rindex("}")]
+            for part in body.split('",'):
+                k, _, v = part.partition("=")
+                lab[k] = v.strip('"')
+        if all(lab.get(k) == v for k, v in labels.items()):
+            total += float(val)
+    return total
+
+
+@pytest.fixture(scope="module")
+def kitdir(tmp_path_factory, packed):
+    """The sample tree's kits (none and zstd), in a directory nginx serves."""
+    d = tmp_path_factory.mktemp("kits")
+    for c, name in (("none", "kit.tar"), ("zstd", "kit.tar.zst")):
+        shutil.copy(packed(c).path, d / name)
+    os.chmod(d, 0o755)
+    return d
+
+
+@pytest.fixture(scope="module")
+def bigkit(tmp_path_factory, keys):
+    """An uncompressed kit of six 3 MiB files and one of 40 MiB (more than the daemon
+    keeps in memory), and its source tree: (directory nginx serves, source)."""
+    d = tmp_path_factory.mktemp("bigkit")
+    src = d / "src"
+    (src / "data").mkdir(parents=True)
+    for i in range(6):
+        (src / "data" / f"f{i}.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    (src / "data" / "big.bin").write_bytes(os.urandom(40 * 1024 * 1024))
+    kits = d / "kits"
+    kits.mkdir()
+    os.chmod(d, 0o755)
+    os.chmod(kits, 0o755)
+    kitlib.pack(src, kits / "big.tar", [keys["ed25519"]], compress="none")
+    return kits, src
+
+
+@pytest.fixture
+def nginx(tmp_path, kitdir):
+    with serverlib.Nginx(tmp_path / "nginx", root=kitdir) as ng:
+        yield ng
+
+
+# --------------------------------------------------------------------------- the tree
+
+@pytest.mark.parametrize("name", ["kit.tar", "kit.tar.zst"])
+def test_mounted_tree_equals_source(name, nginx, mounter, keys, src_tree, kitdir):
+    """Every file of the mounted snapshot has the source's bytes (sha256sum of both)."""
+    m = mount_remote(mounter, nginx.url(name), keys["ed25519"].pub, "timeout=20")
+    got = sha256sum_tree(m.path / "current")
+    want = sha256sum_tree(src_tree)
+    assert got == want
+    st = m.status()
+    assert st["source"] == nginx.url(name)
+    assert [x["url"] for x in st["mirrors"]] == [nginx.url(name)]
+    assert st["mirrors"][0]["state"] == "ok"
+    assert st["health"] == "HEALTHY", (m.path / "health").read_text()
+    # what nginx served is what the metrics count (its access log is the oracle)
+    # (a detached mount checks the kit before the fork and opens it again after it: what
+    # the first open fetched is not counted by the daemon that serves)
+    served = nginx.bytes_served()
+    counted = metric_sum(m, "stellafs_remote_bytes_total", mirror=nginx.origin)
+    assert 0 < counted <= served, (counted, served)
+    assert metric_sum(m, "stellafs_remote_requests_total", mirror=nginx.origin, result="ok") > 0
+
+
+def test_remote_mount_options_refused(mounter, keys, tmp_path):
+    """Nonsense remote options are refused with one line naming the option, exit 2."""
+    url = "http://127.0.0.1:9/kit.tar"
+    for opt, word in (("cache_size=0", "cache_size="), ("cache_size=12Q", "cache_size="),
+                      ("timeout=0", "timeout="), ("timeout=abc", "timeout="),
+                      ("mirror=ftp://x/kit.tar", "mirror="), ("interval=10", "interval="),
+                      ("proxy=nothing", "proxy="), ("cacert=/nonexistent/ca.pem", "cacert="),
+                      ("follow=http://127.0.0.1:9/k.tar", "follow=")):
+        cp, mnt = mounter.try_mount(url, keys["ed25519"].pub, opt)
+        assert cp.returncode == 2, (opt, cp.stderr)
+        line = cp.stderr.strip()
+        assert "\n" not in line and word in line, (opt, line)
+        assert not kitlib.is_mounted(mnt)
+    # mirror= for a local kit file
+    kit = tmp_path / "k.tar"
+    kit.write_bytes(b"")
+    cp, _ = mounter.try_mount(kit, keys["ed25519"].pub, "mirror=http://127.0.0.1:9/kit.tar")
+    assert cp.returncode == 2 and "mirror=" in cp.stderr
+
+
+def test_no_mirror_answers_exit_1(mounter, keys):
+    """A mount whose head no mirror serves within timeout= fails: exit 1, one line."""
+    port = serverlib.free_port()
+    t0 = time.monotonic()
+    cp, mnt = mounter.try_mount(f"http://127.0.0.1:{port}/kit.tar", keys["ed25519"].pub, "timeout=3")
+    assert cp.returncode == 1, cp.stderr
+    assert len(cp.stderr.strip().splitlines()) == 1
+    assert time.monotonic() - t0 < 30
+    assert not kitlib.is_mounted(mnt)
+
+
+# --------------------------------------------------------------------------- tamper
+
+def tampered_kit(kitdir: Path, dest: Path, victim: str, at: int) -> Path:
+    """A copy of the uncompressed kit with the bytes of VICTIM's block AT inverted."""
+    kit = dest / "kit.tar"
+    shutil.copy(kitdir / "kit.tar", kit)
+    off, size = member_offsets(kit)[victim]
+    assert size > (at + 1) * BLOCK
+    with open(kit, "r+b") as f:
+        f.seek(off + at * BLOCK + 100)
+        b = f.read(16)
+        f.seek(off + at * BLOCK + 100)
+        f.write(bytes(x ^ 0xFF for x in b))
+    os.chmod(dest, 0o755)
+    return kit
+
+
+def test_tamper_on_server_eio_on_exactly_the_bad_blocks(tmp_path, mounter, keys, kitdir, src_tree):
+    victim = "feeds/vuln-db/vuln.db"
+    bad_block = 37
+    root = tmp_path / "served"
+    root.mkdir()
+    tampered_kit(kitdir, root, victim, bad_block)
+    with serverlib.Nginx(tmp_path / "ng", root=root) as ng:
+        m = mount_remote(mounter, ng.url("kit.tar"), keys["ed25519"].pub, "timeout=20")
+        f = m.path / "current" / victim
+        want = (src_tree / victim).read_bytes()
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+            nblocks = (len(want) + BLOCK - 1) // BLOCK
+            failed = []
+            for b in list(range(0, 8)) + [bad_block - 1, bad_block, bad_block + 1] + list(range(nblocks - 4, nblocks)):
+                try:
+                    data = os.pread(fd, BLOCK, b * BLOCK)
+                    assert data == want[b * BLOCK:(b + 1) * BLOCK], f"block {b}: wrong bytes"
+                except OSError as e:
+                    assert e.errno == errno.EIO
+                    failed.append(b)
+            assert failed == [bad_block]
+        finally:
+            os.close(fd)
+        # other files read fine, and equal the source
+        for name in ("feeds/vuln-db/index.bin", "sizes/size-4097"):
+            assert read_all(m.path / "current" / name) == (src_tree / name).read_bytes()
+        # the one mirror had no good bytes: a read not served, CRITICAL
+        h = (m.path / "health").read_text()
+        assert h.splitlines()[0] == "CRITICAL", h
+        assert m.status()["integrity"]["failures"] >= 1
+
+
+# --------------------------------------------------------------------------- failover
+
+FAILURES = {
+    # class: (fault server settings, results it may be counted as)
+    "503": (dict(status=503), {"http_error"}),
+    "ignore_range": (dict(ignore_range=True), {"http_error", "short"}),
+    "truncate": (dict(truncate=1000), {"short"}),
+    "reset": (dict(reset=True), {"http_error", "short", "refused"}),
+    "hang": (dict(hang=30.0), {"timeout"}),
+    "redirect_loop": (dict(redirect_loop=True), {"http_error"}),
+    "flip": (None, {"bad_bytes"}),
+}
+
+
+@pytest.mark.parametrize("cls", list(FAILURES))
+def test_failover_to_second_mirror(cls, tmp_path, mounter, keys, kitdir, src_tree, nginx):
+    """The fault server first, nginx second: every read succeeds with the source's bytes;
+    status names the failing mirror with its class, metrics count it, health WARNING."""
+    data = (kitdir / "kit.tar").read_bytes()
+    with serverlib.FaultServer({"/kit.tar": data}) as fs:
+        settings, results = FAILURES[cls]
+        if settings is None:
+            # wrong bytes inside a file's data, not in the head: the mount comes up from
+            # the fault server, the reads find its bytes bad and go to nginx
+            off, size = member_offsets(kitdir / "kit.tar")["feeds/vuln-db/vuln.db"]
+            fs.flip = (off + 5 * BLOCK, 64)
+        else:
+            for k, v in settings.items():
+                setattr(fs, k, v)
+        m = mount_remote(mounter, fs.url("kit.tar"), keys["ed25519"].pub, f"mirror={nginx.url('kit.tar')}",
+                         "timeout=20")
+        t0 = time.monotonic()
+        assert sha256sum_tree(m.path / "current") == sha256sum_tree(src_tree)
+        assert time.monotonic() - t0 < 60
+        mirrors = mirrors_of(m)
+        assert [x["url"] for x in mirrors] == [fs.url("kit.tar"), nginx.url("kit.tar")]
+        bad = mirrors[0]
+        assert bad["failures"] >= 1, mirrors
+        assert bad["lastError"], mirrors
+        counted = sum(metric_sum(m, "stellafs_remote_requests_total", mirror=fs.origin, result=r) for r in results)
+        assert counted >= 1, "\n".join(l for l in metrics_lines(m) if "remote" in l)
+        if cls != "flip":
+            # still failing (in backoff) or failing again: health names it
+            assert bad["state"] == "failing", mirrors
+            h = (m.path / "health").read_text()
+            assert h.splitlines()[0] == "WARNING", h
+            assert f"127.0.0.1:{fs.port}" in h
+        else:
+            # wrong bytes were replaced by good ones from nginx: never CRITICAL
+            assert m.status()["integrity"]["failures"] == 0
+            assert (m.path / "health").read_text().splitlines()[0] in ("HEALTHY", "WARNING")
+        assert metric_sum(m, "stellafs_remote_bytes_total", mirror=nginx.origin) > 0
+
+
+# --------------------------------------------------------------------------- offline
+
+def test_offline_remount_serves_from_cache(tmp_path, mounter, keys, kitdir, src_tree):
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    root = tmp_path / "served"
+    root.mkdir()
+    shutil.copy(kitdir / "kit.tar", root / "kit.tar")
+    os.chmod(root, 0o755)
+    with serverlib.Nginx(tmp_path / "ng", root=root) as ng:
+        url = ng.url("kit.tar")
+        m = mount_remote(mounter, url, keys["ed25519"].pub, "timeout=5", cache=cache)
+        warm = "feeds/vuln-db/index.bin"
+        assert read_all(m.path / "current" / warm) == (src_tree / warm).read_bytes()
+        mounter.umount(m.path)
+    # every mirror gone (nginx stopped): the remount comes up from the cache
+    m = mount_remote(mounter, url, keys["ed25519"].pub, "timeout=3", cache=cache)
+    assert read_all(m.path / "current" / warm) == (src_tree / warm).read_bytes()
+    t0 = time.monotonic()
+    assert read_errno(m.path / "current" / "feeds/vuln-db/vuln.db") == errno.EIO
+    assert time.monotonic() - t0 < 3 + 5
+    # status and health still answer, and say the mirror fails
+    st = m.status()
+    assert st["mirrors"][0]["state"] == "failing"
+
+
+def test_cache_bound(tmp_path, mounter, keys, bigkit):
+    """cache_size small, more than it read: the cache directory stays under the bound
+    plus the head and the index, with a chunk of slack."""
+    kits, big = bigkit
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    with serverlib.Nginx(tmp_path / "ng", root=kits) as ng:
+        m = mount_remote(mounter, ng.url("big.tar"), keys["ed25519"].pub, "timeout=20", "cache_size=4M",
+                         cache=cache)
+        for name in [f"f{i}.bin" for i in range(6)] + ["big.bin"]:
+            assert read_all(m.path / "current" / "data" / name) == (big / "data" / name).read_bytes(), name
+        used = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
+        # 4 MiB of data + the head (manifest, merkle.bin: about 500 KiB here) + the index
+        # + a chunk (1 MiB) of slack
+        assert used <= 4 * 1024 * 1024 + 3 * 1024 * 1024, used
+        assert m.status()["cache"]["bytes"] <= 4 * 1024 * 1024 + 2 * 1024 * 1024
+
+
+def test_kill9_during_reads_then_damaged_cache_never_wrong_bytes(tmp_path, mounter, keys, kitdir, src_tree):
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    with serverlib.Nginx(tmp_path / "ng", root=kitdir) as ng:
+        url = ng.url("kit.tar")
+        m = mount_remote(mounter, url, keys["ed25519"].pub, "timeout=10", cache=cache)
+        pid = daemon_pid(m.path)
+        reader = subprocess.Popen(["sh", "-c", f"cat {m.path}/current/feeds/vuln-db/vuln.db > /dev/null"],
+                                  stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGKILL)
+        reader.wait(timeout=30)
+        mounter.umount(m.path)
+        # damage every file the cache holds, in its middle
+        damaged = 0
+        for p in cache.rglob("*"):
+            if p.is_file() and p.stat().st_size > 8192 and not p.name.endswith(".db"):
+                with open(p, "r+b") as f:
+                    f.seek(p.stat().st_size // 2)
+                    f.write(b"\xff" * 512)
+                damaged += 1
+        m = mount_remote(mounter, url, keys["ed25519"].pub, "timeout=10", cache=cache)
+        # never wrong bytes: each file reads as the source, or fails (EIO)
+        for name in ("feeds/vuln-db/vuln.db", "feeds/vuln-db/index.bin", "sizes/size-4097"):
+            try:
+                got = read_all(m.path / "current" / name)
+            except OSError as e:
+                assert e.errno == errno.EIO
+                continue
+            assert got == (src_tree / name).read_bytes(), name
+
+
+# --------------------------------------------------------------------------- time bounds
+
+def pread_errno(path: Path, off: int) -> int:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        os.pread(fd, BLOCK, off)
+        return 0
+    except OSError as e:
+        return e.errno
+    finally:
+        os.close(fd)
+
+
+def daemon_pid(mnt: Path) -> int | None:
+    out = subprocess.run(["pgrep", "-f", "-n", f"stellafs.*{mnt}"], capture_output=True, text=True).stdout.split()
+    return int(out[0]) if out else None
+
+
+def test_hanging_server_read_times_out_mount_answers(tmp_path, mounter, keys, bigkit):
+    """A mirror that hangs after the mount: a read gets EIO within timeout= (+ slack);
+    status, ls, stat and health answer at once meanwhile, and the daemon ends promptly
+    at umount with a read still in flight."""
+    kits, _ = bigkit
+    data = (kits / "big.tar").read_bytes()
+    with serverlib.FaultServer({"/big.tar": data}) as fs:
+        m = mount_remote(mounter, fs.url("big.tar"), keys["ed25519"].pub, "timeout=4")
+        fs.hang = 60.0
+        target = m.path / "current" / "data" / "big.bin"
+        result = {}
+
+        def reader(off):
+            t0 = time.monotonic()
+            result["errno"] = pread_errno(target, off)
+            result["secs"] = time.monotonic() - t0
+
+        # deep in the 40 MiB file: not in the daemon's memory (it keeps 32 MiB at most)
+        th = threading.Thread(target=reader, args=(20 * 1024 * 1024,), daemon=True)
+        th.start()
+        time.sleep(0.5)
+        for what in (lambda: (m.path / "status").read_text(), lambda: os.listdir(m.path / "current" / "data"),
+                     lambda: os.stat(target), lambda: (m.path / "health").read_text(),
+                     lambda: (m.path / "status.json").read_text()):
+            t0 = time.monotonic()
+            what()
+            assert time.monotonic() - t0 < 1.0
+        th.join(timeout=4 + 6)
+        assert not th.is_alive(), "the read did not return within timeout= + slack"
+        assert result["errno"] == errno.EIO and result["secs"] < 4 + 2, result
+        # a read in flight while unmounting: umount answers, and the daemon ends promptly
+        pid = daemon_pid(m.path)
+        th = threading.Thread(target=reader, args=(30 * 1024 * 1024,), daemon=True)
+        th.start()
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        subprocess.run(["umount", "-l", str(m.path)], timeout=10, check=True)
+        assert time.monotonic() - t0 < 2
+        assert pid
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
+            time.sleep(0.1)
+        assert not os.path.exists(f"/proc/{pid}"), "the daemon did not exit within 10 s of umount"
+        th.join(timeout=10)
+        assert not th.is_alive()
+
+
+# --------------------------------------------------------------------------- squid
+
+def test_many_mounts_through_one_squid_fetch_once(tmp_path, mounter, keys, kitdir, src_tree, nginx):
+    with serverlib.Squid(tmp_path / "squid") as sq:
+        mounts = [mount_remote(mounter, nginx.url("kit.tar.zst"), keys["ed25519"].pub, "timeout=30",
+                               f"proxy={sq.proxy}") for _ in range(6)]
+        want = sha256sum_tree(src_tree)
+        errs = []
+
+        def walk(mm):
+            try:
+                assert sha256sum_tree(mm.path / "current") == want
+            except Exception as e:  # noqa: BLE001 - reported below
+                errs.append(e)
+
+        ths = [threading.Thread(target=walk, args=(mm,)) for mm in mounts]
+        for t in ths:
+            t.start()
+        for t in ths:
+            t.join(timeout=180)
+        assert not errs, errs
+        size = (kitdir / "kit.tar.zst").stat().st_size
+        served = nginx.bytes_served("kit.tar.zst")
+        assert served <= 1.5 * size, (served, size)
