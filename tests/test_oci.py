@@ -8,6 +8,7 @@ and manifests that lie.  Every server is started here on 127.0.0.1 and stopped b
 one that cannot start fails the test."""
 
 import base64
+import errno
 import hashlib
 import json
 import os
@@ -442,3 +443,164 @@ def test_mirror_registry_when_the_first_is_down(kit_bytes, keys, isolated_env):
     one oci:// source being unreachable is exit 1 with its name."""
     port = serverlib.free_port()
     assert_fail(verify(f"oci://127.0.0.1:{port}/s/k:1", keys, env=isolated_env), 1, f"127.0.0.1:{port}")
+
+
+# --------------------------------------------------------------------------- mounts
+
+BLOCK = 4096
+NOW = "now=2025-01-16T00:00:00Z"   # the sample kit's components judged the day after
+
+
+@pytest.fixture
+def daemon_env(monkeypatch, tmp_path):
+    """The daemon inherits the test's environment: no credentials from the machine."""
+    home = tmp_path / "dhome"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for k in ("REGISTRY_AUTH_FILE", "DOCKER_CONFIG", "SSL_CERT_FILE"):
+        monkeypatch.delenv(k, raising=False)
+    return home
+
+
+def tree_digests(root: Path) -> dict:
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+    out = {}
+    for i in range(0, len(files), 200):
+        cp = sh("sha256sum", "--", *files[i:i + 200], cwd=root)
+        for line in cp.stdout.splitlines():
+            d, name = line.split(None, 1)
+            out[name.lstrip("*")] = d
+    return out
+
+
+def test_mount_by_tag_and_by_digest(registry, kit, keys, src_tree, mounter, daemon_env):
+    ref = registry.ref("stella/mount:1")
+    digest = pushed_digest(push(kit, ref))
+    want = tree_digests(src_tree)
+    for r in (ref, registry.ref(f"stella/mount@{digest}")):
+        m = mounter.mount(r, keys["ed25519"].pub, NOW, "timeout=20")
+        assert tree_digests(m.path / "current") == want
+        st = m.status()
+        assert st["mirrors"][0]["url"] == r and st["mirrors"][0]["state"] == "ok"
+        mounter.umount(m.path)
+
+
+def test_mount_refuses_what_is_not_the_kit(kit_bytes, keys, mounter, daemon_env):
+    with ocilib.FakeRegistry() as fr:
+        fr.put_kit("s/k", "1", ocilib.kit_manifest(kit_bytes, size=len(kit_bytes) + 1), kit_bytes)
+        fr.put_kit("s/k", "img", ocilib.kit_manifest(kit_bytes, artifact="application/x"), kit_bytes)
+        cp, mnt = mounter.try_mount(fr.ref("s/k:1"), keys["ed25519"].pub, NOW)
+        assert cp.returncode == 4 and "descriptor" in cp.stderr, cp.stderr
+        assert len(cp.stderr.strip().splitlines()) == 1
+        assert not os.path.ismount(mnt)
+        cp, mnt = mounter.try_mount(fr.ref("s/k:img"), keys["ed25519"].pub, NOW)
+        assert cp.returncode == 3 and "not a kit" in cp.stderr, cp.stderr
+        assert not os.path.ismount(mnt)
+
+
+def test_tamper_in_registry_storage_eio_on_exactly_the_bad_blocks(registry, kit, keys, src_tree, mounter,
+                                                                   daemon_env):
+    import tarfile
+    victim, bad_block = "feeds/vuln-db/vuln.db", 37
+    ref = registry.ref("stella/tamper-mount:1")
+    pushed_digest(push(kit, ref))
+    data = registry.blob_data(ocilib.sha256_digest(Path(kit).read_bytes()))
+    with tarfile.open(kit) as tf:
+        off = tf.getmember(victim).offset_data
+    good = data.read_bytes()
+    raw = bytearray(good)
+    for i in range(16):
+        raw[off + bad_block * BLOCK + 100 + i] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    try:
+        m = mounter.mount(ref, keys["ed25519"].pub, NOW, "timeout=20")
+        want = (src_tree / victim).read_bytes()
+        nblocks = (len(want) + BLOCK - 1) // BLOCK
+        fd = os.open(m.path / "current" / victim, os.O_RDONLY)
+        failed = []
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+            for b in list(range(0, 8)) + [bad_block - 1, bad_block, bad_block + 1] + \
+                    list(range(nblocks - 4, nblocks)):
+                try:
+                    assert os.pread(fd, BLOCK, b * BLOCK) == want[b * BLOCK:(b + 1) * BLOCK], b
+                except OSError as e:
+                    assert e.errno == errno.EIO
+                    failed.append(b)
+        finally:
+            os.close(fd)
+        assert failed == [bad_block]
+        assert (m.path / "health").read_text().splitlines()[0] == "CRITICAL"
+    finally:
+        data.write_bytes(good)
+
+
+def test_mount_token_and_presigned_url_expire_while_mounted(keys, mounter, tmp_path, daemon_env):
+    """Bearer tokens and presigned storage URLs that live one second; reads after both
+    expired still succeed: a new token is fetched, the blob URL is asked of the registry
+    again, storage never sees credentials nor an expired URL."""
+    import storelib
+    big = os.urandom(8 << 20)
+    src = storelib.write_tree(tmp_path / "src", {"feeds/big.bin": big, "feeds/v.txt": b"v\n"})
+    kit_bytes = storelib.pack_kit(src, tmp_path / "k.tar", keys["ed25519"], "v1", 1).read_bytes()
+    st = ocilib.Storage().start()
+    try:
+        with ocilib.FakeRegistry(auth="bearer", users={"bob": "pw"}, storage=st, presign_ttl=1,
+                                 token_ttl=1) as fr:
+            fr.put_kit("s/k", "1", ocilib.kit_manifest(kit_bytes), kit_bytes)
+            ocilib.auth_file(tmp_path / "auth.json", fr.host, "bob", "pw")
+            os.environ["REGISTRY_AUTH_FILE"] = str(tmp_path / "auth.json")
+            m = mounter.mount(fr.ref("s/k:1"), keys["ed25519"].pub, NOW, "timeout=20")
+            tokens0, gets0 = len(fr.token_requests), st.gets
+            time.sleep(2.5)
+            assert (m.path / "current/feeds/big.bin").read_bytes() == big
+            assert st.gets > gets0, "the file was not read from the registry after the sleep"
+            assert len(fr.token_requests) > tokens0
+            assert st.auth_seen and all(a == "" for a in st.auth_seen), st.auth_seen
+            assert st.expired == 0
+            want = "Basic " + base64.b64encode(b"bob:pw").decode()
+            assert all(a == want for a, _ in fr.token_requests)
+    finally:
+        os.environ.pop("REGISTRY_AUTH_FILE", None)
+        st.stop()
+
+
+def current_version(mnt: Path):
+    try:
+        return os.readlink(mnt / "current").split("/", 1)[1]
+    except OSError:
+        return None
+
+
+def wait_for(pred, timeout, what):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+def test_follow_a_moving_tag(registry, keys, tmp_path, mounter, daemon_env):
+    import storelib
+    key = keys["ed25519"]
+    kits = {}
+    for v, seq in (("v1", 10), ("v2", 20), ("v0", 5)):
+        src = storelib.write_tree(tmp_path / f"src-{v}", {"feeds/version.txt": f"{v}\n".encode(),
+                                                           "feeds/data.bin": os.urandom(100000)})
+        kits[v] = storelib.pack_kit(src, tmp_path / f"{v}.tar", key, v, seq)
+    ref = registry.ref("stella/follow:stable")
+    pushed_digest(push(kits["v1"], ref))
+    store = tmp_path / "store"
+    store.mkdir()
+    m = mounter.mount(store, key.pub, NOW, f"follow={ref}", "interval=1")
+    wait_for(lambda: current_version(m.path) == "v1", 30, "v1 imported and current")
+    assert m.status()["follow"]["url"] == ref
+    pushed_digest(push(kits["v2"], ref))          # the tag moves: a new kit
+    wait_for(lambda: current_version(m.path) == "v2", 30, "v2 imported and current")
+    assert (m.path / "current/feeds/version.txt").read_text() == "v2\n"
+    pushed_digest(push(kits["v0"], ref))          # moved back to an older sequence: refused
+    wait_for(lambda: "ESTALE" in (m.path / "control").read_text() or
+             "Stale" in (m.path / "control").read_text(), 30, "the refusal in the journal")
+    assert current_version(m.path) == "v2"
+    assert sorted(os.listdir(m.path / "snapshots")) == ["v1", "v2"]
