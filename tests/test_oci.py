@@ -438,11 +438,24 @@ def test_bad_manifests(kit_bytes, keys, isolated_env, tmp_path, case, code, word
         assert not (store / "snapshots").exists() or not any((store / "snapshots").iterdir())
 
 
-def test_mirror_registry_when_the_first_is_down(kit_bytes, keys, isolated_env):
-    """location_open's mirrors: verify has no mirror option, the daemon does; here the
-    one oci:// source being unreachable is exit 1 with its name."""
-    port = serverlib.free_port()
-    assert_fail(verify(f"oci://127.0.0.1:{port}/s/k:1", keys, env=isolated_env), 1, f"127.0.0.1:{port}")
+def test_mirrors_of_a_registry_kit(kit, kit_bytes, keys, tmp_path, isolated_env):
+    """--mirror after an oci:// source: another registry, or a plain URL of the same kit,
+    serves when the first registry cannot be reached; a mirror that is not the kit
+    (here: another artifact type) stops the open instead of being routed around."""
+    dead = f"oci://127.0.0.1:{serverlib.free_port()}/s/k:1"
+    assert_fail(verify(dead, keys, env=isolated_env), 1, "unreachable")
+    root = tmp_path / "www"
+    root.mkdir(mode=0o755)
+    shutil.copy(kit, root / "kit.tar")
+    os.chmod(root / "kit.tar", 0o644)
+    with ocilib.FakeRegistry() as fr, serverlib.Nginx(tmp_path / "ng", root=root) as ng:
+        fr.put_kit("s/k", "1", ocilib.kit_manifest(kit_bytes), kit_bytes)
+        fr.put_kit("s/k", "sbom", ocilib.kit_manifest(kit_bytes, artifact="application/x"), kit_bytes)
+        assert_ok(verify(dead, keys, "--mirror", fr.ref("s/k:1"), env=isolated_env))
+        assert_ok(verify(dead, keys, "--mirror", ng.url("kit.tar"), env=isolated_env))
+        assert ng.bytes_served("kit.tar") > 0
+        assert_fail(verify(dead, keys, "--mirror", fr.ref("s/k:sbom"), "--mirror", ng.url("kit.tar"),
+                           env=isolated_env), 3, "not a kit")
 
 
 # --------------------------------------------------------------------------- mounts
