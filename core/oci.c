@@ -378,7 +378,7 @@ static int http_once(CURL *c, const struct oci_auth *a, const struct http_req *q
 	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
 	struct curl_slist *h = NULL;
-	char line[4200];
+	char line[8400];   /* registries' JWTs run to kilobytes */
 #define ADD(fmt, ...) (snprintf(line, sizeof(line), fmt, __VA_ARGS__), h = curl_slist_append(h, line))
 	if (q->accept)
 		ADD("Accept: %s", q->accept);
@@ -574,7 +574,6 @@ static int take_challenge(struct oci_auth *a, const char *hdr, const char *prev_
 	if (!hdr || !hdr[0] || parse_challenge(hdr, &s, &realm, &service, &scope) < 0)
 		return stella_fail(e, -EACCES, "%s: HTTP 401 without a usable challenge%s%.200s%s", a->registry,
 				   hdr && hdr[0] ? " ('" : "", hdr ? hdr : "", hdr && hdr[0] ? "')" : "");
-	int r = 0;
 	if (s == AUTH_BASIC) {
 		free(realm), free(service), free(scope);
 		if (!a->basic)
@@ -590,8 +589,6 @@ static int take_challenge(struct oci_auth *a, const char *hdr, const char *prev_
 		free(realm), free(service), free(scope);
 		return stella_fail(e, -EACCES, "%s: HTTP 401 with a bearer challenge without a realm", a->registry);
 	}
-	bool again = !strncmp(prev_sent, "Bearer ", 7) && a->scope && scope && !strcmp(a->scope, scope) &&
-		     a->token_expiry > time(NULL);
 	free(a->realm), free(a->service);
 	a->realm = realm;
 	a->service = service;
@@ -600,14 +597,9 @@ static int take_challenge(struct oci_auth *a, const char *hdr, const char *prev_
 		a->scope = scope;
 	}
 	a->scheme = AUTH_BEARER;
-	if ((r = fetch_token(a, e)) < 0)
-		return r;
-	/* a token just issued for this very scope refused again: we are not
-	 * allowed (as docker says it: denied) */
-	if (again && !strcmp(prev_sent + 7, a->token))
-		return stella_fail(e, -EACCES, "%s: the registry refused its own token for %s", a->registry,
-				   a->scope ? a->scope : "this request");
-	return 0;
+	/* a fresh token in any case: the one sent was refused (expired,
+	 * revoked, or for another scope); the caller retries once */
+	return fetch_token(a, e);
 }
 
 /* The Authorization value for the registry's origin; a->lock held. */
