@@ -2,8 +2,12 @@
  * reference. */
 #include "location.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <syslog.h>
+
+#include "oci.h"
 
 static bool has_scheme(const char *s, const char *scheme)
 {
@@ -26,20 +30,91 @@ bool location_is_remote(const char *s)
 	return s && (is_http(s) || is_oci(s));
 }
 
-/* oci:// references: resolved to blob endpoints by core/oci.c (the
- * registry work); until that lands, refused in one line. */
+/* oci:// references: core/oci.c resolves each to its kit layer's blob (the
+ * manifest fetched and checked) and hands back an endpoint whose auth ops
+ * carry the registry's credentials; remote_open then reads the blob like
+ * any URL.  A mirror may be another registry or a plain URL of the same
+ * kit.  A location that cannot be reached now is left out while another
+ * can be (the point of mirrors); one that answers something that is not
+ * this kit (not a kit, a digest or size that disagrees) stops the open:
+ * that is an error to say, not to route around. */
+static bool oci_hard_failure(int r)
+{
+	return r == -EBADMSG || r == -EUCLEAN || r == -EINVAL;
+}
+
+/* SSL_CERT_FILE when no cacert= was given: the registry client honours
+ * it (as docker and skopeo do); the blob reads must trust the same. */
+static struct remote_opts oci_opts(const struct remote_opts *o)
+{
+	struct remote_opts ro = o ? *o : (struct remote_opts){ 0 };
+	const char *env = getenv("SSL_CERT_FILE");
+	if (!ro.cacert && env && *env)
+		ro.cacert = env;
+	return ro;
+}
+
 static int oci_open(const char *source, const char *const *mirrors, size_t n,
 		    const struct remote_opts *o, struct bytes **out, struct stella_err *e)
 {
-	(void)mirrors; (void)n; (void)o; (void)out;
-	return stella_fail(e, -EPROTONOSUPPORT, "%s: oci:// references are not supported by this build", source);
+	if (n + 1 > REMOTE_MAX_ENDPOINTS)
+		return stella_fail(e, -EINVAL, "%s: at most %d mirrors", source, REMOTE_MAX_ENDPOINTS - 1);
+	struct remote_opts ro = oci_opts(o);
+	struct remote_endpoint eps[REMOTE_MAX_ENDPOINTS] = { { 0 } };
+	bool owned[REMOTE_MAX_ENDPOINTS] = { false };
+	size_t k = 0;
+	int first = 0, r = 0;
+	struct stella_err first_e = { 0 };
+	for (size_t i = 0; i <= n; i++) {
+		const char *loc = i == 0 ? source : mirrors[i - 1];
+		if (i > 0 && is_http(loc)) {
+			eps[k].url = eps[k].label = loc;
+			k++;
+			continue;
+		}
+		if (!is_oci(loc)) {
+			r = stella_fail(e, -EINVAL, "mirror %s: not an oci://, http:// or https:// location", loc);
+			break;
+		}
+		struct stella_err le = { 0 };
+		int lr = oci_location_endpoint(loc, &ro, &eps[k], &le);
+		if (lr == 0) {
+			owned[k++] = true;
+			continue;
+		}
+		if (oci_hard_failure(lr) || lr == -ENOMEM) {
+			*e = le;
+			r = lr;
+			break;
+		}
+		if (!first) {
+			first = lr;
+			first_e = le;
+		}
+		stella_log(LOG_NOTICE, "%s", le.msg);
+	}
+	if (r == 0 && k == 0) {
+		*e = first_e;
+		r = first;
+	}
+	if (r == 0)
+		r = remote_open(eps, k, &ro, out, e);
+	else
+		for (size_t i = 0; i < k; i++)
+			if (owned[i] && eps[i].auth)
+				eps[i].auth->free(eps[i].auth_ctx);
+	for (size_t i = 0; i < k; i++)
+		if (owned[i])
+			oci_endpoint_release(&eps[i]);
+	return r;
 }
 
+/* follow=: the validator is the manifest digest the tag names now. */
 static int oci_probe(const char *source, const struct remote_opts *o, const char *validator,
 		     char out[256], struct stella_err *e)
 {
-	(void)o; (void)validator; (void)out;
-	return stella_fail(e, -EPROTONOSUPPORT, "%s: oci:// references are not supported by this build", source);
+	struct remote_opts ro = oci_opts(o);
+	return oci_location_probe(source, &ro, validator, out, e);
 }
 
 static int http_open(const char *source, const char *const *mirrors, size_t n,

@@ -30,7 +30,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 secs=${1:-60}
 [ $# -gt 0 ] && shift
-targets=${*:-fuzz_manifest fuzz_sig fuzz_kit fuzz_merkle fuzz_source fuzz_trust fuzz_control fuzz_options fuzz_index fuzz_http}
+targets=${*:-fuzz_manifest fuzz_sig fuzz_kit fuzz_merkle fuzz_source fuzz_trust fuzz_control fuzz_options fuzz_index fuzz_http fuzz_ociref fuzz_ocimanifest}
 bd=build-fuzz
 
 if [ ! -f "$bd/build.ninja" ]; then

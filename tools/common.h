@@ -55,3 +55,4 @@ int cmd_inspect(int argc, char **argv);
 int cmd_diff(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_import(int argc, char **argv);
+int cmd_push(int argc, char **argv);

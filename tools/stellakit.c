@@ -31,6 +31,9 @@ static const char usage[] =
 	"  import -s STORE -t TRUST [--threshold N] [--now TIME] [--allow-expired]\n"
 	"         [--activate] KIT\n"
 	"      verify KIT and add it to a store as a snapshot\n"
+	"  push [--cacert FILE] [--chunk-size SIZE] KIT oci://REGISTRY/REPOSITORY:TAG\n"
+	"      upload a kit to an OCI registry as an OCI 1.1 artifact; prints its\n"
+	"      manifest digest\n"
 	"  status [MOUNTPOINT | -s STORE] [--json]\n"
 	"      health of a mounted kit or a store; exit 0/1/2 = HEALTHY/WARNING/\n"
 	"      CRITICAL, 3 = UNKNOWN (nothing readable there, or a usage error)\n"
@@ -83,6 +86,7 @@ int main(int argc, char **argv)
 		{ "diff", cmd_diff },
 		{ "import", cmd_import },
 		{ "status", cmd_status },
+		{ "push", cmd_push },
 	};
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
 		if (!strcmp(cmd, cmds[i].name))
