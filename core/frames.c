@@ -26,9 +26,10 @@ struct slot {
 	uint64_t last_use;
 	int refs;                 /* readers copying out of it */
 	int phase;                /* tar offset % 4096 of the blocks to hash; -1: none */
-	uint8_t *map;             /* the decoded bytes, then the digests */
+	uint8_t *map;             /* the decoded bytes (big_alloc) */
 	size_t mapsize;
 	uint8_t (*dig)[32];       /* digests of the blocks at hash_base + k * 4096 */
+	size_t digsize;
 	size_t ndig;
 	uint64_t hash_base;
 	struct stella_err err;    /* FAILED: why */
@@ -71,9 +72,40 @@ struct frames {
 struct worker {
 	pthread_t thread;
 	ZSTD_DCtx *dc;
-	uint8_t *in;              /* the span's compressed bytes */
+	uint8_t *in;              /* the span's compressed bytes (big_alloc) */
 	size_t incap;
 };
+
+/* Large buffers kept for long (decoded spans, the workers' input):
+ * anonymous memory, so that a closed kit's goes back to the system, and
+ * aligned for transparent huge pages (MADV_HUGEPAGE, where the system
+ * allows it): on the VM measured, a 4 KiB page fault cost about 20 us, and
+ * a 4 MiB span buffer touched for the first time 1024 of them. */
+#define HUGE_PAGE (2u << 20)
+
+static size_t page_round(size_t n) { return (n + 4095) / 4096 * 4096; }
+
+static void *big_alloc(size_t size)
+{
+	size = page_round(size);
+	size_t len = size + HUGE_PAGE;
+	uint8_t *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return NULL;
+	uint8_t *a = (uint8_t *)(((uintptr_t)p + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
+	if (a > p)
+		munmap(p, (size_t)(a - p));
+	if (p + len > a + size)
+		munmap(a + size, (size_t)(p + len - (a + size)));
+	(void)madvise(a, size, MADV_HUGEPAGE); /* best effort */
+	return a;
+}
+
+static void big_free(void *p, size_t size)
+{
+	if (p)
+		munmap(p, page_round(size));
+}
 
 /* Lock order: a kit's lock, then the pool's; never the other way. */
 static struct {
@@ -144,7 +176,7 @@ static void *worker_main(void *arg)
 static void worker_free(struct worker *w)
 {
 	ZSTD_freeDCtx(w->dc);
-	free(w->in);
+	big_free(w->in, w->incap);
 	memset(w, 0, sizeof(*w));
 }
 
@@ -276,38 +308,61 @@ static size_t span_of(const struct frames *fs, uint64_t off)
 	return lo;
 }
 
-/* What a slot maps for span i: the bytes, then room for a digest per block. */
-static size_t map_need(const struct frames *fs, size_t i)
+/* What a slot holds for span i: the bytes, and a digest per block. */
+static size_t inplace_margin(size_t len);
+static size_t buf_need(const struct frames *fs, size_t i)
 {
 	size_t len = (size_t)span_len(fs, i);
-	size_t page = 4096;
-	size_t dig = (len / MERKLE_BLOCK + 1) * 32;
-	return (len + page - 1) / page * page + (dig + page - 1) / page * page;
+	return page_round(len + inplace_margin(len));
+}
+static size_t dig_need(const struct frames *fs, size_t i) { return ((size_t)span_len(fs, i) / MERKLE_BLOCK + 1) * 32; }
+static size_t map_need(const struct frames *fs, size_t i) { return buf_need(fs, i) + dig_need(fs, i); }
+static size_t slot_size(const struct slot *sl) { return sl->mapsize + sl->digsize; }
+
+static void slot_free(struct slot *sl)
+{
+	big_free(sl->map, sl->mapsize);
+	free(sl->dig);
+	atomic_fetch_sub(&held, slot_size(sl));
+	sl->map = NULL;
+	sl->dig = NULL;
+	sl->mapsize = sl->digsize = 0;
 }
 
-/* Under fs->lock: make sl hold a buffer for span i, within the budget.
- * Anonymous mappings, so that what a kit held goes back to the system
- * when it is closed.  1: not under the budget; -ENOMEM; 0. */
+/* Under fs->lock: make sl hold buffers for span i, within the budget.
+ * 1: not under the budget; -ENOMEM; 0. */
 static int slot_fit(struct frames *fs, struct slot *sl, size_t i)
 {
-	size_t need = map_need(fs, i);
-	if (sl->mapsize >= need)
+	size_t bneed = buf_need(fs, i), dneed = dig_need(fs, i), old = slot_size(sl);
+	if (sl->mapsize >= bneed && sl->digsize >= dneed)
 		return 0;
+	size_t need = MAX(bneed, sl->mapsize) + MAX(dneed, sl->digsize);
 	size_t cur = atomic_load(&held);
 	do {
-		if (cur - sl->mapsize + need > FRAMES_BUDGET)
+		if (cur - old + need > FRAMES_BUDGET)
 			return 1;
-	} while (!atomic_compare_exchange_weak(&held, &cur, cur - sl->mapsize + need));
-	void *m = mmap(NULL, need, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (m == MAP_FAILED) {
-		atomic_fetch_sub(&held, need - sl->mapsize);
+	} while (!atomic_compare_exchange_weak(&held, &cur, cur - old + need));
+	uint8_t *m = sl->mapsize >= bneed ? sl->map : big_alloc(bneed);
+	void *d = sl->digsize >= dneed ? (void *)sl->dig : malloc(dneed);
+	if (!m || !d) {
+		if (m != sl->map)
+			big_free(m, bneed);
+		if (d != sl->dig)
+			free(d);
+		atomic_fetch_sub(&held, need - old);
 		return -ENOMEM;
 	}
-	if (sl->map)
-		munmap(sl->map, sl->mapsize);
-	fs->st.held += need - sl->mapsize;
-	sl->map = m;
-	sl->mapsize = need;
+	if (m != sl->map) {
+		big_free(sl->map, sl->mapsize);
+		sl->map = m;
+		sl->mapsize = bneed;
+	}
+	if (d != (void *)sl->dig) {
+		free(sl->dig);
+		sl->dig = d;
+		sl->digsize = dneed;
+	}
+	fs->st.held += need - old;
 	return 0;
 }
 
@@ -331,24 +386,76 @@ static ZSTD_DCtx *thread_dctx(void)
 	return dc;
 }
 
-/* Decode span i into sl's buffer: its compressed bytes are read into src
- * (clen bytes of room) through the kit's bytes. */
-static int span_decode(struct frames *fs, struct slot *sl, size_t i, ZSTD_DCtx *dc, uint8_t *src,
-		       struct stella_err *e)
+/* Where a span that is one zstd frame is decoded in place: its compressed
+ * bytes are read into the end of the span's own buffer and decoded towards
+ * its start (zstd.h, ZSTD_decompressionMargin: the output buffer holds the
+ * output and a margin, the input at its very end).  No input buffer then,
+ * neither per worker nor per reader thread, and none of their page faults.
+ * The margin is ZSTD_DECOMPRESSION_MARGIN for the largest block size, which
+ * also covers the smaller ones of spans up to FRAMES_SPAN_MAX (the block
+ * term, 128 KiB, exceeds 3 bytes per 1 KiB block of 8 MiB plus 1 KiB). */
+static size_t inplace_margin(size_t len)
+{
+	return 18 /* frame header */ + 4 /* checksum */ +
+	       3 * ((len + ZSTD_BLOCKSIZE_MAX - 1) / ZSTD_BLOCKSIZE_MAX) + ZSTD_BLOCKSIZE_MAX;
+}
+
+/* zstd 1.5.4 documents in-place decoding; an older library gets an input
+ * buffer. */
+static bool inplace_lib(void) { return ZSTD_versionNumber() >= 10504; }
+
+/* Decode span i into sl's buffer.  spare(need, arg) lends an input
+ * buffer where the span cannot be decoded in place (several frames in
+ * one span: written by another tool). */
+static int span_decode(struct frames *fs, struct slot *sl, size_t i, ZSTD_DCtx *dc,
+		       uint8_t *(*spare)(size_t need, void *arg), void *arg, struct stella_err *e)
 {
 	uint64_t in = fs->in[i];
 	size_t clen = (size_t)(fs->in[i + 1] - in), len = (size_t)span_len(fs, i);
+	size_t cap = len + inplace_margin(len);
+	bool inplace = inplace_lib() && clen <= cap;
+	uint8_t *src = inplace ? sl->map + cap - clen : spare(clen, arg);
 	if (!src || !dc)
 		return -ENOMEM;
 	int r = bytes_read_full(fs->b, src, clen, in);
 	if (r < 0)
 		return stella_fail_errno(e, r, "%s: reading at %llu", fs->name, (unsigned long long)in);
-	size_t n = ZSTD_decompressDCtx(dc, sl->map, len, src, clen);
+	if (inplace && ZSTD_findFrameCompressedSize(src, clen) != clen) {
+		/* not one whole frame: no in-place promise (a corrupt one fails below) */
+		uint8_t *o = spare(clen, arg);
+		if (!o)
+			return -ENOMEM;
+		memcpy(o, src, clen);
+		src = o;
+		inplace = false;
+	}
+	size_t n = ZSTD_decompressDCtx(dc, sl->map, inplace ? cap : len, src, clen);
 	if (ZSTD_isError(n) || n != len)
 		return stella_fail(e, -EIO, "%s: zstd frame at byte %llu no longer decodes to what was indexed%s%s",
 				   fs->name, (unsigned long long)in, ZSTD_isError(n) ? ": " : "",
 				   ZSTD_isError(n) ? ZSTD_getErrorName(n) : "");
 	return 0;
+}
+
+/* The input buffers spans that cannot be decoded in place borrow. */
+static uint8_t *worker_spare(size_t need, void *arg)
+{
+	struct worker *w = arg;
+	if (w->incap < need) {
+		big_free(w->in, w->incap);
+		w->incap = 0;
+		/* in whole huge pages: spans' sizes creep up one by one */
+		size_t cap = (need + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
+		if ((w->in = big_alloc(cap)))
+			w->incap = cap;
+	}
+	return w->in;
+}
+
+static uint8_t *reader_spare(size_t need, void *arg)
+{
+	(void)arg;
+	return thread_scratch(SCRATCH_SOURCE, need);
 }
 
 /* The digests of the span's whole blocks at the stream's phase.  A digest
@@ -357,8 +464,6 @@ static void span_hash(struct frames *fs, struct slot *sl, size_t i, int phase)
 {
 	uint64_t out = fs->out[i], end = fs->out[i + 1];
 	uint64_t base = out + (uint64_t)((phase - (int)(out % MERKLE_BLOCK) + (int)MERKLE_BLOCK) % (int)MERKLE_BLOCK);
-	size_t len = (size_t)(end - out);
-	sl->dig = (uint8_t (*)[32])(sl->map + (len + 4095) / 4096 * 4096);
 	sl->hash_base = base;
 	sl->ndig = 0;
 	for (uint64_t b = base; b + MERKLE_BLOCK <= end; b += MERKLE_BLOCK) {
@@ -401,20 +506,8 @@ static void work_on(struct frames *fs, struct worker *w)
 	int phase = sl->phase;
 	pthread_mutex_unlock(&fs->lock);
 
-	size_t clen = (size_t)(fs->in[i + 1] - fs->in[i]);
 	struct stella_err e = { 0 };
-	int r = 0;
-	if (w->incap < clen) {
-		uint8_t *p = realloc(w->in, clen);
-		if (p) {
-			w->in = p;
-			w->incap = clen;
-		} else {
-			r = -ENOMEM;
-		}
-	}
-	if (r == 0)
-		r = span_decode(fs, sl, i, w->dc, w->in, &e);
+	int r = span_decode(fs, sl, i, w->dc, worker_spare, w, &e);
 	sl->ndig = 0;
 	if (r == 0 && phase >= 0)
 		span_hash(fs, sl, i, phase);
@@ -479,7 +572,7 @@ static struct slot *victim(struct frames *fs, size_t j, bool ahead)
 			continue;
 		if (ahead && rank > 1)
 			continue;
-		rank += x->mapsize >= need ? 0 : 4;
+		rank += slot_size(x) >= need ? 0 : 4;
 		if (rank < best || (rank == best && x->last_use < v->last_use)) {
 			v = x;
 			best = rank;
@@ -495,7 +588,7 @@ static bool fitting_busy(const struct frames *fs, size_t j)
 	size_t need = map_need(fs, j);
 	for (unsigned k = 0; k < fs->nslots; k++) {
 		const struct slot *x = &fs->slots[k];
-		if (x->mapsize >= need && (x->state == SLOT_DECODING || x->refs > 0))
+		if (slot_size(x) >= need && (x->state == SLOT_DECODING || x->refs > 0))
 			return true;
 	}
 	return false;
@@ -606,8 +699,7 @@ static int span_get(struct frames *fs, size_t i, struct slot **out, struct stell
 	sl->ndig = 0;
 	pthread_mutex_unlock(&fs->lock);
 
-	size_t clen = (size_t)(fs->in[i + 1] - fs->in[i]);
-	int r = span_decode(fs, sl, i, thread_dctx(), thread_scratch(SCRATCH_SOURCE, clen), e);
+	int r = span_decode(fs, sl, i, thread_dctx(), reader_spare, NULL, e);
 
 	pthread_mutex_lock(&fs->lock);
 	if (r < 0) {
@@ -748,10 +840,7 @@ void frames_free(struct frames *fs)
 	pool_unref();
 
 	for (unsigned k = 0; k < fs->nslots; k++)
-		if (fs->slots[k].map) {
-			munmap(fs->slots[k].map, fs->slots[k].mapsize);
-			atomic_fetch_sub(&held, fs->slots[k].mapsize);
-		}
+		slot_free(&fs->slots[k]);
 	pthread_mutex_destroy(&fs->lock);
 	pthread_cond_destroy(&fs->cond);
 	free(fs->out);
