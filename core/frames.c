@@ -764,6 +764,8 @@ int frames_read(struct frames *fs, uint8_t *buf, size_t len, uint64_t off, struc
 	for (size_t i = first; i <= last; i++) {
 		struct slot *sl = NULL;
 		int r = span_get(fs, i, &sl, e);
+		if (r == 1 && d) /* the caller reads these bytes again another way: */
+			memset(d->have, 0, sizeof(d->have)); /* no digest may stand for them */
 		if (r != 0)
 			return r;
 		uint64_t from = MAX(off, fs->out[i]), to = MIN(off + len, fs->out[i + 1]);

@@ -61,7 +61,8 @@ void frames_free(struct frames *fs);
  * bytes are not served here (a span too large, not within the stream, or
  * no memory under the budget): the caller reads them another way.  With
  * d, d->have[k] is set for the blocks k whose digest came with the bytes
- * (and cleared for no others: the caller clears it first).  Thread-safe. */
+ * (and cleared for no others: the caller clears it first; all of it when
+ * returning 1, since the bytes are then read again).  Thread-safe. */
 int frames_read(struct frames *fs, uint8_t *buf, size_t len, uint64_t off, struct source_digests *d,
 		struct stella_err *e);
 
