@@ -1081,12 +1081,19 @@ static int tree_block(struct snap_file *f, unsigned level, uint64_t idx, const u
 	return 0;
 }
 
-/* QUIET: a mismatch is -EBADMSG, not reported (the caller may get the
- * bytes again from another mirror first). */
-static int check_block(struct snap_file *f, uint64_t b, const uint8_t *data, size_t len, bool quiet)
+/* pre: the block's SHA-256 if the source computed it on the way (a whole
+ * block only: a short one is hashed zero-padded), else NULL.  QUIET: a
+ * mismatch is -EBADMSG, not reported (the caller may get the bytes again
+ * from another mirror first). */
+static int check_block(struct snap_file *f, uint64_t b, const uint8_t *data, size_t len, const uint8_t *pre,
+		       bool quiet)
 {
 	uint8_t h[32];
-	int r = merkle_hash_block(data, len, h);
+	int r = 0;
+	if (pre && len == MERKLE_BLOCK)
+		memcpy(h, pre, 32);
+	else
+		r = merkle_hash_block(data, len, h);
 	if (r < 0)
 		return r;  /* no digest, no verdict: a failed read, not a mismatch */
 	if (f->g.levels == 0) {
@@ -1148,6 +1155,10 @@ ssize_t snapshot_read(struct snap_file *f, void *buf, size_t len, uint64_t off)
 	if (!tmp)
 		return -ENOMEM;
 	struct stella_err e = { 0 };
+	/* Digests of whole blocks the source hashed as it decoded them
+	 * (core/frames.h), of the very bytes it put in tmp: the check below
+	 * compares them instead of hashing again. */
+	struct source_digests dg;
 	int r;
 	unsigned tries = 0;
 again:
@@ -1157,7 +1168,7 @@ again:
 		if (r < 0)
 			stella_fail_errno(&e, r, "%s: blob of inode %llu", f->s->kit_path, (unsigned long long)f->ino);
 	} else {
-		r = source_pread(f->s->src, tmp, rlen, f->data_off + start, &e);
+		r = source_pread_digests(f->s->src, tmp, rlen, f->data_off + start, &dg, &e);
 	}
 	if (r == -ENOMEM)
 		return r; /* ours, not the kit's: no verdict on its data */
@@ -1180,7 +1191,10 @@ again:
 	 * before a bad one stay readable. */
 	for (uint64_t b = b0; b <= b1; b++) {
 		size_t boff = (size_t)((b - b0) * MERKLE_BLOCK);
-		int cr = check_block(f, b, tmp + boff, MIN((size_t)MERKLE_BLOCK, rlen - boff), can_report(f, tries));
+		size_t k = (size_t)(b - b0);
+		const uint8_t *pre = !f->blob && k < SOURCE_DIGESTS && dg.have[k] ? dg.sha256[k] : NULL;
+		int cr = check_block(f, b, tmp + boff, MIN((size_t)MERKLE_BLOCK, rlen - boff), pre,
+				     can_report(f, tries));
 		/* only the block that failed: its neighbours stay the mirror's */
 		if (cr == -EBADMSG && remote_retry(f, start + (b - b0) * MERKLE_BLOCK,
 						   MIN((size_t)MERKLE_BLOCK, rlen - boff), &tries))

@@ -7,6 +7,7 @@
 #include <zstd.h>
 
 #include "bytes.h"
+#include "frames.h"
 #include "util.h"
 
 #define IN_CHUNK   (256u << 10)
@@ -15,8 +16,6 @@
 #define NCURSORS   8
 #define SINK       (256u << 10)
 #define SKIP_LIMIT (8u << 20)   /* continue a cursor rather than restart within this */
-#define NFRAMES    4            /* decoded zstd frames kept */
-#define FRAME_MAX  (8u << 20)   /* larger frames are read through a cursor */
 
 struct cursor {
 	bool live;            /* decoder state valid */
@@ -38,23 +37,9 @@ struct cursor {
 };
 
 /* A zstd kit written in frames (stellakit writes 4 MiB ones) is read a
- * whole frame at a time: decoded in one call straight into a buffer kept
- * here, by whichever thread needs it first, so that different frames
- * decode in parallel, and the frame after the one a sequential reader is
- * in is decoded ahead by a helper thread while the reader's blocks are
- * hashed.  A cursor (below) still serves frames too large for this and
- * gzip kits, whose deflate blocks cannot be decoded apart. */
-enum { FRAME_EMPTY, FRAME_DECODING, FRAME_READY };
-
-struct frame {
-	int state;
-	size_t index;         /* its seek point */
-	uint64_t out, len;    /* the tar-stream bytes it holds */
-	uint8_t *buf;
-	size_t cap;
-	int refs;             /* readers copying out of it */
-	uint64_t last_use;
-};
+ * whole frame at a time, decoded ahead of sequential readers by worker
+ * threads (core/frames.h).  A cursor (below) still serves frames too large
+ * for that and gzip kits, whose deflate blocks cannot be decoded apart. */
 
 struct source {
 	struct bytes *b;        /* every byte of the kit is read through it */
@@ -73,12 +58,7 @@ struct source {
 	struct cursor cur[NCURSORS];
 	uint64_t clock;
 
-	struct frame frames[NFRAMES];
-	size_t last_frame;      /* + 1: the frame the latest read ended in */
-	size_t prefetch;        /* + 1: the frame the helper should decode */
-	bool prefetcher, stopping;
-	pthread_t prefetch_thread;
-	pthread_cond_t prefetch_cond;
+	struct frames *frames;  /* made at the first read once the points are complete */
 };
 
 const char *kit_compression_name(enum kit_compression c)
@@ -134,16 +114,7 @@ void source_close(struct source *s)
 {
 	if (!s)
 		return;
-	if (s->prefetcher) {
-		pthread_mutex_lock(&s->lock);
-		s->stopping = true;
-		pthread_cond_signal(&s->prefetch_cond);
-		pthread_mutex_unlock(&s->lock);
-		pthread_join(s->prefetch_thread, NULL);
-	}
-	for (int i = 0; i < NFRAMES; i++)
-		free(s->frames[i].buf);
-	pthread_cond_destroy(&s->prefetch_cond);
+	frames_free(s->frames); /* first: its workers read through s->b */
 	cursor_free(&s->stream);
 	for (int i = 0; i < NCURSORS; i++)
 		cursor_free(&s->cur[i]);
@@ -183,7 +154,6 @@ int source_open_bytes(struct bytes *b, struct source **out, struct stella_err *e
 	s->file_size = bytes_size(b);
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->cond, NULL);
-	pthread_cond_init(&s->prefetch_cond, NULL);
 	uint8_t magic[4] = { 0 };
 	if (s->file_size >= 4 && (r = bytes_read_full(s->b, magic, 4, 0)) < 0) {
 		r = stella_fail_errno(e, r, "%s", s->path);
@@ -515,6 +485,9 @@ int source_set_points(struct source *s, struct source_point *pts, size_t n, uint
 		points_free(pts, n);
 		return -EINVAL;
 	}
+	/* frames copied the points it was made from */
+	frames_free(s->frames);
+	s->frames = NULL;
 	for (size_t i = 0; i < s->npts; i++)
 		free(s->pts[i].window);
 	free(s->pts);
@@ -546,195 +519,30 @@ static const struct source_point *point_before(struct source *s, uint64_t off)
 
 /* ---- whole zstd frames ---- */
 
-static uint64_t point_end_out(const struct source *s, size_t i)
-{
-	return i + 1 < s->npts ? s->pts[i + 1].out : s->stream_size;
-}
-
-static uint64_t point_end_in(const struct source *s, size_t i)
-{
-	return i + 1 < s->npts ? s->pts[i + 1].in : s->file_size;
-}
-
-/* Whether the bytes between seek point i and the next can be decoded in
- * one call into a bounded buffer (the points, once complete, never move). */
-static bool frame_ok(const struct source *s, size_t i)
-{
-	return point_end_out(s, i) - s->pts[i].out <= FRAME_MAX &&
-	       point_end_in(s, i) - s->pts[i].in <= ZSTD_COMPRESSBOUND(FRAME_MAX);
-}
-
-
-/* One decoder context per thread, kept: creating one per frame cost a
- * fresh allocation, page faults included, for every 4 MiB decoded. */
-static pthread_key_t dctx_key;
-static bool dctx_key_ok;
-static pthread_once_t dctx_once = PTHREAD_ONCE_INIT;
-static void dctx_free(void *p) { ZSTD_freeDCtx(p); }
-static void dctx_key_init(void) { dctx_key_ok = pthread_key_create(&dctx_key, dctx_free) == 0; }
-static ZSTD_DCtx *thread_dctx(void)
-{
-	pthread_once(&dctx_once, dctx_key_init);
-	if (!dctx_key_ok)
-		return NULL; /* no key: the caller fails with ENOMEM */
-	ZSTD_DCtx *dc = pthread_getspecific(dctx_key);
-	if (!dc && (dc = ZSTD_createDCtx()) && pthread_setspecific(dctx_key, dc) != 0) {
-		ZSTD_freeDCtx(dc);
-		dc = NULL;
-	}
-	return dc;
-}
-
-/* Decode the frame(s) between seek point i and the next into f->buf. */
-static int frame_decode(struct source *s, struct frame *f, struct stella_err *e)
-{
-	uint64_t in = s->pts[f->index].in;
-	size_t clen = (size_t)(point_end_in(s, f->index) - in);
-	uint8_t *src = thread_scratch(SCRATCH_SOURCE, clen);
-	if (!src)
-		return -ENOMEM;
-	if (f->cap < f->len) {
-		uint8_t *b = realloc(f->buf, (size_t)f->len);
-		if (!b)
-			return -ENOMEM;
-		f->buf = b;
-		f->cap = (size_t)f->len;
-	}
-	int r = bytes_read_full(s->b, src, clen, in);
-	if (r < 0)
-		return stella_fail_errno(e, r, "%s: reading at %llu", s->path, (unsigned long long)in);
-	ZSTD_DCtx *dc = thread_dctx();
-	if (!dc)
-		return -ENOMEM;
-	size_t n = ZSTD_decompressDCtx(dc, f->buf, (size_t)f->len, src, clen);
-	if (ZSTD_isError(n) || n != f->len)
-		return stella_fail(e, -EIO, "%s: zstd frame at byte %llu no longer decodes to what was indexed%s%s", s->path,
-				   (unsigned long long)in, ZSTD_isError(n) ? ": " : "", ZSTD_isError(n) ? ZSTD_getErrorName(n) : "");
-	return 0;
-}
-
-/* Frame i, decoded, with a reference held; with `ahead`, only if it can
- * be done without waiting for anybody (the prefetcher). */
-static int frame_get(struct source *s, size_t i, bool ahead, struct frame **out, struct stella_err *e)
-{
-	pthread_mutex_lock(&s->lock);
-	for (;;) {
-		struct frame *f = NULL, *victim = NULL;
-		bool decoding = false;
-		for (int k = 0; k < NFRAMES; k++) {
-			struct frame *x = &s->frames[k];
-			if (x->state != FRAME_EMPTY && x->index == i) {
-				f = x;
-				break;
-			}
-			if (x->state == FRAME_DECODING)
-				decoding = true;
-			else if (x->refs == 0 && (!victim || x->state == FRAME_EMPTY ||
-						  (victim->state != FRAME_EMPTY && x->last_use < victim->last_use)))
-				victim = x;
-		}
-		if (f && f->state == FRAME_READY) {
-			f->refs++;
-			f->last_use = ++s->clock;
-			pthread_mutex_unlock(&s->lock);
-			*out = f;
-			return 0;
-		}
-		if (ahead && (f || !victim || decoding)) {
-			pthread_mutex_unlock(&s->lock);
-			return -EAGAIN;
-		}
-		if (!f && victim) {
-			victim->state = FRAME_DECODING;
-			victim->index = i;
-			victim->out = s->pts[i].out;
-			victim->len = point_end_out(s, i) - victim->out;
-			pthread_mutex_unlock(&s->lock);
-			int r = frame_decode(s, victim, e);
-			pthread_mutex_lock(&s->lock);
-			victim->state = r < 0 ? FRAME_EMPTY : FRAME_READY;
-			pthread_cond_broadcast(&s->cond);
-			if (r < 0) {
-				pthread_mutex_unlock(&s->lock);
-				return r;
-			}
-			continue;
-		}
-		pthread_cond_wait(&s->cond, &s->lock);
-	}
-}
-
-static void frame_put(struct source *s, struct frame *f)
-{
-	pthread_mutex_lock(&s->lock);
-	f->refs--;
-	pthread_cond_broadcast(&s->cond);
-	pthread_mutex_unlock(&s->lock);
-}
-
-static void *prefetch_main(void *arg)
-{
-	struct source *s = arg;
-	pthread_mutex_lock(&s->lock);
-	while (!s->stopping) {
-		if (!s->prefetch) {
-			pthread_cond_wait(&s->prefetch_cond, &s->lock);
-			continue;
-		}
-		size_t i = s->prefetch - 1;
-		s->prefetch = 0;
-		pthread_mutex_unlock(&s->lock);
-		struct frame *f;
-		struct stella_err e = { 0 };
-		if (frame_get(s, i, true, &f, &e) == 0)
-			frame_put(s, f);
-		pthread_mutex_lock(&s->lock);
-	}
-	pthread_mutex_unlock(&s->lock);
-	return NULL;
-}
-
-/* After a read that ended in frame i: if reads go forward frame by frame,
- * have the next one decoded now. */
-static void frame_ahead(struct source *s, size_t i)
-{
-	pthread_mutex_lock(&s->lock);
-	/* the previous read ended in this frame or the one before */
-	bool forward = s->last_frame == i + 1 || s->last_frame == i;
-	s->last_frame = i + 1;
-	if (forward && i + 1 < s->npts && frame_ok(s, i + 1) && !s->stopping) {
-		if (!s->prefetcher)
-			s->prefetcher = pthread_create(&s->prefetch_thread, NULL, prefetch_main, s) == 0;
-		s->prefetch = i + 2;
-		pthread_cond_signal(&s->prefetch_cond);
-	}
-	pthread_mutex_unlock(&s->lock);
-}
-
 /* 1: not frame-shaped here, use a cursor; 0: read; < 0: error. */
-static int frame_read(struct source *s, uint8_t *buf, size_t len, uint64_t off, struct stella_err *e)
+static int frame_read(struct source *s, uint8_t *buf, size_t len, uint64_t off, struct source_digests *d,
+		      struct stella_err *e)
 {
-	if (s->comp != KIT_COMPRESS_ZSTD || !s->complete || len > s->stream_size || off > s->stream_size - len)
+	if (s->comp != KIT_COMPRESS_ZSTD || !s->complete)
 		return 1;
-	size_t first = point_index(s, off), last = point_index(s, off + len - 1);
-	for (size_t i = first; i <= last; i++)
-		if (!frame_ok(s, i))
-			return 1;
-	for (size_t i = first; i <= last; i++) {
-		struct frame *f;
-		int r = frame_get(s, i, false, &f, e);
-		if (r < 0)
-			return r;
-		uint64_t from = MAX(off, f->out), to = MIN(off + len, f->out + f->len);
-		memcpy(buf + (from - off), f->buf + (from - f->out), (size_t)(to - from));
-		frame_put(s, f);
-	}
-	frame_ahead(s, last);
-	return 0;
+	pthread_mutex_lock(&s->lock);
+	if (!s->frames && frames_new(s->b, s->path, s->pts, s->npts, s->stream_size, &s->frames) < 0)
+		s->frames = NULL; /* no memory: cursors, and another try at the next read */
+	struct frames *fs = s->frames;
+	pthread_mutex_unlock(&s->lock);
+	return fs ? frames_read(fs, buf, len, off, d, e) : 1;
 }
 
 int source_pread(struct source *s, void *buf, size_t len, uint64_t off, struct stella_err *e)
 {
+	return source_pread_digests(s, buf, len, off, NULL, e);
+}
+
+int source_pread_digests(struct source *s, void *buf, size_t len, uint64_t off, struct source_digests *d,
+			 struct stella_err *e)
+{
+	if (d)
+		memset(d->have, 0, sizeof(d->have));
 	if (s->comp == KIT_COMPRESS_NONE) {
 		int r = bytes_read_full(s->b, buf, len, off);
 		if (r == -EIO)
@@ -744,7 +552,7 @@ int source_pread(struct source *s, void *buf, size_t len, uint64_t off, struct s
 	}
 	if (len == 0)
 		return 0;
-	int fr = frame_read(s, buf, len, off, e);
+	int fr = frame_read(s, buf, len, off, d, e);
 	if (fr <= 0)
 		return fr;
 	/* Pick the cursor that can reach off soonest: a live one just behind

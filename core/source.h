@@ -65,6 +65,21 @@ int source_pread(struct source *s, void *buf, size_t len, uint64_t off, struct s
  * (a local kit always). */
 int source_report_bad(struct source *s, uint64_t stream_off, size_t len);
 
+/* SHA-256 digests of whole 4 KiB blocks of a read, computed on the way
+ * (core/frames.h: workers decoding a zstd kit ahead of a sequential reader
+ * hash the blocks as they land).  have[k]: sha256[k] is the digest of the
+ * 4096 bytes the read returned at buf + k * 4096.  Blocks past the first
+ * SOURCE_DIGESTS, a block cut by the end of the read, and blocks nobody
+ * hashed have none. */
+#define SOURCE_DIGESTS 256u  /* 1 MiB of blocks: FUSE's largest read */
+struct source_digests {
+	uint8_t have[SOURCE_DIGESTS];
+	uint8_t sha256[SOURCE_DIGESTS][32];
+};
+/* source_pread, and the digests that came with the bytes (d may be NULL). */
+int source_pread_digests(struct source *s, void *buf, size_t len, uint64_t off, struct source_digests *d,
+			 struct stella_err *e);
+
 /* Seek points, to keep them with the index (compressed kits only). */
 struct source_point {
 	uint64_t out;       /* offset in the tar stream */

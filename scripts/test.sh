@@ -63,6 +63,9 @@ run_suite() { # NAME BUILD_DIR MESON_OPTIONS...
 # The detached daemon's stderr is /dev/null: reports go to files, and any
 # report fails the run.
 TSAN_TESTS="switch_storm or concurrent or while_mounted or incoming_directory"
+# and the unit tests of core's own threads: the zstd decode-ahead workers
+# with concurrent readers, fork and close while they decode.
+TSAN_UNIT="unit-frames unit-source"
 run_tsan() {
 	build_tree tsan build-tsan clang -Dbuildtype=debugoptimized -Db_sanitize=thread \
 		-Db_lundef=false "${werror[@]}" || return
@@ -80,6 +83,10 @@ run_tsan() {
 		--junitxml="$results/tsan-pytest.xml" -k "$TSAN_TESTS" tests/test_store.py tests/test_mount.py tests/test_resources.py || rc=$?
 	[ $rc -ne 0 ] && status=1
 	[ $rc -eq 5 ] && echo "tsan-selection failed" >>"$results/tsan.count" # nothing matched -k
+	echo "=== tsan: unit tests $TSAN_UNIT"
+	TSAN_OPTIONS=$tsan_opts "${norand[@]}" meson test -C build-tsan --print-errorlogs $TSAN_UNIT 2>&1 |
+		tee "$results/tsan-unit.log" | grep -E "^ *[0-9]+/[0-9]+ |^(Ok|Fail|Timeout):"
+	[ "${PIPESTATUS[0]}" -ne 0 ] && status=1
 	if ls "$dir"/* >/dev/null 2>&1; then
 		echo "=== ThreadSanitizer reports"
 		cat "$dir"/*
