@@ -343,6 +343,31 @@ int manifest_parse(const char *buf, size_t len, struct manifest **out, struct st
 		m->has_base = true;
 	}
 
+	const struct json *idx = json_get(root, "index");
+	if (idx) {
+		const char *sha = NULL;
+		int64_t size = 0;
+		if (idx->type != JSON_OBJECT) {
+			r = stella_fail(e, -EBADMSG, "manifest: \"index\" must be an object");
+			goto out;
+		}
+		if ((r = obj_check_dups(idx, "index", e)) < 0 ||
+		    (r = get_int(idx, "size", true, 1, "index", &size, e)) < 0 ||
+		    (r = get_str(idx, "sha256", true, "index", &sha, e)) < 0)
+			goto out;
+		if (hex_decode(sha, m->index_sha256, 32) < 0) {
+			r = stella_fail(e, -EBADMSG, "manifest: index: \"sha256\" must be 64 hex digits");
+			goto out;
+		}
+		if ((uint64_t)size > STELLA_INDEX_MAX) {
+			r = stella_fail(e, -EBADMSG, "manifest: index: too large (%lld bytes, limit %llu)", (long long)size,
+					(unsigned long long)STELLA_INDEX_MAX);
+			goto out;
+		}
+		m->index_size = (uint64_t)size;
+		m->has_index = true;
+	}
+
 	const struct json *comps = json_get(root, "components");
 	if (comps) {
 		if (comps->type != JSON_OBJECT) {
@@ -616,6 +641,14 @@ static int gen_fields(yajl_gen g, const struct manifest *m, bool artifacts)
 		G(gstr(g, "version")); G(gstr(g, m->base_version));
 		hex_encode(m->base_manifest_sha256, 32, hex);
 		G(gstr(g, "manifestSha256")); G(gstr(g, hex));
+		G(yajl_gen_map_close(g));
+	}
+	if (m->has_index) {
+		G(gstr(g, "index"));
+		G(yajl_gen_map_open(g));
+		G(gstr(g, "size")); G(yajl_gen_integer(g, (long long)m->index_size));
+		hex_encode(m->index_sha256, 32, hex);
+		G(gstr(g, "sha256")); G(gstr(g, hex));
 		G(yajl_gen_map_close(g));
 	}
 	G(gstr(g, "components"));

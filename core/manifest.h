@@ -46,6 +46,11 @@ struct manifest {
 	bool has_base;
 	char *base_version;
 	uint8_t base_manifest_sha256[32];
+	/* Kit format 1.1: the kit carries its index as member manifest/index
+	 * (docs/kit-format.md, section "The carried index"); these bind it. */
+	bool has_index;
+	uint64_t index_size;
+	uint8_t index_sha256[32];
 	size_t ncomponents;
 	struct component *components;   /* sorted by name */
 	size_t nartifacts;
