@@ -117,6 +117,19 @@ static int dirs_add(struct dirs *d, uint64_t parent, const char *name, size_t le
 
 /* ---- the check ---- */
 
+/* A failed SQLite call on the carried index: a file we wrote ourselves,
+ * so memory and I/O failures are ours (exit 1), anything else is the
+ * kit's (malformed: 3). */
+static int db_error(sqlite3 *db, struct stella_err *e, const char *path, const char *what)
+{
+	int code = sqlite3_errcode(db) & 0xff;
+	if (code == SQLITE_NOMEM)
+		return stella_fail(e, -ENOMEM, "%s: %s: out of memory", path, what);
+	if (code == SQLITE_IOERR || code == SQLITE_FULL || code == SQLITE_CANTOPEN)
+		return stella_fail(e, -EIO, "%s: %s: %s", path, what, sqlite3_errmsg(db));
+	return stella_fail(e, -EBADMSG, "%s: %s: %s", path, what, sqlite3_errmsg(db));
+}
+
 struct check {
 	const char *path;
 	const struct kitindex_geom *g;
@@ -154,7 +167,7 @@ static int next_row(struct check *c, const struct want *w, uint64_t *data_off)
 	if (st == SQLITE_DONE)
 		return stella_fail(c->e, -EUCLEAN, "%s: entry \"%.300s\" is missing", c->path, what);
 	if (st != SQLITE_ROW)
-		return stella_fail(c->e, -EBADMSG, "%s: unreadable: %s", c->path, sqlite3_errmsg(c->db));
+		return db_error(c->db, c->e, c->path, "reading its entries");
 	sqlite3_stmt *s = c->rows;
 	c->info->nodes++;
 	uint64_t ino = (uint64_t)sqlite3_column_int64(s, 0), parent = (uint64_t)sqlite3_column_int64(s, 1);
@@ -297,13 +310,21 @@ static int check_schema(struct check *c)
 		goto out;
 	}
 	if (sqlite3_prepare_v2(c->db, q, -1, &b, NULL) != SQLITE_OK) {
-		r = stella_fail(c->e, -EBADMSG, "%s: not an SQLite database of ours: %s", c->path, sqlite3_errmsg(c->db));
+		r = db_error(c->db, c->e, c->path, "reading its schema");
 		goto out;
 	}
 	for (;;) {
 		int sa = sqlite3_step(a), sb = sqlite3_step(b);
 		if (sa == SQLITE_DONE && sb == SQLITE_DONE)
 			break;
+		if (sa != SQLITE_ROW && sa != SQLITE_DONE) {
+			r = db_error(ref, c->e, c->path, "the reference schema");
+			break;
+		}
+		if (sb != SQLITE_ROW && sb != SQLITE_DONE) {
+			r = db_error(c->db, c->e, c->path, "reading its schema");
+			break;
+		}
 		bool same = sa == SQLITE_ROW && sb == SQLITE_ROW;
 		for (int k = 0; same && k < 4; k++) {
 			const unsigned char *x = sqlite3_column_text(a, k), *y = sqlite3_column_text(b, k);
@@ -329,10 +350,10 @@ static int one_int(struct check *c, const char *sql, int64_t *v)
 		*v = sqlite3_column_int64(s, 0);
 		r = 0;
 	}
-	sqlite3_finalize(s);
 	if (r < 0)
-		return stella_fail(c->e, r, "%s: unreadable: %s", c->path, sqlite3_errmsg(c->db));
-	return 0;
+		r = db_error(c->db, c->e, c->path, "reading it");
+	sqlite3_finalize(s);
+	return r;
 }
 
 /* meta: only the keys a packer writes, each a decimal number or the format. */
@@ -340,7 +361,7 @@ static int check_meta(struct check *c, uint64_t *body, uint64_t *merkle)
 {
 	sqlite3_stmt *s = NULL;
 	if (sqlite3_prepare_v2(c->db, "SELECT key,value FROM meta", -1, &s, NULL) != SQLITE_OK)
-		return stella_fail(c->e, -EBADMSG, "%s: unreadable: %s", c->path, sqlite3_errmsg(c->db));
+		return db_error(c->db, c->e, c->path, "reading its meta");
 	int r = 0, st, seen = 0;
 	while (r == 0 && (st = sqlite3_step(s)) == SQLITE_ROW) {
 		const char *k = (const char *)sqlite3_column_text(s, 0);
@@ -361,7 +382,7 @@ static int check_meta(struct check *c, uint64_t *body, uint64_t *merkle)
 			r = stella_fail(c->e, -EBADMSG, "%s: unexpected meta key \"%.40s\"", c->path, k);
 	}
 	if (r == 0 && st != SQLITE_DONE)
-		r = stella_fail(c->e, -EBADMSG, "%s: unreadable: %s", c->path, sqlite3_errmsg(c->db));
+		r = db_error(c->db, c->e, c->path, "reading its meta");
 	if (r == 0 && seen != 7)
 		r = stella_fail(c->e, -EBADMSG, "%s: format, bodySize or merkleSize missing", c->path);
 	sqlite3_finalize(s);
@@ -377,7 +398,7 @@ int kitindex_check(const char *file, const char *path, const struct manifest *m,
 	memset(info, 0, sizeof(*info));
 	int r = 0;
 	if (sqlite3_open_v2(file, &c.db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
-		r = c.db ? stella_fail(e, -EBADMSG, "%s: %s", path, sqlite3_errmsg(c.db)) : -ENOMEM;
+		r = c.db ? db_error(c.db, e, path, "opening it") : stella_fail(e, -ENOMEM, "%s: out of memory", path);
 		goto out;
 	}
 	/* a hostile file: no memory map, SQLite's own checks of every cell */
@@ -402,7 +423,7 @@ int kitindex_check(const char *file, const char *path, const struct manifest *m,
 	struct kitindex_geom gg = *g;
 	gg.body_max = body; /* every offset inside what the index says the body is */
 	c.g = &gg;
-	int64_t n;
+	int64_t n = 0;
 	if ((r = one_int(&c, "SELECT count(*) FROM tree", &n)) < 0)
 		goto out;
 	if (n) {
@@ -411,7 +432,7 @@ int kitindex_check(const char *file, const char *path, const struct manifest *m,
 	}
 	if ((r = one_int(&c, "SELECT count(*) FROM point WHERE window IS NOT NULL OR bits != 0", &n)) < 0)
 		goto out;
-	int64_t np;
+	int64_t np = 0;
 	if (r == 0 && (r = one_int(&c, "SELECT count(*) FROM point", &np)) < 0)
 		goto out;
 	/* a point starts each piece of at least 1 MiB, but the last */
@@ -421,7 +442,7 @@ int kitindex_check(const char *file, const char *path, const struct manifest *m,
 	}
 	if (sqlite3_prepare_v2(c.db, "SELECT ino,parent,name,type,mode,size,data_off,tree_off,sha256,fsverity,target FROM node ORDER BY rowid",
 			       -1, &c.rows, NULL) != SQLITE_OK) {
-		r = stella_fail(e, -EBADMSG, "%s: unreadable: %s", path, sqlite3_errmsg(c.db));
+		r = db_error(c.db, e, path, "reading its entries");
 		goto out;
 	}
 	if (!(c.last_dir = strdup(""))) {
@@ -440,7 +461,7 @@ int kitindex_check(const char *file, const char *path, const struct manifest *m,
 			r = stella_fail(e, -EUCLEAN, "%s: entry %lld is not in the manifest", path,
 					(long long)sqlite3_column_int64(c.rows, 0));
 		else if (st != SQLITE_DONE)
-			r = stella_fail(e, -EBADMSG, "%s: unreadable: %s", path, sqlite3_errmsg(c.db));
+			r = db_error(c.db, e, path, "reading its entries");
 	}
 out:
 	sqlite3_finalize(c.rows);
