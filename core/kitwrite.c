@@ -700,8 +700,8 @@ struct pack {
 	struct manifest *m;        /* o->manifest, whose artifacts we fill in */
 	struct tree t;             /* the source tree (its artifacts move to m) */
 	struct spool sp;           /* pass 1's trees */
-	char *json;                /* the canonical manifest ... */
-	size_t jlen;
+	int json_fd;               /* the canonical manifest, in a temporary file ... */
+	uint64_t jlen;
 	char *sigtext;             /* ... and its signature lines */
 	size_t slen;
 	uint8_t *mindex;           /* merkle.bin's index, sorted by digest */
@@ -791,20 +791,37 @@ static int pack_artifacts(struct pack *p)
 	return 0;
 }
 
-/* The manifest written canonically, and read back with the reader's own
- * rules. */
+/* The manifest written canonically, streamed to a temporary file (the
+ * manifest of a million files is 270 MB: it is never held in memory), and
+ * what a reader would refuse refused here. */
+static int temp_beside(struct pack *p, const char *what, char **path, int *fd);
+
 static int pack_manifest(struct pack *p)
 {
-	int r = manifest_write(p->m, &p->json, &p->jlen);
+	char *path = NULL;
+	int r = temp_beside(p, "manifest", &path, &p->json_fd);
 	if (r < 0)
 		return r;
-	if ((r = sha256_once(p->json, p->jlen, p->res->manifest_sha256)) < 0)
-		return stella_fail_errno(p->e, r, "%s: manifest: SHA-256", p->o->src_dir);
-	/* What we sign must be what every reader accepts: read it back with the
-	 * reader's own rules (components, identifiers, times: all of them). */
+	unlink(path);
+	free(path);
+	if ((r = manifest_write_fd(p->m, p->json_fd, p->res->manifest_sha256, &p->jlen)) < 0)
+		return stella_fail_errno(p->e, r, "%s: writing the manifest", p->o->out_path);
+	if (p->jlen > STELLA_MANIFEST_MAX)
+		return stella_fail(p->e, -EBADMSG, "%s: the kit would be refused: manifest: too large (%llu bytes, limit %u)",
+				   p->o->src_dir, (unsigned long long)p->jlen, STELLA_MANIFEST_MAX);
+	/* What we sign must be what every reader accepts.  The artifacts
+	 * passed manifest_validate, the reader's own rules; the rest
+	 * (components, identifiers, times) is read back with manifest_parse,
+	 * written as the identity the same code writes. */
+	char *json = NULL;
+	size_t jlen;
+	if ((r = manifest_write_identity(p->m, &json, &jlen)) < 0)
+		return r;
 	struct manifest *check = NULL;
 	struct stella_err me = { 0 };
-	if ((r = manifest_parse(p->json, p->jlen, &check, &me)) < 0)
+	r = manifest_parse(json, jlen, &check, &me);
+	free(json);
+	if (r < 0)
 		return stella_fail(p->e, r, "%s: the kit would be refused: %s", p->o->src_dir, stella_err_text(&me, r));
 	manifest_free(check);
 	return 0;
@@ -815,7 +832,9 @@ static int pack_sign(struct pack *p)
 {
 	for (size_t k = 0; k < p->o->nkeys; k++) {
 		_cleanup_(freep) char *line = NULL;
-		int r = sig_sign(p->o->keys[k], (const uint8_t *)p->json, p->jlen, &line, p->e);
+		/* from the file: Ed25519 maps it (it needs the message in one
+		 * piece), the others stream it */
+		int r = sig_sign_file(p->o->keys[k], p->json_fd, p->jlen, &line, p->e);
 		if (r < 0)
 			return r;
 		size_t ll = strlen(line);
@@ -1048,8 +1067,9 @@ static int pack_write_head(struct pack *p)
 	const char *path = p->o->out_path;
 	int64_t mtime = p->m->created_at;
 	int r;
-	if ((r = add_buffer(ar, KIT_MANIFEST_NAME, p->json, p->jlen, mtime)) < 0 ||
-	    (r = add_buffer(ar, KIT_SIG_NAME, p->sigtext, p->slen, mtime)) < 0)
+	if ((r = add_fd_member(p, KIT_MANIFEST_NAME, p->json_fd, p->jlen)) < 0)
+		return r;
+	if ((r = add_buffer(ar, KIT_SIG_NAME, p->sigtext, p->slen, mtime)) < 0)
 		return archive_error(ar, &p->out, r, path, "manifest", p->e);
 	if (p->m->has_index && (r = add_fd_member(p, KIT_INDEX_NAME, p->index_fd, p->m->index_size)) < 0)
 		return r;
@@ -1164,7 +1184,8 @@ static void pack_free(struct pack *p, int r)
 	free(p->spool_off);
 	free(p->mindex);
 	free(p->buf);
-	free(p->json);
+	if (p->json_fd >= 0)
+		close(p->json_fd);
 	free(p->sigtext);
 	for (size_t i = 0; i < p->t.n; i++) {
 		free(p->t.a[i].name);
@@ -1180,7 +1201,7 @@ int kit_write(const struct kitwrite_opts *o, struct kitwrite_result *res, struct
 	struct pack p = {
 		.o = o, .res = res, .e = e, .m = o->manifest,
 		.t = { .src = o->src_dir, .src_fd = -1 },
-		.out = { .fd = -1 }, .body = { .fd = -1 }, .index_fd = -1,
+		.out = { .fd = -1 }, .body = { .fd = -1 }, .index_fd = -1, .json_fd = -1,
 	};
 	memset(res, 0, sizeof(*res));
 	o->manifest->has_index = false;
