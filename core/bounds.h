@@ -3,7 +3,10 @@
  * lists them; change both together. */
 #pragma once
 
-#define STELLA_MANIFEST_MAX    (64u << 20)  /* bytes of manifest JSON */
+/* 2,000,000 artifacts of ~250 bytes of JSON each, with room for long
+ * names: the manifest of the largest kit the format allows fits. */
+#define STELLA_MANIFEST_MAX    (1u << 30)   /* bytes of manifest JSON */
+#define STELLA_INDEX_MAX       (1u << 30)   /* bytes of the carried index (manifest/index) */
 #define STELLA_SIG_MAX         (64u << 10)  /* bytes of the .sig member */
 #define STELLA_SIG_LINES_MAX   64u          /* signature lines checked */
 #define STELLA_JSON_DEPTH_MAX  16u          /* nesting of the manifest JSON */

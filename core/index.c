@@ -107,7 +107,7 @@ static void conn_close(sqlite3 *db, sqlite3_stmt **q)
 		sqlite3_close(db);
 }
 
-static const char schema[] =
+const char index_schema[] =
 	"PRAGMA page_size=4096;"
 	"CREATE TABLE meta(key TEXT PRIMARY KEY, value BLOB);"
 	"CREATE TABLE node(ino INTEGER PRIMARY KEY, parent INTEGER NOT NULL, name BLOB NOT NULL,"
@@ -183,7 +183,7 @@ int index_create(const char *path, struct index **out, struct stella_err *e)
 	unlink(path);
 	int r;
 	if (sqlite3_open_v2(path, &ix->w, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK ||
-	    sqlite3_exec(ix->w, schema, NULL, NULL, NULL) != SQLITE_OK ||
+	    sqlite3_exec(ix->w, index_schema, NULL, NULL, NULL) != SQLITE_OK ||
 	    /* One transaction for the whole build; nothing is visible, or
 	     * usable, until index_finish commits and the caller renames. */
 	    sqlite3_exec(ix->w, "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; BEGIN", NULL, NULL, NULL) != SQLITE_OK ||
@@ -349,6 +349,65 @@ int index_set_meta(struct index *ix, const char *key, const void *val, size_t le
 	sqlite3_bind_blob(ix->ins_meta, 2, val, (int)len, SQLITE_STATIC);
 	int r = sqlite3_step(ix->ins_meta) == SQLITE_DONE ? 0 : db_fail(ix, ix->w, e, "insert meta");
 	sqlite3_reset(ix->ins_meta);
+	return r;
+}
+
+int index_reopen(const char *path, struct index **out, struct stella_err *e)
+{
+	struct index *ix = index_new(path);
+	if (!ix)
+		return -ENOMEM;
+	int r = 0;
+	if (sqlite3_open_v2(path, &ix->w, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK ||
+	    sqlite3_exec(ix->w, "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA mmap_size=0; BEGIN", NULL, NULL, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(ix->w, "INSERT INTO point VALUES(?1,?2,?3,?4)", -1, &ix->ins_point, NULL) ||
+	    sqlite3_prepare_v2(ix->w, "INSERT OR REPLACE INTO meta VALUES(?1,?2)", -1, &ix->ins_meta, NULL))
+		r = ix->w ? db_fail(ix, ix->w, e, "open") : -ENOMEM;
+	if (r < 0) {
+		index_free(ix);
+		return r;
+	}
+	*out = ix;
+	return 0;
+}
+
+int index_rebase_points(struct index *ix, const struct source_point *head, size_t nhead, uint64_t out_base,
+			uint64_t in_base, uint64_t body_size, struct stella_err *e)
+{
+	sqlite3_stmt *s = NULL;
+	struct source_point *body = NULL;
+	size_t n = 0, cap = 0;
+	int r = 0, st;
+	if (sqlite3_prepare_v2(ix->w, "SELECT out,inpos FROM point ORDER BY out", -1, &s, NULL) != SQLITE_OK)
+		return db_fail(ix, ix->w, e, "seek points");
+	while (r == 0 && (st = sqlite3_step(s)) == SQLITE_ROW) {
+		if (n == cap) {
+			cap = cap ? 2 * cap : 64;
+			struct source_point *p = realloc(body, cap * sizeof(*p));
+			if (!p) {
+				r = -ENOMEM;
+				break;
+			}
+			body = p;
+		}
+		uint64_t o = (uint64_t)sqlite3_column_int64(s, 0), i = (uint64_t)sqlite3_column_int64(s, 1);
+		/* checked as input by source_set_points at every open */
+		body[n++] = (struct source_point){ .out = o > UINT64_MAX - out_base ? UINT64_MAX : o + out_base,
+						   .in = i > UINT64_MAX - in_base ? UINT64_MAX : i + in_base };
+	}
+	if (r == 0 && st != SQLITE_DONE)
+		r = db_fail(ix, ix->w, e, "seek points");
+	sqlite3_finalize(s);
+	if (r == 0 && sqlite3_exec(ix->w, "DELETE FROM point", NULL, NULL, NULL) != SQLITE_OK)
+		r = db_fail(ix, ix->w, e, "seek points");
+	size_t keep = 0;
+	while (keep < nhead && head[keep].out < out_base)
+		keep++;
+	if (r == 0)
+		r = index_add_points(ix, head, keep, out_base + body_size, e);
+	if (r == 0)
+		r = index_add_points(ix, body, n, out_base + body_size, e);
+	free(body);
 	return r;
 }
 

@@ -22,9 +22,11 @@
  * bits and relies on this bound to keep snapshots apart. */
 #define INDEX_MAX_INO ((UINT64_C(1) << 32) - 1)
 /* 2: node_children; 3: gzip seek points without a window at member starts
- * (an older stellafs refuses those).  Cached indexes of another schema are
- * rebuilt. */
-#define INDEX_SCHEMA 3
+ * (an older stellafs refuses those); 4: offsets relative to the meta keys
+ * dataBase and treeBase (an index carried by its kit, docs/kit-format.md,
+ * "The carried index": an older stellafs would read them as absolute).
+ * Cached indexes of another schema are rebuilt. */
+#define INDEX_SCHEMA 4
 
 struct index_node {
 	uint64_t ino;
@@ -42,6 +44,10 @@ struct index_node {
 
 struct index;
 
+/* The SQL that makes an empty index (kitindex.c checks a carried index's
+ * schema against it). */
+extern const char index_schema[];
+
 /* Building: a fresh database at path (replaced if present). */
 int index_create(const char *path, struct index **out, struct stella_err *e);
 /* Add an artifact; its parent directories are created (implied, 0755) as
@@ -53,6 +59,14 @@ int index_add_tree(struct index *ix, const uint8_t fsverity[32], const uint8_t *
 int index_add_points(struct index *ix, const struct source_point *pts, size_t n, uint64_t total,
 		     struct stella_err *e);
 int index_set_meta(struct index *ix, const char *key, const void *val, size_t len, struct stella_err *e);
+/* An existing database (a carried index, copied out of its kit), opened
+ * for index_set_meta, index_rebase_points and index_finish. */
+int index_reopen(const char *path, struct index **out, struct stella_err *e);
+/* Make the seek points absolute: the head's own (those of HEAD before
+ * OUT_BASE), then every point of the index moved by (OUT_BASE, IN_BASE);
+ * the stream then ends at OUT_BASE + BODY_SIZE. */
+int index_rebase_points(struct index *ix, const struct source_point *head, size_t nhead, uint64_t out_base,
+			uint64_t in_base, uint64_t body_size, struct stella_err *e);
 /* Commit everything (one transaction) and switch to read-only use. */
 int index_finish(struct index *ix, struct stella_err *e);
 

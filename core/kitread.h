@@ -16,6 +16,7 @@
 #define KIT_MANIFEST_NAME "manifest/offline-manifest.json"
 #define KIT_SIG_NAME      "manifest/offline-manifest.json.sig"
 #define KIT_MERKLE_NAME   "manifest/merkle.bin"
+#define KIT_INDEX_NAME    "manifest/index"
 
 
 struct kit_member {

@@ -1,10 +1,13 @@
 #include "kitverify.h"
 
+#include <fcntl.h>
 #include <pthread.h>
+#include <unistd.h>
 #include <string.h>
 #include <openssl/evp.h>
 
 #include "hasher.h"
+#include "kitindex.h"
 #include "bounds.h"
 #include "merklefile.h"
 #include "path.h"
@@ -20,6 +23,13 @@ struct walk {
 	uint64_t total_bytes;
 	char *manifest_json;          /* the signed bytes, until the signature is checked */
 	size_t manifest_len;
+	size_t last_i;                /* the manifest entry check_member matched */
+	uint64_t merkle_size;
+	/* kit format 1.1: the carried index, copied out of the kit to be
+	 * checked after the walk against the manifest and the members */
+	char *index_path;
+	uint64_t head_end;            /* tar offset where the body starts */
+	uint64_t *doff;               /* per artifact: its member's data offset */
 };
 
 /* The signature check and the manifest's digest run on a second thread
@@ -304,6 +314,7 @@ static int check_member(struct walk *w, const struct kit_member *m, const char *
 	if (i < 0)
 		return stella_fail(e, -EBADMSG, "%s: unlisted member \"%.300s\"", w->path, m->name);
 	const struct artifact *a = &mf->artifacts[i];
+	w->last_i = (size_t)i;
 	if (w->seen[i])
 		return stella_fail(e, -EBADMSG, "%s: duplicate member \"%.300s\"", w->path, m->name);
 	w->seen[i] = 1;
@@ -331,6 +342,95 @@ static int check_member(struct walk *w, const struct kit_member *m, const char *
 	if (r == 0 && w->o->visit)
 		r = w->o->visit(w->o->visit_ctx, (size_t)i, m, &h, e);
 	return r;
+}
+
+static uint64_t round512(uint64_t x)
+{
+	return (x + 511) & ~(uint64_t)511;
+}
+
+/* The carried index member (it must follow the signature when the
+ * manifest binds one), copied to a temporary file while its size and
+ * SHA-256 are checked against the manifest's "index". */
+static int read_index(struct walk *w, struct stella_err *e)
+{
+	const struct manifest *mf = w->res->manifest;
+	struct kit_member m;
+	int r = kitread_next(w->kr, &m, e);
+	if (r == 0 || (r > 0 && (strcmp(m.name, KIT_INDEX_NAME) || m.type != ARTIFACT_FILE)))
+		return stella_fail(e, -EBADMSG, "%s: the manifest binds an index, but the member after the signature is not %s",
+				   w->path, KIT_INDEX_NAME);
+	if (r < 0)
+		return r;
+	r = 0;
+	if (m.size != mf->index_size)
+		return stella_fail(e, -EUCLEAN, "%s: %s: size mismatch (manifest: %llu, archive: %llu)", w->path,
+				   KIT_INDEX_NAME, (unsigned long long)mf->index_size, (unsigned long long)m.size);
+	const char *dir = getenv("TMPDIR");
+	size_t pl = strlen(dir && *dir ? dir : "/tmp") + 32;
+	if (!(w->index_path = malloc(pl)))
+		return -ENOMEM;
+	snprintf(w->index_path, pl, "%s/stellakit-index.XXXXXX", dir && *dir ? dir : "/tmp");
+	int fd = mkostemp(w->index_path, O_CLOEXEC);
+	if (fd < 0) {
+		r = stella_fail_errno(e, -errno, "%s: temporary file for the index", w->path);
+		free(w->index_path);
+		w->index_path = NULL;
+		return r;
+	}
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	_cleanup_(freep) uint8_t *buf = malloc(1 << 16);
+	if (!ctx || !buf || !EVP_DigestInit_ex2(ctx, EVP_sha256(), NULL))
+		r = -ENOMEM;
+	for (uint64_t left = m.size; r == 0 && left > 0;) {
+		ssize_t n = kitread_data(w->kr, buf, MIN(left, (uint64_t)1 << 16), e);
+		if (n <= 0) {
+			r = n < 0 ? (int)n : stella_fail(e, -EBADMSG, "%s: %s: truncated archive", w->path, KIT_INDEX_NAME);
+			break;
+		}
+		if (!EVP_DigestUpdate(ctx, buf, (size_t)n))
+			r = -ENOMEM;
+		else if ((r = write_full(fd, buf, (size_t)n)) < 0)
+			r = stella_fail_errno(e, r, "%s: temporary file for the index", w->path);
+		left -= (uint64_t)n;
+	}
+	uint8_t d[32];
+	if (r == 0 && !EVP_DigestFinal_ex(ctx, d, NULL))
+		r = -ENOMEM;
+	EVP_MD_CTX_free(ctx);
+	close(fd);
+	if (r == 0 && memcmp(d, mf->index_sha256, 32))
+		r = stella_fail(e, -EUCLEAN, "%s: %s: sha256 mismatch", w->path, KIT_INDEX_NAME);
+	w->head_end = round512(m.data_offset + m.size);
+	return r;
+}
+
+static int index_offset(void *ctx, size_t i, uint64_t data_off, struct stella_err *e)
+{
+	struct walk *w = ctx;
+	uint64_t real = w->doff[i];
+	if (real && data_off + w->head_end != real)
+		return stella_fail(e, -EUCLEAN, "%s: " KIT_INDEX_NAME ": \"%.300s\": data offset %llu, but the member's data is at %llu",
+				   w->path, w->res->manifest->artifacts[i].name, (unsigned long long)(data_off + w->head_end),
+				   (unsigned long long)real);
+	return 0;
+}
+
+/* After the walk: the carried index against the manifest, entry by
+ * entry, and against where the members really are. */
+static int check_index(struct walk *w, struct stella_err *e)
+{
+	struct source *src = kitread_source(w->kr);
+	uint64_t total = source_stream_size(src);
+	struct kitindex_geom g = {
+		.body_max = total > w->head_end ? total - w->head_end : 0,
+		.merkle_size = w->res->has_merkle ? w->merkle_size : 0,
+		.compressed = kitread_compression(w->kr) != KIT_COMPRESS_NONE,
+	};
+	struct kitindex_info info;
+	char label[4200];
+	snprintf(label, sizeof(label), "%s: %s", w->path, KIT_INDEX_NAME);
+	return kitindex_check(w->index_path, label, w->res->manifest, &g, index_offset, w, &info, e);
 }
 
 /* The most tar stream there can be before the manifest is known. */
@@ -388,6 +488,7 @@ static uint64_t stream_bound(const struct walk *w)
 {
 	const struct manifest *m = w->res->manifest;
 	uint64_t b = sat_add(w->manifest_len, STELLA_SIG_MAX + (4u << 20));
+	b = sat_add(b, sat_add(m->index_size, 16u << 10));
 	for (size_t i = 0; i < m->nartifacts; i++) {
 		uint64_t sz = m->artifacts[i].size;
 		b = sat_add(b, 16u << 10);
@@ -455,12 +556,22 @@ int kit_verify(const char *path, const struct kitverify_opts *o, struct kitverif
 			w.total_bytes += mf->artifacts[i].size;
 	if ((r = hasher_new(&w.hasher, 0)) < 0)
 		goto out;
+	if (mf->has_index) {
+		if (!(w.doff = calloc(mf->nartifacts + 1, sizeof(*w.doff)))) {
+			r = -ENOMEM;
+			goto out;
+		}
+		if ((r = read_index(&w, e)) < 0)
+			goto out;
+	}
 
 	bool first = true;
 	while ((r = kitread_next(w.kr, &m, e)) > 0) {
 		if (first && !strcmp(m.name, KIT_MERKLE_NAME) && m.type == ARTIFACT_FILE) {
 			first = false;
 			res->merkle_offset = m.data_offset;
+			w.merkle_size = m.size;
+			w.head_end = round512(m.data_offset + m.size);
 			if ((r = read_merkle(&w, &m, e)) < 0)
 				goto out;
 			continue;
@@ -468,6 +579,8 @@ int kit_verify(const char *path, const struct kitverify_opts *o, struct kitverif
 		first = false;
 		if ((r = check_member(&w, &m, prev, e)) < 0)
 			goto out;
+		if (w.doff)
+			w.doff[w.last_i] = m.data_offset;
 		free(prev);
 		if (!(prev = strdup(m.name))) {
 			r = -ENOMEM;
@@ -489,12 +602,14 @@ int kit_verify(const char *path, const struct kitverify_opts *o, struct kitverif
 				mf->artifacts[i].name);
 		goto out;
 	}
-	r = 0;
+	r = w.index_path ? check_index(&w, e) : 0;
 	goto out;
 
 probe_merkle:
 	/* Without content checks, still say whether the kit carries trees. */
 	r = kitread_next(w.kr, &m, e);
+	if (r > 0 && !strcmp(m.name, KIT_INDEX_NAME) && res->manifest->has_index)
+		r = kitread_next(w.kr, &m, e);
 	if (r > 0)
 		res->has_merkle = !strcmp(m.name, KIT_MERKLE_NAME);
 	r = r < 0 ? r : 0;
@@ -503,6 +618,11 @@ out:
 		o->walk_end(o->visit_ctx, r);
 	hasher_free(w.hasher);
 	free(w.seen);
+	free(w.doff);
+	if (w.index_path) {
+		unlink(w.index_path);
+		free(w.index_path);
+	}
 	free(w.manifest_json);
 	kitread_close(w.kr);
 	if (r < 0)

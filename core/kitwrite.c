@@ -7,9 +7,12 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <yajl/yajl_gen.h>
+#include <zlib.h>
 #include <zstd.h>
 
 #include "hasher.h"
+#include "index.h"
+#include "kitindex.h"
 #include "bounds.h"
 #include "merklefile.h"
 #include "path.h"
@@ -299,22 +302,36 @@ static int hash_file(struct tree *t, struct hasher *h, struct artifact *a, struc
 
 /* ---- pass 2: the archive ---- */
 
-/* zstd kits are written as a sequence of frames, one per ZSTD_FRAME bytes
- * of tar stream: a frame boundary is where a reader can start decoding, so
- * the mount's seek points (source.c) can be that close.  A single frame, as
- * libarchive writes it, would make every random read decode from the start
- * of the kit.  `zstd -d` reads the frames as one stream. */
-#define ZSTD_FRAME (4u << 20)
+/* Compressed kits are written as a sequence of independent pieces, zstd
+ * frames or gzip members, one per KIT_FRAME bytes of tar stream: a piece
+ * boundary is where a reader can start decoding, so the mount's seek
+ * points (source.c) can be that close, and they need no 32 KiB window.  A
+ * single stream, as libarchive writes it, would make every random read
+ * decode from the start of the kit.  `zstd -d` and `gzip -d` read the
+ * pieces as one stream.  A fresh piece also starts exactly where the first
+ * artifact's header starts (the end of the head), so that the artifacts'
+ * bytes do not depend on the head (docs/kit-format.md, "The carried
+ * index"). */
+#define KIT_FRAME (4u << 20)
 
+/* One output: a kit file, or the spool holding the artifacts' part of it
+ * until the head before them is known. */
 struct out {
 	int fd;
-	EVP_MD_CTX *sha;
-	uint64_t size;
+	EVP_MD_CTX *sha;        /* the kit file's digest (NULL: not hashed) */
+	uint64_t size;          /* bytes written to fd */
+	uint64_t tar;           /* tar stream bytes taken */
 	int err;
-	ZSTD_CCtx *zc;          /* zstd kits: we compress, libarchive writes plain tar */
+	bool discard;           /* take tar bytes and drop them (see pack_write_head) */
+	enum kit_compression comp;
+	ZSTD_CCtx *zc;
+	z_stream *gz;
 	uint8_t *zbuf;
 	size_t zcap;
-	size_t frame_in;        /* tar bytes in the current frame */
+	size_t frame_in;        /* tar bytes in the current piece */
+	/* where each piece starts: tar offset and file offset */
+	struct source_point *pts;
+	size_t npts, ptcap;
 };
 
 static int raw_write(struct out *o, const void *buf, size_t len)
@@ -322,7 +339,7 @@ static int raw_write(struct out *o, const void *buf, size_t len)
 	int r = write_full(o->fd, buf, len);
 	if (r < 0)
 		return o->err = r;
-	if (!EVP_DigestUpdate(o->sha, buf, len))
+	if (o->sha && !EVP_DigestUpdate(o->sha, buf, len))
 		return o->err = -ENOMEM;
 	o->size += len;
 	return 0;
@@ -344,43 +361,145 @@ static int zstd_push(struct out *o, ZSTD_inBuffer *in, ZSTD_EndDirective mode)
 	}
 }
 
-static int zstd_write(struct out *o, const uint8_t *buf, size_t len)
+/* Deflate in (finish: and end the member with its trailer). */
+static int gz_push(struct out *o, const uint8_t *buf, size_t len, bool finish)
 {
-	while (len > 0) {
-		size_t take = MIN(len, ZSTD_FRAME - o->frame_in);
-		ZSTD_inBuffer in = { buf, take, 0 };
-		int r = zstd_push(o, &in, ZSTD_e_continue);
-		if (r < 0)
-			return r;
-		o->frame_in += take;
-		buf += take;
-		len -= take;
-		if (o->frame_in == ZSTD_FRAME) {
-			ZSTD_inBuffer none = { NULL, 0, 0 };
-			if ((r = zstd_push(o, &none, ZSTD_e_end)) < 0)
-				return r;
-			o->frame_in = 0;
-		}
+	z_stream *z = o->gz;
+	z->next_in = (Bytef *)buf;
+	z->avail_in = (uInt)len;
+	for (;;) {
+		z->next_out = o->zbuf;
+		z->avail_out = (uInt)o->zcap;
+		int zr = deflate(z, finish ? Z_FINISH : Z_NO_FLUSH);
+		if (zr == Z_STREAM_ERROR)
+			return o->err = -EIO;
+		size_t got = o->zcap - z->avail_out;
+		if (got && raw_write(o, o->zbuf, got) < 0)
+			return o->err;
+		if (finish ? zr == Z_STREAM_END : z->avail_in == 0 && z->avail_out != 0)
+			break;
 	}
+	if (finish && deflateReset(z) != Z_OK)
+		return o->err = -EIO;
 	return 0;
 }
 
-static int zstd_finish(struct out *o)
+static int point_note(struct out *o)
 {
-	ZSTD_inBuffer none = { NULL, 0, 0 };
-	return o->frame_in || o->size == 0 ? zstd_push(o, &none, ZSTD_e_end) : 0;
+	if (o->npts == o->ptcap) {
+		size_t cap = o->ptcap ? 2 * o->ptcap : 64;
+		struct source_point *p = realloc(o->pts, cap * sizeof(*p));
+		if (!p)
+			return o->err = -ENOMEM;
+		o->pts = p;
+		o->ptcap = cap;
+	}
+	o->pts[o->npts++] = (struct source_point){ .out = o->tar, .in = o->size };
+	return 0;
+}
+
+/* End the current piece, if it holds anything: the next byte starts a
+ * fresh one. */
+static int piece_end(struct out *o)
+{
+	if (o->comp == KIT_COMPRESS_NONE || o->frame_in == 0)
+		return 0;
+	int r;
+	if (o->zc) {
+		ZSTD_inBuffer none = { NULL, 0, 0 };
+		r = zstd_push(o, &none, ZSTD_e_end);
+	} else {
+		r = gz_push(o, NULL, 0, true);
+	}
+	o->frame_in = 0;
+	return r;
+}
+
+static int piece_write(struct out *o, const uint8_t *buf, size_t len)
+{
+	if (o->comp == KIT_COMPRESS_NONE) {
+		o->tar += len;
+		return raw_write(o, buf, len);
+	}
+	while (len > 0) {
+		if (o->frame_in == 0 && point_note(o) < 0)
+			return o->err;
+		size_t take = MIN(len, KIT_FRAME - o->frame_in);
+		int r;
+		if (o->zc) {
+			ZSTD_inBuffer in = { buf, take, 0 };
+			r = zstd_push(o, &in, ZSTD_e_continue);
+		} else {
+			r = gz_push(o, buf, take, false);
+		}
+		if (r < 0)
+			return r;
+		o->frame_in += take;
+		o->tar += take;
+		buf += take;
+		len -= take;
+		if (o->frame_in == KIT_FRAME && (r = piece_end(o)) < 0)
+			return r;
+	}
+	return 0;
 }
 
 static la_ssize_t out_write(struct archive *a, void *data, const void *buf, size_t len)
 {
 	struct out *o = data;
 	/* after a failure, nothing more: the temporary is going away */
-	int r = o->err ? o->err : o->zc ? zstd_write(o, buf, len) : raw_write(o, buf, len);
+	int r = o->err ? o->err : o->discard ? 0 : piece_write(o, buf, len);
 	if (r < 0) {
 		archive_set_error(a, -r, "%s", strerror(-r));
 		return -1;
 	}
 	return (la_ssize_t)len;
+}
+
+static int out_init(struct out *o, int fd, enum kit_compression comp, bool hashed)
+{
+	o->fd = fd;
+	o->comp = comp;
+	if (hashed && (!(o->sha = EVP_MD_CTX_new()) || !EVP_DigestInit_ex2(o->sha, EVP_sha256(), NULL)))
+		return -ENOMEM;
+	if (comp == KIT_COMPRESS_NONE)
+		return 0;
+	o->zcap = comp == KIT_COMPRESS_ZSTD ? ZSTD_CStreamOutSize() : 1u << 16;
+	if (!(o->zbuf = malloc(o->zcap)))
+		return -ENOMEM;
+	if (comp == KIT_COMPRESS_ZSTD) {
+		if (!(o->zc = ZSTD_createCCtx()))
+			return -ENOMEM;
+		/* fixed parameters: the same input gives the same bytes */
+		ZSTD_CCtx_setParameter(o->zc, ZSTD_c_compressionLevel, 3);
+		ZSTD_CCtx_setParameter(o->zc, ZSTD_c_checksumFlag, 1);
+		return 0;
+	}
+	if (!(o->gz = calloc(1, sizeof(*o->gz))))
+		return -ENOMEM;
+	/* windowBits 31: a gzip wrapper, zlib's default header: no name, no
+	 * time, OS Unix: reproducible bytes */
+	if (deflateInit2(o->gz, 6, Z_DEFLATED, 31, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
+		free(o->gz);
+		o->gz = NULL;
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+static void out_free(struct out *o)
+{
+	if (o->fd >= 0)
+		close(o->fd);
+	o->fd = -1;
+	EVP_MD_CTX_free(o->sha);
+	ZSTD_freeCCtx(o->zc);
+	if (o->gz) {
+		deflateEnd(o->gz);
+		free(o->gz);
+	}
+	free(o->zbuf);
+	free(o->pts);
 }
 
 static int add_header(struct archive *ar, const char *name, enum artifact_type type, uint32_t mode,
@@ -427,7 +546,8 @@ static int archive_error(struct archive *ar, struct out *o, int r, const char *p
 }
 
 static int write_member_file(struct archive *ar, struct out *out, const char *out_path, struct tree *t,
-			     const struct artifact *a, uint8_t *buf, int64_t mtime, struct stella_err *e)
+			     const struct artifact *a, uint8_t *buf, int64_t mtime, uint64_t *data_off,
+			     struct stella_err *e)
 {
 	_cleanup_(closep) int fd = openat(t->src_fd, a->name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
@@ -443,6 +563,7 @@ static int write_member_file(struct archive *ar, struct out *out, const char *ou
 	}
 	int r = add_header(ar, a->name, ARTIFACT_FILE, a->mode, a->size, NULL, mtime);
 	bool archive_failed = r < 0;
+	*data_off = out->tar; /* unbuffered: the header is all in out */
 	for (uint64_t off = 0; off < a->size && r == 0;) {
 		size_t want = (size_t)MIN(a->size - off, (uint64_t)HASHER_CHUNK);
 		if ((r = pread_full(fd, buf, want, off)) < 0) {
@@ -579,8 +700,8 @@ struct pack {
 	struct manifest *m;        /* o->manifest, whose artifacts we fill in */
 	struct tree t;             /* the source tree (its artifacts move to m) */
 	struct spool sp;           /* pass 1's trees */
-	char *json;                /* the canonical manifest ... */
-	size_t jlen;
+	int json_fd;               /* the canonical manifest, in a temporary file ... */
+	uint64_t jlen;
 	char *sigtext;             /* ... and its signature lines */
 	size_t slen;
 	uint8_t *mindex;           /* merkle.bin's index, sorted by digest */
@@ -589,8 +710,16 @@ struct pack {
 	uint64_t *spool_off;       /* each sorted entry's tree in the spool */
 	uint8_t *buf;              /* HASHER_CHUNK bytes of copy buffer */
 	char *tmp;                 /* the temporary beside OUT_KIT, until renamed */
-	struct archive *ar;
-	struct out out;
+	struct archive *ar;        /* the archive being written (head or body) */
+	struct out out;            /* the kit file */
+	/* The body: the artifacts and the archive's end, written first, to a
+	 * temporary file beside OUT_KIT, with each member's data offset
+	 * relative to the body's start; copied after the head once the head
+	 * (which carries the index of those offsets) is written. */
+	struct out body;
+	uint64_t *data_off;        /* per artifact: data offset in the body's tar stream */
+	char *index_tmp;           /* the carried index being built (a file beside OUT_KIT) */
+	int index_fd;              /* the built index, opened for copying */
 };
 
 /* Read the source tree: names, types, sizes, modes, symlink targets. */
@@ -638,9 +767,9 @@ static int pack_hash(struct pack *p)
 	return 0;
 }
 
-/* The manifest: identity from the caller, artifacts from the tree, written
- * canonically, and read back with the reader's own rules. */
-static int pack_manifest(struct pack *p)
+/* The manifest's artifacts: from the tree, with the components' capture
+ * times, checked with the reader's rules (and sorted). */
+static int pack_artifacts(struct pack *p)
 {
 	struct manifest *m = p->m;
 	struct tree *t = &p->t;
@@ -659,15 +788,40 @@ static int pack_manifest(struct pack *p)
 	int r = manifest_validate(m, &me);
 	if (r < 0)
 		return stella_fail(p->e, r, "%s: %s", p->o->src_dir, stella_err_text(&me, r));
-	if ((r = manifest_write(m, &p->json, &p->jlen)) < 0)
+	return 0;
+}
+
+/* The manifest written canonically, streamed to a temporary file (the
+ * manifest of a million files is 270 MB: it is never held in memory), and
+ * what a reader would refuse refused here. */
+static int temp_beside(struct pack *p, const char *what, char **path, int *fd);
+
+static int pack_manifest(struct pack *p)
+{
+	char *path = NULL;
+	int r = temp_beside(p, "manifest", &path, &p->json_fd);
+	if (r < 0)
 		return r;
-	if ((r = sha256_once(p->json, p->jlen, p->res->manifest_sha256)) < 0)
-		return stella_fail_errno(p->e, r, "%s: manifest: SHA-256", p->o->src_dir);
-	/* What we sign must be what every reader accepts: read it back with the
-	 * reader's own rules (components, identifiers, times: all of them). */
+	unlink(path);
+	free(path);
+	if ((r = manifest_write_fd(p->m, p->json_fd, p->res->manifest_sha256, &p->jlen)) < 0)
+		return stella_fail_errno(p->e, r, "%s: writing the manifest", p->o->out_path);
+	if (p->jlen > STELLA_MANIFEST_MAX)
+		return stella_fail(p->e, -EBADMSG, "%s: the kit would be refused: manifest: too large (%llu bytes, limit %u)",
+				   p->o->src_dir, (unsigned long long)p->jlen, STELLA_MANIFEST_MAX);
+	/* What we sign must be what every reader accepts.  The artifacts
+	 * passed manifest_validate, the reader's own rules; the rest
+	 * (components, identifiers, times) is read back with manifest_parse,
+	 * written as the identity the same code writes. */
+	char *json = NULL;
+	size_t jlen;
+	if ((r = manifest_write_identity(p->m, &json, &jlen)) < 0)
+		return r;
 	struct manifest *check = NULL;
-	memset(&me, 0, sizeof(me));
-	if ((r = manifest_parse(p->json, p->jlen, &check, &me)) < 0)
+	struct stella_err me = { 0 };
+	r = manifest_parse(json, jlen, &check, &me);
+	free(json);
+	if (r < 0)
 		return stella_fail(p->e, r, "%s: the kit would be refused: %s", p->o->src_dir, stella_err_text(&me, r));
 	manifest_free(check);
 	return 0;
@@ -678,7 +832,9 @@ static int pack_sign(struct pack *p)
 {
 	for (size_t k = 0; k < p->o->nkeys; k++) {
 		_cleanup_(freep) char *line = NULL;
-		int r = sig_sign(p->o->keys[k], (const uint8_t *)p->json, p->jlen, &line, p->e);
+		/* from the file: Ed25519 maps it (it needs the message in one
+		 * piece), the others stream it */
+		int r = sig_sign_file(p->o->keys[k], p->json_fd, p->jlen, &line, p->e);
 		if (r < 0)
 			return r;
 		size_t ll = strlen(line);
@@ -721,85 +877,68 @@ static int pack_merkle(struct pack *p)
 	return 0;
 }
 
-/* The archive, into a temporary beside OUT_KIT that is renamed into place
- * only when complete: a failed pack leaves no half kit. */
-static int pack_open_out(struct pack *p)
+/* A temporary file beside OUT_KIT (on the same file system: the kit's own
+ * temporary, renamed into place, or a spool for part of it). */
+static int temp_beside(struct pack *p, const char *what, char **path, int *fd)
 {
-	const char *path = p->o->out_path;
-	size_t tl = strlen(path) + 16;
-	if (!(p->tmp = malloc(tl)))
+	const char *out = p->o->out_path;
+	size_t tl = strlen(out) + 24;
+	if (!(*path = malloc(tl)))
 		return -ENOMEM;
-	snprintf(p->tmp, tl, "%s.tmpXXXXXX", path);
-	p->out.fd = mkostemp(p->tmp, O_CLOEXEC);
-	if (p->out.fd < 0) {
-		int r = stella_fail_errno(p->e, -errno, "%s", path);
-		free(p->tmp);
-		p->tmp = NULL;
+	snprintf(*path, tl, "%s.%sXXXXXX", out, what);
+	*fd = mkostemp(*path, O_CLOEXEC);
+	if (*fd < 0) {
+		int r = stella_fail_errno(p->e, -errno, "%s", out);
+		free(*path);
+		*path = NULL;
 		return r;
 	}
-	if (fchmod(p->out.fd, 0644) < 0)
-		return stella_fail_errno(p->e, -errno, "%s", path);
-	if (!(p->out.sha = EVP_MD_CTX_new()) || !EVP_DigestInit_ex2(p->out.sha, EVP_sha256(), NULL) ||
-	    !(p->ar = archive_write_new()))
-		return -ENOMEM;
-	struct archive *ar = p->ar;
-	archive_write_set_format_pax_restricted(ar);
-	/* GNU tar's record size: the tar stream ends padded to it with zeros.
-	 * A compressed kit must end where its compressed stream ends, so there
-	 * the padding goes inside the stream, not after it. */
-	archive_write_set_bytes_per_block(ar, 10240);
-	if (p->o->compression != KIT_COMPRESS_NONE)
-		archive_write_set_bytes_in_last_block(ar, 1);
-	if (p->o->compression == KIT_COMPRESS_GZIP) {
-		archive_write_add_filter_gzip(ar);
-		/* No name, no time in the gzip header: reproducible bytes. */
-		archive_write_set_filter_option(ar, "gzip", "timestamp", NULL);
-	} else if (p->o->compression == KIT_COMPRESS_ZSTD) {
-		p->out.zcap = ZSTD_CStreamOutSize();
-		if (!(p->out.zc = ZSTD_createCCtx()) || !(p->out.zbuf = malloc(p->out.zcap)))
-			return -ENOMEM;
-		/* fixed parameters: the same input gives the same bytes */
-		ZSTD_CCtx_setParameter(p->out.zc, ZSTD_c_compressionLevel, 3);
-		ZSTD_CCtx_setParameter(p->out.zc, ZSTD_c_checksumFlag, 1);
-	}
-	if (archive_write_open(ar, &p->out, NULL, out_write, NULL) != ARCHIVE_OK)
-		return archive_error(ar, &p->out, -EIO, path, "archive", p->e);
 	return 0;
 }
 
-/* The kit's own members: manifest, signatures, merkle.bin. */
-static int pack_write_head(struct pack *p)
+/* A libarchive writer into o: POSIX tar, unbuffered, so that every byte
+ * of a member is in o when the call that wrote it returns (the offsets the
+ * index records, and the head's exact end, are read from o->tar). */
+static int archive_open_on(struct pack *p, struct out *o)
 {
-	struct archive *ar = p->ar;
-	const char *path = p->o->out_path;
-	int64_t mtime = p->m->created_at;
-	int r;
-	if ((r = add_buffer(ar, KIT_MANIFEST_NAME, p->json, p->jlen, mtime)) < 0 ||
-	    (r = add_buffer(ar, KIT_SIG_NAME, p->sigtext, p->slen, mtime)) < 0)
-		return archive_error(ar, &p->out, r, path, "manifest", p->e);
-	if (!p->sp.n)
-		return 0;
-	if ((r = add_header(ar, KIT_MERKLE_NAME, ARTIFACT_FILE, 0644, p->msize, NULL, mtime)) < 0 ||
-	    archive_write_data(ar, p->mindex, p->milen) != (la_ssize_t)p->milen)
-		return archive_error(ar, &p->out, r, path, KIT_MERKLE_NAME, p->e);
-	for (size_t i = 0; i < p->sp.n; i++)
-		for (uint64_t off = 0; off < p->sp.e[i].size;) {
-			size_t want = (size_t)MIN(p->sp.e[i].size - off, (uint64_t)HASHER_CHUNK);
-			if ((r = pread_full(fileno(p->sp.f), p->buf, want, p->spool_off[i] + off)) < 0)
-				return stella_fail_errno(p->e, r, "temporary tree file");
-			if (archive_write_data(ar, p->buf, want) != (la_ssize_t)want)
-				return archive_error(ar, &p->out, -EIO, path, KIT_MERKLE_NAME, p->e);
-			off += want;
-		}
+	if (!(p->ar = archive_write_new()))
+		return -ENOMEM;
+	archive_write_set_format_pax_restricted(p->ar);
+	archive_write_set_bytes_per_block(p->ar, 0);
+	if (archive_write_open(p->ar, o, NULL, out_write, NULL) != ARCHIVE_OK)
+		return archive_error(p->ar, o, -EIO, p->o->out_path, "archive", p->e);
 	return 0;
 }
 
-/* The artifacts, in manifest order; a delta kit leaves out what its base
- * already carries, identical. */
-static int pack_write_artifacts(struct pack *p)
+static int archive_done(struct pack *p, struct out *o, const char *what)
+{
+	int r = 0;
+	if (archive_write_close(p->ar) != ARCHIVE_OK)
+		r = archive_error(p->ar, o, -EIO, p->o->out_path, what, p->e);
+	archive_write_free(p->ar);
+	p->ar = NULL;
+	return r;
+}
+
+/* The body: the artifacts, in manifest order, and the archive's end (two
+ * zero blocks); a delta kit leaves out what its base already carries,
+ * identical. */
+static int pack_write_body(struct pack *p)
 {
 	const struct manifest *m = p->m;
 	int64_t mtime = m->created_at;
+	int fd, r;
+	char *path = NULL;
+	if ((r = temp_beside(p, "body", &path, &fd)) < 0)
+		return r;
+	unlink(path); /* nobody else needs to see it */
+	free(path);
+	if ((r = out_init(&p->body, fd, p->o->compression, false)) < 0)
+		return r;
+	if (!(p->data_off = calloc(m->nartifacts + 1, sizeof(*p->data_off))))
+		return -ENOMEM;
+	if ((r = archive_open_on(p, &p->body)) < 0)
+		return r;
 	for (size_t i = 0; i < m->nartifacts; i++) {
 		const struct artifact *a = &m->artifacts[i];
 		if (p->o->base) {
@@ -810,28 +949,188 @@ static int pack_write_artifacts(struct pack *p)
 			}
 		}
 		p->res->carried++;
-		int r;
-		if (a->type == ARTIFACT_FILE)
-			r = write_member_file(p->ar, &p->out, p->o->out_path, &p->t, a, p->buf, mtime, p->e);
-		else if ((r = add_header(p->ar, a->name, a->type, a->mode, 0, a->target, mtime)) < 0)
-			r = archive_error(p->ar, &p->out, r, p->o->out_path, a->name, p->e);
+		if (a->type == ARTIFACT_FILE) {
+			r = write_member_file(p->ar, &p->body, p->o->out_path, &p->t, a, p->buf, mtime, &p->data_off[i],
+					      p->e);
+		} else {
+			if ((r = add_header(p->ar, a->name, a->type, a->mode, 0, a->target, mtime)) < 0)
+				r = archive_error(p->ar, &p->body, r, p->o->out_path, a->name, p->e);
+			p->data_off[i] = p->body.tar;
+		}
 		if (r < 0)
 			return r;
+	}
+	if ((r = archive_done(p, &p->body, "archive end")) < 0)
+		return r;
+	if (piece_end(&p->body) < 0)
+		return stella_fail_errno(p->e, p->body.err, "%s: writing the archive end", p->o->out_path);
+	return 0;
+}
+
+/* The carried index (kit format 1.1): the tree the mount serves, every
+ * file's data offset relative to the body's start and its tree's offset
+ * inside merkle.bin, the body's seek points (relative too), built in one
+ * transaction into a file beside OUT_KIT.  The same rows, in the same
+ * order, always give the same bytes (index.c: fixed page size, no
+ * journal): packing stays reproducible. */
+static int pack_index(struct pack *p)
+{
+	struct manifest *m = p->m;
+	int fd, r;
+	if ((r = temp_beside(p, "index", &p->index_tmp, &fd)) < 0)
+		return r;
+	close(fd);
+	struct index *ix = NULL;
+	if ((r = index_create(p->index_tmp, &ix, p->e)) < 0)
+		return r;
+	struct merklefile_index mi = { .n = p->sp.n, .e = p->sp.e };
+	for (size_t i = 0; i < m->nartifacts && r == 0; i++) {
+		const struct artifact *a = &m->artifacts[i];
+		int64_t tree_off = -1;
+		if (a->type == ARTIFACT_FILE) {
+			const struct merklefile_entry *x = merklefile_find(&mi, a->fsverity);
+			if (x)
+				tree_off = (int64_t)x->offset;
+		}
+		r = index_add(ix, a, p->data_off[i], tree_off, p->e);
+	}
+	char num[32];
+	if (r == 0 && p->body.npts)
+		r = index_add_points(ix, p->body.pts, p->body.npts, p->body.tar, p->e);
+	if (r == 0)
+		r = index_set_meta(ix, "format", KITINDEX_FORMAT, strlen(KITINDEX_FORMAT), p->e);
+	snprintf(num, sizeof(num), "%llu", (unsigned long long)p->body.tar);
+	if (r == 0)
+		r = index_set_meta(ix, "bodySize", num, strlen(num), p->e);
+	snprintf(num, sizeof(num), "%llu", (unsigned long long)(p->sp.n ? p->msize : 0));
+	if (r == 0)
+		r = index_set_meta(ix, "merkleSize", num, strlen(num), p->e);
+	if (r == 0)
+		r = index_finish(ix, p->e);
+	index_close(ix);
+	if (r < 0)
+		return r;
+	if ((p->index_fd = open(p->index_tmp, O_RDONLY | O_CLOEXEC)) < 0)
+		return stella_fail_errno(p->e, -errno, "%s", p->index_tmp);
+	struct stat st;
+	if (fstat(p->index_fd, &st) < 0)
+		return stella_fail_errno(p->e, -errno, "%s", p->index_tmp);
+	if ((uint64_t)st.st_size > STELLA_INDEX_MAX)
+		return stella_fail(p->e, -EBADMSG, "%s: the kit would be refused: its index is %llu bytes, more than %u",
+				   p->o->src_dir, (unsigned long long)st.st_size, STELLA_INDEX_MAX);
+	if ((r = kitindex_sha256_fd(p->index_fd, p->m->index_sha256)) < 0)
+		return stella_fail_errno(p->e, r, "%s", p->index_tmp);
+	m->index_size = (uint64_t)st.st_size;
+	m->has_index = true;
+	return 0;
+}
+
+/* The archive, into a temporary beside OUT_KIT that is renamed into place
+ * only when complete: a failed pack leaves no half kit. */
+static int pack_open_out(struct pack *p)
+{
+	int fd, r;
+	if ((r = temp_beside(p, "tmp", &p->tmp, &fd)) < 0)
+		return r;
+	p->out.fd = fd;
+	if (fchmod(fd, 0644) < 0)
+		return stella_fail_errno(p->e, -errno, "%s", p->o->out_path);
+	if ((r = out_init(&p->out, fd, p->o->compression, true)) < 0)
+		return r;
+	return archive_open_on(p, &p->out);
+}
+
+/* The member NAME with the LEN bytes of fd from its start. */
+static int add_fd_member(struct pack *p, const char *name, int fd, uint64_t len)
+{
+	int r = add_header(p->ar, name, ARTIFACT_FILE, 0644, len, NULL, p->m->created_at);
+	if (r < 0)
+		return archive_error(p->ar, &p->out, r, p->o->out_path, name, p->e);
+	for (uint64_t off = 0; off < len;) {
+		size_t want = (size_t)MIN(len - off, (uint64_t)HASHER_CHUNK);
+		if ((r = pread_full(fd, p->buf, want, off)) < 0)
+			return stella_fail_errno(p->e, r, "%s: reading it back", name);
+		if (archive_write_data(p->ar, p->buf, want) != (la_ssize_t)want)
+			return archive_error(p->ar, &p->out, -EIO, p->o->out_path, name, p->e);
+		off += want;
 	}
 	return 0;
 }
 
-/* End the archive, make it durable, then put the sidecars and the kit in
- * place: the sidecars first, from the complete temporary, and the kit
- * last, so that OUT_KIT appears only with all three beside it.  A failure
- * on the way removes the sidecars already placed: an older kit at OUT_KIT
- * then stays without sidecars, rather than with ones that do not describe
- * it. */
+/* The head: manifest, signatures, the index, merkle.bin.  It ends where
+ * the body's first header goes: its last piece is ended there, and the
+ * archive's end, which libarchive writes when closed, is dropped (the
+ * body has its own). */
+static int pack_write_head(struct pack *p)
+{
+	struct archive *ar = p->ar;
+	const char *path = p->o->out_path;
+	int64_t mtime = p->m->created_at;
+	int r;
+	if ((r = add_fd_member(p, KIT_MANIFEST_NAME, p->json_fd, p->jlen)) < 0)
+		return r;
+	if ((r = add_buffer(ar, KIT_SIG_NAME, p->sigtext, p->slen, mtime)) < 0)
+		return archive_error(ar, &p->out, r, path, "manifest", p->e);
+	if (p->m->has_index && (r = add_fd_member(p, KIT_INDEX_NAME, p->index_fd, p->m->index_size)) < 0)
+		return r;
+	if (p->sp.n) {
+		if ((r = add_header(ar, KIT_MERKLE_NAME, ARTIFACT_FILE, 0644, p->msize, NULL, mtime)) < 0 ||
+		    archive_write_data(ar, p->mindex, p->milen) != (la_ssize_t)p->milen)
+			return archive_error(ar, &p->out, r, path, KIT_MERKLE_NAME, p->e);
+		for (size_t i = 0; i < p->sp.n; i++)
+			for (uint64_t off = 0; off < p->sp.e[i].size;) {
+				size_t want = (size_t)MIN(p->sp.e[i].size - off, (uint64_t)HASHER_CHUNK);
+				if ((r = pread_full(fileno(p->sp.f), p->buf, want, p->spool_off[i] + off)) < 0)
+					return stella_fail_errno(p->e, r, "temporary tree file");
+				if (archive_write_data(ar, p->buf, want) != (la_ssize_t)want)
+					return archive_error(ar, &p->out, -EIO, path, KIT_MERKLE_NAME, p->e);
+				off += want;
+			}
+	}
+	/* the last member's padding, then nothing more from this archive */
+	if (archive_write_finish_entry(ar) != ARCHIVE_OK)
+		return archive_error(ar, &p->out, -EIO, path, "manifest", p->e);
+	p->out.discard = true;
+	if ((r = archive_done(p, &p->out, "head")) < 0)
+		return r;
+	p->out.discard = false;
+	if (piece_end(&p->out) < 0)
+		return stella_fail_errno(p->e, p->out.err, "%s: writing the head", path);
+	return 0;
+}
+
+/* The body after the head, byte for byte, then (uncompressed kits) the
+ * zero padding GNU tar ends an archive with: a whole number of 10 KiB
+ * records. */
+static int pack_copy_body(struct pack *p)
+{
+	struct out *o = &p->out;
+	for (uint64_t off = 0; off < p->body.size;) {
+		size_t want = (size_t)MIN(p->body.size - off, (uint64_t)HASHER_CHUNK);
+		int r = pread_full(p->body.fd, p->buf, want, off);
+		if (r < 0)
+			return stella_fail_errno(p->e, r, "%s: temporary body file", p->o->out_path);
+		if (raw_write(o, p->buf, want) < 0)
+			return stella_fail_errno(p->e, o->err, "%s", p->o->out_path);
+		off += want;
+	}
+	if (p->o->compression == KIT_COMPRESS_NONE && o->size % 10240) {
+		size_t pad = 10240 - (size_t)(o->size % 10240);
+		memset(p->buf, 0, pad);
+		if (raw_write(o, p->buf, pad) < 0)
+			return stella_fail_errno(p->e, o->err, "%s", p->o->out_path);
+	}
+	return 0;
+}
+
+/* Make the kit durable, then put the sidecars and the kit in place: the
+ * sidecars first, from the complete temporary, and the kit last, so that
+ * OUT_KIT appears only with all three beside it.  A failure on the way
+ * removes the sidecars already placed: an older kit at OUT_KIT then stays
+ * without sidecars, rather than with ones that do not describe it. */
 static int pack_finish(struct pack *p)
 {
 	const char *path = p->o->out_path;
-	if (archive_write_close(p->ar) != ARCHIVE_OK || (p->out.zc && zstd_finish(&p->out) < 0))
-		return archive_error(p->ar, &p->out, -EIO, path, "archive end", p->e);
 	if (fsync(p->out.fd) < 0)
 		return stella_fail_errno(p->e, -errno, "%s", path);
 	if (!EVP_DigestFinal_ex(p->out.sha, p->res->kit_sha256, NULL))
@@ -860,26 +1159,33 @@ static void pack_free(struct pack *p, int r)
 		if (r < 0) {
 			if (!p->out.err)
 				p->out.err = -EIO;
+			if (!p->body.err)
+				p->body.err = -EIO;
 			archive_write_close(p->ar);
 		}
 		archive_write_free(p->ar);
 	}
-	if (p->out.fd >= 0)
-		close(p->out.fd);
+	out_free(&p->out);
+	out_free(&p->body);
 	if (p->tmp) {
 		unlink(p->tmp);
 		free(p->tmp);
 	}
-	EVP_MD_CTX_free(p->out.sha);
-	ZSTD_freeCCtx(p->out.zc);
-	free(p->out.zbuf);
+	if (p->index_fd >= 0)
+		close(p->index_fd);
+	if (p->index_tmp) {
+		unlink(p->index_tmp);
+		free(p->index_tmp);
+	}
+	free(p->data_off);
 	if (p->sp.f)
 		fclose(p->sp.f);
 	free(p->sp.e);
 	free(p->spool_off);
 	free(p->mindex);
 	free(p->buf);
-	free(p->json);
+	if (p->json_fd >= 0)
+		close(p->json_fd);
 	free(p->sigtext);
 	for (size_t i = 0; i < p->t.n; i++) {
 		free(p->t.a[i].name);
@@ -895,24 +1201,33 @@ int kit_write(const struct kitwrite_opts *o, struct kitwrite_result *res, struct
 	struct pack p = {
 		.o = o, .res = res, .e = e, .m = o->manifest,
 		.t = { .src = o->src_dir, .src_fd = -1 },
-		.out = { .fd = -1 },
+		.out = { .fd = -1 }, .body = { .fd = -1 }, .index_fd = -1, .json_fd = -1,
 	};
 	memset(res, 0, sizeof(*res));
+	o->manifest->has_index = false;
 	int r = pack_scan(&p);
 	if (r == 0)
 		r = pack_hash(&p);
+	if (r == 0)
+		r = pack_artifacts(&p);
+	if (r == 0)
+		r = pack_merkle(&p);
+	if (r == 0)
+		r = pack_write_body(&p);
+	/* A delta kit does not carry an index: it is never mounted alone, and
+	 * its import walks it. */
+	if (r == 0 && !o->no_index && !o->base)
+		r = pack_index(&p);
 	if (r == 0)
 		r = pack_manifest(&p);
 	if (r == 0)
 		r = pack_sign(&p);
 	if (r == 0)
-		r = pack_merkle(&p);
-	if (r == 0)
 		r = pack_open_out(&p);
 	if (r == 0)
 		r = pack_write_head(&p);
 	if (r == 0)
-		r = pack_write_artifacts(&p);
+		r = pack_copy_body(&p);
 	if (r == 0)
 		r = pack_finish(&p);
 	pack_free(&p, r);

@@ -1,5 +1,6 @@
 /* Packing a kit: a reproducible POSIX tar of a source tree, with the signed
- * manifest first, its signature second, manifest/merkle.bin third, then the
+ * manifest first, its signature second, the carried index
+ * (manifest/index, kit format 1.1) and manifest/merkle.bin next, then the
  * artifacts sorted bytewise by name; and the three sidecar files beside it.
  *
  * Reproducible means: the same tree, identity, keys and times give the same
@@ -23,6 +24,7 @@ struct kitwrite_opts {
 	/* Identity and components; pack fills in the artifacts.  Consumed. */
 	struct manifest *manifest;
 	enum kit_compression compression;
+	bool no_index;                /* a v1 kit: no manifest/index member */
 	/* Delta: artifacts identical in the base are listed but not carried. */
 	const struct manifest *base;
 	void (*progress)(void *ctx, const char *name, uint64_t done, uint64_t total);

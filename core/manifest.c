@@ -1,5 +1,7 @@
 #include "manifest.h"
 
+#include <openssl/evp.h>
+
 #include <ctype.h>
 #include <string.h>
 #include <yajl/yajl_gen.h>
@@ -343,6 +345,31 @@ int manifest_parse(const char *buf, size_t len, struct manifest **out, struct st
 		m->has_base = true;
 	}
 
+	const struct json *idx = json_get(root, "index");
+	if (idx) {
+		const char *sha = NULL;
+		int64_t size = 0;
+		if (idx->type != JSON_OBJECT) {
+			r = stella_fail(e, -EBADMSG, "manifest: \"index\" must be an object");
+			goto out;
+		}
+		if ((r = obj_check_dups(idx, "index", e)) < 0 ||
+		    (r = get_int(idx, "size", true, 1, "index", &size, e)) < 0 ||
+		    (r = get_str(idx, "sha256", true, "index", &sha, e)) < 0)
+			goto out;
+		if (hex_decode(sha, m->index_sha256, 32) < 0) {
+			r = stella_fail(e, -EBADMSG, "manifest: index: \"sha256\" must be 64 hex digits");
+			goto out;
+		}
+		if ((uint64_t)size > STELLA_INDEX_MAX) {
+			r = stella_fail(e, -EBADMSG, "manifest: index: too large (%lld bytes, limit %llu)", (long long)size,
+					(unsigned long long)STELLA_INDEX_MAX);
+			goto out;
+		}
+		m->index_size = (uint64_t)size;
+		m->has_index = true;
+	}
+
 	const struct json *comps = json_get(root, "components");
 	if (comps) {
 		if (comps->type != JSON_OBJECT) {
@@ -618,6 +645,14 @@ static int gen_fields(yajl_gen g, const struct manifest *m, bool artifacts)
 		G(gstr(g, "manifestSha256")); G(gstr(g, hex));
 		G(yajl_gen_map_close(g));
 	}
+	if (m->has_index) {
+		G(gstr(g, "index"));
+		G(yajl_gen_map_open(g));
+		G(gstr(g, "size")); G(yajl_gen_integer(g, (long long)m->index_size));
+		hex_encode(m->index_sha256, 32, hex);
+		G(gstr(g, "sha256")); G(gstr(g, hex));
+		G(yajl_gen_map_close(g));
+	}
 	G(gstr(g, "components"));
 	G(yajl_gen_map_open(g));
 	for (size_t i = 0; i < m->ncomponents; i++) {
@@ -708,4 +743,74 @@ static int write_doc(const struct manifest *m, bool artifacts, char **out, size_
 fail:
 	yajl_gen_free(g);
 	return -ENOMEM;
+}
+
+/* ---- streaming to a file: the manifest of millions of artifacts is
+ * hundreds of MB; the packer never holds it (nor yajl's copy of it) ---- */
+
+struct fd_out {
+	int fd;
+	EVP_MD_CTX *sha;
+	uint8_t *buf;
+	size_t n;
+	uint64_t total;
+	int err;
+	char last;
+};
+
+static void fd_flush(struct fd_out *o)
+{
+	if (o->n && !o->err) {
+		int r = write_full(o->fd, o->buf, o->n);
+		if (r < 0)
+			o->err = r;
+		else if (!EVP_DigestUpdate(o->sha, o->buf, o->n))
+			o->err = -ENOMEM;
+	}
+	o->n = 0;
+}
+
+static void fd_print(void *ctx, const char *str, size_t len)
+{
+	struct fd_out *o = ctx;
+	o->total += len;
+	if (len)
+		o->last = str[len - 1];
+	while (len) {
+		size_t take = MIN(len, (size_t)(1u << 20) - o->n);
+		memcpy(o->buf + o->n, str, take);
+		o->n += take;
+		str += take;
+		len -= take;
+		if (o->n == 1u << 20)
+			fd_flush(o);
+	}
+}
+
+int manifest_write_fd(const struct manifest *m, int fd, uint8_t sha256[32], uint64_t *len)
+{
+	struct fd_out o = { .fd = fd, .sha = EVP_MD_CTX_new(), .buf = malloc(1u << 20) };
+	yajl_gen g = yajl_gen_alloc(NULL);
+	int r = -ENOMEM;
+	if (!g || !o.sha || !o.buf || !EVP_DigestInit_ex2(o.sha, EVP_sha256(), NULL))
+		goto out;
+	yajl_gen_config(g, yajl_gen_beautify, 1);
+	yajl_gen_config(g, yajl_gen_indent_string, "  ");
+	yajl_gen_config(g, yajl_gen_print_callback, fd_print, &o);
+	if (yajl_gen_map_open(g) != yajl_gen_status_ok || gen_fields(g, m, true) < 0 ||
+	    yajl_gen_map_close(g) != yajl_gen_status_ok)
+		goto out;
+	if (o.total == 0 || o.last != '\n')
+		fd_print(&o, "\n", 1);
+	fd_flush(&o);
+	r = o.err;
+	if (r == 0 && !EVP_DigestFinal_ex(o.sha, sha256, NULL))
+		r = -ENOMEM;
+	*len = o.total;
+out:
+	if (g)
+		yajl_gen_free(g);
+	EVP_MD_CTX_free(o.sha);
+	free(o.buf);
+	return r;
 }

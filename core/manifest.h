@@ -46,6 +46,11 @@ struct manifest {
 	bool has_base;
 	char *base_version;
 	uint8_t base_manifest_sha256[32];
+	/* Kit format 1.1: the kit carries its index as member manifest/index
+	 * (docs/kit-format.md, section "The carried index"); these bind it. */
+	bool has_index;
+	uint64_t index_size;
+	uint8_t index_sha256[32];
 	size_t ncomponents;
 	struct component *components;   /* sorted by name */
 	size_t nartifacts;
@@ -66,6 +71,9 @@ int manifest_validate(struct manifest *m, struct stella_err *e);
 
 /* Canonical JSON, NUL-terminated, ends with a newline. */
 int manifest_write(const struct manifest *m, char **out, size_t *len);
+/* The same, streamed to fd (never whole in memory), with its SHA-256 and
+ * length. */
+int manifest_write_fd(const struct manifest *m, int fd, uint8_t sha256[32], uint64_t *len);
 /* The same with an empty artifact list: what an index keeps as the
  * snapshot's identity (its artifacts are the index's nodes). */
 int manifest_write_identity(const struct manifest *m, char **out, size_t *len);

@@ -5,9 +5,11 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <syslog.h>
+#include <openssl/evp.h>
 
 #include "bounds.h"
 #include "bytes.h"
+#include "kitindex.h"
 #include "kitverify.h"
 #include "merkle.h"
 #include "remote.h"
@@ -320,7 +322,282 @@ static int load_identity(struct snapshot *s, struct stella_err *e)
 	if (!s->signers && meta_str(s->ix, "signers", &v) == 0)
 		s->signers = (unsigned)strtoul(v, NULL, 10);
 	free(v);
+	const char *keys[] = { "dataBase", "treeBase", "headLen" };
+	uint64_t *vals[] = { &s->data_base, &s->tree_base, &s->head_len };
+	for (size_t i = 0; i < ARRAY_SIZE(keys); i++) {
+		v = NULL;
+		if (meta_str(s->ix, keys[i], &v) == 0 && parse_u64(v, vals[i]) < 0) {
+			free(v);
+			return stella_fail(e, -EBADMSG, "index of %s: bad %s", s->kit_path, keys[i]);
+		}
+		free(v);
+	}
+	s->carried = s->head_len != 0;
 	return 0;
+}
+
+/* The last steps of an index build, for both ways: the kit's facts, the
+ * commit, durable, sealed, then put in place under its name. */
+static int index_seal(struct snapshot *s, struct index *ix, const char *tmp, const char *final, bool persist,
+		      const struct kit_facts *f, struct stella_err *e)
+{
+	int r = set_meta_str(ix, "kitSize", f->size, e);
+	if (r == 0)
+		r = set_meta_str(ix, "kitHead", f->head, e);
+	if (r == 0)
+		r = set_meta_str(ix, "kitStat", f->stat, e);
+	if (r == 0)
+		r = set_meta_str(ix, "trust", f->trust, e);
+	if (r == 0)
+		r = set_meta_str(ix, "complete", "1", e);
+	if (r == 0)
+		r = index_finish(ix, e);
+	if (r == 0) {
+		/* durable before it has its name: a crash leaves no half index
+		 * that a remount would trust */
+		int fd = open(tmp, O_RDONLY | O_CLOEXEC);
+		if (fd < 0 || fsync(fd) < 0)
+			r = stella_fail_errno(e, -errno, "index %s", tmp);
+		if (fd >= 0)
+			close(fd);
+	}
+	/* its digest, beside it under the name it is about to get: a later
+	 * mount uses it only if its bytes are still these */
+	if (r == 0)
+		r = seal_create(tmp, persist ? final : NULL, &s->seal, e);
+	if (r == 0 && rename(tmp, final) < 0)
+		r = stella_fail_errno(e, -errno, "index %s", final);
+	return r;
+}
+
+/* ---- kit format 1.1: the index the kit carries ---- */
+
+/* The head of a kit read through its own cursor on the kit's bytes. */
+struct head {
+	struct source *src;
+	struct kitread *kr;
+	char *json, *sig;
+	size_t jlen, slen;
+	struct manifest *m;
+	uint64_t head_tar;       /* where the body starts in the tar stream */
+	uint64_t merkle_off, merkle_size;
+};
+
+static void head_free(struct head *h)
+{
+	if (h->kr)
+		kitread_close(h->kr);
+	if (h->src)
+		source_close(h->src);
+	free(h->json);
+	free(h->sig);
+	manifest_free(h->m);
+}
+
+static uint64_t round512(uint64_t x)
+{
+	return (x + 511) & ~(uint64_t)511;
+}
+
+/* One member of the head, which must be NAME (a regular file). */
+static int head_member(struct head *h, const char *name, struct kit_member *m, struct stella_err *e)
+{
+	int r = kitread_next(h->kr, m, e);
+	if (r == 0)
+		return stella_fail(e, -EBADMSG, "%s: the archive ends before %s", source_path(h->src), name);
+	if (r < 0)
+		return r;
+	if (strcmp(m->name, name) || m->type != ARTIFACT_FILE)
+		return stella_fail(e, -EBADMSG, "%s: member \"%.300s\" where %s must be", source_path(h->src), m->name, name);
+	return 0;
+}
+
+/* The manifest and its signature, checked; 1: the kit carries no index
+ * (a v1 kit: the caller walks it). */
+static int head_manifest(struct head *h, const struct snapshot_opts *o, struct snapshot *s, struct stella_err *e)
+{
+	const char *path = o->kit;
+	struct kit_member m;
+	int r = head_member(h, KIT_MANIFEST_NAME, &m, e);
+	if (r < 0 || (r = kitread_slurp(h->kr, &m, STELLA_MANIFEST_MAX, &h->json, e)) < 0)
+		return r;
+	h->jlen = m.size;
+	/* most v1 kits say so without a parse */
+	if (!memmem(h->json, h->jlen, "\"index\"", 7))
+		return 1;
+	if ((r = head_member(h, KIT_SIG_NAME, &m, e)) < 0 || (r = kitread_slurp(h->kr, &m, STELLA_SIG_MAX, &h->sig, e)) < 0)
+		return r;
+	h->slen = m.size;
+	struct stella_err me = { 0 };
+	if ((r = manifest_parse(h->json, h->jlen, &h->m, &me)) < 0)
+		return stella_fail(e, r, "%s: %s", path, stella_err_text(&me, r));
+	if (!h->m->has_index)
+		return 1;
+	if ((r = sha256_once(h->json, h->jlen, s->manifest_sha256)) < 0)
+		return stella_fail_errno(e, r, "%s: manifest: SHA-256", path);
+	if (o->trust) {
+		struct stella_err se = { 0 };
+		if ((r = sig_check(o->trust, o->threshold, (const uint8_t *)h->json, h->jlen, h->sig, h->slen, &s->signers,
+				   &se)) < 0)
+			return stella_fail(e, r, "%s: %s", path, stella_err_text(&se, r));
+	}
+	if (!o->allow_expired && o->now >= h->m->expires_at) {
+		char t[32];
+		time_format(h->m->expires_at, t);
+		return stella_fail(e, -EKEYEXPIRED, "%s: kit %s %s expired at %s", path, h->m->kit_id, h->m->version, t);
+	}
+	if (h->m->has_base)
+		return stella_fail(e, -EINVAL, "%s: a delta kit (base %s) cannot be mounted alone: import it into a store that holds its base",
+				   path, h->m->base_version);
+	return 0;
+}
+
+/* The index member, copied to TMP (the cache file it becomes) while its
+ * size and digest are checked against the manifest's "index". */
+static int head_index(struct head *h, const char *tmp, struct stella_err *e)
+{
+	const char *path = source_path(h->src);
+	struct kit_member m;
+	int r = head_member(h, KIT_INDEX_NAME, &m, e);
+	if (r < 0)
+		return r;
+	if (m.size != h->m->index_size)
+		return stella_fail(e, -EUCLEAN, "%s: %s: size mismatch (manifest: %llu, archive: %llu)", path, KIT_INDEX_NAME,
+				   (unsigned long long)h->m->index_size, (unsigned long long)m.size);
+	_cleanup_(closep) int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		return stella_fail_errno(e, -errno, "index %s", tmp);
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	_cleanup_(freep) uint8_t *buf = malloc(1u << 16);
+	r = ctx && buf && EVP_DigestInit_ex2(ctx, EVP_sha256(), NULL) ? 0 : -ENOMEM;
+	for (uint64_t left = m.size; r == 0 && left > 0;) {
+		ssize_t n = kitread_data(h->kr, buf, MIN(left, (uint64_t)1 << 16), e);
+		if (n <= 0) {
+			r = n < 0 ? (int)n : stella_fail(e, -EBADMSG, "%s: %s: truncated archive", path, KIT_INDEX_NAME);
+			break;
+		}
+		if (!EVP_DigestUpdate(ctx, buf, (size_t)n))
+			r = -ENOMEM;
+		else if ((r = write_full(fd, buf, (size_t)n)) < 0)
+			r = stella_fail_errno(e, r, "index %s", tmp);
+		left -= (uint64_t)n;
+	}
+	uint8_t d[32];
+	if (r == 0 && !EVP_DigestFinal_ex(ctx, d, NULL))
+		r = -ENOMEM;
+	EVP_MD_CTX_free(ctx);
+	if (r == 0 && memcmp(d, h->m->index_sha256, 32))
+		r = stella_fail(e, -EUCLEAN, "%s: %s: sha256 mismatch", path, KIT_INDEX_NAME);
+	h->head_tar = round512(m.data_offset + m.size);
+	return r;
+}
+
+/* merkle.bin, if it follows: only its place and size (every tree is
+ * checked against its file's root when used).  The head ends after it. */
+static int head_merkle(struct head *h, struct stella_err *e)
+{
+	struct kit_member m;
+	int r = kitread_next(h->kr, &m, e);
+	if (r <= 0 || strcmp(m.name, KIT_MERKLE_NAME))
+		return r < 0 ? r : 0; /* the first artifact, or the end */
+	if (m.type != ARTIFACT_FILE)
+		return stella_fail(e, -EBADMSG, "%s: %s is not a regular file", source_path(h->src), KIT_MERKLE_NAME);
+	h->merkle_off = m.data_offset;
+	h->merkle_size = m.size;
+	h->head_tar = round512(m.data_offset + m.size);
+	/* A compressed kit: decode past the head's end, so that the stream
+	 * pass sees the frame or member the body starts with. */
+	if (source_compression(h->src) != KIT_COMPRESS_NONE && (r = kitread_next(h->kr, &m, e)) < 0)
+		return r;
+	return 0;
+}
+
+/* The most tar stream the body of a compressed kit can be: every
+ * artifact's headers and padded data, the archive's end and padding. */
+static uint64_t body_bound(const struct manifest *m)
+{
+	uint64_t b = 64u << 10;
+	for (size_t i = 0; i < m->nartifacts; i++) {
+		uint64_t add = (16u << 10) + round512(m->artifacts[i].size);
+		b = b + add < b ? UINT64_MAX : b + add;
+	}
+	return b;
+}
+
+/* Mount from the index the kit carries: the head only, never the body.
+ * 1: the kit carries none (the caller walks it, as for every v1 kit). */
+static int carried_index(struct snapshot *s, const struct snapshot_opts *o, const char *tmp, const char *final,
+			 bool persist, const struct kit_facts *f, struct stella_err *e)
+{
+	struct head h = { 0 };
+	struct index *ix = NULL;
+	int r = source_dup(s->src, &h.src, e);
+	if (r == 0)
+		r = kitread_open_source(h.src, &h.kr, e);
+	if (r < 0)
+		goto out;
+	kitread_set_limit(h.kr, (uint64_t)STELLA_MANIFEST_MAX + STELLA_SIG_MAX + (4u << 20));
+	if ((r = head_manifest(&h, o, s, e)) != 0)
+		goto out;
+	/* the head: the manifest's bytes, the index, merkle.bin (at most
+	 * a tree block per 128 data blocks, and an entry, per file) */
+	uint64_t bound = h.jlen + STELLA_SIG_MAX + h.m->index_size + (1u << 20);
+	for (size_t i = 0; i < h.m->nartifacts; i++)
+		bound += h.m->artifacts[i].size / 64 + 8192;
+	kitread_set_limit(h.kr, bound);
+	if ((r = head_index(&h, tmp, e)) < 0 || (r = head_merkle(&h, e)) < 0)
+		goto out;
+	bool compressed = source_compression(h.src) != KIT_COMPRESS_NONE;
+	uint64_t head_len = h.head_tar;
+	if (compressed && source_boundary(h.src, h.head_tar, &head_len) < 0) {
+		r = stella_fail(e, -EBADMSG, "%s: %s: the first artifact does not start a fresh %s", o->kit, KIT_INDEX_NAME,
+				source_compression(h.src) == KIT_COMPRESS_ZSTD ? "zstd frame" : "gzip member");
+		goto out;
+	}
+	uint64_t fsize = source_file_size(h.src);
+	struct kitindex_geom g = {
+		.body_max = compressed ? body_bound(h.m) : fsize > h.head_tar ? fsize - h.head_tar : 0,
+		.merkle_size = h.merkle_size, .compressed = compressed,
+	};
+	struct kitindex_info info;
+	char label[4200];
+	snprintf(label, sizeof(label), "%s: %s", o->kit, KIT_INDEX_NAME);
+	if ((r = kitindex_check(tmp, label, h.m, &g, NULL, NULL, &info, e)) < 0)
+		goto out;
+	s->files = info.files;
+	s->bytes = info.bytes;
+	s->head_len = head_len;
+	s->data_base = h.head_tar;
+	s->tree_base = h.merkle_off;
+	if ((r = index_reopen(tmp, &ix, e)) < 0)
+		goto out;
+	if (compressed) {
+		const struct source_point *pts;
+		size_t n = source_points(h.src, &pts);
+		if ((r = index_rebase_points(ix, pts, n, h.head_tar, head_len, info.body_size, e)) < 0)
+			goto out;
+	}
+	struct snapshot_facts sf = { .files = s->files, .bytes = s->bytes, .signers = s->signers };
+	memcpy(sf.manifest_sha256, s->manifest_sha256, 32);
+	char num[32];
+	r = snapshot_write_facts(ix, h.m, &sf, e);
+	const char *keys[] = { "dataBase", "treeBase", "headLen" };
+	uint64_t vals[] = { h.head_tar, h.merkle_off, head_len };
+	for (size_t i = 0; i < ARRAY_SIZE(keys) && r == 0; i++) {
+		snprintf(num, sizeof(num), "%llu", (unsigned long long)vals[i]);
+		r = set_meta_str(ix, keys[i], num, e);
+	}
+	if (r == 0)
+		r = index_seal(s, ix, tmp, final, persist, f, e);
+out:
+	index_close(ix);
+	if (r < 0 || r == 1) {
+		unlink(tmp);
+		seal_free(s->seal);
+		s->seal = NULL;
+	}
+	head_free(&h);
+	return r;
 }
 
 static int build_index(struct snapshot *s, const struct snapshot_opts *o, const char *tmp, const char *final,
@@ -360,32 +637,7 @@ static int build_index(struct snapshot *s, const struct snapshot_opts *o, const 
 	memcpy(s->manifest_sha256, res.manifest_sha256, 32);
 	r = snapshot_write_facts(ix, m, &sf, e);
 	if (r == 0)
-		r = set_meta_str(ix, "kitSize", f->size, e);
-	if (r == 0)
-		r = set_meta_str(ix, "kitHead", f->head, e);
-	if (r == 0)
-		r = set_meta_str(ix, "kitStat", f->stat, e);
-	if (r == 0)
-		r = set_meta_str(ix, "trust", f->trust, e);
-	if (r == 0)
-		r = set_meta_str(ix, "complete", "1", e);
-	if (r == 0)
-		r = index_finish(ix, e);
-	if (r == 0) {
-		/* durable before it has its name: a crash leaves no half index
-		 * that a remount would trust */
-		int fd = open(tmp, O_RDONLY | O_CLOEXEC);
-		if (fd < 0 || fsync(fd) < 0)
-			r = stella_fail_errno(e, -errno, "index %s", tmp);
-		if (fd >= 0)
-			close(fd);
-	}
-	/* its digest, beside it under the name it is about to get: a later
-	 * mount uses it only if its bytes are still these */
-	if (r == 0)
-		r = seal_create(tmp, persist ? final : NULL, &s->seal, e);
-	if (r == 0 && rename(tmp, final) < 0)
-		r = stella_fail_errno(e, -errno, "index %s", final);
+		r = index_seal(s, ix, tmp, final, persist, f, e);
 out:
 	index_close(ix);
 	if (r < 0) {
@@ -446,6 +698,21 @@ static bool index_damaged(struct snapshot *s)
 	return true;
 }
 
+/* The seek points of a compressed kit, from its index (the stream pass
+ * that would record them is not run). */
+static int install_points(struct snapshot *s, const char *final, struct stella_err *e)
+{
+	if (s->compression == KIT_COMPRESS_NONE)
+		return 0;
+	struct source_point *pts;
+	size_t n;
+	uint64_t total = 0;
+	int r;
+	if ((r = index_get_points(s->ix, &pts, &n, &total)) < 0 || (r = source_set_points(s->src, pts, n, total)) < 0)
+		return stella_fail(e, r == -EINVAL ? -EBADMSG : r, "index %s: bad seek points", final);
+	return 0;
+}
+
 /* A known kit (the facts above match its cached index): the signature was
  * checked under this same trust store when the index was built; expiry
  * depends on the clock and is checked again.  No byte of the manifest is
@@ -470,14 +737,8 @@ static int open_cached(struct snapshot *s, const struct snapshot_opts *o, const 
 		return stella_fail(e, -EKEYEXPIRED, "%s: kit %s %s expired at %s",
 				   o->kit, m->kit_id, m->version, t);
 	}
-	if (s->compression != KIT_COMPRESS_NONE) {
-		struct source_point *pts;
-		size_t n;
-		uint64_t total = 0;
-		if ((r = index_get_points(s->ix, &pts, &n, &total)) < 0 ||
-		    (r = source_set_points(s->src, pts, n, total)) < 0)
-			return stella_fail(e, r, "index %s: bad seek points", final);
-	}
+	if ((r = install_points(s, final, e)) < 0)
+		return r;
 	s->index_cached = true;
 	return 0;
 }
@@ -558,9 +819,15 @@ int snapshot_open_kit(const struct snapshot_opts *o, struct snapshot **out, stru
 		}
 		seal_free(s->seal);
 		s->seal = NULL;
-		if ((r = build_index(s, o, tmp, final, !own_tmpdir, &f, e)) < 0)
+		/* kit format 1.1: the head only; a v1 kit: the walk */
+		r = carried_index(s, o, tmp, final, !own_tmpdir, &f, e);
+		if (r == 1)
+			r = build_index(s, o, tmp, final, !own_tmpdir, &f, e);
+		if (r < 0)
 			goto fail;
 		if ((r = index_open(final, &s->ix, e)) < 0 || (r = load_identity(s, e)) < 0)
+			goto fail;
+		if (s->carried && (r = install_points(s, final, e)) < 0)
 			goto fail;
 	}
 	if (own_tmpdir) {
@@ -733,8 +1000,8 @@ static struct snap_file *file_new(struct snapshot *s, const struct index_node *n
 	f->ino = n->ino;
 	f->refs = 1;
 	f->size = n->size;
-	f->data_off = n->data_off;
-	f->tree_off = n->tree_off;
+	f->data_off = n->data_off + s->data_base;
+	f->tree_off = n->tree_off >= 0 ? n->tree_off + (int64_t)s->tree_base : -1;
 	memcpy(f->fsverity, n->fsverity, 32);
 	pthread_mutex_init(&f->lock, NULL);
 	*rc = 0;
@@ -743,7 +1010,7 @@ static struct snap_file *file_new(struct snapshot *s, const struct index_node *n
 	 * anything is sized after it. */
 	if (s->src) {
 		uint64_t total = source_stream_size(s->src);
-		if (n->size > total || n->data_off > total - n->size)
+		if (n->data_off > UINT64_MAX - s->data_base || n->size > total || f->data_off > total - n->size)
 			*rc = stella_fail(e, -EIO, "index: inode %llu lies outside the kit", (unsigned long long)n->ino);
 	}
 	if (*rc == 0 && s->blobs.fd >= 0 && n->size > 0) {

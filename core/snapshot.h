@@ -50,6 +50,17 @@ struct snapshot {
 	char last_failure[512];       /* "path: block N" of the latest mismatch */
 
 	struct source *src;           /* direct mode: the kit's tar stream */
+	/* Kit format 1.1 (docs/kit-format.md, "The carried index"): the head
+	 * (manifest, signature, index, merkle.bin) is the first head_len
+	 * bytes of the kit file, where the first artifact's header (and, in a
+	 * compressed kit, a fresh frame or member) starts; the rest is read at
+	 * random only.  The index's data offsets are relative to data_base
+	 * (the head's length in the tar stream), its tree offsets to
+	 * tree_base (merkle.bin's data).  All 0 for an index built by walking
+	 * a kit (offsets absolute) and in store mode. */
+	uint64_t head_len;
+	uint64_t data_base, tree_base;
+	bool carried;                 /* the index came from the kit */
 	/* store mode (fd -1 otherwise), the caller's, borrowed for the
 	 * snapshot's life; files in them are opened through core/fdcache */
 	struct fdcache_dir blobs;     /* STORE/blobs, file data by sha256 */

@@ -53,6 +53,10 @@ struct source {
 	size_t npts, cap;
 	uint64_t stream_size;   /* known once the stream pass reached the end */
 	bool complete;
+	/* the latest gzip member / zstd frame starts the stream pass saw,
+	 * every one (source_boundary) */
+	struct { uint64_t out, in; } bnd[8];
+	unsigned nbnd;
 
 	struct cursor stream;   /* the sequential pass */
 	struct cursor cur[NCURSORS];
@@ -198,6 +202,22 @@ int source_dup(const struct source *s, struct source **out, struct stella_err *e
 	return r < 0 ? r : source_open_bytes(b, out, e);
 }
 
+static void boundary_note(struct source *s, uint64_t out, uint64_t in)
+{
+	s->bnd[s->nbnd++ % ARRAY_SIZE(s->bnd)].out = out;
+	s->bnd[(s->nbnd - 1) % ARRAY_SIZE(s->bnd)].in = in;
+}
+
+int source_boundary(const struct source *s, uint64_t out, uint64_t *in)
+{
+	for (unsigned i = 0; i < ARRAY_SIZE(s->bnd) && i < s->nbnd; i++)
+		if (s->bnd[i].out == out) {
+			*in = s->bnd[i].in;
+			return 0;
+		}
+	return -ENOENT;
+}
+
 static void point_add(struct source *s, uint64_t out, uint64_t in, uint8_t bits, const uint8_t *window)
 {
 	if (s->complete || (s->npts && s->pts[s->npts - 1].out >= out))
@@ -326,6 +346,8 @@ static ssize_t gz_step(struct source *s, struct cursor *c, uint8_t *buf, size_t 
 			 * kit of members shorter than the 32 KiB window (any gzip
 			 * writer may cut there) has no other, and every read would
 			 * decode from the start of the kit. */
+			if (record)
+				boundary_note(s, c->out, in_pos);
 			if (record && c->out - s->pts[s->npts - 1].out >= GZ_SPAN)
 				point_add(s, c->out, in_pos, 0, NULL);
 			continue;
@@ -395,6 +417,8 @@ static ssize_t zstd_step(struct source *s, struct cursor *c, uint8_t *buf, size_
 			    magic[1] == 0x2a && magic[2] == 0x4d && magic[3] == 0x18)
 				return stella_fail(e, -EBADMSG, "%s: trailing garbage: a zstd skippable frame at byte %llu",
 						   s->path, (unsigned long long)in_pos);
+			if (record)
+				boundary_note(s, c->out, in_pos);
 			if (record && c->out - s->pts[s->npts - 1].out >= ZSTD_SPAN)
 				point_add(s, c->out, in_pos, 0, NULL);
 		}

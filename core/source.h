@@ -93,5 +93,9 @@ size_t source_points(const struct source *s, const struct source_point **pts);
  * windows, also when it refuses them (-EINVAL: not points of this kit). */
 int source_set_points(struct source *s, struct source_point *pts, size_t n, uint64_t total);
 uint64_t source_stream_size(const struct source *s);
+/* Whether the stream pass saw a gzip member or zstd frame start at tar
+ * offset OUT, among the last few it passed; *in: its offset in the file
+ * (a kit's body starts with one: docs/kit-format.md, "The carried index"). */
+int source_boundary(const struct source *s, uint64_t out, uint64_t *in);
 
 #define SOURCE_WINDOW 32768u

@@ -33,6 +33,7 @@ BIN = Path(os.environ.get("STELLAKIT") or (REPO / "build" / "tools" / "stellakit
 MANIFEST = "manifest/offline-manifest.json"
 SIGNAME = "manifest/offline-manifest.json.sig"
 MERKLE = "manifest/merkle.bin"
+INDEX = "manifest/index"
 
 CREATED_AT = "2025-01-15T00:00:00Z"
 CREATED_EPOCH = 1736899200  # == CREATED_AT

@@ -323,8 +323,9 @@ def test_usb_import_through_control(prefix, demo, keys, mounter, usb_stick, tmp_
     good = demo("2025.01.16", 20250116, compress="none")
     bad = demo("2025.01.17", 20250117, compress="none", name="tampered.tar")
     data = bytearray(bad.read_bytes())
-    i = data.find(b"SQLite format 3")
-    assert i > 0
+    # vuln.db's own bytes (the kit's index, manifest/index, is an SQLite file too)
+    i = kitlib.member_data_offset(bad, "feeds/vuln-db/vuln.db")
+    assert data[i:i + 15] == b"SQLite format 3"
     data[i + 40000] ^= 0x01
     bad.write_bytes(data)
     stick = usb_stick([good, f"{good}.sha256", f"{good}.sig", bad])

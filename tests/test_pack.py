@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import kitlib
-from kitlib import (CREATED_AT, CREATED_EPOCH, EXPIRES_FAR, MANIFEST, MERKLE, SIGNAME,
+from kitlib import (CREATED_AT, CREATED_EPOCH, EXPIRES_FAR, INDEX, MANIFEST, MERKLE, SIGNAME,
                     SIZE_FILES, assert_fail, assert_ok, run, sh)
 
 COMPRESSIONS = kitlib.COMPRESSIONS
@@ -157,7 +157,12 @@ def test_member_order(packed, compress):
     names = [ti.name for ti, _ in k.members]
     assert names[0] == MANIFEST
     assert names[1] == SIGNAME
-    rest = names[2:]
+    # kit format 1.1: the index third, bound by the manifest's "index"
+    assert names[2] == INDEX
+    data = dict((ti.name, d) for ti, d in k.members)[INDEX]
+    assert k.manifest["index"] == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert list(k.manifest).index("index") < list(k.manifest).index("artifacts")
+    rest = names[3:]
     if rest and rest[0] == MERKLE:
         rest = rest[1:]
     assert rest == sorted(rest, key=kitlib.name_key)
@@ -177,7 +182,7 @@ def test_members_agree_with_artifacts(packed):
     k = packed("none")
     arts = _by_name(k.manifest["artifacts"])
     for ti, data in k.members[2:]:
-        if ti.name == MERKLE:
+        if ti.name in (MERKLE, INDEX):
             continue
         a = arts[ti.name]
         t = kitlib.artifact_type(a)

@@ -36,12 +36,16 @@ static const char help[] =
 	"      --compress none|gzip|zstd\n"
 	"                           default from OUT_KIT's name (.gz/.tgz, .zst), else none\n"
 	"      --base OLD_KIT       make a delta kit: artifacts unchanged since\n"
-	"                           OLD_KIT are listed but not carried\n"
+	"                           OLD_KIT are listed but not carried (a delta kit\n"
+	"                           carries no index)\n"
+	"      --no-index           leave out the carried index (manifest/index): a\n"
+	"                           version 1 kit, which a mount indexes by reading it\n"
+	"                           whole\n"
 	"  -h, --help               show this help\n";
 
 enum {
 	OPT_TEMPLATE = 256, OPT_KIT_ID, OPT_VERSION, OPT_SEQUENCE, OPT_CHANNEL, OPT_CREATED_AT,
-	OPT_EXPIRES_AT, OPT_EXPIRES_IN, OPT_COMPONENT, OPT_COMPRESS, OPT_BASE,
+	OPT_EXPIRES_AT, OPT_EXPIRES_IN, OPT_COMPONENT, OPT_COMPRESS, OPT_BASE, OPT_NO_INDEX,
 };
 
 struct pack_args {
@@ -51,6 +55,7 @@ struct pack_args {
 	size_t nkeys;
 	const char *components[1024];
 	size_t ncomponents;
+	bool no_index;
 };
 
 static int set_string(char **dst, const char *v)
@@ -313,6 +318,7 @@ static int parse_args(int argc, char **argv, struct pack_args *a)
 		{ "component", required_argument, NULL, OPT_COMPONENT },
 		{ "compress", required_argument, NULL, OPT_COMPRESS },
 		{ "base", required_argument, NULL, OPT_BASE },
+		{ "no-index", no_argument, NULL, OPT_NO_INDEX },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -340,6 +346,7 @@ static int parse_args(int argc, char **argv, struct pack_args *a)
 			break;
 		case OPT_COMPRESS: a->compress = optarg; break;
 		case OPT_BASE: a->base = optarg; break;
+		case OPT_NO_INDEX: a->no_index = true; break;
 		case 'h': fputs(help, stdout); return 0;
 		default: return usage_error("pack", "unknown or incomplete option '%s'", argv[optind - 1]);
 		}
@@ -418,7 +425,7 @@ int cmd_pack(int argc, char **argv)
 
 	struct kitwrite_opts wo = {
 		.src_dir = src, .out_path = out, .keys = keys, .nkeys = a.nkeys, .manifest = m,
-		.compression = comp, .base = base, .progress = progress_cb, .progress_ctx = (void *)"packing",
+		.compression = comp, .no_index = a.no_index, .base = base, .progress = progress_cb, .progress_ctx = (void *)"packing",
 	};
 	struct kitwrite_result wr;
 	if ((r = kit_write(&wo, &wr, &e)) < 0) {

@@ -22,10 +22,10 @@ top=$(cd "$here/../.." && pwd)
 kit=${1:-$top/build/tools/stellakit}
 fuzzbuild=${2:-$top/build-fuzz}
 [ -x "$kit" ] || { echo "make-corpus.sh: $kit not built (meson compile -C build)" >&2; exit 1; }
-all="fuzz_manifest fuzz_sig fuzz_kit fuzz_merkle fuzz_source fuzz_trust fuzz_control fuzz_options fuzz_index"
+all="fuzz_manifest fuzz_sig fuzz_kit fuzz_merkle fuzz_source fuzz_trust fuzz_control fuzz_options fuzz_index fuzz_kitindex"
 targets=${TARGETS:-$all}
 want() { case " $targets " in *" $1 "*) return 0 ;; esac; return 1; }
-for t in fuzz_trust fuzz_index; do
+for t in fuzz_trust fuzz_index fuzz_kitindex; do
 	if want $t && [ ! -x "$fuzzbuild/tests/fuzz/$t" ]; then
 		echo "make-corpus.sh: $fuzzbuild/tests/fuzz/$t not built (ninja -C build-fuzz)" >&2
 		exit 1
@@ -246,6 +246,26 @@ if want fuzz_index; then
 	find "$here/pending/fuzz_index" -maxdepth 1 -type f -name '*.db' -delete
 	STELLA_FUZZ_SEEDS=$tmp/index "$fuzzbuild/tests/fuzz/fuzz_index" -runs=0 >/dev/null 2>&1
 	python3 "$here/make-index-corpus.py" "$tmp/index" "$corpus/fuzz_index" "$here/pending/fuzz_index"
+fi
+
+# --- fuzz_kitindex: the index member of the kit the target packs at
+# start-up, and a few edits of it (each refused by the mount's checks)
+if want fuzz_kitindex; then
+	c=$corpus/fuzz_kitindex
+	mkdir -p "$c" "$tmp/kitindex"
+	STELLA_FUZZ_SEEDS=$tmp/kitindex "$fuzzbuild/tests/fuzz/fuzz_kitindex" -runs=0 >/dev/null 2>&1
+	cp "$tmp/kitindex/index.db" "$c/index.db"
+	i=0
+	for sql in "UPDATE node SET sha256=zeroblob(32) WHERE type=0" \
+		   "UPDATE node SET data_off=data_off-512 WHERE size>0" \
+		   "UPDATE node SET parent=(SELECT max(ino) FROM node) WHERE ino=2" \
+		   "DELETE FROM node WHERE ino=(SELECT max(ino) FROM node)" \
+		   "UPDATE node SET tree_off=tree_off+4096 WHERE tree_off>=0"; do
+		i=$((i + 1))
+		cp "$c/index.db" "$c/edit-$i.db"
+		python3 -c 'import sqlite3,sys; d=sqlite3.connect(sys.argv[1]); d.executescript(sys.argv[2]); d.commit()' \
+			"$c/edit-$i.db" "$sql"
+	done
 fi
 
 du -sh "$corpus"

@@ -11,7 +11,7 @@ static void check_members(const char *kit)
 	char cmd[1200];
 	snprintf(cmd, sizeof(cmd),
 		 "tar -tf %s | tr '\\n' ' ' | grep -qx 'manifest/offline-manifest.json manifest/offline-manifest.json.sig "
-		 "manifest/merkle.bin a.txt d/big d/empty d/link '",
+		 "manifest/index manifest/merkle.bin a.txt d/big d/empty d/link '",
 		 kit);
 	if (system(cmd) != 0) {
 		snprintf(cmd, sizeof(cmd), "tar -tf %s >&2", kit);

@@ -138,7 +138,7 @@ static void run(const char *kitname, enum kit_compression comp, EVP_PKEY *key, s
 	CHECK(snapshot_getattr(s, ino, n) == 0);
 	int fd = open(kit, O_RDWR);
 	uint8_t b;
-	uint64_t at = n->data_off + 300 * 4096 + 17;
+	uint64_t at = s->data_base + n->data_off + 300 * 4096 + 17; /* relative in a carried index */
 	CHECK(pread(fd, &b, 1, (off_t)at) == 1);
 	b ^= 0xff;
 	CHECK(pwrite(fd, &b, 1, (off_t)at) == 1);

@@ -1,0 +1,53 @@
+/* The index a kit carries (kit format 1.1, member manifest/index): an
+ * SQLite database in the schema core/index.c serves from, with every
+ * offset relative to the kit's body (the first artifact's header, where a
+ * fresh zstd frame or gzip member starts in a compressed kit) and every
+ * tree offset relative to the start of manifest/merkle.bin's data.
+ * docs/kit-format.md, "The carried index", describes it.
+ *
+ * Nothing in it is trusted before kitindex_check: it is a file the kit's
+ * signer made, checked here against the signed manifest entry by entry and
+ * for its structure, and even then every byte a read returns is verified
+ * against the fs-verity roots the manifest signs. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "err.h"
+#include "manifest.h"
+
+#define KITINDEX_FORMAT "1"
+
+/* What the reader knows of the kit around the index. */
+struct kitindex_geom {
+	uint64_t body_max;     /* tar stream bytes the body can hold at most
+				* (uncompressed: the file after the head; a
+				* compressed kit: the index's own claim, bounded) */
+	uint64_t merkle_size;  /* merkle.bin's size, 0 when the kit has none */
+	bool compressed;
+};
+
+/* What the check learned from the index. */
+struct kitindex_info {
+	uint64_t body_size;    /* "bodySize": the body's tar stream bytes */
+	uint64_t nodes;        /* rows, the root included */
+	uint64_t files, bytes;
+};
+
+/* Check the index file FILE (messages name it LABEL) against manifest M and geometry G: its
+ * schema is index.c's; its meta keys are the carried ones; no tree rows;
+ * seek points only in a compressed kit, without windows; its nodes are
+ * exactly those index_add makes from M's artifacts, in M's order (names,
+ * parents, types, modes, sizes, digests, targets, nothing extra or
+ * missing), each parent a directory seen before it (no cycle); file data
+ * ranges sorted, not overlapping, inside the body; trees inside
+ * merkle.bin.  each (may be NULL) gets every artifact's data offset, in
+ * manifest order.  -EBADMSG (malformed) or -EUCLEAN (an entry disagrees
+ * with the manifest), with one line in e. */
+int kitindex_check(const char *file, const char *label, const struct manifest *m, const struct kitindex_geom *g,
+		   int (*each)(void *ctx, size_t i, uint64_t data_off, struct stella_err *e), void *ctx,
+		   struct kitindex_info *info, struct stella_err *e);
+
+/* SHA-256 of everything fd holds, read from its start. */
+int kitindex_sha256_fd(int fd, uint8_t out[32]);

@@ -1,0 +1,130 @@
+/* core/kitindex: the carried index against its manifest. */
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <string.h>
+
+#include "kit_fixture.h"
+#include "kitindex.h"
+#include "util.h"
+
+static int count_each(void *ctx, size_t i, uint64_t off, struct stella_err *e)
+{
+	(void)i, (void)off, (void)e;
+	(*(size_t *)ctx)++;
+	return 0;
+}
+
+/* A copy of the index at src with SQL run on it, checked: the result. */
+static int check_edited(const char *src, const char *sql, const struct manifest *m, const struct kitindex_geom *g,
+			struct stella_err *e)
+{
+	char dst[600], cmd[1400];
+	snprintf(dst, sizeof(dst), "%s/edited.db", fx_dir);
+	snprintf(cmd, sizeof(cmd), "cp %s %s", src, dst);
+	CHECK(system(cmd) == 0);
+	sqlite3 *db = NULL;
+	CHECK(sqlite3_open(dst, &db) == SQLITE_OK);
+	CHECK(sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK);
+	sqlite3_close(db);
+	struct kitindex_info info;
+	memset(e, 0, sizeof(*e));
+	return kitindex_check(dst, "kit: manifest/index", m, g, NULL, NULL, &info, e);
+}
+
+int main(void)
+{
+	EVP_PKEY *key = NULL;
+	struct trust *trust = NULL;
+	fx_setup(&key, &trust);
+	char kit[512], idx[512], cmd[1600];
+	snprintf(kit, sizeof(kit), "%s/kit.tar", fx_dir);
+	snprintf(idx, sizeof(idx), "%s/index.db", fx_dir);
+	struct kitwrite_result wr;
+	struct stella_err e = { 0 };
+	CHECK(fx_pack(kit, key, KIT_COMPRESS_NONE, &wr, &e) == 0);
+	snprintf(cmd, sizeof(cmd), "tar -xOf %s manifest/index > %s", kit, idx);
+	CHECK(system(cmd) == 0);
+	char *json = NULL;
+	size_t jlen = 0;
+	snprintf(cmd, sizeof(cmd), "%s/m.json", fx_dir);
+	char x[2400];
+	snprintf(x, sizeof(x), "tar -xOf %s manifest/offline-manifest.json > %s", kit, cmd);
+	CHECK(system(x) == 0);
+	CHECK(read_file(cmd, 1 << 20, &json, &jlen) == 0);
+	struct manifest *m = NULL;
+	CHECK(manifest_parse(json, jlen, &m, &e) == 0);
+	CHECK(m->has_index);
+
+	/* the manifest binds the index's size and digest */
+	int fd = open(idx, O_RDONLY);
+	uint8_t d[32];
+	CHECK(fd >= 0 && kitindex_sha256_fd(fd, d) == 0);
+	CHECK(!memcmp(d, m->index_sha256, 32));
+	CHECK((uint64_t)lseek(fd, 0, SEEK_END) == m->index_size);
+	close(fd);
+
+	struct kitindex_geom g = { .body_max = 1 << 20, .merkle_size = 0, .compressed = false };
+	snprintf(cmd, sizeof(cmd), "tar -tvf %s manifest/merkle.bin | awk '{print $3}' > %s/msize", kit, fx_dir);
+	CHECK(system(cmd) == 0);
+	snprintf(cmd, sizeof(cmd), "%s/msize", fx_dir);
+	char *ms = NULL;
+	size_t msl;
+	CHECK(read_file(cmd, 64, &ms, &msl) == 0);
+	g.merkle_size = strtoull(ms, NULL, 10);
+	free(ms);
+	CHECK(g.merkle_size > 24);
+
+	struct kitindex_info info;
+	size_t n = 0;
+	CHECK(kitindex_check(idx, "kit: manifest/index", m, &g, count_each, &n, &info, &e) == 0);
+	CHECK(n == m->nartifacts);
+	CHECK(info.files == 3 && info.bytes == 100 + 3 * 4096 + 17);
+	CHECK(info.nodes == 1 + 1 + m->nartifacts); /* the root, the implied d/ */
+
+	/* the wrong merkle.bin size, a body too small for the data */
+	struct kitindex_geom bad = g;
+	bad.merkle_size = g.merkle_size + 1;
+	CHECK(kitindex_check(idx, "k", m, &bad, NULL, NULL, &info, &e) == -EBADMSG);
+	bad = g;
+	bad.body_max = 1000;
+	CHECK(kitindex_check(idx, "k", m, &bad, NULL, NULL, &info, &e) == -EBADMSG);
+	/* seek points in an uncompressed kit */
+	bad = g;
+	bad.compressed = true;
+	CHECK(kitindex_check(idx, "k", m, &bad, NULL, NULL, &info, &e) == -EBADMSG);
+
+	/* edits: each refused with its class */
+	const struct { const char *sql; int rc; const char *word; } edits[] = {
+		{ "UPDATE node SET sha256=zeroblob(32) WHERE type=0 AND size=100", -EUCLEAN, "sha256" },
+		{ "UPDATE node SET mode=448 WHERE ino=2", -EUCLEAN, "mode" },
+		{ "DELETE FROM node WHERE ino=(SELECT max(ino) FROM node)", -EUCLEAN, "missing" },
+		{ "INSERT INTO node VALUES(99,1,CAST('zz' AS BLOB),0,420,0,0,-1,zeroblob(32),zeroblob(32),NULL)", -EUCLEAN,
+		  "not in the manifest" },
+		{ "UPDATE node SET parent=4 WHERE ino=3", -EUCLEAN, "parent" },
+		{ "UPDATE node SET data_off=999999999 WHERE size=100", -EBADMSG, "outside" },
+		{ "UPDATE node SET tree_off=-1 WHERE size>4096", -EBADMSG, "tree" },
+		{ "UPDATE node SET tree_off=0 WHERE size=100", -EBADMSG, "tree" },
+		{ "UPDATE meta SET value='2' WHERE key='format'", -EBADMSG, "format" },
+		{ "DELETE FROM meta WHERE key='bodySize'", -EBADMSG, "missing" },
+		{ "CREATE VIEW v AS SELECT 1", -EBADMSG, "schema" },
+		{ "DROP INDEX node_children", -EBADMSG, "schema" },
+		{ "INSERT INTO tree VALUES(zeroblob(32), zeroblob(10))", -EBADMSG, "trees" },
+	};
+	for (size_t i = 0; i < sizeof(edits) / sizeof(edits[0]); i++) {
+		int r = check_edited(idx, edits[i].sql, m, &g, &e);
+		if (r != edits[i].rc || !strstr(e.msg, edits[i].word))
+			fprintf(stderr, "edit %zu (%s): %d %s\n", i, edits[i].sql, r, e.msg);
+		CHECK(r == edits[i].rc);
+		CHECK(strstr(e.msg, edits[i].word) != NULL);
+		CHECK(strchr(e.msg, '\n') == NULL);
+	}
+	/* not a database at all */
+	snprintf(cmd, sizeof(cmd), "%s/junk", fx_dir);
+	CHECK(write_file_atomic(cmd, "junk junk junk", 14, 0600) == 0);
+	CHECK(kitindex_check(cmd, "k", m, &g, NULL, NULL, &info, &e) == -EBADMSG);
+
+	manifest_free(m);
+	free(json);
+	fx_teardown(key, trust);
+	return CHECK_DONE();
+}
