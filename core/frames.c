@@ -329,6 +329,19 @@ static void slot_free(struct slot *sl)
 	sl->mapsize = sl->digsize = 0;
 }
 
+void frames_forget(struct frames *fs, uint64_t from, uint64_t to)
+{
+	pthread_mutex_lock(&fs->lock);
+	for (unsigned k = 0; k < fs->nslots; k++) {
+		struct slot *sl = &fs->slots[k];
+		bool done = sl->state == SLOT_READY || sl->state == SLOT_FAILED;
+		if (done && sl->refs == 0 && fs->out[sl->span] < to && fs->out[sl->span + 1] > from)
+			sl->state = SLOT_EMPTY; /* its buffers are kept for the next span */
+	}
+	pthread_cond_broadcast(&fs->cond);
+	pthread_mutex_unlock(&fs->lock);
+}
+
 /* Under fs->lock: make sl hold buffers for span i, within the budget.
  * 1: not under the budget; -ENOMEM; 0. */
 static int slot_fit(struct frames *fs, struct slot *sl, size_t i)

@@ -66,6 +66,13 @@ void frames_free(struct frames *fs);
 int frames_read(struct frames *fs, uint8_t *buf, size_t len, uint64_t off, struct source_digests *d,
 		struct stella_err *e);
 
+/* The stream bytes [from, to) failed verification (a mirror may have
+ * served bad compressed bytes, core/remote.h): decoded spans that hold
+ * any of them are not served again.  A span a reader is copying out of
+ * right now stays until the reader's retry finds it bad again (each retry
+ * costs the caller one of its bounded tries, never a wrong byte). */
+void frames_forget(struct frames *fs, uint64_t from, uint64_t to);
+
 /* Counters, for tests and the bench. */
 struct frames_stats {
 	uint64_t ahead;        /* spans decoded by the workers */

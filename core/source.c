@@ -644,6 +644,12 @@ int source_pread_digests(struct source *s, void *buf, size_t len, uint64_t off, 
 	return r;
 }
 
+/* Where the kit-file bytes of the span from point i end. */
+static uint64_t point_end_in(const struct source *s, size_t i)
+{
+	return i + 1 < s->npts ? s->pts[i + 1].in : s->file_size;
+}
+
 int source_report_bad(struct source *s, uint64_t stream_off, size_t len)
 {
 	if (len == 0)
@@ -662,13 +668,10 @@ int source_report_bad(struct source *s, uint64_t stream_off, size_t len)
 	uint64_t in = s->pts[first].in, end = point_end_in(s, last);
 	if (s->pts[first].bits && in > 0)
 		in--;
-	/* nothing decoded from them may be served again: the frames and the
-	 * cursors that hold such bytes, or state made from them, go */
-	for (int k = 0; k < NFRAMES; k++) {
-		struct frame *f = &s->frames[k];
-		if (f->state == FRAME_READY && f->refs == 0 && f->index >= first && f->index <= last)
-			f->state = FRAME_EMPTY;
-	}
+	/* nothing decoded from them may be served again: the decoded spans
+	 * and the cursors that hold such bytes, or state made from them, go */
+	if (s->frames)
+		frames_forget(s->frames, s->pts[first].out, stream_off + len);
 	for (int i = 0; i < NCURSORS; i++)
 		if (!s->cur[i].busy)
 			cursor_reset(&s->cur[i]);
