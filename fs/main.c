@@ -595,9 +595,11 @@ static unsigned max_threads(const struct fuse_cmdline_opts *cl)
  * down still mounts. */
 static int bind_cache(struct snapshot *s, struct stella_err *e)
 {
-	uint64_t head_len = 0;
+	uint64_t head_len = s->head_len;
 	char key[65];
-	int r = kit_head_extent(s->src, &head_len, e);
+	/* a kit that carries its index (docs/kit-format.md) said where its
+	 * head ends; an older one is read again up to its last head member */
+	int r = s->carried ? 0 : kit_head_extent(s->src, &head_len, e);
 	if (r < 0)
 		return r;
 	hex_encode(s->manifest_sha256, 32, key);
