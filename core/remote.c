@@ -550,7 +550,12 @@ static ssize_t remote_read_at(struct bytes *b, void *buf, size_t len, uint64_t o
 	/* a handle may be read from several threads at once: its streak is
 	 * kept under the lock (a guess either way, never a correctness matter) */
 	pthread_mutex_lock(&s->mu);
-	rb->streak = off == rb->next_off ? rb->streak + 1 : 0;
+	/* near where the last read ended counts: the kernel's readahead and
+	 * a reader's own reads arrive from several threads, a little out of
+	 * order */
+	bool near = rb->next_off != UINT64_MAX && off / REMOTE_CHUNK + 1 >= rb->next_off / REMOTE_CHUNK &&
+		    off / REMOTE_CHUNK <= rb->next_off / REMOTE_CHUNK + 1;
+	rb->streak = near ? rb->streak + 1 : 0;
 	rb->next_off = off + len;
 	if (rb->sequential || rb->streak >= 2)
 		readahead_locked(s, last);
