@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,7 @@
 #define MEM_CHUNKS 32          /* chunks kept in memory (not counting those in use) */
 #define READAHEAD 4            /* chunks fetched ahead of a sequential reader */
 #define WORKERS 2              /* threads fetching ahead */
+#define SEQ_SLACK (512u << 10) /* how far from the last read's end a "next" read may start */
 #define POOL 8                 /* spare chunk buffers kept */
 #define SRC_HINTS 4096
 #define BACKOFF_FIRST_MS 1000
@@ -91,13 +93,14 @@ struct shared {
 	size_t qn;
 	pthread_t workers[WORKERS];
 	int nworkers;
-	bool stopping;
+	atomic_bool stopping;       /* closing: workers stop, their requests end */
 };
 
 struct rbytes {
 	struct bytes b;
 	struct shared *s;
 	uint64_t next_off;      /* where the last read ended */
+	uint64_t last_off;      /* where it began (the same read again is not a step) */
 	unsigned streak;        /* reads in a row that began where the last ended */
 	bool sequential;        /* advised */
 };
@@ -288,7 +291,7 @@ static int ep_get(struct shared *s, struct endpoint *ep, uint64_t off, void *buf
 	char authz[4096] = "";
 	struct http_req rq = {
 		.url = ep->url, .off = off, .len = len, .buf = buf,
-		.deadline_ms = deadline, .o = &s->o,
+		.deadline_ms = deadline, .o = &s->o, .cancel = &s->stopping,
 	};
 	for (int attempt = 0; ; attempt++) {
 		if (ep->auth && ep->auth->authorize) {
@@ -550,8 +553,14 @@ static ssize_t remote_read_at(struct bytes *b, void *buf, size_t len, uint64_t o
 	/* a handle may be read from several threads at once: its streak is
 	 * kept under the lock (a guess either way, never a correctness matter) */
 	pthread_mutex_lock(&s->mu);
-	rb->streak = off == rb->next_off ? rb->streak + 1 : 0;
+	/* near where the last read ended counts: the kernel's readahead and
+	 * a reader's own reads arrive from several threads, a little out of
+	 * order */
+	uint64_t dist = off > rb->next_off ? off - rb->next_off : rb->next_off - off;
+	bool near = rb->next_off != UINT64_MAX && dist <= SEQ_SLACK && off != rb->last_off;
+	rb->streak = near ? rb->streak + 1 : 0;
 	rb->next_off = off + len;
+	rb->last_off = off;
 	if (rb->sequential || rb->streak >= 2)
 		readahead_locked(s, last);
 	pthread_mutex_unlock(&s->mu);
@@ -598,7 +607,7 @@ static int new_handle(struct shared *s, const char *name, struct bytes **out)
 	rb->b.ops = &remote_ops;
 	rb->b.size = s->size;
 	rb->s = s;
-	rb->next_off = UINT64_MAX;
+	rb->next_off = rb->last_off = UINT64_MAX;
 	*out = &rb->b;
 	return 0;
 }
