@@ -8,7 +8,7 @@
  * thread at a time), so its connections stay open between requests;
  * curl_global_init runs once, before the first handle.
  *
- * What a response means (docs/mirrors.md):
+ * What a response means (docs/remote.md):
  *   206 with a Content-Range naming exactly the range asked for  ok
  *   fewer body bytes than that range                             short
  *   200 where a range was asked (the server ignores Range)       http_error
@@ -24,6 +24,7 @@
  * HTTP_MAX_REDIRECTS, http and https only. */
 #pragma once
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -57,6 +58,9 @@ struct http_req {
 	const char *authorization;  /* the Authorization value, or NULL */
 	const char *if_none_match;  /* conditional request (follow=), or NULL */
 	const char *if_modified_since;
+	/* Optional: checked about once a second while the request waits; when
+	 * it becomes true the request ends (http_error, "cancelled"). */
+	const atomic_bool *cancel;
 };
 
 struct http_resp {

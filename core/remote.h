@@ -1,7 +1,8 @@
 /* Kit bytes fetched from site mirrors: HTTP(S) range requests behind the
  * struct bytes seam (bytes.h), with failover between mirrors, a bounded
  * crash-safe disk cache and a hard time bound per read.  docs/mirrors.md
- * says what an operator sees; this file is the contract inside.
+ * says what an operator sees, docs/remote.md how it works; this file is
+ * the contract inside.
  *
  * Every byte still goes through the same verification as a local kit's:
  * this layer never decides that bytes are good, it only fetches them, and

@@ -1181,7 +1181,9 @@ again:
 	for (uint64_t b = b0; b <= b1; b++) {
 		size_t boff = (size_t)((b - b0) * MERKLE_BLOCK);
 		int cr = check_block(f, b, tmp + boff, MIN((size_t)MERKLE_BLOCK, rlen - boff), can_report(f, tries));
-		if (cr == -EBADMSG && remote_retry(f, start, rlen, &tries))
+		/* only the block that failed: its neighbours stay the mirror's */
+		if (cr == -EBADMSG && remote_retry(f, start + (b - b0) * MERKLE_BLOCK,
+						   MIN((size_t)MERKLE_BLOCK, rlen - boff), &tries))
 			goto again;
 		if (cr == -EBADMSG)
 			report_failure(f, "block", b);

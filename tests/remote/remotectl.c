@@ -9,16 +9,24 @@
  *                        read the same, else the first error
  *   seq                  the whole kit read front to back in 128 KiB reads
  *                        (advise_sequential): "ok SHA256"
+ *   drain                as seq, without the digest (a timing): "ok BYTES"
  *   bad OFF LEN          bytes_report_bad: "ok" (retry) or "error EIO"
  *   bind KEY HEADLEN     remote_bind
  *   stats                one line per mirror: "mirror URL STATE failures=N
  *                        bytes=N ok=N http_error=N timeout=N short=N
  *                        bad_bytes=N refused=N", then "cache bytes=N hits=N
  *                        unserved=N"
+ *   probe VALIDATOR      remote_probe of the first URL: "changed NEW" or
+ *                        "unchanged" or "error ..." ("" for none)
  *   sleep MS
  *
  *   remotectl [--cache DIR] [--cache-size BYTES] [--timeout MS] [--cacert FILE]
- *             URL [MIRROR...] -- COMMAND...
+ *             [--proxy URL] [--client-cert FILE] [--client-key FILE]
+ *             [--bearer STALE,FRESH] URL [MIRROR...] -- COMMAND...
+ *
+ * --bearer gives the first URL auth ops (remote.h) that authorize with
+ * "Bearer STALE" until a challenge, then with "Bearer FRESH"; "challenges=N"
+ * is printed at the end.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -49,6 +57,7 @@ static const char *errname(int r)
 	case ETIMEDOUT: return "ETIMEDOUT";
 	case ENOMEM: return "ENOMEM";
 	case EACCES: return "EACCES";
+	case EUCLEAN: return "EUCLEAN";
 	default: return "EOTHER";
 	}
 }
@@ -87,6 +96,40 @@ static void *job_main(void *arg)
 	return NULL;
 }
 
+struct bearer {
+	char token[128];
+	const char *fresh;
+	int challenges;
+};
+
+static int bearer_authorize(void *ctx, char *buf, size_t len, struct stella_err *e)
+{
+	(void)e;
+	snprintf(buf, len, "Bearer %s", ((struct bearer *)ctx)->token);
+	return 0;
+}
+
+static int bearer_challenge(void *ctx, const char *www, struct stella_err *e)
+{
+	struct bearer *t = ctx;
+	t->challenges++;
+	if (strncmp(www, "Bearer ", 7) || !strcmp(t->token, t->fresh))
+		return stella_fail(e, -EACCES, "refused");
+	snprintf(t->token, sizeof(t->token), "%s", t->fresh);
+	return 0;
+}
+
+static int bearer_challenges;
+static void bearer_free(void *ctx)
+{
+	bearer_challenges = ((struct bearer *)ctx)->challenges;
+	free(ctx);
+}
+
+static const struct remote_auth_ops bearer_ops = {
+	.authorize = bearer_authorize, .challenge = bearer_challenge, .free = bearer_free,
+};
+
 static void print_stats(struct bytes *b)
 {
 	struct remote_stats st;
@@ -108,6 +151,7 @@ static void print_stats(struct bytes *b)
 int main(int argc, char **argv)
 {
 	struct remote_opts o = { 0 };
+	struct bearer *bearer = NULL;
 	int i = 1;
 	for (; i + 1 < argc && argv[i][0] == '-' && argv[i][1] == '-' && argv[i][2]; i += 2) {
 		if (!strcmp(argv[i], "--cache"))
@@ -118,6 +162,18 @@ int main(int argc, char **argv)
 			o.timeout_ms = (unsigned)strtoul(argv[i + 1], NULL, 10);
 		else if (!strcmp(argv[i], "--cacert"))
 			o.cacert = argv[i + 1];
+		else if (!strcmp(argv[i], "--proxy"))
+			o.proxy = argv[i + 1];
+		else if (!strcmp(argv[i], "--client-cert"))
+			o.client_cert = argv[i + 1];
+		else if (!strcmp(argv[i], "--client-key"))
+			o.client_key = argv[i + 1];
+		else if (!strcmp(argv[i], "--bearer") && strchr(argv[i + 1], ',')) {
+			bearer = calloc(1, sizeof(*bearer));
+			snprintf(bearer->token, sizeof(bearer->token), "%.*s",
+				 (int)(strchr(argv[i + 1], ',') - argv[i + 1]), argv[i + 1]);
+			bearer->fresh = strchr(argv[i + 1], ',') + 1;
+		}
 		else
 			return fprintf(stderr, "remotectl: unknown option %s\n", argv[i]), 2;
 	}
@@ -129,6 +185,10 @@ int main(int argc, char **argv)
 	}
 	if (i < argc)
 		i++;
+	if (bearer) {
+		eps[0].auth = &bearer_ops;
+		eps[0].auth_ctx = bearer;
+	}
 	struct bytes *b;
 	struct stella_err e = { 0 };
 	int r = remote_open(eps, n, &o, &b, &e);
@@ -191,6 +251,24 @@ int main(int argc, char **argv)
 			for (int k = 0; k < 32; k++)
 				sprintf(d + 2 * k, "%02x", h[k]);
 			printf(r ? "error %s\n" : "ok %s\n", r ? errname(r) : d);
+		} else if (!strcmp(c, "drain")) {
+			bytes_advise_sequential(b);
+			uint8_t *buf = malloc(128 << 10);
+			uint64_t off = 0;
+			r = 0;
+			while (off < bytes_size(b)) {
+				ssize_t got = bytes_read_at(b, buf, 128 << 10, off);
+				if (got <= 0) {
+					r = got < 0 ? (int)got : -EIO;
+					break;
+				}
+				off += (uint64_t)got;
+			}
+			free(buf);
+			if (r)
+				printf("error %s\n", errname(r));
+			else
+				printf("ok %" PRIu64 "\n", off);
 		} else if (!strcmp(c, "bad") && i + 2 < argc) {
 			r = bytes_report_bad(b, strtoull(argv[i + 1], NULL, 10), strtoull(argv[i + 2], NULL, 10));
 			i += 2;
@@ -203,6 +281,13 @@ int main(int argc, char **argv)
 			print_stats(b);
 		} else if (!strcmp(c, "identity")) {
 			printf("%s\n", bytes_identity(b));
+		} else if (!strcmp(c, "probe") && i + 1 < argc) {
+			char v[256];
+			r = remote_probe(eps[0].url, &o, argv[++i], v, &e);
+			if (r < 0)
+				printf("error %s\n", e.msg);
+			else
+				printf(r ? "changed %s\n" : "unchanged\n", v);
 		} else if (!strcmp(c, "sleep") && i + 1 < argc) {
 			usleep((useconds_t)strtoul(argv[++i], NULL, 10) * 1000);
 			printf("ok\n");
@@ -211,5 +296,7 @@ int main(int argc, char **argv)
 		}
 	}
 	bytes_close(b);
+	if (bearer)
+		printf("challenges=%d\n", bearer_challenges);
 	return 0;
 }
