@@ -51,6 +51,8 @@ struct fetch_file {
 	struct snap_file *f;
 	atomic_uint refs;
 	uint64_t id;         /* never reused (an address is, once freed) */
+	struct sf_fetch *q;
+	struct fetch_file *prev, *next;  /* q->files, under q->lock */
 };
 
 static atomic_uint_fast64_t next_file_id = 1;
@@ -74,7 +76,10 @@ static int64_t mono_ns(void)
 	return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
-struct fetch_file *fetch_file_new(struct snap_file *f)
+/* Open files are listed, so that those whose RELEASE never came (a close
+ * just before umount: the kernel drops it with the connection) are closed
+ * at exit (fetch_close_all), not leaked. */
+struct fetch_file *fetch_file_new(struct stellafs *sf, struct snap_file *f)
 {
 	struct fetch_file *ff = malloc(sizeof(*ff));
 	if (!ff)
@@ -82,15 +87,39 @@ struct fetch_file *fetch_file_new(struct snap_file *f)
 	ff->f = f;
 	atomic_init(&ff->refs, 1);
 	ff->id = atomic_fetch_add(&next_file_id, 1);
+	ff->q = &sf->fetch;
+	pthread_mutex_lock(&ff->q->lock);
+	ff->prev = NULL;
+	ff->next = ff->q->files;
+	if (ff->next)
+		ff->next->prev = ff;
+	ff->q->files = ff;
+	pthread_mutex_unlock(&ff->q->lock);
 	return ff;
 }
 
 void fetch_file_put(struct fetch_file *ff)
 {
-	if (ff && atomic_fetch_sub(&ff->refs, 1) == 1) {
-		snapshot_file_close(ff->f);
-		free(ff);
-	}
+	if (!ff || atomic_fetch_sub(&ff->refs, 1) != 1)
+		return;
+	pthread_mutex_lock(&ff->q->lock);
+	if (ff->prev)
+		ff->prev->next = ff->next;
+	else
+		ff->q->files = ff->next;
+	if (ff->next)
+		ff->next->prev = ff->prev;
+	pthread_mutex_unlock(&ff->q->lock);
+	snapshot_file_close(ff->f);
+	free(ff);
+}
+
+void fetch_close_all(struct stellafs *sf)
+{
+	/* no request and no fetch is left: each listed file holds the
+	 * open's reference only */
+	while (sf->fetch.files)
+		fetch_file_put(sf->fetch.files);
 }
 
 /* ---- the list (fetch.lock held) ---- */

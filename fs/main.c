@@ -856,8 +856,10 @@ static int daemon_end(struct daemon *d)
 	if (d->se)
 		fuse_session_destroy(d->se);
 	ops_free_vbufs(sf);
-	if (fetches_done)
+	if (fetches_done) {
+		fetch_close_all(sf);
 		sf_free_slots(sf);
+	}
 	store_close(sf->store);
 	trust_free(sf->trust.keys);
 	free(d->cl.mountpoint);
