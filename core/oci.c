@@ -516,6 +516,9 @@ static int fetch_token(struct oci_auth *a, struct stella_err *e)
 	struct http_req q = { .method = "GET", .url = url, .auth = authv, .fd = -1, .max_body = OCI_SMALL_BODY };
 	struct http_resp resp = { 0 };
 	CURLcode cc;
+	/* the token's life counts from before it was asked for: never later
+	 * than the service counts it */
+	time_t asked = time(NULL);
 	r = http_once(c, a, &q, &resp, &cc, e);
 	curl_easy_cleanup(c);
 	if (r < 0)
@@ -555,7 +558,7 @@ static int fetch_token(struct oci_auth *a, struct stella_err *e)
 	a->token = strndup(tok->u.s, tok->len);
 	/* docker's default lifetime when the service does not say */
 	int64_t life = exp && exp->type == JSON_INT && exp->u.i > 0 ? exp->u.i : 60;
-	a->token_expiry = time(NULL) + (time_t)life;
+	a->token_expiry = asked + (time_t)life;
 	/* renew a little early, unless the life is too short to */
 	a->token_margin = life > 10 ? 5 : 0;
 	json_doc_free(doc);
