@@ -8,7 +8,7 @@
  * thread at a time), so its connections stay open between requests;
  * curl_global_init runs once, before the first handle.
  *
- * What a response means (docs/mirrors.md):
+ * What a response means (docs/remote.md):
  *   206 with a Content-Range naming exactly the range asked for  ok
  *   fewer body bytes than that range                             short
  *   200 where a range was asked (the server ignores Range)       http_error

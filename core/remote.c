@@ -29,6 +29,9 @@
 #define MEM_CHUNKS 32          /* chunks kept in memory (not counting those in use) */
 #define READAHEAD 4            /* chunks fetched ahead of a sequential reader */
 #define WORKERS 2              /* threads fetching ahead */
+#define SEQ_SLACK (512u << 10) /* how far from the last read's end a "next" read may start */
+#define POOL 8                 /* spare chunk buffers kept */
+#define SRC_HINTS 4096
 #define BACKOFF_FIRST_MS 1000
 #define BACKOFF_MAX_MS 60000
 #define ATTEMPT_MIN_MS 1000    /* a mirror's share of a read's time, at least */
@@ -46,6 +49,10 @@ struct chunk {
 	bool dropped;           /* out of the table: the last put frees it */
 };
 
+struct bad_range {
+	uint64_t off, len;
+};
+
 struct endpoint {
 	char *url, *label;
 	const struct remote_auth_ops *auth;
@@ -56,7 +63,7 @@ struct endpoint {
 	int64_t retry_at, backoff_ms;
 	uint64_t failures, bytes, requests[REMOTE_RESULTS];
 	char last_error[256];
-	uint64_t *bad;              /* chunks it served wrong bytes for */
+	struct bad_range *bad;      /* file bytes it served wrong: never asked again */
 	size_t nbad, capbad;
 };
 
@@ -75,6 +82,12 @@ struct shared {
 	char key[65];
 	uint64_t head_len;
 	uint64_t unserved, mem_hits;
+	char last_error[400];       /* the latest failure of any mirror */
+	uint8_t *pool[POOL];        /* spare chunk buffers */
+	size_t npool;
+	/* which endpoint served a chunk last, for a report after the chunk
+	 * left memory (direct-mapped: a guess that may be lost) */
+	struct { uint64_t idx; int src; } src_hint[SRC_HINTS];
 	uint64_t queue[2 * READAHEAD * WORKERS];
 	size_t qn;
 	pthread_t workers[WORKERS];
@@ -86,6 +99,7 @@ struct rbytes {
 	struct bytes b;
 	struct shared *s;
 	uint64_t next_off;      /* where the last read ended */
+	uint64_t last_off;      /* where it began (the same read again is not a step) */
 	unsigned streak;        /* reads in a row that began where the last ended */
 	bool sequential;        /* advised */
 };
@@ -135,16 +149,33 @@ static struct chunk *tab_find(struct shared *s, uint64_t idx)
 	return NULL;
 }
 
-static void chunk_free(struct chunk *c)
+/* Under s->mu: a chunk's buffer back to the pool.  Fresh 1 MiB buffers
+ * come from mmap and fault in page by page, which costs a sequential
+ * reader more than the copy into them. */
+static void buf_release(struct shared *s, uint8_t *p)
 {
-	free(c->data);
+	if (p && s->npool < POOL)
+		s->pool[s->npool++] = p;
+	else
+		free(p);
+}
+
+/* Under s->mu: a REMOTE_CHUNK buffer, or NULL. */
+static uint8_t *buf_take(struct shared *s)
+{
+	return s->npool ? s->pool[--s->npool] : malloc(REMOTE_CHUNK);
+}
+
+static void chunk_free(struct shared *s, struct chunk *c)
+{
+	buf_release(s, c->data);
 	free(c);
 }
 
-static void chunk_put_locked(struct chunk *c)
+static void chunk_put_locked(struct shared *s, struct chunk *c)
 {
 	if (--c->refs == 0)
-		chunk_free(c);
+		chunk_free(s, c);
 }
 
 /* Out of the table, without putting the table's reference: true if it
@@ -164,7 +195,7 @@ static bool tab_unlink(struct shared *s, struct chunk *c)
 static void tab_remove(struct shared *s, struct chunk *c)
 {
 	if (tab_unlink(s, c))
-		chunk_put_locked(c);
+		chunk_put_locked(s, c);
 }
 
 /* Keep the table near MEM_CHUNKS: evict the least recently used ready
@@ -202,27 +233,29 @@ static int tab_add(struct shared *s, struct chunk *c)
 
 /* ------------------------------------------------------------ mirrors */
 
-static bool ep_bad_for(const struct endpoint *ep, uint64_t idx)
+/* Did EP serve wrong bytes in [off, off+len)? */
+static bool ep_bad_in(const struct endpoint *ep, uint64_t off, uint64_t len)
 {
 	for (size_t i = 0; i < ep->nbad; i++)
-		if (ep->bad[i] == idx)
+		if (ep->bad[i].off < off + len && off < ep->bad[i].off + ep->bad[i].len)
 			return true;
 	return false;
 }
 
-static void ep_mark_bad(struct endpoint *ep, uint64_t idx)
+static void ep_mark_bad(struct endpoint *ep, uint64_t off, uint64_t len)
 {
-	if (ep_bad_for(ep, idx))
-		return;
+	for (size_t i = 0; i < ep->nbad; i++)
+		if (ep->bad[i].off <= off && off + len <= ep->bad[i].off + ep->bad[i].len)
+			return;
 	if (ep->nbad == ep->capbad) {
 		size_t cap = ep->capbad ? 2 * ep->capbad : 16;
-		uint64_t *b = realloc(ep->bad, cap * sizeof(*b));
+		struct bad_range *b = realloc(ep->bad, cap * sizeof(*b));
 		if (!b)
-			return;   /* it will be tried again, and found bad again */
+			return;   /* it will be asked again, and found bad again */
 		ep->bad = b;
 		ep->capbad = cap;
 	}
-	ep->bad[ep->nbad++] = idx;
+	ep->bad[ep->nbad++] = (struct bad_range){ off, len };
 }
 
 static void ep_failed(struct shared *s, struct endpoint *ep, enum remote_result r, const char *msg)
@@ -236,7 +269,7 @@ static void ep_failed(struct shared *s, struct endpoint *ep, enum remote_result 
 		ep->backoff_ms = BACKOFF_MAX_MS;
 	ep->retry_at = http_now_ms() + ep->backoff_ms;
 	snprintf(ep->last_error, sizeof(ep->last_error), "%s", msg);
-	(void)s;
+	snprintf(s->last_error, sizeof(s->last_error), "%s: %s", ep->label, msg);
 }
 
 static void ep_served(struct endpoint *ep, uint64_t bytes)
@@ -286,70 +319,93 @@ static int ep_get(struct shared *s, struct endpoint *ep, uint64_t off, void *buf
 	}
 }
 
-/* Chunk IDX from the mirrors, in order, skipping those in backoff (unless
- * nothing else is left) and those that served wrong bytes for it.  BUF
- * holds the chunk's LEN bytes on success; *src the endpoint. */
-static int fetch_chunk(struct shared *s, uint64_t idx, uint8_t *buf, size_t len, int64_t deadline,
-		       int *src)
+/* Under s->mu: how little EP is to be preferred for chunk IDX when the
+ * caller needs [need_off, need_off+need_len) of it; -1 never (it served
+ * wrong bytes there). */
+static int ep_rank(struct shared *s, const struct endpoint *ep, uint64_t idx, uint64_t need_off,
+		   uint64_t need_len, int64_t now)
 {
-	bool done[REMOTE_MAX_ENDPOINTS] = { false };
-	int last = -EIO;
-	char why[512] = "";
-	for (int pass = 0; pass < 2; pass++) {
-		for (size_t i = 0; i < s->n; i++) {
-			struct endpoint *ep = &s->ep[i];
-			pthread_mutex_lock(&s->mu);
-			int64_t now = http_now_ms();
-			bool skip = done[i] || ep_bad_for(ep, idx) || (pass == 0 && ep->retry_at > now);
-			size_t left_eps = 0;
-			for (size_t j = 0; j < s->n; j++)
-				left_eps += !done[j] && !ep_bad_for(&s->ep[j], idx);
-			pthread_mutex_unlock(&s->mu);
-			if (skip)
-				continue;
-			int64_t left = deadline - now;
-			if (left <= 0)
-				return -ETIMEDOUT;
-			/* a hanging mirror gets its share of the time, not all of it */
-			int64_t share = left / (int64_t)(left_eps ? left_eps : 1);
-			if (share < ATTEMPT_MIN_MS)
-				share = left < ATTEMPT_MIN_MS ? left : ATTEMPT_MIN_MS;
-			done[i] = true;
-			struct http_resp rs;
-			int r = ep_get(s, ep, idx * REMOTE_CHUNK, buf, len, now + share, &rs);
-			if (r == 0 && rs.range.total != s->size) {
-				rs.result = REMOTE_HTTP_ERROR;
-				snprintf(rs.error, sizeof(rs.error), "the file there is %" PRIu64 " bytes, not %" PRIu64,
-					 rs.range.total, s->size);
-				r = -EIO;
-			}
-			pthread_mutex_lock(&s->mu);
-			if (r == 0)
-				ep_served(ep, rs.got);
-			else
-				ep_failed(s, ep, rs.result, rs.error);
-			pthread_mutex_unlock(&s->mu);
-			if (r == 0) {
-				*src = (int)i;
-				return 0;
-			}
-			stella_log(LOG_NOTICE, "%s: bytes %" PRIu64 "+%zu: %s (%s)", ep->label,
-				   idx * REMOTE_CHUNK, len, rs.error, remote_result_name(rs.result));
-			snprintf(why, sizeof(why), "%s", rs.error);
-			last = r;
-		}
-	}
-	(void)why;
-	return last == -ENOMEM ? -ENOMEM : last == -ETIMEDOUT ? -ETIMEDOUT : -EIO;
+	if (ep_bad_in(ep, need_off, need_len))
+		return -1;
+	return (ep->retry_at > now ? 2 : 0) + (ep_bad_in(ep, idx * REMOTE_CHUNK, chunk_len(s, idx)) ? 1 : 0);
 }
 
-/* Chunk IDX, ready, with a reference the caller puts back (chunk_put).
- * Waits at most until DEADLINE. */
-static int get_chunk(struct shared *s, uint64_t idx, int64_t deadline, struct chunk **out)
+/* Chunk IDX from the mirrors: in order, those in backoff after the others,
+ * those that served wrong bytes elsewhere in the chunk after those, and
+ * never one that served wrong bytes in what the caller needs.  BUF holds
+ * the chunk's LEN bytes on success; *src the endpoint.  -EUCLEAN when no
+ * mirror is left for the needed bytes. */
+static int fetch_chunk(struct shared *s, uint64_t idx, uint64_t need_off, uint64_t need_len, uint8_t *buf,
+		       size_t len, int64_t deadline, int *src)
+{
+	bool done[REMOTE_MAX_ENDPOINTS] = { false };
+	int last = -EUCLEAN;
+	for (;;) {
+		pthread_mutex_lock(&s->mu);
+		int64_t now = http_now_ms();
+		int best = -1, best_rank = 0;
+		size_t left_eps = 0;
+		for (size_t j = 0; j < s->n; j++) {
+			int rk = done[j] ? -1 : ep_rank(s, &s->ep[j], idx, need_off, need_len, now);
+			if (rk < 0)
+				continue;
+			left_eps++;
+			if (best < 0 || rk < best_rank) {
+				best = (int)j;
+				best_rank = rk;
+			}
+		}
+		pthread_mutex_unlock(&s->mu);
+		if (best < 0)
+			break;
+		struct endpoint *ep = &s->ep[best];
+		int64_t left = deadline - now;
+		if (left <= 0)
+			return -ETIMEDOUT;
+		/* a hanging mirror gets its share of the time, not all of it */
+		int64_t share = left / (int64_t)left_eps;
+		if (share < ATTEMPT_MIN_MS)
+			share = left < ATTEMPT_MIN_MS ? left : ATTEMPT_MIN_MS;
+		done[best] = true;
+		struct http_resp rs;
+		int r = ep_get(s, ep, idx * REMOTE_CHUNK, buf, len, now + share, &rs);
+		if (r == 0 && rs.range.total != s->size) {
+			rs.result = REMOTE_HTTP_ERROR;
+			snprintf(rs.error, sizeof(rs.error), "the file there is %" PRIu64 " bytes, not %" PRIu64,
+				 rs.range.total, s->size);
+			r = -EIO;
+		}
+		pthread_mutex_lock(&s->mu);
+		if (r == 0)
+			ep_served(ep, rs.got);
+		else
+			ep_failed(s, ep, rs.result, rs.error);
+		pthread_mutex_unlock(&s->mu);
+		if (r == 0) {
+			*src = best;
+			return 0;
+		}
+		stella_log(LOG_NOTICE, "%s: bytes %" PRIu64 "+%zu: %s (%s)", ep->label,
+			   idx * REMOTE_CHUNK, len, rs.error, remote_result_name(rs.result));
+		last = r;
+	}
+	return last == -ENOMEM || last == -ETIMEDOUT || last == -EUCLEAN ? last : -EIO;
+}
+
+/* Chunk IDX, ready, with a reference the caller puts back (chunk_put),
+ * holding bytes [need_off, need_off+need_len) from a mirror not known to
+ * serve them wrong.  Waits at most until DEADLINE. */
+static int get_chunk(struct shared *s, uint64_t idx, uint64_t need_off, uint64_t need_len, int64_t deadline,
+		     struct chunk **out)
 {
 	pthread_mutex_lock(&s->mu);
 	for (;;) {
 		struct chunk *c = tab_find(s, idx);
+		if (c && c->state == CH_READY && c->src >= 0 && ep_bad_in(&s->ep[c->src], need_off, need_len)) {
+			/* fetched (by another reader) from where these bytes are bad */
+			tab_remove(s, c);
+			c = NULL;
+		}
 		if (c && c->state == CH_READY) {
 			c->refs++;
 			c->used = ++s->tick;
@@ -378,11 +434,11 @@ static int get_chunk(struct shared *s, uint64_t idx, int64_t deadline, struct ch
 	}
 	struct chunk *c = calloc(1, sizeof(*c));
 	size_t len = chunk_len(s, idx);
-	uint8_t *data = malloc(len);
+	uint8_t *data = buf_take(s);
 	if (!c || !data || tab_add(s, c) < 0) {
+		buf_release(s, data);
 		pthread_mutex_unlock(&s->mu);
 		free(c);
-		free(data);
 		return -ENOMEM;
 	}
 	c->idx = idx;
@@ -394,7 +450,7 @@ static int get_chunk(struct shared *s, uint64_t idx, int64_t deadline, struct ch
 	int src = -1;
 	int r = rc && rcache_get(rc, idx, data, len) == 0 ? 0 : -ENOENT;
 	if (r < 0) {
-		r = fetch_chunk(s, idx, data, len, deadline, &src);
+		r = fetch_chunk(s, idx, need_off, need_len, data, len, deadline, &src);
 		if (r == 0 && rc)
 			rcache_put(rc, idx, data, len);
 	}
@@ -406,13 +462,17 @@ static int get_chunk(struct shared *s, uint64_t idx, int64_t deadline, struct ch
 		c->src = src;
 		c->state = CH_READY;
 		c->used = ++s->tick;
+		if (src >= 0) {
+			s->src_hint[idx % SRC_HINTS].idx = idx;
+			s->src_hint[idx % SRC_HINTS].src = src;
+		}
 		*out = c;
 	} else {
-		free(data);
+		buf_release(s, data);
 		/* ours, and the table's if it still holds it */
 		c->refs -= tab_unlink(s, c) ? 2 : 1;
 		if (c->refs == 0)
-			chunk_free(c);
+			chunk_free(s, c);
 	}
 	pthread_cond_broadcast(&s->cv);
 	pthread_mutex_unlock(&s->mu);
@@ -422,7 +482,7 @@ static int get_chunk(struct shared *s, uint64_t idx, int64_t deadline, struct ch
 static void chunk_put(struct shared *s, struct chunk *c)
 {
 	pthread_mutex_lock(&s->mu);
-	chunk_put_locked(c);
+	chunk_put_locked(s, c);
 	pthread_mutex_unlock(&s->mu);
 }
 
@@ -443,7 +503,7 @@ static void *worker_main(void *arg)
 		unsigned ms = s->o.timeout_ms;
 		pthread_mutex_unlock(&s->mu);
 		struct chunk *c;
-		if (!have && get_chunk(s, idx, deadline_after(ms), &c) == 0)
+		if (!have && get_chunk(s, idx, idx * REMOTE_CHUNK, chunk_len(s, idx), deadline_after(ms), &c) == 0)
 			chunk_put(s, c);
 		pthread_mutex_lock(&s->mu);
 	}
@@ -489,22 +549,35 @@ static ssize_t remote_read_at(struct bytes *b, void *buf, size_t len, uint64_t o
 		return 0;
 	int64_t deadline = deadline_after(s->o.timeout_ms);
 	uint64_t first = off / REMOTE_CHUNK, last = (off + len - 1) / REMOTE_CHUNK;
-	/* handles are not shared between threads: the streak is this reader's */
-	rb->streak = off == rb->next_off ? rb->streak + 1 : 0;
+	/* a handle may be read from several threads at once: its streak is
+	 * kept under the lock (a guess either way, never a correctness matter) */
+	pthread_mutex_lock(&s->mu);
+	/* near where the last read ended counts: the kernel's readahead and
+	 * a reader's own reads arrive from several threads, a little out of
+	 * order */
+	uint64_t dist = off > rb->next_off ? off - rb->next_off : rb->next_off - off;
+	bool near = rb->next_off != UINT64_MAX && dist <= SEQ_SLACK && off != rb->last_off;
+	rb->streak = near ? rb->streak + 1 : 0;
 	rb->next_off = off + len;
-	if (rb->sequential || rb->streak >= 2) {
-		pthread_mutex_lock(&s->mu);
+	rb->last_off = off;
+	if (rb->sequential || rb->streak >= 2)
 		readahead_locked(s, last);
-		pthread_mutex_unlock(&s->mu);
-	}
+	pthread_mutex_unlock(&s->mu);
 	size_t done = 0;
 	for (uint64_t idx = first; idx <= last; idx++) {
 		struct chunk *c;
-		int r = get_chunk(s, idx, deadline, &c);
+		uint64_t need_off = off + done, cend = (idx + 1) * REMOTE_CHUNK;
+		uint64_t need_len = (off + len < cend ? off + len : cend) - need_off;
+		int r = get_chunk(s, idx, need_off, need_len, deadline, &c);
+		if (r == -EUCLEAN) {
+			stella_log(LOG_NOTICE, "%s: bytes %" PRIu64 "+%zu: every mirror served them wrong", b->name,
+				   off, len);
+			return -EUCLEAN;
+		}
 		if (r < 0) {
 			stella_log(LOG_NOTICE, "%s: bytes %" PRIu64 "+%zu: %s", b->name, off, len,
 				   r == -ETIMEDOUT ? "no mirror answered in time" : "no mirror could serve them");
-			return r == -ENOMEM ? -ENOMEM : -EIO;
+			return r == -ENOMEM ? -ENOMEM : -REMOTE_EUNSERVED;
 		}
 		uint64_t cstart = idx * REMOTE_CHUNK;
 		uint64_t from = off + done - cstart;
@@ -533,7 +606,7 @@ static int new_handle(struct shared *s, const char *name, struct bytes **out)
 	rb->b.ops = &remote_ops;
 	rb->b.size = s->size;
 	rb->s = s;
-	rb->next_off = UINT64_MAX;
+	rb->next_off = rb->last_off = UINT64_MAX;
 	*out = &rb->b;
 	return 0;
 }
@@ -560,8 +633,10 @@ static void shared_free(struct shared *s)
 	for (int i = 0; i < s->nworkers; i++)
 		pthread_join(s->workers[i], NULL);
 	for (size_t i = 0; i < s->ntab; i++)
-		chunk_put_locked(s->tab[i]);
+		chunk_put_locked(s, s->tab[i]);
 	free(s->tab);
+	while (s->npool)
+		free(s->pool[--s->npool]);
 	for (size_t i = 0; i < s->n; i++) {
 		struct endpoint *ep = &s->ep[i];
 		if (ep->auth && ep->auth->free)
@@ -596,38 +671,53 @@ static void remote_close(struct bytes *b)
 	free(rb);
 }
 
+/* Under s->mu: the endpoint that served chunk IDX (in memory, or last
+ * fetched), -1 if unknown or the disk cache. */
+static int chunk_source(struct shared *s, uint64_t idx)
+{
+	struct chunk *c = tab_find(s, idx);
+	if (c && c->state == CH_READY)
+		return c->src;
+	if (s->src_hint[idx % SRC_HINTS].idx == idx)
+		return s->src_hint[idx % SRC_HINTS].src;
+	return -1;
+}
+
 /* bytes.h: [off, off+len) failed verification above. */
 static int remote_report_bad(struct bytes *b, uint64_t off, uint64_t len)
 {
 	struct shared *s = ((struct rbytes *)b)->s;
 	if (len == 0 || off >= s->size)
 		return -EIO;
+	if (len > s->size - off)
+		len = s->size - off;
 	uint64_t first = off / REMOTE_CHUNK, last = (off + len - 1) / REMOTE_CHUNK;
-	bool more = true;
 	pthread_mutex_lock(&s->mu);
 	for (uint64_t idx = first; idx <= last; idx++) {
-		struct chunk *c = tab_find(s, idx);
-		if (c && c->state == CH_READY) {
-			if (c->src >= 0) {
-				struct endpoint *ep = &s->ep[c->src];
-				ep_mark_bad(ep, idx);
-				ep->requests[REMOTE_BAD_BYTES]++;
-				ep->failures++;
-				ep->failing = true;
-				snprintf(ep->last_error, sizeof(ep->last_error),
-					 "bytes %" PRIu64 "+%" PRIu64 " failed verification", off, len);
-				stella_log(LOG_ERR, "%s: bytes %" PRIu64 "+%" PRIu64 " failed verification; "
-					   "never trusted for them again", ep->label, off, len);
-			}
-			tab_remove(s, c);
+		uint64_t cs = idx * REMOTE_CHUNK, ce = cs + chunk_len(s, idx);
+		uint64_t bo = off > cs ? off : cs, be = off + len < ce ? off + len : ce;
+		int src = chunk_source(s, idx);
+		if (src >= 0) {
+			struct endpoint *ep = &s->ep[src];
+			ep_mark_bad(ep, bo, be - bo);
+			ep->requests[REMOTE_BAD_BYTES]++;
+			ep->failures++;
+			ep->failing = true;
+			snprintf(ep->last_error, sizeof(ep->last_error), "bytes %" PRIu64 "+%" PRIu64 " failed verification",
+				 bo, be - bo);
+			snprintf(s->last_error, sizeof(s->last_error), "%s: %s", ep->label, ep->last_error);
+			stella_log(LOG_ERR, "%s: bytes %" PRIu64 "+%" PRIu64 " failed verification; never asked "
+				   "for them again", ep->label, bo, be - bo);
 		}
+		struct chunk *c = tab_find(s, idx);
+		if (c && c->state == CH_READY)
+			tab_remove(s, c);
 		if (s->rc)
 			rcache_drop(s->rc, idx);
-		bool any = false;
-		for (size_t i = 0; i < s->n; i++)
-			any |= !ep_bad_for(&s->ep[i], idx);
-		more &= any;
 	}
+	bool more = false;
+	for (size_t i = 0; i < s->n; i++)
+		more |= !ep_bad_in(&s->ep[i], off, len);
 	if (!more)
 		s->unserved++;
 	pthread_mutex_unlock(&s->mu);
@@ -711,6 +801,7 @@ static int open_fetch(struct shared *s, int64_t deadline, const struct remote_en
 			c->len = (size_t)rs.got;
 			c->src = (int)i;
 			c->used = ++s->tick;
+			s->src_hint[0].src = (int)i;
 			return 0;
 		}
 		ep_failed(s, ep, rs.result, rs.error);
@@ -767,6 +858,8 @@ int remote_open(const struct remote_endpoint *eps, size_t n, const struct remote
 	pthread_cond_init(&s->cv, &ca);
 	pthread_condattr_destroy(&ca);
 	s->refs = 1;
+	for (size_t i = 0; i < SRC_HINTS; i++)
+		s->src_hint[i].src = -1;
 	int r = opts_copy(&s->o, o);
 	for (size_t i = 0; r == 0 && i < n; i++) {
 		struct endpoint *ep = &s->ep[i];
@@ -884,6 +977,19 @@ int remote_stats(struct bytes *b, struct remote_stats *st)
 	return 0;
 }
 
+void remote_last_error(struct bytes *b, char *out, size_t len)
+{
+	if (len == 0)
+		return;
+	out[0] = 0;
+	if (!bytes_is_remote(b))
+		return;
+	struct shared *s = ((struct rbytes *)b)->s;
+	pthread_mutex_lock(&s->mu);
+	snprintf(out, len, "%s", s->last_error);
+	pthread_mutex_unlock(&s->mu);
+}
+
 /* ------------------------------------------------------------ probe */
 
 int remote_probe(const char *url, const struct remote_opts *o, const char *validator,
@@ -903,6 +1009,8 @@ int remote_probe(const char *url, const struct remote_opts *o, const char *valid
 	int r = http_get(&rq, &rs);
 	if (r < 0 && rs.status == 304)
 		return 0;
+	if (r < 0 && rs.status == 200)
+		r = 0;   /* a server that ignores Range: its headers are all a probe needs */
 	if (r < 0)
 		return stella_fail(e, r, "%s: %s", url, rs.error);
 	const char *v = rs.etag[0] ? rs.etag : rs.last_modified;

@@ -1,7 +1,8 @@
 /* Kit bytes fetched from site mirrors: HTTP(S) range requests behind the
  * struct bytes seam (bytes.h), with failover between mirrors, a bounded
  * crash-safe disk cache and a hard time bound per read.  docs/mirrors.md
- * says what an operator sees; this file is the contract inside.
+ * says what an operator sees, docs/remote.md how it works; this file is
+ * the contract inside.
  *
  * Every byte still goes through the same verification as a local kit's:
  * this layer never decides that bytes are good, it only fetches them, and
@@ -10,6 +11,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <errno.h>
 #include <stdint.h>
 
 #include "bytes.h"
@@ -52,6 +54,12 @@ struct remote_endpoint {
 	void *auth_ctx;            /* taken over by remote_open (auth->free) */
 	uint64_t size;             /* the size a registry's descriptor states, 0 unknown */
 };
+
+/* What read_at returns when no mirror could serve the bytes in time (each
+ * failed, or the read's timeout passed): a transport failure, no verdict
+ * on the kit's bytes (health: the mirrors' state says it).  Reads whose
+ * bytes were served fail otherwise (-ENOMEM) or not at all. */
+#define REMOTE_EUNSERVED EHOSTDOWN
 
 /* The kit at EPS[0], with EPS[1..n-1] as mirrors of the same bytes, tried
  * in order.  Fetches what it needs to learn the size, nothing more.  When
@@ -96,6 +104,9 @@ struct remote_stats {
 };
 /* -EINVAL if B is not remote. */
 int remote_stats(struct bytes *b, struct remote_stats *st);
+/* The latest failure of any mirror of B, "LABEL: what" (one line), for the
+ * message of a read that failed with -REMOTE_EUNSERVED; "" if none. */
+void remote_last_error(struct bytes *b, char *out, size_t len);
 
 /* Has the kit at URL changed since VALIDATOR (an ETag or Last-Modified
  * this returned before, "" the first time)?  1 changed (new validator in

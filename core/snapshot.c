@@ -10,6 +10,7 @@
 #include "bytes.h"
 #include "kitverify.h"
 #include "merkle.h"
+#include "remote.h"
 #include "seal.h"
 #include "util.h"
 
@@ -1076,7 +1077,9 @@ static int tree_block(struct snap_file *f, unsigned level, uint64_t idx, const u
 	return 0;
 }
 
-static int check_block(struct snap_file *f, uint64_t b, const uint8_t *data, size_t len)
+/* QUIET: a mismatch is -EBADMSG, not reported (the caller may get the
+ * bytes again from another mirror first). */
+static int check_block(struct snap_file *f, uint64_t b, const uint8_t *data, size_t len, bool quiet)
 {
 	uint8_t h[32];
 	int r = merkle_hash_block(data, len, h);
@@ -1087,6 +1090,8 @@ static int check_block(struct snap_file *f, uint64_t b, const uint8_t *data, siz
 		if ((r = merkle_file_digest(f->size, h, d)) < 0)
 			return r;
 		if (memcmp(d, f->fsverity, 32)) {
+			if (quiet)
+				return -EBADMSG;
 			report_failure(f, "block", b);
 			return -EIO;
 		}
@@ -1097,10 +1102,30 @@ static int check_block(struct snap_file *f, uint64_t b, const uint8_t *data, siz
 	if (r < 0)
 		return r;
 	if (memcmp(h, leaf + (b % MERKLE_PER_BLOCK) * MERKLE_HASH, 32)) {
+		if (quiet)
+			return -EBADMSG;
 		report_failure(f, "block", b);
 		return -EIO;
 	}
 	return 0;
+}
+
+/* Bytes that can say where else to get them (remote.h's, through
+ * bytes_report_bad), and still somewhere to try. */
+static bool can_report(struct snap_file *f, unsigned tries)
+{
+	return !f->blob && tries < REMOTE_MAX_ENDPOINTS && source_bytes(f->s->src)->ops->report_bad;
+}
+
+/* Direct mode on a remote kit (remote.h): bytes that failed verification
+ * may have been a mirror's fault.  Report them; true if another mirror may
+ * serve good ones, so the read is tried again (at most once per mirror). */
+static bool remote_retry(struct snap_file *f, uint64_t start, size_t rlen, unsigned *tries)
+{
+	if (!can_report(f, *tries))
+		return false;
+	(*tries)++;
+	return source_report_bad(f->s->src, f->data_off + start, rlen) == 0;
 }
 
 ssize_t snapshot_read(struct snap_file *f, void *buf, size_t len, uint64_t off)
@@ -1120,6 +1145,8 @@ ssize_t snapshot_read(struct snap_file *f, void *buf, size_t len, uint64_t off)
 		return -ENOMEM;
 	struct stella_err e = { 0 };
 	int r;
+	unsigned tries = 0;
+again:
 	if (f->blob) {
 		/* Store mode: the blob is on a disk we do not trust either. */
 		r = store_pread(&f->s->blobs, f->blob_name, &f->blob_hint, tmp, rlen, start);
@@ -1130,6 +1157,12 @@ ssize_t snapshot_read(struct snap_file *f, void *buf, size_t len, uint64_t off)
 	}
 	if (r == -ENOMEM)
 		return r; /* ours, not the kit's: no verdict on its data */
+	if (r == -REMOTE_EUNSERVED)
+		return -EIO; /* no mirror answered in time: their state says so, not integrity */
+	if (r < 0 && remote_retry(f, start, rlen, &tries)) {
+		e = (struct stella_err){ 0 };
+		goto again;   /* a compressed stream from a mirror that does not decode */
+	}
 	if (r < 0) {
 		/* The medium failed us, or a compressed stream does not decode:
 		 * for the reader the same as a block that does not match, and
@@ -1143,7 +1176,13 @@ ssize_t snapshot_read(struct snap_file *f, void *buf, size_t len, uint64_t off)
 	 * before a bad one stay readable. */
 	for (uint64_t b = b0; b <= b1; b++) {
 		size_t boff = (size_t)((b - b0) * MERKLE_BLOCK);
-		int cr = check_block(f, b, tmp + boff, MIN((size_t)MERKLE_BLOCK, rlen - boff));
+		int cr = check_block(f, b, tmp + boff, MIN((size_t)MERKLE_BLOCK, rlen - boff), can_report(f, tries));
+		/* only the block that failed: its neighbours stay the mirror's */
+		if (cr == -EBADMSG && remote_retry(f, start + (b - b0) * MERKLE_BLOCK,
+						   MIN((size_t)MERKLE_BLOCK, rlen - boff), &tries))
+			goto again;
+		if (cr == -EBADMSG)
+			report_failure(f, "block", b);
 		if (cr < 0)
 			return cr == -ENOMEM ? cr : -EIO;
 	}

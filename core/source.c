@@ -811,3 +811,35 @@ int source_pread(struct source *s, void *buf, size_t len, uint64_t off, struct s
 	pthread_mutex_unlock(&s->lock);
 	return r;
 }
+
+int source_report_bad(struct source *s, uint64_t stream_off, size_t len)
+{
+	if (len == 0)
+		return -EIO;
+	if (s->comp == KIT_COMPRESS_NONE)
+		return bytes_report_bad(s->b, stream_off, len);
+	pthread_mutex_lock(&s->lock);
+	if (s->npts == 0) {
+		pthread_mutex_unlock(&s->lock);
+		return -EIO;
+	}
+	/* the kit-file bytes these stream bytes were decoded from: from the
+	 * seek point at or before them (with the byte a gzip point's bits
+	 * come from) to the next point after their end */
+	size_t first = point_index(s, stream_off), last = point_index(s, stream_off + len - 1);
+	uint64_t in = s->pts[first].in, end = point_end_in(s, last);
+	if (s->pts[first].bits && in > 0)
+		in--;
+	/* nothing decoded from them may be served again: the frames and the
+	 * cursors that hold such bytes, or state made from them, go */
+	for (int k = 0; k < NFRAMES; k++) {
+		struct frame *f = &s->frames[k];
+		if (f->state == FRAME_READY && f->refs == 0 && f->index >= first && f->index <= last)
+			f->state = FRAME_EMPTY;
+	}
+	for (int i = 0; i < NCURSORS; i++)
+		if (!s->cur[i].busy)
+			cursor_reset(&s->cur[i]);
+	pthread_mutex_unlock(&s->lock);
+	return bytes_report_bad(s->b, in, end - in);
+}

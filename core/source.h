@@ -58,6 +58,13 @@ int64_t source_stream_skip(struct source *s, uint64_t len, struct stella_err *e)
  * For compressed kits, only offsets the stream pass has reached. */
 int source_pread(struct source *s, void *buf, size_t len, uint64_t off, struct stella_err *e);
 
+/* The stream bytes [stream_off, stream_off+len) failed verification above:
+ * report the kit-file bytes they were decoded from to the bytes
+ * (bytes_report_bad), after dropping what was decoded from them.  0: read
+ * again, another mirror may serve good bytes; -EIO: nothing else to try
+ * (a local kit always). */
+int source_report_bad(struct source *s, uint64_t stream_off, size_t len);
+
 /* Seek points, to keep them with the index (compressed kits only). */
 struct source_point {
 	uint64_t out;       /* offset in the tar stream */

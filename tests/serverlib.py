@@ -401,16 +401,19 @@ class FaultServer:
       redirect       a URL prefix: answer 302 to redirect + path (another server)
       redirect_loop  answer 302 to itself, for ever
       auth           (user, password): 401 unless the request carries them (basic)
+      bearer         a token: 401 (WWW-Authenticate: Bearer ...) unless the request
+                     carries "Authorization: Bearer TOKEN"
       fail_first     misbehave (status/reset/hang...) for only this many requests
       fail_after     misbehave only from this many requests on (the first answered)
       delay_per_mib  seconds of sleep per MiB sent (a slow mirror)
+      etag, last_modified   the validators sent (None: a default; "": none)
 
     and read: requests (a list of Request: method, path, range, headers, status, sent),
     count (how many), bytes_sent (body bytes).  reset_faults() clears every fault.
     """
 
     FAULTS = dict(ignore_range=False, truncate=None, reset=False, reset_after=None, status=None,
-                  hang=0.0, flip=None, redirect=None, redirect_loop=False, auth=None,
+                  hang=0.0, flip=None, redirect=None, redirect_loop=False, auth=None, bearer=None,
                   fail_first=None, fail_after=None, delay_per_mib=0.0, etag=None, last_modified=None)
 
     def __init__(self, files: dict | None = None):
@@ -533,6 +536,11 @@ class FaultServer:
                         req.status = 401
                         return self._send(401, [("WWW-Authenticate", 'Basic realm="stella"'),
                                                 ("Content-Length", "0")], head=head, req=req)
+                if fs.bearer is not None and self.headers.get("Authorization") != "Bearer " + fs.bearer:
+                    req.status = 401
+                    return self._send(401, [("WWW-Authenticate",
+                                             f'Bearer realm="{fs.origin}/token",service="stella"'),
+                                            ("Content-Length", "0")], head=head, req=req)
                 if fs.status is not None and faulty:
                     req.status = fs.status
                     body = f"{fs.status} fault\n".encode()
@@ -551,12 +559,20 @@ class FaultServer:
                 if data is None:
                     req.status = 404
                     return self._send(404, [("Content-Length", "0")], head=head, req=req)
-                etag = fs.etag or '"%x-%x"' % (len(data), hash(data[:4096]) & 0xffffffff)
-                lm = fs.last_modified or "Wed, 15 Jan 2025 00:00:00 GMT"
-                common = [("ETag", etag), ("Last-Modified", lm), ("Accept-Ranges", "bytes")]
+                # etag / last_modified: None a default, "" none sent
+                etag = fs.etag if fs.etag is not None else \
+                    '"%x-%x"' % (len(data), hash(data[:4096]) & 0xffffffff)
+                lm = fs.last_modified if fs.last_modified is not None else \
+                    "Wed, 15 Jan 2025 00:00:00 GMT"
+                common = [("Accept-Ranges", "bytes")]
+                if etag:
+                    common.append(("ETag", etag))
+                if lm:
+                    common.append(("Last-Modified", lm))
                 inm = self.headers.get("If-None-Match")
                 ims = self.headers.get("If-Modified-Since")
-                if (inm is not None and inm == etag) or (inm is None and ims is not None and ims == lm):
+                if (inm is not None and etag and inm == etag) or \
+                        (inm is None and ims is not None and lm and ims == lm):
                     req.status = 304
                     return self._send(304, common, head=True, req=req)
                 if fs.flip is not None and faulty:

@@ -121,3 +121,14 @@ int open_location(const char *kit, const struct location_args *la, struct source
 	int r = location_open(kit, la->mirrors, la->nmirrors, &o, &b, e);
 	return r < 0 ? r : source_open_bytes(b, out, e);
 }
+
+int location_failure(struct source *src, int r, struct stella_err *e)
+{
+	if (!src || r != -REMOTE_EUNSERVED || !bytes_is_remote(source_bytes(src)))
+		return r;
+	char why[400];
+	remote_last_error(source_bytes(src), why, sizeof(why));
+	*e = (struct stella_err){ 0 };
+	return stella_fail(e, -EIO, "%s: no mirror could serve the kit's bytes in time%s%s", source_path(src),
+			   why[0] ? "; the last failure: " : "", why);
+}

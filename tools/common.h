@@ -43,6 +43,11 @@ int location_arg(const char *cmd, struct location_args *la, int opt, const char 
 int open_location(const char *kit, const struct location_args *la, struct source **out,
 		  struct stella_err *e);
 
+/* After a failure R of a run on SRC (open_location's, or NULL): a read no
+ * mirror could serve is said as such, with the mirrors' latest failure,
+ * instead of the errno's text.  Returns R. */
+int location_failure(struct source *src, int r, struct stella_err *e);
+
 int cmd_keygen(int argc, char **argv);
 int cmd_pack(int argc, char **argv);
 int cmd_verify(int argc, char **argv);

@@ -119,7 +119,7 @@ int cmd_import(int argc, char **argv)
 	r = open_location(argv[optind], &la, &src, &e);
 	o.source = src;
 	if (r == 0)
-		r = store_import(st, argv[optind], &o, version, &e);
+		r = location_failure(src, store_import(st, argv[optind], &o, version, &e), &e);
 	source_close(src);
 	char cur[129], prev[129];
 	store_pointers(st, cur, prev, NULL);

@@ -97,7 +97,7 @@ int cmd_verify(int argc, char **argv)
 		.source = src,
 	};
 	struct kitverify_result res;
-	r = kit_verify(argv[optind], &o, &res, &e);
+	r = location_failure(src, kit_verify(argv[optind], &o, &res, &e), &e);
 	trust_free(trust);
 	source_close(src);
 	if (r < 0)

@@ -1,12 +1,15 @@
 /* source.c: the tar stream of gzip and zstd kits read sequentially (seek
  * points recorded on the way) and then at random offsets, against the bytes
  * GNU gzip and zstd themselves compressed; concatenated members and frames;
- * garbage after the stream and truncation refused. */
+ * garbage after the stream and truncation refused; bytes reported bad
+ * (source_report_bad) reach the kit's bytes as the file range they were
+ * decoded from, and what was decoded from them is decoded again. */
 #include <stdbool.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "bytes.h"
 #include "check.h"
 #include "source.h"
 
@@ -133,6 +136,81 @@ static void refused(const char *path, const char *needle)
 	source_close(s);
 }
 
+/* Local bytes that remember what was reported bad, and say "read again". */
+struct spy {
+	struct bytes b;
+	struct bytes *inner;
+	uint64_t off, len;
+	int reports;
+};
+
+static ssize_t spy_read_at(struct bytes *b, void *buf, size_t len, uint64_t off)
+{
+	return bytes_read_at(((struct spy *)b)->inner, buf, len, off);
+}
+
+static int spy_report_bad(struct bytes *b, uint64_t off, uint64_t len)
+{
+	struct spy *s = (struct spy *)b;
+	s->off = off;
+	s->len = len;
+	s->reports++;
+	return 0;
+}
+
+static void spy_close(struct bytes *b)
+{
+	bytes_close(((struct spy *)b)->inner);
+	free(b->name);
+	free(b);
+}
+
+static const struct bytes_ops spy_ops = { .read_at = spy_read_at, .report_bad = spy_report_bad, .close = spy_close };
+
+static void check_report(const char *path, enum kit_compression comp)
+{
+	struct stella_err e = { 0 };
+	struct spy *sp = calloc(1, sizeof(*sp));
+	CHECK(bytes_open_path(path, &sp->inner, &e) == 0);
+	sp->b.ops = &spy_ops;
+	sp->b.name = strdup(path);
+	sp->b.size = bytes_size(sp->inner);
+	snprintf(sp->b.identity, sizeof(sp->b.identity), "spy");
+	struct source *s;
+	CHECK(source_open_bytes(&sp->b, &s, &e) == 0);
+	uint8_t *buf = malloc(1 << 20);
+	ssize_t n;
+	while ((n = source_stream_read(s, buf, 1 << 20, &e)) > 0)
+		;
+	CHECK(n == 0);
+	uint64_t off = (17u << 20) + 5, len = 8192;
+	CHECK(source_pread(s, buf, len, off, &e) == 0);
+	CHECK(source_report_bad(s, off, len) == 0);
+	CHECK(sp->reports == 1);
+	if (comp == KIT_COMPRESS_NONE) {
+		CHECK(sp->off == off && sp->len == len);
+	} else {
+		/* seek point to seek point: what the kit file holds for them */
+		const struct source_point *pts;
+		size_t np = source_points(s, &pts), i = 0;
+		while (i + 1 < np && pts[i + 1].out <= off)
+			i++;
+		size_t j = i;
+		while (j + 1 < np && pts[j + 1].out < off + len)
+			j++;
+		uint64_t in = pts[i].in - (pts[i].bits ? 1 : 0);
+		uint64_t end = j + 1 < np ? pts[j + 1].in : source_file_size(s);
+		CHECK(sp->off == in && sp->off + sp->len == end);
+		CHECK(sp->len < source_file_size(s));
+	}
+	/* read again: decoded again, the same bytes */
+	memset(buf, 0, len);
+	CHECK(source_pread(s, buf, len, off, &e) == 0);
+	CHECK(memcmp(buf, data + off, len) == 0);
+	free(buf);
+	source_close(s);
+}
+
 int main(void)
 {
 	CHECK(mkdtemp(dir) != NULL);
@@ -160,6 +238,12 @@ int main(void)
 	check_file(path, KIT_COMPRESS_ZSTD);
 	snprintf(path, sizeof(path), "%s/k.tar", dir);
 	check_file(path, KIT_COMPRESS_NONE);
+	snprintf(path, sizeof(path), "%s/k.gz", dir);
+	check_report(path, KIT_COMPRESS_GZIP);
+	snprintf(path, sizeof(path), "%s/k.zst", dir);
+	check_report(path, KIT_COMPRESS_ZSTD);
+	snprintf(path, sizeof(path), "%s/k.tar", dir);
+	check_report(path, KIT_COMPRESS_NONE);
 	snprintf(path, sizeof(path), "%s/k.gz", dir);
 	check_concurrent(path);
 	snprintf(path, sizeof(path), "%s/k.zst", dir);
