@@ -225,7 +225,11 @@ static int kit_facts(struct bytes *kit, const struct snapshot_opts *o, struct ki
 	if ((r = sha256_once(buf, n + 8, h)) < 0)
 		return r;
 	hex_encode(h, 32, f->name);
-	snprintf(f->stat, sizeof(f->stat), "%s", bytes_identity(kit));
+	/* A kit on a mirror has no inode or ctime, and its identity changes
+	 * once the cache is bound to its manifest (remote_bind): the head
+	 * and the size say which kit it is (and every block read is checked
+	 * against the trees the index was built with, whatever it is). */
+	snprintf(f->stat, sizeof(f->stat), "%s", bytes_is_remote(kit) ? "remote" : bytes_identity(kit));
 
 	/* the trust store: its keys' ids, sorted, and the threshold */
 	size_t nk = o->trust ? o->trust->n : 0;

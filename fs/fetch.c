@@ -50,7 +50,12 @@
 struct fetch_file {
 	struct snap_file *f;
 	atomic_uint refs;
+	uint64_t id;         /* never reused (an address is, once freed) */
+	struct sf_fetch *q;
+	struct fetch_file *prev, *next;  /* q->files, under q->lock */
 };
+
+static atomic_uint_fast64_t next_file_id = 1;
 
 struct fetch_job {
 	struct fetch_job *prev, *next;  /* sf->fetch: arrival order, which is deadline order */
@@ -71,22 +76,50 @@ static int64_t mono_ns(void)
 	return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
-struct fetch_file *fetch_file_new(struct snap_file *f)
+/* Open files are listed, so that those whose RELEASE never came (a close
+ * just before umount: the kernel drops it with the connection) are closed
+ * at exit (fetch_close_all), not leaked. */
+struct fetch_file *fetch_file_new(struct stellafs *sf, struct snap_file *f)
 {
 	struct fetch_file *ff = malloc(sizeof(*ff));
 	if (!ff)
 		return NULL;
 	ff->f = f;
 	atomic_init(&ff->refs, 1);
+	ff->id = atomic_fetch_add(&next_file_id, 1);
+	ff->q = &sf->fetch;
+	pthread_mutex_lock(&ff->q->lock);
+	ff->prev = NULL;
+	ff->next = ff->q->files;
+	if (ff->next)
+		ff->next->prev = ff;
+	ff->q->files = ff;
+	pthread_mutex_unlock(&ff->q->lock);
 	return ff;
 }
 
 void fetch_file_put(struct fetch_file *ff)
 {
-	if (ff && atomic_fetch_sub(&ff->refs, 1) == 1) {
-		snapshot_file_close(ff->f);
-		free(ff);
-	}
+	if (!ff || atomic_fetch_sub(&ff->refs, 1) != 1)
+		return;
+	pthread_mutex_lock(&ff->q->lock);
+	if (ff->prev)
+		ff->prev->next = ff->next;
+	else
+		ff->q->files = ff->next;
+	if (ff->next)
+		ff->next->prev = ff->prev;
+	pthread_mutex_unlock(&ff->q->lock);
+	snapshot_file_close(ff->f);
+	free(ff);
+}
+
+void fetch_close_all(struct stellafs *sf)
+{
+	/* no request and no fetch is left: each listed file holds the
+	 * open's reference only */
+	while (sf->fetch.files)
+		fetch_file_put(sf->fetch.files);
 }
 
 /* ---- the list (fetch.lock held) ---- */
@@ -157,14 +190,14 @@ static void log_timeout(struct stellafs *sf, const struct fetch_job *j)
 static void failed_note(struct sf_fetch *q, const struct fetch_job *j, int64_t now)
 {
 	q->failed[q->failed_next++ % FETCH_FAILED_KEEP] =
-		(struct fetch_failed){ .file = j->ff, .off = j->off, .end = j->off + j->size, .pid = j->pid, .at = now };
+		(struct fetch_failed){ .file = j->ff->id, .off = j->off, .end = j->off + j->size, .pid = j->pid, .at = now };
 }
 
 static bool failed_just_now(const struct sf_fetch *q, const struct fetch_job *j, int64_t now)
 {
 	for (unsigned i = 0; i < FETCH_FAILED_KEEP; i++) {
 		const struct fetch_failed *f = &q->failed[i];
-		if (f->file == j->ff && f->pid == j->pid && now - f->at < FETCH_FAILED_NS && j->off < f->end &&
+		if (f->file == j->ff->id && f->pid == j->pid && now - f->at < FETCH_FAILED_NS && j->off < f->end &&
 		    f->off < j->off + j->size)
 			return true;
 	}
@@ -335,8 +368,9 @@ void fetch_read(struct stellafs *sf, fuse_req_t req, struct fetch_file *ff, size
 		if (q->n > q->peak)
 			q->peak = q->n;
 		pthread_cond_signal(&q->work);
-		if (q->n == 1)
-			pthread_cond_signal(&q->wake);
+		/* always: the watchdog may sleep without a deadline while the
+		 * list holds only reads answered already (stuck fetches') */
+		pthread_cond_signal(&q->wake);
 		j = NULL;
 	} else if (full && !again) {
 		q->refused++;

@@ -25,10 +25,12 @@
 
 #include "fdcache.h"
 #include "index.h"
+#include "kithead.h"
 #include "kitpath.h"
 #include "location.h"
 #include "options.h"
 #include "stellafs.h"
+#include "source.h"
 #include "util.h"
 
 #define PROG "stellafs"
@@ -66,6 +68,8 @@ static const char usage[] =
 	"  -o timeout=SECONDS      a read no mirror serves in time fails with EIO; a mount\n"
 	"                          that cannot fetch the kit's head in time fails (default 30)\n"
 	"  -o cacert=FILE          CA bundle for https (default: the system store)\n"
+	"  -o client_cert=FILE     https client certificate (PEM); client_key=FILE its key\n"
+	"                          (default: in the same file)\n"
 	"  -o proxy=URL            HTTP proxy (default: http_proxy/https_proxy/no_proxy)\n"
 	"  -o follow=URL           store mode: poll this kit (http(s):// or oci://) and\n"
 	"                          import, then activate, each newer one published there\n"
@@ -472,16 +476,23 @@ static bool check_remote_options(struct daemon *d, const struct opt_values *ov)
 {
 	struct opts *o = &d->o;
 	struct stellafs *sf = &d->sf;
-	if (o->cacert) {
-		char *abs = realpath(o->cacert, NULL);
+	struct { const char *name; char **val; } files[] = {
+		{ "cacert", &o->cacert }, { "client_cert", &o->client_cert }, { "client_key", &o->client_key },
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(files); i++) {
+		char *v = *files[i].val;
+		if (!v)
+			continue;
+		errno = 0;
+		char *abs = realpath(v, NULL);
 		struct stat st;
 		if (!abs || stat(abs, &st) < 0 || !S_ISREG(st.st_mode) || access(abs, R_OK) < 0) {
-			d->rc = fail_usage("cacert=%s: %s", o->cacert, !abs || errno ? strerror(errno) : "not a readable file");
+			d->rc = fail_usage("%s=%s: %s", files[i].name, v, errno ? strerror(errno) : "not a readable file");
 			free(abs);
 			return false;
 		}
-		free(o->cacert);
-		o->cacert = abs;
+		free(v);
+		*files[i].val = abs;
 	}
 	sf->opt.mirrors = (const char *const *)o->mirrors;
 	sf->opt.nmirrors = o->nmirrors;
@@ -490,6 +501,7 @@ static bool check_remote_options(struct daemon *d, const struct opt_values *ov)
 	sf->opt.timeout_ms = ov->timeout_ms;
 	sf->opt.remote = (struct remote_opts){
 		.cache_size = ov->cache_size, .timeout_ms = ov->timeout_ms, .cacert = o->cacert, .proxy = o->proxy,
+		.client_cert = o->client_cert, .client_key = o->client_key,
 	};
 	return true;
 }
@@ -577,6 +589,21 @@ static unsigned max_threads(const struct fuse_cmdline_opts *cl)
 	return cl->max_threads >= 2 && cl->max_threads <= 256 ? cl->max_threads : 16;
 }
 
+/* A kit on a mirror, verified: its fetched bytes are kept under cache=
+ * by its signed manifest's digest, the head pinned (core/remote.h), so
+ * that every mirror of it shares them and a remount with every mirror
+ * down still mounts. */
+static int bind_cache(struct snapshot *s, struct stella_err *e)
+{
+	uint64_t head_len = 0;
+	char key[65];
+	int r = kit_head_extent(s->src, &head_len, e);
+	if (r < 0)
+		return r;
+	hex_encode(s->manifest_sha256, 32, key);
+	return remote_bind(source_bytes(s->src), key, head_len, e);
+}
+
 /* The kit SOURCE names, opened and checked as a snapshot: a local file
  * by its path; a kit on a mirror through core/location.h, fetching its
  * head only (docs/mirrors.md). */
@@ -595,7 +622,12 @@ static int open_kit(struct daemon *d, struct snapshot **out, struct stella_err *
 		if (r < 0)
 			return r;
 	}
-	return snapshot_open_kit(&so, out, e);
+	int r = snapshot_open_kit(&so, out, e);
+	if (r == 0 && d->remote && (r = bind_cache(*out, e)) < 0) {
+		snapshot_unref(*out);
+		*out = NULL;
+	}
+	return r;
 }
 
 /* The trust store, then the source: a refused kit or store exits with its
@@ -822,8 +854,10 @@ static int daemon_end(struct daemon *d)
 	if (d->se)
 		fuse_session_destroy(d->se);
 	ops_free_vbufs(sf);
-	if (fetches_done)
+	if (fetches_done) {
+		fetch_close_all(sf);
 		sf_free_slots(sf);
+	}
 	store_close(sf->store);
 	trust_free(sf->trust.keys);
 	free(d->cl.mountpoint);

@@ -643,7 +643,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fi->fh = (uintptr_t)f;
 	if (remote) {
 		/* its reads may wait for a mirror: they go to fetch.c */
-		struct fetch_file *ff = fetch_file_new(f);
+		struct fetch_file *ff = fetch_file_new(sf, f);
 		if (!ff) {
 			snapshot_file_close(f);
 			fuse_reply_err(req, ENOMEM);

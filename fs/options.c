@@ -27,6 +27,8 @@ static const struct fuse_opt spec[] = {
 	OPT("cache_size=%s", cache_size),
 	OPT("timeout=%s", timeout),
 	OPT("cacert=%s", cacert),
+	OPT("client_cert=%s", client_cert),
+	OPT("client_key=%s", client_key),
 	OPT("proxy=%s", proxy),
 	OPT("follow=%s", follow),
 	OPT("interval=%s", interval),
@@ -171,6 +173,10 @@ static int check_remote(const struct opts *o, struct opt_values *v, char **why)
 		return refuse(why, "proxy=%s: not an http://, https:// or socks5:// URL", o->proxy);
 	if (o->cacert && !*o->cacert)
 		return refuse(why, "cacert=: a file name is needed");
+	if (o->client_cert && !*o->client_cert)
+		return refuse(why, "client_cert=: a file name is needed");
+	if (o->client_key && !o->client_cert)
+		return refuse(why, "client_key=%s: only with client_cert=FILE", o->client_key);
 	return 0;
 }
 
@@ -229,6 +235,8 @@ void options_free(struct opts *o)
 	free(o->cache_size);
 	free(o->timeout);
 	free(o->cacert);
+	free(o->client_cert);
+	free(o->client_key);
 	free(o->proxy);
 	free(o->follow);
 	free(o->interval);

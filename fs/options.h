@@ -19,7 +19,7 @@
 
 struct opts {
 	char *trust, *threshold, *now, *cache, *admin_gid, *incoming;
-	char *cache_size, *timeout, *cacert, *proxy, *follow, *interval;
+	char *cache_size, *timeout, *cacert, *proxy, *follow, *interval, *client_cert, *client_key;
 	char *mirrors[OPTS_MIRRORS_MAX];
 	size_t nmirrors;
 	int too_many_mirrors;  /* more mirror= than OPTS_MIRRORS_MAX */

@@ -236,6 +236,7 @@ struct stellafs {
 		pthread_cond_t wake;       /* the watchdog: a first job, or stop */
 		pthread_cond_t gone;       /* a fetch thread ended */
 		struct fetch_job *head, *tail;
+		struct fetch_file *files;  /* open files of remote snapshots */
 		size_t n, peak;
 		unsigned alive;            /* fetch threads running */
 		bool stop, started, watchdog_running;
@@ -244,7 +245,7 @@ struct stellafs {
 		int64_t logged_at;         /* the last timeout line (mono s) */
 		/* reads that just failed (fetch.c, "once per caller") */
 		struct fetch_failed {
-			const void *file;
+			uint64_t file;     /* the open file's id */
 			uint64_t off, end;
 			pid_t pid;
 			int64_t at;        /* mono ns */
@@ -355,8 +356,11 @@ void incoming_stop(struct stellafs *sf);
 struct fetch_file;
 struct fetch_counters { uint64_t queued, peak, served, timeouts, refused; };
 /* An open file of a remote snapshot (takes f over), shared with its reads. */
-struct fetch_file *fetch_file_new(struct snap_file *f);
+struct fetch_file *fetch_file_new(struct stellafs *sf, struct snap_file *f);
 void fetch_file_put(struct fetch_file *ff);
+/* At exit, once fetch_stop returned true: the open files whose RELEASE
+ * never came. */
+void fetch_close_all(struct stellafs *sf);
 /* Queue the read; it is answered from a fetch thread, by the deadline
  * (timeout=) at the latest, or EINTR when the kernel interrupts it. */
 void fetch_read(struct stellafs *sf, fuse_req_t req, struct fetch_file *ff, size_t size, uint64_t off);

@@ -77,7 +77,8 @@ static void check_values(const struct opts *o)
 		if (r != -EINVAL || !why)
 			abort();
 		static const char *const named[] = { "threshold=", "now=", "admin_gid=", "mirror=", "cache_size=",
-						     "timeout=", "interval=", "follow=", "proxy=", "cacert=" };
+						     "timeout=", "interval=", "follow=", "proxy=", "cacert=",
+						     "client_cert=", "client_key=" };
 		bool ok = false;
 		for (size_t i = 0; i < sizeof(named) / sizeof(named[0]) && !ok; i++)
 			ok = !strncmp(why, named[i], strlen(named[i]));
