@@ -416,6 +416,10 @@ static int http_once(CURL *c, const struct oci_auth *a, const struct http_req *q
 	curl_slist_free_all(h);
 	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
 	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, NULL);
+	/* an error status's body is only ever read for its message: cut, it
+	 * still has its status */
+	if (*cc == CURLE_WRITE_ERROR && r->body_too_big && r->status >= 300)
+		return 0;
 	if (*cc == CURLE_WRITE_ERROR && r->body_too_big)
 		return stella_fail(e, -EIO, "%s: answer larger than %zu bytes", q->url, q->max_body);
 	if (*cc != CURLE_OK)
@@ -898,11 +902,16 @@ int oci_manifest_digest(struct oci_client *c, char digest[7 + 64 + 1], struct st
  * (not HEAD: a presigned storage URL is signed for GET only). */
 static int blob_size(struct oci_client *c, const char *url, uint64_t *size, struct stella_err *e)
 {
-	struct http_req q = { .method = "GET", .url = url, .fd = -1, .range = "0-0", .max_body = 0 };
+	/* at most the one byte asked for: a server that ignores Range and
+	 * answers 200 with the whole blob is cut off after its headers */
+	struct http_req q = { .method = "GET", .url = url, .fd = -1, .range = "0-0", .max_body = 1 };
 	struct http_resp r = { 0 };
-	int rc = request(c, q, &r, e);
+	struct stella_err re = { 0 };
+	int rc = request(c, q, &r, &re);
 	if (rc < 0 && r.body_too_big && r.status == 200)
-		rc = 0;   /* a 200 with the whole blob: its length is enough */
+		rc = 0;   /* its Content-Length is enough here (remote.c refuses it later) */
+	else if (rc < 0 && e && !e->code)
+		*e = re;
 	if (rc < 0)
 		goto out;
 	const char *slash = strchr(r.content_range, '/');
