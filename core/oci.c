@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <syslog.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1104,6 +1105,10 @@ int oci_location_endpoint(const char *source, const struct remote_opts *o, struc
 	struct oci_resolved res;
 	if ((r = oci_client_new(&ref, o, false, &c, e)) == 0 && (r = oci_resolve(c, &res, e)) == 0)
 		r = oci_endpoint(c, &res, source, ep, e);
+	/* which manifest a tag named when it was opened: the log keeps it */
+	if (r == 0)
+		stella_log(LOG_INFO, "%s: manifest %s, kit layer %s (%llu bytes)", source, res.digest,
+			   res.m.layer.digest, (unsigned long long)res.m.layer.size);
 	oci_client_free(c);
 	return r;
 }
