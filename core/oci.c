@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <syslog.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -416,6 +417,10 @@ static int http_once(CURL *c, const struct oci_auth *a, const struct http_req *q
 	curl_slist_free_all(h);
 	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
 	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, NULL);
+	/* an error status's body is only ever read for its message: cut, it
+	 * still has its status */
+	if (*cc == CURLE_WRITE_ERROR && r->body_too_big && r->status >= 300)
+		return 0;
 	if (*cc == CURLE_WRITE_ERROR && r->body_too_big)
 		return stella_fail(e, -EIO, "%s: answer larger than %zu bytes", q->url, q->max_body);
 	if (*cc != CURLE_OK)
@@ -516,6 +521,9 @@ static int fetch_token(struct oci_auth *a, struct stella_err *e)
 	struct http_req q = { .method = "GET", .url = url, .auth = authv, .fd = -1, .max_body = OCI_SMALL_BODY };
 	struct http_resp resp = { 0 };
 	CURLcode cc;
+	/* the token's life counts from before it was asked for: never later
+	 * than the service counts it */
+	time_t asked = time(NULL);
 	r = http_once(c, a, &q, &resp, &cc, e);
 	curl_easy_cleanup(c);
 	if (r < 0)
@@ -555,7 +563,7 @@ static int fetch_token(struct oci_auth *a, struct stella_err *e)
 	a->token = strndup(tok->u.s, tok->len);
 	/* docker's default lifetime when the service does not say */
 	int64_t life = exp && exp->type == JSON_INT && exp->u.i > 0 ? exp->u.i : 60;
-	a->token_expiry = time(NULL) + (time_t)life;
+	a->token_expiry = asked + (time_t)life;
 	/* renew a little early, unless the life is too short to */
 	a->token_margin = life > 10 ? 5 : 0;
 	json_doc_free(doc);
@@ -895,11 +903,16 @@ int oci_manifest_digest(struct oci_client *c, char digest[7 + 64 + 1], struct st
  * (not HEAD: a presigned storage URL is signed for GET only). */
 static int blob_size(struct oci_client *c, const char *url, uint64_t *size, struct stella_err *e)
 {
-	struct http_req q = { .method = "GET", .url = url, .fd = -1, .range = "0-0", .max_body = 0 };
+	/* at most the one byte asked for: a server that ignores Range and
+	 * answers 200 with the whole blob is cut off after its headers */
+	struct http_req q = { .method = "GET", .url = url, .fd = -1, .range = "0-0", .max_body = 1 };
 	struct http_resp r = { 0 };
-	int rc = request(c, q, &r, e);
+	struct stella_err re = { 0 };
+	int rc = request(c, q, &r, &re);
 	if (rc < 0 && r.body_too_big && r.status == 200)
-		rc = 0;   /* a 200 with the whole blob: its length is enough */
+		rc = 0;   /* its Content-Length is enough here (remote.c refuses it later) */
+	else if (rc < 0 && e && !e->code)
+		*e = re;
 	if (rc < 0)
 		goto out;
 	const char *slash = strchr(r.content_range, '/');
@@ -1092,6 +1105,10 @@ int oci_location_endpoint(const char *source, const struct remote_opts *o, struc
 	struct oci_resolved res;
 	if ((r = oci_client_new(&ref, o, false, &c, e)) == 0 && (r = oci_resolve(c, &res, e)) == 0)
 		r = oci_endpoint(c, &res, source, ep, e);
+	/* which manifest a tag named when it was opened: the log keeps it */
+	if (r == 0)
+		stella_log(LOG_INFO, "%s: manifest %s, kit layer %s (%llu bytes)", source, res.digest,
+			   res.m.layer.digest, (unsigned long long)res.m.layer.size);
 	oci_client_free(c);
 	return r;
 }

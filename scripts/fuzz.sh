@@ -60,6 +60,8 @@ for t in $targets; do
 	fuzz_source)   extra="-max_len=65536 -rss_limit_mb=2048" ;;
 	fuzz_trust)    extra="-dict=tests/fuzz/pem.dict -max_len=16384" ;;
 	fuzz_http)     extra="-max_len=1024" ;;
+	fuzz_ociref)   extra="-dict=tests/fuzz/oci.dict -max_len=1024" ;;
+	fuzz_ocimanifest) extra="-dict=tests/fuzz/oci.dict -max_len=16384" ;;
 	fuzz_control)  extra="-dict=tests/fuzz/control.dict -max_len=8192" ;;
 	fuzz_options)  extra="-dict=tests/fuzz/options.dict -max_len=4096" ;;
 	fuzz_index)    extra="-max_len=65536 -rss_limit_mb=2048" ;;
