@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Benchmark: kits of many small files (kit format 1.1, the kit carries its
+# index).  For each tree size, side by side in one run:
+#   - first mount (empty index cache), caches dropped, vs archivemount of the
+#     same tar (the kit is a tar), caches dropped;
+#   - the first `find -printf %s` after a mount, caches dropped, vs a cold
+#     walk of the source tree on the local disk;
+#   - a warm walk vs a warm walk of the source tree;
+#   - the daemon's RSS after walking everything and reading 100,000 files
+#     (or all of them, when fewer), goal 32 MiB;
+#   - pack's peak RSS (goal 512 MiB) with an Ed25519 key (which maps the
+#     manifest and the kit to sign them: file pages count in RSS) and with an
+#     ECDSA key (streamed), and verify's peak RSS (goal 128 MiB).
+# Prints one table "measurement | stellafs | reference | ratio | goal".
+# Not a test: no assertion, the exit status says only whether the run worked.
+#
+#   tests/bench/bigkit.sh [--quick] [--files N[,N...]]
+#     default: 1000000 and 100000 files; --quick: 100000 and 20000
+# STELLAFS=..., STELLAKIT=... override the binaries (default build/...).
+# Needs root (mounts, drop_caches).  Data lives under /var/tmp and is removed,
+# and everything mounted is unmounted, on exit, failure included.
+set -euo pipefail
+export LC_ALL=C
+here=$(cd "$(dirname "$0")/../.." && pwd)
+sfs=${STELLAFS:-$here/build/fs/stellafs}
+sk=${STELLAKIT:-$here/build/tools/stellakit}
+sizes="1000000 100000"
+while [ $# -gt 0 ]; do
+	case $1 in
+	--quick) sizes="100000 20000" ;;
+	--files) sizes=${2//,/ }; shift ;;
+	-h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+	*) echo "usage: $0 [--quick] [--files N[,N...]]" >&2; exit 2 ;;
+	esac
+	shift
+done
+[ "$(id -u)" -eq 0 ] || { echo "bigkit.sh: needs root (mounts, /proc/sys/vm/drop_caches)" >&2; exit 2; }
+for b in "$sfs" "$sk" /usr/bin/time archivemount openssl python3; do
+	command -v "$b" >/dev/null || { echo "bigkit.sh: $b: not found" >&2; exit 2; }
+done
+
+work=$(mktemp -d /var/tmp/stella-bench-bigkit.XXXXXX)
+cleanup() {
+	set +e
+	local m
+	for m in "$work"/mnt*; do
+		mountpoint -q "$m" 2>/dev/null || continue
+		umount "$m" 2>/dev/null || umount -l "$m"
+	done
+	sleep 0.2
+	rm -rf --one-file-system "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+rows=$work/rows
+: > "$rows"
+log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
+drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+t() { # CMD...: wall seconds in $secs
+	local s=$EPOCHREALTIME
+	"$@" >/dev/null
+	secs=$(awk -v a="$s" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }')
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.2fx", a / b }'; }
+row() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$rows"; }
+maxrss_mib() { awk '/Maximum resident set size/ { printf "%.0f MiB", $NF / 1024 }' "$1"; }
+server_pid() { pgrep -f -- " $1\$" | head -n1; }
+unmount() {
+	mountpoint -q "$1" || return 0
+	local pid i
+	pid=$(server_pid "$1" || true)
+	umount "$1"
+	for ((i = 0; i < 200; i++)); do
+		[ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null && break
+		sleep 0.05
+	done
+}
+
+gen() { # DIR N: N small JSON files, 1000 per directory
+	python3 - "$1" "$2" <<'EOF'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for d in range((n + 999) // 1000):
+    dp = os.path.join(root, "feeds", "d%04d" % d)
+    os.makedirs(dp, exist_ok=True)
+    for i in range(min(1000, n - d * 1000)):
+        k = d * 1000 + i
+        with open(os.path.join(dp, "CVE-%07d.json" % k), "w") as f:
+            f.write('{"id":"CVE-%07d","score":%d,"summary":"%s"}\n' % (k, k % 10, "x" * (k % 200)))
+EOF
+}
+
+openssl genpkey -algorithm ED25519 -out "$work/ed.key" 2>/dev/null
+openssl pkey -in "$work/ed.key" -pubout -out "$work/ed.pub"
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/ec.key" 2>/dev/null
+openssl pkey -in "$work/ec.key" -pubout -out "$work/ec.pub"
+ident=(--version 2025.01.15 --sequence 1 --expires-in 30)
+
+for n in $sizes; do
+	d=$work/n$n
+	mkdir -p "$d"
+	log "$n files: generating the tree"
+	gen "$d/tree" "$n"
+	log "$n files: pack (Ed25519, then ECDSA)"
+	/usr/bin/time -v "$sk" pack -k "$work/ed.key" "${ident[@]}" "$d/tree" "$d/kit.tar" >/dev/null 2>"$d/pack-ed.time"
+	/usr/bin/time -v "$sk" pack -k "$work/ec.key" "${ident[@]}" "$d/tree" "$d/kit-ec.tar" >/dev/null 2>"$d/pack-ec.time"
+	row "pack RSS, $n files, Ed25519" "$(maxrss_mib "$d/pack-ed.time")" "-" "-" "<= 512 MiB"
+	row "pack RSS, $n files, ECDSA" "$(maxrss_mib "$d/pack-ec.time")" "-" "-" "<= 512 MiB"
+	rm -f "$d/kit-ec.tar"*
+	log "$n files: verify"
+	drop
+	/usr/bin/time -v "$sk" verify -t "$work/ed.pub" "$d/kit.tar" >/dev/null 2>"$d/verify.time"
+	row "verify RSS, $n files" "$(maxrss_mib "$d/verify.time")" "-" "-" "<= 128 MiB"
+
+	log "$n files: first mount vs archivemount"
+	mkdir -p "$d/mnt" "$d/amnt" "$d/cache"
+	ln -s "$d/mnt" "$work/mnt-s$n"
+	ln -s "$d/amnt" "$work/mnt-a$n"
+	drop
+	t "$sfs" -o "trust=$work/ed.pub,cache=$d/cache" "$d/kit.tar" "$d/mnt"
+	first=$secs
+	unmount "$d/mnt"
+	drop
+	t archivemount -o ro,readonly "$d/kit.tar" "$d/amnt"
+	am=$secs
+	unmount "$d/amnt"
+	row "first mount (s), $n files" "$first" "$am (archivemount)" "$(ratio "$first" "$am")" "<= 0.25x"
+
+	log "$n files: walks"
+	"$sfs" -o "trust=$work/ed.pub,cache=$d/cache" "$d/kit.tar" "$d/mnt"
+	drop
+	t find "$d/mnt/current/" -printf '%s\n'
+	cold=$secs
+	t find "$d/mnt/current/" -printf '%s\n'
+	warm=$secs
+	drop
+	t find "$d/tree/" -printf '%s\n'
+	ncold=$secs
+	t find "$d/tree/" -printf '%s\n'
+	nwarm=$secs
+	row "first find -printf %s (s), $n files" "$cold" "$ncold (cold walk, local disk)" "$(ratio "$cold" "$ncold")" "<= 1.5x"
+	row "warm find -printf %s (s), $n files" "$warm" "$nwarm (warm, local disk)" "$(ratio "$warm" "$nwarm")" "<= 1.3x"
+
+	log "$n files: reading up to 100000 files"
+	(cd "$d/mnt/current" && find . -type f | head -n 100000 | xargs -d '\n' cat > /dev/null)
+	pid=$(server_pid "$d/mnt")
+	rss=$(awk '/VmRSS/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$pid/status")
+	hwm=$(awk '/VmHWM/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$pid/status")
+	row "daemon RSS after walk + reads, $n files" "$rss (peak $hwm)" "-" "-" "<= 32 MiB"
+	unmount "$d/mnt"
+	rm -rf --one-file-system "$d"
+done
+
+printf '\n%-44s | %-22s | %-34s | %-7s | %s\n' measurement stellafs reference ratio goal
+printf '%s\n' "---------------------------------------------+------------------------+------------------------------------+---------+-----------"
+while IFS=$'\t' read -r a b c r g; do
+	printf '%-44s | %-22s | %-34s | %-7s | %s\n' "$a" "$b" "$c" "$r" "$g"
+done < "$rows"
