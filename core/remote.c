@@ -101,7 +101,7 @@ struct rbytes {
 	struct shared *s;
 	uint64_t next_off;      /* where the last read ended */
 	uint64_t last_off;      /* where it began (the same read again is not a step) */
-	unsigned streak;        /* reads in a row that began where the last ended */
+	uint64_t streak;        /* bytes read in a row, each read near where the last ended */
 	bool sequential;        /* advised */
 };
 
@@ -512,8 +512,8 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
-/* Under s->mu: queue chunks after LAST for the workers. */
-static void readahead_locked(struct shared *s, uint64_t last)
+/* Under s->mu: queue up to N chunks after LAST for the workers. */
+static void readahead_locked(struct shared *s, uint64_t last, uint64_t n)
 {
 	uint64_t nchunks = (s->size + REMOTE_CHUNK - 1) / REMOTE_CHUNK;
 	while (s->nworkers < WORKERS &&
@@ -521,7 +521,7 @@ static void readahead_locked(struct shared *s, uint64_t last)
 		s->nworkers++;
 	if (s->nworkers == 0)
 		return;
-	for (uint64_t i = last + 1; i <= last + READAHEAD && i < nchunks; i++) {
+	for (uint64_t i = last + 1; i <= last + n && i < nchunks; i++) {
 		if (tab_find(s, i))
 			continue;
 		bool queued = false;
@@ -558,11 +558,15 @@ static ssize_t remote_read_at(struct bytes *b, void *buf, size_t len, uint64_t o
 	 * order */
 	uint64_t dist = off > rb->next_off ? off - rb->next_off : rb->next_off - off;
 	bool near = rb->next_off != UINT64_MAX && dist <= SEQ_SLACK && off != rb->last_off;
-	rb->streak = near ? rb->streak + 1 : 0;
+	rb->streak = near ? rb->streak + len : 0;
 	rb->next_off = off + len;
 	rb->last_off = off;
-	if (rb->sequential || rb->streak >= 2)
-		readahead_locked(s, last);
+	/* ahead by as many chunks as the reader has gone through in a row
+	 * (up to READAHEAD): a walk over tar headers, small reads near each
+	 * other, does not pull in the big files between them */
+	uint64_t ahead = rb->sequential ? READAHEAD : rb->streak / REMOTE_CHUNK;
+	if (ahead > 0)
+		readahead_locked(s, last, ahead < READAHEAD ? ahead : READAHEAD);
 	pthread_mutex_unlock(&s->mu);
 	size_t done = 0;
 	for (uint64_t idx = first; idx <= last; idx++) {

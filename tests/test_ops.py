@@ -191,10 +191,10 @@ STELLAKIT_CMDS = {
              "--created-at", "--expires-at", "--expires-in", "--component", "warn=", "max=",
              "captured-at=", "records=", "--compress", "none", "gzip", "zstd", "--base",
              "SRC_DIR", "OUT_KIT"],
-    "verify": ["-t", "--threshold", "--now", "--allow-expired"],
+    "verify": ["-t", "--threshold", "--now", "--allow-expired", "--cacert", "--mirror", "--timeout", "URL"],
     "inspect": ["--json"],
     "diff": ["OLD_KIT", "NEW_KIT"],
-    "import": ["-s", "-t", "--threshold", "--now", "--activate"],
+    "import": ["-s", "-t", "--threshold", "--now", "--activate", "--cacert", "--mirror", "--timeout", "URL"],
     "status": ["MOUNTPOINT", "-s", "--json"],
 }
 

@@ -9,6 +9,7 @@
  *                        read the same, else the first error
  *   seq                  the whole kit read front to back in 128 KiB reads
  *                        (advise_sequential): "ok SHA256"
+ *   advise               bytes_advise_sequential
  *   drain                as seq, without the digest (a timing): "ok BYTES"
  *   bad OFF LEN          bytes_report_bad: "ok" (retry) or "error EIO"
  *   bind KEY HEADLEN     remote_bind
@@ -251,6 +252,9 @@ int main(int argc, char **argv)
 			for (int k = 0; k < 32; k++)
 				sprintf(d + 2 * k, "%02x", h[k]);
 			printf(r ? "error %s\n" : "ok %s\n", r ? errname(r) : d);
+		} else if (!strcmp(c, "advise")) {
+			bytes_advise_sequential(b);
+			printf("ok\n");
 		} else if (!strcmp(c, "drain")) {
 			bytes_advise_sequential(b);
 			uint8_t *buf = malloc(128 << 10);
