@@ -256,6 +256,8 @@ def remotectl(urls, *cmds, cache=None, cache_size=None, timeout_ms=None, wait=12
     cp = subprocess.run(args, capture_output=True, text=True, timeout=wait,
                         env={**os.environ, "http_proxy": proxy, "https_proxy": proxy,
                              "no_proxy": ""})
+    # under ASan/UBSan (STELLA_BUILD=build-asan) a finding fails the test
+    assert "Sanitizer" not in cp.stderr and "runtime error:" not in cp.stderr, cp.stderr
     return cp.stdout.splitlines()
 
 
