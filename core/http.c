@@ -216,6 +216,13 @@ static size_t on_body(char *p, size_t size, size_t nitems, void *arg)
 	return n;
 }
 
+static int on_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+	(void)dt; (void)dn; (void)ut; (void)un;
+	const struct xfer *x = arg;
+	return x->rq->cancel && atomic_load(x->rq->cancel) ? 1 : 0;
+}
+
 static int fail(struct http_resp *rs, enum remote_result r, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 static int fail(struct http_resp *rs, enum remote_result r, const char *fmt, ...)
@@ -250,6 +257,11 @@ static int set_options(CURL *h, const struct http_req *rq, struct xfer *x, struc
 	SET(CURLOPT_HEADERDATA, x);
 	SET(CURLOPT_WRITEFUNCTION, on_body);
 	SET(CURLOPT_WRITEDATA, x);
+	if (rq->cancel) {
+		SET(CURLOPT_XFERINFOFUNCTION, on_progress);
+		SET(CURLOPT_XFERINFODATA, x);
+		SET(CURLOPT_NOPROGRESS, 0L);
+	}
 	/* a kit is stored as is: no Content-Encoding, whose ranges would be of
 	 * the encoded bytes */
 	SET(CURLOPT_HTTP_CONTENT_DECODING, 0L);
@@ -307,6 +319,8 @@ static int classify(const struct http_req *rq, struct http_resp *rs, struct xfer
 	long st = rs->status;
 	if (st == 401 || st == 403)
 		return fail(rs, REMOTE_REFUSED, "HTTP %ld (credentials refused)", st);
+	if (c == CURLE_ABORTED_BY_CALLBACK)
+		return fail(rs, REMOTE_HTTP_ERROR, "cancelled");
 	if (c != CURLE_OK && !x->aborted)
 		return fail(rs, curl_class(c), "%s", cerr[0] ? cerr : curl_easy_strerror(c));
 	if (rq->len == 0) {

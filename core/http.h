@@ -24,6 +24,7 @@
  * HTTP_MAX_REDIRECTS, http and https only. */
 #pragma once
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -57,6 +58,9 @@ struct http_req {
 	const char *authorization;  /* the Authorization value, or NULL */
 	const char *if_none_match;  /* conditional request (follow=), or NULL */
 	const char *if_modified_since;
+	/* Optional: checked about once a second while the request waits; when
+	 * it becomes true the request ends (http_error, "cancelled"). */
+	const atomic_bool *cancel;
 };
 
 struct http_resp {

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,7 +93,7 @@ struct shared {
 	size_t qn;
 	pthread_t workers[WORKERS];
 	int nworkers;
-	bool stopping;
+	atomic_bool stopping;       /* closing: workers stop, their requests end */
 };
 
 struct rbytes {
@@ -290,7 +291,7 @@ static int ep_get(struct shared *s, struct endpoint *ep, uint64_t off, void *buf
 	char authz[4096] = "";
 	struct http_req rq = {
 		.url = ep->url, .off = off, .len = len, .buf = buf,
-		.deadline_ms = deadline, .o = &s->o,
+		.deadline_ms = deadline, .o = &s->o, .cancel = &s->stopping,
 	};
 	for (int attempt = 0; ; attempt++) {
 		if (ep->auth && ep->auth->authorize) {

@@ -256,6 +256,8 @@ def remotectl(urls, *cmds, cache=None, cache_size=None, timeout_ms=None, wait=12
     cp = subprocess.run(args, capture_output=True, text=True, timeout=wait,
                         env={**os.environ, "http_proxy": proxy, "https_proxy": proxy,
                              "no_proxy": ""})
+    # under ASan/UBSan (STELLA_BUILD=build-asan) a finding fails the test
+    assert "Sanitizer" not in cp.stderr and "runtime error:" not in cp.stderr, cp.stderr
     return cp.stdout.splitlines()
 
 
@@ -526,3 +528,18 @@ def test_explicit_proxy_option(tmp_path, blob):
         out = remotectl([ng.url("k")], "read", 0, 10, opts=["--proxy", sq.proxy])
         assert out == ["ok " + digest(blob[:10])]
         assert any(url.endswith("/k") for _, _, _, url in sq.log())
+
+
+def test_close_does_not_wait_for_hanging_read_ahead(blob):
+    """Fetches ahead that hang end when the bytes are closed (an umount does not wait
+    for timeout=)."""
+    with serverlib.FaultServer({"/k": blob}) as fs:
+        fs.hang = 60
+        fs.fail_after = 1          # the open (chunk 0) is answered
+        t0 = time.monotonic()
+        out = remotectl([fs.url("k")], "read", 0, 4096, "read", 4096, 4096, "read", 8192, 4096,
+                        "sleep", 300, timeout_ms=30000)
+        took = time.monotonic() - t0
+        assert out[:3] == ["ok " + digest(blob[o:o + 4096]) for o in (0, 4096, 8192)]
+        assert fs.count >= 2       # read ahead asked for chunk 1 (and hangs there)
+        assert took < 8, took
