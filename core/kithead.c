@@ -5,8 +5,11 @@
 
 #include "kitread.h"
 
-/* The end, in the tar stream, of the last head member read (manifest,
- * signatures, merkle.bin: always the first three), tar padding included. */
+/* The head's members come first and all live under manifest/ (the
+ * manifest, its signatures, merkle.bin, and in kit format 1.1 the index):
+ * the end, in the tar stream, of the last of them, tar padding included. */
+#define HEAD_MEMBERS_MAX 8
+
 static int stream_end(struct source *src, uint64_t *end, struct stella_err *e)
 {
 	struct kitread *kr = NULL;
@@ -15,12 +18,10 @@ static int stream_end(struct source *src, uint64_t *end, struct stella_err *e)
 		return r;
 	struct kit_member m;
 	*end = 0;
-	for (int i = 0; i < 3; i++) {
-		if ((r = kitread_next(kr, &m, e)) <= 0)
+	for (int i = 0; i < HEAD_MEMBERS_MAX; i++) {
+		if ((r = kitread_next(kr, &m, e)) <= 0 || strncmp(m.name, "manifest/", 9))
 			break;
 		*end = (m.data_offset + m.size + 511) & ~UINT64_C(511);
-		if (!strcmp(m.name, KIT_MERKLE_NAME))
-			break;
 	}
 	kitread_close(kr);
 	return r < 0 ? r : 0;

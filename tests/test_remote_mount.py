@@ -229,6 +229,29 @@ def test_signalled_reader_never_hangs(tmp_path, mounter, keys, bigkit):
             os.close(fd)
 
 
+def test_bytes_before_ready_are_the_heads(tmp_path, mounter, keys, bigkit):
+    """A first mount of a 58 MiB kit fetches its head, not the kit: what nginx served
+    (its access log) until stellafs returned.  A kit of format 1.0 carries no index: the
+    mount walks its tar headers, so the bound is the 1 MiB chunks holding the head and
+    the headers, twice (a detached mount opens the kit before and after its fork)."""
+    kits, _ = bigkit
+    kit = kits / "big.tar"
+    offs = member_offsets(kit)
+    chunk = 1 << 20
+    head = min(off for name, (off, _) in offs.items() if not name.startswith("manifest/"))
+    chunks = {i for i in range(head // chunk + 1)} | {(off - 512) // chunk for off, _ in offs.values()}
+    with serverlib.Nginx(tmp_path / "ng", root=kits) as ng:
+        mount_remote(mounter, ng.url("big.tar"), keys["ed25519"].pub, "timeout=20")
+        served = ng.bytes_served()
+    size = kit.stat().st_size
+    assert served < size / 2, (served, size)
+    if served > 2 * len(chunks) * chunk:
+        # core/remote.c fetches 4 chunks ahead of what looks sequential, also while the
+        # mount's walk reads tar headers far apart
+        pytest.xfail(f"{served} bytes served before ready, more than the {2 * len(chunks)} chunks holding "
+                     f"the head and the tar headers: read-ahead during the mount's walk")
+
+
 def test_remote_mount_options_refused(mounter, keys, tmp_path):
     """Nonsense remote options are refused with one line naming the option, exit 2."""
     url = "http://127.0.0.1:9/kit.tar"
@@ -287,7 +310,8 @@ def test_tamper_on_server_eio_on_exactly_the_bad_blocks(tmp_path, mounter, keys,
     root = tmp_path / "served"
     root.mkdir()
     kit = tampered_kit(kitdir, root, victim, bad_block)
-    data_off, _ = member_offsets(kit)[victim]
+    offs = member_offsets(kit)
+    data_off, _ = offs[victim]
     chunk_of = lambda b: (data_off + b * BLOCK) // (1 << 20)  # core/remote.c's 1 MiB chunks
     with serverlib.Nginx(tmp_path / "ng", root=root) as ng:
         m = mount_remote(mounter, ng.url("kit.tar"), keys["ed25519"].pub, "timeout=20")
@@ -311,30 +335,16 @@ def test_tamper_on_server_eio_on_exactly_the_bad_blocks(tmp_path, mounter, keys,
         assert False not in got.values(), "wrong bytes served"
         far = [b for b in got if chunk_of(b) != chunk_of(bad_block)]
         assert far and all(got[b] for b in far), got
-        # the other files: those in other chunks read as the source; those sharing the bad
-        # chunk read as the source or give EIO, never other bytes
-        bad_chunk = chunk_of(bad_block)
-        near_files = []
-        for name, (off, size) in member_offsets(kit).items():
+        # the other files read as the source
+        for name in offs:
             if name.startswith("manifest/") or name == victim:
                 continue
-            shares = off // (1 << 20) <= bad_chunk <= (off + max(size, 1) - 1) // (1 << 20)
-            try:
-                ok = read_all(m.path / "current" / name) == (src_tree / name).read_bytes()
-            except OSError as e:
-                assert e.errno == errno.EIO and shares, name
-                near_files.append(name)
-                continue
-            assert ok, f"{name}: wrong bytes"
+            assert read_all(m.path / "current" / name) == (src_tree / name).read_bytes(), name
         h = (m.path / "health").read_text()
         assert h.splitlines()[0] == "CRITICAL", h
         assert m.status()["integrity"]["failures"] >= 1
-        near = [b for b in got if b != bad_block and chunk_of(b) == chunk_of(bad_block)]
-        if near_files or not all(got[b] for b in near):
-            # core/remote.c distrusts the mirror for the whole 1 MiB chunk that held the
-            # bad block: with no other mirror, good blocks beside it give EIO too
-            pytest.xfail("good blocks in the bad block's 1 MiB chunk give EIO: core/remote.c distrusts "
-                         "a mirror per chunk, not per block")
+        # exactly the bad block: its neighbours, in the same 1 MiB fetch, read fine too
+        assert all(got[b] for b in got if b != bad_block), got
 
 
 # --------------------------------------------------------------------------- failover
