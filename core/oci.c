@@ -844,7 +844,7 @@ int oci_client_new(const struct oci_ref *ref, const struct remote_opts *o, bool 
 	if (r < 0) {
 		/* name the registry first: the URL is an implementation detail */
 		if (e && !e->code)
-			stella_fail(e, r, "%s: %s%s", ref->registry, r == -EIO || r == -ETIMEDOUT ? "registry unreachable: " : "",
+			stella_fail(e, r, "%s: %s%s", ref->registry, r == -EIO || r == -ETIMEDOUT ? "OCI registry unreachable: " : "",
 				    pe.msg);
 		oci_client_free(c);
 		return r;
