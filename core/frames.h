@@ -23,11 +23,14 @@
  * span not kept, or queued but not yet started by a worker (the reader
  * takes it over), is decoded by the thread that needs it.
  *
+ * A span that is one frame is decoded in place (its compressed bytes read
+ * into the end of its own buffer), so it needs no input buffer.
+ *
  * Memory: at most FRAMES_SLOTS decoded spans per kit, and all kits
  * together at most FRAMES_BUDGET bytes of them (a read that cannot get a
  * span under the budget goes through a cursor instead, source.c); each
- * worker keeps one decoder context and an input buffer of its largest
- * span's compressed bytes.  Spans are kept until the kit is closed.
+ * worker keeps one decoder context, and an input buffer only once it met
+ * a span of several frames.  Spans are kept until the kit is closed.
  * docs/mount.md section 3.3 and docs/hardening.md "Resource budgets". */
 #pragma once
 
