@@ -231,25 +231,22 @@ def test_signalled_reader_never_hangs(tmp_path, mounter, keys, bigkit):
 
 def test_bytes_before_ready_are_the_heads(tmp_path, mounter, keys, bigkit):
     """A first mount of a 58 MiB kit fetches its head, not the kit: what nginx served
-    (its access log) until stellafs returned.  A kit of format 1.0 carries no index: the
-    mount walks its tar headers, so the bound is the 1 MiB chunks holding the head and
-    the headers, twice (a detached mount opens the kit before and after its fork)."""
+    (its access log) until stellafs returned.  The kit carries its index (format 1.1,
+    docs/kit-format.md), so the mount reads nothing past the head: the bound is the
+    1 MiB chunks holding the head, twice (a detached mount opens the kit before and
+    after its fork)."""
     kits, _ = bigkit
     kit = kits / "big.tar"
     offs = member_offsets(kit)
+    assert "manifest/index" in offs, "the bench kit should carry its index"
     chunk = 1 << 20
     head = min(off for name, (off, _) in offs.items() if not name.startswith("manifest/"))
-    chunks = {i for i in range(head // chunk + 1)} | {(off - 512) // chunk for off, _ in offs.values()}
     with serverlib.Nginx(tmp_path / "ng", root=kits) as ng:
         mount_remote(mounter, ng.url("big.tar"), keys["ed25519"].pub, "timeout=20")
         served = ng.bytes_served()
-    size = kit.stat().st_size
-    assert served < size / 2, (served, size)
-    if served > 2 * len(chunks) * chunk:
-        # core/remote.c fetches 4 chunks ahead of what looks sequential, also while the
-        # mount's walk reads tar headers far apart
-        pytest.xfail(f"{served} bytes served before ready, more than the {2 * len(chunks)} chunks holding "
-                     f"the head and the tar headers: read-ahead during the mount's walk")
+    bound = 2 * (head // chunk + 1) * chunk
+    assert served <= bound, f"{served} bytes served before ready, the head is {head} bytes (bound {bound})"
+
 
 
 def test_remote_mount_options_refused(mounter, keys, tmp_path):
