@@ -63,6 +63,9 @@ run_suite() { # NAME BUILD_DIR MESON_OPTIONS...
 # The detached daemon's stderr is /dev/null: reports go to files, and any
 # report fails the run.
 TSAN_TESTS="switch_storm or concurrent or while_mounted or incoming_directory"
+# and a kit on mirrors: fetch threads, their watchdog, merged fetches and
+# the fetches ahead (tests/test_remote_mount.py)
+TSAN_REMOTE="mounted_tree_equals_source or tamper_on_server or hanging_server or failover_to_second_mirror"
 # and the unit tests of core's own threads: the zstd decode-ahead workers
 # with concurrent readers, fork and close while they decode.
 TSAN_UNIT="unit-frames unit-source"
@@ -81,6 +84,10 @@ run_tsan() {
 	TSAN_OPTIONS=$tsan_opts STELLA_BUILD="$top/build-tsan" STELLAKIT="$top/build-tsan/tools/stellakit" \
 		STELLAFS="$top/build-tsan/fs/stellafs" "${norand[@]}" "$PY" -m pytest -q -p no:cacheprovider \
 		--junitxml="$results/tsan-pytest.xml" -k "$TSAN_TESTS" tests/test_store.py tests/test_mount.py tests/test_resources.py || rc=$?
+	echo "=== tsan: pytest -k \"$TSAN_REMOTE\""
+	TSAN_OPTIONS=$tsan_opts STELLA_BUILD="$top/build-tsan" STELLAKIT="$top/build-tsan/tools/stellakit" \
+		STELLAFS="$top/build-tsan/fs/stellafs" "${norand[@]}" "$PY" -m pytest -q -p no:cacheprovider \
+		--junitxml="$results/tsan-remote-pytest.xml" -k "$TSAN_REMOTE" tests/test_remote_mount.py || rc=$?
 	[ $rc -ne 0 ] && status=1
 	[ $rc -eq 5 ] && echo "tsan-selection failed" >>"$results/tsan.count" # nothing matched -k
 	echo "=== tsan: unit tests $TSAN_UNIT"
