@@ -243,7 +243,7 @@ stage systemd && run_systemd
 expected=0
 stage release && expected=$((expected + 2))
 stage asan && expected=$((expected + 2))
-stage tsan && expected=$((expected + 1))
+stage tsan && expected=$((expected + 3)) # its pytest runs, its unit tests
 stage systemd && expected=$((expected + 1))
 
 # One closing line over everything that ran: meson's unit tests (their "Ok:"
