@@ -497,8 +497,16 @@ static bool realm_may_get_password(const char *realm)
 		return false;
 	if (!strncmp(o, "https://", 8))
 		return true;
-	const char *host = o + 7;
-	return !strncmp(host, "127.", 4) || !strncmp(host, "localhost:", 10) || !strncmp(host, "[::1]:", 6);
+	/* o is "http://HOST:PORT" or "http://[V6]:PORT": the host by its value */
+	char host[256];
+	const char *h = o + 7, *end = *h == '[' ? strchr(h, ']') : strrchr(h, ':');
+	if (*h == '[')
+		h++;
+	if (!end || end < h || (size_t)(end - h) >= sizeof(host))
+		return false;
+	memcpy(host, h, (size_t)(end - h));
+	host[end - h] = '\0';
+	return oci_host_is_loopback(host);
 }
 
 /* GET realm?service=..&scope=.. (basic credentials if we have any): a

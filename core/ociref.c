@@ -51,7 +51,7 @@ static bool parse_port(const char *s, size_t n, unsigned *port)
 	return true;
 }
 
-static bool is_loopback(const char *host)
+bool oci_host_is_loopback(const char *host)
 {
 	if (!strcasecmp(host, "localhost"))
 		return true;
@@ -102,6 +102,8 @@ static int parse_registry(const char *s, size_t n, struct oci_ref *r, struct ste
 			}
 		}
 	}
+	if (hn >= sizeof(r->host))  /* the whole may fit registry[] and the host not host[] */
+		return stella_fail(e, -EINVAL, "registry '%.*s': host name too long", (int)n, s);
 	r->port = 0;
 	if (colon && !parse_port(colon + 1, (size_t)(s + n - colon - 1), &r->port))
 		return stella_fail(e, -EINVAL, "registry '%.*s': bad port", (int)n, s);
@@ -109,7 +111,7 @@ static int parse_registry(const char *s, size_t n, struct oci_ref *r, struct ste
 	r->registry[n] = '\0';
 	memcpy(r->host, hs, hn);
 	r->host[hn] = '\0';
-	r->loopback = is_loopback(r->host);
+	r->loopback = oci_host_is_loopback(r->host);
 	return 0;
 }
 

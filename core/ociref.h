@@ -36,3 +36,8 @@ static inline const char *ociref_reference(const struct oci_ref *r)
 {
 	return r->digest[0] ? r->digest : r->tag;
 }
+
+/* HOST (no brackets, no port) is a loopback address by its value (127/8,
+ * ::1) or exactly "localhost"; never by a prefix of a name, which any DNS
+ * zone can spell. */
+bool oci_host_is_loopback(const char *host);

@@ -29,6 +29,22 @@ int main(void)
 	CHECK(ociref_parse("oci://128.0.0.1/kits:x", &r, NULL) == 0 && !r.loopback);
 	CHECK(ok("oci://r/a--b:_t"));
 
+	/* a host name that fits registry[] but not host[]: refused, not copied
+	 * over the port (review finding: 261 characters parsed with a port of
+	 * host bytes) */
+	char longhost[300] = "oci://";
+	for (int i = 0; i < 4; i++) {   /* four components of 63, the most one may have */
+		if (i)
+			strcat(longhost, ".");
+		strcat(longhost, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+	}
+	strcat(longhost, ".bb/a:t");
+	CHECK(strlen(longhost) - strlen("oci://") - strlen("/a:t") > 256);
+	CHECK(!ok(longhost));
+	/* loopback by value, never by the spelling of a name */
+	CHECK(oci_host_is_loopback("127.0.0.1") && oci_host_is_loopback("::1") && oci_host_is_loopback("localhost"));
+	CHECK(!oci_host_is_loopback("127.evil.example") && !oci_host_is_loopback("localhost.evil.example"));
+
 	CHECK(!ok("http://r/a:t"));
 	CHECK(!ok("oci://r"));
 	CHECK(!ok("oci://r/a"));                 /* no tag, no digest */
