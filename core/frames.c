@@ -25,6 +25,8 @@ struct slot {
 	uint64_t seq;             /* QUEUED: order of the queue */
 	uint64_t last_use;
 	int refs;                 /* readers copying out of it */
+	bool stale;               /* decoded from bytes found bad (frames_forget):
+				   * never found again, taken like an empty slot */
 	int phase;                /* tar offset % 4096 of the blocks to hash; -1: none */
 	uint8_t *map;             /* the decoded bytes (big_alloc) */
 	size_t mapsize;
@@ -334,9 +336,13 @@ void frames_forget(struct frames *fs, uint64_t from, uint64_t to)
 	pthread_mutex_lock(&fs->lock);
 	for (unsigned k = 0; k < fs->nslots; k++) {
 		struct slot *sl = &fs->slots[k];
-		bool done = sl->state == SLOT_READY || sl->state == SLOT_FAILED;
-		if (done && sl->refs == 0 && fs->out[sl->span] < to && fs->out[sl->span + 1] > from)
-			sl->state = SLOT_EMPTY; /* its buffers are kept for the next span */
+		if (sl->state == SLOT_EMPTY || fs->out[sl->span] >= to || fs->out[sl->span + 1] <= from)
+			continue;
+		/* whatever it holds or will hold came from those bytes: a reader
+		 * copying out of it, or a decode under way, finishes, but no
+		 * retry finds it (it would fail the same way, and spend one of
+		 * its tries on it) */
+		sl->stale = true;
 	}
 	pthread_cond_broadcast(&fs->cond);
 	pthread_mutex_unlock(&fs->lock);
@@ -489,7 +495,7 @@ static void span_hash(struct frames *fs, struct slot *sl, size_t i, int phase)
 static struct slot *slot_find(struct frames *fs, size_t i)
 {
 	for (unsigned k = 0; k < fs->nslots; k++)
-		if (fs->slots[k].state != SLOT_EMPTY && fs->slots[k].span == i)
+		if (fs->slots[k].state != SLOT_EMPTY && !fs->slots[k].stale && fs->slots[k].span == i)
 			return &fs->slots[k];
 	return NULL;
 }
@@ -502,7 +508,7 @@ static void work_on(struct frames *fs, struct worker *w)
 	unsigned more = 0;
 	for (unsigned k = 0; k < fs->nslots && !fs->closing; k++) {
 		struct slot *x = &fs->slots[k];
-		if (x->state != SLOT_QUEUED)
+		if (x->state != SLOT_QUEUED || x->stale)
 			continue;
 		more++;
 		if (!sl || x->seq < sl->seq)
@@ -575,8 +581,11 @@ static struct slot *victim(struct frames *fs, size_t j, bool ahead)
 	for (unsigned k = 0; k < fs->nslots; k++) {
 		struct slot *x = &fs->slots[k];
 		unsigned rank;
-		if (x->state == SLOT_EMPTY)
+		bool idle = (x->state == SLOT_READY || x->state == SLOT_FAILED || x->state == SLOT_QUEUED) && x->refs == 0;
+		if (x->state == SLOT_EMPTY || (x->stale && idle))
 			rank = 0;
+		else if (x->stale)
+			continue;   /* still decoding or read: its turn comes after */
 		else if ((x->state == SLOT_READY || x->state == SLOT_FAILED) && x->refs == 0)
 			rank = in_window(fs, x->span) ? 3 : 1;
 		else if (x->state == SLOT_QUEUED)
@@ -618,6 +627,7 @@ static void queue_ahead(struct frames *fs, const struct stream *t)
 		if (!sl || slot_fit(fs, sl, j) != 0)
 			break;
 		sl->state = SLOT_QUEUED;
+		sl->stale = false;
 		sl->span = j;
 		sl->seq = ++fs->seq;
 		sl->phase = t->phase;
@@ -709,6 +719,7 @@ static int span_get(struct frames *fs, size_t i, struct slot **out, struct stell
 	}
 	sl->state = SLOT_DECODING;
 	sl->span = i;
+	sl->stale = false;
 	sl->ndig = 0;
 	pthread_mutex_unlock(&fs->lock);
 

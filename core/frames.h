@@ -70,10 +70,10 @@ int frames_read(struct frames *fs, uint8_t *buf, size_t len, uint64_t off, struc
 		struct stella_err *e);
 
 /* The stream bytes [from, to) failed verification (a mirror may have
- * served bad compressed bytes, core/remote.h): decoded spans that hold
- * any of them are not served again.  A span a reader is copying out of
- * right now stays until the reader's retry finds it bad again (each retry
- * costs the caller one of its bounded tries, never a wrong byte). */
+ * served bad compressed bytes, core/remote.h): no span decoded, being
+ * decoded or queued from them is found again; a reader copying out of one
+ * right now finishes its copy (and fails its own check), and the next read
+ * decodes afresh from the bytes the mirrors now give. */
 void frames_forget(struct frames *fs, uint64_t from, uint64_t to);
 
 /* Counters, for tests and the bench. */

@@ -354,6 +354,46 @@ static void test_corrupt(struct source *s)
 	bytes_close(b);
 }
 
+/* frames_forget: a span decoded from bytes later found bad is not served
+ * again; the next read decodes what the bytes hold now (here: damage, as
+ * a mirror's wrong bytes would be, so the read fails rather than return
+ * the span kept from before). */
+static void test_forget(struct source *s)
+{
+	const struct source_point *pts;
+	size_t n = source_points(s, &pts);
+	CHECK(n == NFRAME);
+	if (n != NFRAME)
+		return;
+	char cmd[1024];
+	snprintf(cmd, sizeof(cmd), "cp %s %s", at("k.zst"), at("flip.zst"));
+	sh(cmd);
+	struct bytes *b = NULL;
+	struct stella_err e = { 0 };
+	CHECK(bytes_open_path(at("flip.zst"), &b, &e) == 0);
+	if (!b)
+		return;
+	struct frames *fs = frames_of(s, b);
+	uint64_t lo = pts[5].out;
+	uint8_t buf[100];
+	CHECK(frames_read(fs, buf, sizeof(buf), lo + 1000, NULL, &e) == 0);
+	CHECK(memcmp(buf, data + lo + 1000, sizeof(buf)) == 0);
+	uint64_t mid = pts[5].in + (pts[6].in - pts[5].in) / 2;
+	snprintf(cmd, sizeof(cmd), "printf 'XXXXXXXXXXXXXXXX' | dd of=%s bs=1 seek=%llu conv=notrunc status=none",
+		 at("flip.zst"), (unsigned long long)mid);
+	sh(cmd);
+	/* kept: still served from memory until told */
+	CHECK(frames_read(fs, buf, sizeof(buf), lo + 2000, NULL, &e) == 0);
+	frames_forget(fs, lo + 1000, lo + 1100);
+	memset(&e, 0, sizeof(e));
+	CHECK(frames_read(fs, buf, sizeof(buf), lo + 3000, NULL, &e) == -EIO);
+	/* a span nobody reported stays */
+	CHECK(frames_read(fs, buf, sizeof(buf), pts[7].out + 5, NULL, &e) == 0);
+	CHECK(memcmp(buf, data + pts[7].out + 5, sizeof(buf)) == 0);
+	frames_free(fs);
+	bytes_close(b);
+}
+
 /* Closing while the workers decode ahead: nothing leaks, nothing is used
  * after it is freed (ASan, TSan), the other kit's reader goes on. */
 struct bg {
@@ -552,6 +592,7 @@ int main(void)
 	test_concurrent(s);
 	test_parallel_stream(s);
 	test_corrupt(s);
+	test_forget(s);
 	test_close_while_decoding(s);
 	test_fork(s);
 	/* last: the source's own spans count against the budget until it is
