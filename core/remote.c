@@ -48,6 +48,7 @@ struct chunk {
 	unsigned refs;          /* readers copying from it, and the table's own */
 	uint64_t used;          /* LRU tick */
 	bool dropped;           /* out of the table: the last put frees it */
+	bool on_disk;           /* in the disk cache (or claimed for writing there) */
 };
 
 struct bad_range {
@@ -395,9 +396,11 @@ static int fetch_chunk(struct shared *s, uint64_t idx, uint64_t need_off, uint64
 
 /* Chunk IDX, ready, with a reference the caller puts back (chunk_put),
  * holding bytes [need_off, need_off+need_len) from a mirror not known to
- * serve them wrong.  Waits at most until DEADLINE. */
+ * serve them wrong.  Waits at most until DEADLINE.  AHEAD: for the fetch
+ * threads; a chunk fetched ahead goes to the disk cache only once a reader
+ * takes it, so that what was never read does not push out what was. */
 static int get_chunk(struct shared *s, uint64_t idx, uint64_t need_off, uint64_t need_len, int64_t deadline,
-		     struct chunk **out)
+		     bool ahead, struct chunk **out)
 {
 	pthread_mutex_lock(&s->mu);
 	for (;;) {
@@ -411,7 +414,12 @@ static int get_chunk(struct shared *s, uint64_t idx, uint64_t need_off, uint64_t
 			c->refs++;
 			c->used = ++s->tick;
 			s->mem_hits++;
+			struct rcache *keep = !ahead && !c->on_disk && c->src >= 0 ? s->rc : NULL;
+			if (keep)
+				c->on_disk = true;
 			pthread_mutex_unlock(&s->mu);
+			if (keep)
+				rcache_put(keep, idx, c->data, c->len);   /* our reference keeps data */
 			*out = c;
 			return 0;
 		}
@@ -449,11 +457,16 @@ static int get_chunk(struct shared *s, uint64_t idx, uint64_t need_off, uint64_t
 	pthread_mutex_unlock(&s->mu);
 
 	int src = -1;
+	bool on_disk = false;
 	int r = rc && rcache_get(rc, idx, data, len) == 0 ? 0 : -ENOENT;
-	if (r < 0) {
+	if (r == 0) {
+		on_disk = true;
+	} else {
 		r = fetch_chunk(s, idx, need_off, need_len, data, len, deadline, &src);
-		if (r == 0 && rc)
+		if (r == 0 && rc && !ahead) {
 			rcache_put(rc, idx, data, len);
+			on_disk = true;
+		}
 	}
 
 	pthread_mutex_lock(&s->mu);
@@ -461,6 +474,7 @@ static int get_chunk(struct shared *s, uint64_t idx, uint64_t need_off, uint64_t
 		c->data = data;
 		c->len = len;
 		c->src = src;
+		c->on_disk = on_disk;
 		c->state = CH_READY;
 		c->used = ++s->tick;
 		if (src >= 0) {
@@ -504,7 +518,7 @@ static void *worker_main(void *arg)
 		unsigned ms = s->o.timeout_ms;
 		pthread_mutex_unlock(&s->mu);
 		struct chunk *c;
-		if (!have && get_chunk(s, idx, idx * REMOTE_CHUNK, chunk_len(s, idx), deadline_after(ms), &c) == 0)
+		if (!have && get_chunk(s, idx, idx * REMOTE_CHUNK, chunk_len(s, idx), deadline_after(ms), true, &c) == 0)
 			chunk_put(s, c);
 		pthread_mutex_lock(&s->mu);
 	}
@@ -573,7 +587,7 @@ static ssize_t remote_read_at(struct bytes *b, void *buf, size_t len, uint64_t o
 		struct chunk *c;
 		uint64_t need_off = off + done, cend = (idx + 1) * REMOTE_CHUNK;
 		uint64_t need_len = (off + len < cend ? off + len : cend) - need_off;
-		int r = get_chunk(s, idx, need_off, need_len, deadline, &c);
+		int r = get_chunk(s, idx, need_off, need_len, deadline, false, &c);
 		if (r == -EUCLEAN) {
 			stella_log(LOG_NOTICE, "%s: bytes %" PRIu64 "+%zu: every mirror served them wrong", b->name,
 				   off, len);
@@ -938,15 +952,15 @@ int remote_bind(struct bytes *b, const char *key, uint64_t head_len, struct stel
 	size_t nc = 0;
 	struct chunk **cs = malloc(s->ntab * sizeof(*cs) + 1);
 	for (size_t i = 0; cs && i < s->ntab; i++) {
-		if (s->tab[i]->state == CH_READY) {
+		if (s->tab[i]->state == CH_READY && !s->tab[i]->on_disk && s->tab[i]->src >= 0) {
 			cs[nc++] = s->tab[i];
 			s->tab[i]->refs++;
+			s->tab[i]->on_disk = true;
 		}
 	}
 	pthread_mutex_unlock(&s->mu);
 	for (size_t i = 0; i < nc; i++) {
-		if (cs[i]->src >= 0)
-			rcache_put(rc, cs[i]->idx, cs[i]->data, cs[i]->len);
+		rcache_put(rc, cs[i]->idx, cs[i]->data, cs[i]->len);
 		chunk_put(s, cs[i]);
 	}
 	free(cs);
