@@ -85,6 +85,8 @@ struct shared {
 	uint64_t head_len;
 	uint64_t unserved, mem_hits;
 	char last_error[400];       /* the latest failure of any mirror */
+	int open_src;               /* the endpoint that answered the open, -1 none */
+	char validator[128];        /* its ETag, else Last-Modified, "" none */
 	uint8_t *pool[POOL];        /* spare chunk buffers */
 	size_t npool;
 	/* which endpoint served a chunk last, for a report after the chunk
@@ -809,6 +811,8 @@ static int open_fetch(struct shared *s, int64_t deadline, const struct remote_en
 		if (r == 0) {
 			ep_served(ep, rs.got);
 			s->size = rs.range.total;
+			s->open_src = (int)i;
+			snprintf(s->validator, sizeof(s->validator), "%s", rs.etag[0] ? rs.etag : rs.last_modified);
 			struct chunk *c = calloc(1, sizeof(*c));
 			if (!c || tab_add(s, c) < 0) {
 				free(c);
@@ -846,7 +850,7 @@ static int open_offline(struct shared *s)
 	for (size_t i = 0; i < s->n; i++) {
 		char key[65];
 		uint64_t size, head;
-		if (rcache_lookup_url(s->o.cache_dir, s->ep[i].url, key, &size, &head) < 0)
+		if (rcache_lookup_url(s->o.cache_dir, s->ep[i].url, key, &size, &head, NULL) < 0)
 			continue;
 		struct rcache *rc;
 		struct stella_err e = { 0 };
@@ -859,6 +863,29 @@ static int open_offline(struct shared *s)
 		return 0;
 	}
 	return -ENOENT;
+}
+
+/* A mirror answered: if it serves the kit it served when the cache last
+ * saw it (the same size and the same validator), use that kit's cache
+ * already, so that the head is read from disk.  A kit rewritten under the
+ * same ETag would still be caught: the head is verified above, and
+ * remote_bind rekeys the cache by the manifest it finds. */
+static void open_cached(struct shared *s)
+{
+	if (!s->o.cache_dir || s->open_src < 0 || !s->validator[0])
+		return;
+	char key[65], v[128];
+	uint64_t size, head;
+	if (rcache_lookup_url(s->o.cache_dir, s->ep[s->open_src].url, key, &size, &head, v) < 0 ||
+	    size != s->size || strcmp(v, s->validator) != 0)
+		return;
+	struct stella_err e = { 0 };
+	struct rcache *rc;
+	if (rcache_open(s->o.cache_dir, key, size, REMOTE_CHUNK, head, s->o.cache_size, &rc, &e) < 0)
+		return;
+	s->rc = rc;
+	s->head_len = head;
+	memcpy(s->key, key, sizeof(s->key));
 }
 
 int remote_open(const struct remote_endpoint *eps, size_t n, const struct remote_opts *o,
@@ -877,6 +904,7 @@ int remote_open(const struct remote_endpoint *eps, size_t n, const struct remote
 	pthread_cond_init(&s->cv, &ca);
 	pthread_condattr_destroy(&ca);
 	s->refs = 1;
+	s->open_src = -1;
 	for (size_t i = 0; i < SRC_HINTS; i++)
 		s->src_hint[i].src = -1;
 	int r = opts_copy(&s->o, o);
@@ -900,13 +928,17 @@ int remote_open(const struct remote_endpoint *eps, size_t n, const struct remote
 			r = 0;
 		}
 	}
+	if (r == 0 && !s->rc)
+		open_cached(s);
 	if (r == 0)
 		r = new_handle(s, s->ep[0].label, out);
 	if (r < 0) {
 		shared_free(s);
 		return r == -ENOMEM ? stella_fail_errno(e, r, "%s", eps[0].label ? eps[0].label : eps[0].url) : r;
 	}
-	if (s->key[0])
+	/* offline, the cache's key is all there is; online, the identity is
+	 * the URL's until remote_bind names the kit by its verified manifest */
+	if (s->key[0] && s->open_src < 0)
 		snprintf((*out)->identity, sizeof((*out)->identity), "remote:%s", s->key);
 	else
 		set_url_identity(*out, s->ep[0].url);
@@ -942,7 +974,8 @@ int remote_bind(struct bytes *b, const char *key, uint64_t head_len, struct stel
 			return r;
 	}
 	for (size_t i = 0; i < s->n; i++)
-		rcache_remember_url(s->o.cache_dir, s->ep[i].url, key, s->size, head_len);
+		rcache_remember_url(s->o.cache_dir, s->ep[i].url, key, s->size, head_len,
+				    (int)i == s->open_src ? s->validator : "");
 	pthread_mutex_lock(&s->mu);
 	if (rc)
 		s->rc = rc;
