@@ -392,9 +392,9 @@ static int url_path(const char *dir, const char *url, char *path, size_t n)
 }
 
 int rcache_remember_url(const char *dir, const char *url, const char *key, uint64_t size,
-			uint64_t head_len)
+			uint64_t head_len, const char *validator)
 {
-	char path[4096], d[4096], line[160];
+	char path[4096], d[4096], line[320];
 	if (url_path(dir, url, path, sizeof(path)) < 0)
 		return -ENAMETOOLONG;
 	snprintf(d, sizeof(d), "%s/remote/urls", dir);
@@ -404,16 +404,18 @@ int rcache_remember_url(const char *dir, const char *url, const char *key, uint6
 	int dfd = open(d, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dfd < 0)
 		return -errno;
-	snprintf(line, sizeof(line), "%s %" PRIu64 " %" PRIu64 "\n", key, size, head_len);
+	/* the validator is the rest of the line (a Last-Modified has blanks) */
+	snprintf(line, sizeof(line), "%s %" PRIu64 " %" PRIu64 " %.127s\n", key, size, head_len,
+		 validator ? validator : "");
 	r = write_atomic(dfd, strrchr(path, '/') + 1, line, strlen(line), "", 0);
 	close(dfd);
 	return r;
 }
 
 int rcache_lookup_url(const char *dir, const char *url, char key[65], uint64_t *size,
-		      uint64_t *head_len)
+		      uint64_t *head_len, char validator[128])
 {
-	char path[4096], line[160] = "";
+	char path[4096], line[320] = "";
 	if (url_path(dir, url, path, sizeof(path)) < 0)
 		return -ENOENT;
 	FILE *f = fopen(path, "re");
@@ -423,10 +425,18 @@ int rcache_lookup_url(const char *dir, const char *url, char key[65], uint64_t *
 	fclose(f);
 	char k[65];
 	uint64_t s, h;
-	if (!ok || sscanf(line, "%64[0-9a-f] %" SCNu64 " %" SCNu64, k, &s, &h) != 3 || strlen(k) != 64 || s == 0)
+	int used = 0;
+	if (!ok || sscanf(line, "%64[0-9a-f] %" SCNu64 " %" SCNu64 "%n", k, &s, &h, &used) != 3 || strlen(k) != 64 ||
+	    s == 0)
 		return -ENOENT;
 	memcpy(key, k, 65);
 	*size = s;
 	*head_len = h;
+	if (validator) {
+		const char *v = line + used;
+		if (*v == ' ')
+			v++;
+		snprintf(validator, 128, "%.*s", (int)strcspn(v, "\n"), v);
+	}
 	return 0;
 }

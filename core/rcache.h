@@ -1,6 +1,6 @@
 /* The disk cache of a remote kit's bytes (remote.c), under cache=:
  *
- *   CACHE/remote/urls/<sha256 of the URL>   "KEY SIZE HEAD_LEN\n": which kit a URL
+ *   CACHE/remote/urls/<sha256 of the URL>   "KEY SIZE HEAD_LEN VALIDATOR\n": which kit a URL
  *                                           served last (an offline remount finds
  *                                           its cache by the URL it is given)
  *   CACHE/remote/kits/KEY/meta              "stellafs-rcache 1 SIZE CHUNK HEAD_LEN\n"
@@ -51,9 +51,11 @@ void rcache_drop(struct rcache *c, uint64_t idx);
 /* Bytes kept (pinned included) and reads served. */
 void rcache_counts(struct rcache *c, uint64_t *bytes, uint64_t *hits);
 
-/* Remember that URL serves kit KEY (SIZE bytes, head HEAD_LEN). */
+/* Remember that URL serves kit KEY (SIZE bytes, head HEAD_LEN), and the
+ * validator (ETag, else Last-Modified; "" none) it was served with. */
 int rcache_remember_url(const char *dir, const char *url, const char *key, uint64_t size,
-			uint64_t head_len);
-/* Which kit URL served last: 0 with key[65], size and head_len, or -ENOENT. */
+			uint64_t head_len, const char *validator);
+/* Which kit URL served last: 0 with key[65], size, head_len and (if not
+ * NULL) validator[128], or -ENOENT. */
 int rcache_lookup_url(const char *dir, const char *url, char key[65], uint64_t *size,
-		      uint64_t *head_len);
+		      uint64_t *head_len, char validator[128]);

@@ -48,6 +48,7 @@ struct chunk {
 	unsigned refs;          /* readers copying from it, and the table's own */
 	uint64_t used;          /* LRU tick */
 	bool dropped;           /* out of the table: the last put frees it */
+	bool on_disk;           /* in the disk cache (or claimed for writing there) */
 };
 
 struct bad_range {
@@ -84,6 +85,8 @@ struct shared {
 	uint64_t head_len;
 	uint64_t unserved, mem_hits;
 	char last_error[400];       /* the latest failure of any mirror */
+	int open_src;               /* the endpoint that answered the open, -1 none */
+	char validator[128];        /* its ETag, else Last-Modified, "" none */
 	uint8_t *pool[POOL];        /* spare chunk buffers */
 	size_t npool;
 	/* which endpoint served a chunk last, for a report after the chunk
@@ -395,9 +398,11 @@ static int fetch_chunk(struct shared *s, uint64_t idx, uint64_t need_off, uint64
 
 /* Chunk IDX, ready, with a reference the caller puts back (chunk_put),
  * holding bytes [need_off, need_off+need_len) from a mirror not known to
- * serve them wrong.  Waits at most until DEADLINE. */
+ * serve them wrong.  Waits at most until DEADLINE.  AHEAD: for the fetch
+ * threads; a chunk fetched ahead goes to the disk cache only once a reader
+ * takes it, so that what was never read does not push out what was. */
 static int get_chunk(struct shared *s, uint64_t idx, uint64_t need_off, uint64_t need_len, int64_t deadline,
-		     struct chunk **out)
+		     bool ahead, struct chunk **out)
 {
 	pthread_mutex_lock(&s->mu);
 	for (;;) {
@@ -411,7 +416,12 @@ static int get_chunk(struct shared *s, uint64_t idx, uint64_t need_off, uint64_t
 			c->refs++;
 			c->used = ++s->tick;
 			s->mem_hits++;
+			struct rcache *keep = !ahead && !c->on_disk && c->src >= 0 ? s->rc : NULL;
+			if (keep)
+				c->on_disk = true;
 			pthread_mutex_unlock(&s->mu);
+			if (keep)
+				rcache_put(keep, idx, c->data, c->len);   /* our reference keeps data */
 			*out = c;
 			return 0;
 		}
@@ -449,11 +459,16 @@ static int get_chunk(struct shared *s, uint64_t idx, uint64_t need_off, uint64_t
 	pthread_mutex_unlock(&s->mu);
 
 	int src = -1;
+	bool on_disk = false;
 	int r = rc && rcache_get(rc, idx, data, len) == 0 ? 0 : -ENOENT;
-	if (r < 0) {
+	if (r == 0) {
+		on_disk = true;
+	} else {
 		r = fetch_chunk(s, idx, need_off, need_len, data, len, deadline, &src);
-		if (r == 0 && rc)
+		if (r == 0 && rc && !ahead) {
 			rcache_put(rc, idx, data, len);
+			on_disk = true;
+		}
 	}
 
 	pthread_mutex_lock(&s->mu);
@@ -461,6 +476,7 @@ static int get_chunk(struct shared *s, uint64_t idx, uint64_t need_off, uint64_t
 		c->data = data;
 		c->len = len;
 		c->src = src;
+		c->on_disk = on_disk;
 		c->state = CH_READY;
 		c->used = ++s->tick;
 		if (src >= 0) {
@@ -504,7 +520,7 @@ static void *worker_main(void *arg)
 		unsigned ms = s->o.timeout_ms;
 		pthread_mutex_unlock(&s->mu);
 		struct chunk *c;
-		if (!have && get_chunk(s, idx, idx * REMOTE_CHUNK, chunk_len(s, idx), deadline_after(ms), &c) == 0)
+		if (!have && get_chunk(s, idx, idx * REMOTE_CHUNK, chunk_len(s, idx), deadline_after(ms), true, &c) == 0)
 			chunk_put(s, c);
 		pthread_mutex_lock(&s->mu);
 	}
@@ -573,7 +589,7 @@ static ssize_t remote_read_at(struct bytes *b, void *buf, size_t len, uint64_t o
 		struct chunk *c;
 		uint64_t need_off = off + done, cend = (idx + 1) * REMOTE_CHUNK;
 		uint64_t need_len = (off + len < cend ? off + len : cend) - need_off;
-		int r = get_chunk(s, idx, need_off, need_len, deadline, &c);
+		int r = get_chunk(s, idx, need_off, need_len, deadline, false, &c);
 		if (r == -EUCLEAN) {
 			stella_log(LOG_NOTICE, "%s: bytes %" PRIu64 "+%zu: every mirror served them wrong", b->name,
 				   off, len);
@@ -795,6 +811,8 @@ static int open_fetch(struct shared *s, int64_t deadline, const struct remote_en
 		if (r == 0) {
 			ep_served(ep, rs.got);
 			s->size = rs.range.total;
+			s->open_src = (int)i;
+			snprintf(s->validator, sizeof(s->validator), "%s", rs.etag[0] ? rs.etag : rs.last_modified);
 			struct chunk *c = calloc(1, sizeof(*c));
 			if (!c || tab_add(s, c) < 0) {
 				free(c);
@@ -832,7 +850,7 @@ static int open_offline(struct shared *s)
 	for (size_t i = 0; i < s->n; i++) {
 		char key[65];
 		uint64_t size, head;
-		if (rcache_lookup_url(s->o.cache_dir, s->ep[i].url, key, &size, &head) < 0)
+		if (rcache_lookup_url(s->o.cache_dir, s->ep[i].url, key, &size, &head, NULL) < 0)
 			continue;
 		struct rcache *rc;
 		struct stella_err e = { 0 };
@@ -845,6 +863,29 @@ static int open_offline(struct shared *s)
 		return 0;
 	}
 	return -ENOENT;
+}
+
+/* A mirror answered: if it serves the kit it served when the cache last
+ * saw it (the same size and the same validator), use that kit's cache
+ * already, so that the head is read from disk.  A kit rewritten under the
+ * same ETag would still be caught: the head is verified above, and
+ * remote_bind rekeys the cache by the manifest it finds. */
+static void open_cached(struct shared *s)
+{
+	if (!s->o.cache_dir || s->open_src < 0 || !s->validator[0])
+		return;
+	char key[65], v[128];
+	uint64_t size, head;
+	if (rcache_lookup_url(s->o.cache_dir, s->ep[s->open_src].url, key, &size, &head, v) < 0 ||
+	    size != s->size || strcmp(v, s->validator) != 0)
+		return;
+	struct stella_err e = { 0 };
+	struct rcache *rc;
+	if (rcache_open(s->o.cache_dir, key, size, REMOTE_CHUNK, head, s->o.cache_size, &rc, &e) < 0)
+		return;
+	s->rc = rc;
+	s->head_len = head;
+	memcpy(s->key, key, sizeof(s->key));
 }
 
 int remote_open(const struct remote_endpoint *eps, size_t n, const struct remote_opts *o,
@@ -863,6 +904,7 @@ int remote_open(const struct remote_endpoint *eps, size_t n, const struct remote
 	pthread_cond_init(&s->cv, &ca);
 	pthread_condattr_destroy(&ca);
 	s->refs = 1;
+	s->open_src = -1;
 	for (size_t i = 0; i < SRC_HINTS; i++)
 		s->src_hint[i].src = -1;
 	int r = opts_copy(&s->o, o);
@@ -886,13 +928,17 @@ int remote_open(const struct remote_endpoint *eps, size_t n, const struct remote
 			r = 0;
 		}
 	}
+	if (r == 0 && !s->rc)
+		open_cached(s);
 	if (r == 0)
 		r = new_handle(s, s->ep[0].label, out);
 	if (r < 0) {
 		shared_free(s);
 		return r == -ENOMEM ? stella_fail_errno(e, r, "%s", eps[0].label ? eps[0].label : eps[0].url) : r;
 	}
-	if (s->key[0])
+	/* offline, the cache's key is all there is; online, the identity is
+	 * the URL's until remote_bind names the kit by its verified manifest */
+	if (s->key[0] && s->open_src < 0)
 		snprintf((*out)->identity, sizeof((*out)->identity), "remote:%s", s->key);
 	else
 		set_url_identity(*out, s->ep[0].url);
@@ -928,7 +974,8 @@ int remote_bind(struct bytes *b, const char *key, uint64_t head_len, struct stel
 			return r;
 	}
 	for (size_t i = 0; i < s->n; i++)
-		rcache_remember_url(s->o.cache_dir, s->ep[i].url, key, s->size, head_len);
+		rcache_remember_url(s->o.cache_dir, s->ep[i].url, key, s->size, head_len,
+				    (int)i == s->open_src ? s->validator : "");
 	pthread_mutex_lock(&s->mu);
 	if (rc)
 		s->rc = rc;
@@ -938,15 +985,15 @@ int remote_bind(struct bytes *b, const char *key, uint64_t head_len, struct stel
 	size_t nc = 0;
 	struct chunk **cs = malloc(s->ntab * sizeof(*cs) + 1);
 	for (size_t i = 0; cs && i < s->ntab; i++) {
-		if (s->tab[i]->state == CH_READY) {
+		if (s->tab[i]->state == CH_READY && !s->tab[i]->on_disk && s->tab[i]->src >= 0) {
 			cs[nc++] = s->tab[i];
 			s->tab[i]->refs++;
+			s->tab[i]->on_disk = true;
 		}
 	}
 	pthread_mutex_unlock(&s->mu);
 	for (size_t i = 0; i < nc; i++) {
-		if (cs[i]->src >= 0)
-			rcache_put(rc, cs[i]->idx, cs[i]->data, cs[i]->len);
+		rcache_put(rc, cs[i]->idx, cs[i]->data, cs[i]->len);
 		chunk_put(s, cs[i]);
 	}
 	free(cs);

@@ -565,3 +565,27 @@ def test_close_does_not_wait_for_hanging_read_ahead(blob):
         assert out[1] == "ok " + digest(blob[:4096])
         assert fs.count >= 2       # read ahead asked for chunk 1 (and hangs there)
         assert took < 8, took
+
+
+def test_remount_reads_the_head_from_the_cache(tmp_path, blob):
+    """A mirror that serves the kit the cache last saw from it (same size, same ETag):
+    the head comes from disk; only the open's first chunk is fetched.  Another ETag: the
+    cache is not trusted for the head, it is fetched again."""
+    key = "12" * 32
+    cache = tmp_path / "cache"
+    head = 3 * MiB + 5
+    with serverlib.FaultServer({"/k": blob}) as fs:
+        fs.etag = '"one"'
+        out = remotectl([fs.url("k")], "read", 0, head, "bind", key, head, cache=cache)
+        assert out[1] == "ok"
+        fs.clear_log()
+        out = remotectl([fs.url("k")], "read", 0, head, "stats", cache=cache)
+        assert out[0] == "ok " + digest(blob[:head])
+        assert [r.range for r in fs.requests] == [f"bytes=0-{MiB - 1}"]
+        _, c = stats(out[1:])
+        assert c["hits"] >= 3
+        fs.etag = '"two"'
+        fs.clear_log()
+        out = remotectl([fs.url("k")], "read", 0, head, cache=cache)
+        assert out[0] == "ok " + digest(blob[:head])
+        assert len(fs.requests) == 4

@@ -165,11 +165,16 @@ static void test_urls(void)
 {
 	char k[65];
 	uint64_t size, head;
-	CHECK(rcache_lookup_url(dir, "http://127.0.0.1:1/kit.tar", k, &size, &head) == -ENOENT);
-	CHECK(rcache_remember_url(dir, "http://127.0.0.1:1/kit.tar", key, 12345, 678) == 0);
-	CHECK(rcache_lookup_url(dir, "http://127.0.0.1:1/kit.tar", k, &size, &head) == 0);
+	char v[128];
+	CHECK(rcache_lookup_url(dir, "http://127.0.0.1:1/kit.tar", k, &size, &head, v) == -ENOENT);
+	CHECK(rcache_remember_url(dir, "http://127.0.0.1:1/kit.tar", key, 12345, 678,
+				  "Wed, 15 Jan 2025 00:00:00 GMT") == 0);
+	CHECK(rcache_lookup_url(dir, "http://127.0.0.1:1/kit.tar", k, &size, &head, v) == 0);
 	CHECK(!strcmp(k, key) && size == 12345 && head == 678);
-	CHECK(rcache_lookup_url(dir, "http://127.0.0.1:2/kit.tar", k, &size, &head) == -ENOENT);
+	CHECK_STR(v, "Wed, 15 Jan 2025 00:00:00 GMT");
+	CHECK(rcache_remember_url(dir, "http://127.0.0.1:1/kit.tar", key, 12345, 678, "") == 0);
+	CHECK(rcache_lookup_url(dir, "http://127.0.0.1:1/kit.tar", k, &size, &head, v) == 0 && v[0] == 0);
+	CHECK(rcache_lookup_url(dir, "http://127.0.0.1:2/kit.tar", k, &size, &head, NULL) == -ENOENT);
 }
 
 int main(void)
