@@ -62,7 +62,8 @@ t() { # CMD...: wall seconds in $secs
 	secs=$(awk -v a="$s" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }')
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.2fx", a / b }'; }
-row() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$rows"; }
+# a row of the table, also logged as soon as it is measured
+row() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$rows"; log "$1: $2 | $3 | $4 | goal $5"; }
 maxrss_mib() { awk '/Maximum resident set size/ { printf "%.0f MiB", $NF / 1024 }' "$1"; }
 server_pid() { pgrep -f -- " $1\$" | head -n1; }
 unmount() {
@@ -142,7 +143,8 @@ for n in $sizes; do
 	row "warm find -printf %s (s), $n files" "$warm" "$nwarm (warm, local disk)" "$(ratio "$warm" "$nwarm")" "<= 1.3x"
 
 	log "$n files: reading up to 100000 files"
-	(cd "$d/mnt/current" && find . -type f | head -n 100000 | xargs -d '\n' cat > /dev/null)
+	# (head ends the pipe early: find's SIGPIPE is expected, not a failure)
+	(set +o pipefail; cd "$d/mnt/current" && find . -type f | head -n 100000 | xargs -d '\n' cat > /dev/null)
 	pid=$(server_pid "$d/mnt")
 	rss=$(awk '/VmRSS/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$pid/status")
 	hwm=$(awk '/VmHWM/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$pid/status")
