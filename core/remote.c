@@ -1024,3 +1024,21 @@ int remote_probe(const char *url, const struct remote_opts *o, const char *valid
 	 * follows finds out (the store refuses what it already has) */
 	return !v[0] || !validator || strcmp(v, validator) != 0 ? 1 : 0;
 }
+
+bool remote_resident(struct bytes *b, uint64_t off, uint64_t len)
+{
+	if (!bytes_is_remote(b))
+		return true;
+	struct shared *s = ((struct rbytes *)b)->s;
+	if (len == 0 || off >= s->size)
+		return true;
+	uint64_t last = (off + len - 1 < s->size ? off + len - 1 : s->size - 1) / REMOTE_CHUNK;
+	bool all = true;
+	pthread_mutex_lock(&s->mu);
+	for (uint64_t idx = off / REMOTE_CHUNK; all && idx <= last; idx++) {
+		struct chunk *c = tab_find(s, idx);
+		all = (c && c->state == CH_READY) || (s->rc && rcache_has(s->rc, idx));
+	}
+	pthread_mutex_unlock(&s->mu);
+	return all;
+}

@@ -72,6 +72,12 @@ int remote_open(const struct remote_endpoint *eps, size_t n, const struct remote
 /* True for bytes remote_open made. */
 bool bytes_is_remote(const struct bytes *b);
 
+/* Whether a read of [off, off+len) would be served without the network:
+ * every chunk of it is in memory or in the disk cache.  Never waits (a
+ * chunk being fetched counts as absent).  True for local bytes.  A hint:
+ * a chunk may still leave memory before the read. */
+bool remote_resident(struct bytes *b, uint64_t off, uint64_t len);
+
 /* After the kit's head ([0, head_len): manifest, signatures, index,
  * merkle.bin) was verified: key the disk cache by KEY (the signed
  * manifest's sha256, hex), so every mirror of one kit shares it, and pin

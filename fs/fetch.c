@@ -517,3 +517,8 @@ bool fetch_stop(struct stellafs *sf)
 			   sf->opt.source, q->alive);
 	return done;
 }
+
+struct snap_file *fetch_file_snap(struct fetch_file *ff)
+{
+	return ff->f;
+}

@@ -364,6 +364,8 @@ void fetch_close_all(struct stellafs *sf);
 /* Queue the read; it is answered from a fetch thread, by the deadline
  * (timeout=) at the latest, or EINTR when the kernel interrupts it. */
 void fetch_read(struct stellafs *sf, fuse_req_t req, struct fetch_file *ff, size_t size, uint64_t off);
+/* Its open file, for a read whose bytes are resident (served inline). */
+struct snap_file *fetch_file_snap(struct fetch_file *ff);
 void fetch_counters(struct stellafs *sf, struct fetch_counters *c);
 int fetch_start(struct stellafs *sf);
 /* Answer what waits, end the threads; false when some are still stuck

@@ -570,6 +570,38 @@ def test_interrupts_at_the_deadline_daemon_lives(tmp_path, mounter, keys, bigkit
             os.close(fd)
 
 
+def test_cached_reads_do_not_queue_behind_a_hanging_mirror(tmp_path, mounter, keys, bigkit):
+    """More readers stuck on a hanging mirror than there are fetch threads (8): a read of a
+    file whose bytes are already in the daemon's memory or disk cache is still answered
+    at once with the source's bytes, not EIO from the watchdog (fs/ops.c serves resident
+    bytes in the FUSE worker).  O_DIRECT so that every read reaches the daemon."""
+    kits, big = bigkit
+    data = (kits / "big.tar").read_bytes()
+    cache = tmp_path / "cache"
+    with serverlib.FaultServer({"/big.tar": data}) as fs:
+        m = mount_remote(mounter, fs.url("big.tar"), keys["ed25519"].pub, "timeout=6", "cache_size=64M",
+                         cache=cache)
+        cur = m.path / "current" / "data"
+        want = hashlib.sha256((big / "data" / "f0.bin").read_bytes()).hexdigest()
+        assert hashlib.sha256((cur / "f0.bin").read_bytes()).hexdigest() == want
+        fs.hang = 60.0
+        stuck = [subprocess.Popen(["dd", f"if={cur / 'big.bin'}", "of=/dev/null", "bs=4096", "count=1",
+                                   "iflag=direct", f"skip={(8 + 3 * i) << 8}"], stderr=subprocess.DEVNULL)
+                 for i in range(10)]
+        try:
+            time.sleep(1.5)
+            assert all(p.poll() is None for p in stuck), "the readers should wait for the hanging mirror"
+            t0 = time.monotonic()
+            cp = subprocess.run(f"dd if={cur / 'f0.bin'} bs=1M iflag=direct status=none | sha256sum",
+                                shell=True, capture_output=True, text=True, timeout=20)
+            took = time.monotonic() - t0
+            assert cp.stdout.split()[0] == want, cp
+            assert took < 2, f"a cached read took {took:.1f} s behind reads stuck on the mirror"
+        finally:
+            for p in stuck:
+                p.wait(timeout=6 + 8)
+
+
 # --------------------------------------------------------------------------- squid
 
 def test_many_mounts_through_one_squid_fetch_once(tmp_path, mounter, keys, kitdir, src_tree, nginx):
