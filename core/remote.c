@@ -747,6 +747,7 @@ static int opts_copy(struct remote_opts *d, const struct remote_opts *o)
 		return 0;
 	d->cache_size = o->cache_size ? o->cache_size : REMOTE_CACHE_SIZE_DEFAULT;
 	d->timeout_ms = o->timeout_ms ? o->timeout_ms : REMOTE_TIMEOUT_DEFAULT_MS;
+	d->cancel = o->cancel;
 	const char *const src[] = { o->cache_dir, o->cacert, o->proxy, o->client_cert, o->client_key };
 	const char **dst[] = { &d->cache_dir, &d->cacert, &d->proxy, &d->client_cert, &d->client_key };
 	for (size_t i = 0; i < 5; i++)

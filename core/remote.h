@@ -9,6 +9,7 @@
  * hears back (bytes_report_bad) when the layer above found them bad. */
 #pragma once
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <errno.h>
@@ -30,6 +31,10 @@ struct remote_opts {
 	const char *proxy;         /* NULL: http_proxy / https_proxy / no_proxy */
 	const char *client_cert;   /* https client certificate (PEM), NULL for none */
 	const char *client_key;    /* its private key (PEM), NULL: in client_cert */
+	/* Optional: once true, every transfer made with these options ends
+	 * (checked about once a second; http_error "cancelled"): a daemon that
+	 * stops does not wait out timeout= for an import.  Not owned. */
+	const atomic_bool *cancel;
 };
 
 /* How requests to one endpoint are authorised (a registry's bearer token,

@@ -259,6 +259,9 @@ struct stellafs {
 		pthread_cond_t cond;
 		pthread_t thread;
 		bool running, quit;
+		/* set by follow_stop: imports from a location (follow='s and
+		 * the control file's) end their transfers (remote_opts.cancel) */
+		atomic_bool cancel;
 		char validator[256];       /* the last ETag / Last-Modified seen */
 		int64_t last_poll;         /* wall clock of the last poll, 0 none */
 		int last_err;              /* 0 or a positive errno of the last poll/import */
