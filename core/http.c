@@ -220,7 +220,9 @@ static int on_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, c
 {
 	(void)dt; (void)dn; (void)ut; (void)un;
 	const struct xfer *x = arg;
-	return x->rq->cancel && atomic_load(x->rq->cancel) ? 1 : 0;
+	const struct http_req *rq = x->rq;
+	bool stop = (rq->cancel && atomic_load(rq->cancel)) || (rq->o && rq->o->cancel && atomic_load(rq->o->cancel));
+	return stop ? 1 : 0;
 }
 
 static int fail(struct http_resp *rs, enum remote_result r, const char *fmt, ...)
@@ -257,7 +259,7 @@ static int set_options(CURL *h, const struct http_req *rq, struct xfer *x, struc
 	SET(CURLOPT_HEADERDATA, x);
 	SET(CURLOPT_WRITEFUNCTION, on_body);
 	SET(CURLOPT_WRITEDATA, x);
-	if (rq->cancel) {
+	if (rq->cancel || (o && o->cancel)) {
 		SET(CURLOPT_XFERINFOFUNCTION, on_progress);
 		SET(CURLOPT_XFERINFODATA, x);
 		SET(CURLOPT_NOPROGRESS, 0L);

@@ -440,3 +440,11 @@ int rcache_lookup_url(const char *dir, const char *url, char key[65], uint64_t *
 	}
 	return 0;
 }
+
+bool rcache_has(struct rcache *c, uint64_t idx)
+{
+	pthread_mutex_lock(&c->mu);
+	bool have = find(c, idx) != NULL;
+	pthread_mutex_unlock(&c->mu);
+	return have;
+}

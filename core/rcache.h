@@ -25,6 +25,7 @@
  * foreign meta file makes the whole directory be rebuilt (emptied). */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -45,6 +46,8 @@ int rcache_get(struct rcache *c, uint64_t idx, void *buf, size_t len);
 /* Keep chunk IDX; evicts as needed.  Failures (a full disk) are not
  * errors for the caller: the entry is simply not kept. */
 void rcache_put(struct rcache *c, uint64_t idx, const void *buf, size_t len);
+/* Whether chunk IDX is kept (not read: rcache_get may still find it damaged). */
+bool rcache_has(struct rcache *c, uint64_t idx);
 /* Forget chunk IDX (its bytes failed verification above). */
 void rcache_drop(struct rcache *c, uint64_t idx);
 

@@ -763,6 +763,7 @@ static int opts_copy(struct remote_opts *d, const struct remote_opts *o)
 		return 0;
 	d->cache_size = o->cache_size ? o->cache_size : REMOTE_CACHE_SIZE_DEFAULT;
 	d->timeout_ms = o->timeout_ms ? o->timeout_ms : REMOTE_TIMEOUT_DEFAULT_MS;
+	d->cancel = o->cancel;
 	const char *const src[] = { o->cache_dir, o->cacert, o->proxy, o->client_cert, o->client_key };
 	const char **dst[] = { &d->cache_dir, &d->cacert, &d->proxy, &d->client_cert, &d->client_key };
 	for (size_t i = 0; i < 5; i++)
@@ -1070,4 +1071,22 @@ int remote_probe(const char *url, const struct remote_opts *o, const char *valid
 	/* without a validator every probe says "changed": the import that
 	 * follows finds out (the store refuses what it already has) */
 	return !v[0] || !validator || strcmp(v, validator) != 0 ? 1 : 0;
+}
+
+bool remote_resident(struct bytes *b, uint64_t off, uint64_t len)
+{
+	if (!bytes_is_remote(b))
+		return true;
+	struct shared *s = ((struct rbytes *)b)->s;
+	if (len == 0 || off >= s->size)
+		return true;
+	uint64_t last = (off + len - 1 < s->size ? off + len - 1 : s->size - 1) / REMOTE_CHUNK;
+	bool all = true;
+	pthread_mutex_lock(&s->mu);
+	for (uint64_t idx = off / REMOTE_CHUNK; all && idx <= last; idx++) {
+		struct chunk *c = tab_find(s, idx);
+		all = (c && c->state == CH_READY) || (s->rc && rcache_has(s->rc, idx));
+	}
+	pthread_mutex_unlock(&s->mu);
+	return all;
 }

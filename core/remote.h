@@ -9,6 +9,7 @@
  * hears back (bytes_report_bad) when the layer above found them bad. */
 #pragma once
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <errno.h>
@@ -30,6 +31,10 @@ struct remote_opts {
 	const char *proxy;         /* NULL: http_proxy / https_proxy / no_proxy */
 	const char *client_cert;   /* https client certificate (PEM), NULL for none */
 	const char *client_key;    /* its private key (PEM), NULL: in client_cert */
+	/* Optional: once true, every transfer made with these options ends
+	 * (checked about once a second; http_error "cancelled"): a daemon that
+	 * stops does not wait out timeout= for an import.  Not owned. */
+	const atomic_bool *cancel;
 };
 
 /* How requests to one endpoint are authorised (a registry's bearer token,
@@ -71,6 +76,12 @@ int remote_open(const struct remote_endpoint *eps, size_t n, const struct remote
 
 /* True for bytes remote_open made. */
 bool bytes_is_remote(const struct bytes *b);
+
+/* Whether a read of [off, off+len) would be served without the network:
+ * every chunk of it is in memory or in the disk cache.  Never waits (a
+ * chunk being fetched counts as absent).  True for local bytes.  A hint:
+ * a chunk may still leave memory before the read. */
+bool remote_resident(struct bytes *b, uint64_t off, uint64_t len);
 
 /* After the kit's head ([0, head_len): manifest, signatures, index,
  * merkle.bin) was verified: key the disk cache by KEY (the signed

@@ -1569,3 +1569,19 @@ int snapshot_verify_all(struct snapshot *s, uint64_t *files, uint64_t *bytes, st
 	free(w.files);
 	return r;
 }
+
+bool snapshot_read_resident(struct snap_file *f, size_t len, uint64_t off)
+{
+	if (f->blob || off >= f->size || len == 0)
+		return true;
+	len = (size_t)MIN((uint64_t)len, f->size - off);
+	uint64_t start = off / MERKLE_BLOCK * MERKLE_BLOCK;
+	uint64_t end = MIN(f->size, (off + len - 1) / MERKLE_BLOCK * MERKLE_BLOCK + MERKLE_BLOCK);
+	if (!source_resident(f->s->src, f->data_off + start, end - start))
+		return false;
+	/* the whole tree, not just the blocks of this read: simpler, and it
+	 * sits in the pinned head */
+	if (!f->tree_loaded && !f->tree_file && f->tree_off >= 0)
+		return source_resident(f->s->src, (uint64_t)f->tree_off, merkle_tree_size(&f->g));
+	return true;
+}

@@ -117,6 +117,10 @@ void snapshot_file_close(struct snap_file *f);
  * if any block of the range fails its check.  buf holds len bytes; after
  * an error its content is undefined (unverified data may be in it). */
 ssize_t snapshot_read(struct snap_file *f, void *buf, size_t len, uint64_t off);
+/* Whether snapshot_read of the same range would not wait for the network
+ * (its data blocks and, if not loaded yet, the file's tree are in memory or
+ * in the disk cache): a hint, never waits. */
+bool snapshot_read_resident(struct snap_file *f, size_t len, uint64_t off);
 
 /* Re-check every block of every file.  Returns 0, or -EIO with the first
  * failing file and block in e. */

@@ -8,6 +8,7 @@
 
 #include "bytes.h"
 #include "frames.h"
+#include "remote.h"
 #include "util.h"
 
 #define IN_CHUNK   (256u << 10)
@@ -677,4 +678,13 @@ int source_report_bad(struct source *s, uint64_t stream_off, size_t len)
 			cursor_reset(&s->cur[i]);
 	pthread_mutex_unlock(&s->lock);
 	return bytes_report_bad(s->b, in, end - in);
+}
+
+bool source_resident(struct source *s, uint64_t stream_off, uint64_t len)
+{
+	if (!bytes_is_remote(s->b))
+		return true;
+	if (s->comp != KIT_COMPRESS_NONE)
+		return false;
+	return remote_resident(s->b, stream_off, len);
 }

@@ -65,6 +65,12 @@ int source_pread(struct source *s, void *buf, size_t len, uint64_t off, struct s
  * (a local kit always). */
 int source_report_bad(struct source *s, uint64_t stream_off, size_t len);
 
+/* Whether the stream bytes [stream_off, stream_off+len) can be read without
+ * waiting for the network (core/remote.h, remote_resident).  Local kits:
+ * always.  Compressed kits from mirrors: never claimed (their decoded
+ * spans and seek points are not consulted yet). */
+bool source_resident(struct source *s, uint64_t stream_off, uint64_t len);
+
 /* SHA-256 digests of whole 4 KiB blocks of a read, computed on the way
  * (core/frames.h: workers decoding a zstd kit ahead of a sequential reader
  * hash the blocks as they land).  have[k]: sha256[k] is the digest of the

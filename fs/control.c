@@ -107,6 +107,7 @@ int control_import_location(struct stellafs *sf, const char *url, bool activate,
 	 * reads the kit once, from start to end */
 	struct remote_opts ro = sf->opt.remote;
 	ro.cache_dir = NULL;
+	ro.cancel = &sf->follow.cancel; /* the daemon stops: the import ends */
 	int r = location_open(url, NULL, 0, &ro, &b, &e);
 	if (r == 0)
 		r = source_open_bytes(b, &src, &e);

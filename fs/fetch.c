@@ -57,6 +57,18 @@ struct fetch_file {
 
 static atomic_uint_fast64_t next_file_id = 1;
 
+/* A read handed to the fetch threads.  Its lifetime is reference-counted:
+ * the interrupt callback (on_interrupt) may run on it until the request is
+ * answered or the callback is cleared, and only the one that claimed the
+ * request (set replied first) does either.  So:
+ *   - the list holds one reference, put by whoever unlinks the job;
+ *   - a claimer that answers after dropping q->lock (the watchdog,
+ *     fetch_stop) takes one under the lock when it claims and puts it only
+ *     after reply_claimed_err (callback cleared, request answered);
+ *   - run_job claims and answers while it still holds the list's one;
+ *   - on_interrupt, the claimer in the callback, answers there and touches
+ *     nothing of the job after its claim.
+ * The job is freed by the last job_put. */
 struct fetch_job {
 	struct fetch_job *prev, *next;  /* sf->fetch: arrival order, which is deadline order */
 	fuse_req_t req;
@@ -67,6 +79,7 @@ struct fetch_job {
 	int64_t deadline;               /* CLOCK_MONOTONIC nanoseconds */
 	bool running;                   /* under lock: a fetch thread has it */
 	atomic_bool replied;            /* set by whoever answers */
+	atomic_uint refs;               /* the rule above the struct */
 };
 
 static int64_t mono_ns(void)
@@ -149,10 +162,31 @@ static void job_unlink(struct sf_fetch *q, struct fetch_job *j)
 	q->n--;
 }
 
-static void job_free(struct fetch_job *j)
+static void reply_claimed_err(fuse_req_t req, int err);
+
+static void job_put(struct fetch_job *j)
 {
+	if (atomic_fetch_sub(&j->refs, 1) != 1)
+		return;
 	fetch_file_put(j->ff);
 	free(j);
+}
+
+/* A claimer that answers after dropping q->lock keeps the job alive until
+ * it has (q->lock held, so the job is still listed). */
+static fuse_req_t job_claimed(struct fetch_job *j)
+{
+	atomic_fetch_add(&j->refs, 1);
+	return j->req;
+}
+
+/* Answer the claimed jobs EIO, then drop the claimers' references. */
+static void reply_claimed_all(struct fetch_job **claimed, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		reply_claimed_err(claimed[i]->req, EIO);
+	for (size_t i = 0; i < n; i++)
+		job_put(claimed[i]);
 }
 
 /* Answer req with err, as the one that claimed it: first take it away
@@ -228,7 +262,7 @@ static void reap_all(struct fetch_job *reap)
 {
 	while (reap) {
 		struct fetch_job *nx = reap->next;
-		job_free(reap);
+		job_put(reap);
 		reap = nx;
 	}
 }
@@ -257,7 +291,9 @@ static void run_job(struct stellafs *sf, struct fetch_job *j)
 		else
 			fuse_reply_buf(req, buf, (size_t)n);
 	}
-	job_free(j);
+	/* the list's reference: if another claimed the request, its own
+	 * reference keeps the job until it has answered */
+	job_put(j);
 }
 
 static void *fetch_main(void *arg)
@@ -296,7 +332,7 @@ static void *watch_main(void *arg)
 	tune_boost(sf->opt.base_nice + SF_BOOST_NICE);
 	pthread_mutex_lock(&q->lock);
 	while (!q->stop) {
-		fuse_req_t late[EXPIRE_BATCH];
+		struct fetch_job *late[EXPIRE_BATCH];
 		size_t nlate = 0;
 		struct fetch_job *reap = NULL;
 		int64_t now = mono_ns(), next = 0;
@@ -309,7 +345,8 @@ static void *watch_main(void *arg)
 				break;     /* the rest came later: later deadlines */
 			}
 			atomic_store(&j->replied, true);
-			late[nlate++] = j->req;
+			job_claimed(j);
+			late[nlate++] = j;
 			failed_note(q, j, now);
 			q->timeouts++;
 			log_timeout(sf, j);
@@ -321,8 +358,7 @@ static void *watch_main(void *arg)
 		}
 		if (nlate || reap) {
 			pthread_mutex_unlock(&q->lock);
-			for (size_t i = 0; i < nlate; i++)
-				reply_claimed_err(late[i], EIO);
+			reply_claimed_all(late, nlate);
 			reap_all(reap);
 			pthread_mutex_lock(&q->lock);
 			continue;
@@ -356,6 +392,7 @@ void fetch_read(struct stellafs *sf, fuse_req_t req, struct fetch_file *ff, size
 	int64_t now = mono_ns();
 	j->deadline = now + (int64_t)sf->opt.timeout_ms * 1000000;
 	atomic_init(&j->replied, false);
+	atomic_init(&j->refs, 1); /* the list's, or this function's if not listed */
 	atomic_fetch_add(&ff->refs, 1);
 	/* Before the job is visible to a thread that could answer it and
 	 * free it: an interrupt already pending calls back right here. */
@@ -386,7 +423,7 @@ void fetch_read(struct stellafs *sf, fuse_req_t req, struct fetch_file *ff, size
 				   FETCH_QUEUE_MAX);
 		reply_claimed_err(req, EIO);
 	}
-	job_free(j);
+	job_put(j);
 }
 
 void fetch_counters(struct stellafs *sf, struct fetch_counters *c)
@@ -436,13 +473,15 @@ bool fetch_stop(struct stellafs *sf)
 	/* every read not answered yet: EIO now (the kernel has most likely
 	 * dropped them with the connection already), in batches */
 	for (;;) {
-		fuse_req_t left[EXPIRE_BATCH];
+		struct fetch_job *left[EXPIRE_BATCH];
 		size_t nleft = 0;
 		struct fetch_job *reap = NULL;
 		for (struct fetch_job *j = q->head, *nx; j && nleft < EXPIRE_BATCH; j = nx) {
 			nx = j->next;
-			if (!atomic_exchange(&j->replied, true))
-				left[nleft++] = j->req;
+			if (!atomic_exchange(&j->replied, true)) {
+				job_claimed(j);
+				left[nleft++] = j;
+			}
 			if (!j->running) {
 				job_unlink(q, j);
 				j->next = reap;
@@ -452,8 +491,7 @@ bool fetch_stop(struct stellafs *sf)
 		if (!nleft && !reap)
 			break;
 		pthread_mutex_unlock(&q->lock);
-		for (size_t i = 0; i < nleft; i++)
-			reply_claimed_err(left[i], EIO);
+		reply_claimed_all(left, nleft);
 		reap_all(reap);
 		pthread_mutex_lock(&q->lock);
 	}
@@ -478,4 +516,9 @@ bool fetch_stop(struct stellafs *sf)
 		stella_log(LOG_WARNING, "%s: %u fetch(es) still wait for a mirror at exit: not waited for",
 			   sf->opt.source, q->alive);
 	return done;
+}
+
+struct snap_file *fetch_file_snap(struct fetch_file *ff)
+{
+	return ff->f;
 }

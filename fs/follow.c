@@ -79,6 +79,7 @@ static void poll_once(struct stellafs *sf)
 	pthread_mutex_unlock(&sf->follow.lock);
 	struct remote_opts ro = sf->opt.remote;
 	ro.cache_dir = NULL;
+	ro.cancel = &sf->follow.cancel;
 	int r = location_probe(sf->opt.follow, &ro, was, now, &e);
 	if (r == 1) {
 		follow_import(sf, now);
@@ -122,10 +123,12 @@ int follow_start(struct stellafs *sf)
 	return 0;
 }
 
-/* Waits for a poll or an import in progress: each of its fetches is
- * bounded by timeout=. */
+/* Waits for a poll or an import in progress: their transfers are
+ * cancelled (within about a second), and each is bounded by timeout=
+ * anyway. */
 void follow_stop(struct stellafs *sf)
 {
+	atomic_store(&sf->follow.cancel, true);
 	if (!sf->follow.running)
 		return;
 	pthread_mutex_lock(&sf->follow.lock);

@@ -842,13 +842,17 @@ static int daemon_end(struct daemon *d)
 	if ((d->remote || sf->opt.follow) && d->mounted && d->status_fd < 0)
 		exit_guard_start(d);
 	status_stop(&d->sn); /* it reads the snapshots freed below */
-	follow_stop(sf); /* at most one poll's time bound */
-	incoming_stop(sf); /* nothing queues notifications after this */
+	/* Unmounted first: the stops below may wait for a mirror (an import
+	 * by follow= under a hanging one), and past EXIT_GUARD_SECS the guard
+	 * exits; a mountpoint left to a dead daemon would answer "Transport
+	 * endpoint is not connected" until someone runs umount. */
 	if (d->se) {
 		if (d->mounted)
 			fuse_session_unmount(d->se); /* a send blocked in the kernel returns */
 		fuse_remove_signal_handlers(d->se);
 	}
+	follow_stop(sf); /* at most one poll's time bound */
+	incoming_stop(sf); /* nothing queues notifications after this */
 	/* Fetches that still hang on a mirror are not waited for beyond a
 	 * bounded time (fs/fetch.c); what they hold is left to the exit. */
 	bool fetches_done = fetch_stop(sf);

@@ -681,12 +681,20 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		return;
 	}
 	struct fetch_file *ff = fh_fetch(fi);
+	struct snap_file *f;
 	if (ff) {
-		/* never waits here for a mirror */
-		fetch_read(SF(req), req, ff, size, (uint64_t)off);
-		return;
+		/* Bytes already in memory or in the disk cache are read right
+		 * here: they must not queue behind reads that wait for a mirror
+		 * that hangs (docs/mirrors.md, "Time bounds").  The rest goes to
+		 * the fetch threads: a worker never waits for a mirror. */
+		f = fetch_file_snap(ff);
+		if (!snapshot_read_resident(f, size, (uint64_t)off)) {
+			fetch_read(SF(req), req, ff, size, (uint64_t)off);
+			return;
+		}
+	} else {
+		f = (struct snap_file *)(uintptr_t)fi->fh;
 	}
-	struct snap_file *f = (struct snap_file *)(uintptr_t)fi->fh;
 	char *buf = reply_buf(size);
 	if (!buf) {
 		fuse_reply_err(req, ENOMEM);

@@ -259,6 +259,9 @@ struct stellafs {
 		pthread_cond_t cond;
 		pthread_t thread;
 		bool running, quit;
+		/* set by follow_stop: imports from a location (follow='s and
+		 * the control file's) end their transfers (remote_opts.cancel) */
+		atomic_bool cancel;
 		char validator[256];       /* the last ETag / Last-Modified seen */
 		int64_t last_poll;         /* wall clock of the last poll, 0 none */
 		int last_err;              /* 0 or a positive errno of the last poll/import */
@@ -364,6 +367,8 @@ void fetch_close_all(struct stellafs *sf);
 /* Queue the read; it is answered from a fetch thread, by the deadline
  * (timeout=) at the latest, or EINTR when the kernel interrupts it. */
 void fetch_read(struct stellafs *sf, fuse_req_t req, struct fetch_file *ff, size_t size, uint64_t off);
+/* Its open file, for a read whose bytes are resident (served inline). */
+struct snap_file *fetch_file_snap(struct fetch_file *ff);
 void fetch_counters(struct stellafs *sf, struct fetch_counters *c);
 int fetch_start(struct stellafs *sf);
 /* Answer what waits, end the threads; false when some are still stuck

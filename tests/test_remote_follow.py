@@ -88,3 +88,46 @@ def test_follow_is_store_mode_only(mounter, keys, tmp_path):
     kit.write_bytes(b"x")
     cp, _ = mounter.try_mount(kit, keys["ed25519"].pub, "follow=http://127.0.0.1:9/kit.tar")
     assert cp.returncode == 2 and "follow=" in cp.stderr and len(cp.stderr.strip().splitlines()) == 1
+
+
+def test_sigterm_during_hanging_import_unmounts(tmp_path, mounter, keys):
+    """systemctl stop while follow= imports from a mirror that hangs mid-import: the
+    daemon unmounts before it waits for the import, so the mountpoint is gone (a plain
+    directory again, not "Transport endpoint is not connected") within a bound, and the
+    import's transfers are cancelled, so the daemon ends before its exit guard
+    (fs/main.c, 5 s) would have to cut it short."""
+    import errno
+    import signal
+    import subprocess
+    key = keys["ed25519"]
+    src = storelib.write_tree(tmp_path / "src", {"feeds/data.bin": os.urandom(3 << 20)})
+    kit = storelib.pack_kit(src, tmp_path / "v1.tar", key, "v1", 10)
+    store = tmp_path / "store"
+    store.mkdir()
+    # the probe is answered, every request of the import after it hangs
+    with serverlib.FaultServer({"/kit.tar": kit.read_bytes()}) as fs:
+        fs.hang = 120.0
+        fs.fail_after = 1
+        m = mounter.mount(store, key.pub, NOW, f"follow={fs.url('kit.tar')}", "interval=1", "timeout=60")
+        wait_for(lambda: fs.count >= 2, 20, "the import asks the mirror for the kit")
+        time.sleep(0.5)
+        out = subprocess.run(["pgrep", "-f", "-n", f"stellafs.*{m.path}"], capture_output=True,
+                             text=True).stdout.split()
+        assert out, "the daemon's pid"
+        pid = int(out[0])
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGTERM)
+
+        def unmounted():
+            try:
+                os.listdir(m.path)
+            except OSError as e:
+                assert e.errno != errno.ENOTCONN, "the mountpoint was left to a dead daemon"
+                return False
+            return not os.path.ismount(m.path)
+        wait_for(unmounted, 3, "the mountpoint is unmounted at SIGTERM")
+        assert time.monotonic() - t0 < 3
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 5 + 5, "the daemon exits")
+        took = time.monotonic() - t0
+        assert took < 4.5, f"the daemon took {took:.1f} s: the import was not cancelled"
+        os.listdir(m.path)  # still a plain directory: no ENOTCONN

@@ -528,6 +528,80 @@ def test_hanging_server_read_times_out_mount_answers(tmp_path, mounter, keys, bi
         assert not th.is_alive()
 
 
+def test_interrupts_at_the_deadline_daemon_lives(tmp_path, mounter, keys, bigkit):
+    """Readers stuck on a hanging mirror are signalled right at timeout=, when the watchdog
+    answers EIO and the fetch threads, their transfers ended by the same bound, come back
+    and drop their jobs: the window where an INTERRUPT could reach a job freed under the
+    watchdog (fs/fetch.c keeps a claimed job alive until its claimer has answered).  Over
+    rounds of it every reader ends in bounded time, the daemon stays up and answers, and
+    once the mirror is back a read is served.  (The race itself is not reproducible at
+    will; this drives the path, and the ASan build watches it.)"""
+    kits, big = bigkit
+    data = (kits / "big.tar").read_bytes()
+    with serverlib.FaultServer({"/big.tar": data}) as fs:
+        m = mount_remote(mounter, fs.url("big.tar"), keys["ed25519"].pub, "timeout=2")
+        pid = daemon_pid(m.path)
+        fs.hang = 60.0
+        target = m.path / "current" / "data" / "big.bin"
+        for rnd in range(3):
+            procs = []
+            for i in range(10):
+                skip = (4 << 20) // 4096 + (rnd * 10 + i) * 257
+                procs.append(subprocess.Popen(["dd", f"if={target}", "of=/dev/null", "bs=4096", "count=4",
+                                               "iflag=direct", f"skip={skip}"], stderr=subprocess.DEVNULL))
+            time.sleep(1.9 + 0.05 * rnd)
+            for i, p in enumerate(procs):
+                if p.poll() is None:
+                    p.send_signal(signal.SIGINT if i % 2 else signal.SIGUSR1)
+                time.sleep(0.02)
+            for p in procs:
+                p.wait(timeout=2 + 8)
+            assert os.path.exists(f"/proc/{pid}"), "the daemon died"
+            t0 = time.monotonic()
+            (m.path / "status").read_text()
+            assert time.monotonic() - t0 < 2
+        fs.hang = 0.0
+        time.sleep(2.5)  # past the remembered failures
+        off = 30 << 20
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            assert os.pread(fd, BLOCK, off) == (big / "data" / "big.bin").read_bytes()[off:off + BLOCK]
+        finally:
+            os.close(fd)
+
+
+def test_cached_reads_do_not_queue_behind_a_hanging_mirror(tmp_path, mounter, keys, bigkit):
+    """More readers stuck on a hanging mirror than there are fetch threads (8): a read of a
+    file whose bytes are already in the daemon's memory or disk cache is still answered
+    at once with the source's bytes, not EIO from the watchdog (fs/ops.c serves resident
+    bytes in the FUSE worker).  O_DIRECT so that every read reaches the daemon."""
+    kits, big = bigkit
+    data = (kits / "big.tar").read_bytes()
+    cache = tmp_path / "cache"
+    with serverlib.FaultServer({"/big.tar": data}) as fs:
+        m = mount_remote(mounter, fs.url("big.tar"), keys["ed25519"].pub, "timeout=6", "cache_size=64M",
+                         cache=cache)
+        cur = m.path / "current" / "data"
+        want = hashlib.sha256((big / "data" / "f0.bin").read_bytes()).hexdigest()
+        assert hashlib.sha256((cur / "f0.bin").read_bytes()).hexdigest() == want
+        fs.hang = 60.0
+        stuck = [subprocess.Popen(["dd", f"if={cur / 'big.bin'}", "of=/dev/null", "bs=4096", "count=1",
+                                   "iflag=direct", f"skip={(8 + 3 * i) << 8}"], stderr=subprocess.DEVNULL)
+                 for i in range(10)]
+        try:
+            time.sleep(1.5)
+            assert all(p.poll() is None for p in stuck), "the readers should wait for the hanging mirror"
+            t0 = time.monotonic()
+            cp = subprocess.run(f"dd if={cur / 'f0.bin'} bs=1M iflag=direct status=none | sha256sum",
+                                shell=True, capture_output=True, text=True, timeout=20)
+            took = time.monotonic() - t0
+            assert cp.stdout.split()[0] == want, cp
+            assert took < 2, f"a cached read took {took:.1f} s behind reads stuck on the mirror"
+        finally:
+            for p in stuck:
+                p.wait(timeout=6 + 8)
+
+
 # --------------------------------------------------------------------------- squid
 
 def test_many_mounts_through_one_squid_fetch_once(tmp_path, mounter, keys, kitdir, src_tree, nginx):
