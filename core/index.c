@@ -359,6 +359,7 @@ int index_reopen(const char *path, struct index **out, struct stella_err *e)
 		return -ENOMEM;
 	int r = 0;
 	if (sqlite3_open_v2(path, &ix->w, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK ||
+	    (index_harden(ix->w), false) ||
 	    sqlite3_exec(ix->w, "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA mmap_size=0; BEGIN", NULL, NULL, NULL) != SQLITE_OK ||
 	    sqlite3_prepare_v2(ix->w, "INSERT INTO point VALUES(?1,?2,?3,?4)", -1, &ix->ins_point, NULL) ||
 	    sqlite3_prepare_v2(ix->w, "INSERT OR REPLACE INTO meta VALUES(?1,?2)", -1, &ix->ins_meta, NULL))
@@ -412,6 +413,14 @@ int index_rebase_points(struct index *ix, const struct source_point *head, size_
 }
 
 /* Open c (reserved by the caller, outside conns.lock: this reads the file). */
+void index_harden(sqlite3 *db)
+{
+	sqlite3_db_config(db, SQLITE_DBCONFIG_DEFENSIVE, 1, NULL);
+	sqlite3_db_config(db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, NULL);
+	sqlite3_db_config(db, SQLITE_DBCONFIG_ENABLE_TRIGGER, 0, NULL);
+	sqlite3_db_config(db, SQLITE_DBCONFIG_ENABLE_VIEW, 0, NULL);
+}
+
 static int conn_open(struct index *ix, struct conn *c, struct stella_err *e)
 {
 	sqlite3 *db = NULL;
@@ -420,6 +429,7 @@ static int conn_open(struct index *ix, struct conn *c, struct stella_err *e)
 	if (sqlite3_open_v2(ix->path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
 		r = db ? db_fail(ix, db, e, "open") : -ENOMEM;
 	} else {
+		index_harden(db);
 		/* Small caches: the kernel caches what FUSE serves, the page
 		 * cache keeps the file; this bounds the daemon's RSS. */
 		sqlite3_exec(db, "PRAGMA cache_size=-512; PRAGMA query_only=1; PRAGMA mmap_size=0", NULL, NULL, NULL);

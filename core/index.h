@@ -43,6 +43,13 @@ struct index_node {
 };
 
 struct index;
+struct sqlite3;
+
+/* Settings for a connection to a database file a kit may have carried (a
+ * signed file, but written by whoever packed it): no triggers, no views,
+ * nothing in its schema trusted to run, SQLite's defensive mode.  Call
+ * right after sqlite3_open_v2, before the schema is read. */
+void index_harden(struct sqlite3 *db);
 
 /* The SQL that makes an empty index (kitindex.c checks a carried index's
  * schema against it). */

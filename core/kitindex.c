@@ -401,7 +401,9 @@ int kitindex_check(const char *file, const char *path, const struct manifest *m,
 		r = c.db ? db_error(c.db, e, path, "opening it") : stella_fail(e, -ENOMEM, "%s: out of memory", path);
 		goto out;
 	}
-	/* a hostile file: no memory map, SQLite's own checks of every cell */
+	/* a hostile file: nothing in its schema runs, no memory map, SQLite's
+	 * own checks of every cell */
+	index_harden(c.db);
 	sqlite3_exec(c.db, "PRAGMA query_only=1; PRAGMA mmap_size=0; PRAGMA cell_size_check=1; PRAGMA cache_size=-1024",
 		     NULL, NULL, NULL);
 	if ((r = check_schema(&c)) < 0)
