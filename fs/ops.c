@@ -842,6 +842,16 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	if (conn->capable & FUSE_CAP_CACHE_SYMLINKS)
 		conn->want |= FUSE_CAP_CACHE_SYMLINKS;
 	conn->want &= ~(unsigned)FUSE_CAP_WRITEBACK_CACHE;
+	/* READDIRPLUS for every batch of a listing, not only the first: in
+	 * its "auto" mode the kernel asks for entries with attributes at
+	 * offset 0 only, and falls back to plain READDIR for the rest of the
+	 * directory unless lookups came first, so a walker of a directory of
+	 * 1000 files paid a LOOKUP for each of the 976 past the first batch
+	 * (measured: 40 359 LOOKUPs for a 50 000-file walk). */
+	if (conn->capable & FUSE_CAP_READDIRPLUS) {
+		conn->want |= FUSE_CAP_READDIRPLUS;
+		conn->want &= ~(unsigned)FUSE_CAP_READDIRPLUS_AUTO;
+	}
 }
 
 /* Everything that would change the tree: read-only. */

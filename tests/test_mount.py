@@ -19,6 +19,7 @@ import stat
 import subprocess
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,42 @@ def test_first_walk_after_mount_equals_source(tmp_path, keys, mounter):
     for line in inos.splitlines()[1:50]:
         ino, rel = line.split(" ", 1)
         assert os.lstat(m.snap(VERSION) / rel).st_ino == int(ino), rel
+
+
+def test_walk_of_large_directories_needs_no_lookup_per_name(tmp_path, keys):
+    """Directories larger than one READDIRPLUS batch are listed with attributes to the
+    end: the kernel's "auto" mode would ask plain READDIR after the first batch and then
+    a LOOKUP for every later name (the daemon's own -d trace counts the requests)."""
+    src = tmp_path / "src"
+    for d in range(3):
+        for i in range(400):
+            p = src / f"d{d}" / f"CVE-{i:05d}.json"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(b"x" * (i % 50))
+    kit = tmp_path / "kit.tar"
+    kitlib.assert_ok(kitlib.pack(src, kit, [keys["ed25519"]]))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    log = open(tmp_path / "trace.log", "w")
+    p = subprocess.Popen([str(kitlib.FS_BIN), "-f", "-d", "-o", f"trust={keys['ed25519'].pub}", str(kit), str(mnt)],
+                         stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.ismount(mnt):
+            assert p.poll() is None and time.monotonic() < deadline, "the mount did not come up"
+            time.sleep(0.05)
+        kitlib.drop_caches()
+        out = subprocess.run(["find", ".", "-printf", "%s %p\n"], cwd=mnt / "current", capture_output=True,
+                             text=True, check=True, timeout=60).stdout
+        assert len(out.splitlines()) == 1 + 3 + 1200
+    finally:
+        subprocess.run(["umount", str(mnt)], timeout=30)
+        p.wait(timeout=30)
+        log.close()
+    ops = re.findall(r"opcode: ([A-Z_]+)", (tmp_path / "trace.log").read_text())
+    assert ops.count("READDIRPLUS") > 3
+    assert ops.count("READDIR") == 0
+    assert ops.count("LOOKUP") < 40, f"{ops.count('LOOKUP')} LOOKUPs for a walk of 1200 files"
 
 
 def test_top_level_layout(mounted_packed):
