@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <openssl/evp.h>
 
 #include "util.h"
@@ -234,4 +235,30 @@ int hasher_end(struct hasher *h, struct hasher_result *res)
 	res->geom = h->geom;
 	res->tree = h->tree;
 	return 0;
+}
+
+/* The SHA-256 of everything fd holds, read with pread (no shared offset). */
+int sha256_fd(int fd, uint8_t out[32])
+{
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	uint8_t *buf = malloc(1 << 20);
+	int r = ctx && buf && EVP_DigestInit_ex2(ctx, EVP_sha256(), NULL) ? 0 : -ENOMEM;
+	for (uint64_t off = 0; r == 0;) {
+		ssize_t n = pread(fd, buf, 1 << 20, (off_t)off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			r = -errno;
+		else if (n == 0)
+			break;
+		else if (!EVP_DigestUpdate(ctx, buf, (size_t)n))
+			r = -ENOMEM;
+		else
+			off += (uint64_t)n;
+	}
+	if (r == 0 && !EVP_DigestFinal_ex(ctx, out, NULL))
+		r = -ENOMEM;
+	EVP_MD_CTX_free(ctx);
+	free(buf);
+	return r;
 }

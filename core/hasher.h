@@ -40,3 +40,7 @@ void hasher_put(struct hasher *h, size_t len);
 /* Wait for the workers, finish both digests.  -EIO if fewer or more bytes than
  * announced were put. */
 int hasher_end(struct hasher *h, struct hasher_result *res);
+
+/* The SHA-256 of everything FD holds, read with pread (no shared offset):
+ * 0, -ENOMEM, or the read's negative errno. */
+int sha256_fd(int fd, uint8_t out[32]);

@@ -12,30 +12,6 @@
 #include "path.h"
 #include "util.h"
 
-int kitindex_sha256_fd(int fd, uint8_t out[32])
-{
-	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-	uint8_t *buf = malloc(1u << 16);
-	int r = ctx && buf && EVP_DigestInit_ex2(ctx, EVP_sha256(), NULL) ? 0 : -ENOMEM;
-	for (uint64_t off = 0; r == 0;) {
-		ssize_t n = pread(fd, buf, 1u << 16, (off_t)off);
-		if (n < 0) {
-			r = -errno;
-			break;
-		}
-		if (n == 0)
-			break;
-		if (!EVP_DigestUpdate(ctx, buf, (size_t)n))
-			r = -ENOMEM;
-		off += (uint64_t)n;
-	}
-	if (r == 0 && !EVP_DigestFinal_ex(ctx, out, NULL))
-		r = -ENOMEM;
-	EVP_MD_CTX_free(ctx);
-	free(buf);
-	return r;
-}
-
 /* ---- the directories index_add has made so far, by (parent, name) ---- */
 
 struct dnode {

@@ -49,5 +49,3 @@ int kitindex_check(const char *file, const char *label, const struct manifest *m
 		   int (*each)(void *ctx, size_t i, uint64_t data_off, struct stella_err *e), void *ctx,
 		   struct kitindex_info *info, struct stella_err *e);
 
-/* SHA-256 of everything fd holds, read from its start. */
-int kitindex_sha256_fd(int fd, uint8_t out[32]);

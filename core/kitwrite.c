@@ -1018,7 +1018,7 @@ static int pack_index(struct pack *p)
 	if ((uint64_t)st.st_size > STELLA_INDEX_MAX)
 		return stella_fail(p->e, -EBADMSG, "%s: the kit would be refused: its index is %llu bytes, more than %u",
 				   p->o->src_dir, (unsigned long long)st.st_size, STELLA_INDEX_MAX);
-	if ((r = kitindex_sha256_fd(p->index_fd, p->m->index_sha256)) < 0)
+	if ((r = sha256_fd(p->index_fd, p->m->index_sha256)) < 0)
 		return stella_fail_errno(p->e, r, "%s", p->index_tmp);
 	m->index_size = (uint64_t)st.st_size;
 	m->has_index = true;

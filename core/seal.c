@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "hasher.h"
 #include "util.h"
 
 #define RECHECK_SECONDS 5
@@ -27,32 +28,6 @@ static int64_t mono_now(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec;
-}
-
-/* The SHA-256 of everything fd holds, read with pread (no shared offset). */
-static int hash_fd(int fd, uint8_t out[32])
-{
-	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-	uint8_t *buf = malloc(1 << 20);
-	int r = ctx && buf && EVP_DigestInit_ex2(ctx, EVP_sha256(), NULL) ? 0 : -ENOMEM;
-	for (uint64_t off = 0; r == 0;) {
-		ssize_t n = pread(fd, buf, 1 << 20, (off_t)off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			r = -errno;
-		else if (n == 0)
-			break;
-		else if (!EVP_DigestUpdate(ctx, buf, (size_t)n))
-			r = -ENOMEM;
-		else
-			off += (uint64_t)n;
-	}
-	if (r == 0 && !EVP_DigestFinal_ex(ctx, out, NULL))
-		r = -ENOMEM;
-	EVP_MD_CTX_free(ctx);
-	free(buf);
-	return r;
 }
 
 static char *sum_name(const char *path)
@@ -93,7 +68,7 @@ int seal_create(const char *file, const char *sum_for, struct seal **out, struct
 	int r = s ? 0 : -ENOMEM;
 	if (r == 0 && (s->fd = open(file, O_RDONLY | O_CLOEXEC)) < 0)
 		r = stella_fail_errno(e, -errno, "%s", file);
-	if (r == 0 && (r = hash_fd(s->fd, s->digest)) < 0)
+	if (r == 0 && (r = sha256_fd(s->fd, s->digest)) < 0)
 		r = stella_fail_errno(e, r, "%s: digest", file);
 	if (r == 0 && sum_for && !(s->sum_path = sum_name(sum_for)))
 		r = -ENOMEM;
@@ -132,7 +107,7 @@ int seal_open(const char *path, struct seal **out, struct stella_err *e)
 	free(text);
 	if (r == 0 && (s->fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
 		r = stella_fail_errno(e, -errno, "%s", path);
-	if (r == 0 && (r = hash_fd(s->fd, s->digest)) < 0)
+	if (r == 0 && (r = sha256_fd(s->fd, s->digest)) < 0)
 		r = stella_fail_errno(e, r, "%s: digest", path);
 	if (r == 0 && memcmp(s->digest, want, 32))
 		r = stella_fail(e, -EBADMSG, "%s: its bytes do not match the digest written when it was built", path);
@@ -150,7 +125,7 @@ bool seal_intact(struct seal *s)
 	if (!s->changed && mono_now() - s->checked_at >= RECHECK_SECONDS) {
 		uint8_t d[32];
 		/* a digest that could not be computed is no verdict */
-		if (hash_fd(s->fd, d) == 0) {
+		if (sha256_fd(s->fd, d) == 0) {
 			s->changed = memcmp(d, s->digest, 32) != 0;
 			s->checked_at = mono_now();
 		}
