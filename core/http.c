@@ -312,6 +312,16 @@ static enum remote_result curl_class(CURLcode c)
 	}
 }
 
+/* Is the URL the handle ended at (after redirects) of URL's origin? */
+static bool same_origin(CURL *h, const char *url)
+{
+	char *eff = NULL;
+	char a[512], b[512];
+	if (curl_easy_getinfo(h, CURLINFO_EFFECTIVE_URL, &eff) != CURLE_OK || !eff)
+		return false;
+	return http_origin(eff, a, sizeof(a)) == 0 && http_origin(url, b, sizeof(b)) == 0 && !strcmp(a, b);
+}
+
 /* The outcome of a finished transfer, whatever libcurl said. */
 static int classify(const struct http_req *rq, struct http_resp *rs, struct xfer *x, CURLcode c,
 		    const char *cerr)
@@ -371,6 +381,7 @@ int http_get(const struct http_req *rq, struct http_resp *rs)
 	long code = 0;
 	if (curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code) == CURLE_OK && code > 0)
 		rs->status = code;
+	rs->same_origin = same_origin(h, rq->url);
 	r = classify(rq, rs, &x, c, cerr);
 	/* the handle outlives this call: it must not point at our stack */
 	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);

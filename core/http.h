@@ -66,6 +66,10 @@ struct http_req {
 struct http_resp {
 	enum remote_result result;
 	long status;                /* the last response's, 0 if none */
+	/* Did the last response come from the request URL's own origin
+	 * (scheme, host, port)?  false after a redirect elsewhere: what that
+	 * host says (a 401's challenge) is not the endpoint's to act on. */
+	bool same_origin;
 	uint64_t got;               /* body bytes written to buf */
 	bool have_range;
 	struct http_content_range range;

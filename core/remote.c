@@ -311,6 +311,13 @@ static int ep_get(struct shared *s, struct endpoint *ep, uint64_t off, void *buf
 			rq.authorization = authz;
 		}
 		int r = http_get(&rq, rs);
+		/* a host the endpoint redirected to (object storage) is not the
+		 * endpoint: its challenge would send the endpoint's credentials
+		 * to a realm of its choosing.  Its 401 is a refusal. */
+		if (r == -EACCES && rs->status == 401 && !rs->same_origin) {
+			snprintf(rs->error, sizeof(rs->error), "HTTP 401 from the host the mirror redirected to");
+			return r;
+		}
 		if (r == -EACCES && attempt == 0 && rs->status == 401 && ep->auth && ep->auth->challenge) {
 			struct stella_err e = { 0 };
 			pthread_mutex_lock(&ep->auth_mu);

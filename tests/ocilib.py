@@ -170,6 +170,8 @@ class Storage:
         self.expired = 0
         self.gets = 0
         self.multirange_refused = 0
+        self.challenge = None      # a WWW-Authenticate to answer reads with (401) ...
+        self.challenge_after = 0   # ... once this many were served
 
     def start(self):
         owner = self
@@ -177,6 +179,8 @@ class Storage:
         class H(_Quiet):
             def do_GET(self):
                 owner.auth_seen.append(self.headers.get("Authorization", ""))
+                if owner.challenge and owner.gets >= owner.challenge_after:
+                    return self.send(401, b"no", [("WWW-Authenticate", owner.challenge)])
                 u = urllib.parse.urlsplit(self.path)
                 q = urllib.parse.parse_qs(u.query)
                 digest = u.path.rsplit("/", 1)[-1]

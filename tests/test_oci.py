@@ -386,6 +386,29 @@ def test_blob_redirect_to_storage_never_carries_credentials(kit_bytes, keys, tmp
         st.stop()
 
 
+def test_storage_challenge_never_gets_the_registry_credentials(kit_bytes, keys, tmp_path, isolated_env):
+    """Storage the registry redirects blob reads to answers 401 with a bearer challenge
+    whose realm is a third server: that challenge is not the registry's, so the realm
+    is never asked for a token, let alone sent the registry's basic credentials; the
+    read is refused."""
+    evil = ocilib.Storage().start()
+    st = ocilib.Storage().start()
+    st.challenge_after = 1     # the client's first look at the blob is served
+    st.challenge = f'Bearer realm="http://127.0.0.1:{evil.port}/token",service="x",scope="y"'
+    try:
+        with ocilib.FakeRegistry(auth="bearer", users={"bob": "pw"}, storage=st) as fr:
+            fr.put_kit("s/k", "1", ocilib.kit_manifest(kit_bytes), kit_bytes)
+            authf = ocilib.auth_file(tmp_path / "a.json", fr.host, "bob", "pw")
+            r = verify(fr.ref("s/k:1"), keys, env=dict(isolated_env, REGISTRY_AUTH_FILE=authf))
+            assert r.returncode != 0, r.stdout + r.stderr
+            assert st.auth_seen and all(a == "" for a in st.auth_seen), st.auth_seen
+            assert evil.auth_seen == [], evil.auth_seen
+            assert "401" in r.stderr, r.stderr
+    finally:
+        st.stop()
+        evil.stop()
+
+
 def test_multi_range_is_never_asked(kit_bytes, keys, isolated_env):
     with ocilib.FakeRegistry() as fr:
         fr.put_kit("s/k", "1", ocilib.kit_manifest(kit_bytes), kit_bytes)
