@@ -181,6 +181,7 @@ static size_t on_header(char *l, size_t size, size_t nitems, void *arg)
 		rs->status = st;
 		rs->have_range = false;
 		rs->etag[0] = rs->last_modified[0] = rs->www_authenticate[0] = 0;
+		rs->www_authenticate_cut = false;
 	} else if (http_header_value(l, n, "Content-Range", &v, &vn)) {
 		rs->have_range = http_parse_content_range(v, vn, &rs->range) == 0;
 	} else if (http_header_value(l, n, "ETag", &v, &vn)) {
@@ -188,6 +189,7 @@ static size_t on_header(char *l, size_t size, size_t nitems, void *arg)
 	} else if (http_header_value(l, n, "Last-Modified", &v, &vn)) {
 		copy_value(rs->last_modified, sizeof(rs->last_modified), v, vn);
 	} else if (http_header_value(l, n, "WWW-Authenticate", &v, &vn)) {
+		rs->www_authenticate_cut = vn >= sizeof(rs->www_authenticate);
 		copy_value(rs->www_authenticate, sizeof(rs->www_authenticate), v, vn);
 	}
 	return n;
@@ -236,6 +238,22 @@ static int fail(struct http_resp *rs, enum remote_result r, const char *fmt, ...
 	return r == REMOTE_REFUSED ? -EACCES : r == REMOTE_TIMEOUT ? -ETIMEDOUT : -EIO;
 }
 
+/* "NAME: VALUE" onto *HDRS when VALUE is set; 0 or -ENOMEM. */
+static int add_header(struct curl_slist **hdrs, const char *name, const char *value)
+{
+	if (!value || !value[0])
+		return 0;
+	char *line = NULL;
+	if (asprintf(&line, "%s: %s", name, value) < 0)
+		return -ENOMEM;
+	struct curl_slist *n = curl_slist_append(*hdrs, line);
+	free(line);
+	if (!n)
+		return -ENOMEM;
+	*hdrs = n;
+	return 0;
+}
+
 static int set_options(CURL *h, const struct http_req *rq, struct xfer *x, struct curl_slist **hdrs,
 		       char *range, size_t rlen, long ms)
 {
@@ -279,19 +297,11 @@ static int set_options(CURL *h, const struct http_req *rq, struct xfer *x, struc
 		snprintf(range, rlen, "%" PRIu64 "-%" PRIu64, rq->off, rq->off + rq->len - 1);
 		SET(CURLOPT_RANGE, range);
 	}
-	char line[600];
-	if (rq->authorization && rq->authorization[0]) {
-		snprintf(line, sizeof(line), "Authorization: %s", rq->authorization);
-		*hdrs = curl_slist_append(*hdrs, line);
-	}
-	if (rq->if_none_match && rq->if_none_match[0]) {
-		snprintf(line, sizeof(line), "If-None-Match: %s", rq->if_none_match);
-		*hdrs = curl_slist_append(*hdrs, line);
-	}
-	if (rq->if_modified_since && rq->if_modified_since[0]) {
-		snprintf(line, sizeof(line), "If-Modified-Since: %s", rq->if_modified_since);
-		*hdrs = curl_slist_append(*hdrs, line);
-	}
+	/* each line sized from its value: a registry's token runs to kilobytes */
+	if (c == CURLE_OK && (add_header(hdrs, "Authorization", rq->authorization) < 0 ||
+			      add_header(hdrs, "If-None-Match", rq->if_none_match) < 0 ||
+			      add_header(hdrs, "If-Modified-Since", rq->if_modified_since) < 0))
+		c = CURLE_OUT_OF_MEMORY;
 	if (*hdrs)
 		SET(CURLOPT_HTTPHEADER, *hdrs);
 #undef SET

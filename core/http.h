@@ -75,7 +75,8 @@ struct http_resp {
 	struct http_content_range range;
 	char etag[128];
 	char last_modified[64];
-	char www_authenticate[512];
+	char www_authenticate[REMOTE_CHALLENGE_MAX];
+	bool www_authenticate_cut;  /* it was longer: not to be acted on */
 	char error[256];            /* one line when result is not ok */
 };
 

@@ -215,7 +215,8 @@ struct http_resp {
 	bool body_too_big;
 	char location[2048];
 	char digest[80];
-	char www_auth[1024];
+	char www_auth[REMOTE_CHALLENGE_MAX];
+	bool www_auth_cut;          /* it was longer: not to be acted on */
 	char content_type[128];
 	char content_range[128];
 	int64_t content_length;
@@ -233,6 +234,7 @@ static void resp_reset(struct http_resp *r)
 	r->body_too_big = false;
 	r->status = 0;
 	r->location[0] = r->digest[0] = r->www_auth[0] = r->content_type[0] = r->content_range[0] = '\0';
+	r->www_auth_cut = false;
 	r->content_length = -1;
 }
 
@@ -279,6 +281,7 @@ static size_t on_header(char *p, size_t sz, size_t n, void *ctx)
 	if (len >= 5 && !strncmp(p, "HTTP/", 5)) {
 		/* a new response (after a 100 Continue): forget the last one's */
 		r->location[0] = r->digest[0] = r->www_auth[0] = r->content_type[0] = r->content_range[0] = '\0';
+		r->www_auth_cut = false;
 		r->content_length = -1;
 		return len;
 	}
@@ -299,8 +302,11 @@ static size_t on_header(char *p, size_t sz, size_t n, void *ctx)
 		if (kn == strlen(hs[i].name) && !strncasecmp(p, hs[i].name, kn)) {
 			char *dst = (char *)r + hs[i].off;
 			/* several challenges: keep the first */
-			if (!dst[0])
+			if (!dst[0]) {
 				copy_value(dst, hs[i].cap, v, vn);
+				if (hs[i].off == offsetof(struct http_resp, www_auth))
+					r->www_auth_cut = vn >= hs[i].cap;
+			}
 		}
 	if (kn == 14 && !strncasecmp(p, "content-length", 14)) {
 		char tmp[32];
@@ -433,7 +439,7 @@ static int http_once(CURL *c, const struct oci_auth *a, const struct http_req *q
 
 /* Parse `Bearer realm="...",service="...",scope="..."` (or `Basic ...`).
  * Values are quoted strings with \-escapes, or tokens. */
-static int parse_challenge(const char *h, enum auth_scheme *scheme, char **realm, char **service, char **scope)
+static int parse_challenge_(const char *h, enum auth_scheme *scheme, char **realm, char **service, char **scope)
 {
 	*realm = *service = *scope = NULL;
 	size_t sn = strcspn(h, " \t");
@@ -456,7 +462,7 @@ static int parse_challenge(const char *h, enum auth_scheme *scheme, char **realm
 		if (*p != '=')
 			return -EINVAL;
 		p++;
-		char val[1024];
+		char val[REMOTE_CHALLENGE_MAX];   /* no value is longer than the header */
 		size_t vn = 0;
 		if (*p == '"') {
 			for (p++; *p && *p != '"'; p++) {
@@ -485,6 +491,17 @@ static int parse_challenge(const char *h, enum auth_scheme *scheme, char **realm
 			return -ENOMEM;
 	}
 	return 0;
+}
+
+/* The same, owning nothing on failure. */
+static int parse_challenge(const char *h, enum auth_scheme *scheme, char **realm, char **service, char **scope)
+{
+	int r = parse_challenge_(h, scheme, realm, service, scope);
+	if (r < 0) {
+		free(*realm), free(*service), free(*scope);
+		*realm = *service = *scope = NULL;
+	}
+	return r;
 }
 
 /* The token endpoint may live elsewhere (it is the registry's own choice,
@@ -561,7 +578,7 @@ static int fetch_token(struct oci_auth *a, struct stella_err *e)
 			tok = json_get(root, "access_token");
 		exp = json_get(root, "expires_in");
 	}
-	if (!tok || tok->type != JSON_STRING || !tok->len || tok->len > 8192 || memchr(tok->u.s, '\n', tok->len) ||
+	if (!tok || tok->type != JSON_STRING || !tok->len || tok->len > REMOTE_AUTHORIZATION_MAX - 16 || memchr(tok->u.s, '\n', tok->len) ||
 	    memchr(tok->u.s, '\r', tok->len)) {
 		json_doc_free(doc);
 		r = stella_fail(e, -EACCES, "%s: the token service %s answered no token", a->registry, a->realm);
@@ -652,7 +669,7 @@ static int ops_authorize(void *ctx, char *buf, size_t len, struct stella_err *e)
 static int ops_challenge(void *ctx, const char *www_authenticate, struct stella_err *e)
 {
 	struct oci_auth *a = ctx;
-	char prev[8300];
+	char prev[REMOTE_AUTHORIZATION_MAX];
 	pthread_mutex_lock(&a->lock);
 	int r = authorization(a, prev, sizeof(prev), NULL);
 	if (r < 0)
@@ -708,7 +725,7 @@ fail:
  * per challenge; redirects followed for GET and HEAD. */
 static int request(struct oci_client *c, struct http_req q, struct http_resp *r, struct stella_err *e)
 {
-	char url[2048], authv[8300], sent[8300];
+	char url[2048], authv[REMOTE_AUTHORIZATION_MAX], sent[REMOTE_AUTHORIZATION_MAX];
 	snprintf(url, sizeof(url), "%s", q.url);
 	for (int hops = 0, challenges = 0;;) {
 		bool own = same_origin(url, c->auth->origin);
@@ -726,6 +743,9 @@ static int request(struct oci_client *c, struct http_req q, struct http_resp *r,
 		int rc = http_once(c->curl, c->auth, &q, r, &cc, e);
 		if (rc < 0)
 			return rc;
+		if (r->status == 401 && own && r->www_auth_cut)
+			return stella_fail(e, -EACCES, "%s: HTTP 401 with a WWW-Authenticate longer than %d bytes",
+					   c->ref.registry, REMOTE_CHALLENGE_MAX - 1);
 		if (r->status == 401 && own && challenges++ < 2) {
 			memcpy(sent, authv, sizeof(sent));
 			pthread_mutex_lock(&c->auth->lock);

@@ -291,7 +291,7 @@ static void ep_served(struct endpoint *ep, uint64_t bytes)
 static int ep_get(struct shared *s, struct endpoint *ep, uint64_t off, void *buf, size_t len,
 		  int64_t deadline, struct http_resp *rs)
 {
-	char authz[4096] = "";
+	char authz[REMOTE_AUTHORIZATION_MAX] = "";
 	struct http_req rq = {
 		.url = ep->url, .off = off, .len = len, .buf = buf,
 		.deadline_ms = deadline, .o = &s->o, .cancel = &s->stopping,
@@ -316,6 +316,11 @@ static int ep_get(struct shared *s, struct endpoint *ep, uint64_t off, void *buf
 		 * to a realm of its choosing.  Its 401 is a refusal. */
 		if (r == -EACCES && rs->status == 401 && !rs->same_origin) {
 			snprintf(rs->error, sizeof(rs->error), "HTTP 401 from the host the mirror redirected to");
+			return r;
+		}
+		if (r == -EACCES && rs->status == 401 && rs->www_authenticate_cut) {
+			snprintf(rs->error, sizeof(rs->error), "HTTP 401 with a WWW-Authenticate longer than %d bytes",
+				 REMOTE_CHALLENGE_MAX - 1);
 			return r;
 		}
 		if (r == -EACCES && attempt == 0 && rs->status == 401 && ep->auth && ep->auth->challenge) {

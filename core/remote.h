@@ -36,6 +36,12 @@ struct remote_opts {
  * core/oci.c); NULL for plain URLs, whose user:password@ or ~/.netrc
  * libcurl applies itself.  Credentials only ever go to the endpoint's own
  * scheme, host and port, never to where a redirect leads. */
+/* The longest Authorization value an endpoint's auth ops may produce (a
+ * registry's JWT runs to kilobytes), NUL included; and the longest
+ * WWW-Authenticate value taken in.  Longer is an error, never a cut. */
+#define REMOTE_AUTHORIZATION_MAX 8320
+#define REMOTE_CHALLENGE_MAX 4096
+
 struct remote_auth_ops {
 	/* The Authorization header's value into buf (""
 	 * for none); 0 or a negative errno. */

@@ -214,10 +214,12 @@ class FakeRegistry:
     digest_header: a Docker-Content-Digest to send instead of the right one."""
 
     def __init__(self, auth=None, users=None, token_ttl=300, storage: Storage | None = None,
-                 presign_ttl=60, token_uses=None, blob_delay=0.0):
+                 presign_ttl=60, token_uses=None, blob_delay=0.0, token_len=24, service="fake-registry"):
         self.auth, self.users, self.token_ttl = auth, users or {}, token_ttl
         self.token_uses = token_uses   # a token is refused after this many requests
         self.blob_delay = blob_delay   # seconds before answering a blob request
+        self.token_len = token_len     # characters in a token (real JWTs: 1-2 KiB)
+        self.service = service         # the challenge's service=, which the token service checks
         self.storage, self.presign_ttl = storage, presign_ttl
         self.blobs, self.manifests, self.uploads = {}, {}, {}
         self.tokens = {}           # token -> expiry
@@ -272,7 +274,7 @@ class FakeRegistry:
         if self.auth == "bearer":
             return h.send(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}',
                           [("WWW-Authenticate", f'Bearer realm="http://{self.host}/token",'
-                                                f'service="fake-registry",scope="{scope}"')])
+                                                f'service="{self.service}",scope="{scope}"')])
         return h.send(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"no"}]}')
 
     def _token(self, h):
@@ -280,10 +282,12 @@ class FakeRegistry:
         a = h.headers.get("Authorization", "")
         with self.lock:
             self.token_requests.append((a, q))
+        if q.get("service") != [self.service]:
+            return h.send(400, b'{"details":"wrong service"}')
         if self.users and not any(a == "Basic " + base64.b64encode(f"{u}:{p}".encode()).decode()
                                   for u, p in self.users.items()):
             return h.send(401, b'{"details":"wrong credentials"}')
-        tok = base64.urlsafe_b64encode(os.urandom(18)).decode()
+        tok = base64.urlsafe_b64encode(os.urandom(self.token_len)).decode()[:self.token_len]
         with self.lock:
             self.tokens[tok] = time.time() + self.token_ttl
         h.send(200, json.dumps({"token": tok, "expires_in": self.token_ttl}).encode(),

@@ -329,6 +329,24 @@ def test_bearer_token_anonymous_and_refreshed(kit_bytes, keys, isolated_env):
         assert len(blob_gets) >= 4
 
 
+def test_long_token_and_long_challenge(kit_bytes, keys, isolated_env):
+    """A 3 KiB token (registries' JWTs run to kilobytes) and a 1.5 KiB challenge are
+    sent and taken whole: every blob read carries the whole token."""
+    with ocilib.FakeRegistry(auth="bearer", token_len=3072, service="s" * 1500) as fr:
+        fr.put_kit("s/k", "1", ocilib.kit_manifest(kit_bytes), kit_bytes)
+        assert_ok(verify(fr.ref("s/k:1"), keys, env=isolated_env))
+        blob_gets = [e for e in fr.log if e[0] == "GET" and "/blobs/" in e[1]]
+        assert len(blob_gets) >= 2
+        assert all(len(e[2]) == len("Bearer ") + 3072 for e in blob_gets), [len(e[2]) for e in blob_gets]
+
+
+def test_over_long_challenge_is_an_error_not_a_cut(kit_bytes, keys, isolated_env):
+    with ocilib.FakeRegistry(auth="bearer", service="s" * 5000) as fr:
+        fr.put_kit("s/k", "1", ocilib.kit_manifest(kit_bytes), kit_bytes)
+        assert_fail(verify(fr.ref("s/k:1"), keys, env=isolated_env), 1, "WWW-Authenticate longer")
+        assert fr.token_requests == []
+
+
 def test_bearer_token_expiry_is_renewed_before_use(kit_bytes, keys, isolated_env):
     """Tokens that live one second, blob reads that take 0.4 s each: a new token is
     fetched before a use that would present an expired one, so the registry never
