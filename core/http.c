@@ -420,3 +420,45 @@ int http_origin(const char *url, char *out, size_t len)
 	curl_url_cleanup(u);
 	return r;
 }
+
+/* Not a URL to libcurl: drop what looks like userinfo, by hand. */
+static char *redact_by_hand(const char *url)
+{
+	const char *host = strstr(url, "://");
+	if (!host)
+		return strdup(url);   /* a path: no userinfo to drop */
+	host += 3;
+	size_t authority = strcspn(host, "/?#");
+	const char *at = NULL;
+	for (const char *p = host; p < host + authority; p++)
+		if (*p == '@')
+			at = p;
+	if (!at)
+		return strdup(url);
+	char *out = NULL;
+	if (asprintf(&out, "%.*s%s", (int)(host - url), url, at + 1) < 0)
+		return NULL;
+	return out;
+}
+
+char *http_redact(const char *url)
+{
+	if (!url)
+		return strdup("");
+	CURLU *u = curl_url();
+	if (!u)
+		return NULL;
+	char *got = NULL, *out = NULL;
+	if (curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+	    curl_url_set(u, CURLUPART_USER, NULL, 0) == CURLUE_OK &&
+	    curl_url_set(u, CURLUPART_PASSWORD, NULL, 0) == CURLUE_OK &&
+	    curl_url_set(u, CURLUPART_OPTIONS, NULL, 0) == CURLUE_OK &&
+	    curl_url_get(u, CURLUPART_URL, &got, 0) == CURLUE_OK) {
+		out = strdup(got);
+	} else {
+		out = redact_by_hand(url);
+	}
+	curl_free(got);
+	curl_url_cleanup(u);
+	return out;
+}

@@ -89,6 +89,12 @@ int64_t http_now_ms(void);
  * rest.  A 304 to a conditional request is ok with status 304. */
 int http_get(const struct http_req *rq, struct http_resp *rs);
 
+/* URL without its user:password@ (what status, logs and messages show: a
+ * password is never shown), in a new string the caller frees; NULL when
+ * out of memory.  Text that is not a URL loses everything from "://" up to
+ * the last '@' before the path, if it has one. */
+char *http_redact(const char *url);
+
 /* scheme://host:port of URL (user:password dropped, the port made
  * explicit), for metrics labels and messages: 0 or -EINVAL. */
 int http_origin(const char *url, char *out, size_t len);

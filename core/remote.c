@@ -927,10 +927,11 @@ int remote_open(const struct remote_endpoint *eps, size_t n, const struct remote
 		ep->auth = eps[i].auth;
 		ep->auth_ctx = eps[i].auth_ctx;
 		const char *label = eps[i].label ? eps[i].label : eps[i].url;
-		if (!(ep->url = strdup(eps[i].url)) || !(ep->label = strdup(label)))
+		/* the label is shown (status, logs, messages): never a password */
+		if (!(ep->url = strdup(eps[i].url)) || !(ep->label = http_redact(label)))
 			r = -ENOMEM;
 		else if (http_origin(eps[i].url, ep->origin, sizeof(ep->origin)) < 0)
-			r = stella_fail(e, -EINVAL, "%s: not a URL", label);
+			r = stella_fail(e, -EINVAL, "%s: not a URL", ep->label);
 	}
 	if (r == 0) {
 		r = open_fetch(s, deadline_after(s->o.timeout_ms), eps, e);
@@ -946,7 +947,7 @@ int remote_open(const struct remote_endpoint *eps, size_t n, const struct remote
 		r = new_handle(s, s->ep[0].label, out);
 	if (r < 0) {
 		shared_free(s);
-		return r == -ENOMEM ? stella_fail_errno(e, r, "%s", eps[0].label ? eps[0].label : eps[0].url) : r;
+		return r == -ENOMEM ? stella_fail_errno(e, r, "opening a remote kit") : r;
 	}
 	/* offline, the cache's key is all there is; online, the identity is
 	 * the URL's until remote_bind names the kit by its verified manifest */

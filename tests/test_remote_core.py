@@ -79,6 +79,19 @@ def test_verify_url_with_basic_auth(tmp_path, www, keys):
         assert_fail(verify(ng.url("kit.tar", userinfo="scan:wrong"), keys), 1, ("401", "refused"))
 
 
+def test_passwords_in_urls_are_never_shown(tmp_path, www, keys):
+    """user:password@ in a source or mirror URL goes to the server, never into a message:
+    every URL shown loses its userinfo."""
+    port = serverlib.free_port()
+    with serverlib.Nginx(tmp_path / "ngp", www[0], basic=("scan", "s3cret")) as ng:
+        cp = verify(f"http://scan:hunter2@127.0.0.1:{port}/kit.tar", keys,
+                    "--mirror", ng.url("kit.tar", userinfo="scan:wrongpw"))
+        assert_fail(cp, 1, "no mirror answers")
+        assert "hunter2" not in cp.stderr + cp.stdout, cp.stderr
+        assert "wrongpw" not in cp.stderr + cp.stdout, cp.stderr
+        assert f"127.0.0.1:{port}/kit.tar" in cp.stderr, cp.stderr
+
+
 def test_verify_url_netrc(tmp_path, www, keys):
     with serverlib.Nginx(tmp_path / "ngn", www[0], basic=("scan", "s3cret")) as ng:
         home = tmp_path / "home"
