@@ -83,6 +83,10 @@ struct shared {
 	struct rcache *rc;
 	char key[65];
 	uint64_t head_len;
+	/* remote_bind has run: the head is verified and reads are a reader's.
+	 * Before, an advised reader may be a mount's look at the head: it
+	 * earns read-ahead by its streak like any other. */
+	bool bound;
 	uint64_t unserved, mem_hits;
 	char last_error[400];       /* the latest failure of any mirror */
 	int open_src;               /* the endpoint that answered the open, -1 none */
@@ -591,8 +595,11 @@ static ssize_t remote_read_at(struct bytes *b, void *buf, size_t len, uint64_t o
 	rb->last_off = off;
 	/* ahead by as many chunks as the reader has gone through in a row
 	 * (up to READAHEAD): a walk over tar headers, small reads near each
-	 * other, does not pull in the big files between them */
-	uint64_t ahead = rb->sequential ? READAHEAD : rb->streak / REMOTE_CHUNK;
+	 * other, does not pull in the big files between them; an advised
+	 * sequential reader, at once, but before remote_bind only once it has
+	 * gone through a chunk (a mount reads the head, then binds) */
+	bool eager = rb->sequential && (s->bound || rb->streak >= REMOTE_CHUNK);
+	uint64_t ahead = eager ? READAHEAD : rb->streak / REMOTE_CHUNK;
 	if (ahead > 0)
 		readahead_locked(s, last, ahead < READAHEAD ? ahead : READAHEAD);
 	pthread_mutex_unlock(&s->mu);
@@ -975,6 +982,7 @@ int remote_bind(struct bytes *b, const char *key, uint64_t head_len, struct stel
 		s->rc = NULL;
 	memcpy(s->key, key, 65);
 	s->head_len = head_len;
+	s->bound = true;
 	pthread_mutex_unlock(&s->mu);
 	if (old)
 		rcache_close(old);
