@@ -303,9 +303,7 @@ static int ep_get(struct shared *s, struct endpoint *ep, uint64_t off, void *buf
 	for (int attempt = 0; ; attempt++) {
 		if (ep->auth && ep->auth->authorize) {
 			struct stella_err e = { 0 };
-			pthread_mutex_lock(&ep->auth_mu);
-			int r = ep->auth->authorize(ep->auth_ctx, authz, sizeof(authz), &e);
-			pthread_mutex_unlock(&ep->auth_mu);
+			int r = ep->auth->authorize(ep->auth_ctx, authz, sizeof(authz), deadline, &s->stopping, &e);
 			if (r < 0) {
 				memset(rs, 0, sizeof(*rs));
 				rs->result = REMOTE_REFUSED;
@@ -329,9 +327,7 @@ static int ep_get(struct shared *s, struct endpoint *ep, uint64_t off, void *buf
 		}
 		if (r == -EACCES && attempt == 0 && rs->status == 401 && ep->auth && ep->auth->challenge) {
 			struct stella_err e = { 0 };
-			pthread_mutex_lock(&ep->auth_mu);
-			int c = ep->auth->challenge(ep->auth_ctx, rs->www_authenticate, &e);
-			pthread_mutex_unlock(&ep->auth_mu);
+			int c = ep->auth->challenge(ep->auth_ctx, rs->www_authenticate, deadline, &s->stopping, &e);
 			if (c == 0)
 				continue;
 		}

@@ -220,6 +220,7 @@ class FakeRegistry:
         self.blob_delay = blob_delay   # seconds before answering a blob request
         self.token_len = token_len     # characters in a token (real JWTs: 1-2 KiB)
         self.service = service         # the challenge's service=, which the token service checks
+        self.token_delay = 0.0         # seconds the token service takes to answer
         self.storage, self.presign_ttl = storage, presign_ttl
         self.blobs, self.manifests, self.uploads = {}, {}, {}
         self.tokens = {}           # token -> expiry
@@ -282,6 +283,7 @@ class FakeRegistry:
         a = h.headers.get("Authorization", "")
         with self.lock:
             self.token_requests.append((a, q))
+        time.sleep(self.token_delay)
         if q.get("service") != [self.service]:
             return h.send(400, b'{"details":"wrong service"}')
         if self.users and not any(a == "Basic " + base64.b64encode(f"{u}:{p}".encode()).decode()

@@ -619,6 +619,58 @@ def test_mount_token_and_presigned_url_expire_while_mounted(keys, mounter, tmp_p
         st.stop()
 
 
+def test_hanging_token_service_reads_and_umount_within_timeout(keys, mounter, tmp_path, daemon_env):
+    """Tokens that live one second, then a token service that hangs: four readers of
+    four places in a file at once each fail within timeout= (+ slack), not one after
+    another (one token fetch at a time, the others waiting within their own deadline,
+    outside any lock); an unmount meanwhile ends the hanging fetch (it is cancelled)
+    rather than waiting for timeout=."""
+    import errno
+    import threading
+    import storelib
+    big = os.urandom(24 << 20)
+    src = storelib.write_tree(tmp_path / "src", {"feeds/big.bin": big, "feeds/v.txt": b"v\n"})
+    kit_bytes = storelib.pack_kit(src, tmp_path / "k.tar", keys["ed25519"], "v1", 1).read_bytes()
+    with ocilib.FakeRegistry(auth="bearer", token_ttl=1) as fr:
+        fr.put_kit("s/k", "1", ocilib.kit_manifest(kit_bytes), kit_bytes)
+        m = mounter.mount(fr.ref("s/k:1"), keys["ed25519"].pub, NOW, "timeout=15")
+        fr.token_delay = 60
+        time.sleep(2.5)        # the token expired: the next read asks for one
+        results = {}
+
+        def reader(i):
+            t0 = time.monotonic()
+            try:
+                fd = os.open(m.path / "current/feeds/big.bin", os.O_RDONLY)
+            except OSError as e:
+                results[i] = (e.errno, 0)
+                return
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+                os.pread(fd, 4096, (4 + 5 * i) << 20)
+                results[i] = (0, time.monotonic() - t0)
+            except OSError as e:
+                results[i] = (e.errno, time.monotonic() - t0)
+            finally:
+                os.close(fd)
+
+        ths = [threading.Thread(target=reader, args=(i,), daemon=True) for i in range(4)]
+        for t in ths:
+            t.start()
+        for t in ths:
+            t.join(timeout=60)
+        assert not any(t.is_alive() for t in ths), results
+        assert all(e != 0 and secs < 15 + 3 for e, secs in results.values()), results
+        # another fetch hangs now; the unmount cancels it
+        ths = [threading.Thread(target=reader, args=(i,), daemon=True) for i in range(4, 6)]
+        for t in ths:
+            t.start()
+        time.sleep(1)
+        t0 = time.monotonic()
+        mounter.umount(m.path)
+        assert time.monotonic() - t0 < 6
+
+
 def current_version(mnt: Path):
     try:
         return os.readlink(mnt / "current").split("/", 1)[1]
