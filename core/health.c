@@ -3,10 +3,12 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <yajl/yajl_gen.h>
 
 #include "escape.h"
+#include "http.h"
 #include "util.h"
 
 #define MAX_CHECKS 1100   /* the fixed ones + one per component (<= 1024) */
@@ -288,7 +290,9 @@ char *health_render_status(const struct health_input *in)
 	       (unsigned long long)in->failures);
 	sb_add(&b, "  Signature:   %s\n", in->trust_ok ? "valid" : "INVALID");
 	sb_add(&b, "  Mode:        %s (", in->mode);
-	sb_esc(&b, in->source);
+	char *shown = http_redact(in->source);   /* never a password */
+	sb_esc(&b, shown ? shown : "");
+	free(shown);
 	sb_add(&b, ")\n");
 	if (in->remote) {
 		sb_add(&b, "  Cache:       %llu bytes, %llu hit(s); %llu read(s) timed out\n",
@@ -394,7 +398,9 @@ char *health_render_json(const struct health_input *in)
 	yajl_gen_map_open(g);
 	gs(g, "health"); gs(g, health_level_name(r->overall));
 	gs(g, "mode"); gs(g, in->mode);
-	gs(g, "source"); gs(g, in->source);
+	char *shown = http_redact(in->source);   /* never a password */
+	gs(g, "source"); gs(g, shown ? shown : "");
+	free(shown);
 	gs(g, "current");
 	if (k)
 		gs(g, k->version);

@@ -181,6 +181,7 @@ static size_t on_header(char *l, size_t size, size_t nitems, void *arg)
 		rs->status = st;
 		rs->have_range = false;
 		rs->etag[0] = rs->last_modified[0] = rs->www_authenticate[0] = 0;
+		rs->www_authenticate_cut = false;
 	} else if (http_header_value(l, n, "Content-Range", &v, &vn)) {
 		rs->have_range = http_parse_content_range(v, vn, &rs->range) == 0;
 	} else if (http_header_value(l, n, "ETag", &v, &vn)) {
@@ -188,6 +189,7 @@ static size_t on_header(char *l, size_t size, size_t nitems, void *arg)
 	} else if (http_header_value(l, n, "Last-Modified", &v, &vn)) {
 		copy_value(rs->last_modified, sizeof(rs->last_modified), v, vn);
 	} else if (http_header_value(l, n, "WWW-Authenticate", &v, &vn)) {
+		rs->www_authenticate_cut = vn >= sizeof(rs->www_authenticate);
 		copy_value(rs->www_authenticate, sizeof(rs->www_authenticate), v, vn);
 	}
 	return n;
@@ -238,6 +240,22 @@ static int fail(struct http_resp *rs, enum remote_result r, const char *fmt, ...
 	return r == REMOTE_REFUSED ? -EACCES : r == REMOTE_TIMEOUT ? -ETIMEDOUT : -EIO;
 }
 
+/* "NAME: VALUE" onto *HDRS when VALUE is set; 0 or -ENOMEM. */
+static int add_header(struct curl_slist **hdrs, const char *name, const char *value)
+{
+	if (!value || !value[0])
+		return 0;
+	char *line = NULL;
+	if (asprintf(&line, "%s: %s", name, value) < 0)
+		return -ENOMEM;
+	struct curl_slist *n = curl_slist_append(*hdrs, line);
+	free(line);
+	if (!n)
+		return -ENOMEM;
+	*hdrs = n;
+	return 0;
+}
+
 static int set_options(CURL *h, const struct http_req *rq, struct xfer *x, struct curl_slist **hdrs,
 		       char *range, size_t rlen, long ms)
 {
@@ -281,19 +299,11 @@ static int set_options(CURL *h, const struct http_req *rq, struct xfer *x, struc
 		snprintf(range, rlen, "%" PRIu64 "-%" PRIu64, rq->off, rq->off + rq->len - 1);
 		SET(CURLOPT_RANGE, range);
 	}
-	char line[600];
-	if (rq->authorization && rq->authorization[0]) {
-		snprintf(line, sizeof(line), "Authorization: %s", rq->authorization);
-		*hdrs = curl_slist_append(*hdrs, line);
-	}
-	if (rq->if_none_match && rq->if_none_match[0]) {
-		snprintf(line, sizeof(line), "If-None-Match: %s", rq->if_none_match);
-		*hdrs = curl_slist_append(*hdrs, line);
-	}
-	if (rq->if_modified_since && rq->if_modified_since[0]) {
-		snprintf(line, sizeof(line), "If-Modified-Since: %s", rq->if_modified_since);
-		*hdrs = curl_slist_append(*hdrs, line);
-	}
+	/* each line sized from its value: a registry's token runs to kilobytes */
+	if (c == CURLE_OK && (add_header(hdrs, "Authorization", rq->authorization) < 0 ||
+			      add_header(hdrs, "If-None-Match", rq->if_none_match) < 0 ||
+			      add_header(hdrs, "If-Modified-Since", rq->if_modified_since) < 0))
+		c = CURLE_OUT_OF_MEMORY;
 	if (*hdrs)
 		SET(CURLOPT_HTTPHEADER, *hdrs);
 #undef SET
@@ -312,6 +322,16 @@ static enum remote_result curl_class(CURLcode c)
 	default:
 		return REMOTE_HTTP_ERROR;
 	}
+}
+
+/* Is the URL the handle ended at (after redirects) of URL's origin? */
+static bool same_origin(CURL *h, const char *url)
+{
+	char *eff = NULL;
+	char a[512], b[512];
+	if (curl_easy_getinfo(h, CURLINFO_EFFECTIVE_URL, &eff) != CURLE_OK || !eff)
+		return false;
+	return http_origin(eff, a, sizeof(a)) == 0 && http_origin(url, b, sizeof(b)) == 0 && !strcmp(a, b);
 }
 
 /* The outcome of a finished transfer, whatever libcurl said. */
@@ -373,6 +393,7 @@ int http_get(const struct http_req *rq, struct http_resp *rs)
 	long code = 0;
 	if (curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code) == CURLE_OK && code > 0)
 		rs->status = code;
+	rs->same_origin = same_origin(h, rq->url);
 	r = classify(rq, rs, &x, c, cerr);
 	/* the handle outlives this call: it must not point at our stack */
 	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);
@@ -400,4 +421,46 @@ int http_origin(const char *url, char *out, size_t len)
 	curl_free(port);
 	curl_url_cleanup(u);
 	return r;
+}
+
+/* Not a URL to libcurl: drop what looks like userinfo, by hand. */
+static char *redact_by_hand(const char *url)
+{
+	const char *host = strstr(url, "://");
+	if (!host)
+		return strdup(url);   /* a path: no userinfo to drop */
+	host += 3;
+	size_t authority = strcspn(host, "/?#");
+	const char *at = NULL;
+	for (const char *p = host; p < host + authority; p++)
+		if (*p == '@')
+			at = p;
+	if (!at)
+		return strdup(url);
+	char *out = NULL;
+	if (asprintf(&out, "%.*s%s", (int)(host - url), url, at + 1) < 0)
+		return NULL;
+	return out;
+}
+
+char *http_redact(const char *url)
+{
+	if (!url)
+		return strdup("");
+	CURLU *u = curl_url();
+	if (!u)
+		return NULL;
+	char *got = NULL, *out = NULL;
+	if (curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+	    curl_url_set(u, CURLUPART_USER, NULL, 0) == CURLUE_OK &&
+	    curl_url_set(u, CURLUPART_PASSWORD, NULL, 0) == CURLUE_OK &&
+	    curl_url_set(u, CURLUPART_OPTIONS, NULL, 0) == CURLUE_OK &&
+	    curl_url_get(u, CURLUPART_URL, &got, 0) == CURLUE_OK) {
+		out = strdup(got);
+	} else {
+		out = redact_by_hand(url);
+	}
+	curl_free(got);
+	curl_url_cleanup(u);
+	return out;
 }

@@ -66,12 +66,17 @@ struct http_req {
 struct http_resp {
 	enum remote_result result;
 	long status;                /* the last response's, 0 if none */
+	/* Did the last response come from the request URL's own origin
+	 * (scheme, host, port)?  false after a redirect elsewhere: what that
+	 * host says (a 401's challenge) is not the endpoint's to act on. */
+	bool same_origin;
 	uint64_t got;               /* body bytes written to buf */
 	bool have_range;
 	struct http_content_range range;
 	char etag[128];
 	char last_modified[64];
-	char www_authenticate[512];
+	char www_authenticate[REMOTE_CHALLENGE_MAX];
+	bool www_authenticate_cut;  /* it was longer: not to be acted on */
 	char error[256];            /* one line when result is not ok */
 };
 
@@ -83,6 +88,12 @@ int64_t http_now_ms(void);
  * resp->error saying why: -EACCES refused, -ETIMEDOUT timeout, -EIO the
  * rest.  A 304 to a conditional request is ok with status 304. */
 int http_get(const struct http_req *rq, struct http_resp *rs);
+
+/* URL without its user:password@ (what status, logs and messages show: a
+ * password is never shown), in a new string the caller frees; NULL when
+ * out of memory.  Text that is not a URL loses everything from "://" up to
+ * the last '@' before the path, if it has one. */
+char *http_redact(const char *url);
 
 /* scheme://host:port of URL (user:password dropped, the port made
  * explicit), for metrics labels and messages: 0 or -EINVAL. */

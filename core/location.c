@@ -2,12 +2,25 @@
  * reference. */
 #include "location.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <syslog.h>
 
+#include "http.h"
 #include "oci.h"
+
+/* LOC as messages show it: without user:password@ (docs/remote.md).  In
+ * a buffer of this thread's, good until its next call. */
+static const char *shown(const char *loc)
+{
+	static __thread char buf[1024];
+	char *r = http_redact(loc);
+	snprintf(buf, sizeof(buf), "%s", r ? r : "(location)");
+	free(r);
+	return buf;
+}
 
 static bool has_scheme(const char *s, const char *scheme)
 {
@@ -58,7 +71,7 @@ static int oci_open(const char *source, const char *const *mirrors, size_t n,
 		    const struct remote_opts *o, struct bytes **out, struct stella_err *e)
 {
 	if (n + 1 > REMOTE_MAX_ENDPOINTS)
-		return stella_fail(e, -EINVAL, "%s: at most %d mirrors", source, REMOTE_MAX_ENDPOINTS - 1);
+		return stella_fail(e, -EINVAL, "%s: at most %d mirrors", shown(source), REMOTE_MAX_ENDPOINTS - 1);
 	struct remote_opts ro = oci_opts(o);
 	struct remote_endpoint eps[REMOTE_MAX_ENDPOINTS] = { { 0 } };
 	bool owned[REMOTE_MAX_ENDPOINTS] = { false };
@@ -73,7 +86,7 @@ static int oci_open(const char *source, const char *const *mirrors, size_t n,
 			continue;
 		}
 		if (!is_oci(loc)) {
-			r = stella_fail(e, -EINVAL, "mirror %s: not an oci://, http:// or https:// location", loc);
+			r = stella_fail(e, -EINVAL, "mirror %s: not an oci://, http:// or https:// location", shown(loc));
 			break;
 		}
 		struct stella_err le = { 0 };
@@ -121,12 +134,12 @@ static int http_open(const char *source, const char *const *mirrors, size_t n,
 		     const struct remote_opts *o, struct bytes **out, struct stella_err *e)
 {
 	if (n + 1 > REMOTE_MAX_ENDPOINTS)
-		return stella_fail(e, -EINVAL, "%s: at most %d mirrors", source, REMOTE_MAX_ENDPOINTS - 1);
+		return stella_fail(e, -EINVAL, "%s: at most %d mirrors", shown(source), REMOTE_MAX_ENDPOINTS - 1);
 	struct remote_endpoint eps[REMOTE_MAX_ENDPOINTS] = { { 0 } };
 	eps[0].url = eps[0].label = source;
 	for (size_t i = 0; i < n; i++) {
 		if (!is_http(mirrors[i]))
-			return stella_fail(e, -EINVAL, "mirror %s: not an http:// or https:// URL", mirrors[i]);
+			return stella_fail(e, -EINVAL, "mirror %s: not an http:// or https:// URL", shown(mirrors[i]));
 		eps[i + 1].url = eps[i + 1].label = mirrors[i];
 	}
 	return remote_open(eps, n + 1, o, out, e);
@@ -152,5 +165,5 @@ int location_probe(const char *source, const struct remote_opts *o, const char *
 		return remote_probe(source, o, validator, out, e);
 	if (is_oci(source))
 		return oci_probe(source, o, validator, out, e);
-	return stella_fail(e, -EINVAL, "%s: follow= needs an http://, https:// or oci:// location", source);
+	return stella_fail(e, -EINVAL, "%s: follow= needs an http://, https:// or oci:// location", shown(source));
 }

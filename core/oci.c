@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +46,13 @@ struct oci_auth {
 	char cacert[512];           /* "" for the default store */
 	char proxy[512];
 	long timeout_ms;
+	/* One token fetch at a time, outside the lock (docs/mirrors.md): the
+	 * others wait on cv, within their own deadlines, for its outcome. */
+	bool fetching;
+	pthread_cond_t cv;          /* CLOCK_MONOTONIC */
+	uint64_t fetches;           /* fetches finished */
+	int fetch_rc;               /* the last one's outcome */
+	struct stella_err fetch_e;
 };
 
 struct oci_client {
@@ -57,11 +65,22 @@ struct oci_client {
 
 /* ---- small helpers ---- */
 
+/* A condition variable timed by CLOCK_MONOTONIC (deadlines are). */
+static void cv_init(pthread_cond_t *cv)
+{
+	pthread_condattr_t at;
+	pthread_condattr_init(&at);
+	pthread_condattr_setclock(&at, CLOCK_MONOTONIC);
+	pthread_cond_init(cv, &at);
+	pthread_condattr_destroy(&at);
+}
+
 static void auth_free(struct oci_auth *a)
 {
 	if (!a)
 		return;
 	pthread_mutex_destroy(&a->lock);
+	pthread_cond_destroy(&a->cv);
 	free(a->basic);
 	free(a->realm);
 	free(a->service);
@@ -206,6 +225,8 @@ struct http_req {
 	uint64_t fd_off, fd_len;
 	size_t max_body;            /* keep at most this much of the answer */
 	bool long_transfer;         /* an upload: bounded by progress, not time */
+	int64_t deadline_ms;        /* absolute (now_ms), 0: timeout_ms from now */
+	const atomic_bool *cancel;  /* ends the request when it becomes true */
 };
 
 struct http_resp {
@@ -215,7 +236,8 @@ struct http_resp {
 	bool body_too_big;
 	char location[2048];
 	char digest[80];
-	char www_auth[1024];
+	char www_auth[REMOTE_CHALLENGE_MAX];
+	bool www_auth_cut;          /* it was longer: not to be acted on */
 	char content_type[128];
 	char content_range[128];
 	int64_t content_length;
@@ -233,6 +255,7 @@ static void resp_reset(struct http_resp *r)
 	r->body_too_big = false;
 	r->status = 0;
 	r->location[0] = r->digest[0] = r->www_auth[0] = r->content_type[0] = r->content_range[0] = '\0';
+	r->www_auth_cut = false;
 	r->content_length = -1;
 }
 
@@ -279,6 +302,7 @@ static size_t on_header(char *p, size_t sz, size_t n, void *ctx)
 	if (len >= 5 && !strncmp(p, "HTTP/", 5)) {
 		/* a new response (after a 100 Continue): forget the last one's */
 		r->location[0] = r->digest[0] = r->www_auth[0] = r->content_type[0] = r->content_range[0] = '\0';
+		r->www_auth_cut = false;
 		r->content_length = -1;
 		return len;
 	}
@@ -299,8 +323,11 @@ static size_t on_header(char *p, size_t sz, size_t n, void *ctx)
 		if (kn == strlen(hs[i].name) && !strncasecmp(p, hs[i].name, kn)) {
 			char *dst = (char *)r + hs[i].off;
 			/* several challenges: keep the first */
-			if (!dst[0])
+			if (!dst[0]) {
 				copy_value(dst, hs[i].cap, v, vn);
+				if (hs[i].off == offsetof(struct http_resp, www_auth))
+					r->www_auth_cut = vn >= hs[i].cap;
+			}
 		}
 	if (kn == 14 && !strncasecmp(p, "content-length", 14)) {
 		char tmp[32];
@@ -351,6 +378,20 @@ static void set_tls(CURL *c, const struct oci_auth *a)
 		curl_easy_setopt(c, CURLOPT_PROXY, a->proxy);
 }
 
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int on_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+	(void)dt; (void)dn; (void)ut; (void)un;
+	const atomic_bool *cancel = arg;
+	return atomic_load(cancel) ? 1 : 0;
+}
+
 /* One request, no redirect followed, no retry: status and headers in R.
  * -EIO with the transport's reason when there is no answer. */
 static int http_once(CURL *c, const struct oci_auth *a, const struct http_req *q, struct http_resp *r,
@@ -371,7 +412,22 @@ static int http_once(CURL *c, const struct oci_auth *a, const struct http_req *q
 		curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
 		curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, (a->timeout_ms + 999) / 1000);
 	} else {
-		curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, a->timeout_ms);
+		long ms = a->timeout_ms;
+		if (q->deadline_ms) {
+			int64_t left = q->deadline_ms - now_ms();
+			if (left <= 0)
+				return stella_fail(e, -ETIMEDOUT, "%s: no time left", q->url);
+			if (left < ms)
+				ms = (long)left;
+		}
+		curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, ms);
+		if (ms < OCI_CONNECT_TIMEOUT_MS)
+			curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, ms);
+	}
+	if (q->cancel) {
+		curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
+		curl_easy_setopt(c, CURLOPT_XFERINFODATA, (void *)q->cancel);
+		curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
 	}
 	curl_easy_setopt(c, CURLOPT_USERAGENT, "stellafs/" STELLA_VERSION);
 	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
@@ -433,7 +489,7 @@ static int http_once(CURL *c, const struct oci_auth *a, const struct http_req *q
 
 /* Parse `Bearer realm="...",service="...",scope="..."` (or `Basic ...`).
  * Values are quoted strings with \-escapes, or tokens. */
-static int parse_challenge(const char *h, enum auth_scheme *scheme, char **realm, char **service, char **scope)
+static int parse_challenge_(const char *h, enum auth_scheme *scheme, char **realm, char **service, char **scope)
 {
 	*realm = *service = *scope = NULL;
 	size_t sn = strcspn(h, " \t");
@@ -456,7 +512,7 @@ static int parse_challenge(const char *h, enum auth_scheme *scheme, char **realm
 		if (*p != '=')
 			return -EINVAL;
 		p++;
-		char val[1024];
+		char val[REMOTE_CHALLENGE_MAX];   /* no value is longer than the header */
 		size_t vn = 0;
 		if (*p == '"') {
 			for (p++; *p && *p != '"'; p++) {
@@ -487,6 +543,17 @@ static int parse_challenge(const char *h, enum auth_scheme *scheme, char **realm
 	return 0;
 }
 
+/* The same, owning nothing on failure. */
+static int parse_challenge(const char *h, enum auth_scheme *scheme, char **realm, char **service, char **scope)
+{
+	int r = parse_challenge_(h, scheme, realm, service, scope);
+	if (r < 0) {
+		free(*realm), free(*service), free(*scope);
+		*realm = *service = *scope = NULL;
+	}
+	return r;
+}
+
 /* The token endpoint may live elsewhere (it is the registry's own choice,
  * in its challenge); the user's password goes there only over https, or
  * to a loopback realm. */
@@ -509,29 +576,42 @@ static bool realm_may_get_password(const char *realm)
 	return oci_host_is_loopback(host);
 }
 
+/* What one token fetch asks with (copies: the lock is not held while it
+ * runs) and what it gets. */
+struct token_ask {
+	char *realm, *service, *scope;
+	int64_t deadline_ms;
+	const atomic_bool *cancel;
+	char *token;                /* out */
+	int64_t life;               /* out, seconds */
+	time_t asked;               /* out */
+};
+
 /* GET realm?service=..&scope=.. (basic credentials if we have any): a
- * fresh token.  Called with a->lock held. */
-static int fetch_token(struct oci_auth *a, struct stella_err *e)
+ * fresh token.  Without a->lock (a->basic, registry, cred_file never
+ * change). */
+static int fetch_token_net(struct oci_auth *a, struct token_ask *t, struct stella_err *e)
 {
 	CURL *c = curl_easy_init();
 	if (!c)
 		return -ENOMEM;
-	char *sv = curl_easy_escape(c, a->service ? a->service : "", 0);
-	char *sc = curl_easy_escape(c, a->scope ? a->scope : "", 0);
+	char *sv = curl_easy_escape(c, t->service ? t->service : "", 0);
+	char *sc = curl_easy_escape(c, t->scope ? t->scope : "", 0);
 	char url[4096], authv[1100] = "";
 	int r;
-	snprintf(url, sizeof(url), "%s%sservice=%s%s%s", a->realm, strchr(a->realm, '?') ? "&" : "?", sv ? sv : "",
-		 a->scope ? "&scope=" : "", a->scope ? sc : "");
+	snprintf(url, sizeof(url), "%s%sservice=%s%s%s", t->realm, strchr(t->realm, '?') ? "&" : "?", sv ? sv : "",
+		 t->scope ? "&scope=" : "", t->scope ? sc : "");
 	curl_free(sv);
 	curl_free(sc);
-	if (a->basic && realm_may_get_password(a->realm))
+	if (a->basic && realm_may_get_password(t->realm))
 		snprintf(authv, sizeof(authv), "Basic %s", a->basic);
-	struct http_req q = { .method = "GET", .url = url, .auth = authv, .fd = -1, .max_body = OCI_SMALL_BODY };
+	struct http_req q = { .method = "GET", .url = url, .auth = authv, .fd = -1, .max_body = OCI_SMALL_BODY,
+				.deadline_ms = t->deadline_ms, .cancel = t->cancel };
 	struct http_resp resp = { 0 };
 	CURLcode cc;
 	/* the token's life counts from before it was asked for: never later
 	 * than the service counts it */
-	time_t asked = time(NULL);
+	t->asked = time(NULL);
 	r = http_once(c, a, &q, &resp, &cc, e);
 	curl_easy_cleanup(c);
 	if (r < 0)
@@ -539,15 +619,15 @@ static int fetch_token(struct oci_auth *a, struct stella_err *e)
 	if (resp.status == 401 || resp.status == 403) {
 		if (authv[0])
 			r = stella_fail(e, -EACCES, "%s: the token service %s refused the credentials from %s (HTTP %ld)",
-					a->registry, a->realm, a->cred_file, resp.status);
+					a->registry, t->realm, a->cred_file, resp.status);
 		else
 			r = stella_fail(e, -EACCES, "%s: the token service %s refused anonymous access (HTTP %ld)%s",
-					a->registry, a->realm, resp.status,
+					a->registry, t->realm, resp.status,
 					a->basic ? "; the credentials are not sent to a plain-http realm" : "");
 		goto out;
 	}
 	if (resp.status != 200) {
-		r = stella_fail(e, -EIO, "%s: the token service %s answered HTTP %ld", a->registry, a->realm,
+		r = stella_fail(e, -EIO, "%s: the token service %s answered HTTP %ld", a->registry, t->realm,
 				resp.status);
 		goto out;
 	}
@@ -561,29 +641,94 @@ static int fetch_token(struct oci_auth *a, struct stella_err *e)
 			tok = json_get(root, "access_token");
 		exp = json_get(root, "expires_in");
 	}
-	if (!tok || tok->type != JSON_STRING || !tok->len || tok->len > 8192 || memchr(tok->u.s, '\n', tok->len) ||
+	if (!tok || tok->type != JSON_STRING || !tok->len || tok->len > REMOTE_AUTHORIZATION_MAX - 16 || memchr(tok->u.s, '\n', tok->len) ||
 	    memchr(tok->u.s, '\r', tok->len)) {
 		json_doc_free(doc);
-		r = stella_fail(e, -EACCES, "%s: the token service %s answered no token", a->registry, a->realm);
+		r = stella_fail(e, -EACCES, "%s: the token service %s answered no token", a->registry, t->realm);
 		goto out;
 	}
-	free(a->token);
-	a->token = strndup(tok->u.s, tok->len);
+	t->token = strndup(tok->u.s, tok->len);
 	/* docker's default lifetime when the service does not say */
-	int64_t life = exp && exp->type == JSON_INT && exp->u.i > 0 ? exp->u.i : 60;
-	a->token_expiry = asked + (time_t)life;
-	/* renew a little early, unless the life is too short to */
-	a->token_margin = life > 10 ? 5 : 0;
+	t->life = exp && exp->type == JSON_INT && exp->u.i > 0 ? exp->u.i : 60;
 	json_doc_free(doc);
-	r = a->token ? 0 : -ENOMEM;
+	r = t->token ? 0 : -ENOMEM;
 out:
 	resp_free(&resp);
 	return r;
 }
 
+/* Wait, a->lock held, for the fetch under way to end; 0 when it ended
+ * (its outcome in a->fetch_rc), -ETIMEDOUT or -ECANCELED. */
+static int wait_fetch(struct oci_auth *a, int64_t deadline, const atomic_bool *cancel, struct stella_err *e)
+{
+	while (a->fetching) {
+		if (cancel && atomic_load(cancel))
+			return stella_fail(e, -ECANCELED, "%s: cancelled", a->registry);
+		int64_t now = now_ms();
+		if (now >= deadline)
+			return stella_fail(e, -ETIMEDOUT, "%s: timed out waiting for a token from %s", a->registry,
+					   a->realm ? a->realm : "the token service");
+		/* at most a second at a time: cancel is a flag, not a signal */
+		int64_t until = deadline < now + 1000 ? deadline : now + 1000;
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		int64_t ns = (int64_t)ts.tv_nsec + (until - now) * 1000000;
+		ts.tv_sec += ns / 1000000000;
+		ts.tv_nsec = ns % 1000000000;
+		pthread_cond_timedwait(&a->cv, &a->lock, &ts);
+	}
+	return 0;
+}
+
+/* A fresh token; called with a->lock held, which is let go while the
+ * token service is asked.  One fetch at a time: a caller that finds one
+ * under way takes its outcome instead of asking again.  DEADLINE 0: the
+ * client's timeout from now. */
+static int fetch_token(struct oci_auth *a, int64_t deadline, const atomic_bool *cancel, struct stella_err *e)
+{
+	if (!deadline)
+		deadline = now_ms() + a->timeout_ms;
+	if (a->fetching) {
+		int r = wait_fetch(a, deadline, cancel, e);
+		if (r < 0)
+			return r;
+		if (a->fetch_rc < 0 && e)
+			*e = a->fetch_e;
+		return a->fetch_rc;
+	}
+	struct token_ask t = { .deadline_ms = deadline, .cancel = cancel };
+	if (!(t.realm = strdup(a->realm ? a->realm : "")) || (a->service && !(t.service = strdup(a->service))) ||
+	    (a->scope && !(t.scope = strdup(a->scope)))) {
+		free(t.realm), free(t.service), free(t.scope);
+		return -ENOMEM;
+	}
+	a->fetching = true;
+	pthread_mutex_unlock(&a->lock);
+	struct stella_err fe = { 0 };
+	int r = fetch_token_net(a, &t, &fe);
+	pthread_mutex_lock(&a->lock);
+	if (r == 0) {
+		free(a->token);
+		a->token = t.token;
+		a->token_expiry = t.asked + (time_t)t.life;
+		/* renew a little early, unless the life is too short to */
+		a->token_margin = t.life > 10 ? 5 : 0;
+	}
+	a->fetching = false;
+	a->fetches++;
+	a->fetch_rc = r;
+	a->fetch_e = fe;
+	pthread_cond_broadcast(&a->cv);
+	free(t.realm), free(t.service), free(t.scope);
+	if (r < 0 && e)
+		*e = fe;
+	return r;
+}
+
 /* Take in a challenge; a->lock held.  PREV_SENT: what the failed request
  * carried ("" nothing). */
-static int take_challenge(struct oci_auth *a, const char *hdr, const char *prev_sent, struct stella_err *e)
+static int take_challenge(struct oci_auth *a, const char *hdr, const char *prev_sent, int64_t deadline,
+			  const atomic_bool *cancel, struct stella_err *e)
 {
 	enum auth_scheme s;
 	char *realm, *service, *scope;
@@ -615,11 +760,12 @@ static int take_challenge(struct oci_auth *a, const char *hdr, const char *prev_
 	a->scheme = AUTH_BEARER;
 	/* a fresh token in any case: the one sent was refused (expired,
 	 * revoked, or for another scope); the caller retries once */
-	return fetch_token(a, e);
+	return fetch_token(a, deadline, cancel, e);
 }
 
 /* The Authorization value for the registry's origin; a->lock held. */
-static int authorization(struct oci_auth *a, char *buf, size_t len, struct stella_err *e)
+static int authorization(struct oci_auth *a, char *buf, size_t len, int64_t deadline, const atomic_bool *cancel,
+			 struct stella_err *e)
 {
 	buf[0] = '\0';
 	if (a->scheme == AUTH_BASIC && a->basic) {
@@ -627,7 +773,7 @@ static int authorization(struct oci_auth *a, char *buf, size_t len, struct stell
 	} else if (a->scheme == AUTH_BEARER) {
 		/* expired (or about to): a new one before the request, not a 401 after */
 		if (!a->token || time(NULL) + a->token_margin >= a->token_expiry) {
-			int r = fetch_token(a, e);
+			int r = fetch_token(a, deadline, cancel, e);
 			if (r < 0)
 				return r;
 		}
@@ -640,24 +786,24 @@ static int authorization(struct oci_auth *a, char *buf, size_t len, struct stell
 
 /* ---- remote_auth_ops for the blob endpoint (remote.c) ---- */
 
-static int ops_authorize(void *ctx, char *buf, size_t len, struct stella_err *e)
+static int ops_authorize(void *ctx, char *buf, size_t len, int64_t deadline_ms, const atomic_bool *cancel,
+			 struct stella_err *e)
 {
 	struct oci_auth *a = ctx;
 	pthread_mutex_lock(&a->lock);
-	int r = authorization(a, buf, len, e);
+	int r = authorization(a, buf, len, deadline_ms, cancel, e);
 	pthread_mutex_unlock(&a->lock);
 	return r;
 }
 
-static int ops_challenge(void *ctx, const char *www_authenticate, struct stella_err *e)
+static int ops_challenge(void *ctx, const char *www_authenticate, int64_t deadline_ms, const atomic_bool *cancel,
+			 struct stella_err *e)
 {
 	struct oci_auth *a = ctx;
-	char prev[8300];
 	pthread_mutex_lock(&a->lock);
-	int r = authorization(a, prev, sizeof(prev), NULL);
-	if (r < 0)
-		prev[0] = '\0';
-	r = take_challenge(a, www_authenticate, prev, e);
+	/* what was sent, as take_challenge judges it: only the scheme counts */
+	const char *prev = a->scheme == AUTH_BASIC && a->basic ? "Basic " : "";
+	int r = take_challenge(a, www_authenticate, prev, deadline_ms, cancel, e);
 	pthread_mutex_unlock(&a->lock);
 	return r;
 }
@@ -688,6 +834,7 @@ static struct oci_auth *auth_copy(const struct oci_auth *a)
 	b->token_margin = a->token_margin;
 	b->timeout_ms = a->timeout_ms;
 	pthread_mutex_init(&b->lock, NULL);
+	cv_init(&b->cv);
 #define DUP(f) if (a->f && !(b->f = strdup(a->f))) goto fail
 	DUP(basic);
 	DUP(realm);
@@ -708,14 +855,14 @@ fail:
  * per challenge; redirects followed for GET and HEAD. */
 static int request(struct oci_client *c, struct http_req q, struct http_resp *r, struct stella_err *e)
 {
-	char url[2048], authv[8300], sent[8300];
+	char url[2048], authv[REMOTE_AUTHORIZATION_MAX], sent[REMOTE_AUTHORIZATION_MAX];
 	snprintf(url, sizeof(url), "%s", q.url);
 	for (int hops = 0, challenges = 0;;) {
 		bool own = same_origin(url, c->auth->origin);
 		authv[0] = '\0';
 		if (own) {
 			pthread_mutex_lock(&c->auth->lock);
-			int ar = authorization(c->auth, authv, sizeof(authv), e);
+			int ar = authorization(c->auth, authv, sizeof(authv), 0, NULL, e);
 			pthread_mutex_unlock(&c->auth->lock);
 			if (ar < 0)
 				return ar;
@@ -726,10 +873,13 @@ static int request(struct oci_client *c, struct http_req q, struct http_resp *r,
 		int rc = http_once(c->curl, c->auth, &q, r, &cc, e);
 		if (rc < 0)
 			return rc;
+		if (r->status == 401 && own && r->www_auth_cut)
+			return stella_fail(e, -EACCES, "%s: HTTP 401 with a WWW-Authenticate longer than %d bytes",
+					   c->ref.registry, REMOTE_CHALLENGE_MAX - 1);
 		if (r->status == 401 && own && challenges++ < 2) {
 			memcpy(sent, authv, sizeof(sent));
 			pthread_mutex_lock(&c->auth->lock);
-			rc = take_challenge(c->auth, r->www_auth, sent, e);
+			rc = take_challenge(c->auth, r->www_auth, sent, 0, NULL, e);
 			pthread_mutex_unlock(&c->auth->lock);
 			if (rc < 0)
 				return rc;
@@ -826,6 +976,7 @@ int oci_client_new(const struct oci_ref *ref, const struct remote_opts *o, bool 
 		return -ENOMEM;
 	}
 	pthread_mutex_init(&c->auth->lock, NULL);
+	cv_init(&c->auth->cv);
 	c->ref = *ref;
 	struct oci_auth *a = c->auth;
 	snprintf(a->registry, sizeof(a->registry), "%s", ref->registry);

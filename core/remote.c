@@ -83,6 +83,10 @@ struct shared {
 	struct rcache *rc;
 	char key[65];
 	uint64_t head_len;
+	/* remote_bind has run: the head is verified and reads are a reader's.
+	 * Before, an advised reader may be a mount's look at the head: it
+	 * earns read-ahead by its streak like any other. */
+	bool bound;
 	uint64_t unserved, mem_hits;
 	char last_error[400];       /* the latest failure of any mirror */
 	int open_src;               /* the endpoint that answered the open, -1 none */
@@ -291,7 +295,7 @@ static void ep_served(struct endpoint *ep, uint64_t bytes)
 static int ep_get(struct shared *s, struct endpoint *ep, uint64_t off, void *buf, size_t len,
 		  int64_t deadline, struct http_resp *rs)
 {
-	char authz[4096] = "";
+	char authz[REMOTE_AUTHORIZATION_MAX] = "";
 	struct http_req rq = {
 		.url = ep->url, .off = off, .len = len, .buf = buf,
 		.deadline_ms = deadline, .o = &s->o, .cancel = &s->stopping,
@@ -299,9 +303,7 @@ static int ep_get(struct shared *s, struct endpoint *ep, uint64_t off, void *buf
 	for (int attempt = 0; ; attempt++) {
 		if (ep->auth && ep->auth->authorize) {
 			struct stella_err e = { 0 };
-			pthread_mutex_lock(&ep->auth_mu);
-			int r = ep->auth->authorize(ep->auth_ctx, authz, sizeof(authz), &e);
-			pthread_mutex_unlock(&ep->auth_mu);
+			int r = ep->auth->authorize(ep->auth_ctx, authz, sizeof(authz), deadline, &s->stopping, &e);
 			if (r < 0) {
 				memset(rs, 0, sizeof(*rs));
 				rs->result = REMOTE_REFUSED;
@@ -311,11 +313,21 @@ static int ep_get(struct shared *s, struct endpoint *ep, uint64_t off, void *buf
 			rq.authorization = authz;
 		}
 		int r = http_get(&rq, rs);
+		/* a host the endpoint redirected to (object storage) is not the
+		 * endpoint: its challenge would send the endpoint's credentials
+		 * to a realm of its choosing.  Its 401 is a refusal. */
+		if (r == -EACCES && rs->status == 401 && !rs->same_origin) {
+			snprintf(rs->error, sizeof(rs->error), "HTTP 401 from the host the mirror redirected to");
+			return r;
+		}
+		if (r == -EACCES && rs->status == 401 && rs->www_authenticate_cut) {
+			snprintf(rs->error, sizeof(rs->error), "HTTP 401 with a WWW-Authenticate longer than %d bytes",
+				 REMOTE_CHALLENGE_MAX - 1);
+			return r;
+		}
 		if (r == -EACCES && attempt == 0 && rs->status == 401 && ep->auth && ep->auth->challenge) {
 			struct stella_err e = { 0 };
-			pthread_mutex_lock(&ep->auth_mu);
-			int c = ep->auth->challenge(ep->auth_ctx, rs->www_authenticate, &e);
-			pthread_mutex_unlock(&ep->auth_mu);
+			int c = ep->auth->challenge(ep->auth_ctx, rs->www_authenticate, deadline, &s->stopping, &e);
 			if (c == 0)
 				continue;
 		}
@@ -579,8 +591,11 @@ static ssize_t remote_read_at(struct bytes *b, void *buf, size_t len, uint64_t o
 	rb->last_off = off;
 	/* ahead by as many chunks as the reader has gone through in a row
 	 * (up to READAHEAD): a walk over tar headers, small reads near each
-	 * other, does not pull in the big files between them */
-	uint64_t ahead = rb->sequential ? READAHEAD : rb->streak / REMOTE_CHUNK;
+	 * other, does not pull in the big files between them; an advised
+	 * sequential reader, at once, but before remote_bind only once it has
+	 * gone through a chunk (a mount reads the head, then binds) */
+	bool eager = rb->sequential && (s->bound || rb->streak >= REMOTE_CHUNK);
+	uint64_t ahead = eager ? READAHEAD : rb->streak / REMOTE_CHUNK;
 	if (ahead > 0)
 		readahead_locked(s, last, ahead < READAHEAD ? ahead : READAHEAD);
 	pthread_mutex_unlock(&s->mu);
@@ -916,10 +931,11 @@ int remote_open(const struct remote_endpoint *eps, size_t n, const struct remote
 		ep->auth = eps[i].auth;
 		ep->auth_ctx = eps[i].auth_ctx;
 		const char *label = eps[i].label ? eps[i].label : eps[i].url;
-		if (!(ep->url = strdup(eps[i].url)) || !(ep->label = strdup(label)))
+		/* the label is shown (status, logs, messages): never a password */
+		if (!(ep->url = strdup(eps[i].url)) || !(ep->label = http_redact(label)))
 			r = -ENOMEM;
 		else if (http_origin(eps[i].url, ep->origin, sizeof(ep->origin)) < 0)
-			r = stella_fail(e, -EINVAL, "%s: not a URL", label);
+			r = stella_fail(e, -EINVAL, "%s: not a URL", ep->label);
 	}
 	if (r == 0) {
 		r = open_fetch(s, deadline_after(s->o.timeout_ms), eps, e);
@@ -935,7 +951,7 @@ int remote_open(const struct remote_endpoint *eps, size_t n, const struct remote
 		r = new_handle(s, s->ep[0].label, out);
 	if (r < 0) {
 		shared_free(s);
-		return r == -ENOMEM ? stella_fail_errno(e, r, "%s", eps[0].label ? eps[0].label : eps[0].url) : r;
+		return r == -ENOMEM ? stella_fail_errno(e, r, "opening a remote kit") : r;
 	}
 	/* offline, the cache's key is all there is; online, the identity is
 	 * the URL's until remote_bind names the kit by its verified manifest */
@@ -963,6 +979,7 @@ int remote_bind(struct bytes *b, const char *key, uint64_t head_len, struct stel
 		s->rc = NULL;
 	memcpy(s->key, key, 65);
 	s->head_len = head_len;
+	s->bound = true;
 	pthread_mutex_unlock(&s->mu);
 	if (old)
 		rcache_close(old);

@@ -37,17 +37,29 @@ struct remote_opts {
 	const atomic_bool *cancel;
 };
 
+/* The longest Authorization value an endpoint's auth ops may produce (a
+ * registry's JWT runs to kilobytes), NUL included; and the longest
+ * WWW-Authenticate value taken in.  Longer is an error, never a cut. */
+#define REMOTE_AUTHORIZATION_MAX 8320
+#define REMOTE_CHALLENGE_MAX 4096
+
 /* How requests to one endpoint are authorised (a registry's bearer token,
  * core/oci.c); NULL for plain URLs, whose user:password@ or ~/.netrc
  * libcurl applies itself.  Credentials only ever go to the endpoint's own
  * scheme, host and port, never to where a redirect leads. */
 struct remote_auth_ops {
-	/* The Authorization header's value into buf (""
+	/* Both are called from any number of threads at once, with no lock
+	 * held: they serialise themselves, and never wait past DEADLINE_MS
+	 * (absolute, CLOCK_MONOTONIC milliseconds) or once *CANCEL is true
+	 * (the kit is being closed).
+	 * The Authorization header's value into buf (""
 	 * for none); 0 or a negative errno. */
-	int (*authorize)(void *ctx, char *buf, size_t len, struct stella_err *e);
+	int (*authorize)(void *ctx, char *buf, size_t len, int64_t deadline_ms, const atomic_bool *cancel,
+			 struct stella_err *e);
 	/* A 401 came with this WWW-Authenticate: get fresh credentials.  0:
 	 * retry the request once; negative: the endpoint refuses us. */
-	int (*challenge)(void *ctx, const char *www_authenticate, struct stella_err *e);
+	int (*challenge)(void *ctx, const char *www_authenticate, int64_t deadline_ms, const atomic_bool *cancel,
+			 struct stella_err *e);
 	void (*free)(void *ctx);
 };
 

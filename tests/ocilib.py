@@ -170,6 +170,8 @@ class Storage:
         self.expired = 0
         self.gets = 0
         self.multirange_refused = 0
+        self.challenge = None      # a WWW-Authenticate to answer reads with (401) ...
+        self.challenge_after = 0   # ... once this many were served
 
     def start(self):
         owner = self
@@ -177,6 +179,8 @@ class Storage:
         class H(_Quiet):
             def do_GET(self):
                 owner.auth_seen.append(self.headers.get("Authorization", ""))
+                if owner.challenge and owner.gets >= owner.challenge_after:
+                    return self.send(401, b"no", [("WWW-Authenticate", owner.challenge)])
                 u = urllib.parse.urlsplit(self.path)
                 q = urllib.parse.parse_qs(u.query)
                 digest = u.path.rsplit("/", 1)[-1]
@@ -210,10 +214,13 @@ class FakeRegistry:
     digest_header: a Docker-Content-Digest to send instead of the right one."""
 
     def __init__(self, auth=None, users=None, token_ttl=300, storage: Storage | None = None,
-                 presign_ttl=60, token_uses=None, blob_delay=0.0):
+                 presign_ttl=60, token_uses=None, blob_delay=0.0, token_len=24, service="fake-registry"):
         self.auth, self.users, self.token_ttl = auth, users or {}, token_ttl
         self.token_uses = token_uses   # a token is refused after this many requests
         self.blob_delay = blob_delay   # seconds before answering a blob request
+        self.token_len = token_len     # characters in a token (real JWTs: 1-2 KiB)
+        self.service = service         # the challenge's service=, which the token service checks
+        self.token_delay = 0.0         # seconds the token service takes to answer
         self.storage, self.presign_ttl = storage, presign_ttl
         self.blobs, self.manifests, self.uploads = {}, {}, {}
         self.tokens = {}           # token -> expiry
@@ -268,7 +275,7 @@ class FakeRegistry:
         if self.auth == "bearer":
             return h.send(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}',
                           [("WWW-Authenticate", f'Bearer realm="http://{self.host}/token",'
-                                                f'service="fake-registry",scope="{scope}"')])
+                                                f'service="{self.service}",scope="{scope}"')])
         return h.send(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"no"}]}')
 
     def _token(self, h):
@@ -276,10 +283,13 @@ class FakeRegistry:
         a = h.headers.get("Authorization", "")
         with self.lock:
             self.token_requests.append((a, q))
+        time.sleep(self.token_delay)
+        if q.get("service") != [self.service]:
+            return h.send(400, b'{"details":"wrong service"}')
         if self.users and not any(a == "Basic " + base64.b64encode(f"{u}:{p}".encode()).decode()
                                   for u, p in self.users.items()):
             return h.send(401, b'{"details":"wrong credentials"}')
-        tok = base64.urlsafe_b64encode(os.urandom(18)).decode()
+        tok = base64.urlsafe_b64encode(os.urandom(self.token_len)).decode()[:self.token_len]
         with self.lock:
             self.tokens[tok] = time.time() + self.token_ttl
         h.send(200, json.dumps({"token": tok, "expires_in": self.token_ttl}).encode(),

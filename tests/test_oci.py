@@ -329,6 +329,24 @@ def test_bearer_token_anonymous_and_refreshed(kit_bytes, keys, isolated_env):
         assert len(blob_gets) >= 4
 
 
+def test_long_token_and_long_challenge(kit_bytes, keys, isolated_env):
+    """A 3 KiB token (registries' JWTs run to kilobytes) and a 1.5 KiB challenge are
+    sent and taken whole: every blob read carries the whole token."""
+    with ocilib.FakeRegistry(auth="bearer", token_len=3072, service="s" * 1500) as fr:
+        fr.put_kit("s/k", "1", ocilib.kit_manifest(kit_bytes), kit_bytes)
+        assert_ok(verify(fr.ref("s/k:1"), keys, env=isolated_env))
+        blob_gets = [e for e in fr.log if e[0] == "GET" and "/blobs/" in e[1]]
+        assert len(blob_gets) >= 2
+        assert all(len(e[2]) == len("Bearer ") + 3072 for e in blob_gets), [len(e[2]) for e in blob_gets]
+
+
+def test_over_long_challenge_is_an_error_not_a_cut(kit_bytes, keys, isolated_env):
+    with ocilib.FakeRegistry(auth="bearer", service="s" * 5000) as fr:
+        fr.put_kit("s/k", "1", ocilib.kit_manifest(kit_bytes), kit_bytes)
+        assert_fail(verify(fr.ref("s/k:1"), keys, env=isolated_env), 1, "WWW-Authenticate longer")
+        assert fr.token_requests == []
+
+
 def test_bearer_token_expiry_is_renewed_before_use(kit_bytes, keys, isolated_env):
     """Tokens that live one second, blob reads that take 0.4 s each: a new token is
     fetched before a use that would present an expired one, so the registry never
@@ -384,6 +402,29 @@ def test_blob_redirect_to_storage_never_carries_credentials(kit_bytes, keys, tmp
             assert st.expired == 0
     finally:
         st.stop()
+
+
+def test_storage_challenge_never_gets_the_registry_credentials(kit_bytes, keys, tmp_path, isolated_env):
+    """Storage the registry redirects blob reads to answers 401 with a bearer challenge
+    whose realm is a third server: that challenge is not the registry's, so the realm
+    is never asked for a token, let alone sent the registry's basic credentials; the
+    read is refused."""
+    evil = ocilib.Storage().start()
+    st = ocilib.Storage().start()
+    st.challenge_after = 1     # the client's first look at the blob is served
+    st.challenge = f'Bearer realm="http://127.0.0.1:{evil.port}/token",service="x",scope="y"'
+    try:
+        with ocilib.FakeRegistry(auth="bearer", users={"bob": "pw"}, storage=st) as fr:
+            fr.put_kit("s/k", "1", ocilib.kit_manifest(kit_bytes), kit_bytes)
+            authf = ocilib.auth_file(tmp_path / "a.json", fr.host, "bob", "pw")
+            r = verify(fr.ref("s/k:1"), keys, env=dict(isolated_env, REGISTRY_AUTH_FILE=authf))
+            assert r.returncode != 0, r.stdout + r.stderr
+            assert st.auth_seen and all(a == "" for a in st.auth_seen), st.auth_seen
+            assert evil.auth_seen == [], evil.auth_seen
+            assert "401" in r.stderr, r.stderr
+    finally:
+        st.stop()
+        evil.stop()
 
 
 def test_multi_range_is_never_asked(kit_bytes, keys, isolated_env):
@@ -576,6 +617,58 @@ def test_mount_token_and_presigned_url_expire_while_mounted(keys, mounter, tmp_p
     finally:
         os.environ.pop("REGISTRY_AUTH_FILE", None)
         st.stop()
+
+
+def test_hanging_token_service_reads_and_umount_within_timeout(keys, mounter, tmp_path, daemon_env):
+    """Tokens that live one second, then a token service that hangs: four readers of
+    four places in a file at once each fail within timeout= (+ slack), not one after
+    another (one token fetch at a time, the others waiting within their own deadline,
+    outside any lock); an unmount meanwhile ends the hanging fetch (it is cancelled)
+    rather than waiting for timeout=."""
+    import errno
+    import threading
+    import storelib
+    big = os.urandom(24 << 20)
+    src = storelib.write_tree(tmp_path / "src", {"feeds/big.bin": big, "feeds/v.txt": b"v\n"})
+    kit_bytes = storelib.pack_kit(src, tmp_path / "k.tar", keys["ed25519"], "v1", 1).read_bytes()
+    with ocilib.FakeRegistry(auth="bearer", token_ttl=1) as fr:
+        fr.put_kit("s/k", "1", ocilib.kit_manifest(kit_bytes), kit_bytes)
+        m = mounter.mount(fr.ref("s/k:1"), keys["ed25519"].pub, NOW, "timeout=15")
+        fr.token_delay = 60
+        time.sleep(2.5)        # the token expired: the next read asks for one
+        results = {}
+
+        def reader(i):
+            t0 = time.monotonic()
+            try:
+                fd = os.open(m.path / "current/feeds/big.bin", os.O_RDONLY)
+            except OSError as e:
+                results[i] = (e.errno, 0)
+                return
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+                os.pread(fd, 4096, (4 + 5 * i) << 20)
+                results[i] = (0, time.monotonic() - t0)
+            except OSError as e:
+                results[i] = (e.errno, time.monotonic() - t0)
+            finally:
+                os.close(fd)
+
+        ths = [threading.Thread(target=reader, args=(i,), daemon=True) for i in range(4)]
+        for t in ths:
+            t.start()
+        for t in ths:
+            t.join(timeout=60)
+        assert not any(t.is_alive() for t in ths), results
+        assert all(e != 0 and secs < 15 + 3 for e, secs in results.values()), results
+        # another fetch hangs now; the unmount cancels it
+        ths = [threading.Thread(target=reader, args=(i,), daemon=True) for i in range(4, 6)]
+        for t in ths:
+            t.start()
+        time.sleep(1)
+        t0 = time.monotonic()
+        mounter.umount(m.path)
+        assert time.monotonic() - t0 < 6
 
 
 def current_version(mnt: Path):

@@ -176,6 +176,18 @@ def test_mounted_tree_equals_source(name, nginx, mounter, keys, src_tree, kitdir
     assert metric_sum(m, "stellafs_remote_requests_total", mirror=nginx.origin, result="ok") > 0
 
 
+def test_password_in_url_is_never_shown(tmp_path, mounter, keys, kitdir, src_tree):
+    """A mirror URL with user:password@ (nginx with basic auth): the mount works, and
+    status, status.json and health show the URL without the password."""
+    with serverlib.Nginx(tmp_path / "ngb", root=kitdir, basic=("scan", "s3cretpw")) as ng:
+        m = mount_remote(mounter, ng.url("kit.tar", userinfo="scan:s3cretpw"), keys["ed25519"].pub, "timeout=20")
+        assert sha256sum_tree(m.path / "current") == sha256sum_tree(src_tree)
+        assert [x["url"] for x in mirrors_of(m)] == [ng.url("kit.tar")]
+        for name in ("status", "status.json", "health", "metrics"):
+            text = (m.path / name).read_text()
+            assert "s3cretpw" not in text, (name, text)
+
+
 def test_https_with_cacert_and_client_certificate(tmp_path, mounter, keys, kitdir, src_tree):
     """https: the mirror's certificate checked against cacert= (refused without it), and a
     client certificate given with client_cert=/client_key= where nginx demands one."""

@@ -103,21 +103,33 @@ struct bearer {
 	int challenges;
 };
 
-static int bearer_authorize(void *ctx, char *buf, size_t len, struct stella_err *e)
+/* the ops serialise themselves (remote.h): remote.c calls them unlocked */
+static pthread_mutex_t bearer_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static int bearer_authorize(void *ctx, char *buf, size_t len, int64_t deadline, const atomic_bool *cancel,
+			    struct stella_err *e)
 {
-	(void)e;
+	(void)e, (void)deadline, (void)cancel;
+	pthread_mutex_lock(&bearer_mu);
 	snprintf(buf, len, "Bearer %s", ((struct bearer *)ctx)->token);
+	pthread_mutex_unlock(&bearer_mu);
 	return 0;
 }
 
-static int bearer_challenge(void *ctx, const char *www, struct stella_err *e)
+static int bearer_challenge(void *ctx, const char *www, int64_t deadline, const atomic_bool *cancel,
+			    struct stella_err *e)
 {
+	(void)deadline, (void)cancel;
 	struct bearer *t = ctx;
+	int r = 0;
+	pthread_mutex_lock(&bearer_mu);
 	t->challenges++;
 	if (strncmp(www, "Bearer ", 7) || !strcmp(t->token, t->fresh))
-		return stella_fail(e, -EACCES, "refused");
-	snprintf(t->token, sizeof(t->token), "%s", t->fresh);
-	return 0;
+		r = stella_fail(e, -EACCES, "refused");
+	else
+		snprintf(t->token, sizeof(t->token), "%s", t->fresh);
+	pthread_mutex_unlock(&bearer_mu);
+	return r;
 }
 
 static int bearer_challenges;
