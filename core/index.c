@@ -429,7 +429,6 @@ static int conn_open(struct index *ix, struct conn *c, struct stella_err *e)
 	if (sqlite3_open_v2(ix->path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
 		r = db ? db_fail(ix, db, e, "open") : -ENOMEM;
 	} else {
-		index_harden(db);
 		/* Small caches: the kernel caches what FUSE serves, the page
 		 * cache keeps the file; this bounds the daemon's RSS. */
 		sqlite3_exec(db, "PRAGMA cache_size=-512; PRAGMA query_only=1; PRAGMA mmap_size=0", NULL, NULL, NULL);

@@ -45,10 +45,14 @@ struct index_node {
 struct index;
 struct sqlite3;
 
-/* Settings for a connection to a database file a kit may have carried (a
- * signed file, but written by whoever packed it): no triggers, no views,
- * nothing in its schema trusted to run, SQLite's defensive mode.  Call
- * right after sqlite3_open_v2, before the schema is read. */
+/* Settings for a connection to a database file a kit carried (a signed
+ * file, but written by whoever packed it), while it is checked and
+ * rewritten: no triggers, no views, nothing in its schema trusted to run,
+ * SQLite's defensive mode.  Call right after sqlite3_open_v2, before the
+ * schema is read.  Serving connections need none of it: they open only
+ * files this process checked or built and sealed (core/seal.h), and the
+ * store's own index is read through views an attacker may have planted
+ * only to be compared, never served (core/storecheck.c). */
 void index_harden(struct sqlite3 *db);
 
 /* The SQL that makes an empty index (kitindex.c checks a carried index's
