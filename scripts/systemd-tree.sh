@@ -13,7 +13,7 @@ set -euo pipefail
 suite=bookworm
 # python3: the USB import helper reads `stellakit inspect --json` with it;
 # man-db: systemd-analyze verify checks the units' Documentation= pages.
-pkgs=systemd,systemd-sysv,dbus,udev,fuse3,libfuse3-3,libarchive13,libssl3,libsqlite3-0,libyajl2,zlib1g,libzstd1,python3,util-linux,mount,man-db
+pkgs=systemd,systemd-sysv,dbus,udev,fuse3,libfuse3-3,libarchive13,libssl3,libsqlite3-0,libyajl2,zlib1g,libzstd1,libcurl4,python3,util-linux,mount,man-db
 cache=${STELLA_TREE_CACHE:-/var/cache/stellafs-test}
 key=$(printf '%s %s v1' "$suite" "$pkgs" | sha256sum | cut -c1-12)
 tree=$cache/debian12-$key
