@@ -381,6 +381,123 @@ static void gtime(yajl_gen g, int64_t t)
 	gs(g, buf);
 }
 
+/* A string, or null when there is none to show. */
+static void gs_or_null(yajl_gen g, const char *s)
+{
+	if (s && *s)
+		gs(g, s);
+	else
+		yajl_gen_null(g);
+}
+
+static void gint(yajl_gen g, const char *key, long long v)
+{
+	gs(g, key);
+	yajl_gen_integer(g, v);
+}
+
+static void json_kit(yajl_gen g, const struct manifest *k, int64_t now)
+{
+	gs(g, "kit");
+	if (!k) {
+		yajl_gen_null(g);
+		return;
+	}
+	yajl_gen_map_open(g);
+	gs(g, "kitId"); gs(g, k->kit_id);
+	gs(g, "version"); gs(g, k->version);
+	gint(g, "sequence", k->sequence);
+	gs(g, "channel"); gs(g, k->channel);
+	gs(g, "createdAt"); gtime(g, k->created_at);
+	gs(g, "expiresAt"); gtime(g, k->expires_at);
+	gs(g, "daysUntilExpiry"); gnum(g, days(k->expires_at - now));
+	yajl_gen_map_close(g);
+}
+
+static void json_components(yajl_gen g, const struct manifest *k, int64_t now)
+{
+	gs(g, "components");
+	yajl_gen_array_open(g);
+	for (size_t i = 0; k && i < k->ncomponents; i++) {
+		const struct component *c = &k->components[i];
+		yajl_gen_map_open(g);
+		gs(g, "name"); gs(g, c->name);
+		gs(g, "path"); gs(g, c->path);
+		gs(g, "capturedAt"); gtime(g, c->captured_at);
+		gs(g, "ageDays"); gnum(g, days(now - c->captured_at));
+		gint(g, "warnAgeDays", c->warn_age_days);
+		gint(g, "maxAgeDays", c->max_age_days);
+		if (c->records >= 0)
+			gint(g, "records", c->records);
+		gs(g, "status"); gs(g, check_word(component_level(c, now)));
+		yajl_gen_map_close(g);
+	}
+	yajl_gen_array_close(g);
+}
+
+static void json_integrity(yajl_gen g, const struct health_input *in)
+{
+	gs(g, "integrity");
+	yajl_gen_map_open(g);
+	gint(g, "verifiedBytes", (long long)in->verified_bytes);
+	gint(g, "failures", (long long)in->failures);
+	gs(g, "lastFailure"); gs_or_null(g, in->last_failure);
+	yajl_gen_map_close(g);
+}
+
+static void json_checks(yajl_gen g, const struct report *r)
+{
+	gs(g, "checks");
+	yajl_gen_array_open(g);
+	for (size_t i = 0; i < r->n; i++) {
+		yajl_gen_map_open(g);
+		gs(g, "name"); gs(g, r->c[i].label);
+		gs(g, "status"); gs(g, check_word(r->c[i].level));
+		gs(g, "detail"); gs(g, r->c[i].detail);
+		yajl_gen_map_close(g);
+	}
+	yajl_gen_array_close(g);
+}
+
+/* Remote kits only (docs/remote.md): each mirror, the disk cache, timeouts. */
+static void json_remote(yajl_gen g, const struct health_input *in)
+{
+	gs(g, "mirrors");
+	yajl_gen_array_open(g);
+	for (size_t i = 0; i < in->nmirrors; i++) {
+		const struct health_mirror *m = &in->mirrors[i];
+		yajl_gen_map_open(g);
+		gs(g, "url"); gs(g, m->url);
+		gs(g, "state"); gs(g, m->state);
+		gint(g, "failures", (long long)m->failures);
+		gs(g, "lastError"); gs_or_null(g, m->last_error);
+		gint(g, "bytes", (long long)m->bytes);
+		yajl_gen_map_close(g);
+	}
+	yajl_gen_array_close(g);
+	gs(g, "cache");
+	yajl_gen_map_open(g);
+	gint(g, "bytes", (long long)in->cache_bytes);
+	gint(g, "hits", (long long)in->cache_hits);
+	yajl_gen_map_close(g);
+	gint(g, "readTimeouts", (long long)in->read_timeouts);
+}
+
+static void json_follow(yajl_gen g, const struct health_input *in)
+{
+	gs(g, "follow");
+	yajl_gen_map_open(g);
+	gs(g, "url"); gs(g, in->follow);
+	gs(g, "lastPoll");
+	if (in->follow_last_poll)
+		gtime(g, in->follow_last_poll);
+	else
+		yajl_gen_null(g);
+	gs(g, "lastError"); gs_or_null(g, in->follow_err ? strerror(in->follow_err) : NULL);
+	gs(g, "lastResult"); gs(g, in->follow_result ? in->follow_result : "");
+	yajl_gen_map_close(g);
+}
+
 char *health_render_json(const struct health_input *in)
 {
 	struct report *r = malloc(sizeof(*r));
@@ -401,110 +518,20 @@ char *health_render_json(const struct health_input *in)
 	char *shown = http_redact(in->source);   /* never a password */
 	gs(g, "source"); gs(g, shown ? shown : "");
 	free(shown);
-	gs(g, "current");
-	if (k)
-		gs(g, k->version);
-	else
-		yajl_gen_null(g);
+	gs(g, "current"); gs_or_null(g, k ? k->version : NULL);
 	gs(g, "snapshots");
 	yajl_gen_array_open(g);
 	for (size_t i = 0; i < in->nsnapshots; i++)
 		gs(g, in->snapshots[i]);
 	yajl_gen_array_close(g);
-	gs(g, "kit");
-	if (k) {
-		yajl_gen_map_open(g);
-		gs(g, "kitId"); gs(g, k->kit_id);
-		gs(g, "version"); gs(g, k->version);
-		gs(g, "sequence"); yajl_gen_integer(g, k->sequence);
-		gs(g, "channel"); gs(g, k->channel);
-		gs(g, "createdAt"); gtime(g, k->created_at);
-		gs(g, "expiresAt"); gtime(g, k->expires_at);
-		gs(g, "daysUntilExpiry"); gnum(g, days(k->expires_at - in->now));
-		yajl_gen_map_close(g);
-	} else {
-		yajl_gen_null(g);
-	}
-	gs(g, "components");
-	yajl_gen_array_open(g);
-	for (size_t i = 0; k && i < k->ncomponents; i++) {
-		const struct component *c = &k->components[i];
-		yajl_gen_map_open(g);
-		gs(g, "name"); gs(g, c->name);
-		gs(g, "path"); gs(g, c->path);
-		gs(g, "capturedAt"); gtime(g, c->captured_at);
-		gs(g, "ageDays"); gnum(g, days(in->now - c->captured_at));
-		gs(g, "warnAgeDays"); yajl_gen_integer(g, c->warn_age_days);
-		gs(g, "maxAgeDays"); yajl_gen_integer(g, c->max_age_days);
-		if (c->records >= 0) {
-			gs(g, "records"); yajl_gen_integer(g, c->records);
-		}
-		gs(g, "status"); gs(g, check_word(component_level(c, in->now)));
-		yajl_gen_map_close(g);
-	}
-	yajl_gen_array_close(g);
-	gs(g, "integrity");
-	yajl_gen_map_open(g);
-	gs(g, "verifiedBytes"); yajl_gen_integer(g, (long long)in->verified_bytes);
-	gs(g, "failures"); yajl_gen_integer(g, (long long)in->failures);
-	gs(g, "lastFailure");
-	if (in->last_failure && *in->last_failure)
-		gs(g, in->last_failure);
-	else
-		yajl_gen_null(g);
-	yajl_gen_map_close(g);
-	gs(g, "checks");
-	yajl_gen_array_open(g);
-	for (size_t i = 0; i < r->n; i++) {
-		yajl_gen_map_open(g);
-		gs(g, "name"); gs(g, r->c[i].label);
-		gs(g, "status"); gs(g, check_word(r->c[i].level));
-		gs(g, "detail"); gs(g, r->c[i].detail);
-		yajl_gen_map_close(g);
-	}
-	yajl_gen_array_close(g);
-	if (in->remote) {
-		gs(g, "mirrors");
-		yajl_gen_array_open(g);
-		for (size_t i = 0; i < in->nmirrors; i++) {
-			const struct health_mirror *m = &in->mirrors[i];
-			yajl_gen_map_open(g);
-			gs(g, "url"); gs(g, m->url);
-			gs(g, "state"); gs(g, m->state);
-			gs(g, "failures"); yajl_gen_integer(g, (long long)m->failures);
-			gs(g, "lastError");
-			if (*m->last_error)
-				gs(g, m->last_error);
-			else
-				yajl_gen_null(g);
-			gs(g, "bytes"); yajl_gen_integer(g, (long long)m->bytes);
-			yajl_gen_map_close(g);
-		}
-		yajl_gen_array_close(g);
-		gs(g, "cache");
-		yajl_gen_map_open(g);
-		gs(g, "bytes"); yajl_gen_integer(g, (long long)in->cache_bytes);
-		gs(g, "hits"); yajl_gen_integer(g, (long long)in->cache_hits);
-		yajl_gen_map_close(g);
-		gs(g, "readTimeouts"); yajl_gen_integer(g, (long long)in->read_timeouts);
-	}
-	if (in->follow) {
-		gs(g, "follow");
-		yajl_gen_map_open(g);
-		gs(g, "url"); gs(g, in->follow);
-		gs(g, "lastPoll");
-		if (in->follow_last_poll)
-			gtime(g, in->follow_last_poll);
-		else
-			yajl_gen_null(g);
-		gs(g, "lastError");
-		if (in->follow_err)
-			gs(g, strerror(in->follow_err));
-		else
-			yajl_gen_null(g);
-		gs(g, "lastResult"); gs(g, in->follow_result ? in->follow_result : "");
-		yajl_gen_map_close(g);
-	}
+	json_kit(g, k, in->now);
+	json_components(g, k, in->now);
+	json_integrity(g, in);
+	json_checks(g, r);
+	if (in->remote)
+		json_remote(g, in);
+	if (in->follow)
+		json_follow(g, in);
 	gs(g, "snapshotSwitches"); yajl_gen_integer(g, (long long)in->switches);
 	gs(g, "now"); gtime(g, in->now);
 	yajl_gen_map_close(g);
