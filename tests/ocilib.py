@@ -160,7 +160,30 @@ def _serve_range(h, data: bytes, extra=()):
                                 ("Content-Type", "application/octet-stream"), *extra])
 
 
-class Storage:
+class _InProcess:
+    """A server of ours on 127.0.0.1 in this process: start() builds its handler class
+    and hands it to _serve; stop() ends it."""
+
+    def _serve(self, handler):
+        self.srv = socketserver.ThreadingTCPServer((HOST, 0), handler)
+        self.srv.daemon_threads = True
+        self.srv.owner = self
+        self.port = self.srv.server_address[1]
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *a):
+        self.stop()
+
+
+class Storage(_InProcess):
     """Object storage a FakeRegistry redirects blob reads to: presigned URLs that expire
     (403 after), and a log of the Authorization headers it was sent."""
 
@@ -192,19 +215,10 @@ class Storage:
                 owner.gets += 1
                 _serve_range(self, owner.blobs[digest])
 
-        self.srv = socketserver.ThreadingTCPServer((HOST, 0), H)
-        self.srv.daemon_threads = True
-        self.srv.owner = self
-        self.port = self.srv.server_address[1]
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self):
-        self.srv.shutdown()
-        self.srv.server_close()
+        return self._serve(H)
 
 
-class FakeRegistry:
+class FakeRegistry(_InProcess):
     """A registry of our own on 127.0.0.1 (plain http).  auth: None, "bearer", "basic" or
     "nochallenge" (401 with no WWW-Authenticate); users: {user: password} the token
     service (bearer) or the registry (basic) accepts; token_ttl: a token's life in
@@ -361,22 +375,7 @@ class FakeRegistry:
 
             do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = route
 
-        self.srv = socketserver.ThreadingTCPServer((HOST, 0), H)
-        self.srv.daemon_threads = True
-        self.srv.owner = self
-        self.port = self.srv.server_address[1]
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self):
-        self.srv.shutdown()
-        self.srv.server_close()
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *a):
-        self.stop()
+        return self._serve(H)
 
 
 def kit_manifest(blob: bytes, media=KIT_TYPE + ".tar", artifact=KIT_TYPE, size=None, layers=None,
