@@ -67,7 +67,8 @@ static atomic_uint_fast64_t next_file_id = 1;
  *     after reply_claimed_err (callback cleared, request answered);
  *   - run_job claims and answers while it still holds the list's one;
  *   - on_interrupt, the claimer in the callback, answers there and touches
- *     nothing of the job after its claim.
+ *     nothing of the job after its claim; called back while fetch_read
+ *     registers it, it only notes interrupted_early for fetch_read.
  * The job is freed by the last job_put. */
 struct fetch_job {
 	struct fetch_job *prev, *next;  /* sf->fetch: arrival order, which is deadline order */
@@ -79,6 +80,7 @@ struct fetch_job {
 	int64_t deadline;               /* CLOCK_MONOTONIC nanoseconds */
 	bool running;                   /* under lock: a fetch thread has it */
 	atomic_bool replied;            /* set by whoever answers */
+	bool interrupted_early;         /* fetch_read's thread only, while registering */
 	atomic_uint refs;               /* the rule above the struct */
 };
 
@@ -198,11 +200,23 @@ static void reply_claimed_err(fuse_req_t req, int err)
 	fuse_reply_err(req, err);
 }
 
+/* The job fetch_read is registering on this thread, if any. */
+static __thread struct fetch_job *registering;
+
 /* The kernel interrupted the read: answered at once.  Nothing of the job
- * is touched after it is claimed (another thread may free it then). */
+ * is touched after it is claimed (another thread may free it then).
+ * An interrupt that came before the callback was registered is called
+ * back from inside fuse_req_interrupt_func, under the request's lock,
+ * which libfuse unlocks after: a reply then would free the request (and
+ * its lock) under libfuse's feet.  That case is only noted here, and
+ * fetch_read answers it once the registration has returned. */
 static void on_interrupt(fuse_req_t req, void *data)
 {
 	struct fetch_job *j = data;
+	if (j == registering) {
+		j->interrupted_early = true;
+		return;
+	}
 	if (!atomic_exchange(&j->replied, true))
 		fuse_reply_err(req, EINTR);
 }
@@ -396,7 +410,15 @@ void fetch_read(struct stellafs *sf, fuse_req_t req, struct fetch_file *ff, size
 	atomic_fetch_add(&ff->refs, 1);
 	/* Before the job is visible to a thread that could answer it and
 	 * free it: an interrupt already pending calls back right here. */
+	registering = j;
 	fuse_req_interrupt_func(req, on_interrupt, j);
+	registering = NULL;
+	if (j->interrupted_early) {
+		atomic_store(&j->replied, true); /* nobody else has seen j */
+		reply_claimed_err(req, EINTR);
+		job_put(j);
+		return;
+	}
 	pthread_mutex_lock(&q->lock);
 	bool again = failed_just_now(q, j, now);
 	bool full = q->n >= FETCH_QUEUE_MAX || q->stop || again;
