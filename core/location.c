@@ -43,6 +43,19 @@ bool location_is_remote(const char *s)
 	return s && (is_http(s) || is_oci(s));
 }
 
+const char *location_mirror_refusal(const char *source, const char *mirror)
+{
+	if (is_http(mirror)) {
+		const char *host = mirror + (has_scheme(mirror, "https://") ? 8 : 7);
+		return *host && *host != '/' && !strpbrk(mirror, " \t\n\r") ? NULL : "a URL without a host";
+	}
+	if (!is_oci(mirror))
+		return "not an http://, https:// or oci:// location";
+	if (source && !is_oci(source))
+		return "an oci:// mirror stands only beside an oci:// SOURCE";
+	return NULL;
+}
+
 /* oci:// references: core/oci.c resolves each to its kit layer's blob (the
  * manifest fetched and checked) and hands back an endpoint whose auth ops
  * carry the registry's credentials; remote_open then reads the blob like
@@ -138,8 +151,9 @@ static int http_open(const char *source, const char *const *mirrors, size_t n,
 	struct remote_endpoint eps[REMOTE_MAX_ENDPOINTS] = { { 0 } };
 	eps[0].url = eps[0].label = source;
 	for (size_t i = 0; i < n; i++) {
-		if (!is_http(mirrors[i]))
-			return stella_fail(e, -EINVAL, "mirror %s: not an http:// or https:// URL", shown(mirrors[i]));
+		const char *why = location_mirror_refusal(source, mirrors[i]);
+		if (why)
+			return stella_fail(e, -EINVAL, "mirror %s: %s", shown(mirrors[i]), why);
 		eps[i + 1].url = eps[i + 1].label = mirrors[i];
 	}
 	return remote_open(eps, n + 1, o, out, e);

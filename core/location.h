@@ -14,6 +14,13 @@
 /* True for http://, https:// and oci:// (case-insensitive scheme). */
 bool location_is_remote(const char *s);
 
+/* NULL when MIRROR may stand beside SOURCE as another location of the same
+ * kit, else why not (a static text for a message): a mirror is an http(s)
+ * URL with a host, or, beside an oci:// SOURCE, an oci:// reference too (a
+ * plain URL has no registry to resolve an oci:// mirror's blob for).
+ * SOURCE may be NULL (not known yet): then either kind passes. */
+const char *location_mirror_refusal(const char *source, const char *mirror);
+
 /* The kit at SOURCE, with MIRRORS[0..n) as further locations of the same
  * bytes (remote sources only; -EINVAL otherwise).  A local path goes to
  * bytes_open_path; a URL or oci:// reference to remote_open. */

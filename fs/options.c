@@ -148,9 +148,11 @@ static int check_remote(const struct opts *o, struct opt_values *v, char **why)
 {
 	if (o->too_many_mirrors)
 		return refuse(why, "mirror=: at most %d mirrors", OPTS_MIRRORS_MAX);
-	for (size_t i = 0; i < o->nmirrors; i++)
-		if (!is_http_url(o->mirrors[i]) && strncasecmp(o->mirrors[i], "oci://", 6))
-			return refuse(why, "mirror=%s: not an http://, https:// or oci:// location", o->mirrors[i]);
+	for (size_t i = 0; i < o->nmirrors; i++) {
+		const char *no = location_mirror_refusal(o->source, o->mirrors[i]);
+		if (no)
+			return refuse(why, "mirror=%s: %s", o->mirrors[i], no);
+	}
 	if (o->cache_size) {
 		if (parse_size(o->cache_size, &v->cache_size) < 0 || v->cache_size < OPTS_CACHE_SIZE_MIN ||
 		    v->cache_size > OPTS_CACHE_SIZE_MAX)

@@ -130,6 +130,12 @@ def test_mirror_needs_url(packed, keys):
     assert_fail(cp, 2, "mirror")
 
 
+def test_oci_mirror_only_beside_oci(keys):
+    # a plain URL has no registry to resolve an oci:// mirror through: refused, one line
+    cp = verify("http://127.0.0.1:1/kit.tar", keys, "--mirror", "oci://127.0.0.1:1/r/k:1")
+    assert_fail(cp, 2, "mirror", "only beside an oci")
+
+
 # --------------------------------------------------------------------------- faults, one mirror
 
 @pytest.mark.parametrize("fault_name,setting,words", [

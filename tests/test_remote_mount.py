@@ -266,7 +266,8 @@ def test_remote_mount_options_refused(mounter, keys, tmp_path):
     url = "http://127.0.0.1:9/kit.tar"
     for opt, word in (("cache_size=0", "cache_size="), ("cache_size=12Q", "cache_size="),
                       ("timeout=0", "timeout="), ("timeout=abc", "timeout="),
-                      ("mirror=ftp://x/kit.tar", "mirror="), ("interval=10", "interval="),
+                      ("mirror=ftp://x/kit.tar", "mirror="), ("mirror=http:///kit.tar", "mirror="),
+                      ("mirror=oci://127.0.0.1:9/r/k:1", "only beside"), ("interval=10", "interval="),
                       ("proxy=nothing", "proxy="), ("cacert=/nonexistent/ca.pem", "cacert="),
                       ("client_key=/etc/hostname", "client_key="),
                       ("follow=http://127.0.0.1:9/k.tar", "follow=")):

@@ -99,8 +99,8 @@ int location_arg(const char *cmd, struct location_args *la, int opt, const char 
 	case 'm':
 		if (la->nmirrors == sizeof(la->mirrors) / sizeof(la->mirrors[0]))
 			return usage_error(cmd, "at most %zu --mirror", sizeof(la->mirrors) / sizeof(la->mirrors[0]));
-		if (!location_is_remote(arg))
-			return usage_error(cmd, "--mirror '%s': an http:// or https:// URL", arg);
+		if (location_mirror_refusal(NULL, arg))
+			return usage_error(cmd, "--mirror '%s': %s", arg, location_mirror_refusal(NULL, arg));
 		la->mirrors[la->nmirrors++] = arg;
 		return 0;
 	}
