@@ -7,6 +7,7 @@
 #include <locale.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -385,6 +386,7 @@ struct daemon {
 	bool mounted;
 	bool store_mode;
 	bool remote;              /* SOURCE is a kit on a mirror */
+	atomic_bool guard_off;    /* the stops left are local: exit_guard_main stands down */
 	char budgets[160];
 	char fail_msg[512];
 };
@@ -824,6 +826,8 @@ static void *exit_guard_main(void *arg)
 {
 	struct daemon *d = arg;
 	sleep(EXIT_GUARD_SECS);
+	if (atomic_load(&d->guard_off))
+		return NULL;
 	stella_log(LOG_WARNING, "stopping took over %d s (a mirror hangs): exiting now", EXIT_GUARD_SECS);
 	_exit(d->rc);
 }
@@ -852,6 +856,10 @@ static int daemon_end(struct daemon *d)
 		fuse_remove_signal_handlers(d->se);
 	}
 	follow_stop(sf); /* at most one poll's time bound */
+	/* A store's own imports (incoming=) are local: waited for, as
+	 * without follow=, not cut short by the guard. */
+	if (!d->remote)
+		atomic_store(&d->guard_off, true);
 	incoming_stop(sf); /* nothing queues notifications after this */
 	/* Fetches that still hang on a mirror are not waited for beyond a
 	 * bounded time (fs/fetch.c); what they hold is left to the exit. */
