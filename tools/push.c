@@ -12,6 +12,7 @@
 #include "common.h"
 #include "kitverify.h"
 #include "oci.h"
+#include "source.h"
 #include "util.h"
 
 static const char help[] =
@@ -98,18 +99,27 @@ static int push_blob(struct oci_client *c, const char *digest, int fd, uint64_t 
 static int push(const char *kit, const struct oci_ref *ref, const char *cacert, uint64_t chunk,
 		struct stella_err *e)
 {
-	struct kitverify_opts vo = { .content = true, .progress = progress_cb, .progress_ctx = (void *)"checking" };
+	/* One open file for the check and the upload: the bytes pushed are
+	 * those verified, even if the path is replaced in between. */
+	_cleanup_(closep) int fd = open(kit, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) < 0)
+		return stella_fail_errno(e, -errno, "%s", kit);
+	int vfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	if (vfd < 0)
+		return stella_fail_errno(e, -errno, "%s", kit);
+	struct source *src = NULL;
+	int r = source_open_fd(vfd, kit, &src, e);
+	if (r < 0)
+		return r;
+	struct kitverify_opts vo = { .content = true, .progress = progress_cb, .progress_ctx = (void *)"checking",
+				     .source = src };
 	struct kitverify_result res;
-	int r = kit_verify(kit, &vo, &res, e);
+	r = kit_verify(kit, &vo, &res, e);
+	source_close(src);
 	if (r < 0)
 		return r;
 	progress_done();
-	_cleanup_(closep) int fd = open(kit, O_RDONLY | O_CLOEXEC);
-	struct stat st;
-	if (fd < 0 || fstat(fd, &st) < 0) {
-		r = stella_fail_errno(e, -errno, "%s", kit);
-		goto out;
-	}
 	char *dup = strdup(kit);
 	struct oci_descriptor layer = { .size = (uint64_t)st.st_size };
 	snprintf(layer.media_type, sizeof(layer.media_type), "%s", oci_kit_layer_type(res.compression));
