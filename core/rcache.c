@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -251,15 +252,134 @@ static int scan(struct rcache *c)
 	return r;
 }
 
+/* ------------------------------------------------------------ other kits */
+
+/* A kit no longer mounted (a URL republished, a kit mounted once) would
+ * keep its directory forever: the bound of one kit's cache does not see
+ * the others.  So each open makes room: the directories of other kits
+ * that no open rcache holds (each holds a shared flock on its directory
+ * for its life) go, least recently written first, until what is left of
+ * them fits beside this kit's data in the bound.  The cache directory
+ * thus holds at most about twice cache_size: this kit's bound, and others
+ * that fitted in what it left free when it was opened. */
+#define PRUNE_MAX 1024
+
+struct other_kit {
+	char name[65];
+	int64_t written;      /* the directory's mtime: its last entry's write */
+	uint64_t bytes;
+};
+
+static bool is_key(const char *s)
+{
+	return strlen(s) == 64 && strspn(s, "0123456789abcdef") == 64;
+}
+
+static uint64_t dir_bytes(int dfd)
+{
+	int fd = dup(dfd);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return 0;
+	}
+	uint64_t n = 0;
+	struct dirent *de;
+	struct stat st;
+	while ((de = readdir(d)))
+		if (fstatat(dfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode))
+			n += (uint64_t)st.st_size;
+	closedir(d);
+	return n;
+}
+
+/* NAME under KITS, locked for removal: its fd, or -1 when it is in use
+ * (or gone). */
+static int lock_other(int kits, const char *name)
+{
+	int fd = openat(kits, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+static int by_written(const void *a, const void *b)
+{
+	const struct other_kit *x = a, *y = b;
+	return (x->written > y->written) - (x->written < y->written);
+}
+
+static void prune_others(const char *kitsdir, const char *key, uint64_t room)
+{
+	int kits = open(kitsdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int fd = kits >= 0 ? dup(kits) : -1;
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	struct other_kit *o = d ? calloc(PRUNE_MAX, sizeof(*o)) : NULL;
+	size_t n = 0;
+	uint64_t total = 0;
+	struct dirent *de;
+	while (o && n < PRUNE_MAX && (de = readdir(d))) {
+		if (!is_key(de->d_name) || !strcmp(de->d_name, key))
+			continue;
+		int kfd = lock_other(kits, de->d_name);
+		struct stat st;
+		if (kfd < 0)
+			continue; /* in use: not ours to judge */
+		if (fstat(kfd, &st) == 0) {
+			snprintf(o[n].name, sizeof(o[n].name), "%s", de->d_name);
+			o[n].written = (int64_t)st.st_mtim.tv_sec;
+			o[n].bytes = dir_bytes(kfd);
+			total += o[n++].bytes;
+		}
+		close(kfd);
+	}
+	qsort(o, n, sizeof(*o), by_written);
+	for (size_t i = 0; i < n && total > room; i++) {
+		int kfd = lock_other(kits, o[i].name);
+		if (kfd < 0)
+			continue; /* opened since */
+		wipe(kfd);
+		if (unlinkat(kits, o[i].name, AT_REMOVEDIR) == 0)
+			total -= o[i].bytes;
+		close(kfd);
+	}
+	free(o);
+	if (d)
+		closedir(d);
+	else if (fd >= 0)
+		close(fd);
+	if (kits >= 0)
+		close(kits);
+}
+
+/* The kit's directory, open and held (shared flock) against prune_others;
+ * made again if a pruner removed it between our open and our lock. */
+static int open_held(const char *path)
+{
+	for (int tries = 0; tries < 3; tries++) {
+		int r = mkdirs(path);
+		if (r < 0)
+			return r;
+		int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (fd < 0)
+			return -errno;
+		struct stat st;
+		if (flock(fd, LOCK_SH) == 0 && fstat(fd, &st) == 0 && st.st_nlink > 0)
+			return fd;
+		close(fd);
+	}
+	return -EAGAIN;
+}
+
 int rcache_open(const char *dir, const char *key, uint64_t size, uint32_t chunk, uint64_t head_len,
 		uint64_t bound, struct rcache **out, struct stella_err *e)
 {
 	char path[4096];
 	if (snprintf(path, sizeof(path), "%s/remote/kits/%s", dir, key) >= (int)sizeof(path))
 		return stella_fail(e, -ENAMETOOLONG, "%s: name too long", dir);
-	int r = mkdirs(path);
-	if (r < 0)
-		return stella_fail_errno(e, r, "%s", path);
 	struct rcache *c = calloc(1, sizeof(*c));
 	if (!c)
 		return -ENOMEM;
@@ -268,9 +388,11 @@ int rcache_open(const char *dir, const char *key, uint64_t size, uint32_t chunk,
 	c->chunk = chunk;
 	c->head_len = head_len;
 	c->bound = bound;
-	c->dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (c->dfd < 0)
-		r = stella_fail_errno(e, -errno, "%s", path);
+	int r = c->dfd = open_held(path);
+	if (r < 0)
+		stella_fail_errno(e, r, "%s", path);
+	else
+		r = 0;
 	if (r == 0 && (r = check_meta(c)) < 0)
 		stella_fail_errno(e, r, "%s/meta", path);
 	if (r == 0 && (r = scan(c)) < 0)
@@ -280,6 +402,8 @@ int rcache_open(const char *dir, const char *key, uint64_t size, uint32_t chunk,
 		return r;
 	}
 	evict_locked(c);
+	*strrchr(path, '/') = 0;
+	prune_others(path, key, c->bytes < bound ? bound - c->bytes : 0);
 	*out = c;
 	return 0;
 }

@@ -18,11 +18,14 @@
  * like any other): this check only keeps a torn entry from costing a
  * verification failure.
  *
- * Chunks that lie wholly inside [0, head_len) are pinned: never evicted,
+ * Chunks that hold any byte of [0, head_len) are pinned: never evicted,
  * not counted against the bound.  The others are evicted least recently
- * used first (by the file's access time, kept in memory while mounted)
- * once their total passes the bound, down to 90 % of it.  A damaged or
- * foreign meta file makes the whole directory be rebuilt (emptied). */
+ * used first (use kept in memory while open; a new open starts from the
+ * files' mtimes) once their total passes the bound, down to 90 % of it.
+ * A damaged or foreign meta file makes the whole directory be rebuilt
+ * (emptied).  An open cache holds a shared flock on its kit's directory;
+ * opening one removes other kits' directories that nobody holds, oldest
+ * first, until they fit beside it in the bound (rcache.c, "other kits"). */
 #pragma once
 
 #include <stdbool.h>

@@ -460,6 +460,40 @@ def test_cache_bound(tmp_path, mounter, keys, bigkit):
         assert m.status()["cache"]["bytes"] <= 4 * 1024 * 1024 + 2 * 1024 * 1024
 
 
+def manifest_key(kit: Path) -> str:
+    """The cache's name for a kit: its signed manifest's sha256 (GNU tar, hashlib)."""
+    cp = subprocess.run(["tar", "-xOf", str(kit), "manifest/offline-manifest.json"], capture_output=True,
+                        check=True, timeout=60)
+    return hashlib.sha256(cp.stdout).hexdigest()
+
+
+def test_republished_url_leaves_no_old_kit_in_cache(tmp_path, mounter, keys, kitdir, bigkit, src_tree):
+    """A URL republished with another kit: the next mount's cache drops the old kit's
+    directory (nobody uses it, and it does not fit beside the new one in cache_size),
+    so a host that follows a feed never needs its cache wiped."""
+    kits, big = bigkit
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    root = tmp_path / "served"
+    root.mkdir()
+    os.chmod(root, 0o755)
+    shutil.copy(kitdir / "kit.tar", root / "k.tar")
+    old, new = manifest_key(kitdir / "kit.tar"), manifest_key(kits / "big.tar")
+    on_disk = lambda: sorted(p.name for p in (cache / "remote" / "kits").iterdir())
+    with serverlib.Nginx(tmp_path / "ng", root=root) as ng:
+        m = mount_remote(mounter, ng.url("k.tar"), keys["ed25519"].pub, "timeout=20", cache=cache)
+        assert sha256sum_tree(m.path / "current") == sha256sum_tree(src_tree)
+        mounter.umount(m.path)
+        assert on_disk() == [old]
+        shutil.copy(kits / "big.tar", root / "k.tar.new")
+        os.replace(root / "k.tar.new", root / "k.tar")
+        m = mount_remote(mounter, ng.url("k.tar"), keys["ed25519"].pub, "timeout=20", "cache_size=1M",
+                         cache=cache)
+        want = (big / "data" / "f1.bin").read_bytes()
+        assert read_all(m.path / "current" / "data" / "f1.bin") == want
+        assert on_disk() == [new]
+
+
 def test_kill9_during_reads_then_damaged_cache_never_wrong_bytes(tmp_path, mounter, keys, kitdir, src_tree):
     cache = tmp_path / "cache"
     cache.mkdir(mode=0o700)

@@ -4,7 +4,9 @@
  * the data) and leftovers of interrupted writes are dropped, never
  * served; the bound holds, least recently used out first, down to the
  * low-water mark, the head's chunks pinned; damaged or foreign metadata
- * empties the kit's directory; the URL map finds a kit by its URL. */
+ * empties the kit's directory; the URL map finds a kit by its URL; other
+ * kits' directories that no open cache holds go, oldest first, when they
+ * do not fit beside a kit opened, and those held open stay. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdbool.h>
@@ -177,12 +179,70 @@ static void test_urls(void)
 	CHECK(rcache_lookup_url(dir, "http://127.0.0.1:2/kit.tar", k, &size, &head, NULL) == -ENOENT);
 }
 
+static bool kit_dir(const char *k)
+{
+	char p[512];
+	snprintf(p, sizeof(p), "%s/remote/kits/%s", dir, k);
+	return access(p, F_OK) == 0;
+}
+
+/* Kit K with N chunks kept, then closed (or left open in *held). */
+static void kit_with(const char *k, unsigned n, uint64_t bound, struct rcache **held)
+{
+	struct rcache *c;
+	struct stella_err e = { 0 };
+	CHECK(rcache_open(dir, k, 64 * CH, CH, 0, bound, &c, &e) == 0);
+	uint8_t b[CH];
+	for (uint64_t i = 0; i < n; i++) {
+		fill(b, i);
+		rcache_put(c, i, b, CH);
+	}
+	if (held)
+		*held = c;
+	else
+		rcache_close(c);
+}
+
+static void test_other_kits(void)
+{
+	const char *a = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+	const char *b = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+	const char *c = "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+	/* room for both: a stays beside b */
+	kit_with(a, 4, 32 * CH, NULL);
+	kit_with(b, 4, 32 * CH, NULL);
+	CHECK(kit_dir(a) && kit_dir(b));
+	/* c's bound leaves no room for a and b, the older one goes first */
+	sleep(1); /* mtimes in seconds: b newer than a */
+	{
+		struct rcache *t;
+		struct stella_err e = { 0 };
+		CHECK(rcache_open(dir, b, 64 * CH, CH, 0, 32 * CH, &t, &e) == 0);
+		uint8_t x[CH];
+		fill(x, 9);
+		rcache_put(t, 9, x, CH);
+		rcache_close(t);
+	}
+	kit_with(c, 2, 6 * CH, NULL);
+	CHECK(!kit_dir(a) && kit_dir(b) && kit_dir(c));
+	/* a kit held open is never removed, however little room is left */
+	struct rcache *hb;
+	kit_with(b, 0, 32 * CH, &hb);
+	kit_with(a, 0, CH, NULL);
+	CHECK(kit_dir(b) && !kit_dir(c) && kit_dir(a));
+	uint8_t got[CH], want[CH];
+	fill(want, 3);
+	CHECK(rcache_get(hb, 3, got, CH) == 0 && !memcmp(got, want, CH));
+	rcache_close(hb);
+}
+
 int main(void)
 {
 	CHECK(mkdtemp(dir) != NULL);
 	test_roundtrip_and_damage();
 	test_bound();
 	test_urls();
+	test_other_kits();
 	char cmd[600];
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	CHECK(system(cmd) == 0);
