@@ -1278,6 +1278,29 @@ static int rebuild_tree(struct snap_file *f)
 	return r;
 }
 
+/* Tree block TB as stored (the store's tree file, or merkle.bin in the
+ * kit) into BUF. */
+static int read_tree_block(struct snap_file *f, uint64_t tb, uint8_t *buf, struct stella_err *e)
+{
+	if (!f->tree_file)
+		return source_pread(f->s->src, buf, MERKLE_BLOCK, (uint64_t)f->tree_off + tb * MERKLE_BLOCK, e);
+	int r = store_pread(&f->s->trees, f->tree_name, &f->tree_hint, buf, MERKLE_BLOCK, tb * MERKLE_BLOCK);
+	return r < 0 ? stella_fail_errno(e, r, "%s: tree of inode %llu", f->s->kit_path, (unsigned long long)f->ino) : r;
+}
+
+/* A stored tree block from a remote kit that failed (bytes that do not
+ * decode, or do not check) may be a mirror's fault, as data may: told,
+ * like data (remote_retry), true if another mirror may serve it good.
+ * Only when none can is the tree rebuilt from the data. */
+static bool tree_retry(struct snap_file *f, uint64_t tb, unsigned *tries)
+{
+	if (f->tree_file || f->tree_loaded || *tries >= REMOTE_MAX_ENDPOINTS ||
+	    !source_bytes(f->s->src)->ops->report_bad)
+		return false;
+	(*tries)++;
+	return source_report_bad(f->s->src, (uint64_t)f->tree_off + tb * MERKLE_BLOCK, MERKLE_BLOCK) == 0;
+}
+
 /* The tree block holding entries of `level` number idx, checked against its
  * parent (or, for the top block, against the signed digest). */
 static int tree_block(struct snap_file *f, unsigned level, uint64_t idx, const uint8_t **out)
@@ -1292,13 +1315,17 @@ static int tree_block(struct snap_file *f, unsigned level, uint64_t idx, const u
 	}
 	uint8_t buf[MERKLE_BLOCK];
 	const uint8_t *blk = f->tree + tb * MERKLE_BLOCK;
+	unsigned tries = 0;
+again:
 	if (!f->tree_loaded) {
 		struct stella_err e = { 0 };
-		int r = f->tree_file ? store_pread(&f->s->trees, f->tree_name, &f->tree_hint, buf, MERKLE_BLOCK,
-						   tb * MERKLE_BLOCK) :
-			source_pread(f->s->src, buf, MERKLE_BLOCK, (uint64_t)f->tree_off + tb * MERKLE_BLOCK, &e);
-		if (r < 0 && f->tree_file)
-			stella_fail_errno(&e, r, "%s: tree of inode %llu", f->s->kit_path, (unsigned long long)f->ino);
+		int r = read_tree_block(f, tb, buf, &e);
+		if (r == -ENOMEM)
+			return r;
+		if (r == -REMOTE_EUNSERVED)
+			return -EIO; /* no mirror answered in time: no verdict on the tree */
+		if (r < 0 && tree_retry(f, tb, &tries))
+			goto again;
 		if (r < 0) {
 			stella_log(LOG_ERR, "%s", stella_err_text(&e, r));
 			int rb = rebuild_tree(f);
@@ -1327,6 +1354,8 @@ static int tree_block(struct snap_file *f, unsigned level, uint64_t idx, const u
 			return r;
 		good = !memcmp(h, parent + (idx % MERKLE_PER_BLOCK) * MERKLE_HASH, 32);
 	}
+	if (!good && tree_retry(f, tb, &tries))
+		goto again;
 	if (!good) {
 		int rb = f->tree_loaded ? -EIO : rebuild_tree(f);
 		if (rb == 0)

@@ -14,6 +14,7 @@ import hashlib
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import tarfile
 import threading
@@ -409,6 +410,49 @@ def test_failover_to_second_mirror(cls, tmp_path, mounter, keys, kitdir, src_tre
             assert m.status()["integrity"]["failures"] == 0
             assert (m.path / "health").read_text().splitlines()[0] in ("HEALTHY", "WARNING")
         assert metric_sum(m, "stellafs_remote_bytes_total", mirror=nginx.origin) > 0
+
+
+def tree_offset(kit: Path, name: str, src: Path) -> int:
+    """Where NAME's Merkle tree starts in the kit file: merkle.bin's entry for the file's
+    fs-verity digest (`fsverity digest`), read with Python's tarfile and struct
+    (docs/kit-format.md, section 8)."""
+    digest = bytes.fromhex(kitlib.fsverity_file(src / name).split(":", 1)[1])
+    off, _ = member_offsets(kit)["manifest/merkle.bin"]
+    with open(kit, "rb") as f:
+        f.seek(off)
+        head = f.read(24)
+        assert head[:8] == b"STLMRKL1"
+        (n,) = struct.unpack_from("<Q", head, 16)
+        for _ in range(n):
+            e = f.read(64)
+            if e[:32] == digest:
+                return off + struct.unpack_from("<Q", e, 40)[0]
+    raise AssertionError(f"{name}: no tree in merkle.bin")
+
+
+def test_bad_tree_block_from_a_mirror_fails_over(tmp_path, mounter, keys, kitdir, src_tree, nginx):
+    """A mirror serving a file's Merkle tree (merkle.bin, in the head) with bytes flipped:
+    the tree block is reported like bad data, read again from the next mirror, and the
+    file reads as the source; the bad mirror is counted for bad bytes, and integrity
+    has no failure (the tree is not rebuilt from the whole file)."""
+    victim = "feeds/vuln-db/vuln.db"
+    data = (kitdir / "kit.tar").read_bytes()
+    top = tree_offset(kitdir / "kit.tar", victim, src_tree)
+    with serverlib.FaultServer({"/kit.tar": data}) as fs:
+        fs.flip = (top + 8, 16)
+        m = mount_remote(mounter, fs.url("kit.tar"), keys["ed25519"].pub, f"mirror={nginx.url('kit.tar')}",
+                         "timeout=20")
+        fd = os.open(m.path / "current" / victim, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+            off = 9 * BLOCK
+            assert os.pread(fd, BLOCK, off) == (src_tree / victim).read_bytes()[off:off + BLOCK]
+        finally:
+            os.close(fd)
+        assert metric_sum(m, "stellafs_remote_requests_total", mirror=fs.origin, result="bad_bytes") >= 1, \
+            "\n".join(l for l in metrics_lines(m) if "remote" in l)
+        assert m.status()["integrity"]["failures"] == 0
+        assert read_all(m.path / "current" / victim) == (src_tree / victim).read_bytes()
 
 
 # --------------------------------------------------------------------------- offline
