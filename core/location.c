@@ -91,6 +91,10 @@ static int oci_open(const char *source, const char *const *mirrors, size_t n,
 	size_t k = 0;
 	int first = 0, r = 0;
 	struct stella_err first_e = { 0 };
+	/* Said only if another location serves: otherwise the first is the
+	 * error, said once, at the edge. */
+	struct stella_err left[REMOTE_MAX_ENDPOINTS];
+	size_t nleft = 0;
 	for (size_t i = 0; i <= n; i++) {
 		const char *loc = i == 0 ? source : mirrors[i - 1];
 		if (i > 0 && is_http(loc)) {
@@ -117,12 +121,14 @@ static int oci_open(const char *source, const char *const *mirrors, size_t n,
 			first = lr;
 			first_e = le;
 		}
-		stella_log(LOG_NOTICE, "%s", le.msg);
+		left[nleft++] = le;
 	}
 	if (r == 0 && k == 0) {
 		*e = first_e;
 		r = first;
 	}
+	for (size_t i = 0; r == 0 && i < nleft; i++)
+		stella_log(LOG_NOTICE, "%s", left[i].msg);
 	if (r == 0)
 		r = remote_open(eps, k, &ro, out, e);
 	else

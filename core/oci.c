@@ -44,6 +44,8 @@ struct oci_auth {
 	time_t token_expiry;
 	time_t token_margin;
 	char cacert[512];           /* "" for the default store */
+	char client_cert[512];      /* "" for none (remote_opts.client_cert) */
+	char client_key[512];       /* "" when in client_cert */
 	char proxy[512];
 	long timeout_ms;
 	/* One token fetch at a time, outside the lock (docs/mirrors.md): the
@@ -374,6 +376,12 @@ static void set_tls(CURL *c, const struct oci_auth *a)
 		curl_easy_setopt(c, CURLOPT_CAINFO, a->cacert);
 	else if (env && *env)
 		curl_easy_setopt(c, CURLOPT_CAINFO, env);
+	/* the registry's API asks for the client certificate the blob reads
+	 * (core/http.c) present */
+	if (a->client_cert[0])
+		curl_easy_setopt(c, CURLOPT_SSLCERT, a->client_cert);
+	if (a->client_key[0])
+		curl_easy_setopt(c, CURLOPT_SSLKEY, a->client_key);
 	if (a->proxy[0])
 		curl_easy_setopt(c, CURLOPT_PROXY, a->proxy);
 }
@@ -828,6 +836,8 @@ static struct oci_auth *auth_copy(const struct oci_auth *a)
 	memcpy(b->registry, a->registry, sizeof(b->registry));
 	memcpy(b->cred_file, a->cred_file, sizeof(b->cred_file));
 	memcpy(b->cacert, a->cacert, sizeof(b->cacert));
+	memcpy(b->client_cert, a->client_cert, sizeof(b->client_cert));
+	memcpy(b->client_key, a->client_key, sizeof(b->client_key));
 	memcpy(b->proxy, a->proxy, sizeof(b->proxy));
 	b->scheme = a->scheme;
 	b->token_expiry = a->token_expiry;
@@ -982,6 +992,10 @@ int oci_client_new(const struct oci_ref *ref, const struct remote_opts *o, bool 
 	snprintf(a->registry, sizeof(a->registry), "%s", ref->registry);
 	if (o && o->cacert)
 		snprintf(a->cacert, sizeof(a->cacert), "%s", o->cacert);
+	if (o && o->client_cert)
+		snprintf(a->client_cert, sizeof(a->client_cert), "%s", o->client_cert);
+	if (o && o->client_key)
+		snprintf(a->client_key, sizeof(a->client_key), "%s", o->client_key);
 	if (o && o->proxy)
 		snprintf(a->proxy, sizeof(a->proxy), "%s", o->proxy);
 	a->timeout_ms = o && o->timeout_ms ? (long)o->timeout_ms : (long)REMOTE_TIMEOUT_DEFAULT_MS;

@@ -53,12 +53,14 @@ def auth_file(path: Path, registry: str, user: str, password: str) -> Path:
 
 class Registry:
     """docker-registry on 127.0.0.1:free port; storage under D/storage.  tls: a
-    serverlib.TLS; users: {name: password} for htpasswd (bcrypt) auth."""
+    serverlib.TLS; users: {name: password} for htpasswd (bcrypt) auth; client_cas (set
+    before start): demand client certificates."""
 
     def __init__(self, d: Path, tls: serverlib.TLS | None = None, users: dict | None = None):
         self.d = Path(d)
         self.d.mkdir(parents=True, exist_ok=True)
         self.tls, self.users = tls, users
+        self.client_cas = False  # with tls: demand a client certificate signed by its CA
         self.port = free_port()
         self.proc = None
         self.storage = self.d / "storage"
@@ -81,6 +83,8 @@ class Registry:
                  "http:", f"  addr: {self.host}", "  secret: stellafs-test-secret"]
         if self.tls:
             lines += ["  tls:", f"    certificate: {self.tls.cert}", f"    key: {self.tls.key}"]
+            if self.client_cas:
+                lines += ["    clientcas:", f"      - {self.tls.ca}"]
         if self.users:
             htp = self.d / "htpasswd"
             htp.write_text("".join(f"{u}:{crypt.crypt(p, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n"

@@ -539,6 +539,28 @@ def test_mount_by_tag_and_by_digest(registry, kit, keys, src_tree, mounter, daem
         mounter.umount(m.path)
 
 
+def test_mount_from_a_registry_that_demands_a_client_certificate(kit, keys, src_tree, mounter, daemon_env,
+                                                                 tmp_path):
+    """A TLS registry that asks every client for a certificate (distribution's
+    http.tls.clientcas): with client_cert= and client_key= the registry's API (ping,
+    manifest) and the blob reads present it and the tree is the source's; without them
+    the mount fails, exit 1, one line."""
+    tls = serverlib.make_ca(tmp_path / "ca", client=True)
+    with ocilib.Registry(tmp_path / "reg", tls=tls) as r:
+        ref = r.ref("stella/mtls:1")
+        pushed_digest(push(kit, ref, "--cacert", tls.ca))
+    r.client_cas = True
+    with r:
+        m = mounter.mount(ref, keys["ed25519"].pub, NOW, "timeout=20", f"cacert={tls.ca}",
+                          f"client_cert={tls.client_cert}", f"client_key={tls.client_key}")
+        assert tree_digests(m.path / "current") == tree_digests(src_tree)
+        mounter.umount(m.path)
+        cp, mnt = mounter.try_mount(ref, keys["ed25519"].pub, NOW, "timeout=5", f"cacert={tls.ca}")
+        assert cp.returncode == 1, cp.stderr
+        assert len(cp.stderr.strip().splitlines()) == 1, cp.stderr
+        assert not os.path.ismount(mnt)
+
+
 def test_mount_refuses_what_is_not_the_kit(kit_bytes, keys, mounter, daemon_env):
     with ocilib.FakeRegistry() as fr:
         fr.put_kit("s/k", "1", ocilib.kit_manifest(kit_bytes, size=len(kit_bytes) + 1), kit_bytes)
