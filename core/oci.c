@@ -63,6 +63,11 @@ struct oci_client {
 	struct oci_auth *auth;
 	CURL *curl;
 	long timeout_ms;
+	/* A client that resolves a kit (not a push): all its requests, hops,
+	 * challenges and token fetches end by one deadline, timeout= after it
+	 * was made, or once *cancel (remote_opts.cancel) is true. */
+	int64_t deadline_ms;        /* 0: each request its own timeout */
+	const atomic_bool *cancel;
 };
 
 /* ---- small helpers ---- */
@@ -863,16 +868,26 @@ fail:
 /* Q to the registry (or, after redirects, wherever they lead): the
  * registry's credentials on its own origin only; a 401 there answered once
  * per challenge; redirects followed for GET and HEAD. */
+/* The client's deadline and cancel on a request that has none of its own. */
+static void bound(const struct oci_client *c, struct http_req *q)
+{
+	if (!q->deadline_ms && !q->long_transfer)
+		q->deadline_ms = c->deadline_ms;
+	if (!q->cancel)
+		q->cancel = c->cancel;
+}
+
 static int request(struct oci_client *c, struct http_req q, struct http_resp *r, struct stella_err *e)
 {
 	char url[2048], authv[REMOTE_AUTHORIZATION_MAX], sent[REMOTE_AUTHORIZATION_MAX];
 	snprintf(url, sizeof(url), "%s", q.url);
+	bound(c, &q);
 	for (int hops = 0, challenges = 0;;) {
 		bool own = same_origin(url, c->auth->origin);
 		authv[0] = '\0';
 		if (own) {
 			pthread_mutex_lock(&c->auth->lock);
-			int ar = authorization(c->auth, authv, sizeof(authv), 0, NULL, e);
+			int ar = authorization(c->auth, authv, sizeof(authv), q.deadline_ms, q.cancel, e);
 			pthread_mutex_unlock(&c->auth->lock);
 			if (ar < 0)
 				return ar;
@@ -889,7 +904,7 @@ static int request(struct oci_client *c, struct http_req q, struct http_resp *r,
 		if (r->status == 401 && own && challenges++ < 2) {
 			memcpy(sent, authv, sizeof(sent));
 			pthread_mutex_lock(&c->auth->lock);
-			rc = take_challenge(c->auth, r->www_auth, sent, 0, NULL, e);
+			rc = take_challenge(c->auth, r->www_auth, sent, q.deadline_ms, q.cancel, e);
 			pthread_mutex_unlock(&c->auth->lock);
 			if (rc < 0)
 				return rc;
@@ -949,6 +964,7 @@ static int ping(struct oci_client *c, const char *scheme, CURLcode *cc, struct s
 	snprintf(url, sizeof(url), "%s/v2/", c->base);
 	struct http_req q = { .method = "GET", .url = url, .fd = -1, .max_body = OCI_SMALL_BODY };
 	struct http_resp r = { 0 };
+	bound(c, &q);
 	int rc = http_once(c->curl, c->auth, &q, &r, cc, e);
 	if (rc == 0 && r.status == 401) {
 		/* Learn the scheme now, so that the first real request already
@@ -999,6 +1015,9 @@ int oci_client_new(const struct oci_ref *ref, const struct remote_opts *o, bool 
 	if (o && o->proxy)
 		snprintf(a->proxy, sizeof(a->proxy), "%s", o->proxy);
 	a->timeout_ms = o && o->timeout_ms ? (long)o->timeout_ms : (long)REMOTE_TIMEOUT_DEFAULT_MS;
+	if (!push)
+		c->deadline_ms = now_ms() + a->timeout_ms;
+	c->cancel = o ? o->cancel : NULL;
 	char scope[400];
 	snprintf(scope, sizeof(scope), "repository:%s:%s", ref->repo, push ? "pull,push" : "pull");
 	int r = (a->scope = strdup(scope)) ? load_credentials(a, e) : -ENOMEM;
