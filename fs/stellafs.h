@@ -259,8 +259,9 @@ struct stellafs {
 		pthread_cond_t cond;
 		pthread_t thread;
 		bool running, quit;
-		/* set by follow_stop: imports from a location (follow='s and
-		 * the control file's) end their transfers (remote_opts.cancel) */
+		/* set by follow_stop: follow='s imports (control.c's
+		 * control_import_location) end their transfers
+		 * (remote_opts.cancel) */
 		atomic_bool cancel;
 		char validator[256];       /* the last ETag / Last-Modified seen */
 		int64_t last_poll;         /* wall clock of the last poll, 0 none */
