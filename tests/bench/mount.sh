@@ -38,52 +38,16 @@ for b in "$sfs" "$sk"; do [ -x "$b" ] || { echo "mount.sh: $b: not built" >&2; e
 
 csize=$((size / 2))                    # the compressible file of item 7, MiB
 pread_runs=5
-work=$(mktemp -d /var/tmp/stella-bench-mount.XXXXXX)
-cleanup() {
-	set +e
-	local m
-	for m in "$work"/mnt/*; do
-		mountpoint -q "$m" 2>/dev/null || continue
-		umount "$m" 2>/dev/null || umount -l "$m"
-	done
-	sleep 0.2
-	rm -rf --one-file-system "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+. "$here/tests/bench/lib.sh"
+bench_workdir mount
 mkdir -p "$work"/{mnt,cache}
 rows=$work/rows
 : > "$rows"
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 
 # ---- helpers ----------------------------------------------------------------
-drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-# t CMD...: run CMD (stdout discarded), wall seconds in $secs; fork-free clock.
-t() {
-	local s=$EPOCHREALTIME
-	"$@" >/dev/null
-	secs=$(awk -v a="$s" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.6f", b - a }')
-}
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-calc() { awk "BEGIN { printf \"$1\", $2 }"; }
 mbps() { calc %.0f "$1 / $2 / 1e6"; }  # bytes seconds -> MB/s (10^6)
 ms() { calc %.2f "$1 * 1000"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.2fx", a / b }'; }
 row() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >> "$rows"; }
-# The process serving a mountpoint (stellafs, squashfuse_ll, bindfs and
-# archivemount all take it as their last argument).
-server_pid() { pgrep -f -- " $1\$" | head -n1; }
-unmount() {
-	mountpoint -q "$1" || return 0
-	local pid i
-	pid=$(server_pid "$1" || true)
-	umount "$1"
-	for ((i = 0; i < 200; i++)); do
-		[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
-		sleep 0.05
-	done
-	echo "mount.sh: server $pid of $1 still running 10 s after umount" >&2
-}
 mnt() { mkdir -p "$work/mnt/$1"; echo "$work/mnt/$1"; }
 # sfs_mount KIT MNT CACHE_DIR: mount, wall seconds of the stellafs call in $secs.
 sfs_mount() {
