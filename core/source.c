@@ -8,6 +8,7 @@
 
 #include "bytes.h"
 #include "frames.h"
+#include "merkle.h"
 #include "remote.h"
 #include "util.h"
 
@@ -563,7 +564,28 @@ int source_pread(struct source *s, void *buf, size_t len, uint64_t off, struct s
 	return source_pread_digests(s, buf, len, off, NULL, e);
 }
 
+/* Whether this thread's latest source_pread_digests came with a digest for
+ * every whole block it read (source_hashed_ahead). */
+static __thread bool hashed_ahead;
+
+bool source_hashed_ahead(void) { return hashed_ahead; }
+
+static int pread_digests(struct source *s, void *buf, size_t len, uint64_t off, struct source_digests *d,
+			 struct stella_err *e);
+
 int source_pread_digests(struct source *s, void *buf, size_t len, uint64_t off, struct source_digests *d,
+			 struct stella_err *e)
+{
+	int r = pread_digests(s, buf, len, off, d, e);
+	size_t blocks = MIN(len / MERKLE_BLOCK, (size_t)SOURCE_DIGESTS);
+	bool all = r == 0 && d && blocks > 0;
+	for (size_t k = 0; all && k < blocks; k++)
+		all = d->have[k];
+	hashed_ahead = all;
+	return r;
+}
+
+static int pread_digests(struct source *s, void *buf, size_t len, uint64_t off, struct source_digests *d,
 			 struct stella_err *e)
 {
 	if (d)
