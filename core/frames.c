@@ -704,8 +704,15 @@ static void note_stream(struct frames *fs, size_t first, size_t last, uint64_t o
 	}
 	t->used = fs->reads;
 	/* The kernel's readahead sends large reads of a file at its block
-	 * alignment: blocks hashed ahead at that phase are the ones it asks. */
-	t->phase = len >= FRAMES_HASH_READ ? (int)(off % MERKLE_BLOCK) : -1;
+	 * alignment: blocks hashed ahead at that phase are the ones it asks.
+	 * A small read continuing a stream of large ones keeps its phase: it
+	 * is most often not the stream's at all but a block of the Merkle
+	 * tree the stream's reads load, near it at the start of the kit, and
+	 * it cost the stream its digests ahead. */
+	if (len >= FRAMES_HASH_READ)
+		t->phase = (int)(off % MERKLE_BLOCK);
+	else if (t->hits == 0)
+		t->phase = -1;
 	if (t->hits > 0 && !fs->closing)
 		queue_ahead(fs, t);
 }

@@ -577,8 +577,10 @@ int source_pread_digests(struct source *s, void *buf, size_t len, uint64_t off, 
 			 struct stella_err *e)
 {
 	int r = pread_digests(s, buf, len, off, d, e);
+	if (!d)
+		return r; /* not a file's data: the Merkle tree's blocks a read loads */
 	size_t blocks = MIN(len / MERKLE_BLOCK, (size_t)SOURCE_DIGESTS);
-	bool all = r == 0 && d && blocks > 0;
+	bool all = r == 0 && blocks > 0;
 	for (size_t k = 0; all && k < blocks; k++)
 		all = d->have[k];
 	hashed_ahead = all;

@@ -85,8 +85,10 @@ struct source_digests {
 /* source_pread, and the digests that came with the bytes (d may be NULL). */
 int source_pread_digests(struct source *s, void *buf, size_t len, uint64_t off, struct source_digests *d,
 			 struct stella_err *e);
-/* Whether the calling thread's latest source_pread_digests succeeded with
- * a digest for each of its whole blocks (up to SOURCE_DIGESTS of them):
+/* Whether the calling thread's latest source_pread_digests with digests
+ * asked (d not NULL: a file's data, not the tree blocks its check loads
+ * through source_pread) succeeded with a digest for each of its whole
+ * blocks (up to SOURCE_DIGESTS of them):
  * its caller then hashed nothing itself.  A hint about the next read of a
  * sequential reader (fs/ops.c, op_read's priority), never a verdict. */
 bool source_hashed_ahead(void);
