@@ -848,6 +848,41 @@ int frames_read(struct frames *fs, uint8_t *buf, size_t len, uint64_t off, struc
 	return 0;
 }
 
+int frames_pin(struct frames *fs, size_t len, uint64_t off, const uint8_t **p, struct source_pin *pin,
+	       struct source_digests *d)
+{
+	memset(d->have, 0, sizeof(d->have));
+	uint64_t total = fs->out[fs->n];
+	if (len == 0 || len > total || off > total - len)
+		return 1;
+	size_t i = span_of(fs, off);
+	if (off + len > fs->out[i + 1] || !span_ok(fs, i))
+		return 1;
+	pthread_mutex_lock(&fs->lock);
+	note_stream(fs, i, i, off, len);
+	pthread_mutex_unlock(&fs->lock);
+	struct slot *sl = NULL;
+	struct stella_err e = { 0 };
+	if (span_get(fs, i, &sl, &e) != 0)
+		return 1; /* read again through frames_read, which tells why */
+	*p = sl->map + (off - fs->out[i]);
+	unsigned got = digests_out(fs, sl, off, len, d);
+	if (got) {
+		pthread_mutex_lock(&fs->lock);
+		fs->st.digests += got;
+		pthread_mutex_unlock(&fs->lock);
+	}
+	pin->frames = fs;
+	pin->slot = sl;
+	return 0;
+}
+
+void frames_unpin(struct source_pin *pin)
+{
+	span_put(pin->frames, pin->slot);
+	pin->frames = pin->slot = NULL;
+}
+
 int frames_new(struct bytes *b, const char *name, const struct source_point *pts, size_t n, uint64_t stream_size,
 	       struct frames **out)
 {

@@ -559,16 +559,53 @@ static int frame_read(struct source *s, uint8_t *buf, size_t len, uint64_t off, 
 	return fs ? frames_read(fs, buf, len, off, d, e) : 1;
 }
 
-int source_pread(struct source *s, void *buf, size_t len, uint64_t off, struct stella_err *e)
-{
-	return source_pread_digests(s, buf, len, off, NULL, e);
-}
-
 /* Whether this thread's latest source_pread_digests came with a digest for
  * every whole block it read (source_hashed_ahead). */
 static __thread bool hashed_ahead;
 
 bool source_hashed_ahead(void) { return hashed_ahead; }
+
+/* The thread's hint (source_hashed_ahead) from the digests of a read of
+ * len bytes that returned r. */
+static void note_digests(int r, size_t len, const struct source_digests *d)
+{
+	size_t blocks = MIN(len / MERKLE_BLOCK, (size_t)SOURCE_DIGESTS);
+	bool all = r == 0 && blocks > 0;
+	for (size_t k = 0; all && k < blocks; k++)
+		all = d->have[k];
+	hashed_ahead = all;
+}
+
+int source_pin(struct source *s, size_t len, uint64_t off, const uint8_t **p, struct source_pin *pin,
+	       struct source_digests *d)
+{
+	memset(d->have, 0, sizeof(d->have));
+	if (s->comp != KIT_COMPRESS_ZSTD || !s->complete || len == 0)
+		return 1;
+	pthread_mutex_lock(&s->lock);
+	if (!s->frames && frames_new(s->b, s->path, s->pts, s->npts, s->stream_size, &s->frames) < 0)
+		s->frames = NULL;
+	struct frames *fs = s->frames;
+	pthread_mutex_unlock(&s->lock);
+	if (!fs)
+		return 1;
+	int r = frames_pin(fs, len, off, p, pin, d);
+	if (r == 0) {
+		pin->src = s;
+		note_digests(r, len, d);
+	}
+	return r;
+}
+
+void source_unpin(struct source_pin *pin)
+{
+	frames_unpin(pin);
+}
+
+int source_pread(struct source *s, void *buf, size_t len, uint64_t off, struct stella_err *e)
+{
+	return source_pread_digests(s, buf, len, off, NULL, e);
+}
 
 static int pread_digests(struct source *s, void *buf, size_t len, uint64_t off, struct source_digests *d,
 			 struct stella_err *e);
@@ -577,13 +614,8 @@ int source_pread_digests(struct source *s, void *buf, size_t len, uint64_t off, 
 			 struct stella_err *e)
 {
 	int r = pread_digests(s, buf, len, off, d, e);
-	if (!d)
-		return r; /* not a file's data: the Merkle tree's blocks a read loads */
-	size_t blocks = MIN(len / MERKLE_BLOCK, (size_t)SOURCE_DIGESTS);
-	bool all = r == 0 && blocks > 0;
-	for (size_t k = 0; all && k < blocks; k++)
-		all = d->have[k];
-	hashed_ahead = all;
+	if (d) /* not for the Merkle tree's blocks a read loads */
+		note_digests(r, len, d);
 	return r;
 }
 

@@ -661,6 +661,25 @@ static char *reply_buf(size_t size)
 	return thread_scratch(SCRATCH_REPLY, size);
 }
 
+/* A read of a local zstd kit whose bytes lie in one decoded span: checked
+ * there and sent from there (snapshot_read_pinned), not copied into a
+ * reply buffer first (about 5 % of the daemon's CPU on a sequential read).
+ * 0: replied; 1: not served this way. */
+static int read_pinned(fuse_req_t req, struct snap_file *f, size_t size, off_t off)
+{
+	const void *p = NULL;
+	size_t n = 0;
+	struct snap_pin pin;
+	int r = snapshot_read_pinned(f, size, (uint64_t)off, &p, &n, &pin);
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+	} else if (r == 0) {
+		fuse_reply_buf(req, p, n);
+		snapshot_unpin(&pin); /* the reply is written: the kernel has the bytes */
+	}
+	return r == 1;
+}
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	if (is_fixed(ino)) {
@@ -694,11 +713,6 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	} else {
 		f = (struct snap_file *)(uintptr_t)fi->fh;
 	}
-	char *buf = reply_buf(size);
-	if (!buf) {
-		fuse_reply_err(req, ENOMEM);
-		return;
-	}
 	struct stellafs *sf = SF(req); /* req is gone once replied to */
 	/* Hashing: at the readers' priority, and waiting for the next request
 	 * raised again.  Not for a read that will hash nothing itself: a
@@ -713,11 +727,14 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	bool light = source_hashed_ahead();
 	if (!light)
 		worker_nice_set(sf, false);
-	ssize_t n = snapshot_read(f, buf, size, (uint64_t)off);
-	if (n < 0)
-		fuse_reply_err(req, (int)-n);
-	else
-		fuse_reply_buf(req, buf, (size_t)n);
+	if (ff || read_pinned(req, f, size, off) != 0) {
+		char *buf = reply_buf(size);
+		ssize_t n = buf ? snapshot_read(f, buf, size, (uint64_t)off) : -ENOMEM;
+		if (n < 0)
+			fuse_reply_err(req, (int)-n);
+		else
+			fuse_reply_buf(req, buf, (size_t)n);
+	}
 	if (!light)
 		worker_nice_set(sf, true);
 }
