@@ -4,7 +4,9 @@
  * 4 MiB of tar stream, with a seek point at each (source.h).  Call the bytes
  * from one seek point to the next a *span*.  Reads of spans small enough
  * (FRAMES_SPAN_MAX) are served from whole decoded spans kept here: a read
- * takes a reference on the span, copies out of it, and drops it.
+ * takes a reference on the span, copies out of it, and drops it; or
+ * (frames_pin) holds it while its caller checks and sends the bytes where
+ * they lie.
  *
  * A reader that goes forward span by span (a sequential stream: up to
  * FRAMES_STREAMS of them per kit are followed) gets the next spans decoded
