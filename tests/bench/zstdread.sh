@@ -4,6 +4,9 @@
 # (the measurement of mount.sh item 7, without the rest of its data).
 # Two figures per run: the kit in the page cache for both sides, and caches
 # dropped before each side (the issue's "cold" figure).
+# Also the CPU each side spent per run (the daemon's user+system time over
+# the read, from /proc; zstd's from its rusage): on a machine shared with
+# other work the wall figures swing, the CPU per byte much less.
 # Prints one table "measurement | stellafs | reference | ratio | goal".
 # Not a test: no assertion, the exit status says only whether the run worked.
 #
@@ -56,6 +59,20 @@ median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]
 mbps() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.0f", b / s / 1e6 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.2fx", a / b }'; }
 server_pid() { pgrep -f -- " $1\$" | head -n1; }
+# cpu_of PID: user+system seconds of the whole process so far
+cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/$1/stat"; }
+# sfs_read FILE: time a dd of it, and the daemon's CPU over it in $cpu
+sfs_read() {
+	local pid c0
+	pid=$(server_pid "$m") c0=$(cpu_of "$pid")
+	t dd if="$1" of=/dev/null bs=1M status=none
+	cpu=$(awk -v a="$c0" -v b="$(cpu_of "$pid")" 'BEGIN { printf "%.2f", b - a }')
+}
+# zstd_read: time zstd -dc of the kit, its CPU in $cpu
+zstd_read() {
+	t /usr/bin/time -o "$work/zt" -f '%U %S' zstd -dc "$kit"
+	cpu=$(awk '{ printf "%.2f", $1 + $2 }' "$work/zt")
+}
 mount_kit() {
 	if mountpoint -q "$m"; then
 		local pid i
@@ -85,20 +102,21 @@ printf 'stellafs zstd read benchmark  %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 printf 'CPUs: %s, kernel %s; %d MiB file, kit %d bytes (%s); median of %d runs\n' "$(nproc)" "$(uname -r)" \
 	"$size" "$(stat -c %s "$kit")" "$(zstd --version | head -n1)" "$runs"
 
-warm_o=() warm_r=() cold_o=() cold_r=()
+warm_o=() warm_r=() cold_o=() cold_r=() cpu_o=() cpu_r=()
 for ((i = 0; i < runs; i++)); do
 	log "run $((i + 1))/$runs"
 	cat "$kit" >/dev/null
 	mount_kit
-	t dd if="$m/current/$rel" of=/dev/null bs=1M status=none; warm_o+=("$secs")
-	t zstd -dc "$kit"; warm_r+=("$secs")
+	sfs_read "$m/current/$rel"; warm_o+=("$secs") cpu_o+=("$cpu")
+	zstd_read; warm_r+=("$secs") cpu_r+=("$cpu")
 	mount_kit
 	drop
-	t dd if="$m/current/$rel" of=/dev/null bs=1M status=none; cold_o+=("$secs")
+	sfs_read "$m/current/$rel"; cold_o+=("$secs") cpu_o+=("$cpu")
 	drop
-	t zstd -dc "$kit"; cold_r+=("$secs")
+	zstd_read; cold_r+=("$secs") cpu_r+=("$cpu")
 	log "  warm $(mbps $bytes "${warm_o[-1]}") vs $(mbps "$unc" "${warm_r[-1]}") MB/s;" \
-		"cold $(mbps $bytes "${cold_o[-1]}") vs $(mbps "$unc" "${cold_r[-1]}") MB/s"
+		"cold $(mbps $bytes "${cold_o[-1]}") vs $(mbps "$unc" "${cold_r[-1]}") MB/s;" \
+		"CPU s warm ${cpu_o[-2]} vs ${cpu_r[-2]}, cold ${cpu_o[-1]} vs ${cpu_r[-1]}"
 done
 
 if [ -n "$perf_out" ]; then
@@ -126,3 +144,6 @@ for kind in warm cold; do
 		">= 0.8x (stellafs range $(mbps $bytes "$lo")-$(mbps $bytes "$hi") MB/s)"
 	unset -n O R
 done
+o=$(printf '%s\n' "${cpu_o[@]}" | median) r=$(printf '%s\n' "${cpu_r[@]}" | median)
+row "CPU per read (daemon; zstd -dc), all runs" "$o s" "$r s zstd -dc" "$(ratio "$r" "$o")" \
+	"daemon CPU range $(printf '%s\n' "${cpu_o[@]}" | sort -g | head -n1)-$(printf '%s\n' "${cpu_o[@]}" | sort -g | tail -n1) s"
