@@ -545,17 +545,26 @@ static const struct source_point *point_before(struct source *s, uint64_t off)
 
 /* ---- whole zstd frames ---- */
 
+/* The kit's decoded frames, made at the first read that wants them; NULL
+ * when the kit is not made of them (or no memory: then cursors, and
+ * another try at the next read). */
+static struct frames *kit_frames(struct source *s)
+{
+	if (s->comp != KIT_COMPRESS_ZSTD || !s->complete)
+		return NULL;
+	pthread_mutex_lock(&s->lock);
+	if (!s->frames && frames_new(s->b, s->path, s->pts, s->npts, s->stream_size, &s->frames) < 0)
+		s->frames = NULL;
+	struct frames *fs = s->frames;
+	pthread_mutex_unlock(&s->lock);
+	return fs;
+}
+
 /* 1: not frame-shaped here, use a cursor; 0: read; < 0: error. */
 static int frame_read(struct source *s, uint8_t *buf, size_t len, uint64_t off, struct source_digests *d,
 		      struct stella_err *e)
 {
-	if (s->comp != KIT_COMPRESS_ZSTD || !s->complete)
-		return 1;
-	pthread_mutex_lock(&s->lock);
-	if (!s->frames && frames_new(s->b, s->path, s->pts, s->npts, s->stream_size, &s->frames) < 0)
-		s->frames = NULL; /* no memory: cursors, and another try at the next read */
-	struct frames *fs = s->frames;
-	pthread_mutex_unlock(&s->lock);
+	struct frames *fs = kit_frames(s);
 	return fs ? frames_read(fs, buf, len, off, d, e) : 1;
 }
 
@@ -580,13 +589,7 @@ int source_pin(struct source *s, size_t len, uint64_t off, const uint8_t **p, st
 	       struct source_digests *d)
 {
 	memset(d->have, 0, sizeof(d->have));
-	if (s->comp != KIT_COMPRESS_ZSTD || !s->complete || len == 0)
-		return 1;
-	pthread_mutex_lock(&s->lock);
-	if (!s->frames && frames_new(s->b, s->path, s->pts, s->npts, s->stream_size, &s->frames) < 0)
-		s->frames = NULL;
-	struct frames *fs = s->frames;
-	pthread_mutex_unlock(&s->lock);
+	struct frames *fs = len ? kit_frames(s) : NULL;
 	if (!fs)
 		return 1;
 	int r = frames_pin(fs, len, off, p, pin, d);
