@@ -4,7 +4,9 @@
  * 4 MiB of tar stream, with a seek point at each (source.h).  Call the bytes
  * from one seek point to the next a *span*.  Reads of spans small enough
  * (FRAMES_SPAN_MAX) are served from whole decoded spans kept here: a read
- * takes a reference on the span, copies out of it, and drops it.
+ * takes a reference on the span, copies out of it, and drops it; or
+ * (frames_pin) holds it while its caller checks and sends the bytes where
+ * they lie.
  *
  * A reader that goes forward span by span (a sequential stream: up to
  * FRAMES_STREAMS of them per kit are followed) gets the next spans decoded
@@ -68,6 +70,18 @@ void frames_free(struct frames *fs);
  * returning 1, since the bytes are then read again).  Thread-safe. */
 int frames_read(struct frames *fs, uint8_t *buf, size_t len, uint64_t off, struct source_digests *d,
 		struct stella_err *e);
+
+/* frames_read without the copy: when [off, off+len) lies in one span that
+ * can be had, 0 with *p pointing at its bytes in the decoded span, which
+ * stays unchanged until frames_unpin(pin) (a reference on its slot: no
+ * decode reuses it meanwhile), and d's digests as frames_read gives them
+ * (d->have cleared first).  1 otherwise, and when the span does not decode
+ * (the caller's frames_read then says why).  Thread-safe.  A pin must not
+ * be held while waiting for another span of the same kit (its slots are
+ * few: FRAMES_SLOTS pins and a wait for a fifth span would never end). */
+int frames_pin(struct frames *fs, size_t len, uint64_t off, const uint8_t **p, struct source_pin *pin,
+	       struct source_digests *d);
+void frames_unpin(struct source_pin *pin);
 
 /* The stream bytes [from, to) failed verification (a mirror may have
  * served bad compressed bytes, core/remote.h): no span decoded, being

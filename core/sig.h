@@ -48,8 +48,10 @@ int key_load_private(const char *path, EVP_PKEY **out, struct stella_err *e);
 int sig_sign(EVP_PKEY *key, const uint8_t *msg, size_t len, char **b64, struct stella_err *e);
 
 /* Sign a whole file (the kit's transfer signature).  ECDSA and RSA hash it
- * as a stream; Ed25519 cannot, so the file is mapped (clean page-cache
- * pages, not memory of ours). */
+ * as a stream; pure Ed25519 cannot (one-shot in OpenSSL 3.0), so the file
+ * is mapped read-only and a trimmer thread drops the pages already read
+ * from the mapping as the signer goes (sig.c): RSS stays bounded by the
+ * signer's speed, not the file's size. */
 int sig_sign_file(EVP_PKEY *key, int fd, uint64_t size, char **b64, struct stella_err *e);
 
 /* type: "ecdsa-p256", "ed25519" or "rsa-3072".  Writes PREFIX.key (0600) and

@@ -1507,6 +1507,59 @@ again:
 	return (ssize_t)len;
 }
 
+/* snapshot_read without copying the bytes: straight from a decoded zstd
+ * span (core/frames.h), checked block by block there exactly as
+ * snapshot_read checks them in its buffer.  Only for local kits in direct
+ * mode: a store blob has no spans, and bytes from mirrors may be read
+ * again elsewhere after a failure (remote_retry), which snapshot_read
+ * does.  The tree leaves the check needs are loaded before the span is
+ * pinned: loading them reads the kit through the same few slots. */
+int snapshot_read_pinned(struct snap_file *f, size_t len, uint64_t off, const void **out, size_t *n,
+			 struct snap_pin *pin)
+{
+	if (off >= f->size || len == 0 || f->blob || can_report(f, 0))
+		return 1;
+	len = (size_t)MIN((uint64_t)len, f->size - off);
+	uint64_t b0 = off / MERKLE_BLOCK, b1 = (off + len - 1) / MERKLE_BLOCK;
+	uint64_t start = b0 * MERKLE_BLOCK, end = MIN(f->size, (b1 + 1) * MERKLE_BLOCK);
+	size_t rlen = (size_t)(end - start);
+	if (f->g.levels > 0) {
+		const uint8_t *leaf;
+		for (uint64_t t = b0 / MERKLE_PER_BLOCK; t <= b1 / MERKLE_PER_BLOCK; t++)
+			if (tree_block(f, 0, t, &leaf) < 0)
+				return 1; /* snapshot_read meets it again, and reports it */
+	}
+	struct source_digests dg;
+	const uint8_t *data;
+	int r = source_pin(f->s->src, rlen, f->data_off + start, &data, &pin->sp, &dg);
+	if (r != 0)
+		return r;
+	for (uint64_t b = b0; b <= b1; b++) {
+		size_t boff = (size_t)((b - b0) * MERKLE_BLOCK), k = (size_t)(b - b0);
+		const uint8_t *pre = k < SOURCE_DIGESTS && dg.have[k] ? dg.sha256[k] : NULL;
+		int cr = check_block(f, b, data + boff, MIN((size_t)MERKLE_BLOCK, rlen - boff), pre, false);
+		if (cr < 0) {
+			source_unpin(&pin->sp);
+			return cr == -ENOMEM ? cr : -EIO; /* a mismatch is reported by check_block */
+		}
+	}
+	if (f->shared)
+		atomic_fetch_add(&f->s->verified_bytes, len);
+	/* The reply may let the reader close the file before this thread
+	 * unpins: the pin holds the snapshot, and with it the span. */
+	pin->s = snapshot_ref(f->s);
+	*out = data + (off - start);
+	*n = len;
+	return 0;
+}
+
+void snapshot_unpin(struct snap_pin *pin)
+{
+	source_unpin(&pin->sp);
+	snapshot_unref(pin->s);
+	pin->s = NULL;
+}
+
 /* ---- verify all ---- */
 
 struct walkstate {

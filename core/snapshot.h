@@ -117,6 +117,19 @@ void snapshot_file_close(struct snap_file *f);
  * if any block of the range fails its check.  buf holds len bytes; after
  * an error its content is undefined (unverified data may be in it). */
 ssize_t snapshot_read(struct snap_file *f, void *buf, size_t len, uint64_t off);
+/* snapshot_read without the copy, for a reply straight from a decoded zstd
+ * span (local kits in direct mode, a range within one span): 0 with *out
+ * pointing at the *n verified bytes, which stay there until
+ * snapshot_unpin(pin), even if the file is closed meanwhile; 1 when the
+ * range is not served this way (use snapshot_read); -EIO (a block failed
+ * its check, reported as by snapshot_read) or -ENOMEM. */
+struct snap_pin {
+	struct snapshot *s;
+	struct source_pin sp;
+};
+int snapshot_read_pinned(struct snap_file *f, size_t len, uint64_t off, const void **out, size_t *n,
+			 struct snap_pin *pin);
+void snapshot_unpin(struct snap_pin *pin);
 /* Whether snapshot_read of the same range would not wait for the network
  * (its data blocks and, if not loaded yet, the file's tree are in memory or
  * in the disk cache): a hint, never waits. */

@@ -8,6 +8,7 @@
 
 #include "bytes.h"
 #include "frames.h"
+#include "merkle.h"
 #include "remote.h"
 #include "util.h"
 
@@ -544,18 +545,64 @@ static const struct source_point *point_before(struct source *s, uint64_t off)
 
 /* ---- whole zstd frames ---- */
 
+/* The kit's decoded frames, made at the first read that wants them; NULL
+ * when the kit is not made of them (or no memory: then cursors, and
+ * another try at the next read). */
+static struct frames *kit_frames(struct source *s)
+{
+	if (s->comp != KIT_COMPRESS_ZSTD || !s->complete)
+		return NULL;
+	pthread_mutex_lock(&s->lock);
+	if (!s->frames && frames_new(s->b, s->path, s->pts, s->npts, s->stream_size, &s->frames) < 0)
+		s->frames = NULL;
+	struct frames *fs = s->frames;
+	pthread_mutex_unlock(&s->lock);
+	return fs;
+}
+
 /* 1: not frame-shaped here, use a cursor; 0: read; < 0: error. */
 static int frame_read(struct source *s, uint8_t *buf, size_t len, uint64_t off, struct source_digests *d,
 		      struct stella_err *e)
 {
-	if (s->comp != KIT_COMPRESS_ZSTD || !s->complete)
-		return 1;
-	pthread_mutex_lock(&s->lock);
-	if (!s->frames && frames_new(s->b, s->path, s->pts, s->npts, s->stream_size, &s->frames) < 0)
-		s->frames = NULL; /* no memory: cursors, and another try at the next read */
-	struct frames *fs = s->frames;
-	pthread_mutex_unlock(&s->lock);
+	struct frames *fs = kit_frames(s);
 	return fs ? frames_read(fs, buf, len, off, d, e) : 1;
+}
+
+/* Whether this thread's latest source_pread_digests came with a digest for
+ * every whole block it read (source_hashed_ahead). */
+static __thread bool hashed_ahead;
+
+bool source_hashed_ahead(void) { return hashed_ahead; }
+
+/* The thread's hint (source_hashed_ahead) from the digests of a read of
+ * len bytes that returned r. */
+static void note_digests(int r, size_t len, const struct source_digests *d)
+{
+	size_t blocks = MIN(len / MERKLE_BLOCK, (size_t)SOURCE_DIGESTS);
+	bool all = r == 0 && blocks > 0;
+	for (size_t k = 0; all && k < blocks; k++)
+		all = d->have[k];
+	hashed_ahead = all;
+}
+
+int source_pin(struct source *s, size_t len, uint64_t off, const uint8_t **p, struct source_pin *pin,
+	       struct source_digests *d)
+{
+	memset(d->have, 0, sizeof(d->have));
+	struct frames *fs = len ? kit_frames(s) : NULL;
+	if (!fs)
+		return 1;
+	int r = frames_pin(fs, len, off, p, pin, d);
+	if (r == 0) {
+		pin->src = s;
+		note_digests(r, len, d);
+	}
+	return r;
+}
+
+void source_unpin(struct source_pin *pin)
+{
+	frames_unpin(pin);
 }
 
 int source_pread(struct source *s, void *buf, size_t len, uint64_t off, struct stella_err *e)
@@ -563,7 +610,19 @@ int source_pread(struct source *s, void *buf, size_t len, uint64_t off, struct s
 	return source_pread_digests(s, buf, len, off, NULL, e);
 }
 
+static int pread_digests(struct source *s, void *buf, size_t len, uint64_t off, struct source_digests *d,
+			 struct stella_err *e);
+
 int source_pread_digests(struct source *s, void *buf, size_t len, uint64_t off, struct source_digests *d,
+			 struct stella_err *e)
+{
+	int r = pread_digests(s, buf, len, off, d, e);
+	if (d) /* not for the Merkle tree's blocks a read loads */
+		note_digests(r, len, d);
+	return r;
+}
+
+static int pread_digests(struct source *s, void *buf, size_t len, uint64_t off, struct source_digests *d,
 			 struct stella_err *e)
 {
 	if (d)

@@ -85,6 +85,31 @@ struct source_digests {
 /* source_pread, and the digests that came with the bytes (d may be NULL). */
 int source_pread_digests(struct source *s, void *buf, size_t len, uint64_t off, struct source_digests *d,
 			 struct stella_err *e);
+/* A decoded zstd span held for a reader that replies straight from it
+ * (source_pin): its bytes stay where they are, unchanged, until
+ * source_unpin.  Opaque but for the source. */
+struct source_pin {
+	struct source *src;
+	void *frames, *slot;      /* core/frames.c's */
+};
+/* Where the stream bytes [off, off+len) already lie decoded in memory
+ * (a zstd kit's span, core/frames.h), with the digests of their whole
+ * blocks as source_pread_digests gives them: 0 and *p, held until
+ * source_unpin(pin); 1 when they are not served this way (not one span,
+ * not a zstd kit, no buffer under the budget, or a span that does not
+ * decode: the caller reads them with source_pread_digests, which says
+ * why); -ENOMEM.  Nothing but the bytes' place differs from
+ * source_pread_digests: the caller checks them all the same. */
+int source_pin(struct source *s, size_t len, uint64_t off, const uint8_t **p, struct source_pin *pin,
+	       struct source_digests *d);
+void source_unpin(struct source_pin *pin);
+/* Whether the calling thread's latest source_pread_digests with digests
+ * asked (d not NULL: a file's data, not the tree blocks its check loads
+ * through source_pread) succeeded with a digest for each of its whole
+ * blocks (up to SOURCE_DIGESTS of them):
+ * its caller then hashed nothing itself.  A hint about the next read of a
+ * sequential reader (fs/ops.c, op_read's priority), never a verdict. */
+bool source_hashed_ahead(void);
 
 /* Seek points, to keep them with the index (compressed kits only). */
 struct source_point {

@@ -224,7 +224,8 @@ static void reply_fixed_entry(fuse_req_t req, fuse_ino_t ino)
  * once: an `echo activate` is six requests (lookup, open, write, ...), and
  * each waited for a time slice.  The costly work, hashing the blocks a
  * read returns, runs at the normal priority: a reader gains no CPU over
- * other processes through us.  Per thread, set when it changes. */
+ * other processes through us.  Per thread, set when it changes, with one
+ * system call (tune_set). */
 static __thread bool worker_known;
 static __thread int worker_nice; /* the thread's nice now */
 
@@ -240,10 +241,8 @@ static void worker_nice_set(struct stellafs *sf, bool raised)
 		worker_known = true;
 	}
 	int want = raised ? sf->opt.base_nice + SF_BOOST_NICE : sf->opt.base_nice;
-	if (worker_nice != want) {
-		tune_boost(want);
+	if (worker_nice != want && tune_set(want) == 0)
 		worker_nice = want;
-	}
 }
 
 static void worker_boost(fuse_req_t req) { worker_nice_set(SF(req), true); }
@@ -662,6 +661,25 @@ static char *reply_buf(size_t size)
 	return thread_scratch(SCRATCH_REPLY, size);
 }
 
+/* A read of a local zstd kit whose bytes lie in one decoded span: checked
+ * there and sent from there (snapshot_read_pinned), not copied into a
+ * reply buffer first (about 5 % of the daemon's CPU on a sequential read).
+ * 0: replied; 1: not served this way. */
+static int read_pinned(fuse_req_t req, struct snap_file *f, size_t size, off_t off)
+{
+	const void *p = NULL;
+	size_t n = 0;
+	struct snap_pin pin;
+	int r = snapshot_read_pinned(f, size, (uint64_t)off, &p, &n, &pin);
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+	} else if (r == 0) {
+		fuse_reply_buf(req, p, n);
+		snapshot_unpin(&pin); /* the reply is written: the kernel has the bytes */
+	}
+	return r == 1;
+}
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	if (is_fixed(ino)) {
@@ -695,19 +713,30 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	} else {
 		f = (struct snap_file *)(uintptr_t)fi->fh;
 	}
-	char *buf = reply_buf(size);
-	if (!buf) {
-		fuse_reply_err(req, ENOMEM);
-		return;
-	}
 	struct stellafs *sf = SF(req); /* req is gone once replied to */
-	worker_nice_set(sf, false); /* hashing: at the readers' priority */
-	ssize_t n = snapshot_read(f, buf, size, (uint64_t)off);
-	if (n < 0)
-		fuse_reply_err(req, (int)-n);
-	else
-		fuse_reply_buf(req, buf, (size_t)n);
-	worker_nice_set(sf, true); /* and waiting for the next request, raised again */
+	/* Hashing: at the readers' priority, and waiting for the next request
+	 * raised again.  Not for a read that will hash nothing itself: a
+	 * sequential reader of a zstd kit gets every block's digest with the
+	 * bytes from the workers that decoded them ahead (core/frames.h, at
+	 * the readers' priority), and its reads only compare and copy.  The
+	 * two switches per read were 3-5 % of the daemon's CPU there (each
+	 * lowering lets the scheduler preempt the thread).  Judged by the
+	 * thread's previous read (source_hashed_ahead): a stream's next read
+	 * is like its last, and a misjudged one hashes at most one request
+	 * raised before the next read lowers again. */
+	bool light = source_hashed_ahead();
+	if (!light)
+		worker_nice_set(sf, false);
+	if (ff || read_pinned(req, f, size, off) != 0) {
+		char *buf = reply_buf(size);
+		ssize_t n = buf ? snapshot_read(f, buf, size, (uint64_t)off) : -ENOMEM;
+		if (n < 0)
+			fuse_reply_err(req, (int)-n);
+		else
+			fuse_reply_buf(req, buf, (size_t)n);
+	}
+	if (!light)
+		worker_nice_set(sf, true);
 }
 
 static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,

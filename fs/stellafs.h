@@ -412,3 +412,6 @@ char *vfile_content(struct stellafs *sf, fuse_ino_t ino, size_t *len);
 #define SF_BOOST_NICE (-10)
 int tune_boost(int nice);
 int tune_nice(void); /* the calling thread's nice value */
+/* tune_boost without asking the old value: one system call, for a caller
+ * that keeps track of its thread's nice itself (ops.c, worker_nice_set). */
+int tune_set(int nice);
