@@ -28,6 +28,12 @@ struct kitverify_opts {
 	bool allow_expired;
 	bool check_expiry;
 	bool content;                 /* false: stop after the manifest members */
+	/* Keep no artifact list: res->manifest is the top level only (its
+	 * nlisted says how many artifacts), the walk pulls the artifacts from
+	 * the manifest spooled to a temporary file, and visit's index is the
+	 * artifact's place in manifest order.  Memory is then bounded by the
+	 * work (docs/kit-format.md, "Verification memory"), not the kit. */
+	bool stream;
 	void (*progress)(void *ctx, const char *name, uint64_t done, uint64_t total);
 	void *progress_ctx;
 
