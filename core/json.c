@@ -100,6 +100,7 @@ struct json_doc {
 	size_t nelem;
 	int rc;
 	struct stella_err *e;
+	uint64_t events;           /* values, keys and closings parsed */
 };
 
 static int fail(struct json_doc *d, int rc)
@@ -128,6 +129,7 @@ static int done_value(struct json_doc *d)
 /* A new value where the parser is: linked under its container. */
 static struct json *add(struct json_doc *d, enum json_type t)
 {
+	d->events++;
 	struct frame *f = d->depth ? &d->stack[d->depth - 1] : NULL;
 	if (f && f->stream && !d->in_elem) {
 		d->in_elem = true;
@@ -292,6 +294,7 @@ static int slow_dup(struct json_doc *d, struct json *o)
 
 static int close_container(struct json_doc *d)
 {
+	d->events++;
 	struct frame *f = &d->stack[--d->depth];
 	struct json *o = f->node;
 	if (o->type == JSON_OBJECT && f->slow_keys && !o->dup && !slow_dup(d, o))
@@ -306,6 +309,7 @@ static int cb_end(void *ctx) { return close_container(ctx); }
 static int cb_map_key(void *ctx, const unsigned char *s, size_t l)
 {
 	struct json_doc *d = ctx;
+	d->events++;
 	/* A manifest repeats a handful of keys thousands of times: keep one
 	 * copy of each, outside the arena that streaming rolls back. */
 	struct frame *f = &d->stack[d->depth - 1];
@@ -410,6 +414,11 @@ int json_stream_feed(struct json_stream *js, const char *buf, size_t len)
 	if (js->d->rc < 0)
 		return js->d->rc;
 	return stream_status(js, yajl_parse(js->h, (const unsigned char *)buf, len) == yajl_status_ok);
+}
+
+uint64_t json_stream_events(const struct json_stream *js)
+{
+	return js->d->events;
 }
 
 int json_stream_finish(struct json_stream *js, const struct json **root)

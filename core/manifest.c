@@ -661,6 +661,12 @@ struct manifest_stream {
 	/* the symlinks, sorted: all rule 3 needs */
 	struct manifest links;
 	size_t links_cap;
+	/* yajl lexes a token split across feeds again from its start at each
+	 * feed: a long string fed in small pieces would cost the square of
+	 * its length.  While a feed makes no progress, pieces are gathered
+	 * into ever larger ones (memory: what yajl holds of the token anyway). */
+	char *pend;
+	size_t pend_len, pend_cap, pend_want;
 };
 
 static int grow(void **p, size_t *cap, size_t need, size_t size)
@@ -785,6 +791,7 @@ void manifest_stream_free(struct manifest_stream *ms)
 	free(ms->chain);
 	free(ms->clen);
 	free(ms->ctype);
+	free(ms->pend);
 	free(ms);
 }
 
@@ -804,6 +811,20 @@ static int stream_fail(struct manifest_stream *ms, int r)
 	return r;
 }
 
+static int feed_now(struct manifest_stream *ms, const void *buf, size_t len)
+{
+	uint64_t before = json_stream_events(ms->js);
+	int r = json_stream_feed(ms->js, buf, len);
+	if (r < 0)
+		return stream_fail(ms, r);
+	ms->pend_len = 0;
+	if (json_stream_events(ms->js) != before)
+		ms->pend_want = 0;
+	else
+		ms->pend_want = 2 * MAX(len, (size_t)MANIFEST_STREAM_CHUNK);
+	return 0;
+}
+
 int manifest_stream_feed(struct manifest_stream *ms, const void *buf, size_t len)
 {
 	if (ms->failed)
@@ -820,8 +841,17 @@ int manifest_stream_feed(struct manifest_stream *ms, const void *buf, size_t len
 				   (size_t)(ms->fed + (uint64_t)(nul - (const char *)buf)));
 	}
 	ms->fed += len;
-	int r = json_stream_feed(ms->js, buf, len);
-	return r < 0 ? stream_fail(ms, r) : 0;
+	if (ms->pend_want) {
+		if (grow((void **)&ms->pend, &ms->pend_cap, ms->pend_len + len, 1) < 0)
+			return -ENOMEM;
+		memcpy(ms->pend + ms->pend_len, buf, len);
+		ms->pend_len += len;
+		if (ms->pend_len < ms->pend_want)
+			return 0;
+		buf = ms->pend;
+		len = ms->pend_len;
+	}
+	return feed_now(ms, buf, len);
 }
 
 int manifest_stream_finish(struct manifest_stream *ms, struct manifest **out, struct stella_err *e)
@@ -829,7 +859,10 @@ int manifest_stream_finish(struct manifest_stream *ms, struct manifest **out, st
 	const struct json *root;
 	if (ms->failed)
 		return -EBADMSG;
-	int r = json_stream_finish(ms->js, &root);
+	int r = ms->pend_len ? feed_now(ms, ms->pend, ms->pend_len) : 0;
+	if (r < 0)
+		return r;
+	r = json_stream_finish(ms->js, &root);
 	if (r < 0)
 		return stream_fail(ms, r);
 	struct manifest *m = calloc(1, sizeof(*m));
