@@ -324,6 +324,11 @@ static int read_head(struct walk *w, struct stella_err *e)
 		return stella_fail(e, rs, "%s", stella_err_text(&se, rs));
 	if (job.rc < 0)
 		return stella_fail(e, job.rc, "%s: %s", w->path, stella_err_text(&job.e, job.rc));
+	if (w->o->stream) {
+		w->res->sig = sig;
+		w->res->sig_len = job.siglen;
+		sig = NULL;
+	}
 	return 0;
 }
 
@@ -836,8 +841,12 @@ out:
 	free(w.missing);
 	if (w.doff)
 		fclose(w.doff);
-	if (w.mfd >= 0)
+	if (w.mfd >= 0 && r == 0) {
+		res->manifest_fd = w.mfd;
+		res->has_manifest_fd = true;
+	} else if (w.mfd >= 0) {
 		close(w.mfd);
+	}
 	if (w.index_path) {
 		unlink(w.index_path);
 		free(w.index_path);
@@ -851,6 +860,11 @@ out:
 
 void kitverify_result_free(struct kitverify_result *res)
 {
+	if (res->has_manifest_fd)
+		close(res->manifest_fd);
+	res->has_manifest_fd = false;
+	free(res->sig);
+	res->sig = NULL;
 	manifest_free(res->manifest);
 	res->manifest = NULL;
 	merklefile_index_free(&res->merkle);

@@ -72,6 +72,14 @@ struct kitverify_result {
 	uint64_t from_base;           /* artifacts a delta kit leaves to its base */
 	uint64_t merkle_offset;       /* tar-stream offset of merkle.bin's data */
 	struct merklefile_index merkle;
+	/* o->stream: the manifest's bytes as checked (digest manifest_sha256,
+	 * the signatures verified over them), in an unlinked temporary file,
+	 * and the signature member's text: an import keeps these very bytes
+	 * and pulls the artifacts from the file again.  Owned by the result. */
+	bool has_manifest_fd;
+	int manifest_fd;
+	char *sig;
+	size_t sig_len;
 };
 
 /* The manifest and signature members only, as bytes, from an open source
