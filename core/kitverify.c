@@ -65,8 +65,9 @@ static int iter_open(struct walk *w, struct stella_err *e)
 
 static int iter_next(struct walk *w, const struct artifact **a, struct stella_err *e)
 {
-	int r = w->it.next(w->it.ctx, a, e);
-	if (r < 0 && w->streamed)
+	memset(&w->ce, 0, sizeof(w->ce));
+	int r = w->it.next(w->it.ctx, a, &w->ce);
+	if (r < 0)
 		return stella_fail(e, r, "%s: %s", w->path, stella_err_text(&w->ce, r));
 	return r;
 }

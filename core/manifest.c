@@ -998,7 +998,11 @@ void manifest_cursor_free(struct manifest_cursor *c)
 int manifest_cursor_next(void *ctx, const struct artifact **a, struct stella_err *e)
 {
 	struct manifest_cursor *c = ctx;
-	(void)e; /* the stream was opened with the caller's e */
+	/* failures are told in this call's e */
+	if (e) {
+		c->e = e;
+		c->ms->e = e;
+	}
 	while (c->qhead == c->qn) {
 		cursor_drain(c);
 		if (c->done)

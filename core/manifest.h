@@ -142,7 +142,8 @@ struct artifact_iter {
 	void *ctx;
 };
 /* over a document manifest_stream_* accepted (sorted), from a file or a
- * buffer (borrowed): a chunk's worth of artifacts in memory at a time */
+ * buffer (borrowed): a chunk's worth of artifacts in memory at a time.
+ * A failure's message goes to the e of the next call that fails. */
 struct manifest_cursor;
 int manifest_cursor_open_fd(int fd, struct manifest_cursor **out, struct stella_err *e);
 int manifest_cursor_open_mem(const char *buf, size_t len, struct manifest_cursor **out, struct stella_err *e);
