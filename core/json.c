@@ -100,6 +100,7 @@ struct json_doc {
 	size_t nelem;
 	int rc;
 	struct stella_err *e;
+	uint64_t events;           /* values, keys and closings parsed */
 };
 
 static int fail(struct json_doc *d, int rc)
@@ -128,6 +129,7 @@ static int done_value(struct json_doc *d)
 /* A new value where the parser is: linked under its container. */
 static struct json *add(struct json_doc *d, enum json_type t)
 {
+	d->events++;
 	struct frame *f = d->depth ? &d->stack[d->depth - 1] : NULL;
 	if (f && f->stream && !d->in_elem) {
 		d->in_elem = true;
@@ -292,6 +294,7 @@ static int slow_dup(struct json_doc *d, struct json *o)
 
 static int close_container(struct json_doc *d)
 {
+	d->events++;
 	struct frame *f = &d->stack[--d->depth];
 	struct json *o = f->node;
 	if (o->type == JSON_OBJECT && f->slow_keys && !o->dup && !slow_dup(d, o))
@@ -306,6 +309,7 @@ static int cb_end(void *ctx) { return close_container(ctx); }
 static int cb_map_key(void *ctx, const unsigned char *s, size_t l)
 {
 	struct json_doc *d = ctx;
+	d->events++;
 	/* A manifest repeats a handful of keys thousands of times: keep one
 	 * copy of each, outside the arena that streaming rolls back. */
 	struct frame *f = &d->stack[d->depth - 1];
@@ -356,42 +360,92 @@ void json_doc_free(struct json_doc *d)
 	free(d);
 }
 
+struct json_stream {
+	struct json_doc *d;
+	yajl_handle h;
+};
+
+int json_stream_new(const struct json_opts *o, struct json_stream **out, struct stella_err *e)
+{
+	struct json_stream *js = calloc(1, sizeof(*js));
+	if (!js || !(js->d = calloc(1, sizeof(*js->d)))) {
+		free(js);
+		return -ENOMEM;
+	}
+	js->d->o = o;
+	js->d->e = e;
+	if (!(js->h = yajl_alloc(&callbacks, NULL, js->d))) {
+		json_stream_free(js);
+		return -ENOMEM;
+	}
+	*out = js;
+	return 0;
+}
+
+void json_stream_free(struct json_stream *js)
+{
+	if (!js)
+		return;
+	if (js->h)
+		yajl_free(js->h);
+	json_doc_free(js->d);
+	free(js);
+}
+
+/* yajl's verdict as one line, or the callback's own failure. */
+static int stream_status(struct json_stream *js, bool ok)
+{
+	struct json_doc *d = js->d;
+	if (d->rc < 0)
+		return d->rc;
+	if (ok)
+		return 0;
+	unsigned char *msg = yajl_get_error(js->h, 0, NULL, 0);
+	char line[200];
+	snprintf(line, sizeof(line), "%s", msg ? (const char *)msg : "parse error");
+	line[strcspn(line, "\n")] = 0;
+	if (msg)
+		yajl_free_error(js->h, msg);
+	return d->rc = stella_fail(d->e, -EBADMSG, "invalid JSON: %s", line);
+}
+
+int json_stream_feed(struct json_stream *js, const char *buf, size_t len)
+{
+	if (js->d->rc < 0)
+		return js->d->rc;
+	return stream_status(js, yajl_parse(js->h, (const unsigned char *)buf, len) == yajl_status_ok);
+}
+
+uint64_t json_stream_events(const struct json_stream *js)
+{
+	return js->d->events;
+}
+
+int json_stream_finish(struct json_stream *js, const struct json **root)
+{
+	if (js->d->rc < 0)
+		return js->d->rc;
+	int r = stream_status(js, yajl_complete_parse(js->h) == yajl_status_ok && js->d->root);
+	if (r == 0)
+		*root = js->d->root;
+	return r;
+}
+
 int json_parse(const char *buf, size_t len, const struct json_opts *o, struct json_doc **doc,
 	       const struct json **root, struct stella_err *e)
 {
-	struct json_doc *d = calloc(1, sizeof(*d));
-	if (!d)
-		return -ENOMEM;
-	d->o = o;
-	d->e = e;
-	yajl_handle h = yajl_alloc(&callbacks, NULL, d);
-	if (!h) {
-		free(d);
-		return -ENOMEM;
-	}
-	yajl_status st = yajl_parse(h, (const unsigned char *)buf, len);
-	if (st == yajl_status_ok)
-		st = yajl_complete_parse(h);
-	int r = 0;
-	if (d->rc < 0) {
-		r = d->rc;
-	} else if (st != yajl_status_ok || !d->root) {
-		unsigned char *msg = yajl_get_error(h, 0, NULL, 0);
-		char line[200];
-		snprintf(line, sizeof(line), "%s", msg ? (const char *)msg : "parse error");
-		line[strcspn(line, "\n")] = 0;
-		if (msg)
-			yajl_free_error(h, msg);
-		r = stella_fail(e, -EBADMSG, "invalid JSON: %s", line);
-	}
-	yajl_free(h);
-	if (r < 0) {
-		json_doc_free(d);
+	struct json_stream *js;
+	int r = json_stream_new(o, &js, e);
+	if (r < 0)
 		return r;
+	if ((r = json_stream_feed(js, buf, len)) == 0)
+		r = json_stream_finish(js, root);
+	if (r == 0) {
+		*doc = js->d;
+		js->d = NULL;
 	}
-	*doc = d;
-	*root = d->root;
-	return 0;
+	json_stream_free(js);
+	return r;
 }
 
 const struct json *json_get(const struct json *o, const char *key)

@@ -55,3 +55,17 @@ void json_doc_free(struct json_doc *doc);
 
 /* The member of object o named key, or NULL. */
 const struct json *json_get(const struct json *o, const char *key);
+
+/* The same, fed in pieces (a manifest of hundreds of MB is never whole in
+ * memory): feed returns the first error and keeps returning it; finish
+ * ends the document and gives its root, valid until json_stream_free.
+ * Streamed elements reach the callback while feeding. */
+struct json_stream;
+int json_stream_new(const struct json_opts *o, struct json_stream **out, struct stella_err *e);
+int json_stream_feed(struct json_stream *js, const char *buf, size_t len);
+int json_stream_finish(struct json_stream *js, const struct json **root);
+void json_stream_free(struct json_stream *js);
+/* Values, keys and closings parsed so far: unchanged over a feed means
+ * the input ended inside one token, which yajl keeps and lexes again from
+ * its start on the next feed. */
+uint64_t json_stream_events(const struct json_stream *js);

@@ -118,7 +118,7 @@ struct check {
 	char *last_dir;            /* index_add's shortcut: the previous parent */
 	uint64_t last_dir_ino;
 	uint64_t data_end;         /* end of the previous file's data */
-	int (*each)(void *ctx, size_t i, uint64_t data_off, struct stella_err *e);
+	int (*each)(void *ctx, size_t i, const struct artifact *a, uint64_t data_off, struct stella_err *e);
 	void *ctx;
 };
 
@@ -268,7 +268,7 @@ static int check_artifact(struct check *c, size_t i, const struct artifact *a)
 		return r;
 	if (a->type == ARTIFACT_DIR && (r = dirs_add(&c->dirs, parent, base, w.nlen, w.ino)) < 0)
 		return r;
-	return c->each ? c->each(c->ctx, i, off, c->e) : 0;
+	return c->each ? c->each(c->ctx, i, a, off, c->e) : 0;
 }
 
 /* The schema: exactly index.c's, object by object (a carried database
@@ -366,8 +366,16 @@ static int check_meta(struct check *c, uint64_t *body, uint64_t *merkle)
 }
 
 int kitindex_check(const char *file, const char *path, const struct manifest *m, const struct kitindex_geom *g,
-		   int (*each)(void *ctx, size_t i, uint64_t data_off, struct stella_err *e), void *ctx,
-		   struct kitindex_info *info, struct stella_err *e)
+		   kitindex_each_fn each, void *ctx, struct kitindex_info *info, struct stella_err *e)
+{
+	struct manifest_walk w = { .m = m };
+	struct artifact_iter it = { manifest_walk_next, &w };
+	return kitindex_check_iter(file, path, &it, g, each, ctx, info, e);
+}
+
+int kitindex_check_iter(const char *file, const char *path, const struct artifact_iter *it,
+			const struct kitindex_geom *g, kitindex_each_fn each, void *ctx, struct kitindex_info *info,
+			struct stella_err *e)
 {
 	struct check c = { .path = path, .g = g, .info = info, .e = e, .next_ino = INDEX_ROOT_INO + 1,
 			   .each = each, .ctx = ctx, .last_dir_ino = INDEX_ROOT_INO };
@@ -431,8 +439,12 @@ int kitindex_check(const char *file, const char *path, const struct manifest *m,
 	uint64_t off;
 	if ((r = next_row(&c, &root, &off)) < 0)
 		goto out;
-	for (size_t i = 0; i < m->nartifacts && r == 0; i++)
-		r = check_artifact(&c, i, &m->artifacts[i]);
+	const struct artifact *a;
+	for (size_t i = 0; r == 0; i++) {
+		if ((r = it->next(it->ctx, &a, e)) <= 0)
+			break;
+		r = check_artifact(&c, i, a);
+	}
 	if (r == 0) {
 		int st = sqlite3_step(c.rows);
 		if (st == SQLITE_ROW)

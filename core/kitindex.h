@@ -45,7 +45,14 @@ struct kitindex_info {
  * merkle.bin.  each (may be NULL) gets every artifact's data offset, in
  * manifest order.  -EBADMSG (malformed) or -EUCLEAN (an entry disagrees
  * with the manifest), with one line in e. */
+typedef int (*kitindex_each_fn)(void *ctx, size_t i, const struct artifact *a, uint64_t data_off,
+				struct stella_err *e);
 int kitindex_check(const char *file, const char *label, const struct manifest *m, const struct kitindex_geom *g,
-		   int (*each)(void *ctx, size_t i, uint64_t data_off, struct stella_err *e), void *ctx,
-		   struct kitindex_info *info, struct stella_err *e);
+		   kitindex_each_fn each, void *ctx, struct kitindex_info *info, struct stella_err *e);
+/* The same against artifacts pulled from IT in manifest order (a stream
+ * of a manifest never held whole): the rows are walked beside them, so
+ * memory is the directories seen, not the artifacts. */
+int kitindex_check_iter(const char *file, const char *label, const struct artifact_iter *it,
+			const struct kitindex_geom *g, kitindex_each_fn each, void *ctx, struct kitindex_info *info,
+			struct stella_err *e);
 

@@ -1,6 +1,8 @@
 #include "kitverify.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
+#include <time.h>
 #include <pthread.h>
 #include <unistd.h>
 #include <string.h>
@@ -19,41 +21,236 @@ struct walk {
 	struct kitverify_result *res;
 	struct kitread *kr;
 	struct hasher *hasher;
-	uint8_t *seen;                /* one byte per manifest artifact */
 	uint64_t total_bytes;
 	char *manifest_json;          /* the signed bytes, until the signature is checked */
 	size_t manifest_len;
-	size_t last_i;                /* the manifest entry check_member matched */
+	/* o->stream: the manifest is spooled to an unlinked file (mfd) while
+	 * its SHA-256 is taken, and parsed from there as a stream, as often as
+	 * a pass needs its artifacts; res->manifest keeps only the top level */
+	int mfd;
+	bool streamed;
+	uint64_t bound_sum;           /* stream_bound's share of the artifacts */
+	/* the artifacts, pulled beside the members (both sorted by name) */
+	struct manifest_cursor *cur;
+	struct manifest_walk mw;
+	struct artifact_iter it;
+	const struct artifact *peek;  /* the next artifact no member matched yet */
+	size_t peek_i;
+	char *missing;                /* the first listed artifact with no member */
+	FILE *doff;                   /* per artifact, in order: its member's data offset (0: none) */
+	struct stella_err ce;         /* the cursor's message */
 	uint64_t merkle_size;
 	/* kit format 1.1: the carried index, copied out of the kit to be
 	 * checked after the walk against the manifest and the members */
 	char *index_path;
 	uint64_t head_end;            /* tar offset where the body starts */
-	uint64_t *doff;               /* per artifact: its member's data offset */
 };
+
+/* A fresh pass over the artifacts, from the first. */
+static int iter_open(struct walk *w, struct stella_err *e)
+{
+	manifest_cursor_free(w->cur);
+	w->cur = NULL;
+	if (!w->streamed) {
+		w->mw = (struct manifest_walk){ .m = w->res->manifest };
+		w->it = (struct artifact_iter){ manifest_walk_next, &w->mw };
+		return 0;
+	}
+	int r = manifest_cursor_open_fd(w->mfd, &w->cur, &w->ce);
+	if (r < 0)
+		return stella_fail(e, r, "%s: %s", w->path, stella_err_text(&w->ce, r));
+	w->it = (struct artifact_iter){ manifest_cursor_next, w->cur };
+	return r;
+}
+
+static int iter_next(struct walk *w, const struct artifact **a, struct stella_err *e)
+{
+	memset(&w->ce, 0, sizeof(w->ce));
+	int r = w->it.next(w->it.ctx, a, &w->ce);
+	if (r < 0)
+		return stella_fail(e, r, "%s: %s", w->path, stella_err_text(&w->ce, r));
+	return r;
+}
 
 /* The signature check and the manifest's digest run on a second thread
  * while this one parses: on a large manifest, hashing (SHA-256 for the
  * digest, SHA-512 inside Ed25519) costs about as much as the parse. */
 struct sig_job {
 	struct walk *w;
+	bool mapped;
 	const char *sig;
 	size_t siglen;
 	int rc;
 	struct stella_err e;
 };
 
+/* While a signature is checked over a mapped manifest, the pages it has
+ * read are dropped from this process every few milliseconds: they stay in
+ * the page cache (and come back if read again), but a 300 MB manifest does
+ * not count 300 MB in our resident set.  Ed25519 cannot verify a message
+ * in pieces; this keeps its one pass over the bytes from holding them. */
+struct reaper {
+	void *base;
+	size_t len;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool stop;
+};
+
+static void *reaper_thread(void *arg)
+{
+	struct reaper *rp = arg;
+	pthread_mutex_lock(&rp->lock);
+	while (!rp->stop) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 20 * 1000 * 1000;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&rp->cond, &rp->lock, &ts);
+		madvise(rp->base, rp->len, MADV_DONTNEED);
+	}
+	pthread_mutex_unlock(&rp->lock);
+	return NULL;
+}
+
+static int sig_check_mapped(struct walk *w, struct sig_job *j)
+{
+	if (w->manifest_len == 0)
+		return sig_check(w->o->trust, w->o->threshold, (const uint8_t *)"", 0, j->sig, j->siglen,
+				 &w->res->signers, &j->e);
+	void *base = mmap(NULL, w->manifest_len, PROT_READ, MAP_SHARED, w->mfd, 0);
+	if (base == MAP_FAILED)
+		return stella_fail_errno(&j->e, -errno, "manifest: mapping it");
+	struct reaper rp = { .base = base, .len = w->manifest_len };
+	pthread_mutex_init(&rp.lock, NULL);
+	pthread_cond_init(&rp.cond, NULL);
+	pthread_t t;
+	bool reaping = pthread_create(&t, NULL, reaper_thread, &rp) == 0;
+	int r = sig_check(w->o->trust, w->o->threshold, base, w->manifest_len, j->sig, j->siglen, &w->res->signers,
+			  &j->e);
+	if (reaping) {
+		pthread_mutex_lock(&rp.lock);
+		rp.stop = true;
+		pthread_cond_signal(&rp.cond);
+		pthread_mutex_unlock(&rp.lock);
+		pthread_join(t, NULL);
+	}
+	pthread_cond_destroy(&rp.cond);
+	pthread_mutex_destroy(&rp.lock);
+	munmap(base, w->manifest_len);
+	return r;
+}
+
 static void *sig_thread(void *arg)
 {
 	struct sig_job *j = arg;
 	struct walk *w = j->w;
-	int r = sha256_once(w->manifest_json, w->manifest_len, w->res->manifest_sha256);
+	int r = j->mapped ? 0 : sha256_once(w->manifest_json, w->manifest_len, w->res->manifest_sha256);
 	if (r < 0)
 		j->rc = stella_fail_errno(&j->e, r, "manifest: SHA-256");
+	else if (w->o->trust && j->mapped)
+		j->rc = sig_check_mapped(w, j);
 	else if (w->o->trust)
 		j->rc = sig_check(w->o->trust, w->o->threshold, (const uint8_t *)w->manifest_json, w->manifest_len,
 				  j->sig, j->siglen, &w->res->signers, &j->e);
 	return NULL;
+}
+
+/* The manifest member into an unlinked temporary file, hashed on the way. */
+static int spool_manifest(struct walk *w, const struct kit_member *m, struct stella_err *e)
+{
+	if (m->size > STELLA_MANIFEST_MAX)
+		return stella_fail(e, -EBADMSG, "%s: member \"%s\" too large (%llu bytes, limit %zu)", w->path, m->name,
+				   (unsigned long long)m->size, (size_t)STELLA_MANIFEST_MAX);
+	const char *dir = getenv("TMPDIR");
+	dir = dir && *dir ? dir : "/tmp";
+	int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		char p[4200];
+		snprintf(p, sizeof(p), "%s/stellakit-manifest.XXXXXX", dir);
+		if ((fd = mkostemp(p, O_CLOEXEC)) >= 0)
+			unlink(p);
+	}
+	if (fd < 0)
+		return stella_fail_errno(e, -errno, "%s: temporary file for the manifest", w->path);
+	w->mfd = fd;
+	w->streamed = true;
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	_cleanup_(freep) uint8_t *buf = malloc(MANIFEST_STREAM_CHUNK);
+	int r = ctx && buf && EVP_DigestInit_ex2(ctx, EVP_sha256(), NULL) ? 0 : -ENOMEM;
+	for (uint64_t left = m->size; r == 0 && left > 0;) {
+		ssize_t n = kitread_data(w->kr, buf, MIN(left, (uint64_t)MANIFEST_STREAM_CHUNK), e);
+		if (n <= 0) {
+			r = n < 0 ? (int)n : stella_fail(e, -EBADMSG, "%s: member \"%s\": truncated archive", w->path, m->name);
+			break;
+		}
+		if (!EVP_DigestUpdate(ctx, buf, (size_t)n))
+			r = -ENOMEM;
+		else if ((r = write_full(fd, buf, (size_t)n)) < 0)
+			r = stella_fail_errno(e, r, "%s: temporary file for the manifest", w->path);
+		left -= (uint64_t)n;
+	}
+	if (r == 0 && !EVP_DigestFinal_ex(ctx, w->res->manifest_sha256, NULL))
+		r = -ENOMEM;
+	EVP_MD_CTX_free(ctx);
+	w->manifest_len = m->size;
+	return r;
+}
+
+static uint64_t sat_add(uint64_t a, uint64_t b)
+{
+	return a + b < a ? UINT64_MAX : a + b;
+}
+
+/* One artifact's share of the stream bound (see stream_bound). */
+static void add_bound(struct walk *w, const struct artifact *a)
+{
+	uint64_t sz = a->size;
+	w->bound_sum = sat_add(w->bound_sum, 16u << 10);
+	w->bound_sum = sat_add(w->bound_sum, sat_add(sz, 511) & ~(uint64_t)511);
+	w->bound_sum = sat_add(w->bound_sum, sz / 64);
+	if (a->type == ARTIFACT_FILE)
+		w->total_bytes += sz;
+}
+
+static int on_checked(void *ctx, size_t i, const struct artifact *a, struct stella_err *e)
+{
+	(void)i, (void)e;
+	add_bound(ctx, a);
+	return 0;
+}
+
+/* The spooled manifest through the streaming parser: every rule, the
+ * sums the walk needs, nothing kept.  A valid manifest whose artifacts
+ * are not sorted (not what a packer writes) is parsed whole instead. */
+static int parse_spooled(struct walk *w, struct stella_err *e)
+{
+	bool unsorted = false;
+	w->bound_sum = 0;
+	w->total_bytes = 0;
+	int r = manifest_stream_fd(w->mfd, on_checked, w, &w->res->manifest, &unsorted, e);
+	if (r != -EDOM || !unsorted)
+		return r;
+	w->bound_sum = 0;
+	w->total_bytes = 0;
+	_cleanup_(freep) char *buf = malloc(w->manifest_len + 1);
+	if (!buf)
+		return -ENOMEM;
+	for (size_t got = 0; got < w->manifest_len;) {
+		ssize_t n = pread(w->mfd, buf + got, w->manifest_len - got, (off_t)got);
+		if (n <= 0)
+			return n < 0 ? stella_fail_errno(e, -errno, "manifest: reading it back") : -EIO;
+		got += (size_t)n;
+	}
+	if ((r = manifest_parse(buf, w->manifest_len, &w->res->manifest, e)) < 0)
+		return r;
+	w->streamed = false;
+	for (size_t i = 0; i < w->res->manifest->nartifacts; i++)
+		add_bound(w, &w->res->manifest->artifacts[i]);
+	return 0;
 }
 
 /* The signature member: it must follow the manifest. */
@@ -95,12 +292,15 @@ static int read_head(struct walk *w, struct stella_err *e)
 	if (strcmp(m.name, KIT_MANIFEST_NAME) || m.type != ARTIFACT_FILE)
 		return stella_fail(e, -EBADMSG, "%s: first member is \"%.300s\", the manifest (%s) must come first",
 				   w->path, m.name, KIT_MANIFEST_NAME);
-	if ((r = kitread_slurp(w->kr, &m, STELLA_MANIFEST_MAX, &w->manifest_json, e)) < 0)
+	if (w->o->stream)
+		r = spool_manifest(w, &m, e);
+	else if ((r = kitread_slurp(w->kr, &m, STELLA_MANIFEST_MAX, &w->manifest_json, e)) == 0)
+		w->manifest_len = m.size;
+	if (r < 0)
 		return r;
-	w->manifest_len = m.size;
 
 	_cleanup_(freep) char *sig = NULL;
-	struct sig_job job = { .w = w };
+	struct sig_job job = { .w = w, .mapped = w->streamed };
 	struct stella_err se = { 0 };
 	int rs = read_sig(w, &sig, &job.siglen, &se);
 	job.sig = sig;
@@ -109,7 +309,12 @@ static int read_head(struct walk *w, struct stella_err *e)
 	if (rs == 0)
 		threaded = pthread_create(&t, NULL, sig_thread, &job) == 0;
 	struct stella_err me = { 0 };
-	r = manifest_parse(w->manifest_json, w->manifest_len, &w->res->manifest, &me);
+	if (w->streamed) {
+		r = parse_spooled(w, &me);
+	} else if ((r = manifest_parse(w->manifest_json, w->manifest_len, &w->res->manifest, &me)) == 0) {
+		for (size_t i = 0; i < w->res->manifest->nartifacts; i++)
+			add_bound(w, &w->res->manifest->artifacts[i]);
+	}
 	if (threaded)
 		pthread_join(t, NULL);
 	else if (rs == 0)
@@ -120,34 +325,12 @@ static int read_head(struct walk *w, struct stella_err *e)
 		return stella_fail(e, rs, "%s", stella_err_text(&se, rs));
 	if (job.rc < 0)
 		return stella_fail(e, job.rc, "%s: %s", w->path, stella_err_text(&job.e, job.rc));
-	return 0;
-}
-
-static int cmp_fsverity(const void *a, const void *b)
-{
-	const struct artifact *x = *(const struct artifact *const *)a, *y = *(const struct artifact *const *)b;
-	int c = memcmp(x->fsverity, y->fsverity, 32);
-	return c ? c : (x->size > y->size) - (x->size < y->size);
-}
-
-/* Some listed file has this tree's fs-verity digest and size. */
-static bool listed_tree(const struct artifact **files, size_t n, const struct merklefile_entry *x)
-{
-	size_t lo = 0, hi = n;
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		const struct artifact *a = files[mid];
-		int c = memcmp(a->fsverity, x->fsverity, 32);
-		if (c == 0)
-			c = (a->size > x->data_size) - (a->size < x->data_size);
-		if (c == 0)
-			return true;
-		if (c < 0)
-			lo = mid + 1;
-		else
-			hi = mid;
+	if (w->o->stream) {
+		w->res->sig = sig;
+		w->res->sig_len = job.siglen;
+		sig = NULL;
 	}
-	return false;
+	return 0;
 }
 
 static int read_merkle(struct walk *w, struct kit_member *m, struct stella_err *e)
@@ -187,17 +370,24 @@ static int read_merkle(struct walk *w, struct kit_member *m, struct stella_err *
 	if (r < 0)
 		return stella_fail(e, r, "%s: %s", w->path, stella_err_text(&me, r));
 
-	/* the listed files by fs-verity digest, to find each tree's owner
-	 * (a scan per entry was quadratic in the number of files) */
-	const struct manifest *mf = w->res->manifest;
-	_cleanup_(freep) const struct artifact **files = malloc((mf->nartifacts + 1) * sizeof(*files));
-	size_t nfiles = 0;
-	if (!files)
+	/* Which trees belong to a listed file of their size: one pass over the
+	 * artifacts, looking each file up among the entries (sorted by digest),
+	 * so memory is a bit per entry, not a record per file. */
+	_cleanup_(freep) uint8_t *owned = calloc(w->res->merkle.n + 1, 1);
+	if (!owned)
 		return -ENOMEM;
-	for (size_t k = 0; k < mf->nartifacts; k++)
-		if (mf->artifacts[k].type == ARTIFACT_FILE)
-			files[nfiles++] = &mf->artifacts[k];
-	qsort(files, nfiles, sizeof(*files), cmp_fsverity);
+	const struct artifact *a;
+	if ((r = iter_open(w, e)) < 0)
+		return r;
+	while ((r = iter_next(w, &a, e)) > 0) {
+		if (a->type != ARTIFACT_FILE)
+			continue;
+		const struct merklefile_entry *x = merklefile_find(&w->res->merkle, a->fsverity);
+		if (x && x->data_size == a->size)
+			owned[x - w->res->merkle.e] = 1;
+	}
+	if (r < 0)
+		return r;
 
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
 	_cleanup_(freep) uint8_t *buf = malloc(1 << 16);
@@ -227,7 +417,7 @@ static int read_merkle(struct walk *w, struct kit_member *m, struct stella_err *
 		if (r == 0 && !EVP_DigestFinal_ex(ctx, x->tree_sha256, NULL))
 			r = stella_fail(e, -ENOMEM, "%s: merkle.bin: hashing failed in OpenSSL", w->path);
 		/* Every tree must belong to a listed file of that size. */
-		if (r == 0 && !listed_tree(files, nfiles, x))
+		if (r == 0 && !owned[i])
 			r = stella_fail(e, -EBADMSG, "%s: merkle.bin: entry %zu is the tree of no listed file", w->path, i);
 	}
 	EVP_MD_CTX_free(ctx);
@@ -295,10 +485,48 @@ static int hash_member(struct walk *w, const struct kit_member *m, const struct 
 	return 0;
 }
 
+/* Record where artifact's member data is (0: no member), in manifest
+ * order, for the carried index's check after the walk. */
+static int note_offset(struct walk *w, uint64_t off, struct stella_err *e)
+{
+	if (w->doff && fwrite(&off, sizeof(off), 1, w->doff) != 1)
+		return stella_fail_errno(e, -EIO, "%s: temporary file for the index check", w->path);
+	return 0;
+}
+
+/* The next artifact, pulled beside the members. */
+static int advance(struct walk *w, struct stella_err *e)
+{
+	int r = iter_next(w, &w->peek, e);
+	if (r == 0)
+		w->peek = NULL;
+	else if (r > 0)
+		w->peek_i++;
+	return r < 0 ? r : 0;
+}
+
+/* Listed artifacts before NAME (all of them: NULL) have no member: a
+ * delta kit leaves them to its base; otherwise the first is reported
+ * after the walk, as a member's own failure comes first. */
+static int skip_missing(struct walk *w, const char *name, struct stella_err *e)
+{
+	int r = 0;
+	while (r == 0 && w->peek && (!name || path_cmp(w->peek->name, name) < 0)) {
+		if (w->res->manifest->has_base)
+			w->res->from_base++;
+		else if (!w->missing && !(w->missing = strdup(w->peek->name)))
+			return -ENOMEM;
+		if ((r = note_offset(w, 0, e)) == 0)
+			r = advance(w, e);
+	}
+	return r;
+}
+
+/* Members and artifacts are both sorted by name: one merge, no lookup
+ * table, nothing per artifact kept. */
 static int check_member(struct walk *w, const struct kit_member *m, const char *prev,
 			struct stella_err *e)
 {
-	const struct manifest *mf = w->res->manifest;
 	if (prev) {
 		int c = path_cmp(prev, m->name);
 		if (c == 0)
@@ -310,14 +538,13 @@ static int check_member(struct walk *w, const struct kit_member *m, const char *
 	if (!strncmp(m->name, "manifest/", 9) || !strcmp(m->name, "manifest"))
 		return stella_fail(e, -EBADMSG, "%s: unexpected member \"%.300s\" (manifest/ holds only the manifest, its signature and merkle.bin, in that order)",
 				   w->path, m->name);
-	ssize_t i = manifest_index(mf, m->name);
-	if (i < 0)
+	int r = skip_missing(w, m->name, e);
+	if (r < 0)
+		return r;
+	if (!w->peek || strcmp(w->peek->name, m->name))
 		return stella_fail(e, -EBADMSG, "%s: unlisted member \"%.300s\"", w->path, m->name);
-	const struct artifact *a = &mf->artifacts[i];
-	w->last_i = (size_t)i;
-	if (w->seen[i])
-		return stella_fail(e, -EBADMSG, "%s: duplicate member \"%.300s\"", w->path, m->name);
-	w->seen[i] = 1;
+	const struct artifact *a = w->peek;
+	size_t i = w->peek_i - 1;
 	if (a->type != m->type)
 		return stella_fail(e, -EUCLEAN, "%s: member \"%.300s\": type mismatch (manifest: %s, archive: %s)",
 				   w->path, m->name, artifact_type_name(a->type), artifact_type_name(m->type));
@@ -325,22 +552,25 @@ static int check_member(struct walk *w, const struct kit_member *m, const char *
 		if (strcmp(a->target, m->target))
 			return stella_fail(e, -EUCLEAN, "%s: member \"%.300s\": symlink target mismatch (manifest: \"%.300s\", archive: \"%.300s\")",
 					   w->path, m->name, a->target, m->target);
-		return w->o->visit ? w->o->visit(w->o->visit_ctx, (size_t)i, m, NULL, e) : 0;
-	}
-	if (a->mode != m->mode)
+		r = w->o->visit ? w->o->visit(w->o->visit_ctx, i, m, NULL, e) : 0;
+	} else if (a->mode != m->mode) {
 		return stella_fail(e, -EUCLEAN, "%s: member \"%.300s\": mode mismatch (manifest: %04o, archive: %04o)",
 				   w->path, m->name, a->mode, m->mode);
-	if (a->type == ARTIFACT_DIR)
-		return w->o->visit ? w->o->visit(w->o->visit_ctx, (size_t)i, m, NULL, e) : 0;
-	if (a->size != m->size)
+	} else if (a->type == ARTIFACT_DIR) {
+		r = w->o->visit ? w->o->visit(w->o->visit_ctx, i, m, NULL, e) : 0;
+	} else if (a->size != m->size) {
 		return stella_fail(e, -EUCLEAN, "%s: member \"%.300s\": size mismatch (manifest: %llu, archive: %llu)",
 				   w->path, m->name, (unsigned long long)a->size, (unsigned long long)m->size);
-	if (w->o->lazy && (a->size <= MERKLE_BLOCK || merklefile_find(&w->res->merkle, a->fsverity)))
-		return w->o->visit ? w->o->visit(w->o->visit_ctx, (size_t)i, m, NULL, e) : 0;
-	struct hasher_result h;
-	int r = hash_member(w, m, a, &h, e);
-	if (r == 0 && w->o->visit)
-		r = w->o->visit(w->o->visit_ctx, (size_t)i, m, &h, e);
+	} else if (w->o->lazy && (a->size <= MERKLE_BLOCK || merklefile_find(&w->res->merkle, a->fsverity))) {
+		r = w->o->visit ? w->o->visit(w->o->visit_ctx, i, m, NULL, e) : 0;
+	} else {
+		struct hasher_result h;
+		r = hash_member(w, m, a, &h, e);
+		if (r == 0 && w->o->visit)
+			r = w->o->visit(w->o->visit_ctx, i, m, &h, e);
+	}
+	if (r == 0 && (r = note_offset(w, m->data_offset, e)) == 0)
+		r = advance(w, e);
 	return r;
 }
 
@@ -405,13 +635,16 @@ static int read_index(struct walk *w, struct stella_err *e)
 	return r;
 }
 
-static int index_offset(void *ctx, size_t i, uint64_t data_off, struct stella_err *e)
+static int index_offset(void *ctx, size_t i, const struct artifact *a, uint64_t data_off, struct stella_err *e)
 {
 	struct walk *w = ctx;
-	uint64_t real = w->doff[i];
+	uint64_t real = 0;
+	(void)i;
+	if (fread(&real, sizeof(real), 1, w->doff) != 1)
+		return stella_fail_errno(e, -EIO, "%s: temporary file for the index check", w->path);
 	if (real && data_off + w->head_end != real)
 		return stella_fail(e, -EUCLEAN, "%s: " KIT_INDEX_NAME ": \"%.300s\": data offset %llu, but the member's data is at %llu",
-				   w->path, w->res->manifest->artifacts[i].name, (unsigned long long)(data_off + w->head_end),
+				   w->path, a->name, (unsigned long long)(data_off + w->head_end),
 				   (unsigned long long)real);
 	return 0;
 }
@@ -430,7 +663,11 @@ static int check_index(struct walk *w, struct stella_err *e)
 	struct kitindex_info info;
 	char label[4200];
 	snprintf(label, sizeof(label), "%s: %s", w->path, KIT_INDEX_NAME);
-	return kitindex_check(w->index_path, label, w->res->manifest, &g, index_offset, w, &info, e);
+	int r = iter_open(w, e);
+	if (r < 0)
+		return r;
+	rewind(w->doff);
+	return kitindex_check_iter(w->index_path, label, &w->it, &g, index_offset, w, &info, e);
 }
 
 /* The most tar stream there can be before the manifest is known. */
@@ -474,11 +711,6 @@ int kit_read_head_source(struct source *src, char **manifest, size_t *mlen, char
 	return r;
 }
 
-static uint64_t sat_add(uint64_t a, uint64_t b)
-{
-	return a + b < a ? UINT64_MAX : a + b;
-}
-
 /* The most tar stream a kit with this manifest can hold: the two manifest
  * members, every artifact's header (a pax header too, for long names),
  * its data padded to 512 bytes and its Merkle tree in merkle.bin, then
@@ -489,19 +721,13 @@ static uint64_t stream_bound(const struct walk *w)
 	const struct manifest *m = w->res->manifest;
 	uint64_t b = sat_add(w->manifest_len, STELLA_SIG_MAX + (4u << 20));
 	b = sat_add(b, sat_add(m->index_size, 16u << 10));
-	for (size_t i = 0; i < m->nartifacts; i++) {
-		uint64_t sz = m->artifacts[i].size;
-		b = sat_add(b, 16u << 10);
-		b = sat_add(b, sat_add(sz, 511) & ~(uint64_t)511);
-		b = sat_add(b, sz / 64);
-	}
-	return b;
+	return sat_add(b, w->bound_sum); /* add_bound, artifact by artifact */
 }
 
 int kit_verify(const char *path, const struct kitverify_opts *o, struct kitverify_result *res,
 	       struct stella_err *e)
 {
-	struct walk w = { .path = path, .o = o, .res = res };
+	struct walk w = { .path = path, .o = o, .res = res, .mfd = -1 };
 	_cleanup_(freep) char *prev = NULL;
 	struct kit_member m;
 	bool accepted = false;
@@ -547,18 +773,11 @@ int kit_verify(const char *path, const struct kitverify_opts *o, struct kitverif
 		goto probe_merkle;
 
 	const struct manifest *mf = res->manifest;
-	if (mf->nartifacts && !(w.seen = calloc(mf->nartifacts, 1))) {
-		r = -ENOMEM;
-		goto out;
-	}
-	for (size_t i = 0; i < mf->nartifacts; i++)
-		if (mf->artifacts[i].type == ARTIFACT_FILE)
-			w.total_bytes += mf->artifacts[i].size;
 	if ((r = hasher_new(&w.hasher, 0)) < 0)
 		goto out;
 	if (mf->has_index) {
-		if (!(w.doff = calloc(mf->nartifacts + 1, sizeof(*w.doff)))) {
-			r = -ENOMEM;
+		if (!(w.doff = tmpfile())) {
+			r = stella_fail_errno(e, -errno, "%s: temporary file for the index check", path);
 			goto out;
 		}
 		if ((r = read_index(&w, e)) < 0)
@@ -566,7 +785,14 @@ int kit_verify(const char *path, const struct kitverify_opts *o, struct kitverif
 	}
 
 	bool first = true;
+	bool pulling = false;
 	while ((r = kitread_next(w.kr, &m, e)) > 0) {
+		/* merkle.bin (read first) takes its own pass over the artifacts */
+		if (!pulling && !(first && !strcmp(m.name, KIT_MERKLE_NAME) && m.type == ARTIFACT_FILE)) {
+			pulling = true;
+			if ((r = iter_open(&w, e)) < 0 || (r = advance(&w, e)) < 0)
+				goto out;
+		}
 		if (first && !strcmp(m.name, KIT_MERKLE_NAME) && m.type == ARTIFACT_FILE) {
 			first = false;
 			res->merkle_offset = m.data_offset;
@@ -579,8 +805,6 @@ int kit_verify(const char *path, const struct kitverify_opts *o, struct kitverif
 		first = false;
 		if ((r = check_member(&w, &m, prev, e)) < 0)
 			goto out;
-		if (w.doff)
-			w.doff[w.last_i] = m.data_offset;
 		free(prev);
 		if (!(prev = strdup(m.name))) {
 			r = -ENOMEM;
@@ -589,17 +813,14 @@ int kit_verify(const char *path, const struct kitverify_opts *o, struct kitverif
 	}
 	if (r < 0)
 		goto out;
-	for (size_t i = 0; i < mf->nartifacts; i++) {
-		if (w.seen[i])
-			continue;
-		/* A delta kit carries only what changed; the rest comes from its
-		 * base snapshot and is checked when the kit is imported on it. */
-		if (mf->has_base) {
-			res->from_base++;
-			continue;
-		}
-		r = stella_fail(e, -EBADMSG, "%s: missing member \"%.300s\" (listed in the manifest)", path,
-				mf->artifacts[i].name);
+	/* A delta kit carries only what changed; the rest comes from its base
+	 * snapshot and is checked when the kit is imported on it. */
+	if (!pulling && ((r = iter_open(&w, e)) < 0 || (r = advance(&w, e)) < 0))
+		goto out;
+	if ((r = skip_missing(&w, NULL, e)) < 0)
+		goto out;
+	if (w.missing) {
+		r = stella_fail(e, -EBADMSG, "%s: missing member \"%.300s\" (listed in the manifest)", path, w.missing);
 		goto out;
 	}
 	r = w.index_path ? check_index(&w, e) : 0;
@@ -617,8 +838,16 @@ out:
 	if (accepted && o->walk_end)
 		o->walk_end(o->visit_ctx, r);
 	hasher_free(w.hasher);
-	free(w.seen);
-	free(w.doff);
+	manifest_cursor_free(w.cur);
+	free(w.missing);
+	if (w.doff)
+		fclose(w.doff);
+	if (w.mfd >= 0 && r == 0) {
+		res->manifest_fd = w.mfd;
+		res->has_manifest_fd = true;
+	} else if (w.mfd >= 0) {
+		close(w.mfd);
+	}
 	if (w.index_path) {
 		unlink(w.index_path);
 		free(w.index_path);
@@ -632,6 +861,11 @@ out:
 
 void kitverify_result_free(struct kitverify_result *res)
 {
+	if (res->has_manifest_fd)
+		close(res->manifest_fd);
+	res->has_manifest_fd = false;
+	free(res->sig);
+	res->sig = NULL;
 	manifest_free(res->manifest);
 	res->manifest = NULL;
 	merklefile_index_free(&res->merkle);

@@ -28,6 +28,12 @@ struct kitverify_opts {
 	bool allow_expired;
 	bool check_expiry;
 	bool content;                 /* false: stop after the manifest members */
+	/* Keep no artifact list: res->manifest is the top level only (its
+	 * nlisted says how many artifacts), the walk pulls the artifacts from
+	 * the manifest spooled to a temporary file, and visit's index is the
+	 * artifact's place in manifest order.  Memory is then bounded by the
+	 * work (docs/kit-format.md, "Verification memory"), not the kit. */
+	bool stream;
 	void (*progress)(void *ctx, const char *name, uint64_t done, uint64_t total);
 	void *progress_ctx;
 
@@ -66,6 +72,14 @@ struct kitverify_result {
 	uint64_t from_base;           /* artifacts a delta kit leaves to its base */
 	uint64_t merkle_offset;       /* tar-stream offset of merkle.bin's data */
 	struct merklefile_index merkle;
+	/* o->stream: the manifest's bytes as checked (digest manifest_sha256,
+	 * the signatures verified over them), in an unlinked temporary file,
+	 * and the signature member's text: an import keeps these very bytes
+	 * and pulls the artifacts from the file again.  Owned by the result. */
+	bool has_manifest_fd;
+	int manifest_fd;
+	char *sig;
+	size_t sig_len;
 };
 
 /* The manifest and signature members only, as bytes, from an open source

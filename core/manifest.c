@@ -3,6 +3,7 @@
 #include <openssl/evp.h>
 
 #include <ctype.h>
+#include <unistd.h>
 #include <string.h>
 #include <yajl/yajl_gen.h>
 
@@ -274,6 +275,112 @@ static int on_artifact(void *ctx, size_t i, const struct json *v, struct stella_
 	return r;
 }
 
+/* Everything but the artifacts, from the parsed top level (the artifact
+ * array itself was streamed: only its type is left to check). */
+static int parse_top(const struct json *root, struct manifest *m, struct stella_err *e)
+{
+	int r;
+	if (root->type != JSON_OBJECT) {
+		r = stella_fail(e, -EBADMSG, "manifest: invalid JSON: top level must be an object");
+		return r;
+	}
+	if ((r = obj_check_dups(root, "top level", e)) < 0)
+		return r;
+	if ((r = get_int(root, "schemaVersion", true, 0, "", &m->schema_version, e)) < 0)
+		return r;
+	if (m->schema_version != MANIFEST_SCHEMA_VERSION) {
+		r = stella_fail(e, -EBADMSG, "manifest: unsupported schemaVersion %lld (this stellafs reads %d)",
+				(long long)m->schema_version, MANIFEST_SCHEMA_VERSION);
+		return r;
+	}
+	if ((r = get_ident(root, "kitId", true, "", &m->kit_id, e)) < 0 ||
+	    (r = get_ident(root, "version", true, "", &m->version, e)) < 0 ||
+	    (r = get_int(root, "sequence", true, 0, "", &m->sequence, e)) < 0 ||
+	    (r = get_ident(root, "channel", false, "", &m->channel, e)) < 0 ||
+	    (r = get_time(root, "createdAt", true, "", &m->created_at, e)) < 0 ||
+	    (r = get_time(root, "expiresAt", true, "", &m->expires_at, e)) < 0)
+		return r;
+	if (!m->channel && !(m->channel = strdup("stable"))) {
+		return -ENOMEM;
+	}
+
+	const struct json *base = json_get(root, "base");
+	if (base) {
+		const char *sha = NULL;
+		if (base->type != JSON_OBJECT) {
+			r = stella_fail(e, -EBADMSG, "manifest: \"base\" must be an object");
+			return r;
+		}
+		if ((r = obj_check_dups(base, "base", e)) < 0 ||
+		    (r = get_ident(base, "version", true, "base", &m->base_version, e)) < 0 ||
+		    (r = get_str(base, "manifestSha256", true, "base", &sha, e)) < 0)
+			return r;
+		if (hex_decode(sha, m->base_manifest_sha256, 32) < 0) {
+			r = stella_fail(e, -EBADMSG, "manifest: base: \"manifestSha256\" must be 64 hex digits");
+			return r;
+		}
+		m->has_base = true;
+	}
+
+	const struct json *idx = json_get(root, "index");
+	if (idx) {
+		const char *sha = NULL;
+		int64_t size = 0;
+		if (idx->type != JSON_OBJECT) {
+			r = stella_fail(e, -EBADMSG, "manifest: \"index\" must be an object");
+			return r;
+		}
+		if ((r = obj_check_dups(idx, "index", e)) < 0 ||
+		    (r = get_int(idx, "size", true, 1, "index", &size, e)) < 0 ||
+		    (r = get_str(idx, "sha256", true, "index", &sha, e)) < 0)
+			return r;
+		if (hex_decode(sha, m->index_sha256, 32) < 0) {
+			r = stella_fail(e, -EBADMSG, "manifest: index: \"sha256\" must be 64 hex digits");
+			return r;
+		}
+		if ((uint64_t)size > STELLA_INDEX_MAX) {
+			r = stella_fail(e, -EBADMSG, "manifest: index: too large (%lld bytes, limit %llu)", (long long)size,
+					(unsigned long long)STELLA_INDEX_MAX);
+			return r;
+		}
+		m->index_size = (uint64_t)size;
+		m->has_index = true;
+	}
+
+	const struct json *comps = json_get(root, "components");
+	if (comps) {
+		if (comps->type != JSON_OBJECT) {
+			r = stella_fail(e, -EBADMSG, "manifest: \"components\" must be an object");
+			return r;
+		}
+		if ((r = obj_check_dups(comps, "components", e)) < 0)
+			return r;
+		size_t n = comps->len;
+		if (n > 1024) {
+			r = stella_fail(e, -EBADMSG, "manifest: more than 1024 components");
+			return r;
+		}
+		if (n && !(m->components = calloc(n, sizeof(*m->components)))) {
+			r = -ENOMEM;
+			return r;
+		}
+		for (const struct json *c = comps->u.first; c; c = c->next)
+			if ((r = parse_component(c->key, c, &m->components[m->ncomponents++], m->created_at, e)) < 0)
+				return r;
+	}
+
+	const struct json *arts = json_get(root, "artifacts");
+	if (!arts) {
+		r = stella_fail(e, -EBADMSG, "manifest: \"artifacts\" is missing");
+		return r;
+	}
+	if (arts->type != JSON_ARRAY) {
+		r = stella_fail(e, -EBADMSG, "manifest: \"artifacts\" must be an array");
+		return r;
+	}
+	return 0;
+}
+
 int manifest_parse(const char *buf, size_t len, struct manifest **out, struct stella_err *e)
 {
 	struct manifest *m = NULL;
@@ -302,106 +409,7 @@ int manifest_parse(const char *buf, size_t len, struct manifest **out, struct st
 			r = stella_fail(e, r, "manifest: %s", stella_err_text(&je, r));
 		goto out;
 	}
-	if (root->type != JSON_OBJECT) {
-		r = stella_fail(e, -EBADMSG, "manifest: invalid JSON: top level must be an object");
-		goto out;
-	}
-	if ((r = obj_check_dups(root, "top level", e)) < 0)
-		goto out;
-	if ((r = get_int(root, "schemaVersion", true, 0, "", &m->schema_version, e)) < 0)
-		goto out;
-	if (m->schema_version != MANIFEST_SCHEMA_VERSION) {
-		r = stella_fail(e, -EBADMSG, "manifest: unsupported schemaVersion %lld (this stellafs reads %d)",
-				(long long)m->schema_version, MANIFEST_SCHEMA_VERSION);
-		goto out;
-	}
-	if ((r = get_ident(root, "kitId", true, "", &m->kit_id, e)) < 0 ||
-	    (r = get_ident(root, "version", true, "", &m->version, e)) < 0 ||
-	    (r = get_int(root, "sequence", true, 0, "", &m->sequence, e)) < 0 ||
-	    (r = get_ident(root, "channel", false, "", &m->channel, e)) < 0 ||
-	    (r = get_time(root, "createdAt", true, "", &m->created_at, e)) < 0 ||
-	    (r = get_time(root, "expiresAt", true, "", &m->expires_at, e)) < 0)
-		goto out;
-	if (!m->channel && !(m->channel = strdup("stable"))) {
-		r = -ENOMEM;
-		goto out;
-	}
-
-	const struct json *base = json_get(root, "base");
-	if (base) {
-		const char *sha = NULL;
-		if (base->type != JSON_OBJECT) {
-			r = stella_fail(e, -EBADMSG, "manifest: \"base\" must be an object");
-			goto out;
-		}
-		if ((r = obj_check_dups(base, "base", e)) < 0 ||
-		    (r = get_ident(base, "version", true, "base", &m->base_version, e)) < 0 ||
-		    (r = get_str(base, "manifestSha256", true, "base", &sha, e)) < 0)
-			goto out;
-		if (hex_decode(sha, m->base_manifest_sha256, 32) < 0) {
-			r = stella_fail(e, -EBADMSG, "manifest: base: \"manifestSha256\" must be 64 hex digits");
-			goto out;
-		}
-		m->has_base = true;
-	}
-
-	const struct json *idx = json_get(root, "index");
-	if (idx) {
-		const char *sha = NULL;
-		int64_t size = 0;
-		if (idx->type != JSON_OBJECT) {
-			r = stella_fail(e, -EBADMSG, "manifest: \"index\" must be an object");
-			goto out;
-		}
-		if ((r = obj_check_dups(idx, "index", e)) < 0 ||
-		    (r = get_int(idx, "size", true, 1, "index", &size, e)) < 0 ||
-		    (r = get_str(idx, "sha256", true, "index", &sha, e)) < 0)
-			goto out;
-		if (hex_decode(sha, m->index_sha256, 32) < 0) {
-			r = stella_fail(e, -EBADMSG, "manifest: index: \"sha256\" must be 64 hex digits");
-			goto out;
-		}
-		if ((uint64_t)size > STELLA_INDEX_MAX) {
-			r = stella_fail(e, -EBADMSG, "manifest: index: too large (%lld bytes, limit %llu)", (long long)size,
-					(unsigned long long)STELLA_INDEX_MAX);
-			goto out;
-		}
-		m->index_size = (uint64_t)size;
-		m->has_index = true;
-	}
-
-	const struct json *comps = json_get(root, "components");
-	if (comps) {
-		if (comps->type != JSON_OBJECT) {
-			r = stella_fail(e, -EBADMSG, "manifest: \"components\" must be an object");
-			goto out;
-		}
-		if ((r = obj_check_dups(comps, "components", e)) < 0)
-			goto out;
-		size_t n = comps->len;
-		if (n > 1024) {
-			r = stella_fail(e, -EBADMSG, "manifest: more than 1024 components");
-			goto out;
-		}
-		if (n && !(m->components = calloc(n, sizeof(*m->components)))) {
-			r = -ENOMEM;
-			goto out;
-		}
-		for (const struct json *c = comps->u.first; c; c = c->next)
-			if ((r = parse_component(c->key, c, &m->components[m->ncomponents++], m->created_at, e)) < 0)
-				goto out;
-	}
-
-	const struct json *arts = json_get(root, "artifacts");
-	if (!arts) {
-		r = stella_fail(e, -EBADMSG, "manifest: \"artifacts\" is missing");
-		goto out;
-	}
-	if (arts->type != JSON_ARRAY) {
-		r = stella_fail(e, -EBADMSG, "manifest: \"artifacts\" must be an array");
-		goto out;
-	}
-	if ((r = manifest_validate(m, e)) < 0)
+	if ((r = parse_top(root, m, e)) < 0 || (r = manifest_validate(m, e)) < 0)
 		goto out;
 	*out = m;
 	m = NULL;
@@ -553,6 +561,39 @@ escape:
 			   link->name, link->target);
 }
 
+/* expiresAt after createdAt, components sorted and unique */
+static int validate_head(struct manifest *m, struct stella_err *e)
+{
+	if (m->expires_at <= m->created_at)
+		return stella_fail(e, -EBADMSG, "manifest: \"expiresAt\" must be later than \"createdAt\"");
+	if (m->ncomponents)
+		qsort(m->components, m->ncomponents, sizeof(*m->components), cmp_component);
+	for (size_t i = 1; i < m->ncomponents; i++)
+		if (!strcmp(m->components[i - 1].name, m->components[i].name))
+			return stella_fail(e, -EBADMSG, "manifest: duplicate component \"%s\"", m->components[i].name);
+	return 0;
+}
+
+/* Rule 3 over the sorted artifacts of m: resolution only ever asks
+ * whether a path is a listed symlink, so m may hold the symlinks alone
+ * (the streaming parser keeps just those). */
+static int check_symlinks(const struct manifest *m, struct stella_err *e)
+{
+	uint64_t steps = STELLA_SYMLINK_STEPS;
+	for (size_t i = 0; i < m->nartifacts; i++)
+		if (m->artifacts[i].type == ARTIFACT_SYMLINK)
+			steps += STELLA_SYMLINK_STEPS_EACH;
+	const uint64_t budget = steps;
+	for (size_t i = 0; i < m->nartifacts; i++) {
+		if (m->artifacts[i].type != ARTIFACT_SYMLINK)
+			continue;
+		int r = check_symlink(m, &m->artifacts[i], &steps, budget, e);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
 int manifest_validate(struct manifest *m, struct stella_err *e)
 {
 	if (m->expires_at <= m->created_at)
@@ -563,11 +604,10 @@ int manifest_validate(struct manifest *m, struct stella_err *e)
 		sorted = path_cmp(m->artifacts[i - 1].name, m->artifacts[i].name) < 0;
 	if (!sorted)
 		qsort(m->artifacts, m->nartifacts, sizeof(*m->artifacts), cmp_artifact);
-	if (m->ncomponents)
-		qsort(m->components, m->ncomponents, sizeof(*m->components), cmp_component);
-	for (size_t i = 1; i < m->ncomponents; i++)
-		if (!strcmp(m->components[i - 1].name, m->components[i].name))
-			return stella_fail(e, -EBADMSG, "manifest: duplicate component \"%s\"", m->components[i].name);
+	int r = validate_head(m, e);
+	if (r < 0)
+		return r;
+	m->nlisted = m->nartifacts;
 	for (size_t i = 0; i < m->nartifacts; i++) {
 		const struct artifact *a = &m->artifacts[i];
 		if (i > 0 && !path_cmp(m->artifacts[i - 1].name, a->name))
@@ -588,19 +628,421 @@ int manifest_validate(struct manifest *m, struct stella_err *e)
 			p = p ? p - 1 : 0; /* the next shorter prefix */
 		}
 	}
-	uint64_t steps = STELLA_SYMLINK_STEPS;
-	for (size_t i = 0; i < m->nartifacts; i++)
-		if (m->artifacts[i].type == ARTIFACT_SYMLINK)
-			steps += STELLA_SYMLINK_STEPS_EACH;
-	const uint64_t budget = steps;
-	for (size_t i = 0; i < m->nartifacts; i++) {
-		if (m->artifacts[i].type != ARTIFACT_SYMLINK)
-			continue;
-		int r = check_symlink(m, &m->artifacts[i], &steps, budget, e);
+	return check_symlinks(m, e);
+}
+
+/* ---- the streaming parser: artifacts one at a time, never all ---- */
+
+struct manifest_stream {
+	struct json_stream *js;
+	struct json_opts jo;
+	struct stella_err je;         /* the JSON layer's message */
+	struct stella_err *e;
+	manifest_artifact_fn fn;
+	void *ctx;
+	bool failed;                  /* *e holds the message */
+	bool unsorted;
+	bool skip_links;
+	size_t n;                     /* artifacts so far */
+	uint64_t fed;                 /* bytes so far */
+	char *prev;                   /* the last name */
+	size_t prev_cap;
+	/* The listed non-directories that may still be a proper prefix of a
+	 * later name.  In bytewise order the names that extend X come after X
+	 * but not next to it ("a", "a.txt", "a/b"): X stays a candidate while
+	 * names in (X, X "0") go by, '0' being the byte after '/'.  Such
+	 * candidates are each a string prefix of the next, so they are one
+	 * string (the last pushed) and their lengths: at most a name's worth. */
+	char *chain;
+	size_t chain_cap;
+	size_t *clen;
+	uint8_t *ctype;
+	size_t cn, ccap;
+	/* the symlinks, sorted: all rule 3 needs */
+	struct manifest links;
+	size_t links_cap;
+	/* yajl lexes a token split across feeds again from its start at each
+	 * feed: a long string fed in small pieces would cost the square of
+	 * its length.  While a feed makes no progress, pieces are gathered
+	 * into ever larger ones (memory: what yajl holds of the token anyway). */
+	char *pend;
+	size_t pend_len, pend_cap, pend_want;
+};
+
+static int grow(void **p, size_t *cap, size_t need, size_t size)
+{
+	if (need <= *cap)
+		return 0;
+	size_t c = *cap ? *cap : 16;
+	while (c < need)
+		c *= 2;
+	void *q = realloc(*p, c * size);
+	if (!q)
+		return -ENOMEM;
+	*p = q;
+	*cap = c;
+	return 0;
+}
+
+static void artifact_clear(struct artifact *a)
+{
+	free(a->name);
+	free(a->target);
+	memset(a, 0, sizeof(*a));
+}
+
+/* Rules 1 and 2 for the next name in a sorted manifest. */
+static int stream_order(struct manifest_stream *ms, const struct artifact *a)
+{
+	size_t len = strlen(a->name);
+	if (ms->n > 0) {
+		int c = path_cmp(ms->prev, a->name);
+		if (c == 0)
+			return stella_fail(ms->e, -EBADMSG, "manifest: duplicate name \"%.300s\"", a->name);
+		if (c > 0) {
+			ms->unsorted = true;
+			return stella_fail(ms->e, -EDOM, "manifest: artifacts not sorted by name (\"%.300s\" after \"%.300s\")",
+					   a->name, ms->prev);
+		}
+	}
+	if (grow((void **)&ms->prev, &ms->prev_cap, len + 1, 1) < 0)
+		return -ENOMEM;
+	memcpy(ms->prev, a->name, len + 1);
+	while (ms->cn) {
+		size_t l = ms->clen[ms->cn - 1];
+		if (len > l && !memcmp(a->name, ms->chain, l) && (unsigned char)a->name[l] < '0')
+			break;
+		ms->cn--;
+	}
+	for (size_t k = ms->cn; k-- > 0;) {
+		size_t l = ms->clen[k];
+		if (a->name[l] == '/')
+			return stella_fail(ms->e, -EBADMSG, "manifest: \"%.300s\" is inside \"%.*s\", which is a %s", a->name,
+					   (int)MIN(l, (size_t)300), ms->chain, artifact_type_name(ms->ctype[k]));
+	}
+	if (a->type == ARTIFACT_DIR)
+		return 0;
+	if (grow((void **)&ms->chain, &ms->chain_cap, len + 1, 1) < 0 ||
+	    grow((void **)&ms->clen, &ms->ccap, ms->cn + 1, sizeof(*ms->clen)) < 0 ||
+	    !(ms->ctype = realloc(ms->ctype, ms->ccap)))
+		return -ENOMEM;
+	memcpy(ms->chain, a->name, len + 1);
+	ms->clen[ms->cn] = len;
+	ms->ctype[ms->cn++] = (uint8_t)a->type;
+	return 0;
+}
+
+static int on_stream_artifact(void *ctx, size_t i, const struct json *v, struct stella_err *je)
+{
+	struct manifest_stream *ms = ctx;
+	(void)je;
+	struct artifact a = { 0 };
+	int r;
+	if (i >= STELLA_ARTIFACTS_MAX)
+		r = stella_fail(ms->e, -EBADMSG, "manifest: more than %u artifacts", STELLA_ARTIFACTS_MAX);
+	else if ((r = parse_artifact(v, i, &a, ms->e)) == 0 && (r = stream_order(ms, &a)) == 0)
+		r = ms->fn ? ms->fn(ms->ctx, i, &a, ms->e) : 0;
+	if (r == 0 && a.type == ARTIFACT_SYMLINK && !ms->skip_links) {
+		if (grow((void **)&ms->links.artifacts, &ms->links_cap, ms->links.nartifacts + 1, sizeof(a)) < 0) {
+			r = -ENOMEM;
+		} else {
+			ms->links.artifacts[ms->links.nartifacts++] = a;
+			memset(&a, 0, sizeof(a));
+		}
+	}
+	artifact_clear(&a);
+	ms->n = i + 1;
+	if (r < 0 && r != -ENOMEM)
+		ms->failed = true;
+	return r;
+}
+
+int manifest_stream_new(manifest_artifact_fn fn, void *ctx, unsigned flags, struct manifest_stream **out,
+			struct stella_err *e)
+{
+	struct manifest_stream *ms = calloc(1, sizeof(*ms));
+	if (!ms)
+		return -ENOMEM;
+	ms->fn = fn;
+	ms->ctx = ctx;
+	ms->e = e;
+	ms->skip_links = flags & MANIFEST_STREAM_CHECKED;
+	ms->jo = (struct json_opts){
+		.max_depth = STELLA_JSON_DEPTH_MAX, .stream_key = "artifacts", .element = on_stream_artifact, .ctx = ms,
+	};
+	int r = json_stream_new(&ms->jo, &ms->js, &ms->je);
+	if (r < 0) {
+		free(ms);
+		return r;
+	}
+	*out = ms;
+	return 0;
+}
+
+void manifest_stream_free(struct manifest_stream *ms)
+{
+	if (!ms)
+		return;
+	json_stream_free(ms->js);
+	for (size_t i = 0; i < ms->links.nartifacts; i++)
+		artifact_clear(&ms->links.artifacts[i]);
+	free(ms->links.artifacts);
+	free(ms->prev);
+	free(ms->chain);
+	free(ms->clen);
+	free(ms->ctype);
+	free(ms->pend);
+	free(ms);
+}
+
+bool manifest_stream_unsorted(const struct manifest_stream *ms)
+{
+	return ms->unsorted;
+}
+
+/* The JSON layer's failures are named here; the artifact rules named
+ * their own. */
+static int stream_fail(struct manifest_stream *ms, int r)
+{
+	if (!ms->failed) {
+		ms->failed = true;
+		r = stella_fail(ms->e, r, "manifest: %s", stella_err_text(&ms->je, r));
+	}
+	return r;
+}
+
+static int feed_now(struct manifest_stream *ms, const void *buf, size_t len)
+{
+	uint64_t before = json_stream_events(ms->js);
+	int r = json_stream_feed(ms->js, buf, len);
+	if (r < 0)
+		return stream_fail(ms, r);
+	ms->pend_len = 0;
+	if (json_stream_events(ms->js) != before)
+		ms->pend_want = 0;
+	else
+		ms->pend_want = 2 * MAX(len, (size_t)MANIFEST_STREAM_CHUNK);
+	return 0;
+}
+
+int manifest_stream_feed(struct manifest_stream *ms, const void *buf, size_t len)
+{
+	if (ms->failed)
+		return -EBADMSG;
+	if (len > STELLA_MANIFEST_MAX - ms->fed) {
+		ms->failed = true;
+		return stella_fail(ms->e, -EBADMSG, "manifest: too large (%llu bytes, limit %u)",
+				   (unsigned long long)ms->fed + len, STELLA_MANIFEST_MAX);
+	}
+	const char *nul = memchr(buf, 0, len);
+	if (nul) {
+		ms->failed = true;
+		return stella_fail(ms->e, -EBADMSG, "manifest: unsafe name or string: NUL byte at offset %zu",
+				   (size_t)(ms->fed + (uint64_t)(nul - (const char *)buf)));
+	}
+	ms->fed += len;
+	if (ms->pend_want) {
+		if (grow((void **)&ms->pend, &ms->pend_cap, ms->pend_len + len, 1) < 0)
+			return -ENOMEM;
+		memcpy(ms->pend + ms->pend_len, buf, len);
+		ms->pend_len += len;
+		if (ms->pend_len < ms->pend_want)
+			return 0;
+		buf = ms->pend;
+		len = ms->pend_len;
+	}
+	return feed_now(ms, buf, len);
+}
+
+int manifest_stream_finish(struct manifest_stream *ms, struct manifest **out, struct stella_err *e)
+{
+	const struct json *root;
+	if (ms->failed)
+		return -EBADMSG;
+	int r = ms->pend_len ? feed_now(ms, ms->pend, ms->pend_len) : 0;
+	if (r < 0)
+		return r;
+	r = json_stream_finish(ms->js, &root);
+	if (r < 0)
+		return stream_fail(ms, r);
+	struct manifest *m = calloc(1, sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	const struct json *arts = json_get(root, "artifacts");
+	if ((r = parse_top(root, m, e)) == 0 && (r = validate_head(m, e)) == 0 &&
+	    (ms->skip_links || (r = check_symlinks(&ms->links, e)) == 0)) {
+		m->nlisted = arts ? arts->len : 0;
+		*out = m;
+		return 0;
+	}
+	manifest_free(m);
+	return r;
+}
+
+int manifest_stream_fd(int fd, manifest_artifact_fn fn, void *ctx, struct manifest **out, bool *unsorted,
+		       struct stella_err *e)
+{
+	struct manifest_stream *ms;
+	int r = manifest_stream_new(fn, ctx, 0, &ms, e);
+	if (r < 0)
+		return r;
+	_cleanup_(freep) char *buf = malloc(MANIFEST_STREAM_CHUNK);
+	uint64_t off = 0;
+	while (r == 0) {
+		ssize_t n = buf ? pread(fd, buf, MANIFEST_STREAM_CHUNK, (off_t)off) : -1;
+		if (n < 0) {
+			r = buf ? stella_fail_errno(e, -errno, "manifest: reading it back") : -ENOMEM;
+			break;
+		}
+		if (n == 0) {
+			r = manifest_stream_finish(ms, out, e);
+			break;
+		}
+		off += (uint64_t)n;
+		r = manifest_stream_feed(ms, buf, (size_t)n);
+	}
+	*unsorted = ms->unsorted;
+	manifest_stream_free(ms);
+	return r;
+}
+
+/* ---- pulling artifacts one at a time: a chunk's worth queued ---- */
+
+struct manifest_cursor {
+	struct manifest_stream *ms;
+	int fd;                      /* read from here, or */
+	const char *mem;             /* from here */
+	uint64_t len, off;
+	char *buf;
+	struct artifact *q;
+	size_t qn, qhead, qcap;
+	bool done;
+	struct stella_err *e;
+};
+
+static int enqueue(void *ctx, size_t i, const struct artifact *a, struct stella_err *e)
+{
+	struct manifest_cursor *c = ctx;
+	(void)i;
+	(void)e;
+	if (grow((void **)&c->q, &c->qcap, c->qn + 1, sizeof(*c->q)) < 0)
+		return -ENOMEM;
+	struct artifact *x = &c->q[c->qn];
+	*x = *a;
+	x->name = strdup(a->name);
+	x->target = a->target ? strdup(a->target) : NULL;
+	if (!x->name || (a->target && !x->target)) {
+		artifact_clear(x);
+		return -ENOMEM;
+	}
+	c->qn++;
+	return 0;
+}
+
+static void cursor_drain(struct manifest_cursor *c)
+{
+	for (size_t i = 0; i < c->qn; i++)
+		artifact_clear(&c->q[i]);
+	c->qn = c->qhead = 0;
+}
+
+static int cursor_open(struct manifest_cursor **out, struct stella_err *e)
+{
+	struct manifest_cursor *c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->fd = -1;
+	c->e = e;
+	int r = manifest_stream_new(enqueue, c, MANIFEST_STREAM_CHECKED, &c->ms, e);
+	if (r < 0) {
+		free(c);
+		return r;
+	}
+	*out = c;
+	return 0;
+}
+
+int manifest_cursor_open_fd(int fd, struct manifest_cursor **out, struct stella_err *e)
+{
+	int r = cursor_open(out, e);
+	if (r == 0 && !((*out)->buf = malloc(MANIFEST_STREAM_CHUNK))) {
+		manifest_cursor_free(*out);
+		return -ENOMEM;
+	}
+	if (r == 0)
+		(*out)->fd = fd;
+	return r;
+}
+
+int manifest_cursor_open_mem(const char *buf, size_t len, struct manifest_cursor **out, struct stella_err *e)
+{
+	int r = cursor_open(out, e);
+	if (r == 0) {
+		(*out)->mem = buf;
+		(*out)->len = len;
+	}
+	return r;
+}
+
+void manifest_cursor_free(struct manifest_cursor *c)
+{
+	if (!c)
+		return;
+	cursor_drain(c);
+	free(c->q);
+	free(c->buf);
+	manifest_stream_free(c->ms);
+	free(c);
+}
+
+int manifest_cursor_next(void *ctx, const struct artifact **a, struct stella_err *e)
+{
+	struct manifest_cursor *c = ctx;
+	/* failures are told in this call's e */
+	if (e) {
+		c->e = e;
+		c->ms->e = e;
+	}
+	while (c->qhead == c->qn) {
+		cursor_drain(c);
+		if (c->done)
+			return 0;
+		int r;
+		if (c->mem) {
+			size_t n = (size_t)MIN(c->len - c->off, (uint64_t)MANIFEST_STREAM_CHUNK);
+			r = n ? manifest_stream_feed(c->ms, c->mem + c->off, n) : 0;
+			c->off += n;
+			if (n == 0)
+				c->done = true;
+		} else {
+			ssize_t n = pread(c->fd, c->buf, MANIFEST_STREAM_CHUNK, (off_t)c->off);
+			if (n < 0)
+				return stella_fail_errno(c->e, -errno, "manifest: reading it back");
+			r = n ? manifest_stream_feed(c->ms, c->buf, (size_t)n) : 0;
+			c->off += (uint64_t)n;
+			if (n == 0)
+				c->done = true;
+		}
+		if (r == 0 && c->done) {
+			struct manifest *m = NULL;
+			r = manifest_stream_finish(c->ms, &m, c->e);
+			manifest_free(m);
+		}
 		if (r < 0)
 			return r;
 	}
-	return 0;
+	*a = &c->q[c->qhead++];
+	return 1;
+}
+
+int manifest_walk_next(void *ctx, const struct artifact **a, struct stella_err *e)
+{
+	struct manifest_walk *w = ctx;
+	(void)e;
+	if (w->i >= w->m->nartifacts)
+		return 0;
+	*a = &w->m->artifacts[w->i++];
+	return 1;
 }
 
 /* ---- canonical writer ---- */

@@ -55,6 +55,9 @@ struct manifest {
 	struct component *components;   /* sorted by name */
 	size_t nartifacts;
 	struct artifact *artifacts;     /* sorted by name, unique */
+	/* how many artifacts the document lists: nartifacts, or, from the
+	 * streaming parser (which keeps none: artifacts is NULL), its count */
+	size_t nlisted;
 };
 
 #define MANIFEST_SCHEMA_VERSION 1
@@ -100,3 +103,55 @@ bool manifest_ident_ok(const char *s);
 const char *artifact_type_name(enum artifact_type t);
 
 #define FSVERITY_PREFIX "sha256:"
+
+/* ---- the streaming parser: memory bounded by the work, not the kit ----
+ *
+ * The same document rules as manifest_parse, fed in pieces, handing each
+ * artifact to fn (borrowed: valid during the call) in document order and
+ * keeping none of them.  What it keeps: the top level without the
+ * artifacts (a small struct), the last name, the chain of listed
+ * non-directories that are a prefix of it (rule 2), and the symlinks
+ * (rule 3 resolves through them; with MANIFEST_STREAM_CHECKED, on a
+ * document already checked, not even those).
+ *
+ * Rules 1 and 2 are checked on the way, which needs the artifacts sorted
+ * (the canonical form, docs/kit-format.md section 5).  A document whose
+ * artifacts are valid but not sorted fails with -EDOM and
+ * manifest_stream_unsorted(): the caller falls back to manifest_parse.
+ * Until finish returns 0, nothing fn saw is known to be valid. */
+struct manifest_stream;
+typedef int (*manifest_artifact_fn)(void *ctx, size_t i, const struct artifact *a, struct stella_err *e);
+#define MANIFEST_STREAM_CHECKED 1u
+#define MANIFEST_STREAM_CHUNK (256u << 10)
+int manifest_stream_new(manifest_artifact_fn fn, void *ctx, unsigned flags, struct manifest_stream **out,
+			struct stella_err *e);
+/* The first failure is returned, with its message in the e given to new. */
+int manifest_stream_feed(struct manifest_stream *ms, const void *buf, size_t len);
+/* *out: the manifest without artifacts (nartifacts 0, nlisted the count). */
+int manifest_stream_finish(struct manifest_stream *ms, struct manifest **out, struct stella_err *e);
+bool manifest_stream_unsorted(const struct manifest_stream *ms);
+void manifest_stream_free(struct manifest_stream *ms);
+/* The whole file fd (read with pread from offset 0) through a stream. */
+int manifest_stream_fd(int fd, manifest_artifact_fn fn, void *ctx, struct manifest **out, bool *unsorted,
+		       struct stella_err *e);
+
+/* Artifacts pulled one at a time, in manifest order: next gives 1 and *a
+ * (valid until the next call), 0 at the end, or a negative errno. */
+struct artifact_iter {
+	int (*next)(void *ctx, const struct artifact **a, struct stella_err *e);
+	void *ctx;
+};
+/* over a document manifest_stream_* accepted (sorted), from a file or a
+ * buffer (borrowed): a chunk's worth of artifacts in memory at a time.
+ * A failure's message goes to the e of the next call that fails. */
+struct manifest_cursor;
+int manifest_cursor_open_fd(int fd, struct manifest_cursor **out, struct stella_err *e);
+int manifest_cursor_open_mem(const char *buf, size_t len, struct manifest_cursor **out, struct stella_err *e);
+int manifest_cursor_next(void *cursor, const struct artifact **a, struct stella_err *e);
+void manifest_cursor_free(struct manifest_cursor *c);
+/* over a whole manifest's array */
+struct manifest_walk {
+	const struct manifest *m;
+	size_t i;
+};
+int manifest_walk_next(void *walk, const struct artifact **a, struct stella_err *e);

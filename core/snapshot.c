@@ -381,7 +381,74 @@ struct head {
 	struct manifest *m;
 	uint64_t head_tar;       /* where the body starts in the tar stream */
 	uint64_t merkle_off, merkle_size;
+	bool whole;              /* h->m holds its artifacts (an unsorted manifest) */
+	uint64_t head_sum;       /* per artifact: its tree's share of merkle.bin and an entry */
+	uint64_t body_sum;       /* per artifact: headers and padded data */
 };
+
+static uint64_t sat_add(uint64_t a, uint64_t b)
+{
+	return a + b < a ? UINT64_MAX : a + b;
+}
+
+static void head_add(struct head *h, const struct artifact *a)
+{
+	h->head_sum = sat_add(h->head_sum, a->size / 64 + 8192);
+	h->body_sum = sat_add(h->body_sum, sat_add((16u << 10), sat_add(a->size, 511) & ~(uint64_t)511));
+}
+
+static int head_on_artifact(void *ctx, size_t i, const struct artifact *a, struct stella_err *e)
+{
+	(void)i, (void)e;
+	head_add(ctx, a);
+	return 0;
+}
+
+/* The manifest through the streaming parser (every rule, no artifact
+ * kept); one whose artifacts are not sorted is parsed whole instead. */
+static int head_parse(struct head *h, struct stella_err *e)
+{
+	struct manifest_stream *ms;
+	int r = manifest_stream_new(head_on_artifact, h, 0, &ms, e);
+	for (size_t at = 0; r == 0 && at < h->jlen; at += MANIFEST_STREAM_CHUNK)
+		r = manifest_stream_feed(ms, h->json + at, MIN(h->jlen - at, (size_t)MANIFEST_STREAM_CHUNK));
+	if (r == 0)
+		r = manifest_stream_finish(ms, &h->m, e);
+	bool unsorted = r == -EDOM && ms && manifest_stream_unsorted(ms);
+	manifest_stream_free(ms);
+	if (!unsorted)
+		return r;
+	h->head_sum = h->body_sum = 0;
+	if ((r = manifest_parse(h->json, h->jlen, &h->m, e)) < 0)
+		return r;
+	h->whole = true;
+	for (size_t i = 0; i < h->m->nartifacts; i++)
+		head_add(h, &h->m->artifacts[i]);
+	return 0;
+}
+
+/* The manifest's digest and signature, on a second thread while the
+ * manifest is parsed (on a large one they cost about as much). */
+struct head_sig {
+	struct head *h;
+	const struct snapshot_opts *o;
+	struct snapshot *s;
+	int rc;
+	struct stella_err e;
+};
+
+static void *head_sig_thread(void *arg)
+{
+	struct head_sig *j = arg;
+	struct head *h = j->h;
+	int r = sha256_once(h->json, h->jlen, j->s->manifest_sha256);
+	if (r < 0)
+		j->rc = stella_fail_errno(&j->e, r, "manifest: SHA-256");
+	else if (j->o->trust)
+		j->rc = sig_check(j->o->trust, j->o->threshold, (const uint8_t *)h->json, h->jlen, h->sig, h->slen,
+				  &j->s->signers, &j->e);
+	return NULL;
+}
 
 static void head_free(struct head *h)
 {
@@ -429,18 +496,20 @@ static int head_manifest(struct head *h, const struct snapshot_opts *o, struct s
 		return r;
 	h->slen = m.size;
 	struct stella_err me = { 0 };
-	if ((r = manifest_parse(h->json, h->jlen, &h->m, &me)) < 0)
+	struct head_sig job = { .h = h, .o = o, .s = s };
+	pthread_t sigt;
+	bool threaded = pthread_create(&sigt, NULL, head_sig_thread, &job) == 0;
+	r = head_parse(h, &me);
+	if (threaded)
+		pthread_join(sigt, NULL);
+	else
+		head_sig_thread(&job);
+	if (r < 0)
 		return stella_fail(e, r, "%s: %s", path, stella_err_text(&me, r));
 	if (!h->m->has_index)
 		return 1;
-	if ((r = sha256_once(h->json, h->jlen, s->manifest_sha256)) < 0)
-		return stella_fail_errno(e, r, "%s: manifest: SHA-256", path);
-	if (o->trust) {
-		struct stella_err se = { 0 };
-		if ((r = sig_check(o->trust, o->threshold, (const uint8_t *)h->json, h->jlen, h->sig, h->slen, &s->signers,
-				   &se)) < 0)
-			return stella_fail(e, r, "%s: %s", path, stella_err_text(&se, r));
-	}
+	if (job.rc < 0)
+		return stella_fail(e, job.rc, "%s: %s", path, stella_err_text(&job.e, job.rc));
 	if (!o->allow_expired && o->now >= h->m->expires_at) {
 		char t[32];
 		time_format(h->m->expires_at, t);
@@ -514,14 +583,9 @@ static int head_merkle(struct head *h, struct stella_err *e)
 
 /* The most tar stream the body of a compressed kit can be: every
  * artifact's headers and padded data, the archive's end and padding. */
-static uint64_t body_bound(const struct manifest *m)
+static uint64_t body_bound(const struct head *h)
 {
-	uint64_t b = 64u << 10;
-	for (size_t i = 0; i < m->nartifacts; i++) {
-		uint64_t add = (16u << 10) + round512(m->artifacts[i].size);
-		b = b + add < b ? UINT64_MAX : b + add;
-	}
-	return b;
+	return sat_add(64u << 10, h->body_sum); /* head_add, artifact by artifact */
 }
 
 /* Mount from the index the kit carries: the head only, never the body.
@@ -541,9 +605,7 @@ static int carried_index(struct snapshot *s, const struct snapshot_opts *o, cons
 		goto out;
 	/* the head: the manifest's bytes, the index, merkle.bin (at most
 	 * a tree block per 128 data blocks, and an entry, per file) */
-	uint64_t bound = h.jlen + STELLA_SIG_MAX + h.m->index_size + (1u << 20);
-	for (size_t i = 0; i < h.m->nartifacts; i++)
-		bound += h.m->artifacts[i].size / 64 + 8192;
+	uint64_t bound = sat_add(h.jlen + STELLA_SIG_MAX + h.m->index_size + (1u << 20), h.head_sum);
 	kitread_set_limit(h.kr, bound);
 	if ((r = head_index(&h, tmp, e)) < 0 || (r = head_merkle(&h, e)) < 0)
 		goto out;
@@ -556,13 +618,27 @@ static int carried_index(struct snapshot *s, const struct snapshot_opts *o, cons
 	}
 	uint64_t fsize = source_file_size(h.src);
 	struct kitindex_geom g = {
-		.body_max = compressed ? body_bound(h.m) : fsize > h.head_tar ? fsize - h.head_tar : 0,
+		.body_max = compressed ? body_bound(&h) : fsize > h.head_tar ? fsize - h.head_tar : 0,
 		.merkle_size = h.merkle_size, .compressed = compressed,
 	};
 	struct kitindex_info info;
 	char label[4200];
 	snprintf(label, sizeof(label), "%s: %s", o->kit, KIT_INDEX_NAME);
-	if ((r = kitindex_check(tmp, label, h.m, &g, NULL, NULL, &info, e)) < 0)
+	/* the index's rows beside the manifest's artifacts, pulled one at a
+	 * time from its bytes: no artifact list */
+	struct manifest_cursor *cur = NULL;
+	struct manifest_walk mw = { .m = h.m };
+	struct artifact_iter it = { manifest_walk_next, &mw };
+	struct stella_err ce = { 0 };
+	if (!h.whole && (r = manifest_cursor_open_mem(h.json, h.jlen, &cur, &ce)) < 0) {
+		r = stella_fail(e, r, "%s: %s", o->kit, stella_err_text(&ce, r));
+		goto out;
+	}
+	if (cur)
+		it = (struct artifact_iter){ manifest_cursor_next, cur };
+	r = kitindex_check_iter(tmp, label, &it, &g, NULL, NULL, &info, e);
+	manifest_cursor_free(cur);
+	if (r < 0)
 		goto out;
 	s->files = info.files;
 	s->bytes = info.bytes;

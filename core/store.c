@@ -558,10 +558,16 @@ struct import {
 	int blob_fd;              /* the member being received */
 	char blob_tmp[32];
 	unsigned counter;
-	struct pending *pend;
-	size_t npend, cap;
-	uint8_t *seen;            /* per artifact of the new manifest */
+	/* The renames still to do, one per carried file and tree: a million
+	 * of them is 100 MB, so they go to an unlinked file in tmp/ (pendfd)
+	 * in batches of PEND_BATCH, and come back a batch at a time. */
+	struct pending *pend;     /* the batch being filled or worked on */
+	size_t npend, nbatch;     /* all of them; in pend */
+	int pendfd;               /* -1 until the first batch is spilled */
+	uint8_t *seen;            /* a bit per artifact of the new manifest */
 	size_t nseen;
+	bool streamed;            /* kit_verify keeps no artifact list (vo.stream) */
+	const struct kitverify_result *res;
 	const struct manifest *m;
 	const char *kit;
 	char *mjson, *sig;        /* the signed manifest and its .sig, as in the kit */
@@ -660,12 +666,15 @@ static int imp_check(void *ctx, const struct manifest *m, const uint8_t sha[32],
 		if ((r = store_open_snapshot(st, bv, &im->base, e)) < 0)
 			return r;
 	}
-	if ((r = imp_head(im, sha, e)) < 0)
+	/* (a streamed walk hands over the very bytes it checked, with their
+	 * signature, when it ends: nothing to read again) */
+	if (!im->streamed && (r = imp_head(im, sha, e)) < 0)
 		return r;
 	snprintf(im->ix_tmp, sizeof(im->ix_tmp), "%s/tmp/index.%d.db", st->dir, (int)getpid());
-	if (m->nartifacts && !(im->seen = calloc(m->nartifacts, 1)))
+	/* a bit per artifact: which ones the kit carries */
+	if (m->nlisted && !(im->seen = calloc(m->nlisted / 8 + 1, 1)))
 		return -ENOMEM;
-	im->nseen = m->nartifacts;
+	im->nseen = m->nlisted;
 	return index_create(im->ix_tmp, &im->ix, e);
 }
 
@@ -682,17 +691,71 @@ static int imp_data(void *ctx, const uint8_t *buf, size_t len, struct stella_err
 	return r < 0 ? stella_fail_errno(e, r, "store %s: writing a blob", im->st->dir) : 0;
 }
 
+#define PEND_BATCH 4096u
+
+/* Records [first, first + n) of the spill, written or read back. */
+static int pend_io(struct import *im, size_t first, size_t n, bool write, struct stella_err *e)
+{
+	size_t len = n * sizeof(*im->pend);
+	off_t off = (off_t)(first * sizeof(*im->pend));
+	ssize_t got = write ? pwrite(im->pendfd, im->pend, len, off) : pread(im->pendfd, im->pend, len, off);
+	if (got != (ssize_t)len)
+		return stella_fail_errno(e, got < 0 ? -errno : -EIO, "store %s: the list of files to place", im->st->dir);
+	return 0;
+}
+
+/* The batch in memory out to the spill (opened on first use). */
+static int pend_flush(struct import *im, struct stella_err *e)
+{
+	if (im->nbatch == 0)
+		return 0;
+	if (im->pendfd < 0) {
+		im->pendfd = openat(im->st->tmpfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+		if (im->pendfd < 0)
+			return stella_fail_errno(e, -errno, "store %s: the list of files to place", im->st->dir);
+	}
+	int r = pend_io(im, im->npend - im->nbatch, im->nbatch, true, e);
+	im->nbatch = 0;
+	return r;
+}
+
+/* fn over every pending rename, a batch at a time (what fn changes in a
+ * record is written back); stops at fn's first failure. */
+static int pend_each(struct import *im, int (*fn)(struct import *im, struct pending *p, struct stella_err *e),
+		     struct stella_err *e)
+{
+	int r = 0;
+	if (im->pendfd < 0) { /* all of them still in memory */
+		for (size_t i = 0; i < im->nbatch && r == 0; i++)
+			r = fn(im, &im->pend[i], e);
+		return r;
+	}
+	if ((r = pend_flush(im, e)) < 0)
+		return r;
+	for (size_t at = 0; at < im->npend && r == 0; at += PEND_BATCH) {
+		size_t n = MIN((size_t)PEND_BATCH, im->npend - at);
+		if ((r = pend_io(im, at, n, false, e)) < 0)
+			return r;
+		for (size_t i = 0; i < n && r == 0; i++)
+			r = fn(im, &im->pend[i], e);
+		int w = pend_io(im, at, n, true, e);
+		r = r < 0 ? r : w;
+	}
+	return r;
+}
+
 static int add_pending(struct import *im, const char *tmp, const char *final, bool tree)
 {
-	if (im->npend == im->cap) {
-		size_t cap = im->cap ? 2 * im->cap : 64;
-		struct pending *p = realloc(im->pend, cap * sizeof(*p));
-		if (!p)
-			return -ENOMEM;
-		im->pend = p;
-		im->cap = cap;
+	if (!im->pend && !(im->pend = malloc(PEND_BATCH * sizeof(*im->pend))))
+		return -ENOMEM;
+	if (im->nbatch == PEND_BATCH) {
+		struct stella_err e = { 0 };
+		int r = pend_flush(im, &e);
+		if (r < 0)
+			return r;
 	}
-	struct pending *p = &im->pend[im->npend++];
+	im->npend++;
+	struct pending *p = &im->pend[im->nbatch++];
 	snprintf(p->tmp, sizeof(p->tmp), "%s", tmp);
 	snprintf(p->final, sizeof(p->final), "%s", final);
 	p->tree = tree;
@@ -706,7 +769,7 @@ static int imp_visit(void *ctx, size_t i, const struct kit_member *m, const stru
 	struct import *im = ctx;
 	(void)m;
 	if (i < im->nseen)
-		im->seen[i] = 1;
+		im->seen[i / 8] |= (uint8_t)(1u << (i % 8));
 	if (!h)
 		return 0;
 	if (im->blob_fd >= 0) {
@@ -834,11 +897,30 @@ static int check_reused(struct import *im, const struct artifact *a, struct stel
 
 /* The signed manifest and its .sig into tmp/, to be renamed into
  * manifests/ with the blobs (durable before the row). */
+/* All of from (read from its start) to the end of to. */
+static int copy_fd(int from, int to)
+{
+	_cleanup_(freep) char *buf = malloc(1u << 18);
+	if (!buf)
+		return -ENOMEM;
+	for (off_t off = 0;;) {
+		ssize_t n = pread(from, buf, 1u << 18, off);
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			return 0;
+		int r = write_full(to, buf, (size_t)n);
+		if (r < 0)
+			return r;
+		off += n;
+	}
+}
+
 static int write_kept(struct import *im, const char *mhex, struct stella_err *e)
 {
 	struct store *st = im->st;
-	const char *data[2] = { im->mjson, im->sig };
-	size_t len[2] = { im->mlen, im->slen };
+	const char *data[2] = { im->mjson, im->streamed ? im->res->sig : im->sig };
+	size_t len[2] = { im->mlen, im->streamed ? im->res->sig_len : im->slen };
 	char json[72], sig[72];
 	manifest_names(mhex, json, sig);
 	for (int i = 0; i < 2; i++) {
@@ -848,7 +930,7 @@ static int write_kept(struct import *im, const char *mhex, struct stella_err *e)
 		int fd = openat(st->tmpfd, k->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0444);
 		if (fd < 0)
 			return stella_fail_errno(e, -errno, "store %s/tmp", st->dir);
-		int r = write_full(fd, data[i], len[i]);
+		int r = i == 0 && im->streamed ? copy_fd(im->res->manifest_fd, fd) : write_full(fd, data[i], len[i]);
 		if (close(fd) < 0 && r == 0)
 			r = -errno;
 		if (r < 0)
@@ -951,14 +1033,32 @@ static int check_left_out(struct import *im, const struct artifact *a, struct in
 	return 0;
 }
 
+/* The artifacts once more, in manifest order: from the list, or pulled
+ * again from the manifest file the walk checked. */
 static int add_nodes(struct import *im, struct stella_err *e)
 {
 	const struct manifest *m = im->m;
+	struct manifest_walk mw = { .m = m };
+	struct artifact_iter it = { manifest_walk_next, &mw };
+	struct manifest_cursor *cur = NULL;
+	struct stella_err ce = { 0 };
+	if (!m->artifacts && m->nlisted) {
+		int r = manifest_cursor_open_fd(im->res->manifest_fd, &cur, &ce);
+		if (r < 0)
+			return stella_fail(e, r, "%s: %s", im->kit, stella_err_text(&ce, r));
+		it = (struct artifact_iter){ manifest_cursor_next, cur };
+	}
 	struct index_node *bn = malloc(sizeof(*bn));
 	int r = bn ? 0 : -ENOMEM;
-	for (size_t i = 0; r == 0 && i < m->nartifacts; i++) {
-		const struct artifact *a = &m->artifacts[i];
-		if (!im->seen[i] && (r = check_left_out(im, a, bn, e)) < 0)
+	const struct artifact *a;
+	for (size_t i = 0; r == 0; i++) {
+		if ((r = it.next(it.ctx, &a, &ce)) <= 0) {
+			if (r < 0)
+				r = stella_fail(e, r, "%s: %s", im->kit, stella_err_text(&ce, r));
+			break;
+		}
+		bool seen = i < im->nseen && (im->seen[i / 8] & (1u << (i % 8)));
+		if (!seen && (r = check_left_out(im, a, bn, e)) < 0)
 			break;
 		r = index_add(im->ix, a, 0, -1, e);
 		if (a->type == ARTIFACT_FILE) {
@@ -967,6 +1067,7 @@ static int add_nodes(struct import *im, struct stella_err *e)
 		}
 	}
 	free(bn);
+	manifest_cursor_free(cur);
 	return r;
 }
 
@@ -989,11 +1090,10 @@ static int write_index(struct import *im, const struct kitverify_result *res, st
 
 /* Each blob and tree from tmp/ into its ab/ directory (one already there
  * is kept if intact, else mended). */
-static int place_files(struct import *im, struct stella_err *e)
+static int place_one(struct import *im, struct pending *p, struct stella_err *e)
 {
 	struct store *st = im->st;
-	for (size_t i = 0; i < im->npend; i++) {
-		struct pending *p = &im->pend[i];
+	{
 		int dfd = p->tree ? st->treefd : st->blobfd;
 		char dir[3] = { p->final[0], p->final[1], 0 };
 		if (mkdirat(dfd, dir, 0755) == 0)
@@ -1011,6 +1111,11 @@ static int place_files(struct import *im, struct stella_err *e)
 			return r;
 	}
 	return 0;
+}
+
+static int place_files(struct import *im, struct stella_err *e)
+{
+	return pend_each(im, place_one, e);
 }
 
 /* Durable before visible: blob data and the index reach the disk, then
@@ -1036,6 +1141,24 @@ static int place_all(struct import *im, struct stella_err *e)
 	return 0;
 }
 
+static int take_back_file(struct import *im, struct pending *p, struct stella_err *e)
+{
+	(void)e;
+	if (p->placed)
+		unlinkat(p->tree ? im->st->treefd : im->st->blobfd, p->final, 0);
+	return 0;
+}
+
+static int take_back_dir(struct import *im, struct pending *p, struct stella_err *e)
+{
+	(void)e;
+	if (p->made_dir) {
+		char dir[3] = { p->final[0], p->final[1], 0 };
+		unlinkat(p->tree ? im->st->treefd : im->st->blobfd, dir, AT_REMOVEDIR);
+	}
+	return 0;
+}
+
 /* No row names them: take back what this import put in place, so that a
  * failed import leaves the store as it found it.  Only what it placed: a
  * blob that was there before belongs to another snapshot. */
@@ -1047,14 +1170,9 @@ static void take_back(struct import *im)
 	for (int i = 0; i < 2; i++)
 		if (im->kept[i].placed && !im->repair)
 			unlinkat(st->manfd, im->kept[i].final, 0);
-	for (size_t i = 0; i < im->npend; i++)
-		if (im->pend[i].placed)
-			unlinkat(im->pend[i].tree ? st->treefd : st->blobfd, im->pend[i].final, 0);
-	for (size_t i = 0; i < im->npend; i++)
-		if (im->pend[i].made_dir) {
-			char dir[3] = { im->pend[i].final[0], im->pend[i].final[1], 0 };
-			unlinkat(im->pend[i].tree ? st->treefd : st->blobfd, dir, AT_REMOVEDIR);
-		}
+	struct stella_err e = { 0 };
+	pend_each(im, take_back_file, &e);
+	pend_each(im, take_back_dir, &e);
 }
 
 /* A repair is journalled as the command it was; the caller's report. */
@@ -1077,6 +1195,8 @@ static int finish_import(struct import *im, const struct kitverify_result *res, 
 			 struct stella_err *e)
 {
 	im->m = res->manifest;
+	im->res = res;
+	im->streamed = res->has_manifest_fd;
 	int r = add_nodes(im, e);
 	if (r == 0)
 		r = write_index(im, res, e);
@@ -1097,13 +1217,14 @@ static int finish_import(struct import *im, const struct kitverify_result *res, 
 int store_import(struct store *st, const char *kit, const struct store_import_opts *o, char version[129],
 		 struct stella_err *e)
 {
-	struct import im = { .st = st, .o = o, .blob_fd = -1, .kit = kit };
+	struct import im = { .st = st, .o = o, .blob_fd = -1, .kit = kit, .pendfd = -1 };
 	struct kitverify_opts vo = {
 		.trust = o->trust, .threshold = o->threshold, .now = o->now, .allow_expired = o->allow_expired,
 		.check_expiry = true, .content = true,
 		.visit = imp_visit, .visit_ctx = &im, .check_manifest = imp_check, .data = imp_data,
-		.source = o->source,
+		.source = o->source, .stream = true,
 	};
+	im.streamed = true;
 	struct kitverify_result res = { 0 };
 	int r = kit_verify(kit, &vo, &res, e);
 	if (r == 0)
@@ -1119,6 +1240,8 @@ int store_import(struct store *st, const char *kit, const struct store_import_op
 	}
 	free(im.final);
 	free(im.pend);
+	if (im.pendfd >= 0)
+		close(im.pendfd);
 	free(im.seen);
 	free(im.mjson);
 	free(im.sig);

@@ -94,7 +94,7 @@ int cmd_verify(int argc, char **argv)
 	struct kitverify_opts o = {
 		.trust = trust, .threshold = threshold, .now = now, .allow_expired = allow_expired,
 		.check_expiry = true, .content = true, .progress = progress_cb, .progress_ctx = (void *)"verifying",
-		.source = src,
+		.source = src, .stream = true,
 	};
 	struct kitverify_result res;
 	r = location_failure(src, kit_verify(argv[optind], &o, &res, &e), &e);

@@ -8,9 +8,9 @@
 #include "kitindex.h"
 #include "util.h"
 
-static int count_each(void *ctx, size_t i, uint64_t off, struct stella_err *e)
+static int count_each(void *ctx, size_t i, const struct artifact *a, uint64_t off, struct stella_err *e)
 {
-	(void)i, (void)off, (void)e;
+	(void)i, (void)a, (void)off, (void)e;
 	(*(size_t *)ctx)++;
 	return 0;
 }

@@ -1,4 +1,5 @@
 /* The manifest parser's rules and the canonical writer's round trip. */
+#include <stdbool.h>
 #include <stdlib.h>
 
 #include "check.h"
@@ -17,6 +18,60 @@ static int parse(const char *json, struct manifest **m, struct stella_err *e)
 	return manifest_parse(json, strlen(json), m, e);
 }
 
+/* ---- the streaming parser, fed in pieces of CHUNK bytes ---- */
+
+struct names {
+	char **v;
+	size_t n;
+};
+
+static int collect(void *ctx, size_t i, const struct artifact *a, struct stella_err *e)
+{
+	struct names *ns = ctx;
+	(void)e;
+	CHECK(i == ns->n);
+	ns->v = realloc(ns->v, (ns->n + 1) * sizeof(*ns->v));
+	if (!ns->v)
+		abort();
+	char buf[8300];
+	snprintf(buf, sizeof(buf), "%s|%d|%o|%llu|%02x%02x|%s", a->name, (int)a->type, a->mode,
+		 (unsigned long long)a->size, a->sha256[0], a->fsverity[31], a->target ? a->target : "");
+	ns->v[ns->n++] = strdup(buf);
+	return 0;
+}
+
+static void names_free(struct names *ns)
+{
+	for (size_t i = 0; i < ns->n; i++)
+		free(ns->v[i]);
+	free(ns->v);
+	memset(ns, 0, sizeof(*ns));
+}
+
+static int stream(const char *json, size_t len, size_t chunk, struct manifest **m, struct names *ns, bool *unsorted,
+		  struct stella_err *e)
+{
+	struct manifest_stream *ms;
+	memset(e, 0, sizeof(*e));
+	*m = NULL;
+	int r = manifest_stream_new(collect, ns, 0, &ms, e);
+	if (r < 0)
+		return r;
+	for (size_t at = 0; r == 0 && at < len; at += chunk)
+		r = manifest_stream_feed(ms, json + at, len - at < chunk ? len - at : chunk);
+	if (r == 0)
+		r = manifest_stream_finish(ms, m, e);
+	*unsorted = manifest_stream_unsorted(ms);
+	manifest_stream_free(ms);
+	return r;
+}
+
+static const size_t chunks[] = { 1, 7, 4096, (size_t)-1 };
+
+/* Both parsers refuse json, with needle in the message; the streaming one
+ * whatever the pieces (a name split across two feeds, a duplicate in the
+ * next one), or it says the artifacts are not sorted (its caller then
+ * falls back to manifest_parse). */
 static void refused(const char *json, const char *needle)
 {
 	struct manifest *m;
@@ -27,6 +82,85 @@ static void refused(const char *json, const char *needle)
 		fprintf(stderr, "message \"%s\" lacks \"%s\"\n", e.msg, needle);
 		check_failures++;
 	}
+	manifest_free(m);
+	for (size_t c = 0; c < sizeof(chunks) / sizeof(*chunks); c++) {
+		struct names ns = { 0 };
+		bool unsorted;
+		if (chunks[c] < 4096 && strlen(json) > (64u << 10))
+			continue; /* the huge ones: pieces of 4 KiB show the same */
+		r = stream(json, strlen(json), chunks[c], &m, &ns, &unsorted, &e);
+		if (r == -EDOM && unsorted) {
+			names_free(&ns);
+			continue;
+		}
+		CHECK(r == -EBADMSG);
+		if (r == -EBADMSG && !strstr(e.msg, needle)) {
+			fprintf(stderr, "stream (pieces of %zu): message \"%s\" lacks \"%s\"\n", chunks[c], e.msg, needle);
+			check_failures++;
+		}
+		manifest_free(m);
+		names_free(&ns);
+	}
+}
+
+/* Both parsers accept json and agree on the top level and on every
+ * artifact, in order (sorted input: the streaming parser's fast path). */
+static void agree(const char *json)
+{
+	struct manifest *m;
+	struct stella_err e;
+	CHECK(parse(json, &m, &e) == 0);
+	if (!m)
+		return;
+	struct names whole = { 0 };
+	for (size_t i = 0; i < m->nartifacts; i++)
+		collect(&whole, i, &m->artifacts[i], &e);
+	char *id = NULL;
+	size_t idl = 0;
+	CHECK(manifest_write_identity(m, &id, &idl) == 0);
+	for (size_t c = 0; c < sizeof(chunks) / sizeof(*chunks); c++) {
+		struct names ns = { 0 };
+		struct manifest *sm;
+		bool unsorted;
+		int r = stream(json, strlen(json), chunks[c], &sm, &ns, &unsorted, &e);
+		if (r < 0)
+			fprintf(stderr, "stream (pieces of %zu) refused: %s\n", chunks[c], e.msg);
+		CHECK(r == 0);
+		if (r < 0)
+			continue;
+		CHECK(sm->nartifacts == 0 && sm->nlisted == m->nartifacts && ns.n == whole.n);
+		for (size_t i = 0; i < ns.n && i < whole.n; i++)
+			CHECK_STR(ns.v[i], whole.v[i]);
+		char *sid = NULL;
+		size_t sidl = 0;
+		CHECK(manifest_write_identity(sm, &sid, &sidl) == 0 && sidl == idl && !memcmp(sid, id, idl));
+		free(sid);
+		manifest_free(sm);
+		names_free(&ns);
+	}
+	free(id);
+	names_free(&whole);
+	manifest_free(m);
+}
+
+/* The cursor pulls what the stream accepted, one at a time. */
+static void test_cursor(const char *json)
+{
+	struct manifest_cursor *c;
+	struct stella_err e = { 0 };
+	struct manifest *m;
+	CHECK(parse(json, &m, &e) == 0);
+	CHECK(manifest_cursor_open_mem(json, strlen(json), &c, &e) == 0);
+	const struct artifact *a;
+	size_t i = 0;
+	int r;
+	while ((r = manifest_cursor_next(c, &a, &e)) > 0) {
+		CHECK(m && i < m->nartifacts && !strcmp(a->name, m->artifacts[i].name));
+		i++;
+	}
+	CHECK(r == 0 && m && i == m->nartifacts);
+	CHECK(manifest_cursor_next(c, &a, &e) == 0);
+	manifest_cursor_free(c);
 	manifest_free(m);
 }
 
@@ -107,6 +241,69 @@ int main(void)
 		manifest_free(m2);
 	}
 	manifest_free(m);
+
+	/* sorted input: both parsers give the same artifacts, whatever the pieces */
+	const char *sorted = HEAD "\"components\":{\"db\":{\"path\":\"feeds\",\"records\":5}},"
+		"\"artifacts\":[{\"name\":\"empty\",\"type\":\"directory\",\"mode\":448},"
+		FILE_OK("feeds/a") "," FILE_OK("feeds/a-b") "," FILE_OK("feeds/a.txt") "," FILE_OK("feeds/b")
+		",{\"name\":\"feeds/latest\",\"type\":\"symlink\",\"target\":\"a\"}"
+		",{\"name\":\"feeds/s\",\"type\":\"symlink\",\"target\":\"../empty/x\",\"capturedAt\":\"2025-01-01T00:00:00Z\"}]}";
+	agree(sorted);
+	test_cursor(sorted);
+	agree(HEAD "\"artifacts\":[]}");
+	/* keys in any order: the artifacts before the top level's other keys */
+	agree("{\"artifacts\":[" FILE_OK("a") "],\"schemaVersion\":1,\"kitId\":\"k\",\"version\":\"v1\",\"sequence\":3,"
+	      "\"createdAt\":\"2025-01-15T00:00:00Z\",\"expiresAt\":\"2025-02-15T00:00:00Z\"}");
+	/* a file that is a string prefix, not a path prefix, of later names */
+	agree(HEAD "\"artifacts\":[" FILE_OK("a") "," FILE_OK("a-b") "," FILE_OK("a-b.c") "," FILE_OK("a.b/c") "," FILE_OK("ab") "]}");
+	/* rule 2 across names in between: a file "a", then "a-x" and "a.y", then "a/b" */
+	refused(HEAD "\"artifacts\":[" FILE_OK("a") "," FILE_OK("a-x") "," FILE_OK("a.y") "," FILE_OK("a/b") "]}", "inside \"a\", which is a file");
+	refused(HEAD "\"artifacts\":[{\"name\":\"d\",\"type\":\"directory\"},{\"name\":\"d/l\",\"type\":\"symlink\",\"target\":\"x\"},"
+		FILE_OK("d/l-1") "," FILE_OK("d/l/f") "]}", "inside \"d/l\", which is a symlink");
+	/* duplicates and disorder, split across any two pieces */
+	refused(HEAD "\"artifacts\":[" FILE_OK("feeds/CVE-0000001.json") "," FILE_OK("feeds/CVE-0000001.json") "]}", "duplicate name");
+	refused(HEAD "\"artifacts\":[" FILE_OK("b") "," FILE_OK("a") "," FILE_OK("a") "]}", "duplicate name");
+	/* truncated in the middle of the artifacts, at every length */
+	{
+		size_t len = strlen(sorted);
+		char *cut = malloc(len + 1);
+		if (!cut)
+			abort();
+		for (size_t l = strlen(HEAD) + 20; l < len; l += 13) {
+			memcpy(cut, sorted, l);
+			cut[l] = 0;
+			refused(cut, "manifest: invalid JSON");
+		}
+		free(cut);
+	}
+	/* deep nesting inside an artifact, and a huge string */
+	{
+		char deep[512];
+		int at = sprintf(deep, HEAD "\"artifacts\":[{\"name\":\"a\",\"x\":");
+		for (int i = 0; i < 40; i++)
+			deep[at++] = '[';
+		for (int i = 0; i < 40; i++)
+			deep[at++] = ']';
+		sprintf(deep + at, "}]}");
+		refused(deep, "nested deeper than 16");
+		size_t hl = 8u << 20;
+		char *huge = malloc(hl + 256);
+		if (!huge)
+			abort();
+		at = sprintf(huge, HEAD "\"artifacts\":[{\"name\":\"");
+		memset(huge + at, 'a', hl);
+		sprintf(huge + at + hl, "\",\"size\":0}]}");
+		refused(huge, "unsafe name");
+		free(huge);
+	}
+	/* valid but not sorted: the streaming parser hands it back */
+	{
+		const char *un = HEAD "\"artifacts\":[" FILE_OK("b") "," FILE_OK("a") "]}";
+		struct names ns = { 0 };
+		bool unsorted = false;
+		CHECK(stream(un, strlen(un), 5, &m, &ns, &unsorted, &e) == -EDOM && unsorted && !m);
+		names_free(&ns);
+	}
 
 	refused("{", "invalid JSON");
 	refused("[]", "top level");
