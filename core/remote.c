@@ -28,10 +28,16 @@
 
 #define REMOTE_CHUNK (1u << 20)
 #define MEM_CHUNKS 32          /* chunks kept in memory (not counting those in use) */
-#define READAHEAD 4            /* chunks fetched ahead of a sequential reader */
-#define WORKERS 2              /* threads fetching ahead */
+#define READAHEAD 8            /* chunks fetched ahead of a sequential reader, at most */
+#define WORKERS 4              /* threads fetching ahead: requests in flight at once */
 #define SEQ_SLACK (512u << 10) /* how far from the last read's end a "next" read may start */
-#define POOL 8                 /* spare chunk buffers kept */
+#define POOL 16                /* spare chunk buffers kept */
+#define STREAMS 8              /* sequential readers told apart (once bound) */
+/* Once bound, how far behind a stream's end a read may start and still
+ * belong to it: the kernel's readahead (4 MiB, fs/ops.c) sends several
+ * reads at once, and the fetch threads answer them out of order. */
+#define STREAM_BACK (8u << 20)
+#define STREAM_STEP (256u << 10) /* a stream earns a chunk of read-ahead per this much read */
 #define SRC_HINTS 4096
 #define BACKOFF_FIRST_MS 1000
 #define BACKOFF_MAX_MS 60000
@@ -98,6 +104,13 @@ struct shared {
 	struct { uint64_t idx; int src; } src_hint[SRC_HINTS];
 	uint64_t queue[2 * READAHEAD * WORKERS];
 	size_t qn;
+	/* Once bound: the sequential readers of the kit's data, told apart
+	 * by where they are, whatever handle or thread their reads come
+	 * through (the snapshot reads every file, and the trees in the head,
+	 * through one handle, so a handle's own streak would be broken by
+	 * every tree block read between two data reads). */
+	struct stream { uint64_t next, run, used; } streams[STREAMS];
+	uint64_t stream_tick;
 	pthread_t workers[WORKERS];
 	int nworkers;
 	atomic_bool stopping;       /* closing: workers stop, their requests end */
@@ -540,28 +553,85 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
-/* Under s->mu: queue up to N chunks after LAST for the workers. */
-static void readahead_locked(struct shared *s, uint64_t last, uint64_t n)
+/* Under s->mu: chunk IDX onto the workers' queue, unless it is in memory
+ * or queued already; false when the queue is full or no worker runs. */
+static bool queue_locked(struct shared *s, uint64_t idx)
 {
-	uint64_t nchunks = (s->size + REMOTE_CHUNK - 1) / REMOTE_CHUNK;
 	while (s->nworkers < WORKERS &&
 	       pthread_create(&s->workers[s->nworkers], NULL, worker_main, s) == 0)
 		s->nworkers++;
 	if (s->nworkers == 0)
-		return;
-	for (uint64_t i = last + 1; i <= last + n && i < nchunks; i++) {
-		if (tab_find(s, i))
-			continue;
-		bool queued = false;
-		for (size_t q = 0; q < s->qn; q++)
-			queued |= s->queue[q] == i;
-		if (queued)
-			continue;
-		if (s->qn == sizeof(s->queue) / sizeof(s->queue[0]))
-			break;
-		s->queue[s->qn++] = i;
-	}
+		return false;
+	if (tab_find(s, idx))
+		return true;
+	for (size_t q = 0; q < s->qn; q++)
+		if (s->queue[q] == idx)
+			return true;
+	if (s->qn == sizeof(s->queue) / sizeof(s->queue[0]))
+		return false;
+	s->queue[s->qn++] = idx;
 	pthread_cond_broadcast(&s->cv);
+	return true;
+}
+
+/* Under s->mu: queue up to N chunks after LAST for the workers (never
+ * past the kit's end). */
+static void readahead_locked(struct shared *s, uint64_t last, uint64_t n)
+{
+	uint64_t nchunks = (s->size + REMOTE_CHUNK - 1) / REMOTE_CHUNK;
+	for (uint64_t i = last + 1; i <= last + n && i < nchunks; i++)
+		if (!queue_locked(s, i))
+			break;
+}
+
+/* Under s->mu, once bound: the read [off, off+len) of the kit's data
+ * joins the stream it continues, or starts one (pushing out the least
+ * recently used); how many chunks to fetch ahead of it.  A lone read
+ * (the first at a random offset) gets none: it must not share the
+ * network with fetches nobody asked for.  A stream earns a chunk per
+ * STREAM_STEP it has read, up to READAHEAD. */
+static uint64_t stream_note(struct shared *s, uint64_t off, uint64_t len)
+{
+	struct stream *st = NULL, *lru = &s->streams[0];
+	for (size_t i = 0; i < STREAMS; i++) {
+		struct stream *x = &s->streams[i];
+		if (x->used && off <= x->next + SEQ_SLACK && off + STREAM_BACK >= x->next) {
+			st = x;
+			break;
+		}
+		if (x->used < lru->used)
+			lru = x;
+	}
+	if (!st) {
+		*lru = (struct stream){ .next = off + len, .run = 0 };
+		lru->used = ++s->stream_tick;
+		return 0;
+	}
+	/* only bytes past its end count: the same page asked again (a
+	 * failed read retried) is no progress */
+	if (off + len > st->next) {
+		st->run += off + len - (off > st->next ? off : st->next);
+		st->next = off + len;
+	}
+	st->used = ++s->stream_tick;
+	uint64_t n = st->run / STREAM_STEP;
+	return n < READAHEAD ? n : READAHEAD;
+}
+
+void remote_prefetch(struct bytes *b, uint64_t off, uint64_t len)
+{
+	if (!bytes_is_remote(b))
+		return;
+	struct shared *s = ((struct rbytes *)b)->s;
+	if (len == 0 || off >= s->size)
+		return;
+	uint64_t first = off / REMOTE_CHUNK;
+	uint64_t last = (off + len - 1 < s->size ? off + len - 1 : s->size - 1) / REMOTE_CHUNK;
+	pthread_mutex_lock(&s->mu);
+	for (uint64_t idx = first; idx <= last; idx++)
+		if (!tab_find(s, idx) && !(s->rc && rcache_has(s->rc, idx)) && !queue_locked(s, idx))
+			break;
+	pthread_mutex_unlock(&s->mu);
 }
 
 /* ------------------------------------------------------------ bytes ops */
@@ -581,21 +651,28 @@ static ssize_t remote_read_at(struct bytes *b, void *buf, size_t len, uint64_t o
 	/* a handle may be read from several threads at once: its streak is
 	 * kept under the lock (a guess either way, never a correctness matter) */
 	pthread_mutex_lock(&s->mu);
-	/* near where the last read ended counts: the kernel's readahead and
-	 * a reader's own reads arrive from several threads, a little out of
-	 * order */
-	uint64_t dist = off > rb->next_off ? off - rb->next_off : rb->next_off - off;
-	bool near = rb->next_off != UINT64_MAX && dist <= SEQ_SLACK && off != rb->last_off;
-	rb->streak = near ? rb->streak + len : 0;
-	rb->next_off = off + len;
-	rb->last_off = off;
-	/* ahead by as many chunks as the reader has gone through in a row
-	 * (up to READAHEAD): a walk over tar headers, small reads near each
-	 * other, does not pull in the big files between them; an advised
-	 * sequential reader, at once, but before remote_bind only once it has
-	 * gone through a chunk (a mount reads the head, then binds) */
-	bool eager = rb->sequential && (s->bound || rb->streak >= REMOTE_CHUNK);
-	uint64_t ahead = eager ? READAHEAD : rb->streak / REMOTE_CHUNK;
+	uint64_t ahead = 0;
+	if (s->bound) {
+		/* the head (trees, index) is pinned in the disk cache: reads
+		 * of it earn nothing; the data's readers, by their stream */
+		if (off + len > s->head_len)
+			ahead = stream_note(s, off, len);
+	} else {
+		/* a mount reading the head, through its own handle.  Near
+		 * where the last read ended counts: a reader's reads arrive
+		 * from several threads, a little out of order */
+		uint64_t dist = off > rb->next_off ? off - rb->next_off : rb->next_off - off;
+		bool near = rb->next_off != UINT64_MAX && dist <= SEQ_SLACK && off != rb->last_off;
+		rb->streak = near ? rb->streak + len : 0;
+		rb->next_off = off + len;
+		rb->last_off = off;
+		/* ahead by as many chunks as it has gone through in a row: a
+		 * walk over tar headers, small reads near each other, does not
+		 * pull in the big files between them; an advised sequential
+		 * reader once it has gone through a chunk */
+		bool eager = rb->sequential && rb->streak >= REMOTE_CHUNK;
+		ahead = eager ? READAHEAD : rb->streak / REMOTE_CHUNK;
+	}
 	if (ahead > 0)
 		readahead_locked(s, last, ahead < READAHEAD ? ahead : READAHEAD);
 	pthread_mutex_unlock(&s->mu);

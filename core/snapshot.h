@@ -121,6 +121,12 @@ ssize_t snapshot_read(struct snap_file *f, void *buf, size_t len, uint64_t off);
  * (its data blocks and, if not loaded yet, the file's tree are in memory or
  * in the disk cache): a hint, never waits. */
 bool snapshot_read_resident(struct snap_file *f, size_t len, uint64_t off);
+/* For a read of [off, off+len) about to wait for the network: have the
+ * tree blocks it will check fetched meanwhile, beside its data, rather
+ * than after it (remote_prefetch).  Never waits; no-op unless the file's
+ * tree comes from an uncompressed kit on a mirror and is not verified in
+ * memory yet. */
+void snapshot_prefetch(struct snap_file *f, size_t len, uint64_t off);
 
 /* Re-check every block of every file.  Returns 0, or -EIO with the first
  * failing file and block in e. */
