@@ -38,6 +38,7 @@
  * reads at once, and the fetch threads answer them out of order. */
 #define STREAM_BACK (8u << 20)
 #define STREAM_STEP (256u << 10) /* a stream earns a chunk of read-ahead per this much read */
+#define WRITES 16              /* chunks waiting for the disk cache, at most */
 #define SRC_HINTS 4096
 #define BACKOFF_FIRST_MS 1000
 #define BACKOFF_MAX_MS 60000
@@ -111,6 +112,12 @@ struct shared {
 	 * every tree block read between two data reads). */
 	struct stream { uint64_t next, run, used; } streams[STREAMS];
 	uint64_t stream_tick;
+	/* Chunks a reader took, for the workers to write to the disk cache
+	 * (each holds a reference): the write, and the digest of its header,
+	 * are no part of the reader's wait.  writing: those being written. */
+	struct chunk *wq[WRITES];
+	size_t wqn;
+	unsigned writing;
 	pthread_t workers[WORKERS];
 	int nworkers;
 	atomic_bool stopping;       /* closing: workers stop, their requests end */
@@ -126,6 +133,8 @@ struct rbytes {
 };
 
 static const struct bytes_ops remote_ops;
+static bool write_later_locked(struct shared *s, struct chunk *c);
+static void workers_start_locked(struct shared *s);
 
 const char *remote_result_name(enum remote_result r)
 {
@@ -444,6 +453,8 @@ static int get_chunk(struct shared *s, uint64_t idx, uint64_t need_off, uint64_t
 			struct rcache *keep = !ahead && !c->on_disk && c->src >= 0 ? s->rc : NULL;
 			if (keep)
 				c->on_disk = true;
+			if (keep && write_later_locked(s, c))
+				keep = NULL;
 			pthread_mutex_unlock(&s->mu);
 			if (keep)
 				rcache_put(keep, idx, c->data, c->len);   /* our reference keeps data */
@@ -490,10 +501,6 @@ static int get_chunk(struct shared *s, uint64_t idx, uint64_t need_off, uint64_t
 		on_disk = true;
 	} else {
 		r = fetch_chunk(s, idx, need_off, need_len, data, len, deadline, &src);
-		if (r == 0 && rc && !ahead) {
-			rcache_put(rc, idx, data, len);
-			on_disk = true;
-		}
 	}
 
 	pthread_mutex_lock(&s->mu);
@@ -501,9 +508,21 @@ static int get_chunk(struct shared *s, uint64_t idx, uint64_t need_off, uint64_t
 		c->data = data;
 		c->len = len;
 		c->src = src;
-		c->on_disk = on_disk;
 		c->state = CH_READY;
 		c->used = ++s->tick;
+		/* a reader's chunk goes to the disk cache, by a worker; one
+		 * fetched ahead, once a reader takes it */
+		struct rcache *keep = !on_disk && rc && !ahead && rc == s->rc ? rc : NULL;
+		c->on_disk = on_disk || keep != NULL;
+		if (keep && write_later_locked(s, c))
+			keep = NULL;
+		if (keep) {
+			/* the queue is full: this reader writes (and so waits
+			 * for the disk the workers are behind on) */
+			pthread_mutex_unlock(&s->mu);
+			rcache_put(keep, idx, data, len);
+			pthread_mutex_lock(&s->mu);
+		}
 		if (src >= 0) {
 			s->src_hint[idx % SRC_HINTS].idx = idx;
 			s->src_hint[idx % SRC_HINTS].src = src;
@@ -530,13 +549,57 @@ static void chunk_put(struct shared *s, struct chunk *c)
 
 /* ------------------------------------------------------------ readahead */
 
+/* Under s->mu, with one reference on C: have a worker write it to the
+ * disk cache.  False (and nothing done) if none runs or too many wait:
+ * the caller writes it itself. */
+static bool write_later_locked(struct shared *s, struct chunk *c)
+{
+	if (s->nworkers == 0 || s->wqn == WRITES || s->stopping)
+		return false;
+	c->refs++;
+	s->wq[s->wqn++] = c;
+	pthread_cond_broadcast(&s->cv);
+	return true;
+}
+
+/* Under s->mu: until no chunk waits for or is in a disk cache write. */
+static void writes_drain_locked(struct shared *s)
+{
+	while (s->wqn || s->writing)
+		pthread_cond_wait(&s->cv, &s->mu);
+}
+
+/* Under s->mu, returns with it: the oldest waiting write, done. */
+static void write_one_locked(struct shared *s)
+{
+	struct chunk *c = s->wq[0];
+	memmove(s->wq, s->wq + 1, --s->wqn * sizeof(s->wq[0]));
+	struct rcache *rc = s->rc;
+	s->writing++;
+	pthread_mutex_unlock(&s->mu);
+	/* rc stays open: remote_bind drains the writes before it closes it */
+	if (rc)
+		rcache_put(rc, c->idx, c->data, c->len);
+	pthread_mutex_lock(&s->mu);
+	s->writing--;
+	chunk_put_locked(s, c);
+	pthread_cond_broadcast(&s->cv);
+}
+
+/* A worker: fetches ahead first (a reader may be about to wait for them),
+ * disk cache writes after; at close, the writes still waiting are done
+ * (a remount finds what was read), the fetches dropped. */
 static void *worker_main(void *arg)
 {
 	struct shared *s = arg;
 	pthread_mutex_lock(&s->mu);
 	for (;;) {
-		while (!s->stopping && s->qn == 0)
+		while (!s->stopping && s->qn == 0 && s->wqn == 0)
 			pthread_cond_wait(&s->cv, &s->mu);
+		if (s->wqn && (s->stopping || s->qn == 0)) {
+			write_one_locked(s);
+			continue;
+		}
 		if (s->stopping)
 			break;
 		uint64_t idx = s->queue[0];
@@ -555,11 +618,16 @@ static void *worker_main(void *arg)
 
 /* Under s->mu: chunk IDX onto the workers' queue, unless it is in memory
  * or queued already; false when the queue is full or no worker runs. */
-static bool queue_locked(struct shared *s, uint64_t idx)
+static void workers_start_locked(struct shared *s)
 {
 	while (s->nworkers < WORKERS &&
 	       pthread_create(&s->workers[s->nworkers], NULL, worker_main, s) == 0)
 		s->nworkers++;
+}
+
+static bool queue_locked(struct shared *s, uint64_t idx)
+{
+	workers_start_locked(s);
 	if (s->nworkers == 0)
 		return false;
 	if (tab_find(s, idx))
@@ -1050,6 +1118,11 @@ int remote_bind(struct bytes *b, const char *key, uint64_t head_len, struct stel
 		return stella_fail(e, -EINVAL, "%s: not a sha256: %s", b->name, key);
 	snprintf(b->identity, sizeof(b->identity), "remote:%s", key);
 	pthread_mutex_lock(&s->mu);
+	/* the workers start now, not at the first read that needs one: that
+	 * read does not wait for their creation */
+	workers_start_locked(s);
+	/* no write may still be on its way into a cache closed here */
+	writes_drain_locked(s);
 	bool same = s->rc && strcmp(s->key, key) == 0;
 	struct rcache *old = same ? NULL : s->rc;
 	if (!same)
@@ -1093,6 +1166,16 @@ int remote_bind(struct bytes *b, const char *key, uint64_t head_len, struct stel
 	}
 	free(cs);
 	return 0;
+}
+
+void remote_flush(struct bytes *b)
+{
+	if (!bytes_is_remote(b))
+		return;
+	struct shared *s = ((struct rbytes *)b)->s;
+	pthread_mutex_lock(&s->mu);
+	writes_drain_locked(s);
+	pthread_mutex_unlock(&s->mu);
 }
 
 int remote_stats(struct bytes *b, struct remote_stats *st)

@@ -102,6 +102,11 @@ bool remote_resident(struct bytes *b, uint64_t off, uint64_t len);
  * local bytes.  Added for issue 15's first-read latency. */
 void remote_prefetch(struct bytes *b, uint64_t off, uint64_t len);
 
+/* Wait until the chunks readers took are in the disk cache: a worker
+ * writes them after the read was answered (docs/remote.md).  Local disk
+ * writes only, never the network.  No-op for local bytes. */
+void remote_flush(struct bytes *b);
+
 /* After the kit's head ([0, head_len): manifest, signatures, index,
  * merkle.bin) was verified: key the disk cache by KEY (the signed
  * manifest's sha256, hex), so every mirror of one kit shares it, and pin
