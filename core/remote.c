@@ -33,10 +33,10 @@
 #define SEQ_SLACK (512u << 10) /* how far from the last read's end a "next" read may start */
 #define POOL 16                /* spare chunk buffers kept */
 #define STREAMS 8              /* sequential readers told apart (once bound) */
-/* Once bound, how far behind a stream's end a read may start and still
- * belong to it: the kernel's readahead (4 MiB, fs/ops.c) sends several
- * reads at once, and the fetch threads answer them out of order. */
-#define STREAM_BACK (8u << 20)
+/* Once bound, how far from a stream's end a read may start, either way,
+ * and still belong to it: the kernel's readahead (4 MiB, fs/ops.c) sends
+ * several reads at once, and the fetch threads take them in any order. */
+#define STREAM_NEAR (8u << 20)
 #define STREAM_STEP (256u << 10) /* a stream earns a chunk of read-ahead per this much read */
 #define WRITES 16              /* chunks waiting for the disk cache, at most */
 #define SRC_HINTS 4096
@@ -78,7 +78,11 @@ struct endpoint {
 
 struct shared {
 	pthread_mutex_t mu;
-	pthread_cond_t cv;          /* a chunk left FETCHING; the readahead queue */
+	pthread_cond_t cv;          /* a chunk left FETCHING; a disk cache write done */
+	/* work for the workers (a chunk to fetch ahead, one to write, or
+	 * stopping): apart from cv, so that a chunk done does not wake every
+	 * idle worker, nor work every waiting reader */
+	pthread_cond_t work;
 	unsigned refs;
 	struct remote_opts o;       /* strings owned */
 	struct endpoint ep[REMOTE_MAX_ENDPOINTS];
@@ -110,7 +114,7 @@ struct shared {
 	 * through (the snapshot reads every file, and the trees in the head,
 	 * through one handle, so a handle's own streak would be broken by
 	 * every tree block read between two data reads). */
-	struct stream { uint64_t next, run, used; } streams[STREAMS];
+	struct stream { uint64_t next, run, used, end; } streams[STREAMS];
 	uint64_t stream_tick;
 	/* Chunks a reader took, for the workers to write to the disk cache
 	 * (each holds a reference): the write, and the digest of its header,
@@ -450,7 +454,8 @@ static int get_chunk(struct shared *s, uint64_t idx, uint64_t need_off, uint64_t
 			c->refs++;
 			c->used = ++s->tick;
 			s->mem_hits++;
-			struct rcache *keep = !ahead && !c->on_disk && c->src >= 0 ? s->rc : NULL;
+			struct rcache *keep = !ahead && !c->on_disk && c->src >= 0 && s->rc && rcache_keeps(s->rc, idx) ?
+						      s->rc : NULL;
 			if (keep)
 				c->on_disk = true;
 			if (keep && write_later_locked(s, c))
@@ -512,7 +517,7 @@ static int get_chunk(struct shared *s, uint64_t idx, uint64_t need_off, uint64_t
 		c->used = ++s->tick;
 		/* a reader's chunk goes to the disk cache, by a worker; one
 		 * fetched ahead, once a reader takes it */
-		struct rcache *keep = !on_disk && rc && !ahead && rc == s->rc ? rc : NULL;
+		struct rcache *keep = !on_disk && rc && !ahead && rc == s->rc && rcache_keeps(rc, idx) ? rc : NULL;
 		c->on_disk = on_disk || keep != NULL;
 		if (keep && write_later_locked(s, c))
 			keep = NULL;
@@ -558,7 +563,7 @@ static bool write_later_locked(struct shared *s, struct chunk *c)
 		return false;
 	c->refs++;
 	s->wq[s->wqn++] = c;
-	pthread_cond_broadcast(&s->cv);
+	pthread_cond_signal(&s->work);
 	return true;
 }
 
@@ -595,7 +600,7 @@ static void *worker_main(void *arg)
 	pthread_mutex_lock(&s->mu);
 	for (;;) {
 		while (!s->stopping && s->qn == 0 && s->wqn == 0)
-			pthread_cond_wait(&s->cv, &s->mu);
+			pthread_cond_wait(&s->work, &s->mu);
 		if (s->wqn && (s->stopping || s->qn == 0)) {
 			write_one_locked(s);
 			continue;
@@ -638,7 +643,7 @@ static bool queue_locked(struct shared *s, uint64_t idx)
 	if (s->qn == sizeof(s->queue) / sizeof(s->queue[0]))
 		return false;
 	s->queue[s->qn++] = idx;
-	pthread_cond_broadcast(&s->cv);
+	pthread_cond_signal(&s->work);
 	return true;
 }
 
@@ -663,7 +668,7 @@ static uint64_t stream_note(struct shared *s, uint64_t off, uint64_t len)
 	struct stream *st = NULL, *lru = &s->streams[0];
 	for (size_t i = 0; i < STREAMS; i++) {
 		struct stream *x = &s->streams[i];
-		if (x->used && off <= x->next + SEQ_SLACK && off + STREAM_BACK >= x->next) {
+		if (x->used && off <= x->next + STREAM_NEAR && off + STREAM_NEAR >= x->next) {
 			st = x;
 			break;
 		}
@@ -671,7 +676,7 @@ static uint64_t stream_note(struct shared *s, uint64_t off, uint64_t len)
 			lru = x;
 	}
 	if (!st) {
-		*lru = (struct stream){ .next = off + len, .run = 0 };
+		*lru = (struct stream){ .next = off + len, .run = 0, .end = s->size };
 		lru->used = ++s->stream_tick;
 		return 0;
 	}
@@ -683,7 +688,36 @@ static uint64_t stream_note(struct shared *s, uint64_t off, uint64_t len)
 	}
 	st->used = ++s->stream_tick;
 	uint64_t n = st->run / STREAM_STEP;
-	return n < READAHEAD ? n : READAHEAD;
+	n = n < READAHEAD ? n : READAHEAD;
+	/* never past where its reader said it stops (the file's end) */
+	uint64_t last = (off + len - 1) / REMOTE_CHUNK, stop = (st->end - 1) / REMOTE_CHUNK;
+	return last + n <= stop ? n : stop > last ? stop - last : 0;
+}
+
+void remote_hint_end(struct bytes *b, uint64_t off, uint64_t end)
+{
+	if (!bytes_is_remote(b))
+		return;
+	struct shared *s = ((struct rbytes *)b)->s;
+	if (end == 0 || end > s->size)
+		end = s->size;
+	pthread_mutex_lock(&s->mu);
+	struct stream *lru = &s->streams[0];
+	bool found = false;
+	for (size_t i = 0; i < STREAMS; i++) {
+		struct stream *x = &s->streams[i];
+		if (x->used && off <= x->next + STREAM_NEAR && off + STREAM_NEAR >= x->next) {
+			x->end = end;
+			found = true;
+		} else if (x->used < lru->used) {
+			lru = x;
+		}
+	}
+	/* the kernel sends a file's first reads at once: the stream starts
+	 * here, so that its end is known whichever read is noted first */
+	if (!found && s->bound)
+		*lru = (struct stream){ .next = off, .run = 0, .end = end, .used = ++s->stream_tick };
+	pthread_mutex_unlock(&s->mu);
 }
 
 void remote_prefetch(struct bytes *b, uint64_t off, uint64_t len)
@@ -810,6 +844,7 @@ static void shared_free(struct shared *s)
 	pthread_mutex_lock(&s->mu);
 	s->stopping = true;
 	pthread_cond_broadcast(&s->cv);
+	pthread_cond_broadcast(&s->work);
 	pthread_mutex_unlock(&s->mu);
 	for (int i = 0; i < s->nworkers; i++)
 		pthread_join(s->workers[i], NULL);
@@ -835,6 +870,7 @@ static void shared_free(struct shared *s)
 	free((char *)s->o.client_cert);
 	free((char *)s->o.client_key);
 	pthread_cond_destroy(&s->cv);
+	pthread_cond_destroy(&s->work);
 	pthread_mutex_destroy(&s->mu);
 	free(s);
 }
@@ -1064,6 +1100,7 @@ int remote_open(const struct remote_endpoint *eps, size_t n, const struct remote
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&s->cv, &ca);
 	pthread_condattr_destroy(&ca);
+	pthread_cond_init(&s->work, NULL);
 	s->refs = 1;
 	s->open_src = -1;
 	for (size_t i = 0; i < SRC_HINTS; i++)

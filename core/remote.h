@@ -102,6 +102,12 @@ bool remote_resident(struct bytes *b, uint64_t off, uint64_t len);
  * local bytes.  Added for issue 15's first-read latency. */
 void remote_prefetch(struct bytes *b, uint64_t off, uint64_t len);
 
+/* A reader about to read at OFF (a kit offset) will not go past END (its
+ * file's end): the read-ahead earned by the stream it continues stops
+ * there (so a sequential read of a file fetches the file, not 8 MiB past
+ * it).  No-op for local bytes, or when no stream is near OFF. */
+void remote_hint_end(struct bytes *b, uint64_t off, uint64_t end);
+
 /* Wait until the chunks readers took are in the disk cache: a worker
  * writes them after the read was answered (docs/remote.md).  Local disk
  * writes only, never the network.  No-op for local bytes. */

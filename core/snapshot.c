@@ -1588,11 +1588,13 @@ bool snapshot_read_resident(struct snap_file *f, size_t len, uint64_t off)
 
 void snapshot_prefetch(struct snap_file *f, size_t len, uint64_t off)
 {
-	if (f->blob || f->tree_loaded || f->tree_file || f->tree_off < 0 || f->g.levels == 0 || off >= f->size ||
-	    len == 0)
+	if (f->blob || off >= f->size || len == 0)
 		return;
 	struct bytes *b = source_bytes(f->s->src);
 	if (!bytes_is_remote(b) || source_compression(f->s->src) != KIT_COMPRESS_NONE)
+		return;
+	remote_hint_end(b, f->data_off + off, f->data_off + f->size);
+	if (f->tree_loaded || f->tree_file || f->tree_off < 0 || f->g.levels == 0)
 		return;
 	uint64_t i0 = off / MERKLE_BLOCK, i1 = (MIN(f->size, off + len) - 1) / MERKLE_BLOCK;
 	/* tree_block's path: at each level the blocks holding the hashes of

@@ -123,9 +123,9 @@ ssize_t snapshot_read(struct snap_file *f, void *buf, size_t len, uint64_t off);
 bool snapshot_read_resident(struct snap_file *f, size_t len, uint64_t off);
 /* For a read of [off, off+len) about to wait for the network: have the
  * tree blocks it will check fetched meanwhile, beside its data, rather
- * than after it (remote_prefetch).  Never waits; no-op unless the file's
- * tree comes from an uncompressed kit on a mirror and is not verified in
- * memory yet. */
+ * than after it (remote_prefetch), and tell the read-ahead where the file
+ * ends (remote_hint_end).  Never waits; no-op unless the file is in an
+ * uncompressed kit on a mirror. */
 void snapshot_prefetch(struct snap_file *f, size_t len, uint64_t off);
 
 /* Re-check every block of every file.  Returns 0, or -EIO with the first
