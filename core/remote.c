@@ -729,9 +729,11 @@ void remote_prefetch(struct bytes *b, uint64_t off, uint64_t len)
 		return;
 	uint64_t first = off / REMOTE_CHUNK;
 	uint64_t last = (off + len - 1 < s->size ? off + len - 1 : s->size - 1) / REMOTE_CHUNK;
+	/* a chunk in the disk cache too: a worker reads and checks it (1 MiB
+	 * read and hashed) while the reader's data is fetched */
 	pthread_mutex_lock(&s->mu);
 	for (uint64_t idx = first; idx <= last; idx++)
-		if (!tab_find(s, idx) && !(s->rc && rcache_has(s->rc, idx)) && !queue_locked(s, idx))
+		if (!tab_find(s, idx) && !queue_locked(s, idx))
 			break;
 	pthread_mutex_unlock(&s->mu);
 }

@@ -95,11 +95,12 @@ bool bytes_is_remote(const struct bytes *b);
  * a chunk may still leave memory before the read. */
 bool remote_resident(struct bytes *b, uint64_t off, uint64_t len);
 
-/* Start fetching, in the background, the chunks of [off, off+len) that
- * are neither in memory nor in the disk cache nor on their way, so that a
- * read of them soon waits less (a file's Merkle tree blocks, fetched while
- * its data is: snapshot_prefetch).  Never waits for the network; no-op for
- * local bytes.  Added for issue 15's first-read latency. */
+/* Start bringing into memory, in the background, the chunks of
+ * [off, off+len) that are not there nor on their way (from the disk
+ * cache, else from a mirror), so that a read of them soon waits less (a
+ * file's Merkle tree blocks, fetched while its data is: snapshot_prefetch).
+ * Never waits; no-op for local bytes.  Added for issue 15's first-read
+ * latency. */
 void remote_prefetch(struct bytes *b, uint64_t off, uint64_t len);
 
 /* A reader about to read at OFF (a kit offset) will not go past END (its
