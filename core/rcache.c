@@ -469,8 +469,19 @@ int rcache_get(struct rcache *c, uint64_t idx, void *buf, size_t len)
 	return ok ? 0 : -ENOENT;
 }
 
+bool rcache_keeps(const struct rcache *c, uint64_t idx)
+{
+	/* A bound below two chunks keeps no file data: each chunk written
+	 * would push out the one before it, so its write (and the digest of
+	 * its header) would be pure cost on every read.  The head is kept
+	 * whatever the bound: a remount with every mirror down needs it. */
+	return pinned(c, idx) || c->bound >= 2 * (uint64_t)c->chunk;
+}
+
 void rcache_put(struct rcache *c, uint64_t idx, const void *buf, size_t len)
 {
+	if (!rcache_keeps(c, idx))
+		return;
 	char name[32];
 	unsigned char h[HDR];
 	chunk_name(idx, name, sizeof(name));

@@ -49,6 +49,9 @@ int rcache_get(struct rcache *c, uint64_t idx, void *buf, size_t len);
 /* Keep chunk IDX; evicts as needed.  Failures (a full disk) are not
  * errors for the caller: the entry is simply not kept. */
 void rcache_put(struct rcache *c, uint64_t idx, const void *buf, size_t len);
+/* Whether rcache_put would keep chunk IDX at all: a bound below two
+ * chunks keeps the head only. */
+bool rcache_keeps(const struct rcache *c, uint64_t idx);
 /* Whether chunk IDX is kept (not read: rcache_get may still find it damaged). */
 bool rcache_has(struct rcache *c, uint64_t idx);
 /* Forget chunk IDX (its bytes failed verification above). */

@@ -28,10 +28,17 @@
 
 #define REMOTE_CHUNK (1u << 20)
 #define MEM_CHUNKS 32          /* chunks kept in memory (not counting those in use) */
-#define READAHEAD 4            /* chunks fetched ahead of a sequential reader */
-#define WORKERS 2              /* threads fetching ahead */
+#define READAHEAD 8            /* chunks fetched ahead of a sequential reader, at most */
+#define WORKERS 4              /* threads fetching ahead: requests in flight at once */
 #define SEQ_SLACK (512u << 10) /* how far from the last read's end a "next" read may start */
-#define POOL 8                 /* spare chunk buffers kept */
+#define POOL 16                /* spare chunk buffers kept */
+#define STREAMS 8              /* sequential readers told apart (once bound) */
+/* Once bound, how far from a stream's end a read may start, either way,
+ * and still belong to it: the kernel's readahead (4 MiB, fs/ops.c) sends
+ * several reads at once, and the fetch threads take them in any order. */
+#define STREAM_NEAR (8u << 20)
+#define STREAM_STEP (256u << 10) /* a stream earns a chunk of read-ahead per this much read */
+#define WRITES 16              /* chunks waiting for the disk cache, at most */
 #define SRC_HINTS 4096
 #define BACKOFF_FIRST_MS 1000
 #define BACKOFF_MAX_MS 60000
@@ -71,7 +78,11 @@ struct endpoint {
 
 struct shared {
 	pthread_mutex_t mu;
-	pthread_cond_t cv;          /* a chunk left FETCHING; the readahead queue */
+	pthread_cond_t cv;          /* a chunk left FETCHING; a disk cache write done */
+	/* work for the workers (a chunk to fetch ahead, one to write, or
+	 * stopping): apart from cv, so that a chunk done does not wake every
+	 * idle worker, nor work every waiting reader */
+	pthread_cond_t work;
 	unsigned refs;
 	struct remote_opts o;       /* strings owned */
 	struct endpoint ep[REMOTE_MAX_ENDPOINTS];
@@ -98,6 +109,19 @@ struct shared {
 	struct { uint64_t idx; int src; } src_hint[SRC_HINTS];
 	uint64_t queue[2 * READAHEAD * WORKERS];
 	size_t qn;
+	/* Once bound: the sequential readers of the kit's data, told apart
+	 * by where they are, whatever handle or thread their reads come
+	 * through (the snapshot reads every file, and the trees in the head,
+	 * through one handle, so a handle's own streak would be broken by
+	 * every tree block read between two data reads). */
+	struct stream { uint64_t next, run, used, end; } streams[STREAMS];
+	uint64_t stream_tick;
+	/* Chunks a reader took, for the workers to write to the disk cache
+	 * (each holds a reference): the write, and the digest of its header,
+	 * are no part of the reader's wait.  writing: those being written. */
+	struct chunk *wq[WRITES];
+	size_t wqn;
+	unsigned writing;
 	pthread_t workers[WORKERS];
 	int nworkers;
 	atomic_bool stopping;       /* closing: workers stop, their requests end */
@@ -113,6 +137,8 @@ struct rbytes {
 };
 
 static const struct bytes_ops remote_ops;
+static bool write_later_locked(struct shared *s, struct chunk *c);
+static void workers_start_locked(struct shared *s);
 
 const char *remote_result_name(enum remote_result r)
 {
@@ -428,9 +454,12 @@ static int get_chunk(struct shared *s, uint64_t idx, uint64_t need_off, uint64_t
 			c->refs++;
 			c->used = ++s->tick;
 			s->mem_hits++;
-			struct rcache *keep = !ahead && !c->on_disk && c->src >= 0 ? s->rc : NULL;
+			struct rcache *keep = !ahead && !c->on_disk && c->src >= 0 && s->rc && rcache_keeps(s->rc, idx) ?
+						      s->rc : NULL;
 			if (keep)
 				c->on_disk = true;
+			if (keep && write_later_locked(s, c))
+				keep = NULL;
 			pthread_mutex_unlock(&s->mu);
 			if (keep)
 				rcache_put(keep, idx, c->data, c->len);   /* our reference keeps data */
@@ -477,10 +506,6 @@ static int get_chunk(struct shared *s, uint64_t idx, uint64_t need_off, uint64_t
 		on_disk = true;
 	} else {
 		r = fetch_chunk(s, idx, need_off, need_len, data, len, deadline, &src);
-		if (r == 0 && rc && !ahead) {
-			rcache_put(rc, idx, data, len);
-			on_disk = true;
-		}
 	}
 
 	pthread_mutex_lock(&s->mu);
@@ -488,9 +513,21 @@ static int get_chunk(struct shared *s, uint64_t idx, uint64_t need_off, uint64_t
 		c->data = data;
 		c->len = len;
 		c->src = src;
-		c->on_disk = on_disk;
 		c->state = CH_READY;
 		c->used = ++s->tick;
+		/* a reader's chunk goes to the disk cache, by a worker; one
+		 * fetched ahead, once a reader takes it */
+		struct rcache *keep = !on_disk && rc && !ahead && rc == s->rc && rcache_keeps(rc, idx) ? rc : NULL;
+		c->on_disk = on_disk || keep != NULL;
+		if (keep && write_later_locked(s, c))
+			keep = NULL;
+		if (keep) {
+			/* the queue is full: this reader writes (and so waits
+			 * for the disk the workers are behind on) */
+			pthread_mutex_unlock(&s->mu);
+			rcache_put(keep, idx, data, len);
+			pthread_mutex_lock(&s->mu);
+		}
 		if (src >= 0) {
 			s->src_hint[idx % SRC_HINTS].idx = idx;
 			s->src_hint[idx % SRC_HINTS].src = src;
@@ -517,13 +554,57 @@ static void chunk_put(struct shared *s, struct chunk *c)
 
 /* ------------------------------------------------------------ readahead */
 
+/* Under s->mu, with one reference on C: have a worker write it to the
+ * disk cache.  False (and nothing done) if none runs or too many wait:
+ * the caller writes it itself. */
+static bool write_later_locked(struct shared *s, struct chunk *c)
+{
+	if (s->nworkers == 0 || s->wqn == WRITES || s->stopping)
+		return false;
+	c->refs++;
+	s->wq[s->wqn++] = c;
+	pthread_cond_signal(&s->work);
+	return true;
+}
+
+/* Under s->mu: until no chunk waits for or is in a disk cache write. */
+static void writes_drain_locked(struct shared *s)
+{
+	while (s->wqn || s->writing)
+		pthread_cond_wait(&s->cv, &s->mu);
+}
+
+/* Under s->mu, returns with it: the oldest waiting write, done. */
+static void write_one_locked(struct shared *s)
+{
+	struct chunk *c = s->wq[0];
+	memmove(s->wq, s->wq + 1, --s->wqn * sizeof(s->wq[0]));
+	struct rcache *rc = s->rc;
+	s->writing++;
+	pthread_mutex_unlock(&s->mu);
+	/* rc stays open: remote_bind drains the writes before it closes it */
+	if (rc)
+		rcache_put(rc, c->idx, c->data, c->len);
+	pthread_mutex_lock(&s->mu);
+	s->writing--;
+	chunk_put_locked(s, c);
+	pthread_cond_broadcast(&s->cv);
+}
+
+/* A worker: fetches ahead first (a reader may be about to wait for them),
+ * disk cache writes after; at close, the writes still waiting are done
+ * (a remount finds what was read), the fetches dropped. */
 static void *worker_main(void *arg)
 {
 	struct shared *s = arg;
 	pthread_mutex_lock(&s->mu);
 	for (;;) {
-		while (!s->stopping && s->qn == 0)
-			pthread_cond_wait(&s->cv, &s->mu);
+		while (!s->stopping && s->qn == 0 && s->wqn == 0)
+			pthread_cond_wait(&s->work, &s->mu);
+		if (s->wqn && (s->stopping || s->qn == 0)) {
+			write_one_locked(s);
+			continue;
+		}
 		if (s->stopping)
 			break;
 		uint64_t idx = s->queue[0];
@@ -540,28 +621,121 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
-/* Under s->mu: queue up to N chunks after LAST for the workers. */
-static void readahead_locked(struct shared *s, uint64_t last, uint64_t n)
+/* Under s->mu: chunk IDX onto the workers' queue, unless it is in memory
+ * or queued already; false when the queue is full or no worker runs. */
+static void workers_start_locked(struct shared *s)
 {
-	uint64_t nchunks = (s->size + REMOTE_CHUNK - 1) / REMOTE_CHUNK;
 	while (s->nworkers < WORKERS &&
 	       pthread_create(&s->workers[s->nworkers], NULL, worker_main, s) == 0)
 		s->nworkers++;
+}
+
+static bool queue_locked(struct shared *s, uint64_t idx)
+{
+	workers_start_locked(s);
 	if (s->nworkers == 0)
-		return;
-	for (uint64_t i = last + 1; i <= last + n && i < nchunks; i++) {
-		if (tab_find(s, i))
-			continue;
-		bool queued = false;
-		for (size_t q = 0; q < s->qn; q++)
-			queued |= s->queue[q] == i;
-		if (queued)
-			continue;
-		if (s->qn == sizeof(s->queue) / sizeof(s->queue[0]))
+		return false;
+	if (tab_find(s, idx))
+		return true;
+	for (size_t q = 0; q < s->qn; q++)
+		if (s->queue[q] == idx)
+			return true;
+	if (s->qn == sizeof(s->queue) / sizeof(s->queue[0]))
+		return false;
+	s->queue[s->qn++] = idx;
+	pthread_cond_signal(&s->work);
+	return true;
+}
+
+/* Under s->mu: queue up to N chunks after LAST for the workers (never
+ * past the kit's end). */
+static void readahead_locked(struct shared *s, uint64_t last, uint64_t n)
+{
+	uint64_t nchunks = (s->size + REMOTE_CHUNK - 1) / REMOTE_CHUNK;
+	for (uint64_t i = last + 1; i <= last + n && i < nchunks; i++)
+		if (!queue_locked(s, i))
 			break;
-		s->queue[s->qn++] = i;
+}
+
+/* Under s->mu, once bound: the read [off, off+len) of the kit's data
+ * joins the stream it continues, or starts one (pushing out the least
+ * recently used); how many chunks to fetch ahead of it.  A lone read
+ * (the first at a random offset) gets none: it must not share the
+ * network with fetches nobody asked for.  A stream earns a chunk per
+ * STREAM_STEP it has read, up to READAHEAD. */
+static uint64_t stream_note(struct shared *s, uint64_t off, uint64_t len)
+{
+	struct stream *st = NULL, *lru = &s->streams[0];
+	for (size_t i = 0; i < STREAMS; i++) {
+		struct stream *x = &s->streams[i];
+		if (x->used && off <= x->next + STREAM_NEAR && off + STREAM_NEAR >= x->next) {
+			st = x;
+			break;
+		}
+		if (x->used < lru->used)
+			lru = x;
 	}
-	pthread_cond_broadcast(&s->cv);
+	if (!st) {
+		*lru = (struct stream){ .next = off + len, .run = 0, .end = s->size };
+		lru->used = ++s->stream_tick;
+		return 0;
+	}
+	/* only bytes past its end count: the same page asked again (a
+	 * failed read retried) is no progress */
+	if (off + len > st->next) {
+		st->run += off + len - (off > st->next ? off : st->next);
+		st->next = off + len;
+	}
+	st->used = ++s->stream_tick;
+	uint64_t n = st->run / STREAM_STEP;
+	n = n < READAHEAD ? n : READAHEAD;
+	/* never past where its reader said it stops (the file's end) */
+	uint64_t last = (off + len - 1) / REMOTE_CHUNK, stop = (st->end - 1) / REMOTE_CHUNK;
+	return last + n <= stop ? n : stop > last ? stop - last : 0;
+}
+
+void remote_hint_end(struct bytes *b, uint64_t off, uint64_t end)
+{
+	if (!bytes_is_remote(b))
+		return;
+	struct shared *s = ((struct rbytes *)b)->s;
+	if (end == 0 || end > s->size)
+		end = s->size;
+	pthread_mutex_lock(&s->mu);
+	struct stream *lru = &s->streams[0];
+	bool found = false;
+	for (size_t i = 0; i < STREAMS; i++) {
+		struct stream *x = &s->streams[i];
+		if (x->used && off <= x->next + STREAM_NEAR && off + STREAM_NEAR >= x->next) {
+			x->end = end;
+			found = true;
+		} else if (x->used < lru->used) {
+			lru = x;
+		}
+	}
+	/* the kernel sends a file's first reads at once: the stream starts
+	 * here, so that its end is known whichever read is noted first */
+	if (!found && s->bound)
+		*lru = (struct stream){ .next = off, .run = 0, .end = end, .used = ++s->stream_tick };
+	pthread_mutex_unlock(&s->mu);
+}
+
+void remote_prefetch(struct bytes *b, uint64_t off, uint64_t len)
+{
+	if (!bytes_is_remote(b))
+		return;
+	struct shared *s = ((struct rbytes *)b)->s;
+	if (len == 0 || off >= s->size)
+		return;
+	uint64_t first = off / REMOTE_CHUNK;
+	uint64_t last = (off + len - 1 < s->size ? off + len - 1 : s->size - 1) / REMOTE_CHUNK;
+	/* a chunk in the disk cache too: a worker reads and checks it (1 MiB
+	 * read and hashed) while the reader's data is fetched */
+	pthread_mutex_lock(&s->mu);
+	for (uint64_t idx = first; idx <= last; idx++)
+		if (!tab_find(s, idx) && !queue_locked(s, idx))
+			break;
+	pthread_mutex_unlock(&s->mu);
 }
 
 /* ------------------------------------------------------------ bytes ops */
@@ -581,21 +755,28 @@ static ssize_t remote_read_at(struct bytes *b, void *buf, size_t len, uint64_t o
 	/* a handle may be read from several threads at once: its streak is
 	 * kept under the lock (a guess either way, never a correctness matter) */
 	pthread_mutex_lock(&s->mu);
-	/* near where the last read ended counts: the kernel's readahead and
-	 * a reader's own reads arrive from several threads, a little out of
-	 * order */
-	uint64_t dist = off > rb->next_off ? off - rb->next_off : rb->next_off - off;
-	bool near = rb->next_off != UINT64_MAX && dist <= SEQ_SLACK && off != rb->last_off;
-	rb->streak = near ? rb->streak + len : 0;
-	rb->next_off = off + len;
-	rb->last_off = off;
-	/* ahead by as many chunks as the reader has gone through in a row
-	 * (up to READAHEAD): a walk over tar headers, small reads near each
-	 * other, does not pull in the big files between them; an advised
-	 * sequential reader, at once, but before remote_bind only once it has
-	 * gone through a chunk (a mount reads the head, then binds) */
-	bool eager = rb->sequential && (s->bound || rb->streak >= REMOTE_CHUNK);
-	uint64_t ahead = eager ? READAHEAD : rb->streak / REMOTE_CHUNK;
+	uint64_t ahead = 0;
+	if (s->bound) {
+		/* the head (trees, index) is pinned in the disk cache: reads
+		 * of it earn nothing; the data's readers, by their stream */
+		if (off + len > s->head_len)
+			ahead = stream_note(s, off, len);
+	} else {
+		/* a mount reading the head, through its own handle.  Near
+		 * where the last read ended counts: a reader's reads arrive
+		 * from several threads, a little out of order */
+		uint64_t dist = off > rb->next_off ? off - rb->next_off : rb->next_off - off;
+		bool near = rb->next_off != UINT64_MAX && dist <= SEQ_SLACK && off != rb->last_off;
+		rb->streak = near ? rb->streak + len : 0;
+		rb->next_off = off + len;
+		rb->last_off = off;
+		/* ahead by as many chunks as it has gone through in a row: a
+		 * walk over tar headers, small reads near each other, does not
+		 * pull in the big files between them; an advised sequential
+		 * reader once it has gone through a chunk */
+		bool eager = rb->sequential && rb->streak >= REMOTE_CHUNK;
+		ahead = eager ? READAHEAD : rb->streak / REMOTE_CHUNK;
+	}
 	if (ahead > 0)
 		readahead_locked(s, last, ahead < READAHEAD ? ahead : READAHEAD);
 	pthread_mutex_unlock(&s->mu);
@@ -665,6 +846,7 @@ static void shared_free(struct shared *s)
 	pthread_mutex_lock(&s->mu);
 	s->stopping = true;
 	pthread_cond_broadcast(&s->cv);
+	pthread_cond_broadcast(&s->work);
 	pthread_mutex_unlock(&s->mu);
 	for (int i = 0; i < s->nworkers; i++)
 		pthread_join(s->workers[i], NULL);
@@ -690,6 +872,7 @@ static void shared_free(struct shared *s)
 	free((char *)s->o.client_cert);
 	free((char *)s->o.client_key);
 	pthread_cond_destroy(&s->cv);
+	pthread_cond_destroy(&s->work);
 	pthread_mutex_destroy(&s->mu);
 	free(s);
 }
@@ -919,6 +1102,7 @@ int remote_open(const struct remote_endpoint *eps, size_t n, const struct remote
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&s->cv, &ca);
 	pthread_condattr_destroy(&ca);
+	pthread_cond_init(&s->work, NULL);
 	s->refs = 1;
 	s->open_src = -1;
 	for (size_t i = 0; i < SRC_HINTS; i++)
@@ -973,6 +1157,11 @@ int remote_bind(struct bytes *b, const char *key, uint64_t head_len, struct stel
 		return stella_fail(e, -EINVAL, "%s: not a sha256: %s", b->name, key);
 	snprintf(b->identity, sizeof(b->identity), "remote:%s", key);
 	pthread_mutex_lock(&s->mu);
+	/* the workers start now, not at the first read that needs one: that
+	 * read does not wait for their creation */
+	workers_start_locked(s);
+	/* no write may still be on its way into a cache closed here */
+	writes_drain_locked(s);
 	bool same = s->rc && strcmp(s->key, key) == 0;
 	struct rcache *old = same ? NULL : s->rc;
 	if (!same)
@@ -1016,6 +1205,16 @@ int remote_bind(struct bytes *b, const char *key, uint64_t head_len, struct stel
 	}
 	free(cs);
 	return 0;
+}
+
+void remote_flush(struct bytes *b)
+{
+	if (!bytes_is_remote(b))
+		return;
+	struct shared *s = ((struct rbytes *)b)->s;
+	pthread_mutex_lock(&s->mu);
+	writes_drain_locked(s);
+	pthread_mutex_unlock(&s->mu);
 }
 
 int remote_stats(struct bytes *b, struct remote_stats *st)

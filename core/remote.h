@@ -95,6 +95,25 @@ bool bytes_is_remote(const struct bytes *b);
  * a chunk may still leave memory before the read. */
 bool remote_resident(struct bytes *b, uint64_t off, uint64_t len);
 
+/* Start bringing into memory, in the background, the chunks of
+ * [off, off+len) that are not there nor on their way (from the disk
+ * cache, else from a mirror), so that a read of them soon waits less (a
+ * file's Merkle tree blocks, fetched while its data is: snapshot_prefetch).
+ * Never waits; no-op for local bytes.  Added for issue 15's first-read
+ * latency. */
+void remote_prefetch(struct bytes *b, uint64_t off, uint64_t len);
+
+/* A reader about to read at OFF (a kit offset) will not go past END (its
+ * file's end): the read-ahead earned by the stream it continues stops
+ * there (so a sequential read of a file fetches the file, not 8 MiB past
+ * it).  No-op for local bytes, or when no stream is near OFF. */
+void remote_hint_end(struct bytes *b, uint64_t off, uint64_t end);
+
+/* Wait until the chunks readers took are in the disk cache: a worker
+ * writes them after the read was answered (docs/remote.md).  Local disk
+ * writes only, never the network.  No-op for local bytes. */
+void remote_flush(struct bytes *b);
+
 /* After the kit's head ([0, head_len): manifest, signatures, index,
  * merkle.bin) was verified: key the disk cache by KEY (the signed
  * manifest's sha256, hex), so every mirror of one kit shares it, and pin

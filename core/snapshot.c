@@ -1743,3 +1743,30 @@ bool snapshot_read_resident(struct snap_file *f, size_t len, uint64_t off)
 		return source_resident(f->s->src, (uint64_t)f->tree_off, merkle_tree_size(&f->g));
 	return true;
 }
+
+void snapshot_prefetch(struct snap_file *f, size_t len, uint64_t off)
+{
+	if (f->blob || off >= f->size || len == 0)
+		return;
+	struct bytes *b = source_bytes(f->s->src);
+	if (!bytes_is_remote(b) || source_compression(f->s->src) != KIT_COMPRESS_NONE)
+		return;
+	remote_hint_end(b, f->data_off + off, f->data_off + f->size);
+	if (f->tree_loaded || f->tree_file || f->tree_off < 0 || f->g.levels == 0)
+		return;
+	uint64_t i0 = off / MERKLE_BLOCK, i1 = (MIN(f->size, off + len) - 1) / MERKLE_BLOCK;
+	/* tree_block's path: at each level the blocks holding the hashes of
+	 * the level below, up to the top block */
+	for (unsigned level = 0; level < f->g.levels; level++) {
+		i0 /= MERKLE_PER_BLOCK;
+		i1 /= MERKLE_PER_BLOCK;
+		uint64_t tb0 = f->g.level_start[level] + i0, tb1 = f->g.level_start[level] + i1;
+		pthread_mutex_lock(&f->lock);
+		bool ok = true;
+		for (uint64_t tb = tb0; ok && tb <= tb1; tb++)
+			ok = f->tree_ok[tb];
+		pthread_mutex_unlock(&f->lock);
+		if (!ok)
+			remote_prefetch(b, (uint64_t)f->tree_off + tb0 * MERKLE_BLOCK, (tb1 - tb0 + 1) * MERKLE_BLOCK);
+	}
+}

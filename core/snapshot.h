@@ -134,6 +134,12 @@ void snapshot_unpin(struct snap_pin *pin);
  * (its data blocks and, if not loaded yet, the file's tree are in memory or
  * in the disk cache): a hint, never waits. */
 bool snapshot_read_resident(struct snap_file *f, size_t len, uint64_t off);
+/* For a read of [off, off+len) about to wait for the network: have the
+ * tree blocks it will check fetched meanwhile, beside its data, rather
+ * than after it (remote_prefetch), and tell the read-ahead where the file
+ * ends (remote_hint_end).  Never waits; no-op unless the file is in an
+ * uncompressed kit on a mirror. */
+void snapshot_prefetch(struct snap_file *f, size_t len, uint64_t off);
 
 /* Re-check every block of every file.  Returns 0, or -EIO with the first
  * failing file and block in e. */

@@ -408,6 +408,10 @@ void fetch_read(struct stellafs *sf, fuse_req_t req, struct fetch_file *ff, size
 	atomic_init(&j->replied, false);
 	atomic_init(&j->refs, 1); /* the list's, or this function's if not listed */
 	atomic_fetch_add(&ff->refs, 1);
+	/* The file's tree blocks for this read start coming now, beside the
+	 * data the fetch thread will ask for, not after it (issue 15: a
+	 * first read deep in a file paid two round trips in a row). */
+	snapshot_prefetch(ff->f, size, off);
 	/* Before the job is visible to a thread that could answer it and
 	 * free it: an interrupt already pending calls back right here. */
 	registering = j;

@@ -572,6 +572,38 @@ def test_explicit_proxy_option(tmp_path, blob):
         assert any(url.endswith("/k") for _, _, _, url in sq.log())
 
 
+def test_a_lone_read_is_not_read_ahead_for(blob):
+    """Once bound, one read at a random offset fetches its chunk and nothing more: read-ahead
+    would share the network with the read that is waited for (issue 15: the first read deep
+    in a file)."""
+    with serverlib.FaultServer({"/k": blob}) as fs:
+        out = remotectl([fs.url("k")], "bind", "34" * 32, 4096, "read", 5 * MiB + 100, 4096, "sleep", 300)
+        assert out[1] == "ok " + digest(blob[5 * MiB + 100:5 * MiB + 4196]), out
+        assert sorted(r.range for r in fs.requests) == [f"bytes=0-{MiB - 1}", f"bytes={5 * MiB}-{6 * MiB - 1}"]
+
+
+def test_stream_read_ahead_is_bounded_and_stops_at_the_kits_end(tmp_path):
+    """A reader going on where it stopped earns read-ahead (a chunk per 256 KiB read, 8 at
+    most), whatever other reads (a tree block in the head) come between; each chunk is asked
+    for once; nothing past the kit's end."""
+    big = os.urandom(16 * MiB + 12345)
+    with serverlib.FaultServer({"/k": big}) as fs:
+        reads = []
+        for i in range(16):   # [MiB, 3 MiB) in 128 KiB reads, a head read between each
+            reads += ["read", MiB + i * 128 * 1024, 128 * 1024, "read", 100 + i, 10]
+        out = remotectl([fs.url("k")], "bind", "56" * 32, 4096, *reads, "sleep", 500)
+        assert all(l.startswith("ok") for l in out), out
+        chunks = sorted(int(r.range.split("=")[1].split("-")[0]) // MiB for r in fs.requests)
+        assert len(chunks) == len(set(chunks)), chunks
+        # read: 0 (the open), 1, 2; ahead of chunk 2 by 8 at most
+        assert 3 in chunks and max(chunks) <= 2 + 8, chunks
+        fs.clear_log()
+        out = remotectl([fs.url("k")], "bind", "56" * 32, 4096, "seq", "sleep", 300)
+        assert out[1] == "ok " + digest(big), out
+        ends = [int(r.range.split("-")[1]) for r in fs.requests]
+        assert max(ends) == len(big) - 1 and len(ends) == len(set(ends)) == 17, ends
+
+
 def test_close_does_not_wait_for_hanging_read_ahead(blob):
     """Fetches ahead that hang end when the bytes are closed (an umount does not wait
     for timeout=)."""
@@ -579,11 +611,12 @@ def test_close_does_not_wait_for_hanging_read_ahead(blob):
         fs.hang = 60
         fs.fail_after = 1          # the open (chunk 0) is answered
         t0 = time.monotonic()
-        # bound first: an advised reader is read ahead for at once only after remote_bind
-        out = remotectl([fs.url("k")], "bind", "12" * 32, 4096, "advise", "read", 0, 4096, "sleep", 300,
-                        timeout_ms=30000)
+        # bound first, then a reader that goes on where it stopped (two reads in a row:
+        # a lone read is never read ahead for), all inside chunk 0, which the open has
+        out = remotectl([fs.url("k")], "bind", "12" * 32, 4096, "read", 4096, 4096, "read", 8192, 512 * 1024,
+                        "sleep", 300, timeout_ms=30000)
         took = time.monotonic() - t0
-        assert out[2] == "ok " + digest(blob[:4096]), out
+        assert out[2] == "ok " + digest(blob[8192:8192 + 512 * 1024]), out
         assert fs.count >= 2       # read ahead asked for chunk 1 (and hangs there)
         assert took < 8, took
 

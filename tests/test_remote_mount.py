@@ -486,6 +486,50 @@ def test_offline_remount_serves_from_cache(tmp_path, mounter, keys, bigkit):
     assert h.splitlines()[0] == "WARNING", h
 
 
+def _ranges(entries):
+    """The byte ranges nginx served, as (first, last) pairs."""
+    out = []
+    for e in entries:
+        assert e.status == 206, e
+        a, b = e.range.removeprefix("bytes=").split("-")
+        out.append((int(a), int(b)))
+    return out
+
+
+def test_read_ahead_fetches_only_what_readers_earn(tmp_path, mounter, keys, bigkit):
+    """Issue 15's speed work, bounded: a 4 KiB read deep in a file right after the mount
+    fetches its one chunk (the file's tree is in the head, fetched with the mount), nothing
+    ahead of it; a whole sequential read of the 40 MiB file is fetched ahead of the reader
+    yet asks each chunk once and about the file's bytes in all, nothing past the kit."""
+    kits, big = bigkit
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    want = (big / "data" / "big.bin").read_bytes()
+    ksize = (kits / "big.tar").stat().st_size
+    with serverlib.Nginx(tmp_path / "ng", root=kits) as ng:
+        m = mount_remote(mounter, ng.url("big.tar"), keys["ed25519"].pub, "timeout=20", cache=cache)
+        n0 = len(ng.log())
+        off = 30 * 1024 * 1024 + 12288
+        fd = os.open(m.path / "current" / "data" / "big.bin", os.O_RDONLY)
+        try:
+            assert os.pread(fd, 4096, off) == want[off:off + 4096]
+        finally:
+            os.close(fd)
+        time.sleep(0.5)   # what would have been read ahead has been asked for by now
+        lone = _ranges(ng.log()[n0:])
+        assert len(lone) == 1 and lone[0][1] - lone[0][0] + 1 <= 1024 * 1024, lone
+        n1 = len(ng.log())
+        assert read_all(m.path / "current" / "data" / "big.bin") == want
+        time.sleep(0.5)
+        seq = _ranges(ng.log()[n1:])
+        assert len(seq) == len(set(seq)), "a chunk fetched twice"
+        assert (lone[0]) not in seq, "the lone read's chunk fetched again"
+        assert all(b < ksize for _, b in seq)
+        fetched = sum(b - a + 1 for a, b in seq)
+        # the file, less the chunk already here, plus a chunk at each end
+        assert fetched <= len(want) + 2 * 1024 * 1024, fetched
+
+
 def test_cache_bound(tmp_path, mounter, keys, bigkit):
     """cache_size small, more than it read: the cache directory stays under the bound
     plus the head and the index, with a chunk of slack."""

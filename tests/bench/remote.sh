@@ -5,7 +5,7 @@
 #   2. a cold sequential read of a SIZE MiB file through the mount, against
 #      `curl -o /dev/null` of the whole kit from the same nginx (goal >= 0.8x)
 #   3. the first 4 KiB read at a random offset deep in that file right after
-#      a mount (goal <= 10 ms)
+#      a mount (goal <= 10 ms; the median of three fresh mounts)
 #   4. N mounts reading the same kit through one squid: bytes nginx served,
 #      against the kit's size (goal <= 1.5x)
 # Prints one table "measurement | stellafs | reference | ratio | goal".
@@ -130,16 +130,24 @@ with serverlib.Nginx(work / "nginx", root=kit.parent) as ng:
     row("remount: bytes served before ready", f"{re_b / MiB:.2f} MiB", f"kit {ksize / MiB:.1f} MiB",
         f"{re_b / ksize:.4f}x", "head only")
 
-    # 3. first 4 KiB at a random deep offset right after the mount
+    # 3. first 4 KiB at a random deep offset right after the mount (open + pread), on
+    # three fresh mounts (the same cache=: the head from disk), at three offsets: a
+    # single figure is at the mercy of the scheduler on a busy machine
     rnd = random.Random(7)
-    off = (rnd.randrange(size // 2, size) * MiB) + rnd.randrange(0, 256) * 4096
-    t0 = time.monotonic()
-    fd = os.open(mnt / "current" / "data" / "big.bin", os.O_RDONLY)
-    os.pread(fd, 4096, off)
-    first_ms = (time.monotonic() - t0) * 1000
-    os.close(fd)
-    row("first 4 KiB at a deep random offset after mount", f"{first_ms:.1f} ms", "-", "-", "<= 10 ms")
-    umount(mnt)
+    firsts = []
+    for i in range(3):
+        if i:
+            mnt, _ = mount(url, "cache_size=1M", cache=cache)
+        off = (rnd.randrange(size // 2, size) * MiB) + rnd.randrange(0, 256) * 4096
+        t0 = time.monotonic()
+        fd = os.open(mnt / "current" / "data" / "big.bin", os.O_RDONLY)
+        os.pread(fd, 4096, off)
+        firsts.append((time.monotonic() - t0) * 1000)
+        os.close(fd)
+        umount(mnt)
+    firsts.sort()
+    row("first 4 KiB at a deep random offset after mount", f"{firsts[1]:.1f} ms",
+        f"min {firsts[0]:.1f}, max {firsts[2]:.1f}", "-", "<= 10 ms (median of 3)")
 
     # 2. cold sequential read through a fresh mount (cache_size=1M: from the network)
     mnt, _ = mount(url, "cache_size=1M", cache=cache)

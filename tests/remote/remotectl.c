@@ -13,7 +13,7 @@
  *   drain                as seq, without the digest (a timing): "ok BYTES"
  *   bad OFF LEN          bytes_report_bad: "ok" (retry) or "error EIO"
  *   bind KEY HEADLEN     remote_bind
- *   stats                one line per mirror: "mirror URL STATE failures=N
+ *   stats                (after remote_flush) one line per mirror: "mirror URL STATE failures=N
  *                        bytes=N ok=N http_error=N timeout=N short=N
  *                        bad_bytes=N refused=N", then "cache bytes=N hits=N
  *                        unserved=N"
@@ -294,6 +294,7 @@ int main(int argc, char **argv)
 			i += 2;
 			printf(r ? "error %s\n" : "ok\n", e.msg);
 		} else if (!strcmp(c, "stats")) {
+			remote_flush(b);   /* what was read is in the cache when counted */
 			print_stats(b);
 		} else if (!strcmp(c, "identity")) {
 			printf("%s\n", bytes_identity(b));
