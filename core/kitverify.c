@@ -9,6 +9,7 @@
 #include <openssl/evp.h>
 
 #include "hasher.h"
+#include "mapview.h"
 #include "kitindex.h"
 #include "bounds.h"
 #include "merklefile.h"
@@ -84,63 +85,18 @@ struct sig_job {
 	struct stella_err e;
 };
 
-/* While a signature is checked over a mapped manifest, the pages it has
- * read are dropped from this process every few milliseconds: they stay in
- * the page cache (and come back if read again), but a 300 MB manifest does
- * not count 300 MB in our resident set.  Ed25519 cannot verify a message
- * in pieces; this keeps its one pass over the bytes from holding them. */
-struct reaper {
-	void *base;
-	size_t len;
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	bool stop;
-};
-
-static void *reaper_thread(void *arg)
-{
-	struct reaper *rp = arg;
-	pthread_mutex_lock(&rp->lock);
-	while (!rp->stop) {
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += 20 * 1000 * 1000;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
-		pthread_cond_timedwait(&rp->cond, &rp->lock, &ts);
-		madvise(rp->base, rp->len, MADV_DONTNEED);
-	}
-	pthread_mutex_unlock(&rp->lock);
-	return NULL;
-}
-
+/* The signature checked over the spooled manifest mapped and trimmed
+ * behind the checker (mapview.h): Ed25519 cannot verify a message in
+ * pieces, and a 300 MB manifest must not count 300 MB in our RSS. */
 static int sig_check_mapped(struct walk *w, struct sig_job *j)
 {
-	if (w->manifest_len == 0)
-		return sig_check(w->o->trust, w->o->threshold, (const uint8_t *)"", 0, j->sig, j->siglen,
-				 &w->res->signers, &j->e);
-	void *base = mmap(NULL, w->manifest_len, PROT_READ, MAP_SHARED, w->mfd, 0);
-	if (base == MAP_FAILED)
-		return stella_fail_errno(&j->e, -errno, "manifest: mapping it");
-	struct reaper rp = { .base = base, .len = w->manifest_len };
-	pthread_mutex_init(&rp.lock, NULL);
-	pthread_cond_init(&rp.cond, NULL);
-	pthread_t t;
-	bool reaping = pthread_create(&t, NULL, reaper_thread, &rp) == 0;
-	int r = sig_check(w->o->trust, w->o->threshold, base, w->manifest_len, j->sig, j->siglen, &w->res->signers,
-			  &j->e);
-	if (reaping) {
-		pthread_mutex_lock(&rp.lock);
-		rp.stop = true;
-		pthread_cond_signal(&rp.cond);
-		pthread_mutex_unlock(&rp.lock);
-		pthread_join(t, NULL);
-	}
-	pthread_cond_destroy(&rp.cond);
-	pthread_mutex_destroy(&rp.lock);
-	munmap(base, w->manifest_len);
+	struct mapview v;
+	int r = mapview_open(w->mfd, w->manifest_len, &v);
+	if (r < 0)
+		return stella_fail_errno(&j->e, r, "manifest: mapping it");
+	r = sig_check(w->o->trust, w->o->threshold, v.size ? v.base : (const uint8_t *)"", v.size, j->sig, j->siglen,
+		      &w->res->signers, &j->e);
+	mapview_close(&v);
 	return r;
 }
 

@@ -2,12 +2,9 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <pthread.h>
 #include <stdbool.h>
-#include <time.h>
 #include <fcntl.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <openssl/core_names.h>
@@ -16,6 +13,7 @@
 #include <openssl/x509.h>
 
 #include "bounds.h"
+#include "mapview.h"
 #include "merkle.h"
 #include "util.h"
 
@@ -364,91 +362,16 @@ int sig_sign(EVP_PKEY *key, const uint8_t *msg, size_t len, char **b64, struct s
 
 /* Pure Ed25519 is one call over the whole message in OpenSSL 3.0 (it reads
  * it twice: once for the nonce, once for the challenge), so a file is
- * signed through a read-only mapping of it.  The clean page-cache pages
- * the signer touches would count in our RSS (a 1.4 GB kit of 1,000,000
- * files: 1.5 GiB), so a trimmer thread unmaps the whole range from us every
- * TRIM_MS (MADV_DONTNEED).  For a private mapping never written, that only
- * drops our page-table entries: the next touch re-faults the same file
- * page from the page cache, and the bytes signed are the file's bytes
- * whatever the timing.  RSS then holds what the signer read in the last
- * TRIM_MS (tens of MB at SHA-512's speed), not the file. */
-#define TRIM_MS 20
-
-struct trimmer {
-	void *map;
-	size_t size;
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	bool stop;
-};
-
-static void *trim_main(void *arg)
-{
-	struct trimmer *t = arg;
-	pthread_mutex_lock(&t->lock);
-	while (!t->stop) {
-		struct timespec ts;
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_nsec += TRIM_MS * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
-		if (pthread_cond_timedwait(&t->cond, &t->lock, &ts) == ETIMEDOUT && !t->stop)
-			(void)madvise(t->map, t->size, MADV_DONTNEED);
-	}
-	pthread_mutex_unlock(&t->lock);
-	return NULL;
-}
-
-/* Without a thread (none to be had) the file is still signed, only its
- * pages stay in RSS until the end: the bound is lost, not the kit. */
-static bool trim_start(struct trimmer *t, pthread_t *th)
-{
-	pthread_condattr_t ca;
-	if (pthread_condattr_init(&ca) != 0)
-		return false;
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	bool ok = pthread_cond_init(&t->cond, &ca) == 0;
-	pthread_condattr_destroy(&ca);
-	if (!ok)
-		return false;
-	pthread_mutex_init(&t->lock, NULL);
-	if (pthread_create(th, NULL, trim_main, t) == 0)
-		return true;
-	pthread_mutex_destroy(&t->lock);
-	pthread_cond_destroy(&t->cond);
-	return false;
-}
-
-static void trim_stop(struct trimmer *t, pthread_t th)
-{
-	pthread_mutex_lock(&t->lock);
-	t->stop = true;
-	pthread_cond_signal(&t->cond);
-	pthread_mutex_unlock(&t->lock);
-	pthread_join(th, NULL);
-	pthread_mutex_destroy(&t->lock);
-	pthread_cond_destroy(&t->cond);
-}
-
+ * signed through a mapping trimmed behind the signer (mapview.h): its
+ * pages do not stay in our RSS. */
 static int sign_mapped(EVP_PKEY *key, int fd, uint64_t size, char **b64, struct stella_err *e)
 {
-	if (size == 0)
-		return sig_sign(key, NULL, 0, b64, e);
-	if (size > SIZE_MAX)
-		return stella_fail(e, -EFBIG, "signing: file too large to map");
-	void *map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
-	if (map == MAP_FAILED)
-		return stella_fail_errno(e, -errno, "mmap for signing");
-	madvise(map, (size_t)size, MADV_SEQUENTIAL);
-	struct trimmer t = { .map = map, .size = (size_t)size };
-	pthread_t th;
-	bool trimming = trim_start(&t, &th);
-	int r = sig_sign(key, map, (size_t)size, b64, e);
-	if (trimming)
-		trim_stop(&t, th);
-	munmap(map, (size_t)size);
+	struct mapview v;
+	int r = mapview_open(fd, size, &v);
+	if (r < 0)
+		return stella_fail_errno(e, r, "mmap for signing");
+	r = sig_sign(key, v.base, v.size, b64, e);
+	mapview_close(&v);
 	return r;
 }
 
