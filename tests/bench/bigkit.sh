@@ -9,8 +9,9 @@
 #   - the daemon's RSS after walking everything and reading 100,000 files
 #     (or all of them, when fewer), goal 32 MiB;
 #   - pack's peak RSS (goal 512 MiB) with an Ed25519 key (which maps the
-#     manifest and the kit to sign them: file pages count in RSS) and with an
-#     ECDSA key (streamed), and verify's peak RSS (goal 128 MiB).
+#     manifest and the kit to sign them, dropping the pages read behind the
+#     signer: core/sig.c) and with an ECDSA key (streamed), and verify's
+#     peak RSS (goal 128 MiB).
 # Prints one table "measurement | stellafs | reference | ratio | goal".
 # Not a test: no assertion, the exit status says only whether the run worked.
 #
