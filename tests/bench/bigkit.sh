@@ -9,10 +9,10 @@
 #   - the daemon's RSS after walking everything and reading 100,000 files
 #     (or all of them, when fewer), goal 32 MiB;
 #   - pack's peak RSS (goal 512 MiB) with an Ed25519 key (which maps the
-#     manifest and the kit to sign them: file pages count in RSS) and with an
-#     ECDSA key (streamed), verify's and import's peak RSS (goal 128 MiB:
-#     both stream the manifest, docs/kit-format.md "memory of stellakit
-#     verify"), verify's wall time.
+#     manifest and the kit to sign them, dropping the pages read behind the
+#     signer: core/mapview.c) and with an ECDSA key (streamed), verify's and
+#     import's peak RSS (goal 128 MiB: both stream the manifest,
+#     docs/kit-format.md "memory of stellakit verify"), verify's wall time.
 # Prints one table "measurement | stellafs | reference | ratio | goal".
 # Not a test: no assertion, the exit status says only whether the run worked.
 #
