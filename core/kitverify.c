@@ -445,8 +445,9 @@ static int hash_member(struct walk *w, const struct kit_member *m, const struct 
  * order, for the carried index's check after the walk. */
 static int note_offset(struct walk *w, uint64_t off, struct stella_err *e)
 {
+	errno = 0;
 	if (w->doff && fwrite(&off, sizeof(off), 1, w->doff) != 1)
-		return stella_fail_errno(e, -EIO, "%s: temporary file for the index check", w->path);
+		return stella_fail_errno(e, errno ? -errno : -EIO, "%s: temporary file for the index check", w->path);
 	return 0;
 }
 
@@ -622,6 +623,9 @@ static int check_index(struct walk *w, struct stella_err *e)
 	int r = iter_open(w, e);
 	if (r < 0)
 		return r;
+	errno = 0;
+	if (fflush(w->doff) != 0)
+		return stella_fail_errno(e, errno ? -errno : -EIO, "%s: temporary file for the index check", w->path);
 	rewind(w->doff);
 	return kitindex_check_iter(w->index_path, label, &w->it, &g, index_offset, w, &info, e);
 }

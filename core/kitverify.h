@@ -32,7 +32,7 @@ struct kitverify_opts {
 	 * nlisted says how many artifacts), the walk pulls the artifacts from
 	 * the manifest spooled to a temporary file, and visit's index is the
 	 * artifact's place in manifest order.  Memory is then bounded by the
-	 * work (docs/kit-format.md, "Verification memory"), not the kit. */
+	 * work (docs/kit-format.md section 13, "memory of stellakit verify and import"), not the kit. */
 	bool stream;
 	void (*progress)(void *ctx, const char *name, uint64_t done, uint64_t total);
 	void *progress_ctx;

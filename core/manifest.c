@@ -964,9 +964,11 @@ static int cursor_open(struct manifest_cursor **out, struct stella_err *e)
 
 int manifest_cursor_open_fd(int fd, struct manifest_cursor **out, struct stella_err *e)
 {
+	*out = NULL;
 	int r = cursor_open(out, e);
 	if (r == 0 && !((*out)->buf = malloc(MANIFEST_STREAM_CHUNK))) {
 		manifest_cursor_free(*out);
+		*out = NULL;
 		return -ENOMEM;
 	}
 	if (r == 0)
@@ -976,6 +978,7 @@ int manifest_cursor_open_fd(int fd, struct manifest_cursor **out, struct stella_
 
 int manifest_cursor_open_mem(const char *buf, size_t len, struct manifest_cursor **out, struct stella_err *e)
 {
+	*out = NULL;
 	int r = cursor_open(out, e);
 	if (r == 0) {
 		(*out)->mem = buf;

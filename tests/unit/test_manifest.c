@@ -22,7 +22,7 @@ static int parse(const char *json, struct manifest **m, struct stella_err *e)
 
 struct names {
 	char **v;
-	size_t n;
+	size_t n, cap;
 };
 
 static int collect(void *ctx, size_t i, const struct artifact *a, struct stella_err *e)
@@ -30,9 +30,11 @@ static int collect(void *ctx, size_t i, const struct artifact *a, struct stella_
 	struct names *ns = ctx;
 	(void)e;
 	CHECK(i == ns->n);
-	ns->v = realloc(ns->v, (ns->n + 1) * sizeof(*ns->v));
-	if (!ns->v)
-		abort();
+	if (ns->n == ns->cap) {
+		ns->cap = ns->cap ? 2 * ns->cap : 64;
+		if (!(ns->v = realloc(ns->v, ns->cap * sizeof(*ns->v))))
+			abort();
+	}
 	char buf[8300];
 	snprintf(buf, sizeof(buf), "%s|%d|%o|%llu|%02x%02x|%s", a->name, (int)a->type, a->mode,
 		 (unsigned long long)a->size, a->sha256[0], a->fsverity[31], a->target ? a->target : "");
