@@ -92,6 +92,10 @@ struct shared {
 	size_t ntab, captab;
 	uint64_t tick;
 	struct rcache *rc;
+	/* the cache remote_bind replaced (the URL map named a kit the
+	 * verified head is not): readers may still hold it, copied under mu
+	 * and used outside, so it is closed with the rest, in shared_free */
+	struct rcache *retired;
 	char key[65];
 	uint64_t head_len;
 	/* remote_bind has run: the head is verified and reads are a reader's.
@@ -439,6 +443,14 @@ static int fetch_chunk(struct shared *s, uint64_t idx, uint64_t need_off, uint64
  * serve them wrong.  Waits at most until DEADLINE.  AHEAD: for the fetch
  * threads; a chunk fetched ahead goes to the disk cache only once a reader
  * takes it, so that what was never read does not push out what was. */
+/* remote_local_only's: this thread's reads never wait for the network. */
+static __thread bool local_only;
+
+void remote_local_only(bool on)
+{
+	local_only = on;
+}
+
 static int get_chunk(struct shared *s, uint64_t idx, uint64_t need_off, uint64_t need_len, int64_t deadline,
 		     bool ahead, struct chunk **out)
 {
@@ -468,6 +480,10 @@ static int get_chunk(struct shared *s, uint64_t idx, uint64_t need_off, uint64_t
 		}
 		if (!c)
 			break;
+		if (local_only) {
+			pthread_mutex_unlock(&s->mu);
+			return -EWOULDBLOCK;
+		}
 		/* another thread fetches it: wait for that, not for a second copy */
 		int64_t left = deadline - http_now_ms();
 		if (left <= 0) {
@@ -483,6 +499,10 @@ static int get_chunk(struct shared *s, uint64_t idx, uint64_t need_off, uint64_t
 			ts.tv_nsec -= 1000000000;
 		}
 		pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+	}
+	if (local_only && !(s->rc && rcache_has(s->rc, idx))) {
+		pthread_mutex_unlock(&s->mu);
+		return -EWOULDBLOCK;
 	}
 	struct chunk *c = calloc(1, sizeof(*c));
 	size_t len = chunk_len(s, idx);
@@ -502,11 +522,12 @@ static int get_chunk(struct shared *s, uint64_t idx, uint64_t need_off, uint64_t
 	int src = -1;
 	bool on_disk = false;
 	int r = rc && rcache_get(rc, idx, data, len) == 0 ? 0 : -ENOENT;
-	if (r == 0) {
+	if (r == 0)
 		on_disk = true;
-	} else {
+	else if (local_only)
+		r = -EWOULDBLOCK; /* the entry was damaged: dropped, fetched by another thread */
+	else
 		r = fetch_chunk(s, idx, need_off, need_len, data, len, deadline, &src);
-	}
 
 	pthread_mutex_lock(&s->mu);
 	if (r == 0) {
@@ -786,6 +807,8 @@ static ssize_t remote_read_at(struct bytes *b, void *buf, size_t len, uint64_t o
 		uint64_t need_off = off + done, cend = (idx + 1) * REMOTE_CHUNK;
 		uint64_t need_len = (off + len < cend ? off + len : cend) - need_off;
 		int r = get_chunk(s, idx, need_off, need_len, deadline, false, &c);
+		if (r == -EWOULDBLOCK)
+			return r;
 		if (r == -EUCLEAN) {
 			stella_log(LOG_NOTICE, "%s: bytes %" PRIu64 "+%zu: every mirror served them wrong", b->name,
 				   off, len);
@@ -866,6 +889,7 @@ static void shared_free(struct shared *s)
 	}
 	if (s->rc)
 		rcache_close(s->rc);
+	rcache_close(s->retired);
 	free((char *)s->o.cache_dir);
 	free((char *)s->o.cacert);
 	free((char *)s->o.proxy);
@@ -1087,15 +1111,28 @@ static void open_cached(struct shared *s)
 	memcpy(s->key, key, sizeof(s->key));
 }
 
+/* The auth contexts of EPS[FROM..N), which remote_open took over but
+ * never got to hand to an endpoint of its own. */
+static void auth_ctxs_free(const struct remote_endpoint *eps, size_t from, size_t n)
+{
+	for (size_t i = from; i < n; i++)
+		if (eps[i].auth && eps[i].auth->free)
+			eps[i].auth->free(eps[i].auth_ctx);
+}
+
 int remote_open(const struct remote_endpoint *eps, size_t n, const struct remote_opts *o,
 		struct bytes **out, struct stella_err *e)
 {
-	if (n == 0 || n > REMOTE_MAX_ENDPOINTS)
+	if (n == 0 || n > REMOTE_MAX_ENDPOINTS) {
+		auth_ctxs_free(eps, 0, n > REMOTE_MAX_ENDPOINTS ? REMOTE_MAX_ENDPOINTS : n);
 		return stella_fail(e, -EINVAL, "between 1 and %d locations of a kit, not %zu",
 				   REMOTE_MAX_ENDPOINTS, n);
+	}
 	struct shared *s = calloc(1, sizeof(*s));
-	if (!s)
+	if (!s) {
+		auth_ctxs_free(eps, 0, n);
 		return -ENOMEM;
+	}
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_condattr_t ca;
 	pthread_condattr_init(&ca);
@@ -1121,6 +1158,7 @@ int remote_open(const struct remote_endpoint *eps, size_t n, const struct remote
 		else if (http_origin(eps[i].url, ep->origin, sizeof(ep->origin)) < 0)
 			r = stella_fail(e, -EINVAL, "%s: not a URL", ep->label);
 	}
+	auth_ctxs_free(eps, s->n, n); /* those no endpoint took (s->n of them did) */
 	if (r == 0) {
 		r = open_fetch(s, deadline_after(s->o.timeout_ms), eps, e);
 		if (r < 0 && r != -ENOMEM && open_offline(s) == 0) {
@@ -1163,15 +1201,18 @@ int remote_bind(struct bytes *b, const char *key, uint64_t head_len, struct stel
 	/* no write may still be on its way into a cache closed here */
 	writes_drain_locked(s);
 	bool same = s->rc && strcmp(s->key, key) == 0;
-	struct rcache *old = same ? NULL : s->rc;
+	struct rcache *old = same ? NULL : s->rc, *gone = NULL;
+	if (old) {
+		gone = s->retired; /* a second rebind: none of ours makes one */
+		s->retired = old;
+	}
 	if (!same)
 		s->rc = NULL;
 	memcpy(s->key, key, 65);
 	s->head_len = head_len;
 	s->bound = true;
 	pthread_mutex_unlock(&s->mu);
-	if (old)
-		rcache_close(old);
+	rcache_close(gone);
 	if (!s->o.cache_dir)
 		return 0;
 	struct rcache *rc = NULL;

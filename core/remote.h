@@ -109,6 +109,15 @@ void remote_prefetch(struct bytes *b, uint64_t off, uint64_t len);
  * it).  No-op for local bytes, or when no stream is near OFF. */
 void remote_hint_end(struct bytes *b, uint64_t off, uint64_t end);
 
+/* On the calling thread until turned off again: a read that would wait
+ * for the network (a chunk neither in memory nor in the disk cache, one
+ * another thread is fetching, a retry on another mirror) fails at once
+ * with -EWOULDBLOCK, and nothing is counted or reported for it.  The FUSE
+ * threads read this way and hand what fails so to the fetch threads
+ * (fs/ops.c, fs/fetch.c): they never wait for a mirror (docs/mirrors.md,
+ * "Time bounds"). */
+void remote_local_only(bool on);
+
 /* Wait until the chunks readers took are in the disk cache: a worker
  * writes them after the read was answered (docs/remote.md).  Local disk
  * writes only, never the network.  No-op for local bytes. */

@@ -1396,7 +1396,7 @@ again:
 	if (!f->tree_loaded) {
 		struct stella_err e = { 0 };
 		int r = read_tree_block(f, tb, buf, &e);
-		if (r == -ENOMEM)
+		if (r == -ENOMEM || r == -EWOULDBLOCK)
 			return r;
 		if (r == -REMOTE_EUNSERVED)
 			return -EIO; /* no mirror answered in time: no verdict on the tree */
@@ -1407,7 +1407,7 @@ again:
 			int rb = rebuild_tree(f);
 			if (rb == 0)
 				return tree_block(f, level, idx, out);
-			return rb == -ENOMEM ? rb : -EIO;
+			return rb == -ENOMEM || rb == -EWOULDBLOCK ? rb : -EIO;
 		}
 		blk = buf;
 	}
@@ -1436,8 +1436,8 @@ again:
 		int rb = f->tree_loaded ? -EIO : rebuild_tree(f);
 		if (rb == 0)
 			return tree_block(f, level, idx, out);
-		if (rb == -ENOMEM)
-			return rb; /* no verdict: the rebuild could not run */
+		if (rb == -ENOMEM || rb == -EWOULDBLOCK)
+			return rb; /* no verdict: the rebuild could not run (now) */
 		/* the data itself does not give the signed root */
 		report_failure(f, level + 1 == f->g.levels ? "Merkle tree top block" : "Merkle tree block", tb);
 		return -EIO;
@@ -1542,8 +1542,8 @@ again:
 	} else {
 		r = source_pread_digests(f->s->src, tmp, rlen, f->data_off + start, &dg, &e);
 	}
-	if (r == -ENOMEM)
-		return r; /* ours, not the kit's: no verdict on its data */
+	if (r == -ENOMEM || r == -EWOULDBLOCK)
+		return r; /* ours, or not now (remote_local_only): no verdict on the data */
 	if (r == -REMOTE_EUNSERVED)
 		return -EIO; /* no mirror answered in time: their state says so, not integrity */
 	if (r < 0 && remote_retry(f, start, rlen, &tries)) {
@@ -1574,7 +1574,7 @@ again:
 		if (cr == -EBADMSG)
 			report_failure(f, "block", b);
 		if (cr < 0)
-			return cr == -ENOMEM ? cr : -EIO;
+			return cr == -ENOMEM || cr == -EWOULDBLOCK ? cr : -EIO;
 	}
 	if (!direct)
 		memcpy(buf, tmp + (off - start), len);
@@ -1726,6 +1726,14 @@ int snapshot_verify_all(struct snapshot *s, uint64_t *files, uint64_t *bytes, st
 	free(w.dirs);
 	free(w.files);
 	return r;
+}
+
+ssize_t snapshot_read_local(struct snap_file *f, void *buf, size_t len, uint64_t off)
+{
+	remote_local_only(true);
+	ssize_t n = snapshot_read(f, buf, len, off);
+	remote_local_only(false);
+	return n;
 }
 
 bool snapshot_read_resident(struct snap_file *f, size_t len, uint64_t off)

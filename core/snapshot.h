@@ -134,6 +134,13 @@ void snapshot_unpin(struct snap_pin *pin);
  * (its data blocks and, if not loaded yet, the file's tree are in memory or
  * in the disk cache): a hint, never waits. */
 bool snapshot_read_resident(struct snap_file *f, size_t len, uint64_t off);
+/* snapshot_read that never waits for the network: -EWOULDBLOCK, with
+ * nothing reported, when some of the bytes it needs (data, tree, a retry
+ * on another mirror) are neither in memory nor in the disk cache
+ * (remote_local_only).  The resident hint can be wrong by the time of the
+ * read (a chunk evicted, a cache entry found damaged): this is the read
+ * that cannot be. */
+ssize_t snapshot_read_local(struct snap_file *f, void *buf, size_t len, uint64_t off);
 /* For a read of [off, off+len) about to wait for the network: have the
  * tree blocks it will check fetched meanwhile, beside its data, rather
  * than after it (remote_prefetch), and tell the read-ahead where the file

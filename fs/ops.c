@@ -732,8 +732,11 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		worker_nice_set(sf, false);
 	if (ff || read_pinned(req, f, size, off) != 0) {
 		char *buf = reply_buf(size);
-		ssize_t n = buf ? snapshot_read(f, buf, size, (uint64_t)off) : -ENOMEM;
-		if (n < 0)
+		ssize_t n = !buf ? -ENOMEM : ff ? snapshot_read_local(f, buf, size, (uint64_t)off) :
+						   snapshot_read(f, buf, size, (uint64_t)off);
+		if (n == -EWOULDBLOCK)
+			fetch_read(sf, req, ff, size, (uint64_t)off); /* no longer resident after all */
+		else if (n < 0)
 			fuse_reply_err(req, (int)-n);
 		else
 			fuse_reply_buf(req, buf, (size_t)n);

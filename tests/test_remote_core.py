@@ -324,6 +324,25 @@ def test_reads_are_the_bytes_and_concurrent_fetches_merge(blob):
         assert f"bytes={3 * MiB}-{4 * MiB - 1}" in ranges
 
 
+def test_local_only_reads_never_touch_the_network(blob, tmp_path):
+    """remote_local_only (what the FUSE threads read with): bytes in memory or in the
+    disk cache are served; a chunk that would need a mirror is EWOULDBLOCK at once,
+    with no request made and no failure counted; turned off, the same read fetches (once)."""
+    with serverlib.FaultServer({"/k": blob}) as fs:
+        out = remotectl([fs.url("k")], "read", 10, 100, "local", "on",
+                        "read", 20, 100,              # chunk 0: in memory since the open
+                        "read", 4 * MiB, 100,         # chunk 4: nowhere yet
+                        "local", "off", "read", 4 * MiB, 100, "stats", cache=tmp_path / "c")
+        assert out[0] == "ok " + digest(blob[10:110])
+        assert out[2] == "ok " + digest(blob[20:120])
+        assert out[3] == "error EWOULDBLOCK"
+        assert out[5] == "ok " + digest(blob[4 * MiB:4 * MiB + 100])
+        mirrors, _ = stats(out[6:])
+        assert all(m["failures"] == 0 for m in mirrors.values()), mirrors
+        ranges = [r.range for r in fs.requests]
+        assert ranges.count(f"bytes={4 * MiB}-{5 * MiB - 1}") == 1, ranges
+
+
 def test_sequential_read_fetches_ahead(blob):
     with serverlib.FaultServer({"/k": blob}) as fs:
         out = remotectl([fs.url("k")], "seq", "stats")

@@ -19,6 +19,8 @@
  *                        unserved=N"
  *   probe VALIDATOR      remote_probe of the first URL: "changed NEW" or
  *                        "unchanged" or "error ..." ("" for none)
+ *   local on|off         remote_local_only on this thread: reads that would wait
+ *                        for the network say "error EWOULDBLOCK"
  *   sleep MS
  *
  *   remotectl [--cache DIR] [--cache-size BYTES] [--timeout MS] [--cacert FILE]
@@ -59,6 +61,7 @@ static const char *errname(int r)
 	case ENOMEM: return "ENOMEM";
 	case EACCES: return "EACCES";
 	case EUCLEAN: return "EUCLEAN";
+	case EWOULDBLOCK: return "EWOULDBLOCK";
 	default: return "EOTHER";
 	}
 }
@@ -221,6 +224,9 @@ int main(int argc, char **argv)
 			i += 2;
 			r = read_range(b, off, len, d);
 			printf(r ? "error %s\n" : "ok %s\n", r ? errname(r) : d);
+		} else if (!strcmp(c, "local") && i + 1 < argc) {
+			remote_local_only(!strcmp(argv[++i], "on"));
+			printf("ok\n");
 		} else if (!strcmp(c, "threads") && i + 3 < argc) {
 			int nt = atoi(argv[i + 1]);
 			struct job jobs[64];
