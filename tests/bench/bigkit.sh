@@ -47,43 +47,13 @@ for b in "$sfs" "$sk" /usr/bin/time archivemount openssl python3; do
 	command -v "$b" >/dev/null || { echo "bigkit.sh: $b: not found" >&2; exit 2; }
 done
 
-work=$(mktemp -d /var/tmp/stella-bench-bigkit.XXXXXX)
-cleanup() {
-	set +e
-	local m
-	for m in "$work"/mnt*; do
-		mountpoint -q "$m" 2>/dev/null || continue
-		umount "$m" 2>/dev/null || umount -l "$m"
-	done
-	sleep 0.2
-	rm -rf --one-file-system "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+. "$here/tests/bench/lib.sh"
+bench_workdir bigkit
 rows=$work/rows
 : > "$rows"
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
-drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-t() { # CMD...: wall seconds in $secs
-	local s=$EPOCHREALTIME
-	"$@" >/dev/null
-	secs=$(awk -v a="$s" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }')
-}
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.2fx", a / b }'; }
 # a row of the table, also logged as soon as it is measured
 row() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$rows"; log "$1: $2 | $3 | $4 | goal $5"; }
 maxrss_mib() { awk '/Maximum resident set size/ { printf "%.0f MiB", $NF / 1024 }' "$1"; }
-server_pid() { pgrep -f -- " $1\$" | head -n1; }
-unmount() {
-	mountpoint -q "$1" || return 0
-	local pid i
-	pid=$(server_pid "$1" || true)
-	umount "$1"
-	for ((i = 0; i < 200; i++)); do
-		[ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null && break
-		sleep 0.05
-	done
-}
 
 gen() { # DIR N: N small JSON files, 1000 per directory
 	python3 - "$1" "$2" <<'EOF'

@@ -37,28 +37,11 @@ done
 for b in "$sfs" "$sk" zstd; do command -v "$b" >/dev/null || { echo "zstdread.sh: $b: not found" >&2; exit 2; }; done
 [ -z "$perf_out" ] || command -v perf >/dev/null || { echo "zstdread.sh: perf: not found" >&2; exit 2; }
 
-work=$(mktemp -d /var/tmp/stella-bench-zstd.XXXXXX)
+. "$here/tests/bench/lib.sh"
+bench_workdir zstd
 m=$work/mnt
-cleanup() {
-	set +e
-	mountpoint -q "$m" 2>/dev/null && { umount "$m" 2>/dev/null || umount -l "$m"; }
-	sleep 0.2
-	rm -rf --one-file-system "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 mkdir -p "$m" "$work/cache" "$work/text/feeds"
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
-drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-t() { # CMD...: wall seconds in $secs
-	local s=$EPOCHREALTIME
-	"$@" >/dev/null
-	secs=$(awk -v a="$s" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.6f", b - a }')
-}
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-mbps() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.0f", b / s / 1e6 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.2fx", a / b }'; }
-server_pid() { pgrep -f -- " $1\$" | head -n1; }
+mbps() { calc %.0f "$1 / $2 / 1e6"; }  # bytes seconds -> MB/s (10^6)
 # cpu_of PID: user+system seconds of the whole process so far
 cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/$1/stat"; }
 # sfs_read FILE: time a dd of it, and the daemon's CPU over it in $cpu
@@ -74,15 +57,7 @@ zstd_read() {
 	cpu=$(awk '{ printf "%.2f", $1 + $2 }' "$work/zt")
 }
 mount_kit() {
-	if mountpoint -q "$m"; then
-		local pid i
-		pid=$(server_pid "$m" || true)
-		umount "$m"
-		for ((i = 0; i < 200; i++)); do
-			[ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null && break
-			sleep 0.05
-		done
-	fi
+	unmount "$m"
 	"$sfs" -o "trust=$work/k.pub,cache=$work/cache" "$kit" "$m"
 }
 
