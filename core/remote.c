@@ -451,6 +451,14 @@ void remote_local_only(bool on)
 	local_only = on;
 }
 
+/* remote_read_deadline's: 0, or when this thread's reads must end. */
+static __thread int64_t read_deadline;
+
+void remote_read_deadline(int64_t deadline_ms)
+{
+	read_deadline = deadline_ms;
+}
+
 static int get_chunk(struct shared *s, uint64_t idx, uint64_t need_off, uint64_t need_len, int64_t deadline,
 		     bool ahead, struct chunk **out)
 {
@@ -772,6 +780,8 @@ static ssize_t remote_read_at(struct bytes *b, void *buf, size_t len, uint64_t o
 	if (len == 0)
 		return 0;
 	int64_t deadline = deadline_after(s->o.timeout_ms);
+	if (read_deadline && read_deadline < deadline)
+		deadline = read_deadline;
 	uint64_t first = off / REMOTE_CHUNK, last = (off + len - 1) / REMOTE_CHUNK;
 	/* a handle may be read from several threads at once: its streak is
 	 * kept under the lock (a guess either way, never a correctness matter) */

@@ -118,6 +118,14 @@ void remote_hint_end(struct bytes *b, uint64_t off, uint64_t end);
  * "Time bounds"). */
 void remote_local_only(bool on);
 
+/* On the calling thread until set to 0 again: every read ends by
+ * DEADLINE_MS (absolute, CLOCK_MONOTONIC milliseconds) at the latest, as
+ * well as by timeout=.  One bound for all the reads one caller's read
+ * makes (its data, its tree blocks, its retries on other mirrors), which
+ * otherwise each take timeout= afresh: a fetch thread is free again when
+ * the read it serves has been answered EIO (fs/fetch.c's watchdog). */
+void remote_read_deadline(int64_t deadline_ms);
+
 /* Wait until the chunks readers took are in the disk cache: a worker
  * writes them after the read was answered (docs/remote.md).  Local disk
  * writes only, never the network.  No-op for local bytes. */

@@ -1736,6 +1736,14 @@ ssize_t snapshot_read_local(struct snap_file *f, void *buf, size_t len, uint64_t
 	return n;
 }
 
+ssize_t snapshot_read_by(struct snap_file *f, void *buf, size_t len, uint64_t off, int64_t deadline_ms)
+{
+	remote_read_deadline(deadline_ms);
+	ssize_t n = snapshot_read(f, buf, len, off);
+	remote_read_deadline(0);
+	return n;
+}
+
 bool snapshot_read_resident(struct snap_file *f, size_t len, uint64_t off)
 {
 	if (f->blob || off >= f->size || len == 0)

@@ -141,6 +141,9 @@ bool snapshot_read_resident(struct snap_file *f, size_t len, uint64_t off);
  * read (a chunk evicted, a cache entry found damaged): this is the read
  * that cannot be. */
 ssize_t snapshot_read_local(struct snap_file *f, void *buf, size_t len, uint64_t off);
+/* snapshot_read whose waits for the network all end by DEADLINE_MS
+ * (CLOCK_MONOTONIC milliseconds): remote_read_deadline. */
+ssize_t snapshot_read_by(struct snap_file *f, void *buf, size_t len, uint64_t off, int64_t deadline_ms);
 /* For a read of [off, off+len) about to wait for the network: have the
  * tree blocks it will check fetched meanwhile, beside its data, rather
  * than after it (remote_prefetch), and tell the read-ahead where the file

@@ -12,8 +12,10 @@
  * Every read has a deadline, timeout= after it arrived.  The watchdog
  * thread answers EIO to a read that is not answered by then, whether it
  * still waits in the queue or a fetch thread is stuck with it; the core
- * bounds each fetch by the same time, so the thread comes back and its
- * late result is dropped.  A read the kernel interrupts (the reader got a
+ * ends every network wait of that read by the same deadline
+ * (snapshot_read_by: its data, tree blocks and retries on other mirrors
+ * share it), so the thread comes back then and its late result is
+ * dropped.  A read the kernel interrupts (the reader got a
  * signal) is answered EINTR at once and, if not started, never fetched.
  * Exactly one of the three (fetch thread, watchdog, interrupt) answers:
  * the first to set job->replied.
@@ -287,7 +289,8 @@ static void run_job(struct stellafs *sf, struct fetch_job *j)
 	char *buf = NULL;
 	if (!atomic_load(&j->replied)) {
 		buf = thread_scratch(SCRATCH_REPLY, j->size);
-		n = buf ? snapshot_read(j->ff->f, buf, j->size, j->off) : -ENOMEM;
+		/* the watchdog answers at j->deadline: the fetch ends then too */
+		n = buf ? snapshot_read_by(j->ff->f, buf, j->size, j->off, j->deadline / 1000000) : -ENOMEM;
 	}
 	pthread_mutex_lock(&sf->fetch.lock);
 	bool mine = !atomic_exchange(&j->replied, true);
