@@ -123,6 +123,7 @@ static struct {
 	unsigned refs;            /* kits alive */
 	unsigned nthreads;
 	unsigned busy;            /* workers inside a kit */
+	unsigned started;         /* workers that have come as far as the pool's lock */
 	bool stop, paused;
 	struct frames *head, *tail;   /* kits with queued spans, each once */
 	struct worker w[FRAMES_WORKERS_MAX];
@@ -187,6 +188,8 @@ static void *worker_main(void *arg)
 	struct worker *w = arg;
 	worker_nice();
 	pthread_mutex_lock(&pool.lock);
+	pool.started++;
+	pthread_cond_broadcast(&pool.idle);
 	for (;;) {
 		while (!pool.stop && (pool.paused || !pool.head))
 			pthread_cond_wait(&pool.work, &pool.lock);
@@ -236,13 +239,17 @@ static void pool_start(void)
 }
 
 /* A forked child has none of the workers (stellafs forks after opening its
- * kit): the pool is quiet across fork(), and the child starts its own. */
+ * kit): the pool is quiet across fork(), and the child starts its own.
+ * Quiet means no worker in a kit, and none still starting: a thread just
+ * created may be inside the C library's or a sanitizer's thread set-up,
+ * holding an allocator lock the child would then find taken for ever
+ * (seen: test_frames's fork under ASan, 1 run in 3, hung). */
 static void fork_prepare(void)
 {
 	pthread_mutex_lock(&pool.life);
 	pthread_mutex_lock(&pool.lock);
 	pool.paused = true;
-	while (pool.busy)
+	while (pool.busy || pool.started < pool.nthreads)
 		pthread_cond_wait(&pool.idle, &pool.lock);
 }
 
@@ -258,7 +265,7 @@ static void fork_child(void)
 {
 	for (unsigned i = 0; i < pool.nthreads; i++)
 		worker_free(&pool.w[i]);
-	pool.nthreads = 0;
+	pool.nthreads = pool.started = 0;
 	pool.paused = false;
 	pthread_cond_init(&pool.work, NULL);
 	pthread_cond_init(&pool.idle, NULL);
@@ -297,7 +304,7 @@ static void pool_unref(void)
 	}
 	pthread_mutex_lock(&pool.lock);
 	if (n) {
-		pool.nthreads = 0;
+		pool.nthreads = pool.started = 0;
 		pool.stop = false;
 	}
 	pthread_mutex_unlock(&pool.lock);
