@@ -723,9 +723,14 @@ static int stream_order(struct manifest_stream *ms, const struct artifact *a)
 	if (a->type == ARTIFACT_DIR)
 		return 0;
 	if (grow((void **)&ms->chain, &ms->chain_cap, len + 1, 1) < 0 ||
-	    grow((void **)&ms->clen, &ms->ccap, ms->cn + 1, sizeof(*ms->clen)) < 0 ||
-	    !(ms->ctype = realloc(ms->ctype, ms->ccap)))
+	    grow((void **)&ms->clen, &ms->ccap, ms->cn + 1, sizeof(*ms->clen)) < 0)
 		return -ENOMEM;
+	/* ctype is as long as clen's capacity; on failure the old block
+	 * stays ms's, freed with it */
+	uint8_t *ct = realloc(ms->ctype, ms->ccap);
+	if (!ct)
+		return -ENOMEM;
+	ms->ctype = ct;
 	memcpy(ms->chain, a->name, len + 1);
 	ms->clen[ms->cn] = len;
 	ms->ctype[ms->cn++] = (uint8_t)a->type;
