@@ -348,10 +348,12 @@ def test_over_long_challenge_is_an_error_not_a_cut(kit_bytes, keys, isolated_env
 
 
 def test_bearer_token_expiry_is_renewed_before_use(kit_bytes, keys, isolated_env):
-    """Tokens that live one second, blob reads that take 0.4 s each: a new token is
+    """Tokens that live one second, blob reads that take 1.1 s each: a new token is
     fetched before a use that would present an expired one, so the registry never
-    refuses one (its only 401 is the first GET /v2/)."""
-    with ocilib.FakeRegistry(auth="bearer", token_ttl=1, blob_delay=0.4) as fr:
+    refuses one (its only 401 is the first GET /v2/).  Each read outlasts a token,
+    so the renewal is certain: with shorter reads the chunks after the first are
+    fetched in parallel and may all fall inside the first token's second."""
+    with ocilib.FakeRegistry(auth="bearer", token_ttl=1, blob_delay=1.1) as fr:
         fr.put_kit("s/k", "1", ocilib.kit_manifest(kit_bytes), kit_bytes)
         assert_ok(verify(fr.ref("s/k:1"), keys, env=isolated_env))
         assert len(fr.token_requests) >= 2, fr.token_requests
