@@ -30,6 +30,7 @@
 #include "kitpath.h"
 #include "location.h"
 #include "options.h"
+#include "signals.h"
 #include "stellafs.h"
 #include "source.h"
 #include "util.h"
@@ -261,11 +262,9 @@ static int detach(void)
 	if (pid < 0)
 		return -errno;
 	if (pid > 0) {
-		/* FUSE's handlers would only end a session this process no
+		/* a stop signal would only end a session this process no
 		 * longer runs: Ctrl-C or a timeout must end the wait */
-		signal(SIGINT, SIG_DFL);
-		signal(SIGTERM, SIG_DFL);
-		signal(SIGHUP, SIG_DFL);
+		stop_signals_default();
 		close(p[1]);
 		char buf[600];
 		size_t n = 0;
@@ -294,6 +293,11 @@ static int detach(void)
 		_exit(code > 0 && code <= 9 ? code : STELLA_EXIT_RUNTIME);
 	}
 	close(p[0]);
+	int r = stop_signals_start(); /* its thread stayed in the parent */
+	if (r < 0) {
+		close(p[1]);
+		return r;
+	}
 	if (setsid() < 0 || chdir("/") < 0) {
 		/* still a daemon, of the parent's session */
 	}
@@ -395,6 +399,12 @@ struct daemon {
 
 static void daemon_init(struct daemon *d, int argc, char **argv)
 {
+	/* first: every thread made after inherits the blocked stop signals */
+	int r = stop_signals_start();
+	if (r < 0) {
+		fprintf(stderr, PROG ": cannot start the signal thread: %s\n", strerror(-r));
+		exit(STELLA_EXIT_RUNTIME);
+	}
 	setlocale(LC_ALL, "");
 	if (strcmp(nl_langinfo(CODESET), "UTF-8"))
 		setlocale(LC_CTYPE, "C.UTF-8");
@@ -704,8 +714,7 @@ static bool mount_session(struct daemon *d)
 		d->rc = STELLA_EXIT_USAGE;
 		return false;
 	}
-	if (fuse_set_signal_handlers(d->se) != 0)
-		return false;
+	stop_signals_session(d->se);
 	if (fuse_session_mount(d->se, d->cl.mountpoint) != 0) {
 		fprintf(stderr, PROG ": mounting on %s failed\n", d->cl.mountpoint);
 		return false;
@@ -807,11 +816,12 @@ static bool serve(struct daemon *d)
 	fuse_loop_cfg_set_clone_fd(lc, d->cl.clone_fd);
 	fuse_loop_cfg_set_idle_threads(lc, d->cl.max_idle_threads <= 100 ? d->cl.max_idle_threads : 10);
 	fuse_loop_cfg_set_max_threads(lc, max_threads(&d->cl));
+	stop_signals_serve();
 	r = d->cl.singlethread ? fuse_session_loop(d->se) : fuse_session_loop_mt(d->se, lc);
+	stop_signals_left();
 	fuse_loop_cfg_destroy(lc);
-	/* libfuse's handlers end the loop on SIGTERM, SIGINT and SIGHUP and it
-	 * returns that signal's number: a stop that was asked for (systemctl
-	 * stop), not a failure.  Only a negative errno is one. */
+	/* A stop signal ends the loop (fs/signals.c): a stop that was asked
+	 * for (systemctl stop), not a failure.  Only a negative errno is one. */
 	d->rc = r >= 0 ? 0 : STELLA_EXIT_RUNTIME;
 	status_stop(&d->sn);
 	sd_notify_send("STOPPING=1\nSTATUS=stopping\n");
@@ -855,8 +865,8 @@ static int daemon_end(struct daemon *d)
 	if (d->se) {
 		if (d->mounted)
 			fuse_session_unmount(d->se); /* a send blocked in the kernel returns */
-		fuse_remove_signal_handlers(d->se);
 	}
+	stop_signals_done();
 	follow_stop(sf); /* at most one poll's time bound */
 	/* A store's own imports (incoming=) are local: waited for, as
 	 * without follow=, not cut short by the guard. */

@@ -2,7 +2,8 @@
  * and owns one sub-struct of struct stellafs (below, each with the lock
  * that guards it):
  *
- *   main.c      options -> checks -> mount -> daemon; signals, sd_notify
+ *   main.c      options -> checks -> mount -> daemon; sd_notify
+ *   signals.c   the stop signals: one thread takes them, ends the loop
  *   options.c   the command line and -o options (pure)
  *   ops.c       the FUSE requests (op_*), thin: inode arithmetic, replies
  *   slots.c     the served snapshots and current; refresh from the store,
@@ -23,7 +24,7 @@
  * Calls go one way (an arrow: "calls into"; no cycle):
  *
  *   main ----> ops, incoming, follow, fetch, slots, inval, vfiles, tune, options,
- *              kitpath
+ *              kitpath, signals
  *   ops -----> control, vfiles, slots, tune, kitpath, fetch
  *   fetch ---> tune
  *   incoming > control, journal, slots
