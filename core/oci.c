@@ -405,11 +405,19 @@ static int on_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, c
 	return atomic_load(cancel) ? 1 : 0;
 }
 
+/* A timeout in whole seconds, as the user gave it (timeout=, --timeout). */
+static long secs(long ms)
+{
+	return (ms + 999) / 1000;
+}
+
 /* One request, no redirect followed, no retry: status and headers in R.
  * -EIO with the transport's reason when there is no answer. */
 static int http_once(CURL *c, const struct oci_auth *a, const struct http_req *q, struct http_resp *r,
 		     CURLcode *cc, struct stella_err *e)
 {
+	bool shared = false; /* the client's deadline, not timeout= afresh, bounds this request */
+	long ms = a->timeout_ms;
 	resp_reset(r);
 	r->max_body = q->max_body;
 	r->sent = 0;
@@ -425,13 +433,15 @@ static int http_once(CURL *c, const struct oci_auth *a, const struct http_req *q
 		curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
 		curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, (a->timeout_ms + 999) / 1000);
 	} else {
-		long ms = a->timeout_ms;
 		if (q->deadline_ms) {
 			int64_t left = q->deadline_ms - now_ms();
 			if (left <= 0)
-				return stella_fail(e, -ETIMEDOUT, "%s: no time left", q->url);
-			if (left < ms)
+				return stella_fail(e, -ETIMEDOUT, "%s: not asked: the registry's answers so far took "
+						   "the whole %ld s timeout", q->url, secs(a->timeout_ms));
+			if (left < ms) {
 				ms = (long)left;
+				shared = true;
+			}
 		}
 		curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, ms);
 		if (ms < OCI_CONNECT_TIMEOUT_MS)
@@ -492,6 +502,15 @@ static int http_once(CURL *c, const struct oci_auth *a, const struct http_req *q
 		return 0;
 	if (*cc == CURLE_WRITE_ERROR && r->body_too_big)
 		return stella_fail(e, -EIO, "%s: answer larger than %zu bytes", q->url, q->max_body);
+	/* libcurl's own words would give this request's share of the time
+	 * ("after 567 milliseconds"), not the bound the user set.  A connect
+	 * timeout shorter than that share keeps them: it is its own bound. */
+	curl_off_t connected = 0;
+	curl_easy_getinfo(c, CURLINFO_CONNECT_TIME_T, &connected);
+	if (*cc == CURLE_OPERATION_TIMEDOUT && !q->long_transfer && (connected > 0 || ms <= OCI_CONNECT_TIMEOUT_MS))
+		return stella_fail(e, -ETIMEDOUT, shared ? "%s: no answer within the %ld s timeout, which the "
+						  "registry's every step shares" : "%s: no answer within the %ld s timeout",
+				   q->url, secs(a->timeout_ms));
 	if (*cc != CURLE_OK)
 		return stella_fail(e, *cc == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT : -EIO, "%s: %s", q->url,
 				   errbuf[0] ? errbuf : curl_easy_strerror(*cc));

@@ -229,7 +229,9 @@ class FakeRegistry(_InProcess):
     seconds (the registry refuses it after); storage: a Storage to redirect blob reads
     to, with presign_ttl seconds of validity.  Pushes (uploads, manifests) are kept in
     memory.  manifests[(repo, ref)] = bytes may be set directly to serve anything;
-    digest_header: a Docker-Content-Digest to send instead of the right one."""
+    digest_header: a Docker-Content-Digest to send instead of the right one; delay: seconds
+    before answering any request (a slow registry), token_delay: seconds more the token
+    service takes."""
 
     def __init__(self, auth=None, users=None, token_ttl=300, storage: Storage | None = None,
                  presign_ttl=60, token_uses=None, blob_delay=0.0, token_len=24, service="fake-registry"):
@@ -239,6 +241,7 @@ class FakeRegistry(_InProcess):
         self.token_len = token_len     # characters in a token (real JWTs: 1-2 KiB)
         self.service = service         # the challenge's service=, which the token service checks
         self.token_delay = 0.0         # seconds the token service takes to answer
+        self.delay = 0.0               # seconds before answering any request (a slow registry)
         self.storage, self.presign_ttl = storage, presign_ttl
         self.blobs, self.manifests, self.uploads = {}, {}, {}
         self.tokens = {}           # token -> expiry
@@ -321,6 +324,7 @@ class FakeRegistry(_InProcess):
                 u = urllib.parse.urlsplit(self.path)
                 owner.log.append((self.command, u.path, self.headers.get("Authorization", ""),
                                   self.headers.get("Range", "")))
+                time.sleep(owner.delay)
                 if u.path == "/token":
                     return owner._token(self)
                 m = re.fullmatch(r"/v2/(.+)/(manifests|blobs)/([^/]+)", u.path) or \

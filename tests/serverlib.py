@@ -384,6 +384,7 @@ class Request:
     headers: dict
     status: int = 0
     sent: int = 0
+    at: float = 0.0
 
 
 class FaultServer:
@@ -398,6 +399,8 @@ class FaultServer:
       status         answer every request with this status (e.g. 503)
       hang           sleep this many seconds before answering
       flip           (offset, length): those file bytes are sent inverted
+      flips          a list of (offset, length): those bytes inverted in range answers
+                     (only the range is copied, so a large file stays cheap)
       redirect       a URL prefix: answer 302 to redirect + path (another server)
       redirect_loop  answer 302 to itself, for ever
       auth           (user, password): 401 unless the request carries them (basic)
@@ -408,12 +411,13 @@ class FaultServer:
       delay_per_mib  seconds of sleep per MiB sent (a slow mirror)
       etag, last_modified   the validators sent (None: a default; "": none)
 
-    and read: requests (a list of Request: method, path, range, headers, status, sent),
+    and read: requests (a list of Request: method, path, range, headers, status, sent,
+    at: time.monotonic() when it arrived),
     count (how many), bytes_sent (body bytes).  reset_faults() clears every fault.
     """
 
     FAULTS = dict(ignore_range=False, truncate=None, reset=False, reset_after=None, status=None,
-                  hang=0.0, flip=None, redirect=None, redirect_loop=False, auth=None, bearer=None,
+                  hang=0.0, flip=None, flips=(), redirect=None, redirect_loop=False, auth=None, bearer=None,
                   fail_first=None, fail_after=None, delay_per_mib=0.0, etag=None, last_modified=None)
 
     def __init__(self, files: dict | None = None):
@@ -521,7 +525,7 @@ class FaultServer:
 
             def _answer(self, head):
                 rng = self.headers.get("Range")
-                req = Request(self.command, self.path, rng, dict(self.headers.items()))
+                req = Request(self.command, self.path, rng, dict(self.headers.items()), at=time.monotonic())
                 with fs.lock:
                     req.nth = len(fs.requests)
                     fs.requests.append(req)
@@ -595,6 +599,12 @@ class FaultServer:
                         return self._send(416, [("Content-Range", f"bytes */{size}"),
                                                 ("Content-Length", "0")], head=head, req=req)
                     body = data[start:end + 1]
+                    if fs.flips and faulty:
+                        b = bytearray(body)
+                        for off, n in fs.flips:
+                            for i in range(max(off, start), min(off + n, end + 1)):
+                                b[i - start] ^= 0xFF
+                        body = bytes(b)
                     req.status = 206
                     return self._send(206, common + [
                         ("Content-Range", f"bytes {start}-{end}/{size}"),

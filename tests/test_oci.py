@@ -734,3 +734,42 @@ def test_follow_a_moving_tag(registry, keys, tmp_path, mounter, daemon_env):
              "Stale" in (m.path / "control").read_text(), 30, "the refusal in the journal")
     assert current_version(m.path) == "v2"
     assert sorted(os.listdir(m.path / "snapshots")) == ["v1", "v2"]
+
+
+# --------------------------------------------------------------------------- the resolve's one bound
+
+def test_resolve_is_bounded_by_one_timeout(kit_bytes, keys, isolated_env, mounter, daemon_env):
+    """Resolving a kit (ping, token, manifest, the blob's size) shares one timeout=
+    (core/oci.c): a registry that answers every step in 1.2 s, each well under a 3 s
+    timeout but the four of them over it, fails `stellakit verify` and a mount within
+    about 3 s, exit 1, one line naming the registry (its URL) and the 3 s timeout --
+    rather than succeeding after 5 s or more, as when each step took the timeout afresh.
+    A token service that hangs is met within the same bound.  Nothing is mounted."""
+    slack = 3
+    with ocilib.FakeRegistry(auth="bearer") as fr:
+        fr.put_kit("s/k", "1", ocilib.kit_manifest(kit_bytes), kit_bytes)
+        assert_ok(verify(fr.ref("s/k:1"), keys, "--timeout", "30", env=isolated_env))  # it is the kit
+        fr.delay = 1.2
+        for what in ("verify", "mount"):
+            fr.log.clear()
+            t0 = time.monotonic()
+            if what == "verify":
+                cp = verify(fr.ref("s/k:1"), keys, "--timeout", "3", env=isolated_env)
+                line = assert_fail(cp, 1, "3 s timeout", names=[f"127.0.0.1:{fr.port}"])
+            else:
+                cp, mnt = mounter.try_mount(fr.ref("s/k:1"), keys["ed25519"].pub, NOW, "timeout=3")
+                line = kitlib.assert_fs_fail(cp, 1, "3 s timeout")
+                assert f"127.0.0.1:{fr.port}" in line, line
+                assert not kitlib.is_mounted(mnt)
+            took = time.monotonic() - t0
+            assert took < 3 + slack, f"{what}: {took:.1f} s for a 3 s timeout: {line}"
+            # the resolve got as far as the bound let it: not past its third step
+            steps = [(m, p) for m, p, _, _ in fr.log]
+            assert 2 <= len(steps) <= 3, (what, steps)
+        # the token service hangs: the same bound, the same one line
+        fr.delay = 0.0
+        fr.token_delay = 60
+        t0 = time.monotonic()
+        cp = verify(fr.ref("s/k:1"), keys, "--timeout", "3", env=isolated_env)
+        line = assert_fail(cp, 1, "3 s timeout", "token", names=[f"127.0.0.1:{fr.port}"])
+        assert time.monotonic() - t0 < 3 + slack, line

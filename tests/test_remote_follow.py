@@ -131,3 +131,63 @@ def test_sigterm_during_hanging_import_unmounts(tmp_path, mounter, keys):
         took = time.monotonic() - t0
         assert took < 4.5, f"the daemon took {took:.1f} s: the import was not cancelled"
         os.listdir(m.path)  # still a plain directory: no ENOTCONN
+
+
+def test_stop_waits_for_a_slow_local_import_when_follow_is_set(tmp_path, mounter, keys):
+    """Store mode with follow= and incoming=DIR on a slow medium: a stop while the
+    incoming import runs waits for it (fs/main.c: the exit guard stands down once
+    follow= has stopped; what is left is local), so the kit is imported whole, however
+    long past the guard's 5 s it takes; before, the guard cut it short at 5 s and the
+    kit was lost with the daemon.
+
+    The slow medium: incoming= is a directory of a stellafs mount of another kit,
+    served by a mirror that sends 3 s per MiB (the 16 MiB kit inside takes 10 s or more
+    to read through it).  follow= asks a mirror that has nothing (404): it is set,
+    that is all it takes."""
+    import hashlib
+    import signal
+    import subprocess
+    key = keys["ed25519"]
+    inner_src = storelib.write_tree(tmp_path / "inner-src", {"feeds/data.bin": os.urandom(16 << 20),
+                                                             "feeds/version.txt": b"v2\n"})
+    inner = storelib.pack_kit(inner_src, tmp_path / "v2.tar", key, "v2", 20)
+    outer_src = tmp_path / "outer-src"
+    (outer_src / "drop").mkdir(parents=True)
+    shutil.copy(inner, outer_src / "drop" / "v2.tar")
+    outer = storelib.pack_kit(outer_src, tmp_path / "outer.tar", key, "media", 1, kit_id="usb-stick")
+    store = tmp_path / "store"
+    store.mkdir()
+    with serverlib.FaultServer({"/outer.tar": outer.read_bytes()}) as medium, \
+            serverlib.FaultServer({}) as feed:
+        usb = mounter.mount(medium.url("outer.tar"), key.pub, NOW, "timeout=30")
+        drop = usb.path / "current" / "drop"
+        assert sorted(os.listdir(drop)) == ["v2.tar"]
+        medium.delay_per_mib = 3.0
+        m = mounter.mount(store, key.pub, NOW, f"follow={feed.url('kit.tar')}", "interval=1",
+                          f"incoming={drop}", "timeout=30")
+        out = subprocess.run(["pgrep", "-f", "-n", f"stellafs.*{m.path}"], capture_output=True,
+                             text=True).stdout.split()
+        assert out, "the daemon's pid"
+        pid = int(out[0])
+
+        kit_path = os.path.realpath(drop / "v2.tar")   # current is a symlink
+
+        def importing():
+            try:
+                return any(os.readlink(f"/proc/{pid}/fd/{fd}") == kit_path
+                           for fd in os.listdir(f"/proc/{pid}/fd"))
+            except OSError:
+                return False
+        wait_for(importing, 20, "the incoming import reads the kit")
+        time.sleep(0.5)
+        assert storelib.db_versions(store) == [], "the import ended before the stop: nothing shown"
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not os.path.ismount(m.path), 5, "the mountpoint is unmounted at SIGTERM")
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 90, "the daemon exits once the import is done")
+        took = time.monotonic() - t0
+        # the import, not the guard, ended the daemon: the kit is in the store, whole
+        assert storelib.db_versions(store) == ["v2"], f"the import was cut short after {took:.1f} s"
+        assert took > 5, f"the import ended {took:.1f} s after the stop: the guard was not put to the test"
+        want = hashlib.sha256((inner_src / "feeds" / "data.bin").read_bytes()).hexdigest()
+        assert want in storelib.blobs(store)

@@ -761,3 +761,99 @@ def test_many_mounts_through_one_squid_fetch_once(tmp_path, mounter, keys, kitdi
         size = (kitdir / "kit.tar.zst").stat().st_size
         served = nginx.bytes_served("kit.tar.zst")
         assert served <= 1.5 * size, (served, size)
+
+
+def test_fetch_thread_ends_by_the_reads_deadline(tmp_path, mounter, keys, bigkit):
+    """The deadline a read arrives with bounds every network wait it makes, not each
+    afresh (fs/fetch.c, snapshot_read_by): twelve mirrors that each answer a chunk in
+    0.6 s (within a mirror's 1 s share of timeout=2) with one block of it inverted.
+    Each of 8 readers (as many as there are fetch threads) of 8 such blocks has its
+    bytes found bad, reported, and asked of the next mirror, and so on: taken afresh,
+    each retry's timeout would keep its fetch thread 12 x 0.6 s, long after the
+    watchdog answered EIO at 2 s.  So:
+      - every reader gets EIO within timeout= + slack; status answers meanwhile;
+      - no mirror is asked for those chunks after the reads' deadline (+ slack), and
+        no chunk of more than 4 mirrors (0.6 s each in 2 s);
+      - the fetch threads are free again: a 9th read, of good bytes, right after,
+        gets the source's bytes (stuck threads would have left it queued until the
+        watchdog answered it EIO too);
+      - integrity has no failure (the reads ran out of time, not of mirrors), the bad
+        answers are counted as the mirrors' bad_bytes; umount works and the daemon
+        ends."""
+    kits, big = bigkit
+    data = (kits / "big.tar").read_bytes()
+    want = (big / "data" / "big.bin").read_bytes()
+    data_off, _ = member_offsets(kits / "big.tar")["data/big.bin"]
+    timeout, hang, nmirrors = 2, 0.6, 12
+    offs = [(4 + 4 * i) * (1 << 20) + 3 * BLOCK for i in range(8)]
+    good = 37 * (1 << 20) + 5 * BLOCK
+    chunk = lambda off: (data_off + off) // (1 << 20)
+    assert len({chunk(o) for o in offs + [good]}) == 9
+    servers = [serverlib.FaultServer({"/big.tar": data}) for _ in range(nmirrors)]
+    try:
+        for fs in servers:
+            fs.start()
+        m = mount_remote(mounter, servers[0].url("big.tar"), keys["ed25519"].pub,
+                         *[f"mirror={fs.url('big.tar')}" for fs in servers[1:]], f"timeout={timeout}")
+        target = m.path / "current" / "data" / "big.bin"
+        for fs in servers:
+            fs.clear_log()
+            fs.hang = hang
+            fs.flips = [(data_off + o, BLOCK) for o in offs]
+        results = {}
+
+        def reader(off):
+            t = time.monotonic()
+            results[off] = (pread_errno(target, off), time.monotonic() - t)
+
+        t0 = time.monotonic()
+        ths = [threading.Thread(target=reader, args=(o,), daemon=True) for o in offs]
+        for t in ths:
+            t.start()
+        time.sleep(1.0)
+        t1 = time.monotonic()
+        (m.path / "status").read_text()
+        assert time.monotonic() - t1 < 1.0, "status waited behind the stuck reads"
+        for t in ths:
+            t.join(timeout=3 * timeout + 10)
+        assert not any(t.is_alive() for t in ths), results
+        assert all(e == errno.EIO and secs < 3 * timeout for e, secs in results.values()), results
+        # a read of good bytes, right after: a fetch thread takes it, a mirror serves it
+        t1 = time.monotonic()
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+            got = os.pread(fd, BLOCK, good)
+        except OSError as e:
+            raise AssertionError(f"the read after them failed ({errno.errorcode[e.errno]}) after "
+                                 f"{time.monotonic() - t1:.1f} s: the fetch threads were still held") from None
+        finally:
+            os.close(fd)
+        assert got == want[good:good + BLOCK]
+        # what each mirror was asked for the bad blocks' chunks, and when
+        time.sleep(2 * hang)
+        asked = {chunk(o): [] for o in offs}
+        for i, fs in enumerate(servers):
+            for r in fs.requests:
+                first = int(r.range.removeprefix("bytes=").split("-")[0]) if r.range else -1
+                if first >= 0 and first // (1 << 20) in asked:
+                    asked[first // (1 << 20)].append((i, r.at - t0))
+        late = {c: [(i, round(at, 1)) for i, at in a if at > timeout + 1.5] for c, a in asked.items()}
+        assert not any(late.values()), f"mirrors asked after the reads' deadline: {late}"
+        assert all(1 <= len({i for i, _ in a}) <= 4 for a in asked.values()), asked
+        st = m.status()
+        assert st["integrity"]["failures"] == 0, st["integrity"]
+        assert (m.path / "health").read_text().splitlines()[0] != "CRITICAL"
+        bad = sum(metric_sum(m, "stellafs_remote_requests_total", mirror=fs.origin, result="bad_bytes")
+                  for fs in servers)
+        assert bad >= len(offs), "\n".join(l for l in metrics_lines(m) if "remote" in l)
+        assert sum(x["failures"] for x in st["mirrors"]) >= len(offs), st["mirrors"]
+        pid = daemon_pid(m.path)
+        mounter.umount(m.path)
+        deadline = time.monotonic() + 10
+        while pid and time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
+            time.sleep(0.1)
+        assert not (pid and os.path.exists(f"/proc/{pid}")), "the daemon did not exit within 10 s of umount"
+    finally:
+        for fs in servers:
+            fs.stop()
