@@ -275,6 +275,30 @@ static int on_artifact(void *ctx, size_t i, const struct json *v, struct stella_
 	return r;
 }
 
+/* The top level's "index" (kit format 1.1), if any. */
+static int parse_index(const struct json *root, struct manifest *m, struct stella_err *e)
+{
+	const struct json *idx = json_get(root, "index");
+	if (!idx)
+		return 0;
+	const char *sha = NULL;
+	int64_t size = 0;
+	int r;
+	if (idx->type != JSON_OBJECT)
+		return stella_fail(e, -EBADMSG, "manifest: \"index\" must be an object");
+	if ((r = obj_check_dups(idx, "index", e)) < 0 || (r = get_int(idx, "size", true, 1, "index", &size, e)) < 0 ||
+	    (r = get_str(idx, "sha256", true, "index", &sha, e)) < 0)
+		return r;
+	if (hex_decode(sha, m->index_sha256, 32) < 0)
+		return stella_fail(e, -EBADMSG, "manifest: index: \"sha256\" must be 64 hex digits");
+	if ((uint64_t)size > STELLA_INDEX_MAX)
+		return stella_fail(e, -EBADMSG, "manifest: index: too large (%lld bytes, limit %llu)", (long long)size,
+				   (unsigned long long)STELLA_INDEX_MAX);
+	m->index_size = (uint64_t)size;
+	m->has_index = true;
+	return 0;
+}
+
 /* Everything but the artifacts, from the parsed top level (the artifact
  * array itself was streamed: only its type is left to check). */
 static int parse_top(const struct json *root, struct manifest *m, struct stella_err *e)
@@ -322,30 +346,8 @@ static int parse_top(const struct json *root, struct manifest *m, struct stella_
 		m->has_base = true;
 	}
 
-	const struct json *idx = json_get(root, "index");
-	if (idx) {
-		const char *sha = NULL;
-		int64_t size = 0;
-		if (idx->type != JSON_OBJECT) {
-			r = stella_fail(e, -EBADMSG, "manifest: \"index\" must be an object");
-			return r;
-		}
-		if ((r = obj_check_dups(idx, "index", e)) < 0 ||
-		    (r = get_int(idx, "size", true, 1, "index", &size, e)) < 0 ||
-		    (r = get_str(idx, "sha256", true, "index", &sha, e)) < 0)
-			return r;
-		if (hex_decode(sha, m->index_sha256, 32) < 0) {
-			r = stella_fail(e, -EBADMSG, "manifest: index: \"sha256\" must be 64 hex digits");
-			return r;
-		}
-		if ((uint64_t)size > STELLA_INDEX_MAX) {
-			r = stella_fail(e, -EBADMSG, "manifest: index: too large (%lld bytes, limit %llu)", (long long)size,
-					(unsigned long long)STELLA_INDEX_MAX);
-			return r;
-		}
-		m->index_size = (uint64_t)size;
-		m->has_index = true;
-	}
+	if ((r = parse_index(root, m, e)) < 0)
+		return r;
 
 	const struct json *comps = json_get(root, "components");
 	if (comps) {
@@ -798,6 +800,18 @@ void manifest_stream_free(struct manifest_stream *ms)
 	free(ms->ctype);
 	free(ms->pend);
 	free(ms);
+}
+
+int manifest_stream_index(const struct manifest_stream *ms, uint64_t *size, uint8_t sha256[32])
+{
+	const struct json *root = json_stream_root(ms->js);
+	struct manifest m = { 0 };
+	struct stella_err e = { 0 };
+	if (!root || root->type != JSON_OBJECT || parse_index(root, &m, &e) < 0 || !m.has_index)
+		return 0;
+	*size = m.index_size;
+	memcpy(sha256, m.index_sha256, 32);
+	return 1;
 }
 
 bool manifest_stream_unsorted(const struct manifest_stream *ms)
