@@ -393,6 +393,7 @@ struct head {
 	bool copied;             /* the index is in tmp, merkle.bin's header read */
 	struct kitindex_check *chk;
 	struct kitindex_info info;
+	struct checker *ck;      /* the check's own thread, while it runs */
 	int pend;                /* the first failure of the early work */
 	bool pend_rows;          /* ... in the rows (void if the manifest is unsorted) */
 	struct stella_err pend_e;
@@ -410,22 +411,39 @@ static void head_add(struct head *h, const struct artifact *a)
 	h->body_sum = sat_add(h->body_sum, sat_add((16u << 10), sat_add(a->size, 511) & ~(uint64_t)511));
 }
 
-static void head_early(struct head *h);
+static void head_early(struct head *h, uint64_t size, const uint8_t sha[32]);
+static bool checker_start(struct head *h, uint64_t size, const uint8_t sha[32]);
+static int checker_push(struct checker *ck, const struct artifact *a);
+static void checker_stop(struct head *h);
+
+static void head_step(struct head *h, size_t i, const struct artifact *a)
+{
+	if (!h->chk || h->pend)
+		return;
+	int r = kitindex_step(h->chk, i, a);
+	if (r < 0) {
+		h->pend = r;
+		h->pend_rows = true;
+	}
+}
 
 static int head_on_artifact(void *ctx, size_t i, const struct artifact *a, struct stella_err *e)
 {
 	struct head *h = ctx;
 	(void)e;
 	head_add(h, a);
-	if (i == 0 && h->tmp)
-		head_early(h);
-	if (h->chk && !h->pend) {
-		int r = kitindex_step(h->chk, i, a);
-		if (r < 0) {
-			h->pend = r;
-			h->pend_rows = true;
-		}
+	if (i == 0 && h->tmp) {
+		uint64_t size;
+		uint8_t sha[32];
+		/* no index before the artifacts: it is checked after the parse */
+		if (!manifest_stream_index(h->ms, &size, sha))
+			return 0;
+		if (!checker_start(h, size, sha))
+			head_early(h, size, sha); /* no thread: on this one */
 	}
+	if (h->ck)
+		return checker_push(h->ck, a);
+	head_step(h, i, a);
 	return 0;
 }
 
@@ -441,6 +459,7 @@ static int head_parse(struct head *h, struct stella_err *e)
 	bool unsorted = r == -EDOM && h->ms && manifest_stream_unsorted(h->ms);
 	manifest_stream_free(h->ms);
 	h->ms = NULL;
+	checker_stop(h);
 	if (!unsorted)
 		return r;
 	/* the rows were checked in document order, the index follows the
@@ -483,6 +502,7 @@ static void *head_sig_thread(void *arg)
 
 static void head_free(struct head *h)
 {
+	checker_stop(h);
 	if (h->kr)
 		kitread_close(h->kr);
 	if (h->src)
@@ -654,12 +674,8 @@ static uint64_t head_body_max(const struct head *h, bool all_seen)
  * parse was a quarter of a first mount (docs/mount.md 2.2).  Checking an
  * index whose digest is not yet known good costs nothing in safety: the
  * check treats the file as hostile anyway (a signed index may lie). */
-static void head_early(struct head *h)
+static void head_early(struct head *h, uint64_t size, const uint8_t sha[32])
 {
-	uint64_t size;
-	uint8_t sha[32];
-	if (!manifest_stream_index(h->ms, &size, sha))
-		return; /* no index before the artifacts: after the parse */
 	h->copied = true;
 	/* the head so far: the manifest's bytes, its signature, the index and
 	 * merkle.bin's header (head_sum's bound on merkle.bin comes once every
@@ -672,6 +688,176 @@ static void head_early(struct head *h)
 	if (r == 0)
 		r = kitindex_begin(h->tmp, h->label, &g, NULL, NULL, &h->info, &h->chk, &h->pend_e);
 	h->pend = r;
+}
+
+/* The check on a thread of its own, beside the parse: the parse hands
+ * the artifacts over in batches (names and targets copied into the
+ * batch's pool), at most CHECK_QUEUE batches ahead of the check, so memory
+ * stays bounded whatever the count.  The thread copies and hashes the
+ * index, begins the check (head_early), then steps the rows.  On a kit of
+ * many small files the parse and the rows' reads cost about the same:
+ * overlapped, a first mount takes the longer of the two, not their sum.
+ * The thread touches the kit's cursor (h->kr) and the check's state (chk,
+ * info, pend) only while it runs; the parse's thread reads them only
+ * after checker_stop joined it. */
+#define CHECK_BATCH 512
+#define CHECK_QUEUE 8
+struct batch {
+	struct batch *next;
+	size_t first, n;                     /* artifacts first .. first + n - 1 */
+	struct artifact a[CHECK_BATCH];      /* name and target: offsets in pool */
+	char *pool;
+	size_t plen, pcap;
+};
+
+struct checker {
+	struct head *h;
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct batch *qhead, *qtail, *fill;
+	size_t queued, next_i;
+	bool done;
+	uint64_t size;
+	uint8_t sha[32];
+};
+
+static void batch_free(struct batch *b)
+{
+	if (b)
+		free(b->pool);
+	free(b);
+}
+
+/* S (with its NUL) into b's pool: its offset, or SIZE_MAX without memory. */
+static size_t pool_add(struct batch *b, const char *s)
+{
+	size_t l = strlen(s) + 1;
+	if (b->plen + l > b->pcap) {
+		size_t cap = MAX(b->pcap * 2, b->plen + l);
+		cap = MAX(cap, (size_t)(64u << 10));
+		char *p = realloc(b->pool, cap);
+		if (!p)
+			return SIZE_MAX;
+		b->pool = p;
+		b->pcap = cap;
+	}
+	memcpy(b->pool + b->plen, s, l);
+	b->plen += l;
+	return b->plen - l;
+}
+
+static void *checker_main(void *arg)
+{
+	struct checker *ck = arg;
+	struct head *h = ck->h;
+	head_early(h, ck->size, ck->sha);
+	for (;;) {
+		pthread_mutex_lock(&ck->lock);
+		while (!ck->qhead && !ck->done)
+			pthread_cond_wait(&ck->cond, &ck->lock);
+		struct batch *b = ck->qhead;
+		if (b) {
+			ck->qhead = b->next;
+			if (!ck->qhead)
+				ck->qtail = NULL;
+			ck->queued--;
+			pthread_cond_broadcast(&ck->cond);
+		}
+		pthread_mutex_unlock(&ck->lock);
+		if (!b)
+			break;
+		for (size_t k = 0; k < b->n; k++) {
+			struct artifact a = b->a[k];
+			a.name = b->pool + (uintptr_t)a.name;
+			a.target = a.target ? b->pool + (uintptr_t)a.target - 1 : NULL;
+			head_step(h, b->first + k, &a);
+		}
+		batch_free(b);
+	}
+	return NULL;
+}
+
+/* The batch being filled, to the queue (waiting while it is full). */
+static void checker_flush(struct checker *ck)
+{
+	struct batch *b = ck->fill;
+	ck->fill = NULL;
+	if (!b)
+		return;
+	pthread_mutex_lock(&ck->lock);
+	while (ck->queued >= CHECK_QUEUE)
+		pthread_cond_wait(&ck->cond, &ck->lock);
+	if (ck->qtail)
+		ck->qtail->next = b;
+	else
+		ck->qhead = b;
+	ck->qtail = b;
+	ck->queued++;
+	pthread_cond_broadcast(&ck->cond);
+	pthread_mutex_unlock(&ck->lock);
+}
+
+static int checker_push(struct checker *ck, const struct artifact *a)
+{
+	if (!ck->fill && !(ck->fill = calloc(1, sizeof(*ck->fill))))
+		return -ENOMEM;
+	struct batch *b = ck->fill;
+	if (!b->n)
+		b->first = ck->next_i;
+	size_t name = pool_add(b, a->name), target = a->target ? pool_add(b, a->target) : 0;
+	if (name == SIZE_MAX || target == SIZE_MAX)
+		return -ENOMEM;
+	struct artifact *x = &b->a[b->n++];
+	*x = *a;
+	x->name = (char *)(uintptr_t)name;            /* offsets until the check's thread reads them */
+	x->target = a->target ? (char *)(uintptr_t)(target + 1) : NULL;
+	ck->next_i++;
+	if (b->n == CHECK_BATCH)
+		checker_flush(ck);
+	return 0;
+}
+
+static bool checker_start(struct head *h, uint64_t size, const uint8_t sha[32])
+{
+	struct checker *ck = calloc(1, sizeof(*ck));
+	if (!ck)
+		return false;
+	*ck = (struct checker){ .h = h, .size = size };
+	memcpy(ck->sha, sha, 32);
+	pthread_mutex_init(&ck->lock, NULL);
+	pthread_cond_init(&ck->cond, NULL);
+	if (pthread_create(&ck->thread, NULL, checker_main, ck) != 0) {
+		pthread_mutex_destroy(&ck->lock);
+		pthread_cond_destroy(&ck->cond);
+		free(ck);
+		return false;
+	}
+	h->ck = ck;
+	return true;
+}
+
+/* The rest handed over, the thread joined: its results are the head's. */
+static void checker_stop(struct head *h)
+{
+	struct checker *ck = h->ck;
+	if (!ck)
+		return;
+	checker_flush(ck);
+	pthread_mutex_lock(&ck->lock);
+	ck->done = true;
+	pthread_cond_broadcast(&ck->cond);
+	pthread_mutex_unlock(&ck->lock);
+	pthread_join(ck->thread, NULL);
+	for (struct batch *b = ck->qhead, *nb; b; b = nb) {
+		nb = b->next;
+		batch_free(b);
+	}
+	batch_free(ck->fill);
+	pthread_mutex_destroy(&ck->lock);
+	pthread_cond_destroy(&ck->cond);
+	free(ck);
+	h->ck = NULL;
 }
 
 /* The check after the parse: the rows, beside the manifest's artifacts
