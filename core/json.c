@@ -421,6 +421,11 @@ uint64_t json_stream_events(const struct json_stream *js)
 	return js->d->events;
 }
 
+const struct json *json_stream_root(const struct json_stream *js)
+{
+	return js->d->root;
+}
+
 int json_stream_finish(struct json_stream *js, const struct json **root)
 {
 	if (js->d->rc < 0)

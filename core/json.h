@@ -65,6 +65,10 @@ int json_stream_new(const struct json_opts *o, struct json_stream **out, struct 
 int json_stream_feed(struct json_stream *js, const char *buf, size_t len);
 int json_stream_finish(struct json_stream *js, const struct json **root);
 void json_stream_free(struct json_stream *js);
+/* The root as parsed so far (NULL before it starts): from an element
+ * callback, the members of the top-level object before the streamed array
+ * are complete. */
+const struct json *json_stream_root(const struct json_stream *js);
 /* Values, keys and closings parsed so far: unchanged over a feed means
  * the input ended inside one token, which yajl keeps and lexes again from
  * its start on the next feed. */

@@ -56,3 +56,17 @@ int kitindex_check_iter(const char *file, const char *label, const struct artifa
 			const struct kitindex_geom *g, kitindex_each_fn each, void *ctx, struct kitindex_info *info,
 			struct stella_err *e);
 
+
+/* The same, pushed: begin opens FILE and checks all but the rows (its
+ * body against G's body_max), step checks the rows of the next artifact
+ * in manifest order, end checks that no row is left and the body against
+ * BODY_MAX (a compressed kit's bound is known only once every artifact
+ * went by) and frees C, its message in E; abort frees C after a failure.  A first mount
+ * checks the rows while it parses the manifest (core/snapshot.c,
+ * carried_index): one parse instead of two. */
+struct kitindex_check;
+int kitindex_begin(const char *file, const char *label, const struct kitindex_geom *g, kitindex_each_fn each,
+		   void *ctx, struct kitindex_info *info, struct kitindex_check **c, struct stella_err *e);
+int kitindex_step(struct kitindex_check *c, size_t i, const struct artifact *a);
+int kitindex_end(struct kitindex_check *c, uint64_t body_max, struct stella_err *e);
+void kitindex_abort(struct kitindex_check *c);

@@ -64,11 +64,11 @@ static int obj_check_dups(const struct json *o, const char *where, struct stella
 	return 0;
 }
 
-/* The string member key of o, borrowed from the parse: 1 found, 0 absent. */
-static int get_str(const struct json *o, const char *key, bool required, const char *where,
-		   const char **out, struct stella_err *e)
+/* The string member key (v, or NULL when absent), borrowed from the
+ * parse: 1 found, 0 absent. */
+static int str_at(const struct json *v, const char *key, bool required, const char *where, const char **out,
+		  struct stella_err *e)
 {
-	const struct json *v = json_get(o, key);
 	if (!v) {
 		if (required)
 			return stella_fail(e, -EBADMSG, "manifest: %s%s\"%s\" is missing", where,
@@ -82,6 +82,13 @@ static int get_str(const struct json *o, const char *key, bool required, const c
 	return 1;
 }
 
+/* The string member key of o, borrowed from the parse: 1 found, 0 absent. */
+static int get_str(const struct json *o, const char *key, bool required, const char *where,
+		   const char **out, struct stella_err *e)
+{
+	return str_at(json_get(o, key), key, required, where, out, e);
+}
+
 static int get_string(const struct json *o, const char *key, bool required, const char *where,
 		      char **out, struct stella_err *e)
 {
@@ -92,10 +99,9 @@ static int get_string(const struct json *o, const char *key, bool required, cons
 	return r;
 }
 
-static int get_int(const struct json *o, const char *key, bool required, int64_t min, const char *where,
-		   int64_t *out, struct stella_err *e)
+static int int_at(const struct json *v, const char *key, bool required, int64_t min, const char *where,
+		  int64_t *out, struct stella_err *e)
 {
-	const struct json *v = json_get(o, key);
 	if (!v) {
 		if (required)
 			return stella_fail(e, -EBADMSG, "manifest: %s%s\"%s\" is missing", where,
@@ -107,6 +113,12 @@ static int get_int(const struct json *o, const char *key, bool required, int64_t
 				   *where ? ": " : "", key, (long long)min);
 	*out = v->u.i;
 	return 1;
+}
+
+static int get_int(const struct json *o, const char *key, bool required, int64_t min, const char *where,
+		   int64_t *out, struct stella_err *e)
+{
+	return int_at(json_get(o, key), key, required, min, where, out, e);
 }
 
 static int get_time(const struct json *o, const char *key, bool required, const char *where,
@@ -151,7 +163,23 @@ static int parse_artifact(const struct json *v, size_t idx, struct artifact *a, 
 	int r;
 	if (v->dup)
 		return obj_check_dups(v, WHERE, e);
-	const struct json *nm = json_get(v, "name");
+	/* Its members found in one pass (no key is there twice: dup above),
+	 * not one json_get per field: this runs once per artifact, and the
+	 * lookups were a tenth of a first mount's parse. */
+	struct { const struct json *name, *type, *mode, *captured, *size, *sha, *fsv, *target; } f = { 0 };
+	for (const struct json *m = v->u.first; m; m = m->next) {
+		const char *k = m->key;
+		switch (k[0]) {
+		case 'n': if (!strcmp(k, "name")) f.name = m; break;
+		case 't': if (!strcmp(k, "type")) f.type = m; else if (!strcmp(k, "target")) f.target = m; break;
+		case 'm': if (!strcmp(k, "mode")) f.mode = m; break;
+		case 'c': if (!strcmp(k, "capturedAt")) f.captured = m; break;
+		case 's': if (!strcmp(k, "size")) f.size = m; else if (!strcmp(k, "sha256")) f.sha = m; break;
+		case 'f': if (!strcmp(k, "fsverity")) f.fsv = m; break;
+		default: break;
+		}
+	}
+	const struct json *nm = f.name;
 	if (!nm || nm->type != JSON_STRING)
 		return get_string(v, "name", true, WHERE, &a->name, e);
 	if (!(a->name = strdup(nm->u.s)))
@@ -167,7 +195,7 @@ static int parse_artifact(const struct json *v, size_t idx, struct artifact *a, 
 #undef WHERE
 	char *nwhere = a->name;
 	const char *type = NULL;
-	if ((r = get_str(v, "type", false, nwhere, &type, e)) < 0)
+	if ((r = str_at(f.type, "type", false, nwhere, &type, e)) < 0)
 		return r;
 	if (!type || !strcmp(type, "file"))
 		a->type = ARTIFACT_FILE;
@@ -179,21 +207,25 @@ static int parse_artifact(const struct json *v, size_t idx, struct artifact *a, 
 		return stella_fail(e, -EBADMSG, "manifest: %s: unsupported type \"%.32s\"", nwhere, type);
 
 	int64_t mode = a->type == ARTIFACT_FILE ? 0644 : a->type == ARTIFACT_DIR ? 0755 : 0777;
-	if ((r = get_int(v, "mode", false, 0, nwhere, &mode, e)) < 0)
+	if ((r = int_at(f.mode, "mode", false, 0, nwhere, &mode, e)) < 0)
 		return r;
 	if (mode > 0777)
 		return stella_fail(e, -EBADMSG, "manifest: %s: mode %#llo has bits beyond 0777 (setuid, setgid and sticky are refused)",
 				   nwhere, (long long)mode);
 	a->mode = (uint32_t)mode;
-	if ((r = get_time(v, "capturedAt", false, nwhere, &a->captured_at, e)) < 0)
+	const char *cap = NULL;
+	if ((r = str_at(f.captured, "capturedAt", false, nwhere, &cap, e)) < 0)
 		return r;
+	if (cap && time_parse(cap, &a->captured_at) < 0)
+		return stella_fail(e, -EBADMSG, "manifest: %s: \"capturedAt\" is not an RFC 3339 time: \"%.64s\"", nwhere,
+				   cap);
 
 	if (a->type == ARTIFACT_FILE) {
 		int64_t size = 0;
 		const char *sha = NULL, *fsv = NULL;
-		if ((r = get_int(v, "size", true, 0, nwhere, &size, e)) < 0 ||
-		    (r = get_str(v, "sha256", true, nwhere, &sha, e)) < 0 ||
-		    (r = get_str(v, "fsverity", true, nwhere, &fsv, e)) < 0)
+		if ((r = int_at(f.size, "size", true, 0, nwhere, &size, e)) < 0 ||
+		    (r = str_at(f.sha, "sha256", true, nwhere, &sha, e)) < 0 ||
+		    (r = str_at(f.fsv, "fsverity", true, nwhere, &fsv, e)) < 0)
 			return r;
 		a->size = (uint64_t)size;
 		if (hex_decode(sha, a->sha256, 32) < 0)
@@ -202,8 +234,11 @@ static int parse_artifact(const struct json *v, size_t idx, struct artifact *a, 
 			return stella_fail(e, -EBADMSG, "manifest: %s: \"fsverity\" must be \"sha256:\" and 64 hex digits",
 					   nwhere);
 	} else if (a->type == ARTIFACT_SYMLINK) {
-		if ((r = get_string(v, "target", true, nwhere, &a->target, e)) < 0)
+		const char *tg = NULL;
+		if ((r = str_at(f.target, "target", true, nwhere, &tg, e)) < 0)
 			return r;
+		if (!(a->target = strdup(tg)))
+			return -ENOMEM;
 		size_t tl = strlen(a->target);
 		if (tl == 0 || tl > STELLA_NAME_MAX)
 			return stella_fail(e, -EBADMSG, "manifest: %s: symlink target must be 1-%u bytes", nwhere,
@@ -275,6 +310,30 @@ static int on_artifact(void *ctx, size_t i, const struct json *v, struct stella_
 	return r;
 }
 
+/* The top level's "index" (kit format 1.1), if any. */
+static int parse_index(const struct json *root, struct manifest *m, struct stella_err *e)
+{
+	const struct json *idx = json_get(root, "index");
+	if (!idx)
+		return 0;
+	const char *sha = NULL;
+	int64_t size = 0;
+	int r;
+	if (idx->type != JSON_OBJECT)
+		return stella_fail(e, -EBADMSG, "manifest: \"index\" must be an object");
+	if ((r = obj_check_dups(idx, "index", e)) < 0 || (r = get_int(idx, "size", true, 1, "index", &size, e)) < 0 ||
+	    (r = get_str(idx, "sha256", true, "index", &sha, e)) < 0)
+		return r;
+	if (hex_decode(sha, m->index_sha256, 32) < 0)
+		return stella_fail(e, -EBADMSG, "manifest: index: \"sha256\" must be 64 hex digits");
+	if ((uint64_t)size > STELLA_INDEX_MAX)
+		return stella_fail(e, -EBADMSG, "manifest: index: too large (%lld bytes, limit %llu)", (long long)size,
+				   (unsigned long long)STELLA_INDEX_MAX);
+	m->index_size = (uint64_t)size;
+	m->has_index = true;
+	return 0;
+}
+
 /* Everything but the artifacts, from the parsed top level (the artifact
  * array itself was streamed: only its type is left to check). */
 static int parse_top(const struct json *root, struct manifest *m, struct stella_err *e)
@@ -322,30 +381,8 @@ static int parse_top(const struct json *root, struct manifest *m, struct stella_
 		m->has_base = true;
 	}
 
-	const struct json *idx = json_get(root, "index");
-	if (idx) {
-		const char *sha = NULL;
-		int64_t size = 0;
-		if (idx->type != JSON_OBJECT) {
-			r = stella_fail(e, -EBADMSG, "manifest: \"index\" must be an object");
-			return r;
-		}
-		if ((r = obj_check_dups(idx, "index", e)) < 0 ||
-		    (r = get_int(idx, "size", true, 1, "index", &size, e)) < 0 ||
-		    (r = get_str(idx, "sha256", true, "index", &sha, e)) < 0)
-			return r;
-		if (hex_decode(sha, m->index_sha256, 32) < 0) {
-			r = stella_fail(e, -EBADMSG, "manifest: index: \"sha256\" must be 64 hex digits");
-			return r;
-		}
-		if ((uint64_t)size > STELLA_INDEX_MAX) {
-			r = stella_fail(e, -EBADMSG, "manifest: index: too large (%lld bytes, limit %llu)", (long long)size,
-					(unsigned long long)STELLA_INDEX_MAX);
-			return r;
-		}
-		m->index_size = (uint64_t)size;
-		m->has_index = true;
-	}
+	if ((r = parse_index(root, m, e)) < 0)
+		return r;
 
 	const struct json *comps = json_get(root, "components");
 	if (comps) {
@@ -798,6 +835,18 @@ void manifest_stream_free(struct manifest_stream *ms)
 	free(ms->ctype);
 	free(ms->pend);
 	free(ms);
+}
+
+int manifest_stream_index(const struct manifest_stream *ms, uint64_t *size, uint8_t sha256[32])
+{
+	const struct json *root = json_stream_root(ms->js);
+	struct manifest m = { 0 };
+	struct stella_err e = { 0 };
+	if (!root || root->type != JSON_OBJECT || parse_index(root, &m, &e) < 0 || !m.has_index)
+		return 0;
+	*size = m.index_size;
+	memcpy(sha256, m.index_sha256, 32);
+	return 1;
 }
 
 bool manifest_stream_unsorted(const struct manifest_stream *ms)

@@ -130,6 +130,11 @@ int manifest_stream_feed(struct manifest_stream *ms, const void *buf, size_t len
 /* *out: the manifest without artifacts (nartifacts 0, nlisted the count). */
 int manifest_stream_finish(struct manifest_stream *ms, struct manifest **out, struct stella_err *e);
 bool manifest_stream_unsorted(const struct manifest_stream *ms);
+/* From fn, while the artifacts stream: 1 and the top level's "index"
+ * (size and digest) when it came before "artifacts" and is well formed
+ * (what packers write), 0 otherwise (finish then judges it).  Lets a
+ * first mount check the carried index while the manifest is parsed. */
+int manifest_stream_index(const struct manifest_stream *ms, uint64_t *size, uint8_t sha256[32]);
 void manifest_stream_free(struct manifest_stream *ms);
 /* The whole file fd (read with pread from offset 0) through a stream. */
 int manifest_stream_fd(int fd, manifest_artifact_fn fn, void *ctx, struct manifest **out, bool *unsorted,

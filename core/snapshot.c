@@ -384,6 +384,20 @@ struct head {
 	bool whole;              /* h->m holds its artifacts (an unsorted manifest) */
 	uint64_t head_sum;       /* per artifact: its tree's share of merkle.bin and an entry */
 	uint64_t body_sum;       /* per artifact: headers and padded data */
+	/* The index checked while the manifest is parsed (head_early): the
+	 * manifest is parsed once, not once for its rules and again for the
+	 * check.  Its failures wait in pend until the manifest's own (its
+	 * rules, signature, expiry) are known: those are reported first. */
+	const char *tmp, *kit;
+	struct manifest_stream *ms;
+	bool copied;             /* the index is in tmp, merkle.bin's header read */
+	struct kitindex_check *chk;
+	struct kitindex_info info;
+	struct checker *ck;      /* the check's own thread, while it runs */
+	int pend;                /* the first failure of the early work */
+	bool pend_rows;          /* ... in the rows (void if the manifest is unsorted) */
+	struct stella_err pend_e;
+	char label[4200];
 };
 
 static uint64_t sat_add(uint64_t a, uint64_t b)
@@ -397,10 +411,39 @@ static void head_add(struct head *h, const struct artifact *a)
 	h->body_sum = sat_add(h->body_sum, sat_add((16u << 10), sat_add(a->size, 511) & ~(uint64_t)511));
 }
 
+static void head_early(struct head *h, uint64_t size, const uint8_t sha[32]);
+static bool checker_start(struct head *h, uint64_t size, const uint8_t sha[32]);
+static int checker_push(struct checker *ck, const struct artifact *a);
+static void checker_stop(struct head *h);
+
+static void head_step(struct head *h, size_t i, const struct artifact *a)
+{
+	if (!h->chk || h->pend)
+		return;
+	int r = kitindex_step(h->chk, i, a);
+	if (r < 0) {
+		h->pend = r;
+		h->pend_rows = true;
+	}
+}
+
 static int head_on_artifact(void *ctx, size_t i, const struct artifact *a, struct stella_err *e)
 {
-	(void)i, (void)e;
-	head_add(ctx, a);
+	struct head *h = ctx;
+	(void)e;
+	head_add(h, a);
+	if (i == 0 && h->tmp) {
+		uint64_t size;
+		uint8_t sha[32];
+		/* no index before the artifacts: it is checked after the parse */
+		if (!manifest_stream_index(h->ms, &size, sha))
+			return 0;
+		if (!checker_start(h, size, sha))
+			head_early(h, size, sha); /* no thread: on this one */
+	}
+	if (h->ck)
+		return checker_push(h->ck, a);
+	head_step(h, i, a);
 	return 0;
 }
 
@@ -408,16 +451,23 @@ static int head_on_artifact(void *ctx, size_t i, const struct artifact *a, struc
  * kept); one whose artifacts are not sorted is parsed whole instead. */
 static int head_parse(struct head *h, struct stella_err *e)
 {
-	struct manifest_stream *ms;
-	int r = manifest_stream_new(head_on_artifact, h, 0, &ms, e);
+	int r = manifest_stream_new(head_on_artifact, h, 0, &h->ms, e);
 	for (size_t at = 0; r == 0 && at < h->jlen; at += MANIFEST_STREAM_CHUNK)
-		r = manifest_stream_feed(ms, h->json + at, MIN(h->jlen - at, (size_t)MANIFEST_STREAM_CHUNK));
+		r = manifest_stream_feed(h->ms, h->json + at, MIN(h->jlen - at, (size_t)MANIFEST_STREAM_CHUNK));
 	if (r == 0)
-		r = manifest_stream_finish(ms, &h->m, e);
-	bool unsorted = r == -EDOM && ms && manifest_stream_unsorted(ms);
-	manifest_stream_free(ms);
+		r = manifest_stream_finish(h->ms, &h->m, e);
+	bool unsorted = r == -EDOM && h->ms && manifest_stream_unsorted(h->ms);
+	manifest_stream_free(h->ms);
+	h->ms = NULL;
+	checker_stop(h);
 	if (!unsorted)
 		return r;
+	/* the rows were checked in document order, the index follows the
+	 * sorted one: check again, later, against the whole manifest */
+	kitindex_abort(h->chk);
+	h->chk = NULL;
+	if (h->pend_rows)
+		h->pend = 0;
 	h->head_sum = h->body_sum = 0;
 	if ((r = manifest_parse(h->json, h->jlen, &h->m, e)) < 0)
 		return r;
@@ -452,6 +502,7 @@ static void *head_sig_thread(void *arg)
 
 static void head_free(struct head *h)
 {
+	checker_stop(h);
 	if (h->kr)
 		kitread_close(h->kr);
 	if (h->src)
@@ -459,6 +510,7 @@ static void head_free(struct head *h)
 	free(h->json);
 	free(h->sig);
 	manifest_free(h->m);
+	kitindex_abort(h->chk);
 }
 
 static uint64_t round512(uint64_t x)
@@ -523,16 +575,16 @@ static int head_manifest(struct head *h, const struct snapshot_opts *o, struct s
 
 /* The index member, copied to TMP (the cache file it becomes) while its
  * size and digest are checked against the manifest's "index". */
-static int head_index(struct head *h, const char *tmp, struct stella_err *e)
+static int head_index(struct head *h, const char *tmp, uint64_t size, const uint8_t sha256[32], struct stella_err *e)
 {
 	const char *path = source_path(h->src);
 	struct kit_member m;
 	int r = head_member(h, KIT_INDEX_NAME, &m, e);
 	if (r < 0)
 		return r;
-	if (m.size != h->m->index_size)
+	if (m.size != size)
 		return stella_fail(e, -EUCLEAN, "%s: %s: size mismatch (manifest: %llu, archive: %llu)", path, KIT_INDEX_NAME,
-				   (unsigned long long)h->m->index_size, (unsigned long long)m.size);
+				   (unsigned long long)size, (unsigned long long)m.size);
 	_cleanup_(closep) int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd < 0)
 		return stella_fail_errno(e, -errno, "index %s", tmp);
@@ -555,14 +607,15 @@ static int head_index(struct head *h, const char *tmp, struct stella_err *e)
 	if (r == 0 && !EVP_DigestFinal_ex(ctx, d, NULL))
 		r = -ENOMEM;
 	EVP_MD_CTX_free(ctx);
-	if (r == 0 && memcmp(d, h->m->index_sha256, 32))
+	if (r == 0 && memcmp(d, sha256, 32))
 		r = stella_fail(e, -EUCLEAN, "%s: %s: sha256 mismatch", path, KIT_INDEX_NAME);
 	h->head_tar = round512(m.data_offset + m.size);
 	return r;
 }
 
-/* merkle.bin, if it follows: only its place and size (every tree is
- * checked against its file's root when used).  The head ends after it. */
+/* merkle.bin's header, if it follows: only its place and size (every
+ * tree is checked against its file's root when used).  The head ends
+ * after it. */
 static int head_merkle(struct head *h, struct stella_err *e)
 {
 	struct kit_member m;
@@ -574,11 +627,19 @@ static int head_merkle(struct head *h, struct stella_err *e)
 	h->merkle_off = m.data_offset;
 	h->merkle_size = m.size;
 	h->head_tar = round512(m.data_offset + m.size);
-	/* A compressed kit: decode past the head's end, so that the stream
-	 * pass sees the frame or member the body starts with. */
-	if (source_compression(h->src) != KIT_COMPRESS_NONE && (r = kitread_next(h->kr, &m, e)) < 0)
-		return r;
 	return 0;
+}
+
+/* A compressed kit with merkle.bin: decode past the head's end, so that
+ * the stream pass sees the frame or member the body starts with (without
+ * merkle.bin, head_merkle already read the first artifact's header). */
+static int head_past(struct head *h, struct stella_err *e)
+{
+	struct kit_member m;
+	if (source_compression(h->src) == KIT_COMPRESS_NONE || !h->merkle_off)
+		return 0;
+	int r = kitread_next(h->kr, &m, e);
+	return r < 0 ? r : 0;
 }
 
 /* The most tar stream the body of a compressed kit can be: every
@@ -588,13 +649,251 @@ static uint64_t body_bound(const struct head *h)
 	return sat_add(64u << 10, h->body_sum); /* head_add, artifact by artifact */
 }
 
+static struct kitindex_geom head_geom(const struct head *h, uint64_t body_max)
+{
+	return (struct kitindex_geom){ .body_max = body_max, .merkle_size = h->merkle_size,
+				       .compressed = source_compression(h->src) != KIT_COMPRESS_NONE };
+}
+
+/* The body's most bytes as far as the head tells: an uncompressed kit's
+ * file after the head; a compressed kit's bound (body_bound) needs every
+ * artifact, so at the first one it is open and kitindex_end checks it. */
+static uint64_t head_body_max(const struct head *h, bool all_seen)
+{
+	if (source_compression(h->src) != KIT_COMPRESS_NONE)
+		return all_seen ? body_bound(h) : UINT64_MAX;
+	uint64_t fsize = source_file_size(h->src);
+	return fsize > h->head_tar ? fsize - h->head_tar : 0;
+}
+
+/* At the manifest's first artifact, when its "index" came before (as
+ * packers write it): copy and hash the index, read merkle.bin's header and
+ * begin the check, so that its rows are checked beside the artifacts the
+ * parse hands over.  Before, the manifest was parsed a second time (a
+ * cursor over its bytes) for the check: on a kit of many small files that
+ * parse was a quarter of a first mount (docs/mount.md 2.2).  Checking an
+ * index whose digest is not yet known good costs nothing in safety: the
+ * check treats the file as hostile anyway (a signed index may lie). */
+static void head_early(struct head *h, uint64_t size, const uint8_t sha[32])
+{
+	h->copied = true;
+	/* the head so far: the manifest's bytes, its signature, the index and
+	 * merkle.bin's header (head_sum's bound on merkle.bin comes once every
+	 * artifact went by) */
+	kitread_set_limit(h->kr, h->jlen + STELLA_SIG_MAX + size + (1u << 20));
+	int r = head_index(h, h->tmp, size, sha, &h->pend_e);
+	if (r == 0)
+		r = head_merkle(h, &h->pend_e);
+	struct kitindex_geom g = head_geom(h, head_body_max(h, false));
+	if (r == 0)
+		r = kitindex_begin(h->tmp, h->label, &g, NULL, NULL, &h->info, &h->chk, &h->pend_e);
+	h->pend = r;
+}
+
+/* The check on a thread of its own, beside the parse: the parse hands
+ * the artifacts over in batches (names and targets copied into the
+ * batch's pool), at most CHECK_QUEUE batches ahead of the check, so memory
+ * stays bounded whatever the count.  The thread copies and hashes the
+ * index, begins the check (head_early), then steps the rows.  On a kit of
+ * many small files the parse and the rows' reads cost about the same:
+ * overlapped, a first mount takes the longer of the two, not their sum.
+ * The thread touches the kit's cursor (h->kr) and the check's state (chk,
+ * info, pend) only while it runs; the parse's thread reads them only
+ * after checker_stop joined it. */
+#define CHECK_BATCH 512
+#define CHECK_QUEUE 8
+struct batch {
+	struct batch *next;
+	size_t first, n;                     /* artifacts first .. first + n - 1 */
+	struct artifact a[CHECK_BATCH];      /* name and target: offsets in pool */
+	char *pool;
+	size_t plen, pcap;
+};
+
+struct checker {
+	struct head *h;
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct batch *qhead, *qtail, *fill;
+	size_t queued, next_i;
+	bool done;
+	uint64_t size;
+	uint8_t sha[32];
+};
+
+static void batch_free(struct batch *b)
+{
+	if (b)
+		free(b->pool);
+	free(b);
+}
+
+/* S (with its NUL) into b's pool: its offset, or SIZE_MAX without memory. */
+static size_t pool_add(struct batch *b, const char *s)
+{
+	size_t l = strlen(s) + 1;
+	if (b->plen + l > b->pcap) {
+		size_t cap = MAX(b->pcap * 2, b->plen + l);
+		cap = MAX(cap, (size_t)(64u << 10));
+		char *p = realloc(b->pool, cap);
+		if (!p)
+			return SIZE_MAX;
+		b->pool = p;
+		b->pcap = cap;
+	}
+	memcpy(b->pool + b->plen, s, l);
+	b->plen += l;
+	return b->plen - l;
+}
+
+static void *checker_main(void *arg)
+{
+	struct checker *ck = arg;
+	struct head *h = ck->h;
+	head_early(h, ck->size, ck->sha);
+	for (;;) {
+		pthread_mutex_lock(&ck->lock);
+		while (!ck->qhead && !ck->done)
+			pthread_cond_wait(&ck->cond, &ck->lock);
+		struct batch *b = ck->qhead;
+		if (b) {
+			ck->qhead = b->next;
+			if (!ck->qhead)
+				ck->qtail = NULL;
+			ck->queued--;
+			pthread_cond_broadcast(&ck->cond);
+		}
+		pthread_mutex_unlock(&ck->lock);
+		if (!b)
+			break;
+		for (size_t k = 0; k < b->n; k++) {
+			struct artifact a = b->a[k];
+			a.name = b->pool + (uintptr_t)a.name;
+			a.target = a.target ? b->pool + (uintptr_t)a.target - 1 : NULL;
+			head_step(h, b->first + k, &a);
+		}
+		batch_free(b);
+	}
+	return NULL;
+}
+
+/* The batch being filled, to the queue (waiting while it is full). */
+static void checker_flush(struct checker *ck)
+{
+	struct batch *b = ck->fill;
+	ck->fill = NULL;
+	if (!b)
+		return;
+	pthread_mutex_lock(&ck->lock);
+	while (ck->queued >= CHECK_QUEUE)
+		pthread_cond_wait(&ck->cond, &ck->lock);
+	if (ck->qtail)
+		ck->qtail->next = b;
+	else
+		ck->qhead = b;
+	ck->qtail = b;
+	ck->queued++;
+	pthread_cond_broadcast(&ck->cond);
+	pthread_mutex_unlock(&ck->lock);
+}
+
+static int checker_push(struct checker *ck, const struct artifact *a)
+{
+	if (!ck->fill && !(ck->fill = calloc(1, sizeof(*ck->fill))))
+		return -ENOMEM;
+	struct batch *b = ck->fill;
+	if (!b->n)
+		b->first = ck->next_i;
+	size_t name = pool_add(b, a->name), target = a->target ? pool_add(b, a->target) : 0;
+	if (name == SIZE_MAX || target == SIZE_MAX)
+		return -ENOMEM;
+	struct artifact *x = &b->a[b->n++];
+	*x = *a;
+	x->name = (char *)(uintptr_t)name;            /* offsets until the check's thread reads them */
+	x->target = a->target ? (char *)(uintptr_t)(target + 1) : NULL;
+	ck->next_i++;
+	if (b->n == CHECK_BATCH)
+		checker_flush(ck);
+	return 0;
+}
+
+static bool checker_start(struct head *h, uint64_t size, const uint8_t sha[32])
+{
+	struct checker *ck = calloc(1, sizeof(*ck));
+	if (!ck)
+		return false;
+	*ck = (struct checker){ .h = h, .size = size };
+	memcpy(ck->sha, sha, 32);
+	pthread_mutex_init(&ck->lock, NULL);
+	pthread_cond_init(&ck->cond, NULL);
+	if (pthread_create(&ck->thread, NULL, checker_main, ck) != 0) {
+		pthread_mutex_destroy(&ck->lock);
+		pthread_cond_destroy(&ck->cond);
+		free(ck);
+		return false;
+	}
+	h->ck = ck;
+	return true;
+}
+
+/* The rest handed over, the thread joined: its results are the head's. */
+static void checker_stop(struct head *h)
+{
+	struct checker *ck = h->ck;
+	if (!ck)
+		return;
+	checker_flush(ck);
+	pthread_mutex_lock(&ck->lock);
+	ck->done = true;
+	pthread_cond_broadcast(&ck->cond);
+	pthread_mutex_unlock(&ck->lock);
+	pthread_join(ck->thread, NULL);
+	for (struct batch *b = ck->qhead, *nb; b; b = nb) {
+		nb = b->next;
+		batch_free(b);
+	}
+	batch_free(ck->fill);
+	pthread_mutex_destroy(&ck->lock);
+	pthread_cond_destroy(&ck->cond);
+	free(ck);
+	h->ck = NULL;
+}
+
+/* The check after the parse: the rows, beside the manifest's artifacts
+ * pulled one at a time from its bytes (no artifact list), when the parse
+ * could not check them (an "index" after the artifacts, an unsorted
+ * manifest); otherwise only what needed every artifact. */
+static int head_check(struct head *h, struct stella_err *e)
+{
+	if (h->chk) {
+		int r = kitindex_end(h->chk, head_body_max(h, true), e);
+		h->chk = NULL;
+		return r;
+	}
+	struct kitindex_geom g = head_geom(h, head_body_max(h, true));
+	struct manifest_cursor *cur = NULL;
+	struct manifest_walk mw = { .m = h->m };
+	struct artifact_iter it = { manifest_walk_next, &mw };
+	struct stella_err ce = { 0 };
+	int r;
+	if (!h->whole && (r = manifest_cursor_open_mem(h->json, h->jlen, &cur, &ce)) < 0)
+		return stella_fail(e, r, "%s: %s", h->kit, stella_err_text(&ce, r));
+	if (cur)
+		it = (struct artifact_iter){ manifest_cursor_next, cur };
+	r = kitindex_check_iter(h->tmp, h->label, &it, &g, NULL, NULL, &h->info, e);
+	manifest_cursor_free(cur);
+	return r;
+}
+
 /* Mount from the index the kit carries: the head only, never the body.
  * 1: the kit carries none (the caller walks it, as for every v1 kit). */
 static int carried_index(struct snapshot *s, const struct snapshot_opts *o, const char *tmp, const char *final,
 			 bool persist, const struct kit_facts *f, struct stella_err *e)
 {
-	struct head h = { 0 };
+	struct head h = { .tmp = tmp, .kit = o->kit };
 	struct index *ix = NULL;
+	snprintf(h.label, sizeof(h.label), "%s: %s", o->kit, KIT_INDEX_NAME);
 	int r = source_dup(s->src, &h.src, e);
 	if (r == 0)
 		r = kitread_open_source(h.src, &h.kr, e);
@@ -603,11 +902,19 @@ static int carried_index(struct snapshot *s, const struct snapshot_opts *o, cons
 	kitread_set_limit(h.kr, (uint64_t)STELLA_MANIFEST_MAX + STELLA_SIG_MAX + (4u << 20));
 	if ((r = head_manifest(&h, o, s, e)) != 0)
 		goto out;
+	/* the manifest's own failures came first; now the index's */
+	if (h.pend < 0) {
+		r = stella_fail(e, h.pend, "%s", stella_err_text(&h.pend_e, h.pend));
+		goto out;
+	}
 	/* the head: the manifest's bytes, the index, merkle.bin (at most
 	 * a tree block per 128 data blocks, and an entry, per file) */
 	uint64_t bound = sat_add(h.jlen + STELLA_SIG_MAX + h.m->index_size + (1u << 20), h.head_sum);
 	kitread_set_limit(h.kr, bound);
-	if ((r = head_index(&h, tmp, e)) < 0 || (r = head_merkle(&h, e)) < 0)
+	if (!h.copied && ((r = head_index(&h, tmp, h.m->index_size, h.m->index_sha256, e)) < 0 ||
+			  (r = head_merkle(&h, e)) < 0))
+		goto out;
+	if ((r = head_past(&h, e)) < 0)
 		goto out;
 	bool compressed = source_compression(h.src) != KIT_COMPRESS_NONE;
 	uint64_t head_len = h.head_tar;
@@ -616,30 +923,9 @@ static int carried_index(struct snapshot *s, const struct snapshot_opts *o, cons
 				source_compression(h.src) == KIT_COMPRESS_ZSTD ? "zstd frame" : "gzip member");
 		goto out;
 	}
-	uint64_t fsize = source_file_size(h.src);
-	struct kitindex_geom g = {
-		.body_max = compressed ? body_bound(&h) : fsize > h.head_tar ? fsize - h.head_tar : 0,
-		.merkle_size = h.merkle_size, .compressed = compressed,
-	};
-	struct kitindex_info info;
-	char label[4200];
-	snprintf(label, sizeof(label), "%s: %s", o->kit, KIT_INDEX_NAME);
-	/* the index's rows beside the manifest's artifacts, pulled one at a
-	 * time from its bytes: no artifact list */
-	struct manifest_cursor *cur = NULL;
-	struct manifest_walk mw = { .m = h.m };
-	struct artifact_iter it = { manifest_walk_next, &mw };
-	struct stella_err ce = { 0 };
-	if (!h.whole && (r = manifest_cursor_open_mem(h.json, h.jlen, &cur, &ce)) < 0) {
-		r = stella_fail(e, r, "%s: %s", o->kit, stella_err_text(&ce, r));
+	if ((r = head_check(&h, e)) < 0)
 		goto out;
-	}
-	if (cur)
-		it = (struct artifact_iter){ manifest_cursor_next, cur };
-	r = kitindex_check_iter(tmp, label, &it, &g, NULL, NULL, &info, e);
-	manifest_cursor_free(cur);
-	if (r < 0)
-		goto out;
+	struct kitindex_info info = h.info;
 	s->files = info.files;
 	s->bytes = info.bytes;
 	s->head_len = head_len;

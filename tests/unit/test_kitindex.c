@@ -32,6 +32,54 @@ static int check_edited(const char *src, const char *sql, const struct manifest 
 	return kitindex_check(dst, "kit: manifest/index", m, g, NULL, NULL, &info, e);
 }
 
+/* The push form, driven by the streaming parser as a first mount drives
+ * it: begin at the first artifact, with the "index" the stream has seen. */
+struct pushed {
+	struct manifest_stream *ms;
+	const char *idx;
+	const struct kitindex_geom *g;
+	struct kitindex_check *c;
+	struct kitindex_info info;
+	struct stella_err e;
+	int seen, rc;
+	uint64_t isize;
+	uint8_t isha[32];
+};
+
+static int push_one(void *ctx, size_t i, const struct artifact *a, struct stella_err *e)
+{
+	struct pushed *p = ctx;
+	(void)e;
+	if (i == 0) {
+		p->seen = manifest_stream_index(p->ms, &p->isize, p->isha);
+		p->rc = kitindex_begin(p->idx, "k", p->g, NULL, NULL, &p->info, &p->c, &p->e);
+	}
+	if (p->rc == 0)
+		p->rc = kitindex_step(p->c, i, a);
+	return 0;
+}
+
+static int push_check(const char *idx, const char *json, size_t jlen, const struct kitindex_geom *g,
+		      uint64_t body_max, struct pushed *p)
+{
+	memset(p, 0, sizeof(*p));
+	p->idx = idx;
+	p->g = g;
+	struct stella_err e = { 0 };
+	struct manifest *m = NULL;
+	CHECK(manifest_stream_new(push_one, p, 0, &p->ms, &e) == 0);
+	for (size_t at = 0; at < jlen; at += 7) /* small pieces: "index" complete anyway */
+		CHECK(manifest_stream_feed(p->ms, json + at, jlen - at < 7 ? jlen - at : 7) == 0);
+	CHECK(manifest_stream_finish(p->ms, &m, &e) == 0);
+	manifest_stream_free(p->ms);
+	manifest_free(m);
+	if (p->rc < 0) {
+		kitindex_abort(p->c);
+		return p->rc;
+	}
+	return kitindex_end(p->c, body_max, &p->e);
+}
+
 int main(void)
 {
 	EVP_PKEY *key = NULL;
@@ -81,6 +129,18 @@ int main(void)
 	CHECK(n == m->nartifacts);
 	CHECK(info.files == 3 && info.bytes == 100 + 3 * 4096 + 17);
 	CHECK(info.nodes == 1 + 1 + m->nartifacts); /* the root, the implied d/ */
+
+	/* pushed beside the streaming parser: the same verdict, and the
+	 * manifest's "index" known at its first artifact */
+	struct pushed p;
+	CHECK(push_check(idx, json, jlen, &g, g.body_max, &p) == 0);
+	CHECK(p.seen == 1 && p.isize == m->index_size && !memcmp(p.isha, m->index_sha256, 32));
+	CHECK(p.info.files == info.files && p.info.nodes == info.nodes);
+	/* a body bound known only at the end (a compressed kit's) still holds */
+	struct kitindex_geom open = g;
+	open.body_max = UINT64_MAX;
+	CHECK(push_check(idx, json, jlen, &open, 1000, &p) == -EBADMSG);
+	CHECK(strstr(p.e.msg, "does not fit") != NULL);
 
 	/* the wrong merkle.bin size, a body too small for the data */
 	struct kitindex_geom bad = g;
