@@ -293,11 +293,6 @@ static int detach(void)
 		_exit(code > 0 && code <= 9 ? code : STELLA_EXIT_RUNTIME);
 	}
 	close(p[0]);
-	int r = stop_signals_start(); /* its thread stayed in the parent */
-	if (r < 0) {
-		close(p[1]);
-		return r;
-	}
 	if (setsid() < 0 || chdir("/") < 0) {
 		/* still a daemon, of the parent's session */
 	}
@@ -399,10 +394,9 @@ struct daemon {
 
 static void daemon_init(struct daemon *d, int argc, char **argv)
 {
-	/* first: every thread made after inherits the blocked stop signals */
 	int r = stop_signals_start();
 	if (r < 0) {
-		fprintf(stderr, PROG ": cannot start the signal thread: %s\n", strerror(-r));
+		fprintf(stderr, PROG ": cannot take the stop signals: %s\n", strerror(-r));
 		exit(STELLA_EXIT_RUNTIME);
 	}
 	setlocale(LC_ALL, "");

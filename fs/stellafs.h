@@ -3,7 +3,7 @@
  * that guards it):
  *
  *   main.c      options -> checks -> mount -> daemon; sd_notify
- *   signals.c   the stop signals: one thread takes them, ends the loop
+ *   signals.c   the stop signals: their handler ends the loop, a thread wakes it
  *   options.c   the command line and -o options (pure)
  *   ops.c       the FUSE requests (op_*), thin: inode arithmetic, replies
  *   slots.c     the served snapshots and current; refresh from the store,
