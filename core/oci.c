@@ -431,7 +431,7 @@ static int http_once(CURL *c, const struct oci_auth *a, const struct http_req *q
 	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, OCI_CONNECT_TIMEOUT_MS);
 	if (q->long_transfer) {
 		curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
-		curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, (a->timeout_ms + 999) / 1000);
+		curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, secs(a->timeout_ms));
 	} else {
 		if (q->deadline_ms) {
 			int64_t left = q->deadline_ms - now_ms();

@@ -49,10 +49,13 @@ static bool kicker_running;
 
 /* The signal's own default action: the process ends as if we had never
  * taken it.  Inside the handler the signal is blocked, so raise() leaves it
- * pending, and it acts as the handler returns. */
+ * pending, and it acts as the handler returns.  sigaction, not signal():
+ * only the former is async-signal-safe. */
 static void die_by(int sig)
 {
-	signal(sig, SIG_DFL);
+	struct sigaction dfl = { .sa_handler = SIG_DFL };
+	sigemptyset(&dfl.sa_mask);
+	sigaction(sig, &dfl, NULL);
 	raise(sig);
 }
 
