@@ -9,7 +9,7 @@
 #include <string.h>
 #include <time.h>
 
-#include <curl/curl.h>
+#include "curlapi.h"
 
 /* ------------------------------------------------------------ pure parsing */
 
@@ -377,6 +377,8 @@ int http_get(const struct http_req *rq, struct http_resp *rs)
 	if (left <= 0)
 		return fail(rs, REMOTE_TIMEOUT, "no time left");
 	CURL *h = thread_handle();
+	if (!h && curl_api_error())
+		return fail(rs, REMOTE_HTTP_ERROR, "cannot load libcurl: %s", curl_api_error());
 	if (!h)
 		return fail(rs, REMOTE_HTTP_ERROR, "libcurl: cannot make a handle");
 	struct xfer x = { .rq = rq, .rs = rs, .h = h };
@@ -400,6 +402,12 @@ int http_get(const struct http_req *rq, struct http_resp *rs)
 	curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
 	curl_slist_free_all(hdrs);
 	return r;
+}
+
+int http_usable(struct stella_err *e)
+{
+	const char *why = curl_api_error();
+	return why ? stella_fail(e, -ELIBACC, "cannot load libcurl: %s", why) : 0;
 }
 
 int http_origin(const char *url, char *out, size_t len)
@@ -449,7 +457,7 @@ char *http_redact(const char *url)
 		return strdup("");
 	CURLU *u = curl_url();
 	if (!u)
-		return NULL;
+		return redact_by_hand(url); /* out of memory, or no libcurl */
 	char *got = NULL, *out = NULL;
 	if (curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
 	    curl_url_set(u, CURLUPART_USER, NULL, 0) == CURLUE_OK &&

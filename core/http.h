@@ -95,6 +95,10 @@ int http_get(const struct http_req *rq, struct http_resp *rs);
  * the last '@' before the path, if it has one. */
 char *http_redact(const char *url);
 
+/* 0, or -ELIBACC when libcurl cannot be loaded (it is loaded on first use,
+ * core/curlapi.h), e saying why. */
+int http_usable(struct stella_err *e);
+
 /* scheme://host:port of URL (user:password dropped, the port made
  * explicit), for metrics labels and messages: 0 or -EINVAL. */
 int http_origin(const char *url, char *out, size_t len);

@@ -4,7 +4,7 @@
  * registry's credentials only to its own origin (a blob GET is commonly
  * sent on to object storage with a presigned URL). */
 #include <ctype.h>
-#include <curl/curl.h>
+#include "curlapi.h"
 #include <stddef.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
@@ -1015,6 +1015,8 @@ static int ping(struct oci_client *c, const char *scheme, CURLcode *cc, struct s
 int oci_client_new(const struct oci_ref *ref, const struct remote_opts *o, bool push, struct oci_client **out,
 		   struct stella_err *e)
 {
+	if (curl_api_error())
+		return stella_fail(e, -ELIBACC, "%s: cannot load libcurl: %s", ref->registry, curl_api_error());
 	struct oci_client *c = calloc(1, sizeof(*c));
 	if (!c || !(c->auth = calloc(1, sizeof(*c->auth))) || !(c->curl = curl_easy_init())) {
 		oci_client_free(c);

@@ -1138,6 +1138,11 @@ int remote_open(const struct remote_endpoint *eps, size_t n, const struct remote
 		return stella_fail(e, -EINVAL, "between 1 and %d locations of a kit, not %zu",
 				   REMOTE_MAX_ENDPOINTS, n);
 	}
+	int r0 = http_usable(e);
+	if (r0 < 0) {
+		auth_ctxs_free(eps, 0, n);
+		return r0;
+	}
 	struct shared *s = calloc(1, sizeof(*s));
 	if (!s) {
 		auth_ctxs_free(eps, 0, n);

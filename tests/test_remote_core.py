@@ -125,6 +125,49 @@ def test_oci_unreachable(keys):
     assert_fail(cp, 1, "127.0.0.1:1")
 
 
+def test_without_libcurl_local_kits_work_and_urls_fail_in_one_line(tmp_path, packed, keys):
+    """libcurl is loaded only when a URL needs it (core/curlapi.h): in a mount namespace
+    where its file is empty, a local kit still verifies, imports and mounts, and every
+    use of a URL fails with exit 1 and one line naming libcurl."""
+    lib = subprocess.run(["sh", "-c", "ldconfig -p | sed -n 's/^.*libcurl\\.so\\.4 (libc6,x86-64) => //p'"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert lib, "libcurl.so.4 not found by ldconfig"
+    real = os.path.realpath(lib[0])
+    pk = packed("zstd")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    pub = keys["ed25519"].pub
+    script = f"""
+set -u
+mount --bind /dev/null {real} || exit 90
+run() {{ "$@" >"$OUT/$n.out" 2>"$OUT/$n.err"; echo $? >"$OUT/$n.rc"; n=$((n + 1)); }}
+n=0
+run {kitlib.BIN} verify -t {pub} {pk.path}
+run {kitlib.BIN} import -s {tmp_path}/store -t {pub} {pk.path}
+run {kitlib.FS_BIN} -o trust={pub},cache={tmp_path}/cache {pk.path} {mnt}
+run sh -c 'cat {mnt}/status | head -1'
+umount {mnt}
+run {kitlib.BIN} verify -t {pub} http://127.0.0.1:9/kit.tar
+run {kitlib.BIN} verify -t {pub} oci://127.0.0.1:9/r/kit:1
+run {kitlib.FS_BIN} -o trust={pub} http://127.0.0.1:9/kit.tar {mnt}
+"""
+    out = tmp_path / "out"
+    out.mkdir()
+    cp = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                        env=dict(os.environ, OUT=str(out)), capture_output=True, text=True, timeout=120)
+    assert cp.returncode == 0, cp.stderr
+    res = [((out / f"{i}.rc").read_text().strip(), (out / f"{i}.out").read_text(), (out / f"{i}.err").read_text())
+           for i in range(7)]
+    for rc, so, se in res[:4]:
+        assert rc == "0" and se == "", (rc, se)
+    assert "valid" in res[0][1] and "imported" in res[1][1]
+    assert res[3][1].strip(), "status of the mount made without libcurl is empty"
+    for rc, so, se in res[4:]:
+        assert rc == "1", (rc, se)
+        assert len(se.strip().splitlines()) == 1 and "cannot load libcurl" in se, se
+    assert not os.path.ismount(mnt)
+
+
 def test_mirror_needs_url(packed, keys):
     cp = verify(str(packed("none").path), keys, "--mirror", "http://127.0.0.1:1/kit.tar")
     assert_fail(cp, 2, "mirror")
