@@ -1,6 +1,7 @@
 #include "curlapi.h"
 
 #include <dlfcn.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -84,4 +85,10 @@ const struct curl_api *curl_api(void)
 const char *curl_api_error(void)
 {
 	return curl_api() == &loaded ? NULL : why;
+}
+
+int curl_api_check(struct stella_err *e)
+{
+	const char *w = curl_api_error();
+	return w ? stella_fail(e, -ELIBACC, "cannot load libcurl: %s", w) : 0;
 }

@@ -18,6 +18,8 @@
 #define CURL_DISABLE_TYPECHECK 1 /* the names below become macros */
 #include <curl/curl.h>
 
+#include "err.h"
+
 struct curl_api {
 	CURLcode (*global_init)(long flags);
 	CURL *(*easy_init)(void);
@@ -43,6 +45,9 @@ const struct curl_api *curl_api(void);
 /* Why libcurl could not be loaded ("libcurl.so.4: cannot open shared
  * object file..."), or NULL when it is loaded (loading it if not yet). */
 const char *curl_api_error(void);
+/* The same as an error: 0, or -ELIBACC with "cannot load libcurl: WHY"
+ * in e. */
+int curl_api_check(struct stella_err *e);
 
 #undef curl_easy_setopt  /* curl.h's own: a check of the argument count */
 #undef curl_easy_getinfo

@@ -377,8 +377,9 @@ int http_get(const struct http_req *rq, struct http_resp *rs)
 	if (left <= 0)
 		return fail(rs, REMOTE_TIMEOUT, "no time left");
 	CURL *h = thread_handle();
-	if (!h && curl_api_error())
-		return fail(rs, REMOTE_HTTP_ERROR, "cannot load libcurl: %s", curl_api_error());
+	struct stella_err le = { 0 };
+	if (!h && curl_api_check(&le) < 0)
+		return fail(rs, REMOTE_HTTP_ERROR, "%s", le.msg);
 	if (!h)
 		return fail(rs, REMOTE_HTTP_ERROR, "libcurl: cannot make a handle");
 	struct xfer x = { .rq = rq, .rs = rs, .h = h };
@@ -406,8 +407,7 @@ int http_get(const struct http_req *rq, struct http_resp *rs)
 
 int http_usable(struct stella_err *e)
 {
-	const char *why = curl_api_error();
-	return why ? stella_fail(e, -ELIBACC, "cannot load libcurl: %s", why) : 0;
+	return curl_api_check(e);
 }
 
 int http_origin(const char *url, char *out, size_t len)

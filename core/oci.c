@@ -1015,8 +1015,10 @@ static int ping(struct oci_client *c, const char *scheme, CURLcode *cc, struct s
 int oci_client_new(const struct oci_ref *ref, const struct remote_opts *o, bool push, struct oci_client **out,
 		   struct stella_err *e)
 {
-	if (curl_api_error())
-		return stella_fail(e, -ELIBACC, "%s: cannot load libcurl: %s", ref->registry, curl_api_error());
+	struct stella_err le = { 0 };
+	int r = curl_api_check(&le);
+	if (r < 0)
+		return stella_fail(e, r, "%s: %s", ref->registry, le.msg);
 	struct oci_client *c = calloc(1, sizeof(*c));
 	if (!c || !(c->auth = calloc(1, sizeof(*c->auth))) || !(c->curl = curl_easy_init())) {
 		oci_client_free(c);
@@ -1041,7 +1043,7 @@ int oci_client_new(const struct oci_ref *ref, const struct remote_opts *o, bool 
 	c->cancel = o ? o->cancel : NULL;
 	char scope[400];
 	snprintf(scope, sizeof(scope), "repository:%s:%s", ref->repo, push ? "pull,push" : "pull");
-	int r = (a->scope = strdup(scope)) ? load_credentials(a, e) : -ENOMEM;
+	r = (a->scope = strdup(scope)) ? load_credentials(a, e) : -ENOMEM;
 	CURLcode cc = CURLE_OK;
 	struct stella_err pe = { 0 };
 	if (r == 0)
